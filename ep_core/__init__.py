@@ -1,0 +1,10 @@
+"""ep_core: an ONNX runtime with pluggable execution providers (onnxruntime-compatible API)."""
+from . import errors
+from .options import ExecutionMode, GraphOptimizationLevel, RunOptions, SessionOptions
+from .providers import (get_all_providers, get_available_providers, get_registered_ops,
+                        register_provider)
+from .session import InferenceSession, ModelMetadata, NodeArg
+
+__all__ = ["InferenceSession", "SessionOptions", "RunOptions", "GraphOptimizationLevel",
+           "ExecutionMode", "NodeArg", "ModelMetadata", "errors", "register_provider",
+           "get_all_providers", "get_available_providers", "get_registered_ops"]

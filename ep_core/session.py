@@ -1,0 +1,285 @@
+"""InferenceSession: load -> optimize -> partition -> compile -> insert copies -> plan -> run."""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from . import providers as provider_registry
+from .errors import EPError, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .executor import Plan, build_plan
+from .graph import Graph, graph_from_proto
+from .options import RunOptions, SessionOptions
+from .partition import COPY_OPS, insert_copy_nodes, partition
+from .provider import ExecutionProvider
+from .types import tensor_dtype, tensor_shape, type_string
+
+log = logging.getLogger("ep_core")
+
+
+@dataclass
+class NodeArg:
+    """Name, type string and shape (ints, symbolic names or None) of a graph input/output."""
+    name: str
+    type: str
+    shape: list | None
+
+
+@dataclass
+class ModelMetadata:
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict[str, str]
+
+
+# --- 1. Load ----------------------------------------------------------------------------------
+
+def load_model(path_or_bytes: str | bytes | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Parse a path, serialized bytes or ModelProto; typed errors for missing files / bad bytes."""
+    if isinstance(path_or_bytes, onnx.ModelProto):
+        return path_or_bytes
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(bytes(path_or_bytes))
+        except Exception as e:
+            raise InvalidProtobuf(f"model bytes ({len(path_or_bytes)} bytes) are not a valid ONNX "
+                                  f"ModelProto: {e}") from e
+        if not model.HasField("graph"):
+            raise InvalidProtobuf(f"model bytes ({len(path_or_bytes)} bytes) parse but hold no graph")
+        return model
+    path = os.fspath(path_or_bytes)
+    if not os.path.isfile(path):
+        raise NoSuchFile(f"model file '{path}' does not exist")
+    try:
+        model = onnx.load(path)
+    except Exception as e:
+        raise InvalidProtobuf(f"model file '{path}' is not a valid ONNX model: {e}") from e
+    if not model.HasField("graph"):
+        raise InvalidProtobuf(f"model file '{path}' holds no graph")
+    return model
+
+
+def check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx.checker then shape inference (best effort: models with custom ops keep their types)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise InvalidGraph(f"model '{model.graph.name}' failed the ONNX checker: {e}") from e
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
+                                                 data_prop=True)
+    except Exception as e:  # inference is an aid, not a requirement (custom domains, odd models)
+        log.warning("shape inference failed for model '%s': %s", model.graph.name, e)
+        return model
+
+
+def opset_imports(model: onnx.ModelProto) -> dict[str, int]:
+    ops = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+    ops.setdefault("", 1)
+    return ops
+
+
+# --- 3. Providers -------------------------------------------------------------------------------
+
+_warned_unavailable: set[str] = set()
+
+
+def resolve_providers(providers: Sequence | None, provider_options: Sequence[dict] | None
+                      ) -> list[ExecutionProvider]:
+    """Instantiate the requested providers in priority order; CPU is always appended last.
+
+    Unavailable providers warn once and are skipped, as onnxruntime does.
+    """
+    if providers is None:
+        providers = provider_registry.get_available_providers()
+    if provider_options is not None and len(provider_options) != len(providers):
+        raise InvalidArgument(f"provider_options has {len(provider_options)} entries for "
+                              f"{len(providers)} providers; give one dict per provider")
+    out: list[ExecutionProvider] = []
+    for k, entry in enumerate(providers):
+        name, opts = (entry if isinstance(entry, (tuple, list)) else (entry, {}))
+        opts = dict(opts or {})
+        if provider_options is not None:
+            opts.update(provider_options[k] or {})
+        canon = provider_registry.canonical_name(name)
+        ok, reason = provider_registry.availability(canon)
+        if not ok:
+            if canon not in _warned_unavailable:
+                _warned_unavailable.add(canon)
+                warnings.warn(f"provider '{canon}' is not available ({reason}); "
+                              f"continuing with the remaining providers", RuntimeWarning, stacklevel=3)
+            continue
+        if any(p.type == canon for p in out):
+            continue
+        out.append(provider_registry.provider_factory(canon)(**opts))
+    out = [p for p in out if p.type != "cpu"] + (
+        [p for p in out if p.type == "cpu"] or [provider_registry.provider_factory("cpu")()])
+    return out
+
+
+# --- The session ------------------------------------------------------------------------------
+
+class InferenceSession:
+    """Runs an ONNX model on a list of execution providers (onnxruntime-compatible API)."""
+
+    def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
+                 providers: Sequence | None = None, provider_options: Sequence[dict] | None = None,
+                 **kwargs: Any) -> None:
+        self._options = sess_options or SessionOptions()
+        # 1. Load
+        self._model = check_and_infer(load_model(path_or_bytes))
+        self._opsets = opset_imports(self._model)
+        graph = graph_from_proto(self._model.graph, self._opsets)
+        self._inputs_vi = list(graph.inputs)
+        self._outputs_vi = list(graph.outputs)
+        # 2. Optimize
+        from .optimizer import optimize
+        optimize(graph, self._options)
+        # 3. Partition, 4. fuse/compile
+        self._providers = resolve_providers(providers, provider_options)
+        self._graph = graph
+        self._plan, self._placement = self._build(graph)
+
+    def _build(self, graph: Graph) -> tuple[Plan, dict]:
+        assigned = partition(graph, self._providers)
+        # 5. Copy insertion
+        report = insert_copy_nodes(graph, assigned, self._providers)
+        # 6. Plan
+        plan = build_plan(graph, assigned, report.placed_initializers, self._providers,
+                          self._make_subgraph_runner, self._options)
+        placement = {
+            "nodes": [(n.name, n.op_type, assigned[n].provider.type) for n in graph.nodes],
+            "copy_nodes": report.copy_nodes,
+            "initializer_copies": report.initializer_copies,
+        }
+        return plan, placement
+
+    def _make_subgraph_runner(self, sub: Graph):
+        """Plan a control-flow body with the session's providers; feeds/outer values on the host."""
+        sub = copy.copy(sub)
+        sub.nodes = list(sub.nodes)
+        plan, _ = self._build(sub)
+        names = [v.name for v in sub.inputs]
+
+        def run(feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
+            values = dict(outer)
+            values.update(zip(names, feeds))
+            return plan.run(values, plan.output_slots)
+        return run
+
+    # --- 7. Run ---------------------------------------------------------------------------------
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
+            run_options: RunOptions | None = None) -> list[Any]:
+        feeds = self._check_feeds(input_feed)
+        fetch_slots = self._fetch_slots(output_names)
+        for p in self._providers:
+            p.on_run_start()
+        try:
+            return self._plan.run(feeds, fetch_slots)
+        finally:
+            for p in self._providers:
+                p.on_run_end()
+
+    def _fetch_slots(self, output_names: Sequence[str] | None) -> list[int]:
+        if not output_names:
+            return self._plan.output_slots
+        by_name = {v.name: s for v, s in zip(self._outputs_vi, self._plan.output_slots)}
+        missing = [n for n in output_names if n not in by_name]
+        if missing:
+            raise InvalidArgument(f"unknown output name(s) {missing}; the model's outputs are "
+                                  f"{list(by_name)}")
+        return [by_name[n] for n in output_names]
+
+    def _check_feeds(self, input_feed: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(input_feed, dict):
+            raise InvalidArgument(f"input_feed must be a dict of name -> value, got {type(input_feed).__name__}")
+        declared = {v.name: v for v in self._inputs_vi}
+        unknown = [n for n in input_feed if n not in declared]
+        if unknown:
+            raise InvalidArgument(f"invalid feed name(s) {unknown}; the model's inputs are "
+                                  f"{[v.name for v in self._inputs_vi]}")
+        required = [v.name for v in self._inputs_vi if v.name not in self._graph.initializers]
+        missing = [n for n in required if n not in input_feed]
+        if missing:
+            raise InvalidArgument(f"missing feed(s) for required input(s) {missing}")
+        feeds = {}
+        for name, value in input_feed.items():
+            vi = declared[name]
+            kind = vi.type.WhichOneof("value") if vi.type is not None else None
+            if kind == "tensor_type":
+                value = self._check_tensor_feed(name, value, vi)
+            feeds[name] = value
+        return feeds
+
+    @staticmethod
+    def _check_tensor_feed(name: str, value: Any, vi) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            try:
+                value = np.asarray(value)
+            except Exception as e:
+                raise InvalidArgument(f"feed '{name}': cannot convert {type(value).__name__} to an "
+                                      f"array: {e}") from e
+        want = tensor_dtype(vi.type)
+        got = value.dtype
+        if want is not None:
+            same = got == want or (want == object and got.kind in "OUS")
+            if not same:
+                raise InvalidArgument(f"feed '{name}' has dtype {got} but the model expects "
+                                      f"{type_string(vi.type)} ({want})")
+            if want == object and got.kind in "US":
+                value = value.astype(object)
+        shape = tensor_shape(vi.type)
+        if shape is not None:
+            if value.ndim != len(shape):
+                raise InvalidArgument(f"feed '{name}' has rank {value.ndim} (shape {list(value.shape)}) "
+                                      f"but the model expects rank {len(shape)} (shape {shape})")
+            for axis, (d, w) in enumerate(zip(value.shape, shape)):
+                if isinstance(w, int) and d != w:
+                    raise InvalidArgument(f"feed '{name}' has dimension {d} at axis {axis} but the "
+                                          f"model expects {w} (shape {shape})")
+        return value
+
+    # --- Introspection (onnxruntime names) ------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
+                if v.name not in self._graph.initializers]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._outputs_vi]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
+                if v.name in self._graph.initializers]
+
+    def get_providers(self) -> list[str]:
+        return [p.type for p in self._providers]
+
+    def get_provider_options(self) -> dict[str, dict]:
+        return {p.type: {k: str(v) for k, v in p.options.items()} for p in self._providers}
+
+    def get_session_options(self) -> SessionOptions:
+        return self._options
+
+    def get_modelmeta(self) -> ModelMetadata:
+        m = self._model
+        return ModelMetadata(m.producer_name, m.graph.name, m.domain, m.doc_string,
+                             m.graph.doc_string, m.model_version,
+                             {p.key: p.value for p in m.metadata_props})
+
+    def get_placement(self) -> dict:
+        """Which provider runs each node, and how many copies the session inserted."""
+        return dict(self._placement)
+
+    def copy_node_count(self) -> int:
+        return sum(1 for n in self._graph.nodes if n.op_type in COPY_OPS)

@@ -1,0 +1,4 @@
+"""CPU execution provider (numpy)."""
+from .provider import CPUExecutionProvider
+
+__all__ = ["CPUExecutionProvider"]

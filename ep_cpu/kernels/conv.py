@@ -1,0 +1,333 @@
+"""Convolutions: Conv, ConvTranspose, ConvInteger, DeformConv, CausalConvWithState.
+
+Conv is im2col over a strided window view of the padded input followed by one GEMM
+(`ep_cpu.gemm.gemm`); ConvTranspose is GEMM followed by col2im (a scatter-add per kernel offset).
+The geometry helpers here are shared with the pooling and quantized-conv kernels.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ep_core.kernel import Kernel
+from ep_cpu.gemm import gemm
+from ep_cpu.registry import kernel
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """Accumulation dtype: float64 stays, everything narrower computes in float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def conv_geometry(in_shape, kernel_shape, strides, dilations, pads, auto_pad: str):
+    """(pads_begin, pads_end, out_shape) for a convolution/pool window without ceil mode."""
+    nd = len(in_shape)
+    strides = list(strides or [1] * nd)
+    dilations = list(dilations or [1] * nd)
+    pads = list(pads or [0] * (2 * nd))
+    begin, end, out = [], [], []
+    for i in range(nd):
+        k_eff = (kernel_shape[i] - 1) * dilations[i] + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-in_shape[i] // strides[i])
+            total = max(0, (o - 1) * strides[i] + k_eff - in_shape[i])
+            small = total // 2
+            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+        elif auto_pad == "VALID":
+            b = e = 0
+            o = (in_shape[i] - k_eff) // strides[i] + 1
+        else:
+            b, e = pads[i], pads[i + nd]
+            o = (in_shape[i] + b + e - k_eff) // strides[i] + 1
+        begin.append(b)
+        end.append(e)
+        out.append(max(int(o), 0))
+    return begin, end, out
+
+
+def pad_spatial(x: np.ndarray, begin, end, value=0) -> np.ndarray:
+    """Pad the trailing len(begin) axes (negative pads crop)."""
+    if not any(begin) and not any(end):
+        return x
+    nd = len(begin)
+    lead = x.ndim - nd
+    src, dst, shape = [slice(None)] * lead, [slice(None)] * lead, list(x.shape[:lead])
+    for i in range(nd):
+        n = x.shape[lead + i]
+        size = n + begin[i] + end[i]
+        shape.append(max(size, 0))
+        s0 = max(0, -begin[i])
+        s1 = n - max(0, -end[i])
+        src.append(slice(s0, max(s1, s0)))
+        d0 = max(0, begin[i])
+        dst.append(slice(d0, d0 + max(s1 - s0, 0)))
+    out = np.full(shape, value, dtype=x.dtype)
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
+def window_view(xp: np.ndarray, kernel_shape, strides, dilations, out_shape) -> np.ndarray:
+    """Read-only view (..., *out_shape, *kernel_shape) of the windows of the padded input."""
+    nd = len(kernel_shape)
+    lead = xp.ndim - nd
+    st = xp.strides
+    shape = tuple(xp.shape[:lead]) + tuple(out_shape) + tuple(kernel_shape)
+    strides_ = (tuple(st[:lead]) + tuple(st[lead + i] * strides[i] for i in range(nd))
+                + tuple(st[lead + i] * dilations[i] for i in range(nd)))
+    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
+
+
+# ----------------------------------------------------------------------------- conv core
+
+def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin, end, out_shape,
+            bias: np.ndarray | None = None) -> np.ndarray:
+    """N-D grouped convolution of float arrays (same dtype); returns (N, M, *out_shape)."""
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    ks = list(w.shape[2:])
+    nd = len(ks)
+    kprod = int(np.prod(ks)) if ks else 1
+    oprod = int(np.prod(out_shape)) if out_shape else 1
+    cg, mg = c // group, m // group
+    dt = x.dtype
+    if oprod == 0 or n == 0:
+        return np.zeros((n, m, *out_shape), dtype=dt)
+    pointwise = kprod == 1 and not any(begin) and not any(end)
+    if group > 1 and cg == 1 and mg >= 1 and kprod > 1:
+        y = _depthwise(x, w, group, strides, dilations, begin, end, out_shape)
+    else:
+        if pointwise:
+            # 1x1 conv: the window view is a strided slice of the input itself.
+            sl = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides))
+            cols = x[sl]  # (N, C, *O)
+            cols = cols.reshape(n, group, cg, oprod)
+        else:
+            xp = pad_spatial(x, begin, end)
+            view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
+            perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+            cols = view.transpose(perm).reshape(n, group, cg * kprod, oprod)
+        w2 = w.reshape(group, mg, cg * kprod)
+        if group == 1 and n > 1:
+            # One GEMM for the whole batch: columns of all images side by side.
+            big = cols[:, 0].transpose(1, 0, 2).reshape(cg * kprod, n * oprod)
+            y = gemm(w2[0], big).reshape(m, n, oprod).transpose(1, 0, 2)
+        else:
+            y = np.empty((n, group, mg, oprod), dtype=dt)
+            for b in range(n):
+                for g in range(group):
+                    y[b, g] = gemm(w2[g], cols[b, g])
+        y = y.reshape(n, m, *out_shape)
+    if bias is not None:
+        y = y + bias.astype(dt, copy=False).reshape((1, m) + (1,) * nd)
+    return np.ascontiguousarray(y, dtype=dt)
+
+
+def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
+    """Groups of one input channel: accumulate one shifted window per kernel offset (no GEMM)."""
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    mult = m // group
+    ks = list(w.shape[2:])
+    xp = pad_spatial(x, begin, end)
+    view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
+    y = np.zeros((n, c, mult) + tuple(out_shape), dtype=x.dtype)
+    wr = w.reshape(c, mult, -1)
+    bshape = (1, c, mult) + (1,) * len(ks)
+    for k, idx in enumerate(itertools.product(*[range(kk) for kk in ks])):
+        win = view[(Ellipsis,) + idx][:, :, None]  # (N, C, 1, *O)
+        y += wr[:, :, k].reshape(bshape) * win
+    return y.reshape(n, m, *out_shape)
+
+
+def _conv_attrs(k: Kernel, w_shape, nd):
+    ks = list(k.attr("kernel_shape") or w_shape[2:])
+    return (ks, list(k.attr("strides") or [1] * nd), list(k.attr("dilations") or [1] * nd),
+            k.attr("pads"), k.attr("auto_pad", "NOTSET"), int(k.attr("group", 1)))
+
+
+def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt) -> np.ndarray:
+    """Conv with the kernel's attributes, computed in dtype cdt."""
+    nd = x.ndim - 2
+    ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w.shape, nd)
+    begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, pads, auto_pad)
+    return conv_nd(x.astype(cdt, copy=False), w.astype(cdt, copy=False), group, strides, dil,
+                   begin, end, out, None if b is None else b.astype(cdt, copy=False))
+
+
+@kernel("Conv")
+class Conv(Kernel):
+    def compute(self, x, w, b=None):
+        y = run_conv(self, x, w, b, compute_dtype(x.dtype))
+        return y.astype(x.dtype, copy=False)
+
+
+@kernel("ConvInteger")
+class ConvInteger(Kernel):
+    def compute(self, x, w, x_zero_point=None, w_zero_point=None):
+        # float64 accumulation is exact for int8 products over any realistic reduction length.
+        xf = x.astype(np.float64)
+        if x_zero_point is not None:
+            xf -= np.float64(np.asarray(x_zero_point).reshape(-1)[0])
+        wf = w.astype(np.float64)
+        if w_zero_point is not None:
+            wz = np.asarray(w_zero_point, dtype=np.float64)
+            wf -= wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(())
+        # Padding must be the zero point (i.e. 0 after the shift), which pad_spatial gives.
+        y = run_conv(self, xf, wf, None, np.float64)
+        return np.rint(y).astype(np.int32)
+
+
+# ----------------------------------------------------------------------------- ConvTranspose
+
+@kernel("ConvTranspose")
+class ConvTranspose(Kernel):
+    def compute(self, x, w, b=None):
+        cdt = compute_dtype(x.dtype)
+        xf, wf = x.astype(cdt, copy=False), w.astype(cdt, copy=False)
+        n, c = x.shape[:2]
+        nd = x.ndim - 2
+        ins = list(x.shape[2:])
+        group = int(self.attr("group", 1))
+        ks = list(self.attr("kernel_shape") or w.shape[2:])
+        strides = list(self.attr("strides") or [1] * nd)
+        dil = list(self.attr("dilations") or [1] * nd)
+        opad = list(self.attr("output_padding") or [0] * nd)
+        pads = list(self.attr("pads") or [0] * (2 * nd))
+        auto_pad = self.attr("auto_pad", "NOTSET")
+        out_shape = self.attr("output_shape")
+        full = [strides[i] * (ins[i] - 1) + opad[i] + (ks[i] - 1) * dil[i] + 1 for i in range(nd)]
+        if out_shape:
+            out_shape = list(out_shape)[-nd:]
+            total = [full[i] - out_shape[i] for i in range(nd)]
+            if auto_pad == "SAME_UPPER":
+                begin = [t // 2 for t in total]
+            else:
+                begin = [t - t // 2 for t in total]
+        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out_shape = [ins[i] * strides[i] for i in range(nd)]
+            total = [full[i] - out_shape[i] for i in range(nd)]
+            if auto_pad == "SAME_UPPER":
+                begin = [t // 2 for t in total]
+            else:
+                begin = [t - t // 2 for t in total]
+        else:
+            if auto_pad == "VALID":
+                pads = [0] * (2 * nd)
+            begin = pads[:nd]
+            out_shape = [full[i] - pads[i] - pads[i + nd] for i in range(nd)]
+        mg = w.shape[1]
+        m = mg * group
+        cg = c // group
+        kprod = int(np.prod(ks))
+        iprod = int(np.prod(ins))
+        # cols[n, g, mg*K, I] = W_g^T @ x_g: every input pixel's contribution to each kernel tap.
+        wt = wf.reshape(group, cg, mg * kprod)
+        xr = xf.reshape(n, group, cg, iprod)
+        cols = np.empty((n, group, mg * kprod, iprod), dtype=cdt)
+        for bi in range(n):
+            for g in range(group):
+                cols[bi, g] = gemm(np.ascontiguousarray(wt[g].T), xr[bi, g])
+        cols = cols.reshape(n, m, *ks, *ins)
+        # col2im into a buffer covering the full (uncropped) output, offset so negative
+        # padding (output larger than full) still fits.
+        lo = [max(0, -bg) for bg in begin]
+        bufshape = [max(full[i], begin[i] + out_shape[i]) + lo[i] for i in range(nd)]
+        buf = np.zeros((n, m, *bufshape), dtype=cdt)
+        for idx in itertools.product(*[range(kk) for kk in ks]):
+            sl = tuple(slice(lo[i] + idx[i] * dil[i], lo[i] + idx[i] * dil[i] + strides[i] * (ins[i] - 1) + 1,
+                             strides[i]) for i in range(nd))
+            buf[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + idx]
+        crop = tuple(slice(lo[i] + begin[i], lo[i] + begin[i] + out_shape[i]) for i in range(nd))
+        y = buf[(slice(None), slice(None)) + crop]
+        if b is not None:
+            y = y + b.astype(cdt).reshape((1, m) + (1,) * nd)
+        return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------- DeformConv
+
+@kernel("DeformConv")
+class DeformConv(Kernel):
+    def compute(self, x, w, offset, b=None, mask=None):
+        cdt = compute_dtype(x.dtype)
+        xf = x.astype(cdt, copy=False)
+        n, c = x.shape[:2]
+        nd = x.ndim - 2
+        ins = list(x.shape[2:])
+        ks, strides, dil, pads, _, group = _conv_attrs(self, w.shape, nd)
+        og = int(self.attr("offset_group", 1))
+        begin, _, out = conv_geometry(ins, ks, strides, dil, pads, "NOTSET")
+        kprod, oprod = int(np.prod(ks)), int(np.prod(out))
+        # Base sampling position of every (kernel tap, output pixel) along each axis.
+        grids = np.meshgrid(*[np.arange(kk) for kk in ks], *[np.arange(o) for o in out], indexing="ij")
+        base = [(grids[nd + i] * strides[i] - begin[i] + grids[i] * dil[i]).reshape(kprod, oprod)
+                for i in range(nd)]
+        off = offset.astype(cdt).reshape(n, og, kprod, nd, oprod)
+        msk = None if mask is None else mask.astype(cdt).reshape(n, og, kprod, oprod)
+        cpg = c // og
+        cols = np.empty((n, og, cpg, kprod, oprod), dtype=cdt)
+        sstr = [int(np.prod(ins[i + 1:])) for i in range(nd)]
+        xflat = xf.reshape(n, og, cpg, -1)
+        nidx = np.arange(n)[:, None, None, None]
+        cidx = np.arange(cpg)[None, :, None, None]
+        for gi in range(og):
+            pos = [base[i][None] + off[:, gi, :, i] for i in range(nd)]  # (N, K, O) each
+            fl = [np.floor(p) for p in pos]
+            acc = np.zeros((n, cpg, kprod, oprod), dtype=cdt)
+            for corner in itertools.product((0, 1), repeat=nd):
+                wgt = np.ones((n, kprod, oprod), dtype=cdt)
+                lin = np.zeros((n, kprod, oprod), dtype=np.int64)
+                ok = np.ones((n, kprod, oprod), dtype=bool)
+                for i in range(nd):
+                    ci = fl[i] + corner[i]
+                    wgt *= 1 - np.abs(pos[i] - ci)
+                    ok &= (ci >= 0) & (ci <= ins[i] - 1)
+                    lin += np.clip(ci, 0, ins[i] - 1).astype(np.int64) * sstr[i]
+                wgt = np.where(ok, wgt, 0)
+                vals = xflat[:, gi][nidx, cidx, lin[:, None]]  # (N, cpg, K, O)
+                acc += vals * wgt[:, None]
+            if msk is not None:
+                acc *= msk[:, gi][:, None]
+            cols[:, gi] = acc
+        m = w.shape[0]
+        cg, mg = c // group, m // group
+        cols = cols.reshape(n, group, cg * kprod, oprod)
+        w2 = w.astype(cdt).reshape(group, mg, cg * kprod)
+        y = np.empty((n, group, mg, oprod), dtype=cdt)
+        for bi in range(n):
+            for g in range(group):
+                y[bi, g] = gemm(w2[g], cols[bi, g])
+        y = y.reshape(n, m, *out)
+        if b is not None:
+            y = y + b.astype(cdt).reshape((1, m) + (1,) * nd)
+        return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+# ----------------------------------------------------------------------------- CausalConvWithState
+
+@kernel("CausalConvWithState")
+class CausalConvWithState(Kernel):
+    def compute(self, x, w, bias=None, past_state=None):
+        cdt = compute_dtype(x.dtype)
+        n, c, length = x.shape
+        k = w.shape[-1]
+        if past_state is None or past_state.size == 0 and k > 1:
+            past = np.zeros((n, c, k - 1), dtype=cdt)
+        else:
+            past = past_state.astype(cdt)
+        seq = np.concatenate([past, x.astype(cdt)], axis=2)  # (N, C, k-1+L)
+        wr = w.astype(cdt).reshape(c, k)
+        y = np.zeros((n, c, length), dtype=cdt)
+        for j in range(k):
+            y += wr[:, j][None, :, None] * seq[:, :, j:j + length]
+        if bias is not None:
+            y += bias.astype(cdt)[None, :, None]
+        act = str(self.attr("activation", "none")).lower()
+        if act in ("silu", "swish"):
+            y = y / (1 + np.exp(-y))
+        present = seq[:, :, seq.shape[2] - (k - 1):] if k > 1 else np.zeros((n, c, 0), dtype=cdt)
+        return y.astype(x.dtype), np.ascontiguousarray(present, dtype=x.dtype)
