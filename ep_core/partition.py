@@ -108,6 +108,7 @@ def insert_copy_nodes(graph: Graph, assigned: dict[Node, Assignment],
     location: dict[str, Device] = {}
     for name in list(graph.initializers) + [v.name for v in graph.inputs] + list(graph.outer_scope):
         location[name] = HOST
+    feedable = {v.name for v in graph.inputs}  # overridable initializers are copied per run
     copies: dict[tuple[str, Device], str] = {}
     new_nodes: list[Node] = []
 
@@ -118,7 +119,7 @@ def insert_copy_nodes(graph: Graph, assigned: dict[Node, Assignment],
         key = (name, dst)
         if key in copies:
             return copies[key]
-        if name in graph.initializers:
+        if name in graph.initializers and name not in feedable:  # constant: place once at build
             report.placed_initializers[key] = f"{name}@{dst}"
             copies[key] = report.placed_initializers[key]
             report.initializer_copies += 1

@@ -126,11 +126,11 @@ class ExecutionProvider:
         """Where a value produced by this provider lives."""
         return self.device
 
-    def on_run_start(self) -> None:
+    def on_run_start(self, run_options: Any = None) -> None:
         pass
 
-    def on_run_end(self) -> None:
-        pass
+    def on_run_end(self, run_options: Any = None) -> None:
+        """Called after every run (also a failed one): synchronize, shrink arenas if asked."""
 
     def sync(self) -> None:
         pass

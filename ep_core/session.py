@@ -184,12 +184,12 @@ class InferenceSession:
         feeds = self._check_feeds(input_feed)
         fetch_slots = self._fetch_slots(output_names)
         for p in self._providers:
-            p.on_run_start()
+            p.on_run_start(run_options)
         try:
             return self._plan.run(feeds, fetch_slots)
         finally:
             for p in self._providers:
-                p.on_run_end()
+                p.on_run_end(run_options)
 
     def _fetch_slots(self, output_names: Sequence[str] | None) -> list[int]:
         if not output_names:

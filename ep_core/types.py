@@ -37,6 +37,10 @@ _TYPE_NAMES = {
     TensorProto.FLOAT8E5M2: "float8e5m2", TensorProto.FLOAT8E5M2FNUZ: "float8e5m2fnuz",
     TensorProto.UINT4: "uint4", TensorProto.INT4: "int4",
 }
+for _name, _label in (("FLOAT4E2M1", "float4e2m1"), ("FLOAT8E8M0", "float8e8m0"), ("INT2", "int2"),
+                      ("UINT2", "uint2"), ("FLOAT6E2M3", "float6e2m3"), ("FLOAT6E3M2", "float6e3m2")):
+    if hasattr(TensorProto, _name):  # newer element types, present in recent onnx releases
+        _TYPE_NAMES[getattr(TensorProto, _name)] = _label
 
 
 def type_string(tp: onnx.TypeProto | None) -> str:

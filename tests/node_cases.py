@@ -16,10 +16,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
 from onnx.backend.test.case.node import collect_testcases  # noqa: E402
 from onnx.backend.test.runner import Runner  # noqa: E402
 
 import ep_core  # noqa: E402
+
+
+def _as_arrays(values):
+    """Some cases store TensorProtos (float8, int4 ...) where others store numpy arrays."""
+    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in values]
 
 
 def run_case(case, providers) -> str | None:
@@ -28,6 +35,7 @@ def run_case(case, providers) -> str | None:
         sess = ep_core.InferenceSession(case.model, providers=providers)
         names = [v.name for v in case.model.graph.input]
         for inputs, ref_outputs in case.data_sets:
+            inputs, ref_outputs = map(_as_arrays, (inputs, ref_outputs))
             feeds = dict(zip(names, inputs))
             outputs = sess.run(None, feeds)
             Runner.assert_similar_outputs(ref_outputs, outputs, case.rtol, case.atol)

@@ -1,0 +1,309 @@
+"""Activations (element-wise, parametric) and the Softmax family (Softmax, LogSoftmax, Hardmax)."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+
+from ep_core.kernel import Kernel
+from ep_cpu.kernels.math import as_dtype, upcast
+from ep_cpu.registry import kernel
+
+
+def _softplus(v: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0, v)  # log(1 + exp(v)) without overflow
+
+
+class _Elementwise(Kernel):
+    """y = f(x) computed in float32 for low-precision floats, returned in x's dtype."""
+
+    def f(self, v: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute(self, x):
+        with np.errstate(all="ignore"):  # exp overflow etc. give the IEEE results we want
+            return as_dtype(self.f(upcast(x)), x.dtype)
+
+
+@kernel("Relu")
+class Relu(Kernel):
+    def compute(self, x):
+        if x.dtype.kind in "iu":  # Relu-14 accepts signed ints
+            return as_dtype(np.maximum(x, 0), x.dtype)
+        v = upcast(x)
+        return as_dtype(np.where(v > 0, v, np.zeros((), v.dtype)), x.dtype)
+
+
+@kernel("LeakyRelu")
+class LeakyRelu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 0.01))
+
+    def f(self, v):
+        return np.where(v >= 0, v, v * v.dtype.type(self.alpha))
+
+
+@kernel("PRelu")
+class PRelu(Kernel):
+    def compute(self, x, slope):
+        dt = x.dtype
+        v, s = upcast(x), upcast(slope)
+        # PRelu-1/6 followed Caffe: a 1-D slope of size C is per channel (axis 1), not per last axis.
+        if (self.node.since_version < 7 and s.ndim == 1 and x.ndim > 2 and s.size == x.shape[1]
+                and s.size != 1):
+            s = s.reshape((-1,) + (1,) * (x.ndim - 2))
+        if dt.kind in "iu":
+            return as_dtype(np.where(x < 0, x * slope, x), dt)
+        return as_dtype(np.where(v < 0, v * s, v), dt)
+
+
+@kernel("Elu")
+class Elu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def f(self, v):
+        return np.where(v > 0, v, self.alpha * np.expm1(np.minimum(v, 0)))
+
+
+@kernel("Selu")
+class Selu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.67326319217681884765625))
+        self.gamma = float(self.attr("gamma", 1.05070102214050292968750))
+
+    def f(self, v):
+        return self.gamma * np.where(v > 0, v, self.alpha * np.expm1(np.minimum(v, 0)))
+
+
+@kernel("Celu")
+class Celu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def f(self, v):
+        a = self.alpha
+        return np.maximum(v, 0) + np.minimum(0, a * np.expm1(v / a))
+
+
+@kernel("HardSigmoid")
+class HardSigmoid(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 0.2))
+        self.beta = float(self.attr("beta", 0.5))
+
+    def f(self, v):
+        return np.clip(self.alpha * v + self.beta, 0, 1)
+
+
+@kernel("HardSwish")
+class HardSwish(_Elementwise):
+    def f(self, v):
+        return v * np.clip(v / 6.0 + 0.5, 0, 1)
+
+
+@kernel("Sigmoid")
+class Sigmoid(_Elementwise):
+    def f(self, v):
+        return special.expit(v)
+
+
+@kernel("Tanh")
+class Tanh(_Elementwise):
+    def f(self, v):
+        return np.tanh(v)
+
+
+@kernel("Softplus")
+class Softplus(_Elementwise):
+    def f(self, v):
+        return _softplus(v)
+
+
+@kernel("Softsign")
+class Softsign(_Elementwise):
+    def f(self, v):
+        return v / (1 + np.abs(v))
+
+
+@kernel("ThresholdedRelu")
+class ThresholdedRelu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def f(self, v):
+        return np.where(v > self.alpha, v, 0)
+
+
+@kernel("Shrink")
+class Shrink(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.lambd = float(self.attr("lambd", 0.5))
+        self.bias = float(self.attr("bias", 0.0))
+
+    def compute(self, x):
+        v = upcast(x).astype(np.float64) if x.dtype.kind in "iu" else upcast(x)
+        y = np.where(v < -self.lambd, v + self.bias, np.where(v > self.lambd, v - self.bias, 0))
+        return as_dtype(y, x.dtype)
+
+
+@kernel("Mish")
+class Mish(_Elementwise):
+    def f(self, v):
+        return v * np.tanh(_softplus(v))
+
+
+@kernel("Gelu")
+class Gelu(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.approx = str(self.attr("approximate", "none"))
+
+    def f(self, v):
+        if self.approx == "tanh":
+            inner = np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)
+            return 0.5 * v * (1 + np.tanh(inner))
+        return 0.5 * v * (1 + special.erf(v / np.sqrt(2)))
+
+
+@kernel("Swish")
+class Swish(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def f(self, v):
+        return v * special.expit(self.alpha * v)
+
+
+@kernel("SwiGLU")
+class SwiGLU(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+
+    def compute(self, a, b):
+        va, vb = upcast(a), upcast(b)
+        with np.errstate(all="ignore"):
+            return as_dtype(va * special.expit(self.alpha * va) * vb, a.dtype)
+
+
+# Experimental ops of opset 1-9, still found in old models (no schema in current onnx).
+@kernel("Affine")
+class Affine(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 0.0))
+
+    def f(self, v):
+        return self.alpha * v + self.beta
+
+
+@kernel("ScaledTanh")
+class ScaledTanh(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 1.0))
+
+    def f(self, v):
+        return self.alpha * np.tanh(self.beta * v)
+
+
+@kernel("ParametricSoftplus")
+class ParametricSoftplus(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 1.0))
+
+    def f(self, v):
+        return self.alpha * _softplus(self.beta * v)
+
+
+@kernel("ImageScaler")
+class ImageScaler(Kernel):
+    """y = scale * x + bias[c] over NCHW input."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.scale = float(self.attr("scale", 1.0))
+        self.bias = self.attr("bias")
+
+    def compute(self, x):
+        v = upcast(x) * self.scale
+        if self.bias is not None:
+            b = np.asarray(self.bias, dtype=v.dtype)
+            v = v + b.reshape((1, -1) + (1,) * (x.ndim - 2))
+        return as_dtype(v, x.dtype)
+
+
+class _SoftmaxFamily(Kernel):
+    """Softmax-1/11 flatten the input to 2-D at `axis` (default 1); Softmax-13 work along `axis`
+    (default -1)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.legacy = node.since_version < 13
+        self.axis = int(self.attr("axis", 1 if self.legacy else -1))
+
+    def compute(self, x):
+        v = upcast(x)
+        shape = v.shape
+        axis = self.axis + v.ndim if self.axis < 0 else self.axis
+        if v.ndim == 0:
+            v = v.reshape(1)
+            axis = 0
+        elif self.legacy:
+            v = v.reshape(int(np.prod(shape[:axis], dtype=np.int64)),
+                          int(np.prod(shape[axis:], dtype=np.int64)))
+            axis = 1
+        with np.errstate(all="ignore"):
+            y = self.along(v, axis)
+        return as_dtype(y.reshape(shape), x.dtype)
+
+    def along(self, v: np.ndarray, axis: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _shifted(v: np.ndarray, axis: int) -> np.ndarray:
+    """v - max(v) along axis (so exp cannot overflow); all -inf slices stay finite-safe."""
+    m = np.max(v, axis=axis, keepdims=True) if v.size else v
+    m = np.where(np.isfinite(m), m, 0)
+    return v - m
+
+
+@kernel("Softmax")
+class Softmax(_SoftmaxFamily):
+    def along(self, v, axis):
+        if v.size == 0:
+            return v
+        e = np.exp(_shifted(v, axis))
+        return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@kernel("LogSoftmax")
+class LogSoftmax(_SoftmaxFamily):
+    def along(self, v, axis):
+        if v.size == 0:
+            return v
+        s = _shifted(v, axis)
+        return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
+
+
+@kernel("Hardmax")
+class Hardmax(_SoftmaxFamily):
+    def along(self, v, axis):
+        out = np.zeros_like(v)
+        if v.size == 0:
+            return out
+        idx = np.expand_dims(np.argmax(v, axis=axis), axis)  # first maximum wins
+        np.put_along_axis(out, idx, 1, axis=axis)
+        return out

@@ -1,0 +1,343 @@
+"""Element-wise math: binary/variadic arithmetic, comparison, logical, bitwise and unary math ops."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from scipy import special
+
+from ep_core.kernel import Kernel
+from ep_cpu.registry import kernel
+
+# Float types numpy has no native arithmetic for (ml_dtypes) or only a slow/low-precision one:
+# compute in float32 and round back once at the end.
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_float(dt: np.dtype) -> bool:
+    """True for every floating type, including ml_dtypes' bfloat16 / float8 / float4."""
+    dt = np.dtype(dt)
+    return dt.kind == "f" or (dt.kind == "V" and "float" in dt.name) or dt.name.startswith(("bfloat", "float"))
+
+
+def upcast(x: np.ndarray) -> np.ndarray:
+    """float16/bfloat16/float8 -> float32 for computing; other dtypes unchanged."""
+    if is_float(x.dtype) and x.dtype not in _NATIVE_FLOATS:
+        return x.astype(np.float32)
+    return x
+
+
+def as_dtype(r, dtype: np.dtype) -> np.ndarray:
+    """Result as an ndarray of exactly `dtype` (numpy returns 0-d scalars and promotes types)."""
+    r = np.asarray(r)
+    return r if r.dtype == dtype else r.astype(dtype)
+
+
+def legacy_broadcast(node_kernel: Kernel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Opset <7 `broadcast`/`axis`: B's dims align with A's starting at `axis` instead of the suffix."""
+    axis = node_kernel.attr("axis")
+    if node_kernel.attr("broadcast", 0) and axis is not None and b.ndim < a.ndim:
+        if axis < 0:
+            axis += a.ndim
+        b = b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
+    return b
+
+
+def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division rounding toward zero, as C does (numpy floors)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if a.dtype.kind == "u":
+            return np.floor_divide(a, b)
+        q = np.floor_divide(a, b)
+        r = np.remainder(a, b)
+    # floor and trunc differ when the remainder is nonzero and the signs differ
+    fix = (r != 0) & ((a < 0) != (b < 0))
+    return q + fix.astype(q.dtype)
+
+
+class _Binary(Kernel):
+    """Shared plumbing of two-input broadcast ops (legacy broadcast handling, dtype preservation)."""
+
+    def operands(self, a: np.ndarray, b: np.ndarray):
+        if self.node.since_version < 7:
+            b = legacy_broadcast(self, a, b)
+        return a, b
+
+
+@kernel(["Add", "Sub", "Mul", "Div"])
+class Arithmetic(_Binary):
+    _UFUNC = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.op = node.op_type
+        self.fn = self._UFUNC[self.op]
+
+    def compute(self, a, b):
+        a, b = self.operands(a, b)
+        dt = a.dtype
+        if self.op == "Div" and dt.kind in "iu":
+            return as_dtype(_trunc_div(a, b.astype(dt, copy=False)), dt)
+        with np.errstate(all="ignore"):  # inf/nan and integer wrap-around are the defined results
+            if dt.kind in "iub":
+                return as_dtype(self.fn(a, b.astype(dt, copy=False)), dt)
+            return as_dtype(self.fn(upcast(a), upcast(b)), dt)
+
+
+@kernel("Mod")
+class Mod(_Binary):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.fmod = int(self.attr("fmod", 0))
+
+    def compute(self, a, b):
+        dt = a.dtype
+        x, y = upcast(a), upcast(b)
+        with np.errstate(all="ignore"):
+            if self.fmod:
+                r = np.fmod(x, y)        # sign of the dividend (C fmod)
+            else:
+                r = np.mod(x, y)         # sign of the divisor (Python %)
+        return as_dtype(r, dt)
+
+
+@kernel("Pow")
+class Pow(_Binary):
+    """Pow(X: T, Y: T1) -> T; exponent and base may have different types (opset 12+)."""
+
+    def compute(self, x, y):
+        x, y = self.operands(x, y)
+        dt = x.dtype
+        with np.errstate(all="ignore"):
+            if dt.kind in "iu" and y.dtype.kind in "iu" and not (y < 0).any():
+                r = np.power(x.astype(np.int64), y.astype(np.int64))
+            elif dt == np.float32 and (y.dtype.kind in "iu" or y.dtype == np.float32 or
+                                       (is_float(y.dtype) and y.dtype.itemsize < 4)):
+                r = np.power(x, upcast(y).astype(np.float32))
+            elif is_float(dt) and dt.itemsize < 4:
+                r = np.power(upcast(x), upcast(y).astype(np.float32))
+            else:
+                r = np.power(x.astype(np.float64), upcast(y).astype(np.float64))
+        return as_dtype(r, dt)
+
+
+_COMPARE = {"Equal": np.equal, "Greater": np.greater, "Less": np.less,
+            "GreaterOrEqual": np.greater_equal, "LessOrEqual": np.less_equal}
+
+
+@kernel(list(_COMPARE))
+class Compare(_Binary):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.fn = _COMPARE[node.op_type]
+
+    def compute(self, a, b):
+        a, b = self.operands(a, b)
+        if a.dtype == object or b.dtype == object:  # strings: compare element-wise as Python str
+            return as_dtype(self.fn(a.astype(object), b.astype(object)), np.dtype(bool))
+        return as_dtype(self.fn(upcast(a), upcast(b)), np.dtype(bool))
+
+
+_LOGICAL = {"And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}
+
+
+@kernel(list(_LOGICAL))
+class Logical(_Binary):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.fn = _LOGICAL[node.op_type]
+
+    def compute(self, a, b):
+        a, b = self.operands(a, b)
+        return as_dtype(self.fn(a, b), np.dtype(bool))
+
+
+@kernel("Not")
+class Not(Kernel):
+    def compute(self, x):
+        return as_dtype(np.logical_not(x), np.dtype(bool))
+
+
+_BITWISE = {"BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor}
+
+
+@kernel(list(_BITWISE))
+class Bitwise(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.fn = _BITWISE[node.op_type]
+
+    def compute(self, a, b):
+        return as_dtype(self.fn(a, b), a.dtype)
+
+
+@kernel("BitwiseNot")
+class BitwiseNot(Kernel):
+    def compute(self, x):
+        return as_dtype(np.invert(x), x.dtype)
+
+
+@kernel("BitShift")
+class BitShift(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.left = str(self.attr("direction", "")).upper() == "LEFT"
+
+    def compute(self, x, y):
+        dt = x.dtype
+        bits = dt.itemsize * 8
+        y64 = y.astype(np.int64)
+        # Shifts by a negative amount or >= the width are UB in C; the spec defines them as the
+        # sign fill alone (0, or -1 for an arithmetic right shift of a negative value).
+        valid = (y64 >= 0) & (y64 < bits)
+        amount = np.where(valid, y64, 0).astype(dt)
+        r = np.left_shift(x, amount) if self.left else np.right_shift(x, amount)
+        if valid.all():
+            return as_dtype(r, dt)
+        fill = np.zeros((), dt)
+        if not self.left and dt.kind == "i":
+            fill = np.where(x < 0, np.asarray(-1, dt), fill)
+        return as_dtype(np.where(valid, r, fill), dt)
+
+
+class _Variadic(Kernel):
+    """Max / Min / Sum / Mean over any number of broadcast inputs."""
+    fn = None
+
+    def reduce(self, inputs):
+        inputs = [x for x in inputs if x is not None]
+        dt = inputs[0].dtype
+        vals = [upcast(x) for x in inputs]
+        if len(vals) == 1:
+            return dt, np.array(vals[0], copy=True)
+        with np.errstate(all="ignore"):
+            return dt, functools.reduce(self.fn, vals)
+
+
+@kernel("Max")
+class Max(_Variadic):
+    fn = staticmethod(np.maximum)
+
+    def compute(self, *inputs):
+        dt, r = self.reduce(inputs)
+        return as_dtype(r, dt)
+
+
+@kernel("Min")
+class Min(_Variadic):
+    fn = staticmethod(np.minimum)
+
+    def compute(self, *inputs):
+        dt, r = self.reduce(inputs)
+        return as_dtype(r, dt)
+
+
+@kernel("Sum")
+class Sum(_Variadic):
+    fn = staticmethod(np.add)
+
+    def compute(self, *inputs):
+        dt, r = self.reduce(inputs)
+        return as_dtype(r, dt)
+
+
+@kernel("Mean")
+class Mean(_Variadic):
+    fn = staticmethod(np.add)
+
+    def compute(self, *inputs):
+        n = sum(x is not None for x in inputs)
+        dt, r = self.reduce(inputs)
+        return as_dtype(r / n, dt)
+
+
+def _round_half_even(x):
+    return np.round(x)  # numpy rounds halves to even, as the spec requires
+
+
+def _reciprocal(x):
+    return 1.0 / x
+
+
+_UNARY = {
+    "Abs": np.abs, "Neg": np.negative, "Ceil": np.ceil, "Floor": np.floor, "Sqrt": np.sqrt,
+    "Exp": np.exp, "Log": np.log, "Reciprocal": _reciprocal, "Sign": np.sign,
+    "Round": _round_half_even, "Erf": special.erf,
+    "Sin": np.sin, "Cos": np.cos, "Tan": np.tan, "Asin": np.arcsin, "Acos": np.arccos,
+    "Atan": np.arctan, "Sinh": np.sinh, "Cosh": np.cosh, "Asinh": np.arcsinh,
+    "Acosh": np.arccosh, "Atanh": np.arctanh,
+}
+# Ops that are exact on integers and must not go through floating point.
+_INT_SAFE = {"Abs", "Neg", "Sign", "Ceil", "Floor", "Round"}
+
+
+@kernel(list(_UNARY))
+class Unary(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.name = node.op_type
+        self.fn = _UNARY[self.name]
+
+    def compute(self, x):
+        dt = x.dtype
+        with np.errstate(all="ignore"):  # log(0), sqrt(-1), ... have defined IEEE results
+            if dt.kind in "iub" and self.name in _INT_SAFE:
+                return as_dtype(self.fn(x), dt)
+            if dt.kind in "iu":  # e.g. Reciprocal/Erf on ints: compute in double, truncate
+                return as_dtype(self.fn(x.astype(np.float64)), dt)
+            return as_dtype(self.fn(upcast(x)), dt)
+
+
+@kernel("IsNaN")
+class IsNaN(Kernel):
+    def compute(self, x):
+        if not is_float(x.dtype):
+            return np.zeros(x.shape, dtype=bool)
+        return as_dtype(np.isnan(upcast(x)), np.dtype(bool))
+
+
+@kernel("IsInf")
+class IsInf(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.neg = bool(self.attr("detect_negative", 1))
+        self.pos = bool(self.attr("detect_positive", 1))
+
+    def compute(self, x):
+        if not is_float(x.dtype):
+            return np.zeros(x.shape, dtype=bool)
+        v = upcast(x)
+        r = np.zeros(x.shape, dtype=bool)
+        if self.pos:
+            r |= np.isposinf(v)
+        if self.neg:
+            r |= np.isneginf(v)
+        return r
+
+
+@kernel("Clip")
+class Clip(Kernel):
+    """Clip-1/6: `min`/`max` attributes; Clip-11+: optional scalar inputs."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.lo_attr = self.attr("min")
+        self.hi_attr = self.attr("max")
+
+    def compute(self, x, lo=None, hi=None):
+        dt = x.dtype
+        if self.node.since_version < 11:
+            lo, hi = self.lo_attr, self.hi_attr
+        v = upcast(x)
+        # max then min: when min > max every value becomes max, as the spec says
+        if lo is not None and np.size(lo):
+            v = np.maximum(v, np.asarray(lo).astype(v.dtype).reshape(()))
+        if hi is not None and np.size(hi):
+            v = np.minimum(v, np.asarray(hi).astype(v.dtype).reshape(()))
+        return as_dtype(v, dt) if v is not x else x.copy()
+
+
+@kernel("Where")
+class Where(Kernel):
+    def compute(self, cond, x, y):
+        return as_dtype(np.where(cond.astype(bool, copy=False), x, y), x.dtype)
