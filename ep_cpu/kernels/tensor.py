@@ -1,0 +1,402 @@
+"""Shape and layout ops: Concat, Reshape, Flatten, (Un)Squeeze, Transpose, Expand, Tile, Shape, Size,
+Identity, Dropout, DepthToSpace, SpaceToDepth, Split, Slice, Pad, Crop, ReverseSequence.
+
+Shape/axes/size inputs are small int tensors read on the host."""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_cpu.registry import kernel
+
+
+def host_ints(x) -> list[int]:
+    """A shape/axes/pads input as a list of Python ints."""
+    return [int(v) for v in np.asarray(x).reshape(-1)]
+
+
+def contiguous(x: np.ndarray) -> np.ndarray:
+    """C-contiguous array, keeping 0-d shapes (np.ascontiguousarray turns them into 1-d)."""
+    return np.asarray(x, order="C")
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    """Resolve a possibly negative axis against `rank`, checking the range."""
+    a = axis + rank if axis < 0 else axis
+    if not 0 <= a < max(rank, 1):
+        raise ValueError(f"axis {axis} out of range for rank {rank}")
+    return a
+
+
+@kernel("Concat")
+class Concat(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = self.attr("axis", 1)  # opset 1 defaults to 1; later versions require it
+
+    def compute(self, *xs):
+        xs = [x for x in xs if x is not None]
+        axis = norm_axis(self.axis, xs[0].ndim)
+        return np.concatenate(xs, axis=axis).astype(xs[0].dtype, copy=False)
+
+
+def _reshape_target(shape_in: tuple, shape: list[int], allowzero: bool) -> list[int]:
+    """ONNX reshape rules: 0 copies the input dim (unless allowzero), -1 is inferred."""
+    out = []
+    for k, s in enumerate(shape):
+        if s == 0 and not allowzero:
+            out.append(shape_in[k])
+        else:
+            out.append(s)
+    if out.count(-1) > 1:
+        raise ValueError("reshape: at most one -1 allowed")
+    if -1 in out:
+        known = int(np.prod([s for s in out if s != -1], dtype=np.int64))
+        total = int(np.prod(shape_in, dtype=np.int64))
+        if known == 0:
+            raise ValueError("reshape: cannot infer -1 with a zero-sized dimension")
+        out[out.index(-1)] = total // known
+    return out
+
+
+@kernel("Reshape")
+class Reshape(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.allowzero = bool(self.attr("allowzero", 0))
+        self.shape_attr = self.attr("shape")  # opset 1
+
+    def compute(self, x, shape=None):
+        target = host_ints(shape) if shape is not None else list(self.shape_attr or [])
+        return x.reshape(_reshape_target(x.shape, target, self.allowzero))
+
+
+@kernel("Flatten")
+class Flatten(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = self.attr("axis", 1)
+
+    def compute(self, x):
+        axis = self.axis + x.ndim if self.axis < 0 else self.axis
+        if not 0 <= axis <= x.ndim:
+            raise ValueError(f"Flatten axis {self.axis} out of range")
+        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+        inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+        return x.reshape(outer, inner)
+
+
+@kernel("Squeeze")
+class Squeeze(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axes = self.attr("axes")  # opsets 1/11; an input from 13
+
+    def compute(self, x, axes=None):
+        ax = host_ints(axes) if axes is not None else self.axes
+        if ax is None:
+            return x.reshape([d for d in x.shape if d != 1])
+        ax = sorted({norm_axis(a, x.ndim) for a in ax})
+        for a in ax:
+            if x.shape[a] != 1:
+                raise ValueError(f"Squeeze: dimension {a} has size {x.shape[a]}, not 1")
+        return x.reshape([d for k, d in enumerate(x.shape) if k not in ax])
+
+
+@kernel("Unsqueeze")
+class Unsqueeze(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axes = self.attr("axes")
+
+    def compute(self, x, axes=None):
+        ax = host_ints(axes) if axes is not None else list(self.axes or [])
+        rank = x.ndim + len(ax)
+        ax = sorted(norm_axis(a, rank) for a in ax)
+        if len(set(ax)) != len(ax):
+            raise ValueError("Unsqueeze: repeated axes")
+        shape = list(x.shape)
+        for a in ax:
+            shape.insert(a, 1)
+        return x.reshape(shape)
+
+
+@kernel("Transpose")
+class Transpose(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.perm = self.attr("perm")
+
+    def compute(self, x):
+        perm = self.perm if self.perm is not None else list(range(x.ndim))[::-1]
+        return contiguous(np.transpose(x, perm))
+
+
+@kernel("Expand")
+class Expand(Kernel):
+    def compute(self, x, shape):
+        target = np.broadcast_shapes(x.shape, tuple(host_ints(shape)))
+        return np.array(np.broadcast_to(x, target))  # a writable copy, never the read-only view
+
+
+@kernel("Tile")
+class Tile(Kernel):
+    def compute(self, x, repeats, axis=None):
+        if axis is not None:  # opset 1: a scalar count of tiles along one axis
+            reps = [1] * x.ndim
+            reps[norm_axis(host_ints(axis)[0], x.ndim)] = host_ints(repeats)[0]
+        else:
+            reps = host_ints(repeats)
+        return np.tile(x, reps).astype(x.dtype, copy=False).reshape(
+            [d * r for d, r in zip(x.shape, reps)])
+
+
+@kernel("Shape")
+class Shape(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.start = self.attr("start", 0)
+        self.end = self.attr("end")
+
+    def compute(self, x):
+        r = x.ndim
+        start = min(max(self.start + r if self.start < 0 else self.start, 0), r)
+        end = r if self.end is None else self.end
+        end = min(max(end + r if end < 0 else end, 0), r)
+        return np.array(x.shape[start:end], dtype=np.int64)
+
+
+@kernel("Size")
+class Size(Kernel):
+    def compute(self, x):
+        return np.array(x.size, dtype=np.int64)
+
+
+@kernel("Identity")
+class Identity(Kernel):
+    """Tensors, sequences (lists) and optionals (None) pass through unchanged."""
+
+    def compute(self, x):
+        # A sequence is copied so consumers that build new sequences never alias the source list.
+        return list(x) if isinstance(x, list) else x
+
+
+@kernel("Dropout")
+class Dropout(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.ratio = float(self.attr("ratio", 0.5))
+        self.seed = self.attr("seed")
+        self.is_test = bool(self.attr("is_test", 0))
+
+    def compute(self, x, ratio=None, training_mode=None):
+        v = self.node.since_version
+        # Before opset 7 the mask has the data's type; from 10 it is bool.
+        mask_dtype = np.bool_ if v >= 10 else x.dtype
+        training = training_mode is not None and bool(np.asarray(training_mode))
+        r = float(np.asarray(ratio)) if ratio is not None else self.ratio
+        if v < 12 or not training or r == 0.0:
+            return x.copy(), np.ones(x.shape, dtype=mask_dtype)
+        # A seeded legacy RandomState makes masks reproducible for a given `seed` attribute.
+        rng = np.random.RandomState(self.seed) if self.seed is not None else np.random.RandomState()
+        keep = rng.uniform(0.0, 1.0, x.shape) >= r
+        scale = 1.0 / (1.0 - r)
+        y = (x * keep * scale).astype(x.dtype)
+        return y, keep.astype(mask_dtype)
+
+
+@kernel("DepthToSpace")
+class DepthToSpace(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.bs = self.attr("blocksize")
+        self.mode = self.attr("mode", "DCR")
+
+    def compute(self, x):
+        b, c, h, w = x.shape
+        bs = self.bs
+        if self.mode == "DCR":
+            t = x.reshape(b, bs, bs, c // (bs * bs), h, w).transpose(0, 3, 4, 1, 5, 2)
+        else:
+            t = x.reshape(b, c // (bs * bs), bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
+        return contiguous(t).reshape(b, c // (bs * bs), h * bs, w * bs)
+
+
+@kernel("SpaceToDepth")
+class SpaceToDepth(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.bs = self.attr("blocksize")
+        self.mode = self.attr("mode", "DCR")  # opset 28 adds CRD
+
+    def compute(self, x):
+        b, c, h, w = x.shape
+        bs = self.bs
+        perm = (0, 3, 5, 1, 2, 4) if self.mode == "DCR" else (0, 1, 3, 5, 2, 4)
+        t = x.reshape(b, c, h // bs, bs, w // bs, bs).transpose(perm)
+        return contiguous(t).reshape(b, c * bs * bs, h // bs, w // bs)
+
+
+@kernel("Split")
+class Split(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = self.attr("axis", 0)
+        self.split = self.attr("split")
+        self.num_outputs = self.attr("num_outputs")
+
+    def compute(self, x, split=None):
+        axis = norm_axis(self.axis, x.ndim)
+        dim = x.shape[axis]
+        n = len(self.node.outputs)
+        if split is not None and np.asarray(split).size > 0:
+            sizes = host_ints(split)
+        elif self.split is not None:
+            sizes = list(self.split)
+        elif self.num_outputs is not None:
+            # opset 18: chunks of ceil(dim / n); the last may be smaller
+            chunk = -(-dim // self.num_outputs)
+            sizes = [min(chunk, max(dim - k * chunk, 0)) for k in range(self.num_outputs)]
+        else:
+            if dim % n:
+                raise ValueError(f"Split: dimension {dim} not divisible into {n} outputs")
+            sizes = [dim // n] * n
+        if sum(sizes) != dim:
+            raise ValueError(f"Split: sizes {sizes} do not sum to dimension {dim}")
+        bounds = np.cumsum(sizes)[:-1]
+        return tuple(contiguous(p) for p in np.split(x, bounds, axis=axis))
+
+
+def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
+    """ONNX Slice clamping for one axis as a Python slice (negative steps included)."""
+    if step == 0:
+        raise ValueError("Slice: step cannot be 0")
+    if start < 0:
+        start += dim
+    if end < 0:
+        end += dim
+    if step > 0:
+        start = min(max(start, 0), dim)
+        end = min(max(end, 0), dim)
+        return slice(start, end, step)
+    start = min(max(start, 0), dim - 1)
+    end = min(max(end, -1), dim - 1)
+    # end == -1 means "run through index 0", which a Python slice spells as None.
+    return slice(start, None if end == -1 else end, step)
+
+
+@kernel("Slice")
+class Slice(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.starts = self.attr("starts")  # opset 1 attributes
+        self.ends = self.attr("ends")
+        self.axes = self.attr("axes")
+
+    def compute(self, x, starts=None, ends=None, axes=None, steps=None):
+        if starts is None:
+            st, en, ax, sp = list(self.starts), list(self.ends), self.axes, None
+        else:
+            st, en = host_ints(starts), host_ints(ends)
+            ax = host_ints(axes) if axes is not None else None
+            sp = host_ints(steps) if steps is not None else None
+        if ax is None:
+            ax = list(range(len(st)))
+        if sp is None:
+            sp = [1] * len(st)
+        index = [slice(None)] * x.ndim
+        for s, e, a, p in zip(st, en, ax, sp):
+            a = norm_axis(a, x.ndim)
+            index[a] = slice_bounds(s, e, p, x.shape[a])
+        return contiguous(x[tuple(index)])
+
+
+def pad_array(x: np.ndarray, pads: list[int], mode: str, value) -> np.ndarray:
+    """Pad with ONNX pads [x1_begin, x2_begin, ..., x1_end, ...]; negative pads crop."""
+    r = x.ndim
+    begins, ends = pads[:r], pads[r:]
+    crop = tuple(slice(max(-b, 0), x.shape[k] - max(-e, 0)) for k, (b, e) in enumerate(zip(begins, ends)))
+    x = x[crop]
+    width = [(max(b, 0), max(e, 0)) for b, e in zip(begins, ends)]
+    if not any(b or e for b, e in width):
+        return contiguous(x)
+    if mode == "constant":
+        if x.dtype == object:
+            out = np.full([d + b + e for d, (b, e) in zip(x.shape, width)], value, dtype=object)
+            out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, width))] = x
+            return out
+        return np.pad(x, width, mode="constant", constant_values=np.asarray(value).astype(x.dtype))
+    if x.size == 0:
+        raise ValueError(f"Pad: mode '{mode}' needs a non-empty input")
+    np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}.get(mode)
+    if np_mode is None:
+        raise ValueError(f"Pad: unsupported mode '{mode}'")
+    return np.pad(x, width, mode=np_mode)
+
+
+@kernel("Pad")
+class Pad(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.mode = self.attr("mode", "constant")
+        self.pads = self.attr("pads", self.attr("paddings"))  # opset 2 / opset 1 names
+        self.value = self.attr("value", 0.0)
+
+    def compute(self, x, pads=None, constant_value=None, axes=None):
+        if pads is None:
+            full = list(self.pads)
+            value = self.value
+        else:
+            p = host_ints(pads)
+            value = np.asarray(constant_value).reshape(-1)[0] if constant_value is not None \
+                and np.asarray(constant_value).size else 0
+            if axes is not None:
+                ax = [norm_axis(a, x.ndim) for a in host_ints(axes)]
+                full = [0] * (2 * x.ndim)
+                for k, a in enumerate(ax):
+                    full[a] = p[k]
+                    full[a + x.ndim] = p[k + len(ax)]
+            else:
+                full = p
+        if x.dtype == object and value == 0:
+            value = ""
+        return pad_array(x, full, self.mode, value)
+
+
+@kernel("Crop")
+class Crop(Kernel):
+    """Old experimental op: NCHW crop by `border` (left, top, right, bottom) or to `scale` (h, w)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.border = list(self.attr("border", [0, 0, 0, 0]))
+        self.scale = self.attr("scale")
+
+    def compute(self, x):
+        left, top, right, bottom = self.border
+        h, w = x.shape[2], x.shape[3]
+        if self.scale:
+            oh, ow = self.scale
+            return contiguous(x[:, :, top:top + oh, left:left + ow])
+        return contiguous(x[:, :, top:h - bottom, left:w - right])
+
+
+@kernel("ReverseSequence")
+class ReverseSequence(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.batch_axis = self.attr("batch_axis", 1)
+        self.time_axis = self.attr("time_axis", 0)
+
+    def compute(self, x, sequence_lens):
+        lens = host_ints(sequence_lens)
+        ba, ta = norm_axis(self.batch_axis, x.ndim), norm_axis(self.time_axis, x.ndim)
+        out = x.copy()
+        for b, n in enumerate(lens):
+            src = [slice(None)] * x.ndim
+            src[ba] = b
+            src[ta] = slice(n - 1, None, -1) if n > 0 else slice(0, 0)
+            dst = list(src)
+            dst[ta] = slice(0, n)
+            out[tuple(dst)] = x[tuple(src)]
+        return out
