@@ -2,9 +2,10 @@
 from . import errors
 from .options import ExecutionMode, GraphOptimizationLevel, RunOptions, SessionOptions
 from .providers import (get_all_providers, get_available_providers, get_registered_ops,
-                        register_provider)
+                        register_provider, register_provider_library)
 from .session import InferenceSession, ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession", "SessionOptions", "RunOptions", "GraphOptimizationLevel",
            "ExecutionMode", "NodeArg", "ModelMetadata", "errors", "register_provider",
-           "get_all_providers", "get_available_providers", "get_registered_ops"]
+           "get_all_providers", "get_available_providers", "get_registered_ops",
+           "register_provider_library"]

@@ -27,3 +27,7 @@ class NotImplemented(EPError):  # noqa: A001 - name mirrors onnxruntime's status
 
 class Fail(EPError):
     """A kernel failed at run time; the message names the node and op."""
+
+
+class IncompatiblePlugin(InvalidArgument):
+    """A provider plugin cannot be used: ABI version mismatch, missing symbol, not a provider."""

@@ -103,7 +103,9 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
     for name in graph.outer_scope:
         slot(name)
     steps = []
-    for node in graph.topological_order():
+    # insert_copy_nodes left graph.nodes in topological order; re-sorting would reject the
+    # pre-placed initializer copies ('W@dev'), which are plan constants, not graph values.
+    for node in graph.nodes:
         a = assigned[node]
         if a.transfer is not None:
             kern = _CopyKernel(a.transfer[0], a.transfer[1], a.provider)

@@ -2,12 +2,13 @@
 entry-point group so an installed third-party package is found without changing this repo."""
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from importlib import metadata
 from typing import Callable
 
-from .errors import InvalidArgument
+from .errors import IncompatiblePlugin, InvalidArgument
 from .provider import ExecutionProvider
 
 ProviderFactory = Callable[..., ExecutionProvider]
@@ -17,13 +18,58 @@ _factories: dict[str, ProviderFactory] = {}
 _aliases = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 _BUILTINS = {"cpu": "ep_cpu:CPUExecutionProvider", "cuda": "ep_cuda:CUDAExecutionProvider"}
 _discovered = False
+_incompatible: dict[str, str] = {}  # plugin name -> why it was refused (raised when it is requested)
+_from_entry_points: set[str] = set()
 
 
 def register_provider(name: str, factory: ProviderFactory, aliases: tuple[str, ...] = ()) -> None:
-    """Make `name` usable in `providers=[...]`. `factory(**options)` returns the provider."""
-    _factories[name] = factory
+    """Make `name` usable in `providers=[...]`. `factory(**options)` returns the provider.
+
+    A provider class must subclass ExecutionProvider and declare a compatible `abi_version`
+    (else IncompatiblePlugin naming it); a plain callable's provider is checked when created.
+    """
+    _factories[name] = _checked(name, factory)
+    _incompatible.pop(name, None)
+    _from_entry_points.discard(name)  # explicit registration wins over a later refresh()
     for a in aliases:
         _aliases[a] = name
+
+
+def unregister_provider(name: str) -> None:
+    """Forget a provider added with register_provider / register_provider_library (and its aliases)."""
+    _factories.pop(name, None)
+    _incompatible.pop(name, None)
+    for alias in [a for a, n in _aliases.items() if n == name]:
+        del _aliases[alias]
+
+
+def register_provider_library(name: str, path: str, aliases: tuple[str, ...] = ()) -> type:
+    """Load a C plugin (a shared library implementing ep_core/include/ep_plugin.h) with ctypes
+    and register it as provider `name`. Returns the adapter class; errors name the plugin."""
+    from .c_plugin import load_provider_library
+    cls = load_provider_library(name, path)
+    register_provider(name, cls, aliases)
+    return cls
+
+
+def _checked(name: str, factory: ProviderFactory) -> ProviderFactory:
+    from .plugin import check_abi_version, check_provider_class
+    if isinstance(factory, type):
+        check_provider_class(factory, name)
+        return factory
+    if not callable(factory):
+        raise IncompatiblePlugin(f"provider plugin '{name}': {factory!r} is neither a provider "
+                                 f"class nor a callable returning a provider")
+
+    @functools.wraps(factory)
+    def make(**options):  # the ABI version is only known once the callable returns a provider
+        provider = factory(**options)
+        if not isinstance(provider, ExecutionProvider):
+            raise IncompatiblePlugin(f"provider plugin '{name}': its factory returned "
+                                     f"{type(provider).__name__}, not an ExecutionProvider")
+        check_abi_version(getattr(provider, "abi_version", None), name)
+        return provider
+    return make
 
 
 def _load(spec: str) -> ProviderFactory:
@@ -43,12 +89,31 @@ def _discover() -> None:
             except (ImportError, AttributeError) as e:  # e.g. ep_cuda not installed: listed, never available
                 _factories[name] = _unavailable(name, f"cannot import {spec}: {e}")
     for ep in metadata.entry_points(group="ep_core.providers"):
-        if ep.name in _factories:
+        if ep.name in _factories or ep.name in _incompatible:
             continue
         try:
-            _factories[ep.name] = ep.load()
+            factory = ep.load()
         except Exception as e:  # a broken plugin must not break sessions that do not use it
             warnings.warn(f"provider plugin '{ep.name}' ({ep.value}) failed to load: {e}")
+            continue
+        try:
+            _factories[ep.name] = _checked(ep.name, factory)
+        except IncompatiblePlugin as e:  # refused when requested, not for sessions that don't use it
+            _incompatible[ep.name] = f"{e} (entry point {ep.value})"
+            _factories[ep.name] = _unavailable(ep.name, str(e))
+        _from_entry_points.add(ep.name)
+
+
+def refresh() -> None:
+    """Scan the `ep_core.providers` entry points again (after installing a plugin in-process)."""
+    global _discovered
+    for name in _from_entry_points:
+        _factories.pop(name, None)
+        _incompatible.pop(name, None)
+    _from_entry_points.clear()
+    _discovered = False
+    importlib.invalidate_caches()
+    _discover()
 
 
 def _unavailable(name: str, reason: str) -> ProviderFactory:
@@ -70,7 +135,10 @@ def canonical_name(name: str) -> str:
 
 
 def provider_factory(name: str) -> ProviderFactory:
-    return _factories[canonical_name(name)]
+    name = canonical_name(name)
+    if name in _incompatible:
+        raise IncompatiblePlugin(_incompatible[name])
+    return _factories[name]
 
 
 def availability(name: str) -> tuple[bool, str]:
@@ -87,7 +155,7 @@ def get_all_providers() -> list[str]:
 
 def get_available_providers() -> list[str]:
     """Providers that can really run on this machine, in default priority order (CPU last)."""
-    names = [n for n in get_all_providers() if availability(n)[0]]
+    names = [n for n in get_all_providers() if n not in _incompatible and availability(n)[0]]
     return sorted(names, key=lambda n: n == "cpu")
 
 

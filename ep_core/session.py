@@ -101,8 +101,8 @@ def resolve_providers(providers: Sequence | None, provider_options: Sequence[dic
 
     Unavailable providers warn once and are skipped, as onnxruntime does.
     """
-    if providers is None:
-        providers = provider_registry.get_available_providers()
+    if providers is None:  # built-in providers only; plugins run when named, as in onnxruntime
+        providers = [n for n in ("cuda", "cpu") if provider_registry.availability(n)[0]]
     if provider_options is not None and len(provider_options) != len(providers):
         raise InvalidArgument(f"provider_options has {len(provider_options)} entries for "
                               f"{len(providers)} providers; give one dict per provider")
@@ -137,27 +137,42 @@ class InferenceSession:
                  providers: Sequence | None = None, provider_options: Sequence[dict] | None = None,
                  **kwargs: Any) -> None:
         self._options = sess_options or SessionOptions()
-        # 1. Load
-        self._model = check_and_infer(load_model(path_or_bytes))
-        self._opsets = opset_imports(self._model)
-        graph = graph_from_proto(self._model.graph, self._opsets)
+        from . import offline, profiling  # hook (H7): profiler/logging, offline-optimized models
+        self._profiler = profiling.Profiler.for_session(self._options)
+        # 1. Load (a model written via optimized_model_filepath comes back typed and optimized)
+        with self._profiler.phase("load"):
+            self._model, graph = offline.load(path_or_bytes)
+            preoptimized = graph is not None
+            if not preoptimized:
+                self._model = check_and_infer(self._model)
+                graph = graph_from_proto(self._model.graph, opset_imports(self._model))
+            self._opsets = opset_imports(self._model)
         self._inputs_vi = list(graph.inputs)
         self._outputs_vi = list(graph.outputs)
-        # 2. Optimize
+        # 2. Optimize (fusions are checked against the providers' kernels, so resolve them first)
         from .optimizer import optimize
-        optimize(graph, self._options)
-        # 3. Partition, 4. fuse/compile
         self._providers = resolve_providers(providers, provider_options)
+        if not preoptimized:
+            with self._profiler.phase("optimize"):
+                optimize(graph, self._options, self._providers, self._model.ir_version)
+        # 3. Partition, 4. fuse/compile
         self._graph = graph
         self._plan, self._placement = self._build(graph)
+        if self._options.optimized_model_filepath:  # hook (H7): offline mode
+            offline.save_optimized(self._options.optimized_model_filepath, self._model, graph,
+                                   self._assigned, self._options, self._providers)
 
     def _build(self, graph: Graph) -> tuple[Plan, dict]:
-        assigned = partition(graph, self._providers)
+        with self._profiler.phase("partition"):
+            assigned = partition(graph, self._providers)
+        if graph is self._graph:
+            self._assigned = assigned  # hook (H7): the offline writer expands compiled groups
         # 5. Copy insertion
         report = insert_copy_nodes(graph, assigned, self._providers)
         # 6. Plan
-        plan = build_plan(graph, assigned, report.placed_initializers, self._providers,
-                          self._make_subgraph_runner, self._options)
+        with self._profiler.phase("plan"):
+            plan = build_plan(graph, assigned, report.placed_initializers, self._providers,
+                              self._make_subgraph_runner, self._options)
         placement = {
             "nodes": [(n.name, n.op_type, assigned[n].provider.type) for n in graph.nodes],
             "copy_nodes": report.copy_nodes,
@@ -186,10 +201,15 @@ class InferenceSession:
         for p in self._providers:
             p.on_run_start(run_options)
         try:
-            return self._plan.run(feeds, fetch_slots)
+            from .parallel import run_plan  # hook (H7): execution mode, intra-op limit, profiling
+            return run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler)
         finally:
             for p in self._providers:
                 p.on_run_end(run_options)
+
+    def end_profiling(self) -> str:
+        """Write the profile (Chrome trace JSON) and return its path; "" if profiling is off."""
+        return self._profiler.end()
 
     def _fetch_slots(self, output_names: Sequence[str] | None) -> list[int]:
         if not output_names:

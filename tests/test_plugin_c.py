@@ -15,12 +15,22 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ep_core
 from ep_core import errors
+from ep_core.plugin import HOST
 
 ROOT = Path(__file__).resolve().parents[1]
 INCLUDE = ROOT / "ep_core" / "include"
 EXAMPLE_SRC = ROOT / "examples" / "c_provider" / "ep_example_c.c"
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_test_providers():
+    """Providers registered here must not leak into other test modules' default provider lists."""
+    before = set(ep_core.get_all_providers())
+    yield
+    for name in set(ep_core.get_all_providers()) - before:
+        ep_core.providers.unregister_provider(name)
 
 
 def session(model: onnx.ModelProto, providers: list) -> ep_core.InferenceSession:
@@ -132,7 +142,7 @@ def test_example_c_values_live_in_its_memory(example_lib):
     assert on_dev.shape == (2, 3) and on_dev.device == p.device
     with pytest.raises(TypeError, match="copy"):
         np.asarray(on_dev)
-    np.testing.assert_array_equal(t.copy(on_dev, ep_core.plugin.HOST), x)
+    np.testing.assert_array_equal(t.copy(on_dev, HOST), x)
 
 
 def test_unknown_option_is_typed_error(example_lib):
@@ -286,3 +296,23 @@ def test_bad_library_is_refused(broken_src, define, pattern):
 def test_missing_library_file():
     with pytest.raises(errors.NoSuchFile, match="plugin 'ghost'"):
         ep_core.register_provider_library("ghost", "/nonexistent/libghost.so")
+
+
+@pytest.mark.parametrize("a_shape, b_shape", [
+    ((2, 3, 4), (4,)), ((2, 1, 4), (3, 1)), ((1,), (5,)), ((), (3,)), ((0, 3), (3,)),
+    ((2, 3, 1, 5), (1, 3, 4, 1)),
+])
+def test_example_c_add_broadcasts(example_lib, a_shape, b_shape):
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["A", "B"], ["Y"], name="add")], "g",
+        [helper.make_tensor_value_info("A", TensorProto.FLOAT, list(a_shape)),
+         helper.make_tensor_value_info("B", TensorProto.FLOAT, list(b_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(np.broadcast_shapes(a_shape, b_shape)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    sess = session(model, ["example_c", "cpu"])
+    assert ("add", "Add", "example_c") in sess.get_placement()["nodes"]
+    (y,) = sess.run(None, {"A": a, "B": b})
+    np.testing.assert_array_equal(y, a + b)

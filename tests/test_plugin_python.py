@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "python_provider"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _forget_test_providers():
+    """Providers registered here must not leak into other test modules' default provider lists."""
+    before = set(ep_core.get_all_providers())
+    yield
+    for name in set(ep_core.get_all_providers()) - before:
+        ep_core.providers.unregister_provider(name)
+
+
 def _pip_install(target: Path) -> None:
-    """Install the example package with pip; offline first (no build isolation), then isolated."""
+    """Install the example package with pip; offline first (no build isolation), then isolated.
+    It is built from a scratch copy so the build leaves nothing in the repository."""
+    source = target.parent / "python_provider_src"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     base = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target)]
     errors_seen = []
     for extra in (["--no-build-isolation"], []):
-        done = subprocess.run(base + extra + [str(EXAMPLE)], capture_output=True, text=True)
+        done = subprocess.run(base + extra + [str(source)], capture_output=True, text=True)
         if done.returncode == 0:
             return
         errors_seen.append(done.stderr[-2000:])
