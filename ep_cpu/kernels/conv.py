@@ -12,7 +12,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm
+from ep_cpu.gemm import ACTIVATIONS, gemm
 from ep_cpu.registry import kernel
 
 
@@ -84,8 +84,13 @@ def window_view(xp: np.ndarray, kernel_shape, strides, dilations, out_shape) -> 
 # ----------------------------------------------------------------------------- conv core
 
 def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin, end, out_shape,
-            bias: np.ndarray | None = None) -> np.ndarray:
-    """N-D grouped convolution of float arrays (same dtype); returns (N, M, *out_shape)."""
+            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
+            activation: str | None = None, activation_params: dict | None = None) -> np.ndarray:
+    """N-D grouped convolution of float arrays (same dtype); returns (N, M, *out_shape).
+
+    `act(conv + bias + residual)`: bias, residual (shaped like the output) and the activation
+    (a name from `ep_cpu.gemm.ACTIVATIONS`) run in the GEMM epilogue where a GEMM is used.
+    """
     n, c = x.shape[:2]
     m = w.shape[0]
     ks = list(w.shape[2:])
@@ -96,34 +101,55 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
     dt = x.dtype
     if oprod == 0 or n == 0:
         return np.zeros((n, m, *out_shape), dtype=dt)
-    pointwise = kprod == 1 and not any(begin) and not any(end)
-    if group > 1 and cg == 1 and mg >= 1 and kprod > 1:
+    if group > 1 and cg == 1 and kprod > 1:
         y = _depthwise(x, w, group, strides, dilations, begin, end, out_shape)
+        if bias is not None:
+            y += bias.astype(dt, copy=False).reshape((1, m) + (1,) * nd)
+        if residual is not None:
+            y += residual.astype(dt, copy=False)
+        if activation is not None:
+            ACTIVATIONS[activation](y, activation_params or {})
+        return y
+    if kprod == 1 and not any(begin) and not any(end):
+        # 1x1 conv: the window view is a strided slice of the input itself.
+        sl = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides))
+        cols = x[(slice(None), slice(None)) + sl].reshape(n, group, cg, oprod)
     else:
-        if pointwise:
-            # 1x1 conv: the window view is a strided slice of the input itself.
-            sl = (slice(None), slice(None)) + tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides))
-            cols = x[sl]  # (N, C, *O)
-            cols = cols.reshape(n, group, cg, oprod)
-        else:
-            xp = pad_spatial(x, begin, end)
-            view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
-            perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
-            cols = view.transpose(perm).reshape(n, group, cg * kprod, oprod)
-        w2 = w.reshape(group, mg, cg * kprod)
-        if group == 1 and n > 1:
-            # One GEMM for the whole batch: columns of all images side by side.
-            big = cols[:, 0].transpose(1, 0, 2).reshape(cg * kprod, n * oprod)
-            y = gemm(w2[0], big).reshape(m, n, oprod).transpose(1, 0, 2)
-        else:
-            y = np.empty((n, group, mg, oprod), dtype=dt)
-            for b in range(n):
-                for g in range(group):
-                    y[b, g] = gemm(w2[g], cols[b, g])
-        y = y.reshape(n, m, *out_shape)
-    if bias is not None:
-        y = y + bias.astype(dt, copy=False).reshape((1, m) + (1,) * nd)
-    return np.ascontiguousarray(y, dtype=dt)
+        xp = pad_spatial(x, begin, end)
+        view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
+        perm = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+        cols = view.transpose(perm).reshape(n, group, cg * kprod, oprod)
+    w2 = w.reshape(group, mg, cg * kprod)
+    # Bias rides in the GEMM epilogue as an (M, 1) column.
+    bcol = None if bias is None else bias.astype(dt, copy=False).reshape(group, mg, 1)
+    res = None if residual is None else np.broadcast_to(residual.astype(dt, copy=False), (n, m, *out_shape))
+    epi = dict(activation=activation, activation_params=activation_params)
+    if group == 1 and n > 1:
+        # One GEMM for the whole batch: columns of all images side by side.
+        big = cols[:, 0].transpose(1, 0, 2).reshape(cg * kprod, n * oprod)
+        r2 = None if res is None else res.reshape(n, m, oprod).transpose(1, 0, 2).reshape(m, n * oprod)
+        y = gemm(w2[0], big, None if bcol is None else bcol[0], residual=r2, **epi)
+        y = y.reshape(m, n, oprod).transpose(1, 0, 2)
+    elif group == 1:
+        r2 = None if res is None else res.reshape(m, oprod)
+        y = gemm(w2[0], cols[0, 0], None if bcol is None else bcol[0], residual=r2, **epi)
+    elif group > 16:
+        # Many small groups: one batched matmul beats a Python loop of tiny GEMMs.
+        y = np.matmul(w2[None], cols)  # (N, G, Mg, O)
+        if bcol is not None:
+            y += bcol[None]
+        if res is not None:
+            y += res.reshape(n, group, mg, oprod)
+        if activation is not None:
+            ACTIVATIONS[activation](y, activation_params or {})
+    else:
+        y = np.empty((n, group, mg, oprod), dtype=dt)
+        rg = None if res is None else res.reshape(n, group, mg, oprod)
+        for b in range(n):
+            for g in range(group):
+                gemm(w2[g], cols[b, g], None if bcol is None else bcol[g],
+                     residual=None if rg is None else rg[b, g], out=y[b, g], **epi)
+    return np.ascontiguousarray(y.reshape(n, m, *out_shape), dtype=dt)
 
 
 def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
@@ -149,13 +175,17 @@ def _conv_attrs(k: Kernel, w_shape, nd):
             k.attr("pads"), k.attr("auto_pad", "NOTSET"), int(k.attr("group", 1)))
 
 
-def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt) -> np.ndarray:
-    """Conv with the kernel's attributes, computed in dtype cdt."""
+def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
+             residual: np.ndarray | None = None, activation: str | None = None,
+             activation_params: dict | None = None) -> np.ndarray:
+    """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
+    act(conv + b + residual) for FusedConv."""
     nd = x.ndim - 2
     ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w.shape, nd)
     begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, pads, auto_pad)
     return conv_nd(x.astype(cdt, copy=False), w.astype(cdt, copy=False), group, strides, dil,
-                   begin, end, out, None if b is None else b.astype(cdt, copy=False))
+                   begin, end, out, None if b is None else b.astype(cdt, copy=False),
+                   residual, activation, activation_params)
 
 
 @kernel("Conv")
@@ -200,20 +230,12 @@ class ConvTranspose(Kernel):
         auto_pad = self.attr("auto_pad", "NOTSET")
         out_shape = self.attr("output_shape")
         full = [strides[i] * (ins[i] - 1) + opad[i] + (ks[i] - 1) * dil[i] + 1 for i in range(nd)]
-        if out_shape:
-            out_shape = list(out_shape)[-nd:]
+        if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            # Pads derived from the requested output size (SAME: input * stride).
+            out_shape = (list(out_shape)[-nd:] if out_shape
+                         else [ins[i] * strides[i] for i in range(nd)])
             total = [full[i] - out_shape[i] for i in range(nd)]
-            if auto_pad == "SAME_UPPER":
-                begin = [t // 2 for t in total]
-            else:
-                begin = [t - t // 2 for t in total]
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            out_shape = [ins[i] * strides[i] for i in range(nd)]
-            total = [full[i] - out_shape[i] for i in range(nd)]
-            if auto_pad == "SAME_UPPER":
-                begin = [t // 2 for t in total]
-            else:
-                begin = [t - t // 2 for t in total]
+            begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
         else:
             if auto_pad == "VALID":
                 pads = [0] * (2 * nd)
@@ -230,7 +252,7 @@ class ConvTranspose(Kernel):
         cols = np.empty((n, group, mg * kprod, iprod), dtype=cdt)
         for bi in range(n):
             for g in range(group):
-                cols[bi, g] = gemm(np.ascontiguousarray(wt[g].T), xr[bi, g])
+                gemm(wt[g], xr[bi, g], trans_a=True, out=cols[bi, g])
         cols = cols.reshape(n, m, *ks, *ins)
         # col2im into a buffer covering the full (uncropped) output, offset so negative
         # padding (output larger than full) still fits.

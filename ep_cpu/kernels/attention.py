@@ -1,0 +1,242 @@
+"""Attention family: Attention (opset 23-25: masks, KV cache, softcap, GQA, windows, nonpad
+lengths, qk_matmul_output), RotaryEmbedding, LinearAttention, ai.onnx.preview FlexAttention.
+
+Half-precision inputs compute in float32; fully-masked query rows give zeros (not NaN).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_core.types import np_dtype
+from ep_cpu.registry import kernel
+
+
+def _cdt(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """(B, S, n*D) -> (B, n, S, D)."""
+    b, s, hd = x.shape
+    return x.reshape(b, s, n, hd // n).transpose(0, 2, 1, 3)
+
+
+def _group_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """q (B, Hq, L, D) @ k^T (B, Hkv, S, D) with query heads grouped onto KV heads."""
+    b, hq, l_, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    qg = q.reshape(b, hkv, g, l_, d)
+    return np.matmul(qg, k[:, :, None].swapaxes(-1, -2)).reshape(b, hq, l_, k.shape[2])
+
+
+def _group_apply(p: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """probs (B, Hq, L, S) @ v (B, Hkv, S, Dv)."""
+    b, hq, l_, s = p.shape
+    hkv = v.shape[1]
+    g = hq // hkv
+    return np.matmul(p.reshape(b, hkv, g, l_, s), v[:, :, None]).reshape(b, hq, l_, v.shape[-1])
+
+
+def masked_softmax(scores: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis; rows with no finite score become all zeros."""
+    m = np.max(scores, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(scores - m)
+    e = np.where(np.isnan(e), 0, e) if np.isnan(e).any() else e
+    s = e.sum(axis=-1, keepdims=True)
+    return np.where(s > 0, e / np.where(s > 0, s, 1), 0).astype(scores.dtype, copy=False)
+
+
+@kernel("Attention")
+class Attention(Kernel):
+    def compute(self, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
+        out_dt = q.dtype
+        cdt = _cdt(out_dt)
+        three_d = q.ndim == 3
+        if three_d:
+            q4 = _heads(q, int(self.attr("q_num_heads")))
+            k4 = _heads(k, int(self.attr("kv_num_heads")))
+            v4 = _heads(v, int(self.attr("kv_num_heads")))
+        else:
+            q4, k4, v4 = q, k, v
+        past_len = 0
+        if past_key is not None:
+            past_len = past_key.shape[2]
+            k4 = np.concatenate([past_key, k4.astype(past_key.dtype)], axis=2)
+            v4 = np.concatenate([past_value, v4.astype(past_value.dtype)], axis=2)
+        present_k, present_v = k4, v4
+        b, hq, lq, hd = q4.shape
+        total = k4.shape[2]
+        scale = self.attr("scale")
+        scale = 1.0 / np.sqrt(hd) if scale is None else float(scale)
+        sq = np.sqrt(cdt.type(scale))
+        scores = _group_scores(q4.astype(cdt) * sq, k4.astype(cdt) * sq)
+        qk0 = scores
+        softcap = float(self.attr("softcap", 0.0))
+        if softcap > 0:
+            scores = softcap * np.tanh(scores / softcap)
+        qk1 = scores
+
+        # Allowed-key set from causal / window / padding rules, plus an additive float mask.
+        allowed = None
+        bias = None
+        rows = np.arange(lq)[:, None]
+        cols = np.arange(total)[None, :]
+        if nonpad_kv_seqlen is not None and past_key is None:
+            offset = (np.asarray(nonpad_kv_seqlen, dtype=np.int64) - lq).reshape(-1, 1, 1, 1)
+        else:
+            offset = np.full((1, 1, 1, 1), past_len, dtype=np.int64)
+        pos = rows[None, None] + offset  # absolute query position (B|1, 1, L, 1)
+
+        def restrict(a):
+            nonlocal allowed
+            allowed = a if allowed is None else allowed & a
+
+        if int(self.attr("is_causal", 0)):
+            restrict(cols[None, None] <= pos)
+        left, right = int(self.attr("left_window_size", -1)), int(self.attr("right_window_size", -1))
+        if left >= 0:
+            restrict(cols[None, None] >= pos - left)
+        if right >= 0:
+            restrict(cols[None, None] <= pos + right)
+        if nonpad_kv_seqlen is not None:
+            restrict(cols[None, None] < np.asarray(nonpad_kv_seqlen, dtype=np.int64).reshape(-1, 1, 1, 1))
+        if attn_mask is not None:
+            m = np.asarray(attn_mask)
+            if m.dtype != bool:
+                m = m.astype(cdt)  # any non-boolean mask is additive
+            if m.shape[-1] < total:  # short masks are padded with "not allowed"
+                pad = [(0, 0)] * (m.ndim - 1) + [(0, total - m.shape[-1])]
+                m = np.pad(m, pad, constant_values=False if m.dtype == bool else -np.inf)
+            if m.dtype == bool:
+                restrict(m.reshape((1,) * (4 - m.ndim) + m.shape))
+            else:
+                bias = m.reshape((1,) * (4 - m.ndim) + m.shape)
+        if allowed is not None:
+            neg = np.where(allowed, cdt.type(0), cdt.type(-np.inf))
+            bias = neg if bias is None else bias + neg
+        if bias is not None:
+            scores = scores + bias
+        qk2 = scores
+        sp = self.attr("softmax_precision")
+        sdt = np_dtype(sp) if sp else cdt
+        if sdt.itemsize < 4 or "bfloat16" in sdt.name:
+            sdt = np.dtype(np.float32)  # narrower softmax precision is computed in float32
+        probs = masked_softmax(scores.astype(sdt)).astype(cdt)
+        y = _group_apply(probs, v4.astype(cdt))
+        if three_d:
+            y = y.transpose(0, 2, 1, 3).reshape(b, lq, -1)
+        outs = [np.ascontiguousarray(y, dtype=out_dt), np.ascontiguousarray(present_k),
+                np.ascontiguousarray(present_v)]
+        n_out = len(self.node.outputs)
+        if n_out > 3:
+            mode = int(self.attr("qk_matmul_output_mode", 0))
+            qk = {0: qk0, 1: qk1, 2: qk2, 3: probs}[mode]
+            outs.append(np.ascontiguousarray(np.broadcast_to(qk, (b, hq, lq, total)), dtype=out_dt))
+        return tuple(outs[:n_out]) if n_out > 1 else outs[0]
+
+
+@kernel("RotaryEmbedding")
+class RotaryEmbedding(Kernel):
+    def compute(self, x, cos_cache, sin_cache, position_ids=None):
+        cdt = _cdt(x.dtype)
+        shape = x.shape
+        if x.ndim == 4:
+            xs = x.transpose(0, 2, 1, 3)  # (B, S, H, D)
+        else:
+            n = int(self.attr("num_heads"))
+            xs = x.reshape(shape[0], shape[1], n, shape[2] // n)
+        xs = xs.astype(cdt)
+        d = xs.shape[-1]
+        rd = int(self.attr("rotary_embedding_dim", 0)) or d
+        cos, sin = cos_cache.astype(cdt), sin_cache.astype(cdt)
+        if position_ids is not None:
+            cos, sin = cos[position_ids], sin[position_ids]
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (B, S, 1, rd/2)
+        rot = xs[..., :rd]
+        if int(self.attr("interleaved", 0)):
+            x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        else:
+            x1, x2 = rot[..., :rd // 2], rot[..., rd // 2:]
+        real = cos * x1 - sin * x2
+        imag = sin * x1 + cos * x2
+        out = xs.copy()
+        if int(self.attr("interleaved", 0)):
+            out[..., 0:rd:2], out[..., 1:rd:2] = real, imag
+        else:
+            out[..., :rd // 2], out[..., rd // 2:rd] = real, imag
+        out = out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(shape)
+        return np.ascontiguousarray(out, dtype=x.dtype)
+
+
+@kernel("LinearAttention")
+class LinearAttention(Kernel):
+    def compute(self, query, key, value, past_state=None, decay=None, beta=None):
+        cdt = np.dtype(np.float32)
+        hq, hkv = int(self.attr("q_num_heads")), int(self.attr("kv_num_heads"))
+        rule = self.attr("update_rule", "gated_delta")
+        b, t, _ = query.shape
+        dk = query.shape[-1] // hq
+        dv = value.shape[-1] // hkv
+        scale = float(self.attr("scale", 0.0)) or 1.0 / np.sqrt(dk)
+        q = query.astype(cdt).reshape(b, t, hq, dk)
+        k = key.astype(cdt).reshape(b, t, hkv, dk)
+        v = value.astype(cdt).reshape(b, t, hkv, dv)
+        state = (np.zeros((b, hkv, dk, dv), dtype=cdt) if past_state is None
+                 else past_state.astype(cdt).copy())
+        g_per = hq // hkv
+        if decay is not None:
+            dec = decay.astype(cdt).reshape(b, t, hkv, -1)  # last dim 1 (per head) or dk
+        if beta is not None:
+            bet = np.broadcast_to(beta.astype(cdt).reshape(b, t, -1), (b, t, hkv))
+        out = np.empty((b, t, hq, dv), dtype=cdt)
+        for step in range(t):
+            kt, vt = k[:, step], v[:, step]  # (B, Hkv, dk), (B, Hkv, dv)
+            if rule in ("gated", "gated_delta"):
+                gate = np.exp(dec[:, step])[..., None]  # (B, Hkv, dk|1, 1)
+                state = state * gate
+            if rule in ("delta", "gated_delta"):
+                pred = np.einsum("bhkv,bhk->bhv", state, kt)
+                upd = bet[:, step][..., None] * (vt - pred)
+                state = state + kt[..., None] * upd[:, :, None, :]
+            else:
+                state = state + kt[..., None] * vt[:, :, None, :]
+            qt = q[:, step].reshape(b, hkv, g_per, dk)
+            out[:, step] = (scale * np.einsum("bhgk,bhkv->bhgv", qt, state)).reshape(b, hq, dv)
+        sdt = past_state.dtype if past_state is not None else query.dtype
+        return (out.reshape(b, t, hq * dv).astype(query.dtype), state.astype(sdt))
+
+
+@kernel("FlexAttention", domain="ai.onnx.preview")
+class FlexAttention(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.mods = {}
+        for name in ("score_mod", "prob_mod"):
+            g = self.attr(name)
+            if g is not None:
+                if ctx is None or ctx.make_subgraph_runner is None:
+                    raise RuntimeError("FlexAttention modifiers need a subgraph runner")
+                self.mods[name] = (g, ctx.make_subgraph_runner(g))
+
+    def _apply(self, name, x, outer_vals):
+        if name not in self.mods:
+            return x
+        g, run = self.mods[name]
+        outer = dict(zip(self.node.implicit_inputs, outer_vals))
+        return np.asarray(run([x], outer)[0])
+
+    def compute(self, q, k, v, *outer_vals):
+        sp = self.attr("softmax_precision")
+        sdt = np_dtype(sp) if sp else _cdt(q.dtype)
+        scale = self.attr("scale")
+        scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
+        scores = (_group_scores(q.astype(sdt), k.astype(sdt)) * sdt.type(scale)).astype(sdt)
+        scores = self._apply("score_mod", scores, outer_vals).astype(sdt, copy=False)
+        probs = masked_softmax(scores.astype(_cdt(sdt))).astype(sdt)
+        probs = self._apply("prob_mod", probs, outer_vals).astype(sdt, copy=False)
+        y = _group_apply(probs.astype(_cdt(sdt)), v.astype(_cdt(sdt)))
+        return y.astype(q.dtype)

@@ -1,0 +1,80 @@
+"""Linear algebra: Gemm, MatMul, Det. Matrix products go through `ep_cpu.gemm.gemm`."""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_cpu.gemm import gemm
+from ep_cpu.registry import kernel
+
+
+def _half(dtype: np.dtype) -> bool:
+    """float16/bfloat16: numpy has no BLAS for them, compute in float32."""
+    return dtype.kind == "f" and dtype.itemsize == 2 or dtype.kind == "V" or "bfloat16" in dtype.name
+
+
+@kernel("Gemm")
+class Gemm(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 1.0))
+        self.trans_a = bool(self.attr("transA", 0))
+        self.trans_b = bool(self.attr("transB", 0))
+
+    def compute(self, a, b, c=None):
+        dt = a.dtype
+        if _half(dt):
+            a, b = a.astype(np.float32), b.astype(np.float32)
+            c = None if c is None else c.astype(np.float32)
+        m = a.shape[1] if self.trans_a else a.shape[0]
+        n = b.shape[0] if self.trans_b else b.shape[1]
+        if c is not None and c.ndim == 1 and c.shape[0] == m and m != n and n != 1:
+            c = c.reshape(m, 1)  # legacy broadcast (opset < 7) along the rows
+        if dt.kind in "iu":
+            # Integer Gemm: exact numpy product; alpha/beta applied in the same integer type.
+            aa = a.T if self.trans_a else a
+            bb = b.T if self.trans_b else b
+            y = np.matmul(aa, bb)
+            if self.alpha != 1:
+                y = y * dt.type(self.alpha)
+            if c is not None and self.beta != 0:
+                y = y + c * dt.type(self.beta)
+            return np.ascontiguousarray(np.broadcast_to(y, (m, n)), dtype=dt)
+        y = gemm(a, b, c if self.beta != 0 else None, alpha=self.alpha, beta=self.beta,
+                 trans_a=self.trans_a, trans_b=self.trans_b)
+        return y.astype(dt, copy=False)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """numpy-semantics matmul routed through gemm wherever B is a single matrix."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("MatMul inputs must have rank >= 1")
+    if b.ndim == 1:
+        return np.matmul(a, b)
+    if b.ndim == 2 and a.ndim >= 1:
+        if a.ndim == 1:
+            return gemm(a[None, :], b)[0]
+        return gemm(a, b)  # leading axes of A fold into M
+    if a.ndim >= 2 and b.ndim > 2 and all(d == 1 for d in b.shape[:-2]) and a.ndim >= b.ndim:
+        return gemm(a, b.reshape(b.shape[-2:])).reshape(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+                                                           + (a.shape[-2], b.shape[-1]))
+    return np.matmul(a, b)  # true batched broadcast: numpy's batched BLAS loop
+
+
+@kernel("MatMul")
+class MatMul(Kernel):
+    def compute(self, a, b):
+        dt = a.dtype
+        if _half(dt):
+            y = matmul(a.astype(np.float32), b.astype(np.float32))
+        else:
+            y = matmul(a, b)
+        return np.asarray(y, dtype=dt)
+
+
+@kernel("Det")
+class Det(Kernel):
+    def compute(self, x):
+        xf = x.astype(np.float32) if _half(x.dtype) else x
+        return np.asarray(np.linalg.det(xf), dtype=x.dtype)

@@ -1,0 +1,215 @@
+"""Pooling: AveragePool, MaxPool (+Indices), LpPool, Global*Pool, MaxUnpool, MaxRoiPool.
+
+Windowed pools loop over the kernel offsets (a handful) and reduce strided views of the padded
+input, so no Python loop touches individual pixels and no K-times window copy is made.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
+from ep_cpu.registry import kernel
+
+
+def pool_geometry(in_shape, ks, strides, dil, pads, auto_pad: str, ceil_mode: bool):
+    """(pads_begin, pads_end, extra_end, out_shape); extra_end pads past the declared pads so
+    ceil-mode windows fit (those cells never count as padding)."""
+    nd = len(in_shape)
+    pads = list(pads or [0] * (2 * nd))
+    begin, end, extra, out = [], [], [], []
+    for i in range(nd):
+        n, s = in_shape[i], strides[i]
+        k_eff = (ks[i] - 1) * dil[i] + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-n // s)
+            total = max(0, (o - 1) * s + k_eff - n)
+            small = total // 2
+            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+        else:
+            b, e = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + nd])
+            span = n + b + e - k_eff
+            if ceil_mode:
+                o = -(-span // s) + 1
+                if (o - 1) * s >= n + b:  # a window may not start in the right padding
+                    o -= 1
+            else:
+                o = span // s + 1
+        o = max(int(o), 0)
+        need = (o - 1) * s + k_eff - (n + b + e) if o > 0 else 0
+        begin.append(b)
+        end.append(e)
+        extra.append(max(need, 0))
+        out.append(o)
+    return begin, end, extra, out
+
+
+class _Pool(Kernel):
+    """Shared attribute parsing for the windowed pools (once, at session build)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.ks = [int(k) for k in self.attr("kernel_shape")]
+        nd = len(self.ks)
+        self.strides = list(self.attr("strides") or [1] * nd)
+        self.dil = list(self.attr("dilations") or [1] * nd)
+        self.pads = self.attr("pads")
+        self.auto_pad = self.attr("auto_pad", "NOTSET")
+        self.ceil_mode = bool(self.attr("ceil_mode", 0))
+
+    def _geometry(self, x):
+        return pool_geometry(x.shape[2:], self.ks, self.strides, self.dil, self.pads,
+                             self.auto_pad, self.ceil_mode)
+
+    def _offsets(self):
+        return itertools.product(*[range(k) for k in self.ks])
+
+
+def _axis_counts(n, o, k, s, d, b, lo, hi):
+    """Per output position along one axis: how many kernel taps land in [lo, hi)."""
+    pos = np.arange(o)[:, None] * s - b + np.arange(k)[None, :] * d
+    return ((pos >= lo) & (pos < hi)).sum(axis=1)
+
+
+@kernel("AveragePool")
+class AveragePool(_Pool):
+    def compute(self, x):
+        cdt = compute_dtype(x.dtype)
+        begin, end, extra, out = self._geometry(x)
+        xp = pad_spatial(x.astype(cdt, copy=False), begin, [e + x_ for e, x_ in zip(end, extra)])
+        view = window_view(xp, self.ks, self.strides, self.dil, out)
+        acc = np.zeros(x.shape[:2] + tuple(out), dtype=cdt)
+        for idx in self._offsets():
+            acc += view[(Ellipsis,) + idx]
+        include = bool(self.attr("count_include_pad", 0))
+        count = np.ones((), dtype=cdt)
+        for i, n in enumerate(x.shape[2:]):
+            lo, hi = (-begin[i], n + end[i]) if include else (0, n)
+            c = _axis_counts(n, out[i], self.ks[i], self.strides[i], self.dil[i], begin[i], lo, hi)
+            count = np.multiply.outer(count, c.astype(cdt))
+        acc /= np.maximum(count, 1)
+        return acc.astype(x.dtype, copy=False)
+
+
+@kernel("LpPool")
+class LpPool(_Pool):
+    def compute(self, x):
+        cdt = compute_dtype(x.dtype)
+        p = float(self.attr("p", 2))
+        begin, end, extra, out = self._geometry(x)
+        xp = pad_spatial(np.abs(x.astype(cdt)), begin, [e + x_ for e, x_ in zip(end, extra)])
+        view = window_view(xp, self.ks, self.strides, self.dil, out)
+        acc = np.zeros(x.shape[:2] + tuple(out), dtype=cdt)
+        for idx in self._offsets():
+            acc += view[(Ellipsis,) + idx] ** p
+        return (acc ** (1.0 / p)).astype(x.dtype, copy=False)
+
+
+@kernel("MaxPool")
+class MaxPool(_Pool):
+    def compute(self, x):
+        begin, end, extra, out = self._geometry(x)
+        want_idx = len(self.node.outputs) > 1 and bool(self.node.outputs[1])
+        # -inf padding; integer inputs go through float64 (exact for int8/uint8).
+        cdt = x.dtype if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else (
+            np.dtype(np.float64) if x.dtype.kind in "iu" else np.dtype(np.float32))
+        xp = pad_spatial(x.astype(cdt, copy=False), begin, [e + x_ for e, x_ in zip(end, extra)],
+                         value=-np.inf)
+        view = window_view(xp, self.ks, self.strides, self.dil, out)
+        if want_idx:
+            # One window copy (N, C, *O, K) then argmax: first maximum wins ties.
+            kprod = int(np.prod(self.ks))
+            win = view.reshape(view.shape[:2 + len(out)] + (kprod,))
+            arg = np.argmax(win, axis=-1)
+            y = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0].astype(x.dtype)
+            return y, self._indices(x.shape, arg, begin, out)
+        best = None
+        for idx in self._offsets():
+            v = view[(Ellipsis,) + idx]
+            if best is None:
+                best = np.array(v)
+            else:
+                np.maximum(best, v, out=best)
+        return best.astype(x.dtype, copy=False)
+
+    def _indices(self, shape, arg, begin, out):
+        """Flat index into X of each max (row- or column-major over the spatial axes)."""
+        nd = len(out)
+        spatial = list(shape[2:])
+        kidx = np.unravel_index(arg, self.ks)
+        grids = np.meshgrid(*[np.arange(o) for o in out], indexing="ij")
+        pos = [grids[i] * self.strides[i] - begin[i] + kidx[i] * self.dil[i] for i in range(nd)]
+        if int(self.attr("storage_order", 0)) == 1:
+            mult = [int(np.prod(spatial[:i])) for i in range(nd)]
+        else:
+            mult = [int(np.prod(spatial[i + 1:])) for i in range(nd)]
+        lin = sum(p * m for p, m in zip(pos, mult))
+        n, c = shape[:2]
+        plane = int(np.prod(spatial))
+        base = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * plane
+        return (lin + base.reshape((n, c) + (1,) * nd)).astype(np.int64)
+
+
+@kernel(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
+class GlobalPool(Kernel):
+    def compute(self, x):
+        axes = tuple(range(2, x.ndim))
+        op = self.node.op_type
+        if op == "GlobalMaxPool":
+            return np.max(x, axis=axes, keepdims=True) if axes else x.copy()
+        cdt = compute_dtype(x.dtype)
+        xf = x.astype(cdt, copy=False)
+        if op == "GlobalAveragePool":
+            y = np.mean(xf, axis=axes, keepdims=True)
+        else:
+            p = float(self.attr("p", 2))
+            y = np.sum(np.abs(xf) ** p, axis=axes, keepdims=True) ** (1.0 / p)
+        return np.asarray(y, dtype=x.dtype)
+
+
+@kernel("MaxUnpool")
+class MaxUnpool(Kernel):
+    def compute(self, x, indices, output_shape=None):
+        nd = x.ndim - 2
+        ks = list(self.attr("kernel_shape"))
+        strides = list(self.attr("strides") or [1] * nd)
+        pads = list(self.attr("pads") or [0] * (2 * nd))
+        shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * strides[i] + ks[i] - pads[i] - pads[i + nd]
+                                     for i in range(nd)]
+        y = np.zeros(int(np.prod(shape)), dtype=x.dtype)
+        y[np.asarray(indices, dtype=np.int64).reshape(-1)] = x.reshape(-1)
+        y = y.reshape(shape)
+        if output_shape is None:
+            return y
+        # Indices refer to the default-size output; a requested larger output holds it top-left.
+        want = [int(v) for v in np.asarray(output_shape).reshape(-1)]
+        out = np.zeros(want, dtype=x.dtype)
+        sl = tuple(slice(0, min(a, b)) for a, b in zip(want, shape))
+        out[sl] = y[sl]
+        return out
+
+
+@kernel("MaxRoiPool")
+class MaxRoiPool(Kernel):
+    def compute(self, x, rois):
+        ph, pw = [int(v) for v in self.attr("pooled_shape")]
+        scale = float(self.attr("spatial_scale", 1.0))
+        _, c, h, w = x.shape
+        y = np.zeros((rois.shape[0], c, ph, pw), dtype=x.dtype)
+        for r, roi in enumerate(np.asarray(rois, dtype=np.float64)):
+            b = int(roi[0])
+            x1, y1, x2, y2 = (int(math.floor(v * scale + 0.5)) for v in roi[1:5])
+            rh, rw = max(y2 - y1 + 1, 1), max(x2 - x1 + 1, 1)
+            bh, bw = rh / ph, rw / pw
+            for i in range(ph):
+                hs = min(max(int(math.floor(i * bh)) + y1, 0), h)
+                he = min(max(int(math.ceil((i + 1) * bh)) + y1, 0), h)
+                for j in range(pw):
+                    ws = min(max(int(math.floor(j * bw)) + x1, 0), w)
+                    we = min(max(int(math.ceil((j + 1) * bw)) + x1, 0), w)
+                    if he > hs and we > ws:
+                        y[r, :, i, j] = x[b, :, hs:he, ws:we].max(axis=(1, 2))
+        return y

@@ -1,0 +1,206 @@
+"""Quantization: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; int2/4/8/16,
+float8/float4/float6 via ml_dtypes), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul, QLinearConv.
+
+Integer products are accumulated in float64 through the GEMM (exact: |products| < 2**16 and any
+realistic reduction length stays far below 2**53), then requantized with round-half-to-even.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_core.types import np_dtype
+from ep_cpu.gemm import gemm
+from ep_cpu.kernels.conv import conv_geometry, conv_nd
+from ep_cpu.registry import kernel
+
+try:
+    import ml_dtypes
+except ImportError:  # pragma: no cover - ml_dtypes is a dependency
+    ml_dtypes = None
+
+
+def _int_range(dt: np.dtype) -> tuple[int, int] | None:
+    """(lo, hi) for integer quantized types (incl. ml_dtypes int2/int4), None for float types."""
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return int(info.min), int(info.max)
+    if ml_dtypes is not None:
+        try:
+            info = ml_dtypes.iinfo(dt)
+            return int(info.min), int(info.max)
+        except (ValueError, TypeError):
+            return None
+    return None
+
+
+def _float_max(dt: np.dtype) -> float:
+    return float(ml_dtypes.finfo(dt).max)
+
+
+def _shape_param(p: np.ndarray, x: np.ndarray, axis: int, block_size: int) -> np.ndarray:
+    """Scale/zero point broadcastable against x: scalar, per-axis (1-D) or blocked."""
+    p = np.asarray(p)
+    if p.size == 1 and (block_size <= 0 or x.ndim == 0):
+        return p.reshape(())
+    if x.ndim == 0:
+        return p.reshape(())
+    axis = axis + x.ndim if axis < 0 else axis
+    if block_size > 0:
+        rep = np.repeat(p, block_size, axis=axis)
+        return np.take(rep, np.arange(x.shape[axis]), axis=axis)
+    if p.ndim == 1:
+        shape = [1] * x.ndim
+        shape[axis] = p.shape[0]
+        return p.reshape(shape)
+    return p
+
+
+def _to_float(a: np.ndarray, dt=np.float32) -> np.ndarray:
+    return np.asarray(a).astype(dt)
+
+
+def quantize(v: np.ndarray, zp: np.ndarray | None, out_dt: np.dtype, saturate: bool = True) -> np.ndarray:
+    """v = x / scale (float); add the zero point, round half-to-even and saturate into out_dt."""
+    rng = _int_range(out_dt)
+    if rng is not None:
+        r = np.rint(v.astype(np.float64))
+        if zp is not None:
+            r = r + _to_float(zp, np.float64)
+        return np.clip(r, rng[0], rng[1]).astype(out_dt)
+    # float8 / float4 / float6 targets: zero point added in float, then a rounding cast.
+    f = v.astype(np.float32)
+    if zp is not None:
+        f = f + _to_float(zp)
+    if saturate or "float4" in out_dt.name or "float6" in out_dt.name:
+        m = _float_max(out_dt)
+        f = np.clip(f, -m, m)
+    return f.astype(out_dt)
+
+
+@kernel("QuantizeLinear")
+class QuantizeLinear(Kernel):
+    def compute(self, x, y_scale, y_zero_point=None):
+        axis = int(self.attr("axis", 1))
+        block = int(self.attr("block_size", 0))
+        odt = self.attr("output_dtype", 0)
+        if y_zero_point is not None:
+            out_dt = y_zero_point.dtype
+        elif odt:
+            out_dt = np_dtype(odt)
+        else:
+            declared = self.node.output_dtypes[0] if self.node.output_dtypes else None
+            out_dt = declared if declared is not None else np.dtype(np.uint8)
+        prec = int(self.attr("precision", 0))
+        pdt = np_dtype(prec) if prec else y_scale.dtype
+        if pdt.kind not in "f" and "bfloat16" not in pdt.name:
+            pdt = np.dtype(np.float32)  # int32 / float8e8m0 scales divide in float32
+        scale = _shape_param(y_scale, x, axis, block).astype(pdt)
+        v = x.astype(pdt) / scale
+        zp = None if y_zero_point is None else _shape_param(y_zero_point, x, axis, block)
+        return quantize(v, zp, out_dt, bool(self.attr("saturate", 1)))
+
+
+@kernel("DequantizeLinear")
+class DequantizeLinear(Kernel):
+    def compute(self, x, x_scale, x_zero_point=None):
+        axis = int(self.attr("axis", 1))
+        block = int(self.attr("block_size", 0))
+        odt = self.attr("output_dtype", 0)
+        out_dt = np_dtype(odt) if odt else x_scale.dtype
+        if out_dt.kind != "f" and "bfloat16" not in out_dt.name:
+            out_dt = np.dtype(np.float32)  # float8e8m0 scales: output float32
+        wide = np.float64 if x.dtype.itemsize >= 4 else np.float32
+        d = x.astype(wide)
+        if x_zero_point is not None:
+            d = d - _shape_param(x_zero_point, x, axis, block).astype(wide)
+        scale = _shape_param(x_scale, x, axis, block)
+        # The output type decides the precision of the multiplication.
+        y = d.astype(out_dt) * scale.astype(out_dt)
+        return np.asarray(y, dtype=out_dt)
+
+
+@kernel("DynamicQuantizeLinear")
+class DynamicQuantizeLinear(Kernel):
+    def compute(self, x):
+        xf = x.astype(np.float32)
+        lo = min(0.0, float(xf.min())) if xf.size else 0.0
+        hi = max(0.0, float(xf.max())) if xf.size else 0.0
+        scale = np.float32((hi - lo) / 255.0)
+        if scale == 0:
+            zp = np.uint8(0)
+            y = np.zeros(x.shape, dtype=np.uint8)
+        else:
+            zp = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+            y = np.clip(np.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+        return y, np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=np.uint8)
+
+
+def _shifted(a: np.ndarray, zp: np.ndarray | None, per_row: bool) -> np.ndarray:
+    """a - zp in float64. A 1-D zero point is per row of A (per_row) or per column of B."""
+    af = a.astype(np.float64)
+    if zp is None:
+        return af
+    z = np.asarray(zp).astype(np.float64)
+    if z.size == 1:
+        return af - z.reshape(())
+    if per_row and a.ndim >= 2 and z.ndim == 1:
+        return af - z.reshape(-1, 1)
+    return af - z  # per column of B (or an already-broadcastable shape)
+
+
+def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Matmul of float64 holding integers, via gemm when B is one matrix."""
+    if b.ndim == 2 and a.ndim >= 2:
+        return gemm(a, b)
+    if a.ndim == 1 and b.ndim == 2:
+        return gemm(a[None], b)[0]
+    return np.matmul(a, b)
+
+
+@kernel("MatMulInteger")
+class MatMulInteger(Kernel):
+    def compute(self, a, b, a_zero_point=None, b_zero_point=None):
+        y = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
+        return np.rint(y).astype(np.int32)
+
+
+@kernel("QLinearMatMul")
+class QLinearMatMul(Kernel):
+    def compute(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+        acc = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
+        sdt = a_scale.dtype if a_scale.dtype.kind == "f" else np.dtype(np.float32)
+        a_s = np.asarray(a_scale).astype(np.float64)
+        b_s = np.asarray(b_scale).astype(np.float64)
+        a_s = a_s.reshape(()) if a_s.size == 1 else a_s.reshape(-1, 1)
+        b_s = b_s.reshape(()) if b_s.size == 1 else b_s
+        # Real-valued product in the scales' precision, then requantized with y_scale.
+        real = (acc * (a_s * b_s)).astype(sdt)
+        v = real.astype(np.float64) / np.asarray(y_scale).astype(np.float64).reshape(
+            () if np.size(y_scale) == 1 else -1)
+        zp = np.asarray(y_zero_point)
+        return quantize(v, zp.reshape(()) if zp.size == 1 else zp, y_zero_point.dtype)
+
+
+@kernel("QLinearConv")
+class QLinearConv(Kernel):
+    def compute(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
+        nd = x.ndim - 2
+        xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
+        wz = np.asarray(w_zero_point).astype(np.float64)
+        wf = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1
+                                     else wz.reshape(()))
+        ks = list(self.attr("kernel_shape") or w.shape[2:])
+        strides = list(self.attr("strides") or [1] * nd)
+        dil = list(self.attr("dilations") or [1] * nd)
+        begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, self.attr("pads"),
+                                        self.attr("auto_pad", "NOTSET"))
+        acc = conv_nd(xf, wf, int(self.attr("group", 1)), strides, dil, begin, end, out,
+                      None if b is None else b.astype(np.float64))
+        ws = np.asarray(w_scale).astype(np.float64)
+        ws = ws.reshape(()) if ws.size == 1 else ws.reshape((1, -1) + (1,) * nd)
+        mult = (np.float64(np.asarray(x_scale).reshape(-1)[0]) * ws
+                / np.float64(np.asarray(y_scale).reshape(-1)[0]))
+        # The combined multiplier is a float32 value, as in onnxruntime's requantization.
+        return quantize(acc * mult.astype(np.float32).astype(np.float64),
+                        np.asarray(y_zero_point).reshape(()), y_zero_point.dtype)

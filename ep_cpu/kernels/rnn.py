@@ -1,0 +1,172 @@
+"""Recurrent layers: RNN, GRU (linear_before_reset), LSTM (peepholes, input_forget), all layouts.
+
+The input projection X @ W^T of every time step is one GEMM up front; only the recurrent
+H @ R^T product runs per step. Variable `sequence_lens` are handled by masking (forward) and by
+reversing each sequence inside its own length (reverse direction).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_cpu.gemm import gemm
+from ep_cpu.registry import kernel
+
+# name -> (function(x, alpha, beta), default alpha, default beta, uses alpha, uses beta)
+_ACTS = {
+    "relu": (lambda x, a, b: np.maximum(x, 0), None, None),
+    "tanh": (lambda x, a, b: np.tanh(x), None, None),
+    "sigmoid": (lambda x, a, b: 1.0 / (1.0 + np.exp(-x)), None, None),
+    "affine": (lambda x, a, b: a * x + b, 1.0, 0.0),
+    "leakyrelu": (lambda x, a, b: np.where(x >= 0, x, a * x), 0.01, None),
+    "thresholdedrelu": (lambda x, a, b: np.where(x >= a, x, 0), 1.0, None),
+    "scaledtanh": (lambda x, a, b: a * np.tanh(b * x), 1.0, 1.0),
+    "hardsigmoid": (lambda x, a, b: np.clip(a * x + b, 0, 1), 0.2, 0.5),
+    "elu": (lambda x, a, b: np.where(x >= 0, x, a * (np.exp(x) - 1)), 1.0, None),
+    "softsign": (lambda x, a, b: x / (1 + np.abs(x)), None, None),
+    "softplus": (lambda x, a, b: np.logaddexp(0, x), None, None),
+}
+
+
+def _activations(names, alphas, betas):
+    """Bind activation functions to their alpha/beta, consumed in order by those that use them."""
+    alphas, betas = list(alphas or []), list(betas or [])
+    out = []
+    for name in names:
+        fn, da, db = _ACTS[name.lower()]
+        a = alphas.pop(0) if da is not None and alphas else da
+        b = betas.pop(0) if db is not None and betas else db
+        out.append(lambda x, fn=fn, a=a, b=b: fn(x, a, b))
+    return out
+
+
+class _Recurrent(Kernel):
+    """Shared driver; subclasses define gates, default activations and `_step`."""
+    n_gates = 1
+    default_acts: tuple = ()
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.hidden = int(self.attr("hidden_size", 0)) or None
+        self.direction = self.attr("direction", "forward")
+        if self.direction == "foward":  # typo default of GRU-1
+            self.direction = "forward"
+        self.num_dir = 2 if self.direction == "bidirectional" else 1
+        self.layout = int(self.attr("layout", 0))
+        self.clip = self.attr("clip")
+        names = self.attr("activations") or list(self.default_acts) * self.num_dir
+        if len(names) == len(self.default_acts) and self.num_dir == 2:
+            names = list(names) * 2
+        acts = _activations(names, self.attr("activation_alpha"), self.attr("activation_beta"))
+        k = len(self.default_acts)
+        self.acts = [acts[d * k:(d + 1) * k] for d in range(self.num_dir)]
+
+    def _clip(self, x):
+        return np.clip(x, -self.clip, self.clip) if self.clip is not None else x
+
+    def run(self, x, w, r, b, seq_lens, initial_h, initial_c=None, p=None):
+        cdt = np.float64 if x.dtype == np.float64 else np.float32
+        if self.layout == 1:
+            x = x.transpose(1, 0, 2)
+            initial_h = None if initial_h is None else initial_h.transpose(1, 0, 2)
+            initial_c = None if initial_c is None else initial_c.transpose(1, 0, 2)
+        seq, batch, _ = x.shape
+        hid = self.hidden or r.shape[-1]
+        g = self.n_gates
+        xf = x.astype(cdt)
+        lens = (np.full(batch, seq, dtype=np.int64) if seq_lens is None
+                else np.asarray(seq_lens, dtype=np.int64).reshape(batch))
+        y = np.zeros((seq, self.num_dir, batch, hid), dtype=cdt)
+        y_h = np.zeros((self.num_dir, batch, hid), dtype=cdt)
+        y_c = np.zeros((self.num_dir, batch, hid), dtype=cdt)
+        steps = np.arange(seq)[:, None]
+        for d in range(self.num_dir):
+            reverse = self.direction == "reverse" or d == 1
+            wb = (np.zeros(2 * g * hid, dtype=cdt) if b is None else b[d].astype(cdt))
+            # Time index of each step per batch entry (reverse runs inside each sequence's length).
+            if reverse:
+                tidx = np.where(steps < lens[None, :], lens[None, :] - 1 - steps, steps)
+            else:
+                tidx = np.broadcast_to(steps, (seq, batch))
+            xs = xf[tidx, np.arange(batch)[None, :]]  # (seq, batch, input)
+            proj = gemm(xs.reshape(seq * batch, -1), w[d].astype(cdt), wb[:g * hid].reshape(1, -1),
+                        trans_b=True).reshape(seq, batch, g * hid)
+            h = np.zeros((batch, hid), dtype=cdt) if initial_h is None else initial_h[d].astype(cdt)
+            c = np.zeros((batch, hid), dtype=cdt) if initial_c is None else initial_c[d].astype(cdt)
+            rt = np.ascontiguousarray(r[d].astype(cdt).T)
+            rb = wb[g * hid:]
+            pd = None if p is None else p[d].astype(cdt)
+            for t in range(seq):
+                h_new, c_new = self._step(proj[t], h, c, rt, rb, pd, self.acts[d], hid)
+                live = (t < lens)[:, None]
+                h = np.where(live, h_new, h)
+                c = np.where(live, c_new, c)
+                y[tidx[t], d, np.arange(batch)] = np.where(live, h_new, 0)
+            y_h[d], y_c[d] = h, c
+        dt = x.dtype
+        if self.layout == 1:
+            y = y.transpose(2, 0, 1, 3)
+            y_h, y_c = y_h.transpose(1, 0, 2), y_c.transpose(1, 0, 2)
+        outs = [np.ascontiguousarray(y, dtype=dt), np.ascontiguousarray(y_h, dtype=dt),
+                np.ascontiguousarray(y_c, dtype=dt)]
+        return tuple(outs[:max(1, len(self.node.outputs))])
+
+
+@kernel("RNN")
+class RNN(_Recurrent):
+    n_gates = 1
+    default_acts = ("Tanh",)
+
+    def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
+        return self.run(x, w, r, b, sequence_lens, initial_h)[:2][:max(1, len(self.node.outputs))]
+
+    def _step(self, xp, h, c, rt, rb, p, acts, hid):
+        return acts[0](self._clip(xp + h @ rt + rb)), c
+
+
+@kernel("GRU")
+class GRU(_Recurrent):
+    n_gates = 3
+    default_acts = ("Sigmoid", "Tanh")
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.lbr = bool(self.attr("linear_before_reset", 0))
+
+    def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
+        return self.run(x, w, r, b, sequence_lens, initial_h)[:2][:max(1, len(self.node.outputs))]
+
+    def _step(self, xp, h, c, rt, rb, p, acts, hid):
+        f, g = acts
+        hr = h @ rt[:, :2 * hid] + rb[:2 * hid]
+        z = f(self._clip(xp[:, :hid] + hr[:, :hid]))
+        rg = f(self._clip(xp[:, hid:2 * hid] + hr[:, hid:]))
+        if self.lbr:
+            hh = g(self._clip(xp[:, 2 * hid:] + rg * (h @ rt[:, 2 * hid:] + rb[2 * hid:])))
+        else:
+            hh = g(self._clip(xp[:, 2 * hid:] + (rg * h) @ rt[:, 2 * hid:] + rb[2 * hid:]))
+        return (1 - z) * hh + z * h, c
+
+
+@kernel("LSTM")
+class LSTM(_Recurrent):
+    n_gates = 4
+    default_acts = ("Sigmoid", "Tanh", "Tanh")
+
+    def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None):
+        return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
+
+    def _step(self, xp, h, c, rt, rb, p, acts, hid):
+        f, g, hf = acts
+        gates = xp + h @ rt + rb  # order i, o, f, c
+        gi, go, gf, gc = (gates[:, k * hid:(k + 1) * hid] for k in range(4))
+        if p is not None:
+            gi = gi + p[:hid] * c
+            gf = gf + p[2 * hid:] * c
+        i = f(self._clip(gi))
+        fg = 1 - i if self.attr("input_forget", 0) else f(self._clip(gf))
+        c_new = fg * c + i * g(self._clip(gc))
+        if p is not None:
+            go = go + p[hid:2 * hid] * c_new
+        o = f(self._clip(go))
+        return o * hf(c_new), c_new
