@@ -89,9 +89,10 @@ def main(argv=None) -> int:
     print(f"model inputs: {[(a.name, a.shape) for a in cpu.get_inputs()]}  batch={args.batch}")
     print(f"hybrid session providers: {hybrid.get_providers()}  nodes per provider: {by_provider}  "
           f"copy nodes: {placement['copy_nodes']}")
-    print(f"{'session':<22}{'median latency (ms)':>22}")
-    print(f"{'cpu':<22}{t_cpu:>22.3f}")
-    print(f"{'+'.join(hybrid.get_providers()):<22}{t_hyb:>22.3f}")
+    print(f"{'session':<30}{'median ms':>14}")
+    print(f"{str(['cpu']):<30}{t_cpu:>14.3f}")
+    label = "['cuda','cpu']" + ("" if "cuda" in hybrid.get_providers() else " (CPU fallback)")
+    print(f"{label:<30}{t_hyb:>14.3f}")
     print(f"speed-up of hybrid over cpu: {t_cpu / t_hyb:.2f}x   max |difference|: {diff:.3g}")
     return 0
 
