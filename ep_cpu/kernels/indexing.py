@@ -39,6 +39,8 @@ class GatherElements(Kernel):
     def compute(self, x, indices):
         axis = norm_axis(self.axis, x.ndim)
         idx = _fix_indices(indices, x.shape[axis], "GatherElements")
+        # Indices may be smaller than the data in the other axes: gather from the leading block.
+        x = x[tuple(slice(None) if a == axis else slice(0, idx.shape[a]) for a in range(x.ndim))]
         return np.take_along_axis(x, idx, axis=axis)
 
 

@@ -1,0 +1,149 @@
+"""Run the CUDA kernels on the CPU, for testing without a GPU.
+
+    with ep_cuda.emulator.enabled():
+        y = SomeCudaKernel(node, ctx=None).compute(*numpy_inputs)
+
+Inside `enabled()`, "device arrays" are numpy arrays and `ep_cuda.loader.get_kernel` returns
+kernels compiled from the same `kernels_cu/*.cu` text by the host C++ compiler after
+`kernels_cu/host_emulation.cuh`, which maps blocks, threads, barriers, warp shuffles, shared
+memory and atomics onto std::thread. Arguments are marshalled exactly as cuLaunchKernel reads
+them (a pointer to each parameter's bytes), so a wrong scalar type shows up here as on a GPU.
+Grids are clamped to 2 blocks per dimension, which also exercises every grid-stride loop.
+
+This is a test tool: the provider never uses it. It needs g++ (C++20); `available()` says.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+import kernels_cu
+
+from . import launch, loader
+
+CXX = os.environ.get("EP_CUDA_EMU_CXX", "g++")
+CXXFLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w")
+MAX_BLOCKS_PER_DIM = 2
+_lock = threading.Lock()
+_libs: dict[tuple[str, tuple[str, ...]], Any] = {}
+GARBAGE = 0xCD  # fresh "device" memory is filled with it so unwritten outputs are caught
+
+
+def available() -> tuple[bool, str]:
+    if shutil.which(CXX) is None:
+        return False, f"no C++ compiler '{CXX}'"
+    return True, ""
+
+
+def _cache_dir() -> Path:
+    d = Path(os.environ.get("EP_CUDA_EMU_CACHE", Path(tempfile.gettempdir()) / "ep_cuda_emu"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _build(file: str, exprs: tuple[str, ...]) -> Any:
+    shim = (kernels_cu.DIR / "host_emulation.cuh").read_text()
+    body = [shim, kernels_cu.source(file)]
+    for k, e in enumerate(exprs):
+        body.append(f'extern "C" void ep_emu_{k}(const unsigned int* d, void** a) '
+                    f'{{ emu_launch(&{e}, d, a); }}')
+    text = "\n".join(body) + "\n"
+    key = hashlib.sha256((text + " ".join(CXXFLAGS)).encode()).hexdigest()[:20]
+    lib = _cache_dir() / f"{file}_{key}.so"
+    if not lib.exists():
+        src = lib.with_suffix(".cpp")
+        src.write_text(text)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        r = subprocess.run([CXX, *CXXFLAGS, "-o", str(tmp), str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"emulation build of kernels_cu/{file}.cu failed:\n{r.stderr[-4000:]}")
+        os.replace(tmp, lib)
+    return ctypes.CDLL(str(lib))
+
+
+class EmuKernel:
+    """Callable like a cupy.RawKernel: fn(grid, block, args, shared_mem=0)."""
+
+    def __init__(self, fn: Any, name: str) -> None:
+        self.fn, self.name = fn, name
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, stream: Any = None) -> None:
+        g = (list(grid) + [1, 1, 1])[:3]
+        b = (list(block) + [1, 1, 1])[:3]
+        g = [max(1, min(int(v), MAX_BLOCKS_PER_DIM)) for v in g]
+        keep, ptrs = [], []
+        for a in args:
+            if a is None:
+                buf = np.zeros(1, np.uint64)                      # NULL device pointer
+            elif isinstance(a, np.ndarray) and a.dtype.kind == "V":
+                buf = np.ascontiguousarray(a)                     # by-value struct blob
+            elif isinstance(a, np.ndarray):
+                buf = np.array([a.ctypes.data], np.uint64)        # device array -> pointer
+            elif isinstance(a, np.generic):
+                buf = np.array(a)                                 # typed scalar by value
+            else:
+                raise TypeError(f"kernel {self.name}: untyped argument {a!r} ({type(a).__name__}); "
+                                f"pass numpy scalars of the kernel's parameter types")
+            keep.append(buf)
+            ptrs.append(buf.ctypes.data)
+        argv = (ctypes.c_void_p * max(len(ptrs), 1))(*ptrs)
+        dims = (ctypes.c_uint * 6)(*g, *b)
+        self.fn(dims, argv)
+
+
+def get_kernel(file: str, expr: str) -> EmuKernel:
+    declared = loader._manifest.get(file, [])
+    if expr not in declared:
+        raise KeyError(f"kernel '{expr}' of kernels_cu/{file}.cu is not declared in the manifest")
+    exprs = tuple(declared)
+    with _lock:
+        lib = _libs.get((file, exprs))
+        if lib is None:
+            lib = _libs[(file, exprs)] = _build(file, exprs)
+    fn = getattr(lib, f"ep_emu_{exprs.index(expr)}")
+    fn.restype = None
+    return EmuKernel(fn, expr)
+
+
+class _NumpyDevice:
+    """The few CuPy entry points the wrappers use, backed by numpy."""
+    ndarray = np.ndarray
+
+    @staticmethod
+    def empty(shape, dtype=np.float32) -> np.ndarray:
+        a = np.empty(shape, dtype)
+        a.reshape(-1).view(np.uint8)[:] = GARBAGE
+        return a
+
+    @staticmethod
+    def asarray(a, dtype=None) -> np.ndarray:
+        return np.array(a, dtype=dtype, copy=True)
+
+
+@contextlib.contextmanager
+def enabled() -> Iterator[None]:
+    """Route wrapper launches to the emulator and device allocations to numpy."""
+    saved = (launch.cp._mod, loader.get_kernel)
+    launch.cp._mod = _NumpyDevice()
+    loader.get_kernel = get_kernel
+    try:
+        yield
+    finally:
+        launch.cp._mod, loader.get_kernel = saved
+
+
+def prebuild(files: list[str] | None = None) -> None:
+    """Compile the emulation libraries of all (or some) kernel files up front."""
+    man = loader.manifest()
+    for f in files or sorted(man):
+        get_kernel(f, man[f][0])

@@ -1,0 +1,314 @@
+"""The CUDA execution provider: device arena, pinned staging buffers, data transfer, one stream.
+
+Values on the device are `cupy.ndarray`. CuPy is imported lazily: `availability()` and
+`kernel_registry()` work on machines without CuPy or without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from ep_core.errors import InvalidArgument
+from ep_core.kernel import KernelRegistry
+from ep_core.provider import (HOST, Allocator, ComputeCapability, DataTransfer, Device,
+                              ExecutionProvider, GraphView)
+
+from .registry import registry
+
+_STRATEGIES = {"knextpoweroftwo": "kNextPowerOfTwo", "0": "kNextPowerOfTwo",
+               "ksameasrequested": "kSameAsRequested", "1": "kSameAsRequested"}
+SHRINK_KEY = "memory.enable_memory_arena_shrinkage"
+_METADATA_OPS = ("Shape", "Size")
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _as_int(name: str, v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"CUDA provider option '{name}' must be an integer, got {v!r}") from None
+
+
+class CudaAllocator(Allocator):
+    """Device memory from a private `cupy.cuda.MemoryPool` (the arena).
+
+    `gpu_mem_limit` caps the bytes the pool may hold (0: no cap). `kNextPowerOfTwo` rounds every
+    request up to a power of two so freed blocks are reused across nearby sizes (faster, up to 2x
+    memory); `kSameAsRequested` asks the pool for the exact size. `release_unused()` returns all
+    cached free blocks to the driver (arena shrink).
+    """
+
+    def __init__(self, device: Device, limit: int = 0, strategy: str = "kNextPowerOfTwo") -> None:
+        import cupy
+
+        self.device = device
+        self.limit = int(limit)
+        self.strategy = strategy
+        self.pool = cupy.cuda.MemoryPool()
+        if self.limit > 0:
+            with cupy.cuda.Device(device.index):
+                self.pool.set_limit(size=self.limit)
+
+    def round(self, nbytes: int) -> int:
+        if self.strategy == "kNextPowerOfTwo" and nbytes > 1:
+            return 1 << (int(nbytes) - 1).bit_length()
+        return int(nbytes)
+
+    def malloc(self, nbytes: int):
+        """The function handed to `cupy.cuda.using_allocator` inside the provider's scope."""
+        return self.pool.malloc(self.round(nbytes))
+
+    def empty(self, shape, dtype) -> Any:
+        import cupy
+
+        with cupy.cuda.Device(self.device.index), cupy.cuda.using_allocator(self.malloc):
+            return cupy.empty(shape, dtype)
+
+    def release_unused(self) -> None:
+        self.pool.free_all_blocks()
+
+    def used_bytes(self) -> int:
+        return int(self.pool.used_bytes())
+
+    def total_bytes(self) -> int:
+        return int(self.pool.total_bytes())
+
+
+class PinnedAllocator(Allocator):
+    """Page-locked host buffers (staging for asynchronous host<->device copies)."""
+    device = HOST
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.pool = cupy.cuda.PinnedMemoryPool()
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64))
+        mem = self.pool.malloc(max(count * dtype.itemsize, 1))
+        return np.ndarray(tuple(shape), dtype, buffer=mem)  # as cupyx.empty_pinned does
+
+    def release_unused(self) -> None:
+        self.pool.free_all_blocks()
+
+
+class CudaDataTransfer(DataTransfer):
+    """numpy <-> cupy copies through pinned staging buffers, on the provider's stream
+    (or on a separate copy stream ordered by events when do_copy_in_default_stream=0)."""
+
+    def __init__(self, provider: "CUDAExecutionProvider") -> None:
+        self.provider = provider
+
+    def can_copy(self, src: Device, dst: Device) -> bool:
+        kinds = {src.kind, dst.kind}
+        return kinds <= {"cpu", "cuda"} and "cuda" in kinds
+
+    def copy(self, value: Any, dst: Device, stream: Any = None) -> Any:
+        p = self.provider
+        if dst.is_host:
+            return p.to_host(value, stream)
+        return p.to_device(value, stream)
+
+
+class CUDAExecutionProvider(ExecutionProvider):
+    """Runs nodes with the project's CUDA kernels. Options (onnxruntime names):
+    device_id, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_tf32."""
+    type = "cuda"
+
+    def __init__(self, device_id: Any = 0, gpu_mem_limit: Any = 0,
+                 arena_extend_strategy: Any = "kNextPowerOfTwo",
+                 do_copy_in_default_stream: Any = True, use_tf32: Any = True, **options: Any) -> None:
+        super().__init__(device_id=device_id, gpu_mem_limit=gpu_mem_limit,
+                         arena_extend_strategy=arena_extend_strategy,
+                         do_copy_in_default_stream=do_copy_in_default_stream, use_tf32=use_tf32,
+                         **options)
+        ok, reason = self.availability()
+        if not ok:
+            raise RuntimeError(f"CUDA execution provider is not available: {reason}")
+        import cupy
+
+        self.device_id = _as_int("device_id", device_id)
+        count = cupy.cuda.runtime.getDeviceCount()
+        if not 0 <= self.device_id < count:
+            raise InvalidArgument(f"CUDA provider option device_id={self.device_id}: this machine "
+                                  f"has {count} CUDA device(s)")
+        self.device = Device("cuda", self.device_id)
+        limit = _as_int("gpu_mem_limit", gpu_mem_limit)
+        if limit >= 2**63 - 1:  # onnxruntime's default (SIZE_MAX) means no limit
+            limit = 0
+        strategy = _STRATEGIES.get(str(arena_extend_strategy).strip().lower())
+        if strategy is None:
+            raise InvalidArgument(f"CUDA provider option arena_extend_strategy="
+                                  f"{arena_extend_strategy!r}: expected kNextPowerOfTwo or "
+                                  f"kSameAsRequested")
+        self.copy_in_default_stream = _as_bool(do_copy_in_default_stream)
+        # Our GEMM/Conv kernels always accumulate in full FP32; the flag is kept and reported
+        # for onnxruntime compatibility (TF32 tensor-core paths are not implemented).
+        self.use_tf32 = _as_bool(use_tf32)
+        self._cp_device = cupy.cuda.Device(self.device_id)
+        with self._cp_device:
+            self.allocator = CudaAllocator(self.device, limit, strategy)
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self.copy_stream = (self.stream if self.copy_in_default_stream
+                                else cupy.cuda.Stream(non_blocking=True))
+        self.pinned = PinnedAllocator()
+        self._transfer = CudaDataTransfer(self)
+        self._staging: list[Any] = []    # pinned buffers of host->device copies still in flight
+        self._staging_lock = threading.Lock()
+        self.shrink_arena_on_run_end = False
+
+    # ---- availability and kernels (no GPU needed) --------------------------------------------
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        return _probe()
+
+    @classmethod
+    def kernel_registry(cls) -> KernelRegistry:
+        from . import kernels  # noqa: F401 - importing registers the kernels (no CuPy import)
+        return registry
+
+    def get_capability(self, graph_view: GraphView, kernel_lookup) -> list[ComputeCapability]:
+        """Nodes with a kernel whose attributes that kernel supports (others go to the CPU)."""
+        claimed = []
+        for n in graph_view.nodes:
+            kdef = kernel_lookup(n)
+            if kdef is None:
+                continue
+            check = getattr(kdef.factory, "supports", None)
+            if check is None or check(n):
+                claimed.append(n)
+        # Shape/Size only read metadata: take them only when their input is produced on this
+        # device, so a host tensor is never copied to the GPU just to have its shape read.
+        ours = {o for n in claimed if n.op_type not in _METADATA_OPS for o in n.outputs if o}
+        return [ComputeCapability([n]) for n in claimed
+                if n.op_type not in _METADATA_OPS or (n.inputs and n.inputs[0] in ours)]
+
+    # ---- memory, transfers, streams ------------------------------------------------------------
+    def get_allocator(self, mem_type: str = "default") -> Allocator:
+        if mem_type in ("default", "device", "cuda"):
+            return self.allocator
+        if mem_type in ("pinned", "cpu", "cpu_input", "cpu_output", "host"):
+            return self.pinned
+        raise InvalidArgument(f"CUDA provider has no allocator for memory type '{mem_type}'")
+
+    def get_data_transfer(self) -> DataTransfer:
+        return self._transfer
+
+    def device_of(self, value: Any) -> Device:
+        if isinstance(value, np.ndarray):
+            return HOST
+        dev = getattr(value, "device", None)
+        return Device("cuda", int(getattr(dev, "id", self.device_id))) if dev is not None else self.device
+
+    @contextlib.contextmanager
+    def scope(self):
+        """Device, compute stream and arena for everything a kernel does."""
+        import cupy
+
+        with self._cp_device, self.stream, cupy.cuda.using_allocator(self.allocator.malloc):
+            yield
+
+    def to_device(self, value: Any, stream: Any = None) -> Any:
+        """Host value -> cupy array on this device (asynchronous, pinned staging)."""
+        import cupy
+
+        with self.scope():
+            if isinstance(value, cupy.ndarray):
+                if value.device.id == self.device_id:
+                    return value
+                return cupy.array(value, copy=True)  # peer copy onto our device
+            arr = np.asarray(value)
+            if arr.dtype == object or arr.dtype.kind in "USV":
+                raise TypeError(f"cannot copy a {arr.dtype} tensor to a CUDA device")
+            out = cupy.empty(arr.shape, arr.dtype)
+            if arr.size == 0:
+                return out
+            buf = self.pinned.empty(arr.shape, arr.dtype)
+            np.copyto(buf, arr)
+            copy_stream = stream or self.copy_stream
+            if copy_stream is not self.stream:
+                # `out` may reuse a block the compute stream freed while work on it is pending
+                copy_stream.wait_event(self.stream.record())
+            out.set(buf, stream=copy_stream)
+            if copy_stream is not self.stream:
+                self.stream.wait_event(copy_stream.record())
+            with self._staging_lock:
+                self._staging.append(buf)  # keep the pinned buffer alive until the next sync
+            return out
+
+    def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
+        """cupy array -> numpy array (synchronizes the copy)."""
+        import cupy
+
+        if not isinstance(value, cupy.ndarray):
+            return np.asarray(value)
+        from .launch import contiguous
+
+        with self.scope():
+            src = contiguous(value)   # our copy kernel, on the compute stream
+            if src.size == 0:
+                return np.empty(src.shape, src.dtype)
+            buf = self.pinned.empty(src.shape, src.dtype)
+            copy_stream = stream or self.copy_stream
+            if copy_stream is not self.stream:
+                copy_stream.wait_event(self.stream.record())
+            src.get(stream=copy_stream, out=buf)
+            copy_stream.synchronize()
+            return np.array(buf, copy=True)  # pageable copy: pinned buffers go back to the pool
+
+    def sync(self) -> None:
+        self.stream.synchronize()
+        if self.copy_stream is not self.stream:
+            self.copy_stream.synchronize()
+        with self._staging_lock:
+            self._staging.clear()
+
+    def on_run_start(self, run_options: Any = None) -> None:
+        pass
+
+    def on_run_end(self, run_options: Any = None) -> None:
+        """Synchronize; shrink the arena when asked (run config entry
+        'memory.enable_memory_arena_shrinkage' naming 'gpu:<device_id>', as in onnxruntime)."""
+        self.sync()
+        if self.shrink_arena_on_run_end or _shrink_requested(run_options, self.device_id):
+            self.allocator.release_unused()
+            self.pinned.release_unused()
+
+
+def _shrink_requested(run_options: Any, device_id: int) -> bool:
+    if run_options is None:
+        return False
+    try:
+        value = run_options.get_run_config_entry(SHRINK_KEY)
+    except (KeyError, AttributeError):
+        return False
+    return f"gpu:{device_id}" in [s.strip() for s in str(value).split(";")]
+
+
+@lru_cache(maxsize=1)
+def _probe() -> tuple[bool, str]:
+    """Whether CuPy, a driver and at least one GPU are usable (every failure is a reason)."""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA library load
+        return False, f"CuPy is not importable ({type(e).__name__}: {e})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            return False, "no CUDA device found"
+        cupy.cuda.runtime.driverGetVersion()
+        with cupy.cuda.Device(0):
+            cupy.cuda.Device(0).compute_capability  # noqa: B018 - touches the context
+    except Exception as e:
+        return False, f"no usable CUDA GPU/driver ({type(e).__name__}: {e})"
+    return True, ""

@@ -1,0 +1,165 @@
+"""Test support: run one ONNX node through a CUDA kernel (on a GPU, or on the CPU emulator) and
+through the CPU provider, and compare.
+
+    check("Softmax", [x], {"axis": 1}, backend="emu")
+
+`backend="gpu"` uses CuPy arrays on the current device; `backend="emu"` runs the same wrappers
+with numpy "device" arrays and kernels compiled for the host (ep_cuda.emulator).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ep_core.graph import Node, graph_from_proto
+from ep_core.kernel import KernelContext
+from ep_core.types import elem_type
+
+Array = np.ndarray
+
+
+def make_model(op: str, inputs: Sequence[Array | None], attrs: dict | None = None, opset: int = 17,
+               n_outputs: int = 1, consts: Sequence[int] = (), domain: str = "") -> onnx.ModelProto:
+    """A one-node model; `consts` input positions become initializers (host values)."""
+    names = [f"in{k}" if v is not None else "" for k, v in enumerate(inputs)]
+    outs = [f"out{k}" for k in range(n_outputs)]
+    node = helper.make_node(op, names, outs, domain=domain, **(attrs or {}))
+    graph_inputs, inits = [], []
+    for k, (name, v) in enumerate(zip(names, inputs)):
+        if v is None:
+            continue
+        v = np.asarray(v)
+        if k in consts:
+            inits.append(numpy_helper.from_array(v, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(name, elem_type(v.dtype), list(v.shape)))
+    graph = helper.make_graph([node], "one_node", graph_inputs,
+                              [helper.make_tensor_value_info(o, 0, None) for o in outs],
+                              initializer=inits)
+    imports = [helper.make_opsetid("", opset)]
+    if domain:
+        imports.append(helper.make_opsetid(domain, 1))
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = min(model.ir_version, 10)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    # keep the inferred output types (the registry checks output type constraints too)
+    for o in inferred.graph.output:
+        for mine in model.graph.output:
+            if mine.name == o.name:
+                mine.CopyFrom(o)
+    return inferred
+
+
+def node_of(model: onnx.ModelProto) -> Node:
+    opsets = {o.domain: o.version for o in model.opset_import}
+    return graph_from_proto(model.graph, opsets).nodes[0]
+
+
+def run_cpu(node: Node, inputs: Sequence[Array | None]) -> list[Array]:
+    from ep_cpu import CPUExecutionProvider
+    kdef = CPUExecutionProvider.kernel_registry().lookup(node)
+    if kdef is None:
+        raise LookupError(f"CPU provider has no kernel for {node.describe()}")
+    out = kdef.factory(node, KernelContext(CPUExecutionProvider())).compute(*inputs)
+    return [np.asarray(v) for v in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def cuda_kernel_def(node: Node):
+    from ep_cuda import CUDAExecutionProvider
+    return CUDAExecutionProvider.kernel_registry().lookup(node)
+
+
+def to_device(x: Array, backend: str, noncontig: bool = False) -> Any:
+    """A device copy of x; with noncontig, a strided view (every other element of a wider array)."""
+    if backend == "gpu":
+        import cupy as xp
+    else:
+        xp = np
+    if not noncontig or x.ndim == 0 or x.size == 0:
+        return xp.array(x, copy=True)
+    wide = xp.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
+    view = wide[..., ::2]
+    view[...] = xp.asarray(x)
+    return view
+
+
+def to_numpy(v: Any) -> Any:
+    if v is None or isinstance(v, np.ndarray):
+        return v
+    if hasattr(v, "get"):
+        return v.get()
+    return np.asarray(v)
+
+
+def run_cuda(node: Node, inputs: Sequence[Array | None], backend: str = "emu",
+             noncontig: bool = False) -> list[Array]:
+    """Run the node's CUDA kernel; host-memory inputs stay numpy, others go to the device."""
+    kdef = cuda_kernel_def(node)
+    if kdef is None:
+        raise LookupError(f"CUDA provider has no kernel for {node.describe()}")
+    supports = getattr(kdef.factory, "supports", None)
+    if supports is not None and not supports(node):
+        raise LookupError(f"CUDA kernel for {node.describe()} declines these attributes")
+    args = [v if (v is None or k in kdef.host_inputs) else to_device(np.asarray(v), backend, noncontig)
+            for k, v in enumerate(inputs)]
+
+    def call():
+        out = kdef.factory(node, None).compute(*args)
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        if backend == "gpu":
+            import cupy
+            cupy.cuda.get_current_stream().synchronize()
+        return [to_numpy(v) for v in outs]
+
+    if backend == "emu":
+        from . import emulator
+        with emulator.enabled():
+            return call()
+    return call()
+
+
+def check(op: str, inputs: Sequence[Array | None], attrs: dict | None = None, *, opset: int = 17,
+          backend: str = "emu", n_outputs: int = 1, consts: Sequence[int] = (),
+          noncontig: bool = False, rtol: float | None = None, atol: float | None = None,
+          compare: Sequence[int] | None = None, domain: str = "") -> list[Array]:
+    """Compare the CUDA kernel with the CPU provider on one node; returns the CUDA outputs."""
+    model = make_model(op, inputs, attrs, opset, n_outputs, consts, domain)
+    node = node_of(model)
+    want = run_cpu(node, inputs)
+    got = run_cuda(node, inputs, backend, noncontig)
+    for k in (compare if compare is not None else range(min(len(want), len(got)))):
+        w, g = want[k], got[k]
+        assert g.dtype == w.dtype, f"{op} output {k}: dtype {g.dtype}, CPU gives {w.dtype}"
+        assert g.shape == w.shape, f"{op} output {k}: shape {g.shape}, CPU gives {w.shape}"
+        if w.dtype.kind == "f":
+            lo = w.dtype == np.float16
+            r = rtol if rtol is not None else (2e-2 if lo else 1e-4)
+            a = atol if atol is not None else (2e-2 if lo else 1e-5)
+            np.testing.assert_allclose(g.astype(np.float64), w.astype(np.float64), rtol=r, atol=a,
+                                       equal_nan=True, err_msg=f"{op} output {k}")
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=f"{op} output {k}")
+    return got
+
+
+# ---------------------------------------------------------------------------- pytest glue
+def backends() -> list:
+    """pytest params: the CPU emulator (runs anywhere with g++) and a real GPU (marked cuda)."""
+    import pytest
+    return [pytest.param("emu", id="emu"), pytest.param("gpu", id="gpu", marks=pytest.mark.cuda)]
+
+
+def require(backend: str) -> None:
+    """Skip the calling test when the backend cannot run here."""
+    import pytest
+    if backend == "gpu":
+        from ep_cuda import CUDAExecutionProvider
+        ok, why = CUDAExecutionProvider.availability()
+    else:
+        from . import emulator
+        ok, why = emulator.available()
+    if not ok:
+        pytest.skip(f"{backend} backend unavailable: {why}")
