@@ -1,0 +1,208 @@
+"""Running a plan: sequential or parallel executor, intra-op thread limits, profiling observer.
+
+`ORT_PARALLEL` runs every step whose inputs are ready on a pool of `inter_op_num_threads`
+threads (numpy releases the GIL inside BLAS and most ufuncs, so independent branches overlap).
+Each kernel computes exactly what it computes sequentially, so outputs are identical.
+`intra_op_num_threads` caps the threads each kernel uses: the CPU GEMM's own tiling threads and
+the BLAS library's (through threadpoolctl).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .errors import EPError, Fail
+from .options import ExecutionMode
+
+_controller = None
+_controller_lock = threading.Lock()
+
+
+def _threadpool_controller():
+    global _controller
+    with _controller_lock:
+        if _controller is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                _controller = ThreadpoolController()
+            except Exception:  # threadpoolctl missing or a BLAS it cannot drive: no limit
+                _controller = False
+        return _controller or None
+
+
+@contextmanager
+def intra_op_limit(threads: int) -> Iterator[None]:
+    """Limit per-kernel threading to `threads` (0: library defaults) for the duration."""
+    if not threads or threads <= 0:
+        yield
+        return
+    gemm = sys.modules.get("ep_cpu.gemm")
+    previous = gemm.get_num_threads() if gemm is not None and hasattr(gemm, "set_num_threads") else None
+    if previous is not None:
+        gemm.set_num_threads(threads)
+    controller = _threadpool_controller()
+    try:
+        if controller is not None:
+            with controller.limit(limits=int(threads)):
+                yield
+        else:
+            yield
+    finally:
+        if previous is not None:
+            gemm.set_num_threads(previous)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profiler: Any = None) -> list:
+    """Run `plan` with the session's execution mode, thread limits and profiler."""
+    observer = profiler.node_observer() if profiler is not None else None
+    t0 = time.perf_counter()
+    parallel = getattr(options, "execution_mode", 0) == ExecutionMode.ORT_PARALLEL
+    cores = _cores()
+    threads = int(getattr(options, "inter_op_num_threads", 0) or 0) or cores
+    intra = int(getattr(options, "intra_op_num_threads", 0) or 0)
+    if parallel and threads > 1 and intra <= 0:
+        # Kernels running side by side share the cores: unlimited BLAS threads in each would
+        # oversubscribe them (OpenBLAS threads spin), so split the cores between the inter-op threads.
+        intra = max(1, cores // threads)
+    with intra_op_limit(intra):
+        if parallel:
+            out = run_parallel(plan, feeds, fetch_slots, threads, observer)
+        elif observer is not None:
+            out = plan.run(feeds, fetch_slots, observer=observer)
+        else:
+            out = plan.run(feeds, fetch_slots)
+    if profiler is not None:
+        profiler.add("model_run", "Session", t0, time.perf_counter(),
+                     {"execution_mode": "parallel" if parallel else "sequential"})
+    return out
+
+
+# --- the parallel executor ---------------------------------------------------------------------
+
+@dataclass
+class _Schedule:
+    """Step dependencies of a plan, computed once per plan."""
+    deps: list[int]                 # number of producing steps each step waits for
+    dependents: list[list[int]]     # steps to notify when a step finishes
+    readers: dict[int, int]         # slot -> number of steps reading it
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _schedule(plan: Any) -> _Schedule:
+    sched = getattr(plan, "_parallel_schedule", None)   # cached on the plan itself
+    if sched is not None:
+        return sched
+    producer: dict[int, int] = {}
+    for k, st in enumerate(plan.steps):
+        for s in st.outputs:
+            if s is not None:
+                producer[s] = k
+    deps = [0] * len(plan.steps)
+    dependents: list[list[int]] = [[] for _ in plan.steps]
+    readers: dict[int, int] = {}
+    for k, st in enumerate(plan.steps):
+        ups = {producer[s] for s in st.inputs if s is not None and s in producer}
+        deps[k] = len(ups)
+        for u in ups:
+            dependents[u].append(k)
+        for s in set(s for s in st.inputs if s is not None):
+            readers[s] = readers.get(s, 0) + 1
+    sched = _Schedule(deps, dependents, readers)
+    plan._parallel_schedule = sched
+    return sched
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(max_workers=threads,
+                                                        thread_name_prefix="ep_core_inter_op")
+        return pool
+
+
+def _invoke(step: Any, args: list, observer: Callable | None) -> tuple:
+    t0 = time.perf_counter()
+    try:
+        outs = step.kernel.compute(*args)
+    except EPError:
+        raise
+    except Exception as e:
+        raise Fail(f"{step.node.describe()} on provider '{step.provider.type}' failed: "
+                   f"{type(e).__name__}: {e}") from e
+    if observer is not None:
+        observer(step, args, time.perf_counter() - t0)
+    if not isinstance(outs, tuple) and not (isinstance(outs, list) and len(step.outputs) > 1):
+        outs = (outs,)  # a single value; a list for a one-output node is a sequence value
+    return outs
+
+
+def run_parallel(plan: Any, feeds: dict, fetch_slots: list[int], threads: int,
+                 observer: Callable | None = None) -> list:
+    """Run independent steps concurrently; a value is dropped once every reader has run."""
+    if threads <= 1 or len(plan.steps) <= 1:
+        return plan.run(feeds, fetch_slots, observer=observer) if observer else plan.run(feeds, fetch_slots)
+    sched = _schedule(plan)
+    slots: list[Any] = [None] * plan.n_slots
+    for s, v in plan.constants.items():
+        slots[s] = v
+    for name, value in feeds.items():
+        s = plan.slot_of.get(name)
+        if s is not None:
+            slots[s] = value
+    keep = set(plan.constants) | set(fetch_slots) | set(plan.output_slots)
+    remaining = dict(sched.readers)
+    waiting = list(sched.deps)
+    pool = _pool(threads)
+    running: dict[Any, int] = {}
+
+    def submit(k: int) -> None:
+        st = plan.steps[k]
+        args = [slots[s] if s is not None else None for s in st.inputs]
+        running[pool.submit(_invoke, st, args, observer)] = k
+
+    for k, n in enumerate(waiting):
+        if n == 0:
+            submit(k)
+    try:
+        while running:
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                k = running.pop(fut)
+                st = plan.steps[k]
+                outs = fut.result()  # re-raises the kernel's error (already a Fail)
+                for s, v in zip(st.outputs, outs):
+                    if s is not None:
+                        slots[s] = v
+                        if s not in keep and not remaining.get(s):
+                            slots[s] = None   # nobody reads it
+                for s in set(s for s in st.inputs if s is not None):
+                    remaining[s] -= 1
+                    if remaining[s] == 0 and s not in keep:
+                        slots[s] = None
+                for d in sched.dependents[k]:
+                    waiting[d] -= 1
+                    if waiting[d] == 0:
+                        submit(d)
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        wait(list(running))
+        raise
+    return [slots[s] for s in fetch_slots]

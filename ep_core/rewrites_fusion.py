@@ -1,0 +1,174 @@
+"""Level-2 fusions of an op with the activation (and residual Add) after it.
+
+The fused ops live in our own domain (`com.ep_core`) and follow onnxruntime's contrib-op layout:
+`FusedConv(X, W, B?, Z?)` computes act(conv(X, W) + B + Z), `FusedGemm(A, B, C?)` is Gemm then
+act, `FusedAdd(A, B)` is Add then act. `activation` names the ONNX activation op and
+`activation_params` holds its parameters in onnxruntime's order (Clip: min, max; LeakyRelu and
+Elu: alpha; HardSigmoid: alpha, beta). A fusion happens only where the provider that would run
+the original node also has a kernel for the fused op.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .graph import Graph, Node
+from .graph_edit import OWN_DOMAIN, GraphEditor
+from .optimizer import Rewrite
+from .options import GraphOptimizationLevel
+from .rewrites_basic import _order
+
+CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+_SIMPLE = {"Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (),
+           "LeakyRelu": (("alpha", 0.01),), "Elu": (("alpha", 1.0),),
+           "HardSigmoid": (("alpha", 0.2), ("beta", 0.5))}
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+
+
+def activation_of(ed: GraphEditor, node: Node) -> tuple[str, list[float]] | None:
+    """(activation name, params) when `node` is an activation the fused kernels implement."""
+    op = node.op_type
+    if node.domain == "":
+        if op in _SIMPLE:
+            return op, [float(node.attr(k, d)) for k, d in _SIMPLE[op]]
+        if op == "Clip":
+            if node.since_version < 11:
+                return op, [float(node.attr("min", -_FLOAT_MAX)), float(node.attr("max", _FLOAT_MAX))]
+            bounds = []
+            for k, default in ((1, -np.inf), (2, np.inf)):
+                if len(node.inputs) > k and node.inputs[k]:
+                    c = ed.const(node.inputs[k])
+                    if c is None:
+                        return None
+                    bounds.append(float(np.asarray(c).reshape(-1)[0]))
+                else:
+                    bounds.append(float(default))
+            return op, bounds
+        if op == "Gelu":
+            return ("FastGelu" if node.attr("approximate", "none") == "tanh" else "Gelu"), []
+        return None
+    if node.domain == OWN_DOMAIN and op in ("Gelu", "FastGelu") and len([i for i in node.inputs if i]) == 1:
+        return op, []
+    return None
+
+
+def following_activation(ed: GraphEditor, value: str) -> tuple[Node, str, list[float]] | None:
+    """The activation node that is the single consumer of `value`, with its name and params."""
+    act = ed.only_consumer(value)
+    if act is None or not act.inputs or act.inputs[0] != value or len([o for o in act.outputs if o]) != 1:
+        return None
+    found = activation_of(ed, act)
+    if found is None:
+        return None
+    return act, found[0], found[1]
+
+
+def residual_add(ed: GraphEditor, value: str) -> tuple[Node, str] | None:
+    """The Add/Sum of two same-shaped tensors that is the single consumer of `value`: (node, Z)."""
+    add = ed.only_consumer(value)
+    if add is None or add.domain or add.op_type not in ("Add", "Sum") or len(add.inputs) != 2:
+        return None
+    if add.op_type == "Add" and add.since_version < 7:
+        return None
+    z = add.inputs[1] if add.inputs[0] == value else add.inputs[0]
+    sv, sz = ed.shape(value), ed.shape(z)
+    if z == value or sv is None or sz != sv or None in sv or ed.dtype(z) != ed.dtype(value):
+        return None
+    return add, z
+
+
+class _ActivationFusion(Rewrite):
+    level = GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+
+    def fuse(self, ed: GraphEditor, anchor: Node, op: str, inputs: list[str], attrs: dict,
+             absorbed: list[Node], act: tuple | None, out: str) -> bool:
+        if act is not None:
+            attrs = dict(attrs, activation=act[1])
+            if act[2]:
+                attrs["activation_params"] = [float(p) for p in act[2]]
+        while inputs and not inputs[-1]:
+            inputs = inputs[:-1]
+        fused = ed.make_node(op, inputs, [out], name=ed.fresh(anchor.name + "_" + op),
+                             domain=OWN_DOMAIN, attrs=attrs)
+        if not self.ctx.supports(anchor, fused):
+            return False
+        ed.replace_outputs([anchor] + absorbed, [fused])
+        return True
+
+
+def _conv_attrs(conv: Node) -> dict:
+    return {k: v for k, v in conv.attrs.items() if k in CONV_ATTRS}
+
+
+class FuseConvAddActivation(_ActivationFusion):
+    """Conv -> Add/Sum(residual Z) [-> activation]  =>  FusedConv(X, W, B, Z)."""
+    name = "FuseConvAddActivation"
+
+    def apply(self, graph: Graph) -> bool:
+        ed = self.editor(graph)
+        for conv in _order(graph):
+            if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
+                continue
+            hit = residual_add(ed, conv.outputs[0])
+            if hit is None:
+                continue
+            add, z = hit
+            act = following_activation(ed, add.outputs[0])
+            absorbed = [add] + ([act[0]] if act else [])
+            out = act[0].outputs[0] if act else add.outputs[0]
+            b = conv.inputs[2] if len(conv.inputs) > 2 else ""
+            self.fuse(ed, conv, "FusedConv", [conv.inputs[0], conv.inputs[1], b, z],
+                      _conv_attrs(conv), absorbed, act, out)
+        return ed.commit()
+
+
+class FuseConvActivation(_ActivationFusion):
+    """Conv -> activation  =>  FusedConv(X, W, B) with `activation`."""
+    name = "FuseConvActivation"
+
+    def apply(self, graph: Graph) -> bool:
+        ed = self.editor(graph)
+        for conv in _order(graph):
+            if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
+                continue
+            act = following_activation(ed, conv.outputs[0])
+            if act is None:
+                continue
+            self.fuse(ed, conv, "FusedConv", list(conv.inputs), _conv_attrs(conv), [act[0]], act,
+                      act[0].outputs[0])
+        return ed.commit()
+
+
+class FuseGemmActivation(_ActivationFusion):
+    """Gemm -> activation  =>  FusedGemm(A, B, C) with `activation`."""
+    name = "FuseGemmActivation"
+
+    def apply(self, graph: Graph) -> bool:
+        ed = self.editor(graph)
+        for gemm in _order(graph):
+            if not ed.alive(gemm) or gemm.op_type != "Gemm" or gemm.domain:
+                continue
+            act = following_activation(ed, gemm.outputs[0])
+            if act is None:
+                continue
+            attrs = {k: v for k, v in gemm.attrs.items() if k in ("alpha", "beta", "transA", "transB")}
+            self.fuse(ed, gemm, "FusedGemm", list(gemm.inputs), attrs, [act[0]], act, act[0].outputs[0])
+        return ed.commit()
+
+
+class FuseAddActivation(_ActivationFusion):
+    """Add -> activation  =>  FusedAdd(A, B) with `activation` (one pass over the data)."""
+    name = "FuseAddActivation"
+
+    def apply(self, graph: Graph) -> bool:
+        ed = self.editor(graph)
+        for add in _order(graph):
+            if not ed.alive(add) or add.op_type != "Add" or add.domain or add.since_version < 7:
+                continue
+            dt = ed.dtype(add.outputs[0])
+            if dt is None or dt.kind != "f":
+                continue
+            act = following_activation(ed, add.outputs[0])
+            if act is None:
+                continue
+            self.fuse(ed, add, "FusedAdd", list(add.inputs), {}, [act[0]], act, act[0].outputs[0])
+        return ed.commit()

@@ -1,0 +1,196 @@
+"""CPU kernels for the fused ops the graph optimizer creates (domain `com.ep_core`).
+
+FusedConv / FusedGemm / FusedAdd apply the activation in place on the freshly computed result (one
+pass, no extra temporaries); the matrix parts go through `ep_cpu.gemm.gemm`. Gelu, FastGelu,
+LayerNormalization (for models below opset 17), SkipLayerNormalization and Attention replace the
+subgraphs the transformer fusions match. Semantics follow onnxruntime's contrib ops of the same
+names, except that Attention's fourth input is an additive mask (see docs/optimizer.md).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ep_core.kernel import Kernel
+from ep_cpu.gemm import ACTIVATIONS, gemm, single_threaded_blas
+from ep_cpu.registry import kernel
+
+from .conv import compute_dtype, run_conv
+from .norm import LayerNormalization as _OnnxLayerNormalization
+
+try:
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover - scipy is a dependency
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+DOMAIN = "com.ep_core"
+
+# Positional `activation_params` in onnxruntime's order, by activation.
+_PARAM_NAMES = {"Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+                "Elu": ("alpha",)}
+
+
+class _Activated(Kernel):
+    """Parses `activation` / `activation_params` once."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        act = self.attr("activation") or None
+        if act is not None and act not in ACTIVATIONS:
+            raise ValueError(f"unsupported fused activation {act!r}; known: {sorted(ACTIVATIONS)}")
+        self.act = act
+        params = [float(p) for p in (self.attr("activation_params") or [])]
+        self.params = dict(zip(_PARAM_NAMES.get(act, ()), params))
+
+    def activate(self, y: np.ndarray) -> np.ndarray:
+        """Apply the activation in place on a writable float array."""
+        if self.act is not None:
+            ACTIVATIONS[self.act](y, self.params)
+        return y
+
+
+@kernel("FusedConv", domain=DOMAIN)
+class FusedConv(_Activated):
+    """act(Conv(X, W, B) + Z): Conv attributes plus `activation`, `activation_params`."""
+
+    def compute(self, x, w, b=None, z=None):
+        cdt = compute_dtype(x.dtype)
+        # Residual and activation ride in the GEMM epilogue (applied per output tile while hot).
+        y = run_conv(self, x, w, b, cdt, residual=None if z is None else z.astype(cdt, copy=False),
+                     activation=self.act, activation_params=self.params)
+        return y.astype(x.dtype, copy=False)
+
+
+@kernel("FusedGemm", domain=DOMAIN)
+class FusedGemm(_Activated):
+    """act(alpha * op(A) @ op(B) + beta * C): Gemm attributes plus the activation."""
+
+    def compute(self, a, b, c=None):
+        y = gemm(a, b, c, self.act, activation_params=self.params,
+                 alpha=float(self.attr("alpha", 1.0)), beta=float(self.attr("beta", 1.0)),
+                 trans_a=bool(self.attr("transA", 0)), trans_b=bool(self.attr("transB", 0)))
+        return y.astype(np.result_type(a.dtype, b.dtype), copy=False)
+
+
+@kernel("FusedAdd", domain=DOMAIN)
+class FusedAdd(_Activated):
+    """act(A + B) with numpy broadcasting."""
+
+    def compute(self, a, b):
+        dt = np.result_type(a.dtype, b.dtype)
+        cdt = compute_dtype(dt)
+        y = np.add(a, b, dtype=cdt)
+        return self.activate(y).astype(dt, copy=False)
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    cdt = compute_dtype(x.dtype)
+    xf = x.astype(cdt)
+    s = xf * cdt.type(1.0 / math.sqrt(2.0))
+    s = _erf(s).astype(cdt, copy=False)
+    s += 1
+    s *= xf
+    s *= 0.5
+    return s.astype(x.dtype, copy=False)
+
+
+def _fast_gelu(x: np.ndarray) -> np.ndarray:
+    cdt = compute_dtype(x.dtype)
+    xf = x.astype(cdt)
+    s = xf * xf
+    s *= cdt.type(0.044715)
+    s += 1
+    s *= xf
+    s *= cdt.type(math.sqrt(2.0 / math.pi))
+    np.tanh(s, out=s)
+    s += 1
+    s *= xf
+    s *= 0.5
+    return s.astype(x.dtype, copy=False)
+
+
+@kernel("Gelu", domain=DOMAIN)
+class Gelu(Kernel):
+    """0.5 * x * (1 + erf(x / sqrt(2)))."""
+
+    def compute(self, x):
+        return _gelu(x)
+
+
+@kernel("FastGelu", domain=DOMAIN)
+class FastGelu(Kernel):
+    """Tanh approximation of Gelu, with an optional bias added first (onnxruntime's FastGelu)."""
+
+    def compute(self, x, bias=None):
+        if bias is not None:
+            x = (x + bias).astype(x.dtype, copy=False)
+        return _fast_gelu(x)
+
+
+@kernel("LayerNormalization", domain=DOMAIN)
+class LayerNormalization(_OnnxLayerNormalization):
+    """ONNX LayerNormalization for models whose opset predates it (< 17)."""
+
+
+@kernel("SkipLayerNormalization", domain=DOMAIN)
+class SkipLayerNormalization(Kernel):
+    """LayerNorm(input + skip + bias) over the last axis.
+
+    Outputs: output, mean (optional), inv_std_var (optional), input_skip_bias_sum (optional).
+    """
+
+    def compute(self, x, skip, gamma, beta=None, bias=None):
+        cdt = compute_dtype(x.dtype)
+        s = x.astype(cdt) + skip.astype(cdt, copy=False)
+        if bias is not None:
+            s += bias.astype(cdt, copy=False)
+        mean = s.mean(axis=-1, keepdims=True)
+        d = s - mean
+        var = (d * d).mean(axis=-1, keepdims=True)
+        inv = 1.0 / np.sqrt(var + cdt.type(self.attr("epsilon", 1e-12)))
+        d *= inv
+        d *= gamma.astype(cdt, copy=False)
+        if beta is not None:
+            d += beta.astype(cdt, copy=False)
+        outs = [d.astype(x.dtype, copy=False), mean.astype(np.float32), inv.astype(np.float32),
+                s.astype(x.dtype, copy=False)]
+        n_out = len(self.node.outputs)
+        return tuple(outs[:n_out]) if n_out > 1 else outs[0]
+
+
+@kernel("Attention", domain=DOMAIN)
+class Attention(Kernel):
+    """Multi-head self-attention of a BERT layer (before the output projection).
+
+    Inputs: X (B, S, H), W (H, 3H) = [Wq | Wk | Wv], bias (3H), optional additive mask
+    broadcastable to (B, num_heads, S, S). Attributes: num_heads, scale (0: 1/sqrt(head size)).
+    Output: (B, S, H) = concat over heads of softmax(Q K^T * scale + mask) V.
+    """
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.heads = int(self.attr("num_heads"))
+        self.scale = float(self.attr("scale", 0.0))
+
+    def compute(self, x, w, bias, mask=None):
+        b, s, _ = x.shape
+        hidden = w.shape[1] // 3
+        hd = hidden // self.heads
+        cdt = compute_dtype(x.dtype)
+        qkv = gemm(x.reshape(b * s, -1).astype(cdt, copy=False), w.astype(cdt, copy=False),
+                   bias.astype(cdt, copy=False))
+        qkv = qkv.reshape(b, s, 3, self.heads, hd).transpose(2, 0, 3, 1, 4)  # (3, B, N, S, hd)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        # Per-head products are small: threaded BLAS only adds wake-up stalls here.
+        with single_threaded_blas():
+            scores = np.matmul(q, k.transpose(0, 1, 3, 2))
+        scores *= cdt.type(self.scale or 1.0 / math.sqrt(hd))
+        if mask is not None:
+            scores += mask.astype(cdt, copy=False)
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        with single_threaded_blas():
+            ctx = np.matmul(scores, v)                    # (B, N, S, hd)
+        return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, s, hidden).astype(x.dtype, copy=False)

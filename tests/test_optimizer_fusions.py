@@ -1,0 +1,183 @@
+"""Level-2 fusions into com.ep_core ops: node counts before/after and identical outputs at
+DISABLE_ALL vs ENABLE_ALL; fusions only where the provider has the fused kernel."""
+import numpy as np
+import pytest
+from foreign_provider import ForeignProvider
+from onnx import helper
+from opt_helpers import randn, F32, bert_layer, compare, init, layer_norm_nodes, model, ops, options, session
+
+import ep_core
+from ep_core import GraphOptimizationLevel as L
+
+ep_core.register_provider("foreign", ForeignProvider)
+
+
+def conv(rng, extra_inputs=()):
+    w = init("w", randn(rng, 4, 3, 3, 3))
+    b = init("b", randn(rng, 4))
+    return helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), [w, b]
+
+
+ACTIVATIONS = [
+    ("Relu", {}, []), ("LeakyRelu", {"alpha": 0.2}, []), ("Sigmoid", {}, []), ("Tanh", {}, []),
+    ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, []), ("Elu", {"alpha": 0.7}, []),
+    ("Clip", {}, ["lo", "hi"]),
+]
+
+
+@pytest.mark.parametrize("act,attrs,extra", ACTIVATIONS, ids=[a[0] for a in ACTIVATIONS])
+def test_fuse_conv_activation(rng, act, attrs, extra):
+    c, inits = conv(rng)
+    inits += [init("lo", np.float32(-0.5)), init("hi", np.float32(0.7))] if extra else []
+    m = model([c, helper.make_node(act, ["c"] + extra, ["y"], **attrs)],
+              [("x", F32, [1, 3, 5, 5])], [("y", F32, [1, 4, 5, 5])], inits)
+    before, after = compare(m, {"x": randn(rng, 1, 3, 5, 5)}, rtol=1e-5, atol=1e-6)
+    assert before == ["Conv", act] and after == ["FusedConv"]
+
+
+@pytest.mark.parametrize("add_op", ["Add", "Sum"])
+def test_fuse_conv_residual_add_relu(rng, add_op):
+    c, inits = conv(rng)
+    nodes = [c, helper.make_node(add_op, ["c", "z"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    m = model(nodes, [("x", F32, [1, 3, 5, 5]), ("z", F32, [1, 4, 5, 5])], [("y", F32, [1, 4, 5, 5])], inits)
+    feeds = {"x": randn(rng, 1, 3, 5, 5),
+             "z": randn(rng, 1, 4, 5, 5)}
+    before, after = compare(m, feeds, rtol=1e-5, atol=1e-6)
+    assert len(before) == 3 and after == ["FusedConv"]
+
+
+def test_broadcast_add_after_conv_is_not_a_residual(rng):
+    c, inits = conv(rng)
+    nodes = [c, helper.make_node("Add", ["c", "z"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    m = model(nodes, [("x", F32, [1, 3, 5, 5]), ("z", F32, [5])], [("y", F32, [1, 4, 5, 5])], inits)
+    feeds = {"x": randn(rng, 1, 3, 5, 5), "z": randn(rng, 5)}
+    before, after = compare(m, feeds, rtol=1e-5, atol=1e-6)
+    assert after == ["Conv", "FusedAdd"]
+
+
+def test_fuse_gemm_activation(rng):
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1, alpha=0.5),
+             helper.make_node("Relu", ["g"], ["y"])]
+    m = model(nodes, [("x", F32, [3, 4])], [("y", F32, [3, 5])],
+              [init("w", randn(rng, 5, 4)), init("b", randn(rng, 5))])
+    before, after = compare(m, {"x": randn(rng, 3, 4)}, rtol=1e-5, atol=1e-6)
+    assert before == ["Gemm", "Relu"] and after == ["FusedGemm"]
+
+
+def test_fuse_matmul_add_relu_into_one_fused_gemm(rng):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["a"]),
+             helper.make_node("Relu", ["a"], ["y"])]
+    m = model(nodes, [("x", F32, [3, 4])], [("y", F32, [3, 5])],
+              [init("w", randn(rng, 4, 5)), init("b", randn(rng, 5))])
+    before, after = compare(m, {"x": randn(rng, 3, 4)}, rtol=1e-5, atol=1e-6)
+    assert len(before) == 3 and after == ["FusedGemm"]
+
+
+def test_fuse_add_activation(rng):
+    nodes = [helper.make_node("Add", ["x", "z"], ["a"]), helper.make_node("Sigmoid", ["a"], ["y"])]
+    m = model(nodes, [("x", F32, [2, 3]), ("z", F32, [3])], [("y", F32, [2, 3])])
+    feeds = {"x": randn(rng, 2, 3), "z": randn(rng, 3)}
+    before, after = compare(m, feeds, rtol=1e-6)
+    assert before == ["Add", "Sigmoid"] and after == ["FusedAdd"]
+
+
+def test_fusion_skipped_where_the_provider_lacks_the_fused_kernel(rng):
+    nodes = [helper.make_node("Add", ["x", "z"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    m = model(nodes, [("x", F32, [2, 3]), ("z", F32, [2, 3])], [("y", F32, [2, 3])])
+    feeds = {"x": randn(rng, 2, 3), "z": randn(rng, 2, 3)}
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["foreign", "cpu"])
+    placed = [(op, p) for _, op, p in sess.get_placement()["nodes"] if not op.startswith("Memcpy")]
+    assert placed == [("Add", "foreign"), ("Relu", "foreign")]       # no FusedAdd on 'foreign'
+    np.testing.assert_allclose(sess.run(None, feeds)[0], np.maximum(feeds["x"] + feeds["z"], 0), rtol=1e-6)
+    assert ops(session(m)) == ["FusedAdd"]
+
+
+def _gelu_nodes(variant):
+    if variant == "div_mul_half_last":
+        return [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["x", "a"], ["m"]),
+                helper.make_node("Mul", ["m", "half"], ["y"])]
+    if variant == "mul_half_first":
+        return [helper.make_node("Mul", ["x", "rsqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                helper.make_node("Add", ["one", "e"], ["a"]), helper.make_node("Mul", ["x", "half"], ["h"]),
+                helper.make_node("Mul", ["h", "a"], ["y"])]
+    return [helper.make_node("Div", ["x", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+            helper.make_node("Add", ["e", "one"], ["a"]), helper.make_node("Mul", ["a", "half"], ["m"]),
+            helper.make_node("Mul", ["m", "x"], ["y"])]
+
+
+GELU_CONSTS = [init("sqrt2", np.float32(np.sqrt(2))), init("rsqrt2", np.float32(1 / np.sqrt(2))),
+               init("one", np.float32(1)), init("half", np.float32(0.5))]
+
+
+@pytest.mark.parametrize("variant", ["div_mul_half_last", "mul_half_first", "half_on_add"])
+@pytest.mark.parametrize("opset", [13, 20])
+def test_fuse_gelu(rng, variant, opset):
+    m = model(_gelu_nodes(variant), [("x", F32, [2, 7])], [("y", F32, [2, 7])], GELU_CONSTS, opset=opset)
+    before, after = compare(m, {"x": randn(rng, 2, 7) * 3}, rtol=1e-5, atol=1e-6)
+    assert len(before) == 5 and after == ["Gelu"]
+
+
+@pytest.mark.parametrize("cube", ["pow", "mul"])
+def test_fuse_fast_gelu(rng, cube):
+    consts = [init("three", np.float32(3)), init("c", np.float32(0.044715)),
+              init("k", np.float32(np.sqrt(2 / np.pi))), init("one", np.float32(1)), init("half", np.float32(0.5))]
+    if cube == "pow":
+        head = [helper.make_node("Pow", ["x", "three"], ["p"])]
+    else:
+        head = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["p"])]
+    nodes = head + [helper.make_node("Mul", ["p", "c"], ["w"]), helper.make_node("Add", ["x", "w"], ["v"]),
+                    helper.make_node("Mul", ["v", "k"], ["u"]), helper.make_node("Tanh", ["u"], ["t"]),
+                    helper.make_node("Add", ["t", "one"], ["a"]), helper.make_node("Mul", ["a", "x"], ["m"]),
+                    helper.make_node("Mul", ["m", "half"], ["y"])]
+    m = model(nodes, [("x", F32, [2, 7])], [("y", F32, [2, 7])], consts, opset=13)
+    before, after = compare(m, {"x": randn(rng, 2, 7) * 3}, rtol=1e-5, atol=1e-6)
+    assert len(before) == len(nodes) and after == ["FastGelu"]
+
+
+@pytest.mark.parametrize("opset,domain", [(13, "com.ep_core"), (17, "")])
+def test_fuse_layer_normalization(rng, opset, domain):
+    inits = [init("two", np.float32(2)), init("eps", np.float32(1e-5))]
+    nodes = layer_norm_nodes("x", "y", 6, inits, rng)
+    m = model(nodes, [("x", F32, [2, 3, 6])], [("y", F32, [2, 3, 6])], inits, opset=opset)
+    before, after = compare(m, {"x": randn(rng, 2, 3, 6)}, rtol=1e-4, atol=1e-5)
+    assert len(before) == 9 and after == ["LayerNormalization"]
+    sess = session(m)
+    assert sess._graph.nodes[0].domain == domain
+
+
+def test_fuse_skip_layer_normalization_keeps_the_residual_sum(rng):
+    inits = [init("two", np.float32(2)), init("eps", np.float32(1e-5)), init("bias", randn(rng, 6))]
+    nodes = [helper.make_node("Add", ["x", "bias"], ["xb"]), helper.make_node("Add", ["xb", "skip"], ["s"])]
+    nodes += layer_norm_nodes("s", "y", 6, inits, rng)
+    nodes.append(helper.make_node("Mul", ["s", "y"], ["z"]))          # the sum is read again
+    m = model(nodes, [("x", F32, [2, 3, 6]), ("skip", F32, [2, 3, 6])], [("z", F32, [2, 3, 6])], inits, opset=13)
+    feeds = {"x": randn(rng, 2, 3, 6), "skip": randn(rng, 2, 3, 6)}
+    before, after = compare(m, feeds, rtol=1e-4, atol=1e-5)
+    assert len(before) == 12 and after == ["SkipLayerNormalization", "Mul"]
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_fuse_bert_layer_attention(rng, mask):
+    m, feeds = bert_layer(rng, mask=mask)
+    before, after = compare(m, feeds, rtol=1e-4, atol=1e-5)
+    tail = ["Attention", "MatMul", "SkipLayerNormalization", "MatMul", "FusedAdd", "MatMul",
+            "SkipLayerNormalization"]
+    # The mask arithmetic depends on the mask input and stays; everything else is fused.
+    head = ["Unsqueeze", "Unsqueeze", "Cast", "Sub", "Mul"] if mask else []
+    assert sorted(after) == sorted(head + tail) and len(before) == (55 if mask else 49)
+
+
+def test_all_levels_agree_on_a_bert_layer(rng):
+    m, feeds = bert_layer(rng)
+    for level in (L.ORT_ENABLE_BASIC, L.ORT_ENABLE_EXTENDED, L.ORT_ENABLE_LAYOUT, L.ORT_ENABLE_ALL):
+        compare(m, feeds, level=level, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_ops_are_in_our_domain(rng):
+    c, inits = conv(rng)
+    m = model([c, helper.make_node("Relu", ["c"], ["y"])], [("x", F32, [1, 3, 5, 5])],
+              [("y", F32, [1, 4, 5, 5])], inits)
+    sess = session(m, options(L.ORT_ENABLE_ALL))
+    node = sess._graph.nodes[0]
+    assert (node.domain, node.op_type, node.attrs["activation"]) == ("com.ep_core", "FusedConv", "Relu")
