@@ -3,9 +3,11 @@ from . import errors
 from .options import ExecutionMode, GraphOptimizationLevel, RunOptions, SessionOptions
 from .providers import (get_all_providers, get_available_providers, get_registered_ops,
                         register_provider, register_provider_library)
+from .custom_ops import register_custom_op
+from .optimizer import register_transformer
 from .session import InferenceSession, ModelMetadata, NodeArg
 
 __all__ = ["InferenceSession", "SessionOptions", "RunOptions", "GraphOptimizationLevel",
            "ExecutionMode", "NodeArg", "ModelMetadata", "errors", "register_provider",
            "get_all_providers", "get_available_providers", "get_registered_ops",
-           "register_provider_library"]
+           "register_provider_library", "register_custom_op", "register_transformer"]

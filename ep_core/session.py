@@ -148,6 +148,10 @@ class InferenceSession:
                 graph = graph_from_proto(self._model.graph, opset_imports(self._model))
             self._opsets = opset_imports(self._model)
         self._inputs_vi = list(graph.inputs)
+        # Classified before optimizing (folding may drop initializers). Before IR 4 every
+        # initializer is listed as an input but is a constant, as in onnxruntime.
+        self._initializer_names = set(graph.initializers)
+        self._overridable = self._initializer_names if self._model.ir_version >= 4 else set()
         self._outputs_vi = list(graph.outputs)
         # 2. Optimize (fusions are checked against the providers' kernels, so resolve them first)
         from .optimizer import optimize
@@ -183,7 +187,7 @@ class InferenceSession:
     def _make_subgraph_runner(self, sub: Graph):
         """Plan a control-flow body with the session's providers; feeds/outer values on the host."""
         sub = copy.copy(sub)
-        sub.nodes = list(sub.nodes)
+        sub.nodes = [copy.copy(n) for n in sub.nodes]  # copy insertion renames inputs: keep the body intact
         plan, _ = self._build(sub)
         names = [v.name for v in sub.inputs]
 
@@ -229,7 +233,11 @@ class InferenceSession:
         if unknown:
             raise InvalidArgument(f"invalid feed name(s) {unknown}; the model's inputs are "
                                   f"{[v.name for v in self._inputs_vi]}")
-        required = [v.name for v in self._inputs_vi if v.name not in self._graph.initializers]
+        fixed = [n for n in input_feed if n in self._initializer_names and n not in self._overridable]
+        if fixed:
+            raise InvalidArgument(f"feed(s) {fixed} name initializers of an IR version "
+                                  f"{self._model.ir_version} model, which are constants")
+        required = [v.name for v in self._inputs_vi if v.name not in self._initializer_names]
         missing = [n for n in required if n not in input_feed]
         if missing:
             raise InvalidArgument(f"missing feed(s) for required input(s) {missing}")
@@ -273,14 +281,14 @@ class InferenceSession:
     # --- Introspection (onnxruntime names) ------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
-                if v.name not in self._graph.initializers]
+                if v.name not in self._initializer_names]
 
     def get_outputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._outputs_vi]
 
     def get_overridable_initializers(self) -> list[NodeArg]:
         return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
-                if v.name in self._graph.initializers]
+                if v.name in self._overridable]
 
     def get_providers(self) -> list[str]:
         return [p.type for p in self._providers]
