@@ -1,15 +1,24 @@
 """Compile every CUDA kernel instantiation the registry can launch, through raw NVRTC (no GPU).
 
-    python -m ep_cuda.check_kernels [--arch compute_80] [-v] [FILE ...]
+    python -m ep_cuda.check_kernels [--arch compute_80 ...] [--no-sass] [-v] [FILE ...]
 
-Imports all launch wrappers (which declare their `(file, name_expression)` pairs), compiles each
-`kernels_cu/<file>.cu` once with all of its name expressions and the runtime's NVRTC options,
-prints one line per kernel and a summary, and exits non-zero if anything fails. When a file fails
-as a whole, each expression is compiled alone so the failing ones are named.
+Imports all launch wrappers (which declare their `(file, name_expression)` pairs) and compiles
+each `kernels_cu/<file>.cu` with all of its name expressions and the runtime's NVRTC options:
+
+* to PTX for the lowest supported architecture (compute_75), every file;
+* to PTX for compute_90 as well, for the files with architecture-specific code
+  (`__CUDA_ARCH__` guards: the cp.async / tensor-core paths of gemm.cu and conv.cu);
+* to SASS (CUBIN, i.e. through ptxas) for sm_75 and sm_90, one instantiation per (kernel,
+  element type) of those files: NVRTC alone passes inline PTX through unchecked, ptxas does not.
+
+Prints one line per kernel and a summary, exits non-zero if anything fails. When a chunk fails as
+a whole, each expression is compiled alone so the failing ones are named. Large files are split
+into chunks compiled in parallel (`-j`).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,20 +27,31 @@ import kernels_cu
 
 from . import loader
 
+CHUNK = 12   # expressions per NVRTC program when a file is split across jobs
+
 
 def _nvrtc():
     from cupy_backends.cuda.libs import nvrtc
     return nvrtc
 
 
+def supported() -> tuple[int, ...]:
+    return tuple(_nvrtc().getSupportedArchs())
+
+
 def default_arch() -> str:
     """The lowest architecture this NVRTC supports that has everything we use (sm_75+)."""
-    archs = [a for a in _nvrtc().getSupportedArchs() if a >= 75]
+    archs = [a for a in supported() if a >= 75]
     return f"compute_{min(archs) if archs else 75}"
 
 
+def arch_specific(file: str) -> bool:
+    return "__CUDA_ARCH__" in kernels_cu.source(file)
+
+
 def compile_file(file: str, exprs: list[str], arch: str) -> tuple[dict[str, str | None], str]:
-    """Compile one file with `exprs`; returns ({expr: lowered name or None}, log)."""
+    """Compile one file with `exprs` for `arch` (compute_XX: PTX; sm_XX: CUBIN through ptxas);
+    returns ({expr: lowered name or None}, log)."""
     nvrtc = _nvrtc()
     src = kernels_cu.source(file)
     prog = nvrtc.createProgram(src, f"{file}.cu", [], [])
@@ -43,39 +63,80 @@ def compile_file(file: str, exprs: list[str], arch: str) -> tuple[dict[str, str 
         except Exception as err:  # NVRTCError: the log says why
             return {e: None for e in exprs}, f"{err}\n{nvrtc.getProgramLog(prog)}"
         lowered = {e: nvrtc.getLoweredName(prog, e) for e in exprs}
-        nvrtc.getPTX(prog)
+        if arch.startswith("sm_"):
+            nvrtc.getCUBIN(prog)
+        else:
+            nvrtc.getPTX(prog)
         return lowered, nvrtc.getProgramLog(prog)
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def check(files: list[str] | None = None, arch: str | None = None, verbose: bool = False,
-          jobs: int = 2, out=sys.stdout) -> int:
+def sass_subset(exprs: list[str]) -> list[str]:
+    """One expression per (kernel template, first template argument)."""
+    seen, out = set(), []
+    for e in exprs:
+        m = re.match(r"\s*([\w:]+)\s*<\s*([^,>]+)", e)
+        key = (m.group(1), m.group(2).strip()) if m else (e, "")
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
+
+
+def plan(files: list[str], manifest: dict[str, list[str]], archs: list[str] | None,
+         sass: bool) -> list[tuple[str, str, list[str]]]:
+    """(file, arch, expressions) compile jobs."""
+    have = supported()
+    base = default_arch()
+    jobs = []
+    for f in files:
+        exprs = manifest.get(f, [])
+        targets = list(archs) if archs else [base]
+        if not archs and arch_specific(f) and 90 in have:
+            targets.append("compute_90")
+        for a in targets:
+            if len(exprs) > CHUNK:
+                jobs += [(f, a, exprs[k:k + CHUNK]) for k in range(0, len(exprs), CHUNK)]
+            else:
+                jobs.append((f, a, exprs))
+        if sass and not archs and arch_specific(f) and exprs:
+            for sm in (75, 90):
+                if sm in have:
+                    jobs.append((f, f"sm_{sm}", sass_subset(exprs)))
+    return jobs
+
+
+def check(files: list[str] | None = None, arch: str | list[str] | None = None,
+          verbose: bool = False, jobs: int = 2, out=sys.stdout, sass: bool = True) -> int:
     """Compile and report; returns the number of failed kernels (plus files that failed)."""
-    arch = arch or default_arch()
+    archs = [arch] if isinstance(arch, str) else (list(arch) if arch else None)
     manifest = loader.manifest()
     names = files or sorted(set(manifest) | set(kernels_cu.categories()))
-    failures = 0
-    total = 0
     t0 = time.time()
+    work = plan(names, manifest, archs, sass)
 
-    def one(file: str):
-        exprs = manifest.get(file, [])
+    def one(job):
+        file, a, exprs = job
         t = time.time()
-        lowered, log = compile_file(file, exprs, arch)
+        lowered, log = compile_file(file, exprs, a)
+        logs: dict[str, str] = {}
         if any(v is None for v in lowered.values()) or (not exprs and "error" in log):
             # attribute the failure: compile every expression alone
-            single = {e: compile_file(file, [e], arch) for e in exprs}
-            return file, exprs, {e: r[0][e] for e, r in single.items()}, log, \
-                {e: r[1] for e, r in single.items()}, time.time() - t
-        return file, exprs, lowered, log, {}, time.time() - t
+            single = {e: compile_file(file, [e], a) for e in exprs}
+            lowered = {e: r[0][e] for e, r in single.items()}
+            logs = {e: r[1] for e, r in single.items()}
+        return file, a, exprs, lowered, log, logs, time.time() - t
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        results = list(pool.map(one, names))
-    for file, exprs, lowered, log, logs, dt in results:
+        results = list(pool.map(one, work))
+    failures = total = 0
+    per_file: dict[tuple[str, str], list[float]] = {}
+    for file, a, exprs, lowered, log, logs, dt in results:
+        per_file.setdefault((file, a), []).append(dt)
         if not exprs:
             ok = "error" not in log
-            print(f"{'ok  ' if ok else 'FAIL'} {file}.cu: no instantiations declared ({dt:.1f}s)", file=out)
+            print(f"{'ok  ' if ok else 'FAIL'} {file}.cu [{a}]: no instantiations declared", file=out)
             failures += 0 if ok else 1
             if not ok:
                 print(log, file=out)
@@ -85,16 +146,19 @@ def check(files: list[str] | None = None, arch: str | None = None, verbose: bool
             name = lowered.get(e)
             if name is None:
                 failures += 1
-                print(f"FAIL {file}.cu  {e}", file=out)
+                print(f"FAIL {file}.cu [{a}]  {e}", file=out)
                 print("     " + (logs.get(e) or log).strip().replace("\n", "\n     "), file=out)
-            else:
-                print(f"ok   {file}.cu  {e}" + (f"  -> {name}" if verbose else ""), file=out)
+            elif verbose:
+                print(f"ok   {file}.cu [{a}]  {e}  -> {name}", file=out)
         if log.strip() and verbose:
-            print(f"     [{file}.cu log] {log.strip()}", file=out)
-        print(f"     {file}.cu: {len(exprs)} kernels compiled in {dt:.1f}s", file=out)
-    ok = total - sum(1 for r in results for e in r[1] if r[2].get(e) is None)
-    print(f"check_kernels: {total} kernels in {len(results)} files for {arch}: {ok} ok, "
-          f"{failures} failed ({time.time() - t0:.1f}s)", file=out)
+            print(f"     [{file}.cu {a} log] {log.strip()}", file=out)
+    for (file, a), dts in sorted(per_file.items()):
+        n = sum(len(r[2]) for r in results if r[0] == file and r[1] == a)
+        print(f"     {file}.cu [{a}]: {n} kernels, {sum(dts):.1f}s of compile time", file=out)
+    used = sorted({r[1] for r in results})
+    print(f"check_kernels: {total} kernel compilations ({len(names)} files; targets "
+          f"{', '.join(used)}): {total - failures} ok, {failures} failed "
+          f"({time.time() - t0:.1f}s)", file=out)
     return failures
 
 
@@ -102,11 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ep_cuda.check_kernels", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("files", nargs="*", help="kernel files (without .cu); default: all")
-    ap.add_argument("--arch", default=None, help="NVRTC virtual architecture, e.g. compute_80")
-    ap.add_argument("-j", "--jobs", type=int, default=2, help="files compiled in parallel")
-    ap.add_argument("-v", "--verbose", action="store_true", help="print lowered names and logs")
+    ap.add_argument("--arch", action="append", default=None,
+                    help="NVRTC target (compute_80: PTX, sm_80: SASS); repeatable; "
+                         "default: compute_75 + compute_90 and sm_75/sm_90 SASS where needed")
+    ap.add_argument("--no-sass", action="store_true", help="skip the ptxas (CUBIN) checks")
+    ap.add_argument("-j", "--jobs", type=int, default=2, help="compile jobs in parallel")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every kernel, lowered names, logs")
     args = ap.parse_args(argv)
-    return 1 if check(args.files or None, args.arch, args.verbose, args.jobs) else 0
+    return 1 if check(args.files or None, args.arch, args.verbose, args.jobs,
+                      sass=not args.no_sass) else 0
 
 
 if __name__ == "__main__":

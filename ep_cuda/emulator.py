@@ -51,9 +51,11 @@ def _cache_dir() -> Path:
     return d
 
 
-def _build(file: str, exprs: tuple[str, ...]) -> Any:
+def _build(file: str, exprs: tuple[str, ...], text: str | None = None) -> Any:
+    """Shared library of `kernels_cu/<file>.cu` (or of the given source `text`, e.g. a generated
+    fused kernel) with one C entry point per name expression."""
     shim = (kernels_cu.DIR / "host_emulation.cuh").read_text()
-    body = [shim, kernels_cu.source(file)]
+    body = [shim, kernels_cu.source(file) if text is None else text]
     for k, e in enumerate(exprs):
         body.append(f'extern "C" void ep_emu_{k}(const unsigned int* d, void** a) '
                     f'{{ emu_launch(&{e}, d, a); }}')
@@ -76,8 +78,10 @@ class EmuKernel:
 
     def __init__(self, fn: Any, name: str) -> None:
         self.fn, self.name = fn, name
+        self.max_dynamic_shared_size_bytes = 48 << 10   # settable, as on cupy.RawKernel
 
     def __call__(self, grid, block, args, shared_mem: int = 0, stream: Any = None) -> None:
+        loader.LAUNCHES[0] += 1
         g = (list(grid) + [1, 1, 1])[:3]
         b = (list(block) + [1, 1, 1])[:3]
         g = [max(1, min(int(v), MAX_BLOCKS_PER_DIM)) for v in g]
@@ -97,7 +101,10 @@ class EmuKernel:
             keep.append(buf)
             ptrs.append(buf.ctypes.data)
         argv = (ctypes.c_void_p * max(len(ptrs), 1))(*ptrs)
-        dims = (ctypes.c_uint * 6)(*g, *b)
+        if shared_mem > max(self.max_dynamic_shared_size_bytes, 48 << 10):
+            raise ValueError(f"kernel {self.name}: {shared_mem} bytes of dynamic shared memory above "
+                             f"the limit set ({self.max_dynamic_shared_size_bytes})")
+        dims = (ctypes.c_uint * 7)(*g, *b, int(shared_mem))
         self.fn(dims, argv)
 
 
@@ -111,6 +118,17 @@ def get_kernel(file: str, expr: str) -> EmuKernel:
         if lib is None:
             lib = _libs[(file, exprs)] = _build(file, exprs)
     fn = getattr(lib, f"ep_emu_{exprs.index(expr)}")
+    fn.restype = None
+    return EmuKernel(fn, expr)
+
+
+def get_source_kernel(key: str, text: str, expr: str) -> EmuKernel:
+    """A kernel of generated source `text` (fused kernels), compiled for the host once per key."""
+    with _lock:
+        lib = _libs.get(("src:" + key, (expr,)))
+        if lib is None:
+            lib = _libs[("src:" + key, (expr,))] = _build(f"gen_{key}", (expr,), text)
+    fn = getattr(lib, "ep_emu_0")
     fn.restype = None
     return EmuKernel(fn, expr)
 
@@ -133,13 +151,16 @@ class _NumpyDevice:
 @contextlib.contextmanager
 def enabled() -> Iterator[None]:
     """Route wrapper launches to the emulator and device allocations to numpy."""
-    saved = (launch.cp._mod, loader.get_kernel)
+    saved = (launch.cp._mod, loader.get_kernel, loader.get_source_kernel, launch.EMULATED[0])
     launch.cp._mod = _NumpyDevice()
     loader.get_kernel = get_kernel
+    loader.get_source_kernel = get_source_kernel
+    launch.EMULATED[0] = True
     try:
         yield
     finally:
-        launch.cp._mod, loader.get_kernel = saved
+        (launch.cp._mod, loader.get_kernel, loader.get_source_kernel,
+         launch.EMULATED[0]) = saved
 
 
 def prebuild(files: list[str] | None = None) -> None:

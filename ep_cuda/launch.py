@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from typing import Any, Sequence
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -35,6 +38,63 @@ class _LazyModule:
 
 
 cp = _LazyModule("cupy")
+
+EMULATED = [False]   # True inside ep_cuda.emulator.enabled(): kernels run on the CPU
+
+
+@dataclass
+class Settings:
+    """Provider options the kernels read (the provider's scope installs its own). Direct kernel
+    calls without a provider (tests) get the defaults: exact fp32, NCHW, no tuning."""
+    use_tf32: bool = False
+    prefer_nhwc: bool = False
+    tuner: Any = None                                   # ep_cuda.autotune.Tuner
+    force: dict = field(default_factory=dict)           # tests: {"gemm": "tc:big", "conv": ...}
+
+
+DEFAULT_SETTINGS = Settings()
+_tls = threading.local()
+
+
+def settings() -> Settings:
+    return getattr(_tls, "settings", None) or DEFAULT_SETTINGS
+
+
+@contextlib.contextmanager
+def using(s: Settings) -> Iterator[Settings]:
+    """Kernels launched inside see `s` (thread-local, nests)."""
+    prev = getattr(_tls, "settings", None)
+    _tls.settings = s
+    try:
+        yield s
+    finally:
+        _tls.settings = prev
+
+
+_cc: dict[int, int] = {}
+
+
+def device_cc() -> int:
+    """Compute capability of the current device as an int (75, 80, 90, ...). The emulator
+    reports EP_CUDA_EMU_CC (default 90), so the sm_80+ code paths are the ones emulated."""
+    if EMULATED[0]:
+        return int(os.environ.get("EP_CUDA_EMU_CC", "90"))
+    import cupy
+    dev = cupy.cuda.runtime.getDevice()
+    cc = _cc.get(dev)
+    if cc is None:
+        cc = _cc[dev] = int(cupy.cuda.Device(dev).compute_capability)
+    return cc
+
+
+def is_capturing() -> bool:
+    """Whether the current stream is being captured into a CUDA graph (no syncs, no timing)."""
+    if EMULATED[0]:
+        return False
+    import cupy
+    s = cupy.cuda.get_current_stream()
+    return bool(s.ptr) and s.is_capturing()
+
 
 # numpy dtype -> C type name used in name expressions (typedefs from common.cuh)
 CTYPE = {

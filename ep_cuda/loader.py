@@ -12,7 +12,10 @@ Asking for an undeclared expression is an error: the manifest must stay complete
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
+from pathlib import Path
 from typing import Any, Iterable
 
 import kernels_cu
@@ -24,6 +27,26 @@ _manifest: dict[str, list[str]] = {}
 _lock = threading.Lock()
 _modules: dict[tuple[int, str], tuple[Any, frozenset]] = {}   # (device, file) -> (RawModule, exprs)
 _functions: dict[tuple[int, str, str], Any] = {}
+LAUNCHES = [0]   # kernel launches through functions handed out here (benchmarks count them)
+
+
+class Counted:
+    """A RawKernel that counts its launches; attributes (e.g. max_dynamic_shared_size_bytes)
+    pass through to the kernel."""
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        object.__setattr__(self, "fn", fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        LAUNCHES[0] += 1
+        return self.fn(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.fn, name, value)
 
 
 def declare(file: str, exprs: Iterable[str]) -> None:
@@ -59,6 +82,44 @@ def get_kernel(file: str, expr: str) -> Any:
             mod = cupy.RawModule(code=kernels_cu.source(file), options=NVRTC_OPTIONS,
                                  name_expressions=sorted(exprs))
             _modules[(dev, file)] = (mod, exprs)
-        fn = mod.get_function(expr)
+        fn = Counted(mod.get_function(expr))
         _functions[key] = fn
+    return fn
+
+
+def cache_dir() -> Path:
+    """Where generated kernel sources and autotuning results live (EP_CUDA_CACHE_DIR overrides)."""
+    d = Path(os.environ.get("EP_CUDA_CACHE_DIR") or Path.home() / ".cache" / "ep_cuda")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def signature(text: str) -> str:
+    return hashlib.sha256((text + " ".join(NVRTC_OPTIONS)).encode()).hexdigest()[:24]
+
+
+_generated: dict[tuple[int, str, str], Any] = {}
+
+
+def get_source_kernel(key: str, text: str, expr: str) -> Any:
+    """A kernel of generated CUDA source (fused elementwise kernels). `key` is the caller's
+    signature of the source; the text is stored as <cache_dir>/generated/<key>.cu (inspectable)
+    and NVRTC's binary is cached on disk by CuPy under the same source hash, so a later process
+    pays neither code generation nor compilation again."""
+    import cupy
+
+    dev = cupy.cuda.runtime.getDevice()
+    k = (dev, key, expr)
+    fn = _generated.get(k)
+    if fn is not None:
+        return fn
+    with _lock:
+        path = cache_dir() / "generated" / f"{key}.cu"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        mod = cupy.RawModule(code=text, options=NVRTC_OPTIONS, name_expressions=[expr])
+        fn = _generated[k] = Counted(mod.get_function(expr))
     return fn

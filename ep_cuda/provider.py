@@ -6,7 +6,9 @@ Values on the device are `cupy.ndarray`. CuPy is imported lazily: `availability(
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -15,9 +17,12 @@ import numpy as np
 from ep_core.errors import InvalidArgument
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import (HOST, Allocator, ComputeCapability, DataTransfer, Device,
-                              ExecutionProvider, GraphView)
+                              ExecutionProvider, GraphView, MetaDef)
 
+from .launch import Settings, using
 from .registry import registry
+
+log = logging.getLogger("ep_cuda")
 
 _STRATEGIES = {"knextpoweroftwo": "kNextPowerOfTwo", "0": "kNextPowerOfTwo",
                "ksameasrequested": "kSameAsRequested", "1": "kSameAsRequested"}
@@ -63,9 +68,14 @@ class CudaAllocator(Allocator):
             return 1 << (int(nbytes) - 1).bit_length()
         return int(nbytes)
 
+    recording: list | None = None   # set while a CUDA graph is captured: its blocks stay reserved
+
     def malloc(self, nbytes: int):
         """The function handed to `cupy.cuda.using_allocator` inside the provider's scope."""
-        return self.pool.malloc(self.round(nbytes))
+        mem = self.pool.malloc(self.round(nbytes))
+        if self.recording is not None:
+            self.recording.append(mem)
+        return mem
 
     def empty(self, shape, dtype) -> Any:
         import cupy
@@ -121,13 +131,15 @@ class CudaDataTransfer(DataTransfer):
 
 
 class CUDAExecutionProvider(ExecutionProvider):
-    """Runs nodes with the project's CUDA kernels. Options (onnxruntime names):
-    device_id, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_tf32."""
+    """Runs nodes with the project's CUDA kernels. Options (onnxruntime names where they exist):
+    device_id, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_tf32,
+    prefer_nhwc, enable_cuda_graph, tunable_op_enable, tunable_op_tuning_enable,
+    tunable_op_max_tuning_duration_ms; and enable_fusion (ours). See docs/cuda.md."""
     type = "cuda"
 
     def __init__(self, device_id: Any = 0, gpu_mem_limit: Any = 0,
                  arena_extend_strategy: Any = "kNextPowerOfTwo",
-                 do_copy_in_default_stream: Any = True, use_tf32: Any = True, **options: Any) -> None:
+                 do_copy_in_default_stream: Any = True, use_tf32: Any = False, **options: Any) -> None:
         super().__init__(device_id=device_id, gpu_mem_limit=gpu_mem_limit,
                          arena_extend_strategy=arena_extend_strategy,
                          do_copy_in_default_stream=do_copy_in_default_stream, use_tf32=use_tf32,
@@ -135,29 +147,52 @@ class CUDAExecutionProvider(ExecutionProvider):
         ok, reason = self.availability()
         if not ok:
             raise RuntimeError(f"CUDA execution provider is not available: {reason}")
+        self._parse_options()
+        self._init_device()
+
+    def _parse_options(self) -> None:
+        """Everything option-related that needs no GPU (shared with the emulated provider)."""
+        o = self.options
+        self.device_id = _as_int("device_id", o.get("device_id", 0))
+        self.device = Device("cuda", self.device_id)
+        limit = _as_int("gpu_mem_limit", o.get("gpu_mem_limit", 0))
+        if limit >= 2**63 - 1:  # onnxruntime's default (SIZE_MAX) means no limit
+            limit = 0
+        self.mem_limit = limit
+        strategy = _STRATEGIES.get(str(o.get("arena_extend_strategy", "kNextPowerOfTwo")).strip().lower())
+        if strategy is None:
+            raise InvalidArgument(f"CUDA provider option arena_extend_strategy="
+                                  f"{o.get('arena_extend_strategy')!r}: expected kNextPowerOfTwo or "
+                                  f"kSameAsRequested")
+        self.arena_strategy = strategy
+        self.copy_in_default_stream = _as_bool(o.get("do_copy_in_default_stream", True))
+        # TF32 tensor cores for float32 GEMM/Conv (sm_80+); fp32 accumulation either way. Off by
+        # default (onnxruntime: on): results then match the CPU provider to fp32 rounding.
+        self.use_tf32 = _as_bool(o.get("use_tf32", False))
+        self.prefer_nhwc = _as_bool(o.get("prefer_nhwc", False))
+        self.cuda_graph = _as_bool(o.get("enable_cuda_graph", False))
+        self.fusion = _as_bool(o.get("enable_fusion", True))
+        tuner = None
+        if _as_bool(o.get("tunable_op_enable", False)) or _as_bool(o.get("tunable_op_tuning_enable", False)):
+            from .autotune import Tuner
+            tuner = Tuner(tuning=_as_bool(o.get("tunable_op_tuning_enable", False)),
+                          max_ms=float(o.get("tunable_op_max_tuning_duration_ms", 0) or 0))
+        self.tuner = tuner
+        self.settings = Settings(use_tf32=self.use_tf32, prefer_nhwc=self.prefer_nhwc, tuner=tuner)
+        self.constant_values: set[str] = set()   # initializers (kernels may cache re-laid-out copies)
+        self._groups: dict[str, Any] = {}        # fused node name -> (Group, Analysis)
+        self.shrink_arena_on_run_end = False
+
+    def _init_device(self) -> None:
         import cupy
 
-        self.device_id = _as_int("device_id", device_id)
         count = cupy.cuda.runtime.getDeviceCount()
         if not 0 <= self.device_id < count:
             raise InvalidArgument(f"CUDA provider option device_id={self.device_id}: this machine "
                                   f"has {count} CUDA device(s)")
-        self.device = Device("cuda", self.device_id)
-        limit = _as_int("gpu_mem_limit", gpu_mem_limit)
-        if limit >= 2**63 - 1:  # onnxruntime's default (SIZE_MAX) means no limit
-            limit = 0
-        strategy = _STRATEGIES.get(str(arena_extend_strategy).strip().lower())
-        if strategy is None:
-            raise InvalidArgument(f"CUDA provider option arena_extend_strategy="
-                                  f"{arena_extend_strategy!r}: expected kNextPowerOfTwo or "
-                                  f"kSameAsRequested")
-        self.copy_in_default_stream = _as_bool(do_copy_in_default_stream)
-        # Our GEMM/Conv kernels always accumulate in full FP32; the flag is kept and reported
-        # for onnxruntime compatibility (TF32 tensor-core paths are not implemented).
-        self.use_tf32 = _as_bool(use_tf32)
         self._cp_device = cupy.cuda.Device(self.device_id)
         with self._cp_device:
-            self.allocator = CudaAllocator(self.device, limit, strategy)
+            self.allocator = CudaAllocator(self.device, self.mem_limit, self.arena_strategy)
             self.stream = cupy.cuda.Stream(non_blocking=True)
             self.copy_stream = (self.stream if self.copy_in_default_stream
                                 else cupy.cuda.Stream(non_blocking=True))
@@ -165,7 +200,6 @@ class CUDAExecutionProvider(ExecutionProvider):
         self._transfer = CudaDataTransfer(self)
         self._staging: list[Any] = []    # pinned buffers of host->device copies still in flight
         self._staging_lock = threading.Lock()
-        self.shrink_arena_on_run_end = False
 
     # ---- availability and kernels (no GPU needed) --------------------------------------------
     @classmethod
@@ -178,7 +212,8 @@ class CUDAExecutionProvider(ExecutionProvider):
         return registry
 
     def get_capability(self, graph_view: GraphView, kernel_lookup) -> list[ComputeCapability]:
-        """Nodes with a kernel whose attributes that kernel supports (others go to the CPU)."""
+        """Nodes with a kernel whose attributes that kernel supports (others go to the CPU),
+        grouped into fused nodes (compile API) where ep_cuda.fusion finds groups."""
         claimed = []
         for n in graph_view.nodes:
             kdef = kernel_lookup(n)
@@ -190,8 +225,68 @@ class CUDAExecutionProvider(ExecutionProvider):
         # Shape/Size only read metadata: take them only when their input is produced on this
         # device, so a host tensor is never copied to the GPU just to have its shape read.
         ours = {o for n in claimed if n.op_type not in _METADATA_OPS for o in n.outputs if o}
-        return [ComputeCapability([n]) for n in claimed
-                if n.op_type not in _METADATA_OPS or (n.inputs and n.inputs[0] in ours)]
+        claimed = [n for n in claimed if n.op_type not in _METADATA_OPS or (n.inputs and n.inputs[0] in ours)]
+        graph = graph_view.graph
+        feedable = {v.name for v in graph.inputs}
+        self.__dict__.setdefault("constant_values", set()).update(
+            k for k in graph.initializers if k not in feedable)
+        if not (getattr(self, "fusion", False) or getattr(self, "cuda_graph", False)) or len(claimed) < 2:
+            return [ComputeCapability([n]) for n in claimed]
+        try:
+            groups, an = self._plan_groups(graph, claimed, kernel_lookup)
+        except Exception as e:  # noqa: BLE001 - fusion is an optimization: never fail a session
+            log.warning("CUDA fusion planning failed (%s: %s); running nodes one by one",
+                        type(e).__name__, e)
+            return [ComputeCapability([n]) for n in claimed]
+        caps, grouped = [], set()
+        for g in groups:
+            name = self._group_name(g)
+            g.info["name"] = name
+            self._groups[name] = (g, an)
+            grouped.update(map(id, g.nodes))
+            caps.append(ComputeCapability(list(g.nodes), MetaDef(
+                name, list(g.inputs), list(g.outputs),
+                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes)})))
+        caps += [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
+        return caps
+
+    def _plan_groups(self, graph, claimed, kernel_lookup):
+        from .fusion import Analysis, capturable, plan_elementwise_groups, plan_gemm_groups, plan_regions
+        an = Analysis(graph)
+        if self.cuda_graph:
+            ok, blocked = [], []
+            for n in claimed:
+                why = capturable(an, n, kernel_lookup(n))
+                (blocked.append((n, why)) if why else ok.append(n))
+            regions = [g for g in plan_regions(an, ok) if len(g.nodes) >= 2 or not blocked]
+            if blocked or len(regions) > 1:
+                detail = "; ".join(f"{n.describe()}: {why}" for n, why in blocked[:5])
+                warnings.warn(f"enable_cuda_graph: the run is split into {len(regions)} captured "
+                              f"region(s) and {len(claimed) - sum(len(g.nodes) for g in regions)} "
+                              f"node(s) outside any graph" + (f" ({detail})" if detail else ""),
+                              RuntimeWarning, stacklevel=4)
+            return regions, an
+        taken: set[int] = set()
+        groups = plan_gemm_groups(an, claimed, taken)
+        groups += plan_elementwise_groups(an, claimed, taken)
+        return groups, an
+
+    def _group_name(self, g) -> str:
+        prefix = {"gemm": "CudaFusedGemm", "elementwise": "CudaFused", "region": "CudaGraph"}[g.kind]
+        ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
+        k = len(self._groups)
+        return f"{prefix}{k}_{ops}" if g.kind != "region" else f"{prefix}{k}_{len(g.nodes)}nodes"
+
+    def compile(self, fused_node, subgraph):
+        """The compute callable of a fused node created from one of our MetaDefs."""
+        from .compiled import GraphRegion, fused_callable
+        entry = self._groups.get(fused_node.name)
+        if entry is None:
+            raise InvalidArgument(f"CUDA provider: no fused group named '{fused_node.name}'")
+        g, an = entry
+        if g.kind == "region":
+            return GraphRegion(self, g, an, fuse=self.fusion)
+        return fused_callable(self, g, an)
 
     # ---- memory, transfers, streams ------------------------------------------------------------
     def get_allocator(self, mem_type: str = "default") -> Allocator:
@@ -215,7 +310,8 @@ class CUDAExecutionProvider(ExecutionProvider):
         """Device, compute stream and arena for everything a kernel does."""
         import cupy
 
-        with self._cp_device, self.stream, cupy.cuda.using_allocator(self.allocator.malloc):
+        with self._cp_device, self.stream, cupy.cuda.using_allocator(self.allocator.malloc), \
+                using(self.settings):
             yield
 
     def to_device(self, value: Any, stream: Any = None) -> Any:

@@ -163,3 +163,77 @@ def require(backend: str) -> None:
         ok, why = emulator.available()
     if not ok:
         pytest.skip(f"{backend} backend unavailable: {why}")
+
+
+# ---------------------------------------------------------------------------- emulated provider
+from .provider import CUDAExecutionProvider, CudaDataTransfer  # noqa: E402
+
+
+class _HostArena:
+    """Stands in for the device arena of an emulated provider."""
+    recording = None
+
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype)
+
+    def release_unused(self) -> None:
+        pass
+
+
+class EmulatedCUDAProvider(CUDAExecutionProvider):
+    """The CUDA provider with the CPU emulator as its device: numpy arrays stand for device
+    memory and every kernel (generated fused kernels included) runs through ep_cuda.emulator.
+    Partitioning, fusion (compile API), copy insertion and CUDA-graph regions (run eagerly) are
+    the real provider's. Test tool: register it with `register_emulated()`."""
+
+    def __init__(self, **options: Any) -> None:
+        from ep_core.provider import ExecutionProvider
+        ExecutionProvider.__init__(self, **options)
+        self._parse_options()
+        self.allocator = _HostArena()
+        self.stream = None
+        self._transfer = CudaDataTransfer(self)
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        from . import emulator
+        return emulator.available()
+
+    def scope(self):
+        import contextlib
+
+        from . import emulator
+        from .launch import using
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(emulator.enabled())
+        stack.enter_context(using(self.settings))
+        return stack
+
+    def get_allocator(self, mem_type: str = "default"):
+        return self.allocator
+
+    def to_device(self, value: Any, stream: Any = None) -> Any:
+        return np.array(np.asarray(value), copy=True)
+
+    def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
+        return np.array(np.asarray(value), copy=True, order="C")
+
+    def device_of(self, value: Any):
+        return self.device
+
+    def sync(self) -> None:
+        pass
+
+    def on_run_end(self, run_options: Any = None) -> None:
+        pass
+
+
+EMULATED_NAME = "cuda_emu"
+
+
+def register_emulated() -> str:
+    """Make `providers=["cuda_emu"]` create an EmulatedCUDAProvider; returns the name."""
+    from ep_core.providers import register_provider
+    register_provider(EMULATED_NAME, EmulatedCUDAProvider)
+    return EMULATED_NAME

@@ -20,6 +20,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
@@ -33,10 +34,12 @@ inline emu_dim3 blockDim, gridDim;
 struct EmuWarp {
   std::unique_ptr<std::barrier<>> bar;
   unsigned long long slots[32];
+  unsigned int xbuf[32][8];  // warp all-gather buffer (software tensor-core MMA)
 };
 inline std::barrier<>* emu_block_barrier = nullptr;
 inline std::vector<EmuWarp>* emu_warps = nullptr;
 inline std::atomic<int> emu_count{0};
+inline unsigned char* emu_dyn_smem = nullptr;  // the block's dynamic shared memory
 
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 inline int __syncthreads_count(int p) {
@@ -60,6 +63,27 @@ template <typename T> inline T __shfl_xor_sync(unsigned int, T v, int m) {
   w.bar->arrive_and_wait();
   return r;
 }
+template <typename T> inline T __shfl_sync(unsigned int, T v, int src) {
+  static_assert(sizeof(T) <= 8, "shuffle of a wide type");
+  EmuWarp& w = (*emu_warps)[emu_tid / 32];
+  const int lane = emu_tid % 32;
+  std::memcpy(&w.slots[lane], &v, sizeof(T));
+  w.bar->arrive_and_wait();
+  T r;
+  std::memcpy(&r, &w.slots[src & 31], sizeof(T));
+  w.bar->arrive_and_wait();
+  return r;
+}
+// Every lane of the warp receives the n (<= 8) words of all 32 lanes: all[lane * n + j].
+inline void emu_warp_allgather(const unsigned int* mine, unsigned int* all, int n) {
+  EmuWarp& w = (*emu_warps)[emu_tid / 32];
+  const int lane = emu_tid % 32;
+  for (int j = 0; j < n; ++j) w.xbuf[lane][j] = mine[j];
+  w.bar->arrive_and_wait();
+  for (int l = 0; l < 32; ++l)
+    for (int j = 0; j < n; ++j) all[l * n + j] = w.xbuf[l][j];
+  w.bar->arrive_and_wait();
+}
 inline unsigned int __ballot_sync(unsigned int, int p) {
   EmuWarp& w = (*emu_warps)[emu_tid / 32];
   const int lane = emu_tid % 32;
@@ -79,6 +103,8 @@ inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c,
 }
 inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
 inline float __int_as_float(unsigned int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline float __uint_as_float(unsigned int v) { float f; std::memcpy(&f, &v, 4); return f; }
+inline unsigned int __float_as_uint(float v) { unsigned int u; std::memcpy(&u, &v, 4); return u; }
 inline double __longlong_as_double(unsigned long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 
 // cuLaunchKernel semantics: args[i] points at the bytes of parameter i.
@@ -87,10 +113,14 @@ void emu_call(void (*k)(P...), void** args, std::index_sequence<I...>) {
   k(*reinterpret_cast<std::remove_cv_t<std::remove_reference_t<P>>*>(args[I])...);
 }
 
+// dims: grid x/y/z, block x/y/z, dynamic shared memory bytes.
 template <typename... P> void emu_launch(void (*k)(P...), const unsigned int* dims, void** args) {
   gridDim = {dims[0], dims[1], dims[2]};
   blockDim = {dims[3], dims[4], dims[5]};
   const int n = (int)(dims[3] * dims[4] * dims[5]);
+  // all-ones bytes: a float read before it was written is NaN, which the tests notice
+  std::vector<unsigned long long> dyn((dims[6] + 7) / 8 + 2, ~0ull);
+  emu_dyn_smem = reinterpret_cast<unsigned char*>(((reinterpret_cast<std::uintptr_t>(dyn.data()) + 15) / 16) * 16);
   for (unsigned int bz = 0; bz < dims[2]; ++bz)
     for (unsigned int by = 0; by < dims[1]; ++by)
       for (unsigned int bx = 0; bx < dims[0]; ++bx) {

@@ -32,6 +32,45 @@ __global__ void layernorm_k(const T* __restrict__ x, const float* __restrict__ s
   }
 }
 
+// SkipLayerNormalization in one pass over memory: s = x + skip (+ bias), each sum rounded to T as
+// the unfused adds would store it, written to sum_out (or, as scratch, to y: every thread reads
+// back only the elements it wrote), then LayerNorm of s over rows of L. x, skip contiguous.
+template <typename T>
+__global__ void skip_layernorm_k(const T* __restrict__ x, const T* __restrict__ skip,
+                                 const T* __restrict__ sbias, const float* __restrict__ scale,
+                                 const float* __restrict__ bias, T* y, T* sum_out,
+                                 float* __restrict__ mean_out, float* __restrict__ inv_out,
+                                 i64 rows, i64 L, float eps) {
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * L;
+    const T* kr = skip + r * L;
+    T* yr = y + r * L;
+    T* sr = sum_out ? sum_out + r * L : yr;
+    float s = 0.0f;
+    for (i64 j = threadIdx.x; j < L; j += blockDim.x) {
+      T t = cvt<T>(cvt<float>(xr[j]) + cvt<float>(kr[j]));
+      if (sbias) t = cvt<T>(cvt<float>(t) + cvt<float>(sbias[j]));
+      sr[j] = t;
+      s += cvt<float>(t);
+    }
+    const float mean = block_reduce(s, RSum(), 0.0f) / (float)L;
+    float v = 0.0f;
+    for (i64 j = threadIdx.x; j < L; j += blockDim.x) {
+      const float d = cvt<float>(sr[j]) - mean;
+      v += d * d;
+    }
+    const float inv = 1.0f / sqrtf(block_reduce(v, RSum(), 0.0f) / (float)L + eps);
+    for (i64 j = threadIdx.x; j < L; j += blockDim.x) {
+      const float o = (cvt<float>(sr[j]) - mean) * inv * scale[j];
+      yr[j] = cvt<T>(bias ? o + bias[j] : o);
+    }
+    if (threadIdx.x == 0) {
+      if (mean_out) mean_out[r] = mean;
+      if (inv_out) inv_out[r] = inv;
+    }
+  }
+}
+
 // GroupNormalization / InstanceNormalization on contiguous (N, C, spatial...): row r = (n, g)
 // holds cpg = C/G channels of `spatial` elements each (L = cpg * spatial). The affine parameter
 // index is the channel (per_channel != 0) or the group.

@@ -17,7 +17,6 @@ from .gemm import Gemm, batched_gemm
 from .norm import LayerNormalization as OnnxLayerNormalization
 from .norm import _row_launch, fp32_param
 from .softmax import softmax
-from .tensor import transpose
 
 DOMAIN = "com.ep_core"
 B_ADD = 0
@@ -26,7 +25,7 @@ FUSED_ACTIVATIONS = {
     "Relu": (0, ()), "LeakyRelu": (1, ("alpha",)), "Sigmoid": (2, ()),
     "HardSigmoid": (3, ("alpha", "beta")), "Tanh": (4, ()), "Elu": (5, ("alpha",)),
     "Gelu": (8, ()), "FastGelu": (9, ()), "HardSwish": (13, ()), "Silu": (16, ()),
-    "Clip": (None, ("min", "max")),
+    "Clip": (17, ("min", "max")),
 }
 _DEFAULTS = {("LeakyRelu", "alpha"): 0.01, ("HardSigmoid", "alpha"): 0.2,
              ("HardSigmoid", "beta"): 0.5, ("Elu", "alpha"): 1.0,
@@ -62,11 +61,16 @@ class _Activated:
         self.params = [given[k] if k < len(given) else _DEFAULTS.get((act, n), 0.0)
                        for k, n in enumerate(names)] + [0.0, 0.0]
 
+    @property
+    def act_code(self) -> int:
+        """Activation code of kernels_cu/act.cuh for the GEMM/conv epilogues (-1: none)."""
+        return -1 if self.act is None else FUSED_ACTIVATIONS[self.act][0]
+
     def activate(self, y):
         if self.act is None or y.size == 0:
             return y
         code = FUSED_ACTIVATIONS[self.act][0]
-        if code is None:  # Clip
+        if self.act == "Clip":
             return unary(U_CLIP, y, y.dtype, self.params[0], self.params[1], out=y)
         return activation(code, y, self.params[0], self.params[1], out=y)
 
@@ -84,10 +88,8 @@ class FusedConv(_Activated, Conv):
         return _Activated.supports(node) and Conv.supports(node)  # activation, dtype, rank
 
     def forward(self, x, w, b=None, z=None):
-        y = self.run(x, w, b)
-        if z is not None and y.size:
-            binary(B_ADD, y, z, y.dtype, out=y)
-        return self.activate(y)
+        # bias, residual and activation run in the convolution's epilogue
+        return self.run(x, w, b, z, self.act_code, self.params[0], self.params[1])
 
 
 @kernel("FusedGemm", domain=DOMAIN, types={"T": FLOATS})
@@ -99,7 +101,7 @@ class FusedGemm(_Activated, Gemm):
         self._parse()
 
     def forward(self, a, b, c=None):
-        return self.activate(Gemm.forward(self, a, b, c))
+        return self.gemm(a, b, c, self.act_code, self.params[0], self.params[1])
 
 
 @kernel("FusedAdd", domain=DOMAIN, types={"T": FLOATS})
@@ -140,6 +142,11 @@ class SkipLayerNormalization(_Fused):
     Outputs: output, mean, inv_std_var (float32), input_skip_bias_sum (all but the first optional)."""
 
     def forward(self, x, skip, gamma, beta=None, bias=None):
+        L = x.shape[-1] if x.ndim else 0
+        if (L and tuple(skip.shape) == tuple(x.shape) and x.flags.c_contiguous
+                and skip.flags.c_contiguous and skip.dtype == x.dtype
+                and (bias is None or (tuple(bias.shape) == (L,) and bias.flags.c_contiguous))):
+            return self._one_kernel(x, skip, gamma, beta, bias, L)
         s = binary(B_ADD, x, skip, x.dtype)
         if bias is not None:
             binary(B_ADD, s, bias, s.dtype, out=s)
@@ -155,6 +162,24 @@ class SkipLayerNormalization(_Fused):
                         (s, g, b, y, mean, inv, i64(rows), i64(L), f32(self.attr("epsilon", 1e-12))))
         outs = (y, mean, inv, s)
         n_out = len(self.node.outputs)
+        return outs[:n_out] if n_out > 1 else y
+
+
+    def _one_kernel(self, x, skip, gamma, beta, bias, L):
+        n_out = len(self.node.outputs)
+        want_sum = n_out > 3 and bool(self.node.outputs[3])
+        rows = x.size // L
+        y = empty(x.shape, x.dtype)
+        total = empty(x.shape, x.dtype) if want_sum else None
+        stat_shape = tuple(x.shape[:-1]) + (1,)
+        mean, inv = empty(stat_shape, np.float32), empty(stat_shape, np.float32)
+        if rows:
+            g = fp32_param(gamma, (L,))
+            b = fp32_param(beta, (L,)) if beta is not None else None
+            _row_launch(f"skip_layernorm_k<{ctype(x.dtype)}>", rows, L,
+                        (x, skip, bias, g, b, y, total, mean, inv, i64(rows), i64(L),
+                         f32(self.attr("epsilon", 1e-12))))
+        outs = (y, mean, inv, total)
         return outs[:n_out] if n_out > 1 else y
 
 
@@ -183,6 +208,8 @@ class Attention(_Fused):
         scores = batched_gemm([B, heads, S, hd], list(q_view), [B, heads, hd, S], list(kt_view),
                               q, k, mask, alpha=scale, beta=1.0)           # (B, heads, S, S)
         probs = softmax(scores, 3)
-        ctx = batched_gemm([B, heads, S, S], list(elem_strides(probs)), [B, heads, S, hd],
-                           list(q_view), probs, v)                         # (B, heads, S, hd)
-        return transpose(ctx, (0, 2, 1, 3)).reshape(B, S, hidden)
+        y = empty((B, S, hidden), x.dtype)
+        # the context GEMM writes (B, heads, S, hd) straight into (B, S, heads * hd)
+        batched_gemm([B, heads, S, S], list(elem_strides(probs)), [B, heads, S, hd],
+                     list(q_view), probs, v, out=y.reshape(B, S, heads, hd).transpose(0, 2, 1, 3))
+        return y

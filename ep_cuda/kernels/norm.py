@@ -12,7 +12,8 @@ from ..launch import (FLOATS, MAX_GRID, CudaKernel, contiguous, copy_into, ctype
 from ..registry import kernel
 from .elementwise import cast
 
-loader.declare("norm", [f"{k}<{ctype(t)}>" for k in ("layernorm_k", "groupnorm_k", "batchnorm_k",
+loader.declare("norm", [f"{k}<{ctype(t)}>" for k in ("layernorm_k", "skip_layernorm_k", "groupnorm_k",
+                                                    "batchnorm_k",
                                                     "lrn_k") for t in FLOATS])
 
 

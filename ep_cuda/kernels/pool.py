@@ -1,9 +1,10 @@
-"""MaxPool, AveragePool (kernels_cu/pool.cu) and the global pools (reductions of reduce.cu)."""
+"""MaxPool, AveragePool (kernels_cu/pool.cu) and the global pools (reductions of reduce.cu).
+Window geometry (pads, ceil mode, auto_pad) is the CPU provider's `pool_geometry`."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
+
+from ep_cpu.kernels.pool import pool_geometry
 
 from .. import loader
 from ..launch import FLOATS, CudaKernel, blob, contiguous, ctype, empty, i64, launch
@@ -12,36 +13,6 @@ from .conv import _rank_ok, as3d
 from .reduce import R_MAX, R_MEAN, reduce
 
 loader.declare("pool", [f"{k}<{ctype(t)}>" for k in ("maxpool_k", "avgpool_k") for t in FLOATS])
-
-
-def pool_geometry(in_shape: Sequence[int], ks, strides, dil, pads, auto_pad: str, ceil_mode: bool
-                  ) -> tuple[list[int], list[int], list[int]]:
-    """(pads_begin, pads_end, out_shape); in ceil mode a window may not start in the end padding
-    (same rules as the CPU EP)."""
-    nd = len(in_shape)
-    pads = list(pads or [0] * (2 * nd))
-    begin, end, out = [], [], []
-    for i in range(nd):
-        n, s = in_shape[i], strides[i]
-        k_eff = (ks[i] - 1) * dil[i] + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-n // s)
-            total = max(0, (o - 1) * s + k_eff - n)
-            small = total // 2
-            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        else:
-            b, e = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + nd])
-            span = n + b + e - k_eff
-            if ceil_mode:
-                o = -(-span // s) + 1
-                if (o - 1) * s >= n + b:
-                    o -= 1
-            else:
-                o = span // s + 1
-        begin.append(int(b))
-        end.append(int(e))
-        out.append(max(int(o), 0))
-    return begin, end, out
 
 
 class _Pool(CudaKernel):
@@ -54,7 +25,7 @@ class _Pool(CudaKernel):
         ks = list(self.attr("kernel_shape"))
         strides = list(self.attr("strides") or [1] * nd)
         dil = list(self.attr("dilations") or [1] * nd)
-        begin, end, out = pool_geometry(x.shape[2:], ks, strides, dil, self.attr("pads"),
+        begin, end, _, out = pool_geometry(list(x.shape[2:]), ks, strides, dil, self.attr("pads"),
                                         self.attr("auto_pad", "NOTSET"),
                                         bool(self.attr("ceil_mode", 0)))
         info = blob(as3d(x.shape[2:], 1) + as3d(out, 1) + as3d(ks, 1) + as3d(strides, 1)

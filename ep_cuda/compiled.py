@@ -1,0 +1,231 @@
+"""Compute callables the CUDA provider's `compile(fused_node, subgraph)` returns.
+
+* `FusedGemm`: a MatMul/Gemm with its epilogue chain (ep_cuda.fusion 'gemm' groups), one launch.
+* `codegen.FusedElementwise`: a generated element-wise kernel ('elementwise' groups).
+* `GraphRegion`: a convex region run as a CUDA graph (provider option `enable_cuda_graph`).
+  First call with a set of input shapes: eager (kernels compile, the autotuner measures, the
+  arena grows). Second call: the region's launches are captured by stream capture
+  (`cupy.cuda.Stream.begin_capture` / `end_capture`) from static input buffers, then replayed.
+  Later calls copy the inputs into the static buffers and replay the graph: one launch, no
+  Python per node. Every block allocated during capture stays reserved for the graph, so its
+  addresses stay valid. Shapes not seen before get their own warm-up and graph.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ep_core.graph import Node
+from ep_core.kernel import KernelContext
+
+from .codegen import FusedElementwise
+from .fusion import Analysis, Group, plan_elementwise_groups, plan_gemm_groups
+from .launch import EMULATED, copy_into, empty
+
+log = logging.getLogger("ep_cuda")
+
+
+def _scoped(provider: Any, fn: Callable) -> Callable:
+    scope = getattr(provider, "scope", None)
+    if scope is None:
+        return fn
+
+    def run(*args):
+        with scope():
+            return fn(*args)
+    return run
+
+
+class FusedGemm:
+    """act(alpha * A @ B [+ beta * C] + add1 [+ add2]) for a 'gemm' group."""
+
+    def __init__(self, provider: Any, group: Group) -> None:
+        from .kernels.gemm import Gemm
+        self.provider = provider
+        self.group = group
+        anchor = group.nodes[0]
+        self.anchor = anchor
+        self.gemm = Gemm(anchor, KernelContext(provider)) if anchor.op_type == "Gemm" else None
+        self.pos = {name: k for k, name in enumerate(group.inputs)}
+        self.adds = list(group.info["adds"])
+        self.alpha = float(group.info["alpha"])
+        self.act = tuple(group.info["act"])
+
+    def __call__(self, *inputs: Any) -> tuple:
+        return _scoped(self.provider, self.run)(*inputs)
+
+    def run(self, *inputs: Any) -> tuple:
+        from .kernels.gemm import matmul
+        get = lambda name: inputs[self.pos[name]] if name else None  # noqa: E731
+        a, b = get(self.anchor.inputs[0]), get(self.anchor.inputs[1])
+        adds = [get(n) for n in self.adds]
+        code, p0, p1 = self.act
+        if self.gemm is not None:
+            c = get(self.anchor.inputs[2]) if len(self.anchor.inputs) > 2 else None
+            r = adds[0] if adds else None
+            if c is None and adds:
+                c, r = adds[0], (adds[1] if len(adds) > 1 else None)
+                saved = self.gemm.beta
+                self.gemm.beta = 1.0
+                try:
+                    return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
+                finally:
+                    self.gemm.beta = saved
+            return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
+        c = adds[0] if adds else None
+        r = adds[1] if len(adds) > 1 else None
+        return (matmul(a, b, c=c, alpha=self.alpha, r=r, act=code, p0=p0, p1=p1),)
+
+
+def fused_callable(provider: Any, group: Group, an: Analysis) -> Callable:
+    """The callable computing a gemm or element-wise group."""
+    if group.kind == "gemm":
+        return FusedGemm(provider, group)
+    names = set(group.inputs) | {o for n in group.nodes for o in n.outputs if o}
+    dtypes = {v: an.dtype(v) for v in names}
+    return FusedElementwise(provider, group, dtypes)
+
+
+# ------------------------------------------------------------------------------- CUDA graphs
+@dataclass
+class _Step:
+    fn: Callable
+    inputs: list[str]
+    outputs: list[str]
+    host_inputs: tuple = ()
+
+
+@dataclass
+class _Captured:
+    graph: Any
+    inputs: list[Any]
+    outputs: tuple
+    memory: list[Any]
+
+
+class GraphRegion:
+    """A convex region of CUDA nodes run as one node, captured into a CUDA graph."""
+
+    def __init__(self, provider: Any, group: Group, an: Analysis, fuse: bool = True) -> None:
+        self.provider = provider
+        self.name = group.info.get("name", "region")
+        self.inputs = list(group.inputs)
+        self.outputs = list(group.outputs)
+        registry = provider.get_kernel_registry()
+        # constants the region reads (initializers are not fused-node inputs: baked here)
+        self.constants = {i: an.constants[i] for n in group.nodes for i in n.inputs
+                          if i and i in an.constants and i not in self.inputs}
+        self._device_consts: dict[str, Any] | None = None
+        self.host_consts: set[str] = set()
+        steps: list[_Step] = []
+        taken: set[int] = set()
+        sub: list[Group] = []
+        if fuse:
+            sub = plan_gemm_groups(an, group.nodes, taken) + plan_elementwise_groups(an, group.nodes, taken)
+        first = {id(g.nodes[0]): g for g in sub}
+        members = {id(n) for g in sub for n in g.nodes}
+        for n in an.order:
+            if id(n) not in {id(m) for m in group.nodes}:
+                continue
+            g = first.get(id(n))
+            if g is not None:
+                c = fused_callable(None, g, an)
+                steps.append(_Step(c, list(g.inputs), list(g.outputs)))
+                continue
+            if id(n) in members:
+                continue
+            kdef = registry.lookup(n)
+            kern = kdef.factory(n, KernelContext(provider))
+            steps.append(_Step(kern.compute, list(n.inputs), list(n.outputs), tuple(kdef.host_inputs)))
+            for k in kdef.host_inputs:
+                if k < len(n.inputs) and n.inputs[k] in self.constants:
+                    self.host_consts.add(n.inputs[k])
+        self.steps = steps
+        self.states: dict[tuple, Any] = {}
+        self.capture_ok = True
+
+    def _consts(self) -> dict[str, Any]:
+        if self._device_consts is None:
+            p = self.provider
+            self._device_consts = {k: p.to_device(v) for k, v in self.constants.items()
+                                   if k not in self.host_consts or self._used_on_device(k)}
+        return self._device_consts
+
+    def _used_on_device(self, name: str) -> bool:
+        return any(name in s.inputs and s.inputs.index(name) not in s.host_inputs for s in self.steps)
+
+    def run_eager(self, inputs: tuple) -> tuple:
+        env: dict[str, Any] = dict(self._consts())
+        env.update(zip(self.inputs, inputs))
+        for s in self.steps:
+            args = []
+            for k, name in enumerate(s.inputs):
+                if not name:
+                    args.append(None)
+                elif k in s.host_inputs and name in self.constants:
+                    args.append(self.constants[name])
+                else:
+                    args.append(env[name])
+            outs = s.fn(*args)
+            if not isinstance(outs, (tuple, list)) or (isinstance(outs, list) and len(s.outputs) == 1):
+                outs = (outs,)
+            for name, v in zip(s.outputs, outs):
+                if name:
+                    env[name] = v
+        return tuple(env[o] for o in self.outputs)
+
+    def __call__(self, *inputs: Any) -> tuple:
+        p = self.provider
+        with p.scope():
+            if EMULATED[0] or not self.capture_ok or not getattr(p, "cuda_graph", False):
+                return self.run_eager(inputs)
+            key = tuple((tuple(x.shape), x.dtype.str) for x in inputs)
+            st = self.states.get(key)
+            if st is None:          # first run with these shapes: warm up
+                self.states[key] = "warm"
+                return self.run_eager(inputs)
+            if st == "warm":
+                try:
+                    st = self.states[key] = self._capture(inputs)
+                except Exception as e:  # noqa: BLE001 - any capture failure falls back
+                    self.capture_ok = False
+                    warnings.warn(f"CUDA graph capture of '{self.name}' failed "
+                                  f"({type(e).__name__}: {e}); running it without a graph",
+                                  RuntimeWarning, stacklevel=2)
+                    return self.run_eager(inputs)
+                st.graph.launch(p.stream)
+                return st.outputs
+            for buf, x in zip(st.inputs, inputs):
+                if buf is not x:
+                    copy_into(buf, x)
+            st.graph.launch(p.stream)
+            return st.outputs
+
+    def _capture(self, inputs: tuple) -> _Captured:
+        p = self.provider
+        statics = [copy_into(empty(x.shape, x.dtype), x) for x in inputs]
+        memory: list[Any] = []
+        p.allocator.recording = memory
+        stream = p.stream
+        stream.begin_capture()
+        try:
+            outs = self.run_eager(tuple(statics))
+        except BaseException:
+            try:
+                stream.end_capture()
+            except Exception:  # noqa: BLE001 - the capture is already invalid
+                pass
+            raise
+        finally:
+            p.allocator.recording = None
+        graph = stream.end_capture()
+        log.info("captured CUDA graph for %s (%d steps, %d blocks reserved)", self.name,
+                 len(self.steps), len(memory))
+        return _Captured(graph, statics, outs, memory)
+
+
+__all__ = ["FusedGemm", "GraphRegion", "fused_callable", "Node", "np"]
