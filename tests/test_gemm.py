@@ -102,6 +102,8 @@ def test_threads_and_blocking_paths(monkeypatch):
     monkeypatch.setattr(G, "PAR_MIN_MACS", 1)
     monkeypatch.setattr(G, "KC", 64)
     monkeypatch.setattr(G, "PANEL_BYTES", 4096)
+    monkeypatch.setattr(G, "TILE_BYTES", 4096)
+    monkeypatch.setattr(G, "MC_MIN", 16)
     rng = np.random.default_rng(2)
     a = rng.standard_normal((203, 300), dtype=np.float32)
     b = rng.standard_normal((300, 517), dtype=np.float32)
@@ -167,3 +169,46 @@ def test_pack_layout():
     assert all(p.flags.c_contiguous for p in pb.panels)
     assert all(p.nbytes <= G.PANEL_BYTES + 1024 * 4 * G.NC_ALIGN for p in pb.panels)
     np.testing.assert_array_equal(pb.unpack(), b.astype(np.float32))
+
+
+def test_fast_erf():
+    from scipy.special import erf
+    x = np.linspace(-8, 8, 100001, dtype=np.float32)
+    got = G.fast_erf(x)
+    assert got.dtype == np.float32
+    assert np.abs(got - erf(x.astype(np.float64))).max() < 1e-6
+    special = G.fast_erf(np.array([0.0, np.inf, -np.inf, np.nan], np.float32))
+    np.testing.assert_array_equal(special[:3], [0.0, 1.0, -1.0])
+    assert np.isnan(special[3])
+    x64 = np.linspace(-3, 3, 101)
+    np.testing.assert_allclose(G.fast_erf(x64), erf(x64), rtol=0, atol=1e-15)  # float64: exact path
+
+
+def test_read_only_b_is_packed_once(monkeypatch):
+    """Constant (read-only) weights are packed on first use and reused; writeable ones never."""
+    monkeypatch.setattr(G, "PAR_MIN_MACS", 1)
+    monkeypatch.setattr(G, "TILE_BYTES", 4096)
+    monkeypatch.setattr(G, "PANEL_BYTES", 256 * 1024)
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((64, 300), dtype=np.float32)
+    w = rng.standard_normal((300, 1000), dtype=np.float32)   # > PANEL_BYTES: several panels
+    calls = []
+    real = G.pack_b
+    monkeypatch.setattr(G, "pack_b", lambda b, trans_b=False: calls.append(1) or real(b, trans_b))
+    bias = rng.standard_normal(1000, dtype=np.float32)
+    G.gemm(a, w, bias, "Relu")
+    assert not calls                       # writeable: may change, not cached
+    w.flags.writeable = False
+    y1 = G.gemm(a, w, bias, "Relu", num_threads=2)   # the tiled path (an epilogue to fuse)
+    y2 = G.gemm(a, w, bias, "Relu", num_threads=2)
+    assert len(calls) == 1                 # packed once, reused
+    np.testing.assert_array_equal(y1, y2)
+    _check(y1, _reference(a, w, bias, "Relu"), np.float32, 300)
+    small = np.ones((300, 100), np.float32)
+    small.flags.writeable = False
+    assert G.cached_pack(small) is None    # one contiguous panel already: nothing to pack
+    key_count = len(G._pack_cache)
+    del w
+    import gc
+    gc.collect()
+    assert len(G._pack_cache) == key_count - 1   # released with the weights

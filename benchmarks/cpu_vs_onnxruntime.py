@@ -1,0 +1,289 @@
+"""Latency of our CPU provider against onnxruntime's CPU provider on real architectures.
+
+    python benchmarks/cpu_vs_onnxruntime.py [--models resnet50 bert_base ...] [--threads N]
+                                            [--repeat N] [--profile] [--out benchmarks/results]
+
+Both runtimes load the same .onnx file (built by `benchmarks.models`, cached under
+benchmarks/.cache/) in the same process with the same intra-op thread count (default: every
+core of this machine) and sequential execution. After warm-up the two are timed alternately, run
+in blocks, so machine noise hits both alike (the first run of a block, which may meet the
+other runtime's still-spinning worker threads, is not timed); the median is reported. Outputs are compared
+(max |ours - ort| / max |ort|). Writes `cpu_vs_onnxruntime_<date>_<machine>.{json,md,png}`.
+
+Acceptance (issue): geometric mean of ours/ort latency over the CNN and transformer models <= 1.5.
+`--profile` runs cProfile over a few session.run calls of the slowest model (by ratio) and an
+op-type breakdown from the session's own profiler, written next to the results.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import pstats
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import models as M  # noqa: E402
+from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
+
+DATE = "2026-11-21"  # the date the issue asks the result files to carry
+GEOMEAN_CATEGORIES = ("cnn", "transformer")
+
+
+def _ours(path: str, threads: int):
+    import ep_core
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ep_core.InferenceSession(path, opts, providers=["cpu"])
+
+
+def _ort(path: str, threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def max_rel_error(ours: list, ref: list) -> float:
+    worst = 0.0
+    for o, r in zip(ours, ref):
+        o, r = np.asarray(o), np.asarray(r)
+        if r.dtype.kind == "f":
+            scale = max(float(np.abs(r).max()) if r.size else 0.0, 1e-12)
+            worst = max(worst, float(np.abs(o.astype(np.float64) - r).max()) / scale if r.size else 0.0)
+        else:
+            worst = max(worst, float(np.mean(o != r)))
+    return worst
+
+
+def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: int = 3) -> tuple[list, list]:
+    """Alternate blocks of a and b runs; stop after `repeat` blocks each or when the budget is spent.
+
+    The first run of each block is not timed: onnxruntime's and OpenBLAS's worker threads keep
+    spinning for a while after a run, and would otherwise steal a core from whichever runtime
+    runs next.
+    """
+    for _ in range(warmup):
+        run_a()
+        run_b()
+    ta, tb = [], []
+    start = time.perf_counter()
+    for i in range(repeat):
+        for fn, acc in ((run_a, ta), (run_b, tb)) if i % 2 == 0 else ((run_b, tb), (run_a, ta)):
+            fn()
+            for _ in range(block):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+        if i >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return ta, tb
+
+
+def bench_model(name: str, threads: int, warmup: int, repeat: int, budget_s: float,
+                idle_load: float | None = None) -> dict:
+    spec = M.MODELS[name]
+    model_path = str(M.path(name))
+    stats = M.model_stats(M.build(name))
+    feeds = M.feeds(name)
+    t0 = time.perf_counter()
+    ours = _ours(model_path, threads)
+    build_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ort = _ort(model_path, threads)
+    build_ort = time.perf_counter() - t0
+    err = max_rel_error(ours.run(None, feeds), ort.run(None, feeds))
+    load = wait_for_idle(idle_load)
+    t_ours, t_ort = time_pair(lambda: ours.run(None, feeds), lambda: ort.run(None, feeds),
+                              warmup, repeat, budget_s)
+    med_o, med_r = float(np.median(t_ours)) * 1e3, float(np.median(t_ort)) * 1e3
+    row = {"model": name, "category": spec.category, "description": spec.description, **stats,
+           "ours_ms": round(med_o, 3), "ort_ms": round(med_r, 3), "ratio": round(med_o / med_r, 3),
+           "ours_p10_p90_ms": [round(float(np.percentile(t_ours, q)) * 1e3, 3) for q in (10, 90)],
+           "ort_p10_p90_ms": [round(float(np.percentile(t_ort, q)) * 1e3, 3) for q in (10, 90)],
+           "runs": len(t_ours), "max_rel_error": err,
+           "load_at_start": None if load is None else round(load, 2),
+           "session_build_s": {"ours": round(build_ours, 2), "ort": round(build_ort, 2)}}
+    print(f"{name:24s} ours {med_o:9.2f} ms  ort {med_r:9.2f} ms  ratio {med_o / med_r:6.2f}  "
+          f"err {err:.1e}  ({len(t_ours)} runs)", flush=True)
+    return row
+
+
+def geomean(values: list[float]) -> float:
+    return float(math.exp(sum(math.log(v) for v in values) / len(values))) if values else float("nan")
+
+
+def _op_key(args: dict) -> str:
+    """Op type; convolutions split into depthwise / 1x1 / kxk by their weight shape."""
+    op = args["op_name"]
+    if op in ("Conv", "FusedConv"):
+        try:
+            w = list(args["input_type_shape"][1].values())[0]
+            kind = "depthwise" if w[1] == 1 else ("1x1" if w[2:] == [1, 1] else "x".join(map(str, w[2:])))
+            return f"{op} ({kind})"
+        except (IndexError, KeyError, TypeError):
+            pass
+    return op
+
+
+def profile_model(name: str, threads: int, runs: int, out_dir: Path, stem: str) -> dict:
+    """cProfile of session.run plus the per-op-type time from the session profiler."""
+    import ep_core
+    model_path = str(M.path(name))
+    feeds = M.feeds(name)
+    sess = _ours(model_path, threads)
+    sess.run(None, feeds)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(runs):
+        sess.run(None, feeds)
+    prof.disable()
+    wall = (time.perf_counter() - t0) / runs
+    buf = io.StringIO()
+    st = pstats.Stats(prof, stream=buf)
+    st.sort_stats("tottime").print_stats(25)
+    (out_dir / f"{stem}_profile_{name}.txt").write_text(buf.getvalue())
+    top = []
+    for (file, line, fn), (cc, nc, tt, ct, _) in sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:15]:
+        top.append({"function": f"{Path(file).name}:{line}({fn})", "calls_per_run": nc / runs,
+                    "tottime_ms_per_run": round(tt / runs * 1e3, 3)})
+
+    # Per-op-type breakdown with the session's own profiler (Chrome trace, like onnxruntime's).
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "trace")
+        psess = ep_core.InferenceSession(model_path, opts, providers=["cpu"])
+        psess.run(None, feeds)
+        for _ in range(runs):
+            psess.run(None, feeds)
+        trace = json.load(open(psess.end_profiling()))
+    by_op: dict[str, list[float]] = {}
+    node_events = [e for e in trace["traceEvents"] if e.get("cat") == "Node"]
+    for e in node_events:
+        by_op.setdefault(_op_key(e["args"]), []).append(e["dur"])
+    total_nodes = sum(sum(v) for v in by_op.values()) / (runs + 1) / 1e3
+    ops = sorted(({"op": k, "count_per_run": len(v) / (runs + 1),
+                   "ms_per_run": round(sum(v) / (runs + 1) / 1e3, 3)} for k, v in by_op.items()),
+                 key=lambda d: -d["ms_per_run"])
+    return {"model": name, "runs": runs, "wall_ms_per_run_under_cprofile": round(wall * 1e3, 2),
+            "node_time_ms_per_run": round(total_nodes, 2), "by_op_type": ops[:15],
+            "top_functions": top}
+
+
+def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: Path, stem: str) -> None:
+    sel = [r["ratio"] for r in rows if r["category"] in GEOMEAN_CATEGORIES]
+    summary = {"geomean_ratio_cnn_transformer": round(geomean(sel), 3),
+               "geomean_ratio_all": round(geomean([r["ratio"] for r in rows]), 3),
+               "acceptance": "geomean ours/ort over CNN + transformer models <= 1.5",
+               "accepted": bool(sel) and geomean(sel) <= 1.5}
+    doc = {"benchmark": "cpu_vs_onnxruntime", "date": DATE, "machine": info, "results": rows,
+           "summary": summary, "profiles": profiles}
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2))
+
+    lines = [f"# CPU provider vs onnxruntime CPU ({DATE})", "",
+             f"Machine: {info['cpu']} ({info['cores']} cores), threads {info['threads']}, "
+             f"numpy {info['numpy']} ({info['blas']}), onnxruntime {info['onnxruntime']}.", "",
+             "Median latency; the two runtimes alternate in blocks of runs in one process.", "",
+             "| model | category | params (M) | nodes | ours (ms) | onnxruntime (ms) | ours/ort | max rel. error |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['category']} | {r['params'] / 1e6:.2f} | {r['nodes']} | "
+                     f"{r['ours_ms']:.2f} | {r['ort_ms']:.2f} | {r['ratio']:.2f} | {r['max_rel_error']:.1e} |")
+    lines += ["", f"Geometric mean ours/ort over CNN + transformer models: "
+                  f"**{summary['geomean_ratio_cnn_transformer']:.2f}** (acceptance <= 1.5: "
+                  f"{'met' if summary['accepted'] else 'not met'}); over all models: "
+                  f"{summary['geomean_ratio_all']:.2f}."]
+    for profile in profiles:
+        lines += ["", f"## Profile: {profile['model']}", "",
+                  f"Node time {profile['node_time_ms_per_run']} ms per run.", "",
+                  "| op type | nodes | ms per run |", "|---|---:|---:|"]
+        lines += [f"| {o['op']} | {o['count_per_run']:.0f} | {o['ms_per_run']:.2f} |"
+                  for o in profile["by_op_type"]]
+        lines += ["", "| function (cProfile, tottime) | calls per run | ms per run |", "|---|---:|---:|"]
+        lines += [f"| `{f['function']}` | {f['calls_per_run']:.0f} | {f['tottime_ms_per_run']:.2f} |"
+                  for f in profile["top_functions"]]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no chart")
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
+    xs = np.arange(len(rows))
+    ax.bar(xs - 0.2, [r["ours_ms"] for r in rows], 0.4, label="ep_cpu (ours)")
+    ax.bar(xs + 0.2, [r["ort_ms"] for r in rows], 0.4, label="onnxruntime CPU")
+    for x, r in zip(xs, rows):
+        ax.text(x, max(r["ours_ms"], r["ort_ms"]) * 1.1, f"{r['ratio']:.2f}x", ha="center", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xticks(xs, [r["model"] for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("median latency (ms, log)")
+    ax.set_title(f"CPU latency, {info['threads']} threads — geomean ours/ort (CNN+transformer) "
+                 f"{summary['geomean_ratio_cnn_transformer']:.2f}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{stem}.png", dpi=120)
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore", message="provider 'cuda' is not available")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="*", default=list(M.MODELS), choices=list(M.MODELS))
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=10, help="blocks of 3 timed runs per runtime")
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds of timing per model (cap)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile the CNN/transformer model with the worst ratio")
+    ap.add_argument("--profile-model", nargs="*", default=None, help="profile these models instead")
+    ap.add_argument("--idle-load", type=float, default=None,
+                    help="wait until the 1-min load average is below this before timing each model")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info(args.threads)
+    stem = f"cpu_vs_onnxruntime_{DATE}_{machine_tag()}"
+    if args.threads != info["cores"]:
+        stem += f"_{args.threads}t"
+    rows = []
+    for name in args.models:
+        if M.MODELS[name].missing():
+            print(f"skip {name}: needs {M.MODELS[name].missing()}")
+            continue
+        rows.append(bench_model(name, args.threads, args.warmup, args.repeat, args.budget, args.idle_load))
+    sel = [r["ratio"] for r in rows if r["category"] in GEOMEAN_CATEGORIES]
+    print(f"geomean ours/ort (cnn+transformer): {geomean(sel):.3f}")
+    profiles = []
+    if (args.profile or args.profile_model) and rows:
+        pool = [r for r in rows if r["category"] in GEOMEAN_CATEGORIES] or rows
+        targets = args.profile_model or [max(pool, key=lambda r: r["ratio"])["model"]]
+        for target in targets:
+            wait_for_idle(args.idle_load)
+            profiles.append(profile_model(target, args.threads, 3, out_dir, stem))
+            print(target, json.dumps(profiles[-1]["by_op_type"][:8]))
+    write_results(rows, info, profiles, out_dir, stem)
+    print(f"wrote {out_dir / stem}.json/.md/.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Machine description shared by the benchmarks (CPU model, cores, library versions)."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+
+import numpy as np
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def blas_name() -> str:
+    try:
+        from threadpoolctl import threadpool_info
+        libs = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+        if libs:
+            i = libs[0]
+            return f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+    except Exception:
+        pass
+    return "unknown BLAS"
+
+
+def machine_tag() -> str:
+    """Short file-name tag, e.g. 'amd-epyc-2c'."""
+    name = re.sub(r"\(.*?\)|cpu|processor|\d+-core", "", cpu_model().lower())
+    name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    name = "-".join(name.split("-")[:3]) or platform.machine()
+    return f"{name}-{cores()}c"
+
+
+def machine_info(threads: int | None = None) -> dict:
+    info = {"cpu": cpu_model(), "cores": cores(), "threads": threads or cores(),
+            "python": platform.python_version(), "numpy": np.__version__, "blas": blas_name(),
+            "platform": platform.platform()}
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = "not installed"
+    return info
+
+
+def wait_for_idle(max_load: float | None, timeout_s: float = 600.0) -> float | None:
+    """Block until the 1-minute load average is below `max_load` (or the timeout passes).
+
+    Benchmarks on a shared 2-core machine are meaningless while other work holds a core; this
+    lets a run start each measurement on an idle machine. Returns the load seen at the start.
+    """
+    if not max_load:
+        return None
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this platform
+            return None
+        if load < max_load or time.monotonic() > deadline:
+            return load
+        time.sleep(5)
