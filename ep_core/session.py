@@ -15,7 +15,10 @@ from . import providers as provider_registry
 from .errors import EPError, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .executor import Plan, build_plan
 from .graph import Graph, graph_from_proto
+from . import offline, profiling
+from .optimizer import optimize
 from .options import RunOptions, SessionOptions
+from .parallel import run_plan
 from .partition import COPY_OPS, insert_copy_nodes, partition
 from .provider import ExecutionProvider
 from .types import tensor_dtype, tensor_shape, type_string
@@ -137,7 +140,6 @@ class InferenceSession:
                  providers: Sequence | None = None, provider_options: Sequence[dict] | None = None,
                  **kwargs: Any) -> None:
         self._options = sess_options or SessionOptions()
-        from . import offline, profiling  # hook (H7): profiler/logging, offline-optimized models
         self._profiler = profiling.Profiler.for_session(self._options)
         # 1. Load (a model written via optimized_model_filepath comes back typed and optimized)
         with self._profiler.phase("load"):
@@ -154,23 +156,20 @@ class InferenceSession:
         self._overridable = self._initializer_names if self._model.ir_version >= 4 else set()
         self._outputs_vi = list(graph.outputs)
         # 2. Optimize (fusions are checked against the providers' kernels, so resolve them first)
-        from .optimizer import optimize
         self._providers = resolve_providers(providers, provider_options)
         if not preoptimized:
             with self._profiler.phase("optimize"):
                 optimize(graph, self._options, self._providers, self._model.ir_version)
         # 3. Partition, 4. fuse/compile
         self._graph = graph
-        self._plan, self._placement = self._build(graph)
-        if self._options.optimized_model_filepath:  # hook (H7): offline mode
+        self._plan, self._placement, assigned = self._build(graph)
+        if self._options.optimized_model_filepath:  # offline mode: write what was built
             offline.save_optimized(self._options.optimized_model_filepath, self._model, graph,
-                                   self._assigned, self._options, self._providers)
+                                   assigned, self._options, self._providers)
 
-    def _build(self, graph: Graph) -> tuple[Plan, dict]:
+    def _build(self, graph: Graph) -> tuple[Plan, dict, dict]:
         with self._profiler.phase("partition"):
             assigned = partition(graph, self._providers)
-        if graph is self._graph:
-            self._assigned = assigned  # hook (H7): the offline writer expands compiled groups
         # 5. Copy insertion
         report = insert_copy_nodes(graph, assigned, self._providers)
         # 6. Plan
@@ -182,13 +181,13 @@ class InferenceSession:
             "copy_nodes": report.copy_nodes,
             "initializer_copies": report.initializer_copies,
         }
-        return plan, placement
+        return plan, placement, assigned
 
     def _make_subgraph_runner(self, sub: Graph):
         """Plan a control-flow body with the session's providers; feeds/outer values on the host."""
         sub = copy.copy(sub)
         sub.nodes = [copy.copy(n) for n in sub.nodes]  # copy insertion renames inputs: keep the body intact
-        plan, _ = self._build(sub)
+        plan, _, _ = self._build(sub)
         names = [v.name for v in sub.inputs]
 
         def run(feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
@@ -205,7 +204,6 @@ class InferenceSession:
         for p in self._providers:
             p.on_run_start(run_options)
         try:
-            from .parallel import run_plan  # hook (H7): execution mode, intra-op limit, profiling
             return run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler)
         finally:
             for p in self._providers:
