@@ -105,7 +105,7 @@ def main() -> None:
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2))
     lines = [f"# Blocked GEMM + fused bias/Relu vs numpy ({DATE})", "",
              f"Machine: {info['cpu']} ({info['cores']} cores), {args.threads} threads, numpy "
-             f"{info['numpy']} ({info['blas']}). float32, square n x n, medians of alternated runs.",
+             f"{info['numpy']} ({info['blas']}). float32, square n x n, medians of blocks of calls alternated between the variants.",
              "", "| n | ours: gemm(a, pack_b(b), bias, 'Relu') (ms) | ours, B unpacked (ms) | "
                  "numpy.maximum(a @ b + bias, 0) (ms) | speedup | GFLOP/s (ours) |",
              "|---:|---:|---:|---:|---:|---:|"]

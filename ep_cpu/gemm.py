@@ -48,7 +48,7 @@ __all__ = ["PackedB", "pack_b", "gemm", "set_num_threads", "get_num_threads", "s
 PANEL_BYTES = 16 * 1024 * 1024
 NC_MIN, NC_ALIGN = 64, 16         # panel width bounds (multiple of the SIMD-friendly 16)
 MC_MIN = 64                       # fewest rows of A per tile (BLAS packing amortisation)
-TILE_BYTES = 1024 * 1024          # output tile cap: L2-sized, so the epilogue runs hot
+TILE_BYTES = 2 * 1024 * 1024      # output tile cap: ~the L2 of both cores, so the epilogue runs hot
 KC = 8192                         # K beyond this is blocked (partial sums through a scratch tile)
 PAR_MIN_MACS = 1 << 23            # below ~8M multiply-adds (~0.2 ms on one core) one BLAS call:
                                   # a Python thread hand-off costs 30-100 us
