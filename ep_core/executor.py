@@ -5,6 +5,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from .errors import EPError, Fail
 from .graph import Graph, Node
 from .kernel import KernelContext
@@ -94,6 +96,8 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
 
     constants: dict[int, Any] = {}
     for name, value in graph.initializers.items():
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False  # shared by every run; lets the GEMM cache packed weights
         constants[slot(name)] = value
     for (name, dst), placed in placed_initializers.items():
         transfer = next(t for t in (p.get_data_transfer() for p in providers)

@@ -204,7 +204,10 @@ class InferenceSession:
         for p in self._providers:
             p.on_run_start(run_options)
         try:
-            return run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler)
+            outputs = run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler)
+            # Constants are read-only and shared between runs: hand the caller its own copy.
+            return [o.copy() if isinstance(o, np.ndarray) and not o.flags.writeable else o
+                    for o in outputs]
         finally:
             for p in self._providers:
                 p.on_run_end(run_options)
