@@ -196,3 +196,21 @@ def test_log_severity_sets_the_ep_core_logger(rng, caplog):
     assert logging.getLogger("ep_core").level == logging.ERROR
     session(m, options())
     assert logging.getLogger("ep_core").level == logging.WARNING
+
+
+def test_parallel_equals_sequential_on_inception():
+    """Inception's branches run side by side in parallel mode; outputs are bit-identical."""
+    import os
+
+    import onnx
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light",
+                        "light_inception_v1.onnx")
+    if not os.path.exists(path):
+        pytest.skip("onnx does not ship light_inception_v1.onnx")
+    model = onnx.load(path)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    name = session(model).get_inputs()[0].name
+    seq = session(model).run(None, {name: x})
+    par = session(model, options(execution_mode=ExecutionMode.ORT_PARALLEL, inter_op_num_threads=2))
+    for a, b in zip(seq, par.run(None, {name: x})):
+        np.testing.assert_array_equal(a, b)
