@@ -41,6 +41,22 @@ class Step:
     outputs: list[int | None]
     release: list[int] = field(default_factory=list)  # slots dead after this step
 
+    def execute(self, args: list, observer: Callable | None = None) -> tuple:
+        """Run the kernel; returns its outputs as a tuple. Kernel errors become Fail."""
+        t0 = time.perf_counter() if observer else 0.0
+        try:
+            outs = self.kernel.compute(*args)
+        except EPError:
+            raise
+        except Exception as e:
+            raise Fail(f"{self.node.describe()} on provider '{self.provider.type}' failed: "
+                       f"{type(e).__name__}: {e}") from e
+        if observer:
+            observer(self, args, time.perf_counter() - t0)
+        if not isinstance(outs, tuple) and not (isinstance(outs, list) and len(self.outputs) > 1):
+            outs = (outs,)  # a single value; a list for a one-output node is a sequence value
+        return outs
+
 
 @dataclass
 class Plan:
@@ -63,19 +79,7 @@ class Plan:
             if s is not None:
                 slots[s] = value
         for step in self.steps:
-            args = [slots[s] if s is not None else None for s in step.inputs]
-            t0 = time.perf_counter() if observer else 0.0
-            try:
-                outs = step.kernel.compute(*args)
-            except EPError:
-                raise
-            except Exception as e:
-                raise Fail(f"{step.node.describe()} on provider '{step.provider.type}' failed: "
-                           f"{type(e).__name__}: {e}") from e
-            if observer:
-                observer(step, args, time.perf_counter() - t0)
-            if not isinstance(outs, tuple) and not (isinstance(outs, list) and len(step.outputs) > 1):
-                outs = (outs,)  # a single value; a list for a one-output node is a sequence value
+            outs = step.execute([slots[s] if s is not None else None for s in step.inputs], observer)
             for s, v in zip(step.outputs, outs):
                 if s is not None:
                     slots[s] = v

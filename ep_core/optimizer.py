@@ -120,6 +120,7 @@ def builtin_rewrites() -> list[type[Rewrite]]:
         t.FuseLayerNormalization,
         t.FuseSkipLayerNormalization,
         t.FuseAttention,
+        f.FuseMatMulBiasActivation,  # MatMul(N-D A) + bias [+ act]; before FuseAddActivation
         f.FuseConvAddActivation,
         f.FuseConvActivation,
         f.FuseGemmActivation,

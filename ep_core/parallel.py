@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from .errors import EPError, Fail
 from .options import ExecutionMode
 
 _controller = None
@@ -137,22 +136,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _invoke(step: Any, args: list, observer: Callable | None) -> tuple:
-    t0 = time.perf_counter()
-    try:
-        outs = step.kernel.compute(*args)
-    except EPError:
-        raise
-    except Exception as e:
-        raise Fail(f"{step.node.describe()} on provider '{step.provider.type}' failed: "
-                   f"{type(e).__name__}: {e}") from e
-    if observer is not None:
-        observer(step, args, time.perf_counter() - t0)
-    if not isinstance(outs, tuple) and not (isinstance(outs, list) and len(step.outputs) > 1):
-        outs = (outs,)  # a single value; a list for a one-output node is a sequence value
-    return outs
-
-
 def run_parallel(plan: Any, feeds: dict, fetch_slots: list[int], threads: int,
                  observer: Callable | None = None) -> list:
     """Run independent steps concurrently; a value is dropped once every reader has run."""
@@ -175,7 +158,7 @@ def run_parallel(plan: Any, feeds: dict, fetch_slots: list[int], threads: int,
     def submit(k: int) -> None:
         st = plan.steps[k]
         args = [slots[s] if s is not None else None for s in st.inputs]
-        running[pool.submit(_invoke, st, args, observer)] = k
+        running[pool.submit(st.execute, args, observer)] = k
 
     for k, n in enumerate(waiting):
         if n == 0:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import InvalidGraph, NotImplemented
-from .graph import Graph, Node
+from .graph import Graph, Node, ValueInfo
 from .kernel import KernelDef
-from .provider import HOST, ComputeCapability, DataTransfer, Device, ExecutionProvider, GraphView
+from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView
 
 COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 
@@ -71,8 +71,8 @@ def _fuse(graph: Graph, p: ExecutionProvider, cap: ComputeCapability,
     md = cap.meta_def
     members = set(map(id, cap.nodes))
     sub = Graph([n for n in graph.nodes if id(n) in members],
-                [graph.value_info.get(i) or _vi(i) for i in md.inputs],
-                [graph.value_info.get(o) or _vi(o) for o in md.outputs],
+                [graph.value_info.get(i) or ValueInfo(i) for i in md.inputs],
+                [graph.value_info.get(o) or ValueInfo(o) for o in md.outputs],
                 {}, graph.value_info, graph.opset_imports, name=md.name)
     fused = Node(md.name, list(md.inputs), list(md.outputs), name=md.name, domain=md.domain,
                  attrs=dict(md.attributes), since_version=1, opset=1)
@@ -83,11 +83,6 @@ def _fuse(graph: Graph, p: ExecutionProvider, cap: ComputeCapability,
     rest.insert(min(position, len(rest)), fused)
     graph.nodes[:] = rest
     assigned[fused] = Assignment(p, compiled=p.compile(fused, sub), subgraph=sub)
-
-
-def _vi(name: str):
-    from .graph import ValueInfo
-    return ValueInfo(name)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The fused ops live in our own domain (`com.ep_core`) and follow onnxruntime's contrib-op layout:
 `FusedConv(X, W, B?, Z?)` computes act(conv(X, W) + B + Z), `FusedGemm(A, B, C?)` is Gemm then
-act, `FusedAdd(A, B)` is Add then act. `activation` names the ONNX activation op and
+act, `FusedMatMul(A, B, bias?)` is act(A @ B + bias) for A of any rank and a (K, N) B, and
+`FusedAdd(A, B)` is Add then act. `activation` names the ONNX activation op and
 `activation_params` holds its parameters in onnxruntime's order (Clip: min, max; LeakyRelu and
 Elu: alpha; HardSigmoid: alpha, beta). A fusion happens only where the provider that would run
 the original node also has a kernel for the fused op.
@@ -171,4 +172,64 @@ class FuseAddActivation(_ActivationFusion):
             if act is None:
                 continue
             self.fuse(ed, add, "FusedAdd", list(add.inputs), {}, [act[0]], act, act[0].outputs[0])
+        return ed.commit()
+
+
+def _bias_add(ed: GraphEditor, value: str, n: int, dtype: np.dtype) -> tuple[Node, str, tuple | None] | None:
+    """The Add (or FusedAdd) of a constant (N,) bias that is the single consumer of `value`:
+    (node, bias name, activation it already carries as (None, name, params) or None)."""
+    add = ed.only_consumer(value)
+    if add is None or len(add.inputs) != 2 or len([o for o in add.outputs if o]) != 1:
+        return None
+    if add.domain == "" and add.op_type == "Add":
+        if add.since_version < 7:
+            return None  # legacy broadcasting semantics
+        carried = None
+    elif add.domain == OWN_DOMAIN and add.op_type == "FusedAdd":
+        name = add.attr("activation") or None
+        carried = (None, name, list(add.attr("activation_params") or [])) if name else None
+    else:
+        return None
+    bias = add.inputs[1] if add.inputs[0] == value else add.inputs[0]
+    c = ed.const(bias)
+    # Only a true (N,) vector: anything of higher rank could broadcast the result to a new shape.
+    if bias == value or c is None or c.ndim != 1 or c.shape[0] != n or c.dtype != dtype:
+        return None
+    return add, bias, carried
+
+
+class FuseMatMulBiasActivation(_ActivationFusion):
+    """MatMul(A of any rank, constant (K, N) B) -> Add(constant (N,) bias) [-> activation]
+    =>  FusedMatMul(A, B, bias) with `activation` (one GEMM with bias and activation in its
+    per-tile epilogue). Level 1's MatMul+Add->Gemm covers 2-D A only; this covers BERT/GPT-2's
+    (batch, seq, hidden) projections and FFNs."""
+    name = "FuseMatMulBiasActivation"
+
+    def apply(self, graph: Graph) -> bool:
+        ed = self.editor(graph)
+        for mm in _order(graph):
+            if not ed.alive(mm) or mm.op_type != "MatMul" or mm.domain or len(mm.inputs) != 2:
+                continue
+            dt = ed.dtype(mm.inputs[0])
+            w = ed.const(mm.inputs[1])
+            if dt is None or dt.kind != "f" or w is None or w.ndim != 2 or w.dtype != dt:
+                continue
+            rank = ed.rank(mm.inputs[0])
+            if rank is not None and rank < 1:
+                continue
+            hit = _bias_add(ed, mm.outputs[0], w.shape[1], dt)
+            if hit is None:
+                continue
+            add, bias, act = hit
+            absorbed = [add]
+            out = add.outputs[0]
+            if act is None:
+                follow = following_activation(ed, out)
+                if follow is not None:
+                    act, absorbed, out = follow, [add, follow[0]], follow[0].outputs[0]
+            # The Add/activation must not belong to another (higher-priority) provider either.
+            home = self.ctx.provider_for(mm)
+            if any(self.ctx.provider_for(n) is not home for n in absorbed):
+                continue
+            self.fuse(ed, mm, "FusedMatMul", [mm.inputs[0], mm.inputs[1], bias], {}, absorbed, act, out)
         return ed.commit()

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from . import providers as provider_registry
-from .errors import EPError, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .executor import Plan, build_plan
 from .graph import Graph, graph_from_proto
 from . import offline, profiling
