@@ -12,7 +12,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import ACTIVATIONS, gemm
+from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
 from ep_cpu.registry import kernel
 
 
@@ -101,6 +101,19 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
     dt = x.dtype
     if oprod == 0 or n == 0:
         return np.zeros((n, m, *out_shape), dtype=dt)
+    if group > 1 and cg == 1 and kprod > 1 and nd <= 2:
+        if nd == 1:  # 1-D as a one-row image
+            x, w = x[:, :, None], w[:, :, None]
+            strides, dilations = [1, *strides], [1, *dilations]
+            begin, end = [0, *begin], [0, *end]
+        if mg > 1:  # channel multiplier: output channel o reads input channel o // mg
+            x = np.repeat(x, mg, axis=1)
+        res = residual
+        if res is not None and nd == 1:
+            res = np.broadcast_to(res, (n, m, *out_shape)).reshape(n, m, 1, *out_shape)
+        y = _depthwise_2d(x, w, strides, dilations, begin, end, [1, *out_shape] if nd == 1 else out_shape,
+                          bias, res, activation, activation_params)
+        return y.reshape(n, m, *out_shape)
     if group > 1 and cg == 1 and kprod > 1:
         y = _depthwise(x, w, group, strides, dilations, begin, end, out_shape)
         if bias is not None:
@@ -153,7 +166,9 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
 
 
 def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
-    """Groups of one input channel: accumulate one shifted window per kernel offset (no GEMM)."""
+    """Groups of one input channel, any rank: accumulate one strided window per kernel offset.
+
+    Fallback for 3-D and up; 1-D/2-D use `_depthwise_2d`."""
     n, c = x.shape[:2]
     m = w.shape[0]
     mult = m // group
@@ -167,6 +182,105 @@ def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
         win = view[(Ellipsis,) + idx][:, :, None]  # (N, C, 1, *O)
         y += wr[:, :, k].reshape(bshape) * win
     return y.reshape(n, m, *out_shape)
+
+
+# Channels per block: a block's padded input, accumulator and scratch stay in cache across the
+# taps. Measured on MobileNetV2's shapes: 2 MB blocks beat 64 KB-1 MB ones (ufunc call overhead
+# per block) and one whole-tensor block (memory traffic) alike.
+DW_BLOCK_BYTES = 2 * 1024 * 1024
+DW_PAR_MIN = 1 << 21   # fewer output elements x taps than this: one thread (hand-off ~50 us)
+
+
+def _phase_range(a: int, s: int, pb: int, size: int, length: int) -> tuple[int, int, int]:
+    """Rows t in [t0, t1) of polyphase a (padded index a + t*s) that hold input data; input
+    starts at row a + t0*s - pb."""
+    t0 = max(0, -((a - pb) // s))          # ceil((pb - a) / s)
+    t1 = min(length, -((a - pb - size) // s))  # ceil((size + pb - a) / s)
+    return t0, max(t0, t1), a + t0 * s - pb
+
+
+def _depthwise_2d(x, w, strides, dilations, begin, end, out_shape, bias=None, residual=None,
+                  activation=None, activation_params=None) -> np.ndarray:
+    """Depthwise 2-D conv (N, C, H, W) with w (C, 1, kh, kw) and fused epilogue.
+
+    Flat offsets: each channel's (polyphase component of the) padded image is one contiguous
+    row of hq*wq values, and kernel tap (i, j) is the constant shift ri*wq + rj along it, so every
+    tap is one multiply-add ufunc over long contiguous rows instead of a strided 2-D window.
+    Stride s splits the padded image into s*s polyphase components (padded row a + t*s is row t
+    of phase a), which turns the strided conv into stride-1 shifts. Columns past the output
+    width are computed and dropped. Channels go in cache-sized blocks, spread over threads
+    (numpy's ufuncs release the GIL)."""
+    n, c, hin, win_ = x.shape
+    kh, kw = w.shape[2:]
+    sh, sw = strides
+    dh, dw = dilations
+    oh, ow = out_shape
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    # Per tap: its phase and its shift inside the phase.
+    rows = {i: divmod(i * dh, sh) for i in range(kh)}   # i -> (ri, a)
+    cols = {j: divmod(j * dw, sw) for j in range(kw)}   # j -> (rj, b)
+    hq = oh + max(r for r, _ in rows.values())
+    wq = ow + max(r for r, _ in cols.values())
+    spare = 1 if wq > ow else 0            # one extra row absorbs the last shifted row's overrun
+    plen = (hq + spare) * wq
+    phases = sorted({(rows[i][1], cols[j][1]) for i, j in taps})
+    pidx = {p: k for k, p in enumerate(phases)}
+    length = oh * wq
+    dt = x.dtype
+    wr = w.reshape(c, kh * kw)
+    y = np.empty((n, c, oh, ow), dtype=dt)
+    b1 = None if bias is None else bias.astype(dt, copy=False).reshape(1, c, 1, 1)
+    res = None if residual is None else np.broadcast_to(residual.astype(dt, copy=False), y.shape)
+    isz = dt.itemsize
+    per_ch = n * (len(phases) * plen + 2 * length) * isz
+    nblk = -(-c * per_ch // DW_BLOCK_BYTES)
+    threads = get_num_threads() if n * c * length * len(taps) >= DW_PAR_MIN else 1
+    nblk = min(c, -(-nblk // threads) * threads)  # whole rounds: no thread idles on the last block
+    blk = -(-c // nblk)
+    blocks = [(c0, min(c, c0 + blk)) for c0 in range(0, c, blk)]
+    ranges = {}
+    for a, b in phases:
+        ranges[a, b] = (_phase_range(a, sh, begin[0], hin, hq), _phase_range(b, sw, begin[1], win_, wq))
+
+    def run(c0: int, c1: int) -> None:
+        cc = c1 - c0
+        ph2d = np.zeros((len(phases), n, cc, hq + spare, wq), dtype=dt)
+        for (a, b), k in pidx.items():
+            (t0, t1, r0), (u0, u1, q0) = ranges[a, b]
+            if t1 > t0 and u1 > u0:
+                ph2d[k, :, :, t0:t1, u0:u1] = x[:, c0:c1, r0:r0 + (t1 - t0 - 1) * sh + 1:sh,
+                                                q0:q0 + (u1 - u0 - 1) * sw + 1:sw]
+        ph = ph2d.reshape(len(phases), n, cc, plen)  # contiguous: a view
+        acc = np.empty((n, cc, length), dtype=dt)
+        tmp = np.empty_like(acc)
+        for k, (i, j) in enumerate(taps):
+            (ri, a), (rj, b) = rows[i], cols[j]
+            off = ri * wq + rj
+            src = ph[pidx[a, b], :, :, off:off + length]
+            wk = wr[c0:c1, k].reshape(1, cc, 1)
+            if k == 0:
+                np.multiply(src, wk, out=acc)
+            else:
+                np.multiply(src, wk, out=tmp)
+                acc += tmp
+        out = y[:, c0:c1]
+        np.copyto(out, acc.reshape(n, cc, oh, wq)[:, :, :, :ow])
+        if b1 is not None:
+            out += b1[:, c0:c1]
+        if res is not None:
+            out += res[:, c0:c1]
+        if activation is not None:
+            ACTIVATIONS[activation](out, activation_params or {})
+
+    threads = min(threads, len(blocks))
+    if threads > 1:
+        futs = [_get_pool(threads).submit(run, c0, c1) for c0, c1 in blocks]
+        for f in futs:
+            f.result()
+    else:
+        for c0, c1 in blocks:
+            run(c0, c1)
+    return y
 
 
 def _conv_attrs(k: Kernel, w_shape, nd):
