@@ -161,7 +161,8 @@ def test_fuse_skip_layer_normalization_keeps_the_residual_sum(rng):
 def test_fuse_bert_layer_attention(rng, mask):
     m, feeds = bert_layer(rng, mask=mask)
     before, after = compare(m, feeds, rtol=1e-4, atol=1e-5)
-    tail = ["Attention", "MatMul", "SkipLayerNormalization", "MatMul", "FusedAdd", "MatMul",
+    # FFN: MatMul + bias + Gelu is one FusedMatMul (the other biases ride in SkipLayerNormalization).
+    tail = ["Attention", "MatMul", "SkipLayerNormalization", "FusedMatMul", "MatMul",
             "SkipLayerNormalization"]
     # The mask arithmetic depends on the mask input and stays; everything else is fused.
     head = ["Unsqueeze", "Unsqueeze", "Cast", "Sub", "Mul"] if mask else []
@@ -181,3 +182,45 @@ def test_fused_ops_are_in_our_domain(rng):
     sess = session(m, options(L.ORT_ENABLE_ALL))
     node = sess._graph.nodes[0]
     assert (node.domain, node.op_type, node.attrs["activation"]) == ("com.ep_core", "FusedConv", "Relu")
+
+
+@pytest.mark.parametrize("act", [None, "Relu", "Gelu"])
+@pytest.mark.parametrize("bias_first", [False, True])
+def test_fuse_nd_matmul_bias_activation(rng, act, bias_first):
+    """MatMul with a 3-D A and a constant B, + a constant (N,) bias [+ activation]: one FusedMatMul."""
+    add_in = ["b", "mm"] if bias_first else ["mm", "b"]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]),
+             helper.make_node("Add", add_in, ["a" if act else "y"])]
+    if act:
+        nodes.append(helper.make_node(act, ["a"], ["y"]))
+    m = model(nodes, [("x", F32, [2, 3, 4])], [("y", F32, [2, 3, 5])],
+              [init("w", randn(rng, 4, 5)), init("b", randn(rng, 5))], opset=20)
+    before, after = compare(m, {"x": randn(rng, 2, 3, 4)}, rtol=1e-5, atol=1e-6)
+    assert len(before) == len(nodes) and after == ["FusedMatMul"]
+    node = session(m)._graph.nodes[0]
+    assert node.domain == "com.ep_core" and node.attrs.get("activation") == act
+
+
+def test_fuse_nd_matmul_bias_keeps_shared_and_output_values(rng):
+    """The MatMul result read twice, or a bias that is not a (N,) constant: nothing fused there;
+    an Add result read by two nodes still fuses (its value survives under the same name)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["y1"]),
+             helper.make_node("Relu", ["mm"], ["y2"]),                     # MatMul read twice
+             helper.make_node("MatMul", ["x", "w"], ["mm2"]), helper.make_node("Add", ["mm2", "z"], ["y3"]),
+             helper.make_node("MatMul", ["x", "w2"], ["mm3"]), helper.make_node("Add", ["mm3", "b"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y4"]), helper.make_node("Tanh", ["s"], ["y5"])]
+    m = model(nodes, [("x", F32, [2, 3, 4]), ("z", F32, [5])],
+              [(n, F32, [2, 3, 5]) for n in ("y1", "y2", "y3", "y4", "y5")],
+              [init("w", randn(rng, 4, 5)), init("w2", randn(rng, 4, 5)), init("b", randn(rng, 5))])
+    feeds = {"x": randn(rng, 2, 3, 4), "z": randn(rng, 5)}
+    before, after = compare(m, feeds, disabled=["CommonSubexpressionElimination"], rtol=1e-5, atol=1e-6)
+    assert len(before) == 9
+    assert sorted(after) == sorted(["MatMul", "Add", "Relu", "MatMul", "Add", "FusedMatMul", "Relu", "Tanh"])
+
+
+def test_nd_matmul_fusion_skipped_where_the_provider_lacks_it(rng):
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["y"])]
+    m = model(nodes, [("x", F32, [2, 3, 4])], [("y", F32, [2, 3, 5])],
+              [init("w", randn(rng, 4, 5)), init("b", randn(rng, 5))])
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["foreign", "cpu"])
+    assert "FusedMatMul" not in [op for _, op, _ in sess.get_placement()["nodes"]]

@@ -5,6 +5,7 @@ import numpy as np
 from scipy import special
 
 from ep_core.kernel import Kernel
+from ep_cpu.gemm_epilogue import ACTIVATIONS
 from ep_cpu.kernels.math import as_dtype, upcast
 from ep_cpu.registry import kernel
 
@@ -169,7 +170,12 @@ class Gelu(_Elementwise):
         if self.approx == "tanh":
             inner = np.sqrt(2 / np.pi) * (v + 0.044715 * v ** 3)
             return 0.5 * v * (1 + np.tanh(inner))
-        return 0.5 * v * (1 + special.erf(v / np.sqrt(2)))
+        if v.dtype == np.float32:
+            # float32: the chunked in-place epilogue with fast_erf (|error| < 1e-6), ~5x scipy's erf.
+            y = np.array(v, dtype=np.float32, order="C", copy=True)
+            ACTIVATIONS["Gelu"](y.reshape(-1), {})  # 1-D view: 0-d would yield scalars
+            return y
+        return 0.5 * v * (1 + special.erf(v / np.sqrt(2)))  # float64: exact
 
 
 @kernel("Swish")

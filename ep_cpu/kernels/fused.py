@@ -1,6 +1,6 @@
 """CPU kernels for the fused ops the graph optimizer creates (domain `com.ep_core`).
 
-FusedConv / FusedGemm / FusedAdd apply the activation in place on the freshly computed result (one
+FusedConv / FusedGemm / FusedMatMul / FusedAdd apply the activation in place on the freshly computed result (one
 pass, no extra temporaries); the matrix parts go through `ep_cpu.gemm.gemm`. Gelu, FastGelu,
 LayerNormalization (for models below opset 17), SkipLayerNormalization and Attention replace the
 subgraphs the transformer fusions match. Semantics follow onnxruntime's contrib ops of the same
@@ -73,6 +73,21 @@ class FusedGemm(_Activated):
         return y.astype(np.result_type(a.dtype, b.dtype), copy=False)
 
 
+@kernel("FusedMatMul", domain=DOMAIN)
+class FusedMatMul(_Activated):
+    """act(A @ B + bias): A (..., K), B a (K, N) matrix, bias (N,) optional, plus the activation.
+
+    Leading axes of A fold into GEMM rows, so bias and activation run in gemm's per-tile epilogue.
+    """
+
+    def compute(self, a, b, bias=None):
+        if a.ndim == 1:  # MatMul semantics: a vector times a matrix is a vector
+            y = gemm(a[None, :], b, bias, self.act, activation_params=self.params)[0]
+        else:
+            y = gemm(a, b, bias, self.act, activation_params=self.params)
+        return y.astype(np.result_type(a.dtype, b.dtype), copy=False)
+
+
 @kernel("FusedAdd", domain=DOMAIN)
 class FusedAdd(_Activated):
     """act(A + B) with numpy broadcasting."""
@@ -86,7 +101,12 @@ class FusedAdd(_Activated):
 
 def _gelu(x: np.ndarray) -> np.ndarray:
     cdt = compute_dtype(x.dtype)
-    xf = x.astype(cdt)
+    if cdt == np.float32:
+        # Chunked in-place Gelu with fast_erf (|error| < 1e-6): ~5x faster than scipy's erf.
+        y = np.array(x, dtype=np.float32, order="C", copy=True)
+        ACTIVATIONS["Gelu"](y.reshape(-1), {})  # 1-D view: 0-d would yield scalars
+        return y.astype(x.dtype, copy=False)
+    xf = x.astype(cdt)  # float64: exact erf
     s = xf * cdt.type(1.0 / math.sqrt(2.0))
     s = _erf(s).astype(cdt, copy=False)
     s += 1
