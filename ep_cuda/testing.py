@@ -165,6 +165,16 @@ def require(backend: str) -> None:
         pytest.skip(f"{backend} backend unavailable: {why}")
 
 
+def random_array(shape, dtype=np.float32, lo: float = -2.0, hi: float = 2.0, seed: int = 0) -> np.ndarray:
+    """Deterministic test data: uniform floats in [lo, hi), random bools, or integers in [lo, hi]."""
+    r = np.random.default_rng(seed)
+    if np.dtype(dtype).kind == "f":
+        return r.uniform(lo, hi, shape).astype(dtype)
+    if np.dtype(dtype) == np.bool_:
+        return r.random(shape) < 0.5
+    return r.integers(int(lo), int(hi) + 1, shape).astype(dtype)
+
+
 # ---------------------------------------------------------------------------- emulated provider
 from .provider import CUDAExecutionProvider, CudaDataTransfer  # noqa: E402
 

@@ -25,3 +25,19 @@ def rng():
 
 
 F32 = TensorProto.FLOAT
+
+
+def _cuda_backends():
+    try:
+        from ep_cuda.testing import backends
+    except ImportError:  # ep_cuda's test tools need CuPy only for the gpu backend
+        return ["emu"]
+    return backends()
+
+
+@pytest.fixture(params=_cuda_backends())
+def backend(request):
+    """A CUDA kernel backend: the g++ emulator ('emu') or a real GPU ('gpu', marked cuda)."""
+    from ep_cuda.testing import require
+    require(request.param)
+    return request.param

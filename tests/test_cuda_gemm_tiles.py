@@ -7,16 +7,10 @@ import numpy as np
 import pytest
 
 from ep_cuda import launch
-from ep_cuda.testing import backends, require, to_device, to_numpy
+from ep_cuda.testing import to_device, to_numpy
 
 F32, F16 = np.float32, np.float16
 VARIANTS = ["simt:big", "simt:tall", "simt:small", "tc:big", "tc:small"]
-
-
-@pytest.fixture(params=backends())
-def backend(request):
-    require(request.param)
-    return request.param
 
 
 def rnd(shape, dtype=F32, seed=0):

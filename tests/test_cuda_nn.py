@@ -3,19 +3,11 @@
 import numpy as np
 import pytest
 
-from ep_cuda.testing import backends, check, require
+from ep_cuda.testing import check, random_array
 
 F32, F16 = np.float32, np.float16
-
-
-@pytest.fixture(params=backends())
-def backend(request):
-    require(request.param)
-    return request.param
-
-
 def rnd(shape, dtype=F32, lo=-1.0, hi=1.0, seed=0):
-    return np.random.default_rng(seed).uniform(lo, hi, shape).astype(dtype)
+    return random_array(shape, dtype, lo, hi, seed)
 
 
 def tol(dtype):

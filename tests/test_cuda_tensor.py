@@ -3,24 +3,10 @@
 import numpy as np
 import pytest
 
-from ep_cuda.testing import backends, check, require
+from ep_cuda.testing import check, random_array
 
 F32, F16, I64 = np.float32, np.float16, np.int64
-
-
-@pytest.fixture(params=backends())
-def backend(request):
-    require(request.param)
-    return request.param
-
-
-def rnd(shape, dtype=F32, lo=-2.0, hi=2.0, seed=0):
-    r = np.random.default_rng(seed)
-    if np.dtype(dtype).kind == "f":
-        return r.uniform(lo, hi, shape).astype(dtype)
-    if np.dtype(dtype) == np.bool_:
-        return r.random(shape) < 0.5
-    return r.integers(int(lo), int(hi) + 1, shape).astype(dtype)
+rnd = random_array
 
 
 def i64(*v):
