@@ -130,6 +130,17 @@ class FuseConvBatchNorm(Rewrite):
         return ed.commit()
 
 
+def _follow_affine(op: str, vec: np.ndarray, scale: np.ndarray, bias: np.ndarray):
+    """(scale, bias) of `op(x * scale + bias, vec)` per channel; None if it cannot fold (x / 0)."""
+    if op == "Mul":
+        return scale * vec, bias * vec
+    if op == "Div":
+        return None if (vec == 0).any() else (scale / vec, bias / vec)
+    if op == "Add":
+        return scale, bias + vec
+    return scale, bias - vec
+
+
 class FuseConvMulAdd(Rewrite):
     """Conv followed by Mul/Div/Add/Sub with a per-output-channel constant folds into W and B."""
     name = "FuseConvMulAdd"
@@ -147,18 +158,12 @@ class FuseConvMulAdd(Rewrite):
             if hit is None:
                 continue
             node, op, vec = hit
-            wd = w
-            if op == "Mul":
-                wd, b = _scale_rows(w, vec), b * vec
-            elif op == "Div":
-                if (vec == 0).any():
-                    continue
-                wd, b = _scale_rows(w, 1.0 / vec), b / vec
-            elif op == "Add":
-                b = b + vec
-            else:
-                b = b - vec
-            _set_conv_weights(ed, conv, wd, b, w.dtype)
+            folded = _follow_affine(op, vec, np.ones_like(vec), b)
+            if folded is None:
+                continue
+            row_scale, b = folded
+            _set_conv_weights(ed, conv, _scale_rows(w, row_scale) if op in ("Mul", "Div") else w,
+                              b, w.dtype)
             ed.remove(node)
             ed.rename_output(conv, conv.outputs[0], node.outputs[0])
         return ed.commit()
@@ -183,16 +188,10 @@ class FuseBatchNormMulAdd(Rewrite):
             if hit is None:
                 continue
             node, op, vec = hit
-            if op == "Mul":
-                scale, bias = scale * vec, bias * vec
-            elif op == "Div":
-                if (vec == 0).any():
-                    continue
-                scale, bias = scale / vec, bias / vec
-            elif op == "Add":
-                bias = bias + vec
-            else:
-                bias = bias - vec
+            folded = _follow_affine(op, vec, scale, bias)
+            if folded is None:
+                continue
+            scale, bias = folded
             sname = ed.add_initializer(bn.inputs[1] + "_fused", scale.astype(dtype))
             bname = ed.add_initializer(bn.inputs[2] + "_fused", bias.astype(ed.const(bn.inputs[2]).dtype))
             ed.set_inputs(bn, [bn.inputs[0], sname, bname, bn.inputs[3], bn.inputs[4]])
