@@ -183,6 +183,21 @@ def test_fuse_conv_mul_add_per_channel(rng):
     assert len(before) == 4 and after == ["Conv"]
 
 
+def test_fuse_conv_div_and_batchnorm_div(rng):
+    nodes, inits = _conv_model(rng, [helper.make_node("Div", ["c", "d"], ["y"])])
+    inits.append(init("d", rng.uniform(0.5, 2, (4, 1, 1)).astype(np.float32)))
+    m = model(nodes, [("x", F32, [1, 3, 5, 5])], [("y", F32, [1, 4, 5, 5])], inits)
+    before, after = compare(m, {"x": randn(rng, 1, 3, 5, 5)}, level=L.ORT_ENABLE_BASIC, rtol=1e-4, atol=1e-5)
+    assert before == ["Conv", "Div"] and after == ["Conv"]
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "bb", "mu", "var"], ["n"]),
+             helper.make_node("Div", ["n", "d"], ["y"])]
+    inits = [init(n, rng.uniform(0.5, 2, 4).astype(np.float32)) for n in ("s", "bb", "mu", "var", "d")]
+    inits[-1] = init("d", rng.uniform(0.5, 2, (4, 1, 1)).astype(np.float32))
+    m = model(nodes, [("x", F32, [2, 4, 3, 3])], [("y", F32, [2, 4, 3, 3])], inits)
+    before, after = compare(m, {"x": randn(rng, 2, 4, 3, 3)}, level=L.ORT_ENABLE_BASIC, rtol=1e-4, atol=1e-5)
+    assert before == ["BatchNormalization", "Div"] and after == ["BatchNormalization"]
+
+
 def test_conv_mul_not_per_channel_is_left_alone(rng):
     nodes, inits = _conv_model(rng, [helper.make_node("Mul", ["c", "m"], ["y"])])
     inits.append(init("m", randn(rng, 1, 1, 5, 5)))   # spatial, not channel
