@@ -69,8 +69,8 @@ class Plan:
     n_slots: int
     providers: list[Any]
 
-    def run(self, feeds: dict[str, Any], fetch_slots: list[int], observer=None) -> list[Any]:
-        """Sequential executor: steps in topological order; dead values are dropped at once."""
+    def initial_slots(self, feeds: dict[str, Any]) -> list[Any]:
+        """A fresh slot table holding the constants and the feeds."""
         slots: list[Any] = [None] * self.n_slots
         for s, v in self.constants.items():
             slots[s] = v
@@ -78,6 +78,11 @@ class Plan:
             s = self.slot_of.get(name)
             if s is not None:
                 slots[s] = value
+        return slots
+
+    def run(self, feeds: dict[str, Any], fetch_slots: list[int], observer=None) -> list[Any]:
+        """Sequential executor: steps in topological order; dead values are dropped at once."""
+        slots = self.initial_slots(feeds)
         for step in self.steps:
             outs = step.execute([slots[s] if s is not None else None for s in step.inputs], observer)
             for s, v in zip(step.outputs, outs):

@@ -140,15 +140,9 @@ def run_parallel(plan: Any, feeds: dict, fetch_slots: list[int], threads: int,
                  observer: Callable | None = None) -> list:
     """Run independent steps concurrently; a value is dropped once every reader has run."""
     if threads <= 1 or len(plan.steps) <= 1:
-        return plan.run(feeds, fetch_slots, observer=observer) if observer else plan.run(feeds, fetch_slots)
+        return plan.run(feeds, fetch_slots, observer=observer)
     sched = _schedule(plan)
-    slots: list[Any] = [None] * plan.n_slots
-    for s, v in plan.constants.items():
-        slots[s] = v
-    for name, value in feeds.items():
-        s = plan.slot_of.get(name)
-        if s is not None:
-            slots[s] = value
+    slots = plan.initial_slots(feeds)
     keep = set(plan.constants) | set(fetch_slots) | set(plan.output_slots)
     remaining = dict(sched.readers)
     waiting = list(sched.deps)
