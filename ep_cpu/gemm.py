@@ -53,6 +53,8 @@ KC = 8192                         # K beyond this is blocked (partial sums throu
 PAR_MIN_MACS = 1 << 23            # below ~8M multiply-adds (~0.2 ms on one core) one BLAS call:
                                   # a Python thread hand-off costs 30-100 us
 BLAS_THREADS = True               # one-tile products use BLAS's own threads (False: ours)
+BLAS_PAR_MIN_MACS = 1 << 20       # ... from ~1M multiply-adds up: MobileNetV2's 1x1 convs
+                                  # (1-8M) ran 10-20% faster on two BLAS threads than on one
 TINY_MACS = 1 << 16               # below this OpenBLAS is single-threaded by itself
 THIN_M = 4                        # GEMV-like (decoder steps): one BLAS call streams B fastest;
                                   # tiling it only added per-call overhead (measured)
@@ -367,12 +369,12 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
             panels, bounds = packed.panels, packed.bounds
         else:
             panels, bounds = [bt if bt.dtype == cdt else bt.astype(cdt)], [(0, n)]
-        # One BLAS thread for small products (threaded OpenBLAS gains little there and stalls
-        # for milliseconds when another process holds a core); tiny ones OpenBLAS runs on one
+        # One BLAS thread for small products (below BLAS_PAR_MIN_MACS threaded OpenBLAS gains
+        # nothing and stalls when another process holds a core); tiny ones OpenBLAS runs on one
         # thread anyway, so the switch (~1 us) is skipped. Thin (GEMV-like) products keep BLAS's
         # threads: two cores stream the weights ~15% faster.
         single = macs >= TINY_MACS and (threads == 1 or not BLAS_THREADS
-                                        or (macs < PAR_MIN_MACS and m >= THIN_M))
+                                        or (macs < BLAS_PAR_MIN_MACS and m >= THIN_M))
         if single:
             _blas_single.__enter__()
         try:

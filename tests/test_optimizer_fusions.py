@@ -224,3 +224,29 @@ def test_nd_matmul_fusion_skipped_where_the_provider_lacks_it(rng):
               [init("w", randn(rng, 4, 5)), init("b", randn(rng, 5))])
     sess = ep_core.InferenceSession(m.SerializeToString(), providers=["foreign", "cpu"])
     assert "FusedMatMul" not in [op for _, op, _ in sess.get_placement()["nodes"]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_skip_layer_normalization_outputs(rng, dtype):
+    """The CPU kernel's four outputs (normalized, mean, inv_std_var, input+skip+bias) against a
+    float64 numpy reference."""
+    from onnx import TensorProto, numpy_helper
+    t = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    x, skip = randn(rng, 2, 3, 16).astype(dtype), randn(rng, 2, 3, 16).astype(dtype)
+    gamma, beta, bias = (randn(rng, 16).astype(dtype) for _ in range(3))
+    node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"],
+                            ["y", "mean", "inv", "sum"], domain="com.ep_core", epsilon=1e-5)
+    m = model([node], [("x", t, [2, 3, 16]), ("skip", t, [2, 3, 16])],
+              [("y", t, None), ("mean", F32, None), ("inv", F32, None), ("sum", t, None)],
+              [numpy_helper.from_array(a, n) for a, n in ((gamma, "gamma"), (beta, "beta"), (bias, "bias"))],
+              domains=[("com.ep_core", 1)])
+    y, mean, inv, total = session(m).run(None, {"x": x, "skip": skip})
+    s = x.astype(np.float64) + skip + bias
+    mu = s.mean(-1, keepdims=True)
+    iv = 1 / np.sqrt(((s - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+    tol = 1e-5 if dtype == np.float32 else 2e-3
+    assert y.dtype == dtype and total.dtype == dtype
+    np.testing.assert_allclose(y, (s - mu) * iv * gamma + beta, rtol=tol, atol=tol)
+    np.testing.assert_allclose(mean, mu, rtol=tol, atol=tol)
+    np.testing.assert_allclose(inv, iv, rtol=tol, atol=tol)
+    np.testing.assert_allclose(total, s, rtol=tol, atol=tol)

@@ -291,8 +291,15 @@ class Softmax(_SoftmaxFamily):
     def along(self, v, axis):
         if v.size == 0:
             return v
-        e = np.exp(_shifted(v, axis))
-        return e / np.sum(e, axis=axis, keepdims=True)
+        # Raw ufunc reductions and in-place passes: decoder steps run this on a few hundred
+        # values, where each Python-level numpy wrapper costs as much as the arithmetic.
+        m = np.maximum.reduce(v, axis=axis, keepdims=True)
+        if not np.isfinite(m).all():
+            m = np.where(np.isfinite(m), m, 0)
+        e = np.subtract(v, m)
+        np.exp(e, out=e)
+        e /= np.add.reduce(e, axis=axis, keepdims=True)
+        return e
 
 
 @kernel("LogSoftmax")

@@ -7,6 +7,7 @@ The geometry helpers here are shared with the pooling and quantized-conv kernels
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -95,8 +96,8 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
     m = w.shape[0]
     ks = list(w.shape[2:])
     nd = len(ks)
-    kprod = int(np.prod(ks)) if ks else 1
-    oprod = int(np.prod(out_shape)) if out_shape else 1
+    kprod = math.prod(ks)
+    oprod = math.prod(out_shape)
     cg, mg = c // group, m // group
     dt = x.dtype
     if oprod == 0 or n == 0:

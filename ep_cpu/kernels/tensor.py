@@ -263,8 +263,13 @@ class Split(Kernel):
             sizes = [dim // n] * n
         if sum(sizes) != dim:
             raise ValueError(f"Split: sizes {sizes} do not sum to dimension {dim}")
-        bounds = np.cumsum(sizes)[:-1]
-        return tuple(contiguous(p) for p in np.split(x, bounds, axis=axis))
+        index: list = [slice(None)] * x.ndim
+        parts, start = [], 0
+        for size in sizes:   # plain slicing: np.split's Python machinery cost ~10 us per call
+            index[axis] = slice(start, start + size)
+            parts.append(contiguous(x[tuple(index)]))
+            start += size
+        return tuple(parts)
 
 
 def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
