@@ -6,8 +6,8 @@
 Both runtimes load the same .onnx file (built by `benchmarks.models`, cached under
 benchmarks/.cache/) in the same process with the same intra-op thread count (default: every
 core of this machine) and sequential execution. After warm-up the two are timed alternately, run
-in blocks, so machine noise hits both alike (the first run of a block, which may meet the
-other runtime's still-spinning worker threads, is not timed); the median is reported. Outputs are compared
+in blocks, so machine noise hits both alike; each block starts after an idle gap and its first
+run is not timed, so neither meets the other's still-spinning worker threads; the median is reported. Outputs are compared
 (max |ours - ort| / max |ort|). Writes `cpu_vs_onnxruntime_<date>_<machine>.{json,md,png}`.
 
 Acceptance (issue): geometric mean of ours/ort latency over the CNN and transformer models <= 1.5.
@@ -28,6 +28,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -70,12 +71,17 @@ def max_rel_error(ours: list, ref: list) -> float:
     return worst
 
 
-def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: int = 3) -> tuple[list, list]:
+SETTLE_S = 0.3   # idle gap before each block: OpenBLAS's workers spin ~0.1 s after a call
+
+
+def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: int = 3,
+              settle_s: float = SETTLE_S) -> tuple[list, list]:
     """Alternate blocks of a and b runs; stop after `repeat` blocks each or when the budget is spent.
 
-    The first run of each block is not timed: onnxruntime's and OpenBLAS's worker threads keep
-    spinning for a while after a run, and would otherwise steal a core from whichever runtime
-    runs next.
+    onnxruntime's and OpenBLAS's worker threads keep spinning for a while after a run and steal a
+    core from whichever runtime runs next (measured: onnxruntime's MobileNetV2 ran 11 ms right
+    after our runs, 6 ms alone). So each block starts after `settle_s` of idle time, and its first
+    run is not timed.
     """
     for _ in range(warmup):
         run_a()
@@ -84,6 +90,7 @@ def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: in
     start = time.perf_counter()
     for i in range(repeat):
         for fn, acc in ((run_a, ta), (run_b, tb)) if i % 2 == 0 else ((run_b, tb), (run_a, ta)):
+            time.sleep(settle_s)
             fn()
             for _ in range(block):
                 t = time.perf_counter()
@@ -184,7 +191,47 @@ def profile_model(name: str, threads: int, runs: int, out_dir: Path, stem: str) 
                  key=lambda d: -d["ms_per_run"])
     return {"model": name, "runs": runs, "wall_ms_per_run_under_cprofile": round(wall * 1e3, 2),
             "node_time_ms_per_run": round(total_nodes, 2), "by_op_type": ops[:15],
-            "top_functions": top}
+            "top_functions": top, "vs_onnxruntime": _compare_op_families(trace, model_path, feeds,
+                                                                         threads, runs)}
+
+
+def _family(op_key: str) -> str:
+    """Op family for comparing with onnxruntime, whose fusions name nodes differently."""
+    for fused, plain in (("FusedConv", "Conv"), ("FusedMatMul", "MatMul"), ("FusedGemm", "Gemm")):
+        if op_key.startswith(fused):
+            return plain + op_key[len(fused):]
+    return op_key
+
+
+def _compare_op_families(trace: dict, model_path: str, feeds: dict, threads: int, runs: int) -> list:
+    """Milliseconds per run by op family: ours (from `trace`) next to onnxruntime's profiler."""
+    import onnxruntime as ort
+
+    def by_family(events: list, is_node: Callable[[dict], bool]) -> dict[str, float]:
+        # Only runs after the first: onnxruntime's first run plans its memory and is far slower.
+        starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+        after = starts[1] if len(starts) > 1 else float("-inf")
+        out: dict[str, float] = {}
+        for e in events:
+            if is_node(e) and e["ts"] >= after:
+                k = _family(_op_key(e["args"]))
+                out[k] = out.get(k, 0.0) + e["dur"] / max(1, len(starts) - 1) / 1e3
+        return out
+
+    ours = by_family(trace["traceEvents"], lambda e: e.get("cat") == "Node")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = os.path.join(tmp, "ort")
+        sess = ort.InferenceSession(model_path, opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            sess.run(None, feeds)
+        events = json.load(open(sess.end_profiling()))
+    theirs = by_family(events, lambda e: e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
+    keys = sorted(set(ours) | set(theirs), key=lambda k: -max(ours.get(k, 0), theirs.get(k, 0)))
+    return [{"op_family": k, "ours_ms": round(ours.get(k, 0.0), 3), "ort_ms": round(theirs.get(k, 0.0), 3)}
+            for k in keys[:12]]
 
 
 def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: Path, stem: str) -> None:
@@ -216,6 +263,12 @@ def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: P
                   "| op type | nodes | ms per run |", "|---|---:|---:|"]
         lines += [f"| {o['op']} | {o['count_per_run']:.0f} | {o['ms_per_run']:.2f} |"
                   for o in profile["by_op_type"]]
+        if profile.get("vs_onnxruntime"):
+            lines += ["", "Time by op family, both runtimes' own profilers (profiling adds per-node "
+                          "overhead to both; fused and unfused nodes are counted in their family):", "",
+                      "| op family | ours (ms per run) | onnxruntime (ms per run) |", "|---|---:|---:|"]
+            lines += [f"| {o['op_family']} | {o['ours_ms']:.2f} | {o['ort_ms']:.2f} |"
+                      for o in profile["vs_onnxruntime"]]
         lines += ["", "| function (cProfile, tottime) | calls per run | ms per run |", "|---|---:|---:|"]
         lines += [f"| `{f['function']}` | {f['calls_per_run']:.0f} | {f['tottime_ms_per_run']:.2f} |"
                   for f in profile["top_functions"]]

@@ -237,7 +237,8 @@ def test_skip_layer_normalization_outputs(rng, dtype):
     node = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma", "beta", "bias"],
                             ["y", "mean", "inv", "sum"], domain="com.ep_core", epsilon=1e-5)
     m = model([node], [("x", t, [2, 3, 16]), ("skip", t, [2, 3, 16])],
-              [("y", t, None), ("mean", F32, None), ("inv", F32, None), ("sum", t, None)],
+              [("y", t, [2, 3, 16]), ("mean", F32, [2, 3, 1]), ("inv", F32, [2, 3, 1]),
+               ("sum", t, [2, 3, 16])],
               [numpy_helper.from_array(a, n) for a, n in ((gamma, "gamma"), (beta, "beta"), (bias, "bias"))],
               domains=[("com.ep_core", 1)])
     y, mean, inv, total = session(m).run(None, {"x": x, "skip": skip})
