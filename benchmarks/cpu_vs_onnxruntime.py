@@ -7,8 +7,8 @@ Both runtimes load the same .onnx file (built by `benchmarks.models`, cached und
 benchmarks/.cache/) in the same process with the same intra-op thread count (default: every
 core of this machine) and sequential execution. After warm-up the two are timed alternately, run
 in blocks, so machine noise hits both alike; each block starts after an idle gap and its first
-run is not timed, so neither meets the other's still-spinning worker threads; the median is reported. Outputs are compared
-(max |ours - ort| / max |ort|). Writes `cpu_vs_onnxruntime_<date>_<machine>.{json,md,png}`.
+run is not timed, so neither meets the other's still-spinning worker threads; the median is
+reported. Outputs are compared (max |ours - ort| / max |ort|). Writes `cpu_vs_onnxruntime_<date>_<machine>.{json,md,png}`.
 
 Acceptance (issue): geometric mean of ours/ort latency over the CNN and transformer models <= 1.5.
 `--profile` runs cProfile over a few session.run calls of the slowest model (by ratio) and an

@@ -280,10 +280,13 @@ class _SoftmaxFamily(Kernel):
 
 
 def _shifted(v: np.ndarray, axis: int) -> np.ndarray:
-    """v - max(v) along axis (so exp cannot overflow); all -inf slices stay finite-safe."""
-    m = np.max(v, axis=axis, keepdims=True) if v.size else v
-    m = np.where(np.isfinite(m), m, 0)
-    return v - m
+    """A new array v - max(v) along axis (so exp cannot overflow); all -inf slices stay
+    finite-safe. Raw ufunc reductions: decoder steps run the softmaxes on a few hundred values,
+    where each Python-level numpy wrapper costs as much as the arithmetic."""
+    m = np.maximum.reduce(v, axis=axis, keepdims=True)
+    if not np.isfinite(m).all():
+        m = np.where(np.isfinite(m), m, 0)
+    return np.subtract(v, m)
 
 
 @kernel("Softmax")
@@ -291,12 +294,7 @@ class Softmax(_SoftmaxFamily):
     def along(self, v, axis):
         if v.size == 0:
             return v
-        # Raw ufunc reductions and in-place passes: decoder steps run this on a few hundred
-        # values, where each Python-level numpy wrapper costs as much as the arithmetic.
-        m = np.maximum.reduce(v, axis=axis, keepdims=True)
-        if not np.isfinite(m).all():
-            m = np.where(np.isfinite(m), m, 0)
-        e = np.subtract(v, m)
+        e = _shifted(v, axis)
         np.exp(e, out=e)
         e /= np.add.reduce(e, axis=axis, keepdims=True)
         return e
