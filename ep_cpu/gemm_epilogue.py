@@ -66,14 +66,23 @@ def _gelu_tanh(t: np.ndarray, p: dict) -> None:
     t *= 0.5
 
 
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Logistic sigmoid of a float array into `out` (new array if None; may be x itself).
+
+    float32 goes through numpy's exp, about twice as fast as scipy's expit (measured 21 vs 50 us
+    on 6K values, 3.1 vs 6.1 ms on 1M); exp(-x) overflowing for x < -88 gives the exact limit 0.
+    """
+    if x.dtype != np.float32 and _expit is not None:
+        return _expit(x) if out is None else _expit(x, out=out)
+    with np.errstate(over="ignore"):
+        out = np.negative(x, out=out)
+        np.exp(out, out=out)
+    out += 1
+    return np.reciprocal(out, out=out)
+
+
 def _sigmoid(t: np.ndarray, p: dict) -> None:
-    if _expit is not None:
-        _expit(t, out=t)
-    else:  # pragma: no cover
-        np.negative(t, out=t)
-        np.exp(t, out=t)
-        t += 1
-        np.reciprocal(t, out=t)
+    sigmoid(t, out=t)
 
 
 def _leaky(t: np.ndarray, p: dict) -> None:

@@ -5,7 +5,7 @@ import numpy as np
 from scipy import special
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm_epilogue import ACTIVATIONS
+from ep_cpu.gemm_epilogue import ACTIVATIONS, sigmoid
 from ep_cpu.kernels.math import as_dtype, upcast
 from ep_cpu.registry import kernel
 
@@ -110,7 +110,7 @@ class HardSwish(_Elementwise):
 @kernel("Sigmoid")
 class Sigmoid(_Elementwise):
     def f(self, v):
-        return special.expit(v)
+        return sigmoid(v)
 
 
 @kernel("Tanh")

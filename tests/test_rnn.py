@@ -1,0 +1,104 @@
+"""LSTM / GRU / RNN on the CPU provider against onnxruntime, over the attribute grid the kernels
+branch on: direction, linear_before_reset, initial states, peepholes, clip, layout and
+sequence_lens (full lengths take the dense lockstep path; shorter ones the masked path)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import ep_core
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
+
+SEQ, BATCH, INPUT, HID = 7, 3, 5, 6
+GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
+
+
+def _model(op: str, direction: str, attrs: dict, with_lens: bool, with_init: bool,
+           peep: bool) -> tuple[onnx.ModelProto, dict]:
+    rng = np.random.default_rng(len(op) + 7 * len(direction) + 13 * with_lens + 29 * with_init)
+    nd = 2 if direction == "bidirectional" else 1
+    g = GATES[op]
+    feeds = {"X": rng.standard_normal((SEQ, BATCH, INPUT)).astype(np.float32)}
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.ravel()) for n, a in (
+        ("W", rng.uniform(-.5, .5, (nd, g * HID, INPUT)).astype(np.float32)),
+        ("R", rng.uniform(-.5, .5, (nd, g * HID, HID)).astype(np.float32)),
+        ("B", rng.uniform(-.5, .5, (nd, 2 * g * HID)).astype(np.float32)))]
+    inputs = ["X", "W", "R", "B", "", "", ""]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [SEQ, BATCH, INPUT])]
+    if with_lens:
+        feeds["sequence_lens"] = np.array([SEQ, 2, SEQ - 3][:BATCH], dtype=np.int32)
+        inputs[4] = "sequence_lens"
+        graph_inputs.append(helper.make_tensor_value_info("sequence_lens", TensorProto.INT32, [BATCH]))
+    if with_init:
+        for k, name in ((5, "initial_h"), (6, "initial_c")):
+            if name == "initial_c" and op != "LSTM":
+                continue
+            feeds[name] = rng.standard_normal((nd, BATCH, HID)).astype(np.float32)
+            inputs[k] = name
+            graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [nd, BATCH, HID]))
+    if peep:
+        inputs.append("P")
+        p = rng.uniform(-.5, .5, (nd, 3 * HID)).astype(np.float32)
+        inits.append(helper.make_tensor("P", TensorProto.FLOAT, p.shape, p.ravel()))
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, inputs, outs, hidden_size=HID, direction=direction, **attrs)
+    shapes = {"Y": [SEQ, nd, BATCH, HID], "Y_h": [nd, BATCH, HID], "Y_c": [nd, BATCH, HID]}
+    graph = helper.make_graph([node], "rnn", graph_inputs,
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, shapes[o]) for o in outs],
+                              initializer=inits)
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 14)]), feeds
+
+
+CASES = []
+for op, direction, with_lens, with_init in itertools.product(
+        ("LSTM", "GRU", "RNN"), ("forward", "reverse", "bidirectional"), (False, True), (False, True)):
+    variants = [{}]
+    if op == "GRU":
+        variants = [{"linear_before_reset": 0}, {"linear_before_reset": 1}]
+    if op == "LSTM":
+        variants = [{}, {"peep": True}, {"clip": 0.7}, {"input_forget": 1}]
+    for v in variants:
+        CASES.append(pytest.param(op, direction, with_lens, with_init, v,
+                                  id=f"{op}-{direction}-lens{int(with_lens)}-init{int(with_init)}-"
+                                     + ("-".join(f"{k}{v}" for k, v in v.items()) or "plain")))
+
+
+@pytest.mark.parametrize("op,direction,with_lens,with_init,variant", CASES)
+def test_recurrent_matches_onnxruntime(op, direction, with_lens, with_init, variant):
+    attrs = dict(variant)
+    peep = bool(attrs.pop("peep", False))
+    model, feeds = _model(op, direction, attrs, with_lens, with_init, peep)
+    ours = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for name, o, r in zip(("Y", "Y_h", "Y_c"), ours, ref):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5, err_msg=f"{op} {name}")
+
+
+def test_layout_1_is_batch_major():
+    """layout=1 (batch-major) gives the layout-0 results transposed."""
+    model, feeds = _model("LSTM", "bidirectional", {}, False, True, False)
+    base = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
+    node = model.graph.node[0]
+    node.attribute.append(helper.make_attribute("layout", 1))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = BATCH
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = SEQ
+    for vi in list(model.graph.input[1:]) + list(model.graph.output[1:]):
+        vi.type.tensor_type.shape.dim[0].dim_value = BATCH
+        vi.type.tensor_type.shape.dim[1].dim_value = 2
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (BATCH, SEQ, 2, HID)):
+        d.dim_value = v
+    bfeeds = {"X": feeds["X"].transpose(1, 0, 2).copy(),
+              "initial_h": feeds["initial_h"].transpose(1, 0, 2).copy(),
+              "initial_c": feeds["initial_c"].transpose(1, 0, 2).copy()}
+    y, y_h, y_c = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, bfeeds)
+    np.testing.assert_allclose(y, base[0].transpose(2, 0, 1, 3), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_h, base[1].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_c, base[2].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
