@@ -47,9 +47,55 @@ class Forest:
         np.maximum.at(self.max_w, (node, target), weight)
         self.has_w = np.zeros((n, self.n_targets), dtype=bool)
         self.has_w[node, target] = True
+        self.sum_and_votes = np.concatenate([self.sum_w, self.has_w], axis=1)
+        self._prepare_walk()
+
+    def _prepare_walk(self) -> None:
+        """Tables for the fast walk, used when every branch compares with one of <=, <, >=, >
+        (what converters of sklearn, xgboost and lightgbm emit): leaves loop to themselves, so
+        `depth` steps of gather-compare-gather take every row to its leaf with no masking."""
+        branch = self.mode != LEAF
+        modes = set(self.mode[branch].tolist())
+        self.uniform_op = None
+        if len(modes) > 1 or modes - {LEQ, LT, GTE, GT}:
+            return
+        n = len(self.mode)
+        idx = np.arange(n)
+        child = np.stack([np.where(branch, self.false_idx, idx), np.where(branch, self.true_idx, idx)], 1)
+        # Depth: longest chain of branches from any root (a cycle would never settle: no fast walk).
+        depth, frontier = 0, np.unique(self.roots)
+        while frontier.size and branch[frontier].any():
+            if depth > n:
+                return
+            frontier = np.unique(child[frontier[branch[frontier]]].ravel())
+            depth += 1
+        self.depth = depth
+        self.child = child.ravel()                                  # [2 * node + went_true]
+        self.walk_feature = np.where(branch, self.feature, 0)
+        self.walk_threshold = self.threshold.astype(self.threshold_dtype)
+        self.walk_missing = self.missing_true & branch if (self.missing_true & branch).any() else None
+        self.uniform_op = {LEQ: np.less_equal, LT: np.less, GTE: np.greater_equal,
+                           GT: np.greater}[modes.pop()] if modes else np.less_equal
+
+    def _walk_uniform(self, x: np.ndarray) -> np.ndarray:
+        n, nf = x.shape
+        xflat = np.ascontiguousarray(x, dtype=self.threshold_dtype).ravel()
+        rowoff = (np.arange(n) * nf)[:, None]
+        idx = np.tile(self.roots, (n, 1))
+        for _ in range(self.depth):
+            val = xflat.take(self.walk_feature.take(idx) + rowoff)
+            went_true = self.uniform_op(val, self.walk_threshold.take(idx))
+            if self.walk_missing is not None:  # NaN compares False; it goes where the node says
+                went_true |= np.isnan(val) & self.walk_missing.take(idx)
+            idx *= 2
+            idx += went_true
+            idx = self.child.take(idx)
+        return idx
 
     def leaves(self, x: np.ndarray) -> np.ndarray:
         """[N, F] features -> [N, n_trees] leaf node indices."""
+        if self.uniform_op is not None and x.shape[1]:
+            return self._walk_uniform(x)
         # Compare at the thresholds' precision, as ONNX Runtime does.
         xw = x.astype(self.threshold_dtype).astype(np.float64)
         n = xw.shape[0]
@@ -69,7 +115,9 @@ class Forest:
             for node_id in np.unique(idx[active & (mode == MEMBER)]):
                 here = idx == node_id
                 cond[here] = np.isin(val[here], self.member_sets.get(int(node_id), ()))
-            cond = np.where(np.isnan(val), self.missing_true[idx], cond)
+            # NaN: the node's comparison (True only for NEQ), or True where missing values
+            # track the true branch (onnxruntime and the ONNX reference agree on this).
+            cond |= np.isnan(val) & self.missing_true[idx]
             nxt = np.where(cond, self.true_idx[idx], self.false_idx[idx])
             idx = np.where(active, nxt, idx)
         return idx
@@ -77,12 +125,16 @@ class Forest:
     def aggregate(self, x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
         """([N, n_targets] aggregated leaf weights, [N, n_targets] whether any leaf voted)."""
         leaves = self.leaves(x)
-        hit = self.has_w[leaves].any(axis=1)
         if how in ("SUM", "AVERAGE"):
-            out = self.sum_w[leaves].sum(axis=1)
+            # One gather and one reduction give both the sums and the vote counts.
+            k = self.n_targets
+            tot = self.sum_and_votes.take(leaves.T, axis=0).sum(axis=0)  # trees outermost: fast adds
+            out, hit = tot[:, :k], tot[:, k:] > 0
             if how == "AVERAGE":
                 out = out / max(len(self.roots), 1)
-        elif leaves.shape[1]:
+            return out, hit
+        hit = self.has_w.take(leaves, axis=0).any(axis=1)
+        if leaves.shape[1]:
             table = self.min_w if how == "MIN" else self.max_w
             red = np.min if how == "MIN" else np.max
             out = np.where(hit, red(table[leaves], axis=1), 0.0)

@@ -1,0 +1,96 @@
+"""Tree ensembles (legacy TreeEnsembleRegressor / TreeEnsembleClassifier) against onnxruntime on
+random trees: each branch mode (the fast uniform walk) and mixed modes (the general walk), NaN
+inputs with missing_value_tracks_true, inputs equal to thresholds, every aggregate."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import ep_core
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
+
+FEATURES, ROWS = 6, 200
+
+
+def _random_trees(rng, n_trees: int, depth: int, modes: list[str]) -> dict:
+    """Complete binary trees in the legacy nodes_* encoding; leaves listed in attribute order."""
+    a = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_values",
+                         "nodes_modes", "nodes_truenodeids", "nodes_falsenodeids",
+                         "nodes_missing_value_tracks_true")}
+    leaves = []
+    thresholds = np.round(rng.standard_normal(64), 1)  # few distinct values: inputs hit them exactly
+    for t in range(n_trees):
+        n_nodes = 2 ** (depth + 1) - 1
+        for i in range(n_nodes):
+            is_leaf = i >= 2 ** depth - 1
+            a["nodes_treeids"].append(t)
+            a["nodes_nodeids"].append(i)
+            a["nodes_featureids"].append(int(rng.integers(FEATURES)))
+            a["nodes_values"].append(float(rng.choice(thresholds)))
+            a["nodes_modes"].append("LEAF" if is_leaf else str(rng.choice(modes)))
+            a["nodes_truenodeids"].append(0 if is_leaf else 2 * i + 1)
+            a["nodes_falsenodeids"].append(0 if is_leaf else 2 * i + 2)
+            a["nodes_missing_value_tracks_true"].append(int(rng.integers(2)))
+            if is_leaf:
+                leaves.append((t, i))
+    return a, leaves
+
+
+def _inputs(rng) -> np.ndarray:
+    x = np.round(rng.standard_normal((ROWS, FEATURES)), 1).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    return x
+
+
+def _run_both(node, outputs, x):
+    graph = helper.make_graph([node], "trees",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [ROWS, FEATURES])],
+                              outputs)
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    data = model.SerializeToString()
+    ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, {"X": x})
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    return ours, ref
+
+
+MODE_SETS = [["BRANCH_LEQ"], ["BRANCH_LT"], ["BRANCH_GTE"], ["BRANCH_GT"],
+             ["BRANCH_LEQ", "BRANCH_LT", "BRANCH_EQ", "BRANCH_NEQ", "BRANCH_GT"]]
+
+
+@pytest.mark.parametrize("modes", MODE_SETS, ids=lambda m: "+".join(v[7:] for v in m))
+@pytest.mark.parametrize("aggregate", ["SUM", "AVERAGE", "MIN", "MAX"])
+def test_regressor_matches_onnxruntime(modes, aggregate):
+    rng = np.random.default_rng(len(modes) * 31 + len(aggregate))
+    attrs, leaves = _random_trees(rng, n_trees=7, depth=4, modes=modes)
+    n_targets = 2
+    targets = [(t, i, k) for t, i in leaves for k in range(n_targets)]
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=n_targets,
+        aggregate_function=aggregate, target_treeids=[t for t, _, _ in targets],
+        target_nodeids=[i for _, i, _ in targets], target_ids=[k for _, _, k in targets],
+        target_weights=rng.standard_normal(len(targets)).round(2).tolist(), **attrs)
+    (ours,), (ref,) = _run_both(node, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [ROWS, n_targets])],
+                                _inputs(rng))
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("modes", MODE_SETS, ids=lambda m: "+".join(v[7:] for v in m))
+def test_classifier_matches_onnxruntime(modes):
+    rng = np.random.default_rng(len(modes) * 17)
+    attrs, leaves = _random_trees(rng, n_trees=9, depth=5, modes=modes)
+    classes = 3
+    votes = [(t, i, k) for t, i in leaves for k in range(classes)]
+    node = helper.make_node(
+        "TreeEnsembleClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
+        classlabels_int64s=list(range(classes)), class_treeids=[t for t, _, _ in votes],
+        class_nodeids=[i for _, i, _ in votes], class_ids=[k for _, _, k in votes],
+        # Unrounded weights: exact score ties would make the label depend on summation order.
+        class_weights=rng.random(len(votes)).tolist(), post_transform="SOFTMAX", **attrs)
+    outs = [helper.make_tensor_value_info("label", TensorProto.INT64, [ROWS]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [ROWS, classes])]
+    (label, scores), (rlabel, rscores) = _run_both(node, outs, _inputs(rng))
+    np.testing.assert_allclose(scores, rscores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(label, rlabel)
