@@ -78,19 +78,29 @@ def test_regressor_matches_onnxruntime(modes, aggregate):
 
 
 @pytest.mark.parametrize("modes", MODE_SETS, ids=lambda m: "+".join(v[7:] for v in m))
-def test_classifier_matches_onnxruntime(modes):
-    rng = np.random.default_rng(len(modes) * 17)
+@pytest.mark.parametrize("classes", [2, 3])
+@pytest.mark.parametrize("string_labels", [False, True], ids=["int_labels", "str_labels"])
+def test_classifier_matches_onnxruntime(modes, classes, string_labels):
+    rng = np.random.default_rng(len(modes) * 17 + classes)
     attrs, leaves = _random_trees(rng, n_trees=9, depth=5, modes=modes)
-    classes = 3
+    labels = (dict(classlabels_strings=[f"c{k}" for k in range(classes)]) if string_labels
+              else dict(classlabels_int64s=list(range(10, 10 + classes))))
     votes = [(t, i, k) for t, i in leaves for k in range(classes)]
     node = helper.make_node(
         "TreeEnsembleClassifier", ["X"], ["label", "scores"], domain="ai.onnx.ml",
-        classlabels_int64s=list(range(classes)), class_treeids=[t for t, _, _ in votes],
+        **labels, class_treeids=[t for t, _, _ in votes],
         class_nodeids=[i for _, i, _ in votes], class_ids=[k for _, _, k in votes],
         # Unrounded weights: exact score ties would make the label depend on summation order.
         class_weights=rng.random(len(votes)).tolist(), post_transform="SOFTMAX", **attrs)
-    outs = [helper.make_tensor_value_info("label", TensorProto.INT64, [ROWS]),
+    outs = [helper.make_tensor_value_info("label", TensorProto.STRING if string_labels else TensorProto.INT64,
+                                          [ROWS]),
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, [ROWS, classes])]
     (label, scores), (rlabel, rscores) = _run_both(node, outs, _inputs(rng))
     np.testing.assert_allclose(scores, rscores, rtol=1e-5, atol=1e-6)
+    if classes == 2 and not string_labels:
+        # With votes for both of two int labels onnxruntime returns its positive/negative flag
+        # (1/0) instead of the label (tree_ensemble_aggregator.h, _set_score_binary); we take
+        # the same decision and return the label it stands for.
+        assert set(np.unique(rlabel)) <= {0, 1}
+        rlabel = np.asarray(labels["classlabels_int64s"])[rlabel]
     np.testing.assert_array_equal(label, rlabel)

@@ -91,6 +91,14 @@ def _labels(k: Kernel, ints_attr: str):
     return [int(v) for v in k.attr(ints_attr, [])], False
 
 
+def pick_labels(labels: list, index: np.ndarray, is_str: bool) -> np.ndarray:
+    """labels[index] for an index array, as an int64 or string (object) array."""
+    table = np.empty(len(labels), dtype=object) if is_str else np.asarray(labels, dtype=np.int64)
+    if is_str:
+        table[:] = labels
+    return table.take(np.asarray(index, dtype=np.intp).reshape(-1))
+
+
 def _label_array(values: list, is_str: bool) -> np.ndarray:
     if is_str:
         out = np.empty(len(values), dtype=object)
@@ -120,7 +128,7 @@ class LinearClassifier(Kernel):
         if scores.shape[1] == 1 and n_labels == 2:
             # Binary model with one score s: the label is decided by s > 0.
             s = scores[:, 0]
-            chosen = [self.labels[1] if v > 0 else self.labels[0] for v in s]
+            chosen = pick_labels(self.labels, s > 0, self.is_str)
             scores = binary_scores(s, kind, complement=True)
         elif scores.shape[1] == 1:
             # A single class label: positive scores get it.
@@ -130,7 +138,7 @@ class LinearClassifier(Kernel):
             scores = post_transform(scores, kind)
         else:
             # The label is the arg-max of the raw scores (PROBIT may turn them into NaN).
-            chosen = [self.labels[i] for i in np.argmax(scores, axis=1)]
+            chosen = pick_labels(self.labels, np.argmax(scores, axis=1), self.is_str)
             scores = post_transform(scores, kind)
         return _label_array(chosen, self.is_str), scores.astype(np.float32)
 

@@ -8,7 +8,7 @@ import numpy as np
 from ep_core.kernel import Kernel
 from ep_cpu.registry import kernel
 
-from .ml_linear import POST_TRANSFORMS, _label_array, binary_scores, post_transform
+from .ml_linear import POST_TRANSFORMS, _label_array, binary_scores, pick_labels, post_transform
 
 ML = "ai.onnx.ml"
 LEQ, LT, GTE, GT, EQ, NEQ, MEMBER, LEAF = range(8)
@@ -229,7 +229,9 @@ class TreeEnsembleClassifier(Kernel):
 
     def _two_classes(self, p: np.ndarray, hit: np.ndarray):
         """ONNX Runtime's two-label rules: label from one 'positive' score, and scores laid out
-        from it when only class 0 was voted for."""
+        from it when only class 0 was voted for. One deliberate difference: with votes for both
+        of two int64 labels onnxruntime returns its 1/0 decision flag itself; we return the
+        label the flag selects."""
         p0, p1 = p[:, 0].copy(), p[:, 1].copy()
         has0, has1 = hit[:, 0], hit[:, 1]
         base = self.base if self.base is not None else np.zeros(0)
@@ -242,7 +244,7 @@ class TreeEnsembleClassifier(Kernel):
             p0 = p0 + base[0]
         pos = np.where(has1, p1, np.where(has0, p0, 0.0))
         threshold = 0.5 if (self.binary and self.all_positive) else 0.0
-        chosen = [self.labels[1] if v > threshold else self.labels[0] for v in pos]
+        chosen = pick_labels(self.labels, pos > threshold, self.is_str)
         single = ~has1 & (base.size < 2)  # rows left with one score (class 0's)
         pair = np.stack([np.where(has0, p0, 0.0), np.where(has1, p1, 0.0)], axis=1)
         z = post_transform(pair, self.transform)
@@ -263,7 +265,7 @@ class TreeEnsembleClassifier(Kernel):
         # The winner is the best class that got a vote.
         best = np.argmax(np.where(hit, scores, -np.inf), axis=1)
         z = post_transform(scores, self.transform)
-        chosen = [self.labels[i] for i in best]
+        chosen = pick_labels(self.labels, best, self.is_str)
         return _label_array(chosen, self.is_str), z.astype(np.float32)
 
 
