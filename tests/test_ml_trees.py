@@ -104,3 +104,21 @@ def test_classifier_matches_onnxruntime(modes, classes, string_labels):
         assert set(np.unique(rlabel)) <= {0, 1}
         rlabel = np.asarray(labels["classlabels_int64s"])[rlabel]
     np.testing.assert_array_equal(label, rlabel)
+
+
+def test_feature_outside_the_input_is_an_error():
+    rng = np.random.default_rng(3)
+    attrs, leaves = _random_trees(rng, n_trees=2, depth=2, modes=["BRANCH_LEQ"])
+    attrs["nodes_featureids"][0] = FEATURES + 2
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=1,
+        target_treeids=[t for t, _ in leaves], target_nodeids=[i for _, i in leaves],
+        target_ids=[0] * len(leaves), target_weights=[1.0] * len(leaves), **attrs)
+    graph = helper.make_graph([node], "trees",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [ROWS, FEATURES])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [ROWS, 1])])
+    model = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    sess = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"])
+    with pytest.raises(ep_core.errors.Fail, match="feature 8 but the input has 6 features"):
+        sess.run(None, {"X": _inputs(rng)})

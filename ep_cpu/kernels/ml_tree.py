@@ -72,6 +72,7 @@ class Forest:
         self.depth = depth
         self.child = child.ravel()                                  # [2 * node + went_true]
         self.walk_feature = np.where(branch, self.feature, 0)
+        self.feature_range = (int(self.walk_feature.min()), int(self.walk_feature.max())) if n else (0, 0)
         self.walk_threshold = self.threshold.astype(self.threshold_dtype)
         self.walk_missing = self.missing_true & branch if (self.missing_true & branch).any() else None
         self.uniform_op = {LEQ: np.less_equal, LT: np.less, GTE: np.greater_equal,
@@ -79,6 +80,10 @@ class Forest:
 
     def _walk_uniform(self, x: np.ndarray) -> np.ndarray:
         n, nf = x.shape
+        lo, hi = self.feature_range
+        if lo < 0 or hi >= nf:   # the flat gather below would silently read a neighbouring row
+            raise ValueError(f"the trees read feature {lo if lo < 0 else hi} but the input has {nf} "
+                             f"features per row")
         xflat = np.ascontiguousarray(x, dtype=self.threshold_dtype).ravel()
         rowoff = (np.arange(n) * nf)[:, None]
         idx = np.tile(self.roots, (n, 1))
