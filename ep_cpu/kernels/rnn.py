@@ -4,10 +4,10 @@ The input projection X @ W^T of every time step is one GEMM up front; only the r
 H @ R^T product runs per step. Variable `sequence_lens` are handled by masking (forward) and by
 reversing each sequence inside its own length (reverse direction).
 
-The common case (full-length sequences, default activations, no clip or peepholes) takes a dense
-path: both directions advance together, one batched H @ R^T per step, and the gates are updated
-in place with a handful of ufunc calls (per-step numpy call overhead is most of the non-GEMM
-time of small-batch recurrences).
+The common case (default activations, no clip or peepholes) takes a dense path: both directions
+advance together, one batched H @ R^T per step, and the gates are updated in place with a
+handful of ufunc calls (per-step numpy call overhead is most of the non-GEMM time of small-batch
+recurrences); rows past their length just carry their state.
 """
 from __future__ import annotations
 
@@ -76,14 +76,14 @@ class _Recurrent(Kernel):
         return (self.n_gates > 1 and self.clip is None
                 and self.act_names == [a.lower() for a in self.default_acts] * self.num_dir)
 
-    def _run_dense(self, dirs, y, y_h, y_c) -> None:
-        """All directions in lockstep over full-length sequences; fills y, y_h, y_c.
+    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray) -> None:
+        """All directions in lockstep; fills y, y_h, y_c.
 
         One batched H @ R^T per step for both directions halves the per-step numpy calls;
         measured faster than running the directions on two threads (GIL hand-offs on the many
-        small ufunc calls). Step t of the reverse direction is time seq-1-t: its projections
-        already come in that order and its outputs are flipped back into y at the end."""
-        seq, ndir = y.shape[:2]
+        small ufunc calls). Step t of a row handles its time tidx[t] (reverse: inside the row's
+        own length); a row past its length keeps its state and gets zeros in y."""
+        seq, ndir, batch = y.shape[:3]
         proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
         rt = np.stack([d[4] for d in dirs])               # (D, H, G*H)
         rb = np.stack([d[5] for d in dirs])[:, None]      # (D, 1, G*H)
@@ -93,11 +93,22 @@ class _Recurrent(Kernel):
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
         tmp = np.empty_like(h)
+        live = np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
         for t in range(seq):
+            done = None if live[t].all() else np.flatnonzero(~live[t])
+            if done is not None:
+                c_done = c[:, done].copy()
             self._dense_step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t])
+            if done is not None:   # rows past their length carry their state unchanged
+                hist[t][:, done] = h[:, done]
+                c[:, done] = c_done
             h = hist[t]
-        for d in range(ndir):
-            y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
+        for d, (tidx, *_rest) in enumerate(dirs):
+            if live.all():
+                y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
+            else:
+                tt, bb = np.nonzero(live)
+                y[tidx[tt, bb], d, bb] = hist[tt, d, bb]
         y_h[:] = h
         y_c[:] = c
 
@@ -137,8 +148,8 @@ class _Recurrent(Kernel):
         # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
         # when another process holds a core), so the recurrence runs on one thread.
         with single_threaded_blas():
-            if self._dense_ok(p) and bool(np.all(lens == seq)):
-                self._run_dense(dirs, y, y_h, y_c)
+            if self._dense_ok(p):
+                self._run_dense(dirs, y, y_h, y_c, lens)
             else:
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):
                     for t in range(seq):
