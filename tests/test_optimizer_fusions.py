@@ -169,15 +169,6 @@ def test_fuse_bert_layer_attention(rng, mask):
     assert sorted(after) == sorted(head + tail) and len(before) == (55 if mask else 49)
 
 
-@pytest.mark.parametrize("mask", [True, False])
-def test_fused_attention_split_over_threads(rng, monkeypatch, mask):
-    """The heads-over-threads path (normally only for BERT-sized layers) on a small layer."""
-    from ep_cpu.kernels import fused
-    monkeypatch.setattr(fused, "ATTN_PAR_MIN", 0)
-    m, feeds = bert_layer(rng, batch=3, heads=4, mask=mask)   # 12 heads over 2 threads
-    compare(m, feeds, rtol=1e-4, atol=1e-5)
-
-
 def test_all_levels_agree_on_a_bert_layer(rng):
     m, feeds = bert_layer(rng)
     for level in (L.ORT_ENABLE_BASIC, L.ORT_ENABLE_EXTENDED, L.ORT_ENABLE_LAYOUT, L.ORT_ENABLE_ALL):

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads, single_threaded_blas
+from ep_cpu.gemm import ACTIVATIONS, gemm, single_threaded_blas
 from ep_cpu.registry import kernel
 
 from .conv import compute_dtype, run_conv
@@ -25,7 +25,6 @@ except ImportError:  # pragma: no cover - scipy is a dependency
     _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 DOMAIN = "com.ep_core"
-ATTN_PAR_MIN = 1 << 20   # heads x S x S x head size below this: one thread (hand-off ~50 us)
 
 # Positional `activation_params` in onnxruntime's order, by activation.
 _PARAM_NAMES = {"Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
@@ -218,35 +217,16 @@ class Attention(Kernel):
         qkv = gemm(x.reshape(b * s, -1).astype(cdt, copy=False), w.astype(cdt, copy=False),
                    bias.astype(cdt, copy=False))
         qkv = qkv.reshape(b, s, 3, self.heads, hd).transpose(2, 0, 3, 1, 4)  # (3, B, N, S, hd)
-        q, k, v = qkv[0].reshape(b * self.heads, s, hd), qkv[1], qkv[2]
-        k = k.reshape(b * self.heads, s, hd)
-        v = v.reshape(b * self.heads, s, hd)
-        scale = cdt.type(self.scale or 1.0 / math.sqrt(hd))
-        m = None if mask is None else np.broadcast_to(
-            mask.astype(cdt, copy=False), (b, self.heads, s, s)).reshape(b * self.heads, s, s)
-        ctx = np.empty((b * self.heads, s, hd), dtype=cdt)
-
-        def heads(h0: int, h1: int) -> None:
-            sc = np.matmul(q[h0:h1], k[h0:h1].transpose(0, 2, 1))
-            sc *= scale
-            if m is not None:
-                sc += m[h0:h1]
-            sc -= np.maximum.reduce(sc, axis=-1, keepdims=True)
-            np.exp(sc, out=sc)
-            sc /= np.add.reduce(sc, axis=-1, keepdims=True)
-            np.matmul(sc, v[h0:h1], out=ctx[h0:h1])
-
-        # Per-head products are small: single-threaded BLAS, with the heads split over our own
-        # threads instead (numpy releases the GIL in matmul and the softmax ufuncs).
-        nh = b * self.heads
-        threads = min(get_num_threads(), nh) if nh * s * s * hd >= ATTN_PAR_MIN else 1
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        # Per-head products are small: threaded BLAS only adds wake-up stalls here.
         with single_threaded_blas():
-            if threads > 1:
-                cuts = [nh * i // threads for i in range(threads + 1)]
-                pool = _get_pool(threads)
-                for f in [pool.submit(heads, cuts[i], cuts[i + 1]) for i in range(threads)]:
-                    f.result()
-            else:
-                heads(0, nh)
-        ctx = ctx.reshape(b, self.heads, s, hd)
+            scores = np.matmul(q, k.transpose(0, 1, 3, 2))
+        scores *= cdt.type(self.scale or 1.0 / math.sqrt(hd))
+        if mask is not None:
+            scores += mask.astype(cdt, copy=False)
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        with single_threaded_blas():
+            ctx = np.matmul(scores, v)                    # (B, N, S, hd)
         return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, s, hidden).astype(x.dtype, copy=False)
