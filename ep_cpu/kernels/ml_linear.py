@@ -99,7 +99,9 @@ def pick_labels(labels: list, index: np.ndarray, is_str: bool) -> np.ndarray:
     return table.take(np.asarray(index, dtype=np.intp).reshape(-1))
 
 
-def _label_array(values: list, is_str: bool) -> np.ndarray:
+def _label_array(values: list | np.ndarray, is_str: bool) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.ndim == 1 and (values.dtype == object) == is_str:
+        return values   # already built by pick_labels
     if is_str:
         out = np.empty(len(values), dtype=object)
         out[:] = values
