@@ -113,6 +113,7 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
                         if t is not None and t.can_copy(HOST, dst))
         constants[slot(placed)] = transfer.copy(graph.initializers[name], dst)
     input_slots = [slot(v.name) for v in graph.inputs]
+    constant_names = graph.constant_initializers()
     for name in graph.outer_scope:
         slot(name)
     steps = []
@@ -125,7 +126,15 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
         elif a.compiled is not None:
             kern = _CompiledKernel(a.compiled)
         else:
-            ctx = KernelContext(a.provider, make_subgraph_runner, session_options)
+            ctx = KernelContext(
+                a.provider, session_options,
+                constant_inputs={k: graph.initializers[i] for k, i in enumerate(node.inputs)
+                                 if i in constant_names},
+                subgraph_runners={name: ([make_subgraph_runner(g) for g in v] if isinstance(v, list)
+                                         else make_subgraph_runner(v))
+                                  for name, v in node.attrs.items()
+                                  if isinstance(v, Graph) or (isinstance(v, list) and v and isinstance(v[0], Graph))},
+                intra_op_threads=int(getattr(session_options, "intra_op_num_threads", 0) or 0))
             try:
                 kern = a.kernel_def.factory(node, ctx)
             except EPError:

@@ -80,6 +80,19 @@ class Graph:
     opset_imports: dict[str, int]
     name: str = ""
     outer_scope: set[str] = field(default_factory=set)  # names visible from enclosing graphs
+    ir_version: int = onnx.IR_VERSION                    # of the model the graph belongs to
+
+    def overridable_initializers(self) -> set[str]:
+        """THE constness rule (ONNX IR spec): an initializer may be replaced by a feed only when it
+        is also listed as a graph input and the model's IR version is 4 or later. Every stage asks
+        this method (or `constant_initializers`); nothing else decides it."""
+        if self.ir_version < 4:
+            return set()
+        return {v.name for v in self.inputs if v.name in self.initializers}
+
+    def constant_initializers(self) -> set[str]:
+        """Initializers no feed can replace: their values are known at session build."""
+        return set(self.initializers) - self.overridable_initializers()
 
     def type_of(self, name: str) -> onnx.TypeProto | None:
         vi = self.value_info.get(name)
@@ -134,7 +147,8 @@ class Graph:
         return order
 
 
-def attribute_value(attr: AttributeProto, opset_imports: dict[str, int], outer: set[str]) -> Any:
+def attribute_value(attr: AttributeProto, opset_imports: dict[str, int], outer: set[str],
+                    ir_version: int = onnx.IR_VERSION) -> Any:
     """Python value of an attribute; subgraphs become Graph objects."""
     t = attr.type
     if t == AttributeProto.FLOAT:
@@ -148,7 +162,7 @@ def attribute_value(attr: AttributeProto, opset_imports: dict[str, int], outer: 
     if t == AttributeProto.SPARSE_TENSOR:
         return sparse_to_dense(attr.sparse_tensor)
     if t == AttributeProto.GRAPH:
-        return graph_from_proto(attr.g, opset_imports, outer)
+        return graph_from_proto(attr.g, opset_imports, outer, ir_version)
     if t == AttributeProto.FLOATS:
         return [float(x) for x in attr.floats]
     if t == AttributeProto.INTS:
@@ -158,7 +172,7 @@ def attribute_value(attr: AttributeProto, opset_imports: dict[str, int], outer: 
     if t == AttributeProto.TENSORS:
         return [numpy_helper.to_array(x) for x in attr.tensors]
     if t == AttributeProto.GRAPHS:
-        return [graph_from_proto(g, opset_imports, outer) for g in attr.graphs]
+        return [graph_from_proto(g, opset_imports, outer, ir_version) for g in attr.graphs]
     if t == AttributeProto.TYPE_PROTO:
         return attr.tp
     if t == AttributeProto.TYPE_PROTOS:
@@ -188,7 +202,7 @@ def _schema_version(op_type: str, domain: str, opset: int) -> int:
 
 
 def graph_from_proto(gp: onnx.GraphProto, opset_imports: dict[str, int],
-                     outer_scope: set[str] | None = None) -> Graph:
+                     outer_scope: set[str] | None = None, ir_version: int = onnx.IR_VERSION) -> Graph:
     """Build a Graph (recursively for subgraphs) from a GraphProto whose shapes are inferred."""
     outer_scope = set(outer_scope or ())
     initializers = {t.name: numpy_helper.to_array(t) for t in gp.initializer}
@@ -212,7 +226,7 @@ def graph_from_proto(gp: onnx.GraphProto, opset_imports: dict[str, int],
     for k, np_ in enumerate(gp.node):
         domain = "" if np_.domain in ("", "ai.onnx") else np_.domain
         opset = opset_imports.get(domain, 0)
-        attrs = {a.name: attribute_value(a, opset_imports, visible) for a in np_.attribute}
+        attrs = {a.name: attribute_value(a, opset_imports, visible, ir_version) for a in np_.attribute}
         node = Node(op_type=np_.op_type, inputs=list(np_.input), outputs=list(np_.output),
                     name=np_.name or f"{np_.op_type}_{k}", domain=domain, attrs=attrs,
                     since_version=_schema_version(np_.op_type, domain, opset), opset=opset,
@@ -222,7 +236,7 @@ def graph_from_proto(gp: onnx.GraphProto, opset_imports: dict[str, int],
         node.implicit_inputs = _implicit_inputs(node)
         nodes.append(node)
     return Graph(nodes, inputs, outputs, initializers, value_info, dict(opset_imports),
-                 name=gp.name, outer_scope=outer_scope)
+                 name=gp.name, outer_scope=outer_scope, ir_version=ir_version)
 
 
 def _implicit_inputs(node: Node) -> list[str]:

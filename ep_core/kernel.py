@@ -35,11 +35,19 @@ class KernelDef:
 
 
 class Kernel:
-    """Base of every kernel. `__init__` parses attributes once; `compute(*inputs)` returns outputs.
+    """Base of every kernel, CPU, CUDA or a plugin's.
 
-    Inputs arrive in node order (None for omitted optionals), followed by the values of
-    `node.implicit_inputs` for nodes with subgraphs. `compute` returns a tuple/list of outputs or a
-    single array for single-output ops.
+    Contract (the executor relies on it; `normalize_outputs` enforces it in one place):
+    * `__init__(node, ctx)` runs once per node at session build. It parses attributes (`self.attr`
+      already has the schema's defaults filled in), may precompute from constant inputs
+      (`ctx.constant_input(k)`) and takes its subgraph runners from `ctx.subgraph_runners`. It may
+      not call back into the session or keep references to other nodes.
+    * `compute(*inputs)` runs once per execution of the node, possibly from several threads at
+      once (different runs): it may not mutate `self`. Inputs arrive in node order (None for
+      omitted optionals), followed by the values of `node.implicit_inputs` for nodes with
+      subgraphs. It may not write into its inputs. It returns one value for a single-output op,
+      or a tuple with one entry per node output (None for an omitted optional output). A list
+      returned for a single-output op is a sequence value.
     """
 
     def __init__(self, node: Node, ctx: "KernelContext"):
@@ -47,18 +55,80 @@ class Kernel:
         self.ctx = ctx
 
     def attr(self, name: str, default: Any = None) -> Any:
-        return self.node.attrs.get(name, default)
+        """Attribute value: the node's, else the schema's default, else `default`."""
+        value = self.node.attrs.get(name)
+        if value is not None:
+            return value
+        defaults = schema_defaults(self.node)
+        return defaults.get(name, default)
 
     def compute(self, *inputs):  # pragma: no cover - abstract
         raise NotImplementedError
 
 
+def normalize_outputs(outs: Any, n_outputs: int) -> tuple:
+    """The one place a kernel's return value becomes a tuple of outputs (see Kernel)."""
+    if isinstance(outs, tuple):
+        return outs
+    if isinstance(outs, list) and n_outputs > 1:
+        return tuple(outs)
+    return (outs,)
+
+
 @dataclass
 class KernelContext:
-    """What a kernel may ask of its surroundings at build time."""
-    provider: Any                       # the ExecutionProvider the node was assigned to
-    make_subgraph_runner: Callable | None = None  # (Graph) -> runner(feeds: list, outer: dict) -> list
+    """What a kernel learns about its node at creation (as onnxruntime's OpKernelInfo).
+
+    Built by the plan stage for every kernel of every provider, plugins included.
+    """
+    provider: Any                                   # the ExecutionProvider the node was assigned to
     session_options: Any = None
+    constant_inputs: dict[int, Any] = field(default_factory=dict)  # input position -> host value
+    subgraph_runners: dict[str, Any] = field(default_factory=dict)  # attribute name -> runner
+    intra_op_threads: int = 0                        # 0: the provider's default
+
+    def constant_input(self, k: int) -> Any | None:
+        """The value of input `k` when it is a constant of the session (never a feed), else None.
+
+        Kernels may cache anything derived from it (packed weights, folded shapes)."""
+        return self.constant_inputs.get(k)
+
+    def is_constant(self, k: int) -> bool:
+        return k in self.constant_inputs
+
+    def subgraph_runner(self, attribute: str) -> Any:
+        """The ready runner of a graph attribute: `run(feeds: list, outer: dict) -> list`.
+
+        `outer` maps the node's `implicit_inputs` names (as in the model) to their values."""
+        try:
+            return self.subgraph_runners[attribute]
+        except KeyError:
+            raise RuntimeError(f"no runner was planned for graph attribute '{attribute}'") from None
+
+
+_schema_defaults: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+
+def schema_defaults(node: Node) -> dict[str, Any]:
+    """Attribute defaults of the node's ONNX schema (decoded to Python values), cached per schema."""
+    key = (node.domain, node.op_type, node.since_version)
+    found = _schema_defaults.get(key)
+    if found is None:
+        found = {}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, node.opset or node.since_version, node.domain)
+        except onnx.defs.SchemaError:
+            schema = None
+        if schema is not None:
+            for name, a in schema.attributes.items():
+                if a.default_value is not None and a.default_value.type != 0:
+                    found[name] = onnx.helper.get_attribute_value(a.default_value)
+                    if isinstance(found[name], bytes):
+                        found[name] = found[name].decode("utf-8", errors="surrogateescape")
+                    elif isinstance(found[name], list) and found[name] and isinstance(found[name][0], bytes):
+                        found[name] = [s.decode("utf-8", errors="surrogateescape") for s in found[name]]
+        _schema_defaults[key] = found
+    return found
 
 
 def _type_constraint_positions(node: Node) -> dict[str, list[tuple[str, int]]]:

@@ -14,6 +14,7 @@ import onnx
 from . import providers as provider_registry
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .executor import Plan, build_plan
+from .feeds import FeedSpec, check_feeds
 from .graph import Graph, graph_from_proto
 from . import offline, profiling
 from .optimizer import optimize
@@ -21,7 +22,7 @@ from .options import RunOptions, SessionOptions
 from .parallel import run_plan
 from .partition import COPY_OPS, insert_copy_nodes, partition
 from .provider import ExecutionProvider
-from .types import tensor_dtype, tensor_shape, type_string
+from .types import type_string
 
 log = logging.getLogger("ep_core")
 
@@ -147,13 +148,11 @@ class InferenceSession:
             preoptimized = graph is not None
             if not preoptimized:
                 self._model = check_and_infer(self._model)
-                graph = graph_from_proto(self._model.graph, opset_imports(self._model))
+                graph = graph_from_proto(self._model.graph, opset_imports(self._model),
+                                         ir_version=self._model.ir_version)
             self._opsets = opset_imports(self._model)
-        self._inputs_vi = list(graph.inputs)
-        # Classified before optimizing (folding may drop initializers). Before IR 4 every
-        # initializer is listed as an input but is a constant, as in onnxruntime.
-        self._initializer_names = set(graph.initializers)
-        self._overridable = self._initializer_names if self._model.ir_version >= 4 else set()
+        # Taken before optimizing (folding may drop initializers).
+        self._feed_spec = FeedSpec.of(graph)
         self._outputs_vi = list(graph.outputs)
         # 2. Optimize (fusions are checked against the providers' kernels, so resolve them first)
         self._providers = resolve_providers(providers, provider_options)
@@ -199,7 +198,7 @@ class InferenceSession:
     # --- 7. Run ---------------------------------------------------------------------------------
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
             run_options: RunOptions | None = None) -> list[Any]:
-        feeds = self._check_feeds(input_feed)
+        feeds = check_feeds(input_feed, self._feed_spec)
         fetch_slots = self._fetch_slots(output_names)
         for p in self._providers:
             p.on_run_start(run_options)
@@ -226,70 +225,15 @@ class InferenceSession:
                                   f"{list(by_name)}")
         return [by_name[n] for n in output_names]
 
-    def _check_feeds(self, input_feed: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(input_feed, dict):
-            raise InvalidArgument(f"input_feed must be a dict of name -> value, got {type(input_feed).__name__}")
-        declared = {v.name: v for v in self._inputs_vi}
-        unknown = [n for n in input_feed if n not in declared]
-        if unknown:
-            raise InvalidArgument(f"invalid feed name(s) {unknown}; the model's inputs are "
-                                  f"{[v.name for v in self._inputs_vi]}")
-        fixed = [n for n in input_feed if n in self._initializer_names and n not in self._overridable]
-        if fixed:
-            raise InvalidArgument(f"feed(s) {fixed} name initializers of an IR version "
-                                  f"{self._model.ir_version} model, which are constants")
-        required = [v.name for v in self._inputs_vi if v.name not in self._initializer_names]
-        missing = [n for n in required if n not in input_feed]
-        if missing:
-            raise InvalidArgument(f"missing feed(s) for required input(s) {missing}")
-        feeds = {}
-        for name, value in input_feed.items():
-            vi = declared[name]
-            kind = vi.type.WhichOneof("value") if vi.type is not None else None
-            if kind == "tensor_type":
-                value = self._check_tensor_feed(name, value, vi)
-            feeds[name] = value
-        return feeds
-
-    @staticmethod
-    def _check_tensor_feed(name: str, value: Any, vi) -> np.ndarray:
-        if not isinstance(value, np.ndarray):
-            try:
-                value = np.asarray(value)
-            except Exception as e:
-                raise InvalidArgument(f"feed '{name}': cannot convert {type(value).__name__} to an "
-                                      f"array: {e}") from e
-        want = tensor_dtype(vi.type)
-        got = value.dtype
-        if want is not None:
-            same = got == want or (want == object and got.kind in "OUS")
-            if not same:
-                raise InvalidArgument(f"feed '{name}' has dtype {got} but the model expects "
-                                      f"{type_string(vi.type)} ({want})")
-            if want == object and got.kind in "US":
-                value = value.astype(object)
-        shape = tensor_shape(vi.type)
-        if shape is not None:
-            if value.ndim != len(shape):
-                raise InvalidArgument(f"feed '{name}' has rank {value.ndim} (shape {list(value.shape)}) "
-                                      f"but the model expects rank {len(shape)} (shape {shape})")
-            for axis, (d, w) in enumerate(zip(value.shape, shape)):
-                if isinstance(w, int) and d != w:
-                    raise InvalidArgument(f"feed '{name}' has dimension {d} at axis {axis} but the "
-                                          f"model expects {w} (shape {shape})")
-        return value
-
     # --- Introspection (onnxruntime names) ------------------------------------------------------
     def get_inputs(self) -> list[NodeArg]:
-        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
-                if v.name not in self._initializer_names]
+        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._feed_spec.required]
 
     def get_outputs(self) -> list[NodeArg]:
         return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._outputs_vi]
 
     def get_overridable_initializers(self) -> list[NodeArg]:
-        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._inputs_vi
-                if v.name in self._overridable]
+        return [NodeArg(v.name, type_string(v.type), v.shape) for v in self._feed_spec.overridable]
 
     def get_providers(self) -> list[str]:
         return [p.type for p in self._providers]

@@ -218,9 +218,7 @@ class FlexAttention(Kernel):
         for name in ("score_mod", "prob_mod"):
             g = self.attr(name)
             if g is not None:
-                if ctx is None or ctx.make_subgraph_runner is None:
-                    raise RuntimeError("FlexAttention modifiers need a subgraph runner")
-                self.mods[name] = (g, ctx.make_subgraph_runner(g))
+                self.mods[name] = (g, ctx.subgraph_runner(name))
 
     def _apply(self, name, x, outer_vals):
         if name not in self.mods:

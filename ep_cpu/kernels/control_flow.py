@@ -10,12 +10,6 @@ from ep_core.kernel import Kernel
 from ep_cpu.registry import kernel
 
 
-def _make_runner(k: Kernel, graph: Graph):
-    if k.ctx is None or getattr(k.ctx, "make_subgraph_runner", None) is None:
-        raise RuntimeError(f"{k.node.describe()}: no subgraph runner available for its body")
-    return k.ctx.make_subgraph_runner(graph)
-
-
 def _split(k: Kernel, inputs: tuple) -> tuple[list, dict[str, Any]]:
     """Own inputs (padded with None) and the outer-scope dict for the body."""
     n = len(k.node.inputs)
@@ -39,8 +33,8 @@ def _empty_stack(graph: Graph, index: int, fallback_dtype) -> np.ndarray:
 class If(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.then_run = _make_runner(self, self.attr("then_branch"))
-        self.else_run = _make_runner(self, self.attr("else_branch"))
+        self.then_run = ctx.subgraph_runner("then_branch")
+        self.else_run = ctx.subgraph_runner("else_branch")
 
     def compute(self, *inputs):
         own, outer = _split(self, inputs)
@@ -56,7 +50,7 @@ class Loop(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.body: Graph = self.attr("body")
-        self.run = _make_runner(self, self.body)
+        self.run = ctx.subgraph_runner("body")
         # body: (iter_num, cond, v_1..v_N) -> (cond, v_1..v_N, scan_1..scan_K)
         self.n_carried = len(self.body.inputs) - 2
         self.n_scan = len(self.body.outputs) - 1 - self.n_carried
@@ -100,7 +94,7 @@ class Scan(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.body: Graph = self.attr("body")
-        self.run = _make_runner(self, self.body)
+        self.run = ctx.subgraph_runner("body")
         self.m = int(self.attr("num_scan_inputs"))
         self.n = len(self.body.inputs) - self.m
         self.k = len(self.body.outputs) - self.n
@@ -147,7 +141,7 @@ class Scan8(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.body: Graph = self.attr("body")
-        self.run = _make_runner(self, self.body)
+        self.run = ctx.subgraph_runner("body")
         self.m = int(self.attr("num_scan_inputs"))
         self.n = len(self.body.inputs) - self.m
         self.k = len(self.body.outputs) - self.n

@@ -70,9 +70,7 @@ class SequenceLength(Kernel):
 class SequenceMap(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        if ctx is None or getattr(ctx, "make_subgraph_runner", None) is None:
-            raise RuntimeError(f"{node.describe()}: no subgraph runner available for its body")
-        self.run = ctx.make_subgraph_runner(self.attr("body"))
+        self.run = ctx.subgraph_runner("body")
 
     def compute(self, *inputs):
         n = len(self.node.inputs)
