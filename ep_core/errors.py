@@ -31,3 +31,11 @@ class Fail(EPError):
 
 class IncompatiblePlugin(InvalidArgument):
     """A provider plugin cannot be used: ABI version mismatch, missing symbol, not a provider."""
+
+
+class ResourceLimit(Fail):
+    """A node would allocate more than the session's limit (`SessionOptions.max_tensor_bytes`)."""
+
+
+class RunTerminated(Fail):
+    """The run was cancelled: `RunOptions.terminate` was set, or its deadline passed."""

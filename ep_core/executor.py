@@ -134,7 +134,8 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
                                          else make_subgraph_runner(v))
                                   for name, v in node.attrs.items()
                                   if isinstance(v, Graph) or (isinstance(v, list) and v and isinstance(v[0], Graph))},
-                intra_op_threads=int(getattr(session_options, "intra_op_num_threads", 0) or 0))
+                intra_op_threads=int(getattr(session_options, "intra_op_num_threads", 0) or 0),
+                max_tensor_bytes=int(getattr(session_options, "max_tensor_bytes", 0) or 0))
             try:
                 kern = a.kernel_def.factory(node, ctx)
             except EPError:

@@ -86,6 +86,7 @@ class KernelContext:
     constant_inputs: dict[int, Any] = field(default_factory=dict)  # input position -> host value
     subgraph_runners: dict[str, Any] = field(default_factory=dict)  # attribute name -> runner
     intra_op_threads: int = 0                        # 0: the provider's default
+    max_tensor_bytes: int = 0                        # 0: no limit but the machine's memory
 
     def constant_input(self, k: int) -> Any | None:
         """The value of input `k` when it is a constant of the session (never a feed), else None.
@@ -95,6 +96,23 @@ class KernelContext:
 
     def is_constant(self, k: int) -> bool:
         return k in self.constant_inputs
+
+    def check_output_size(self, node: Node, shape: Iterable[int], dtype: Any) -> None:
+        """Raise ResourceLimit *before* allocating an output of `shape` x `dtype` larger than the
+        session's limit. Kernels whose output size comes from input data (ConstantOfShape, Expand,
+        Tile, Range, Resize, Pad, ...) call it; a negative dim is InvalidArgument."""
+        from .errors import InvalidArgument, ResourceLimit
+        count = 1
+        for d in shape:
+            d = int(d)
+            if d < 0:
+                raise InvalidArgument(f"{node.describe()}: output shape {list(shape)} has a negative dim")
+            count *= d
+        nbytes = count * np.dtype(dtype).itemsize
+        if self.max_tensor_bytes and nbytes > self.max_tensor_bytes:
+            raise ResourceLimit(f"{node.describe()}: output of shape {list(shape)} ({np.dtype(dtype)}) "
+                                f"needs {nbytes} bytes, above the session's max_tensor_bytes "
+                                f"{self.max_tensor_bytes}")
 
     def subgraph_runner(self, attribute: str) -> Any:
         """The ready runner of a graph attribute: `run(feeds: list, outer: dict) -> list`.

@@ -36,6 +36,9 @@ class SessionOptions:
         self.enable_cpu_mem_arena: bool = True
         self.use_deterministic_compute: bool = False
         self.disabled_optimizers: list[str] = []
+        # ep_core's own: the largest tensor one node may create (0: no limit); a server taking
+        # untrusted models sets it so an allocation bomb is refused before anything is allocated.
+        self.max_tensor_bytes: int = 0
         self._config: dict[str, str] = {}
 
     def add_session_config_entry(self, key: str, value: str) -> None:
