@@ -8,14 +8,14 @@ nodes a provider compiled as one group are written as their original member node
 type goes into `value_info`, and large initializers go to `<file>.data` next to the model
 (onnx's external-data format, 64-byte aligned).
 
-On load, a model marked `ep_core.optimized` in its `metadata_props` skips the checker, shape
-inference and the optimizer; its external initializers are memory-mapped copy-on-write instead
-of read; copy nodes are dropped (partitioning puts them back for the session's providers).
+Loading such a model is `ep_core.load`'s job, like any other model: it is validated in full
+(metadata can never switch validation off), its external data read under the same rules; only
+the session's optimizer is skipped, and its copy nodes are dropped (partitioning puts them back
+for the session's providers).
 """
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from typing import Any
 
@@ -23,14 +23,13 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from .graph import Graph, Node, ValueInfo, graph_from_proto
-from .graph_edit import OWN_DOMAIN, OWN_DOMAIN_VERSION, GraphEditor
+from .graph import Graph, Node, ValueInfo
+from .graph_edit import OWN_DOMAIN, OWN_DOMAIN_VERSION
+from .load import COPY_OPS, META_OPTIMIZED
 
-META_OPTIMIZED = "ep_core.optimized"
 FORMAT_VERSION = "1"
 EXTERNAL_MIN_BYTES = 1024   # smaller tensors stay inline (a mapping per tensor would cost more)
 ALIGN = 64
-COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 _EXTERNAL_DTYPES = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
                                           np.int32, np.int64, np.uint8, np.uint16, np.uint32,
                                           np.uint64, np.bool_, np.complex64, np.complex128)}
@@ -216,81 +215,3 @@ def save_optimized(path: str, source: onnx.ModelProto, graph: Graph, assigned: d
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
     return path
-
-
-# --- loading ----------------------------------------------------------------------------------
-
-def is_optimized(model: onnx.ModelProto) -> bool:
-    return any(p.key == META_OPTIMIZED for p in model.metadata_props)
-
-
-def _uses_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-def load(path_or_bytes: Any) -> tuple[onnx.ModelProto, Graph | None]:
-    """(model, graph): graph is the ready-to-partition Graph for a model this module wrote, else
-    None (the caller checks, infers and builds it as for any model)."""
-    from .session import load_model   # typed errors for missing files and bad bytes
-    if isinstance(path_or_bytes, (str, os.PathLike)) and os.path.isfile(os.fspath(path_or_bytes)):
-        path = os.fspath(path_or_bytes)
-        try:
-            model = onnx.load(path, load_external_data=False)
-        except Exception:
-            model = None
-        if model is not None and model.HasField("graph"):
-            base = os.path.dirname(os.path.abspath(path))
-            if is_optimized(model):
-                return model, graph_from_optimized(model, base)
-            if _uses_external(model):
-                onnx.external_data_helper.load_external_data_for_model(model, base)
-            return model, None
-    model = load_model(path_or_bytes)
-    if is_optimized(model):
-        return model, graph_from_optimized(model, None)
-    return model, None
-
-
-def _opsets(model: onnx.ModelProto) -> dict[str, int]:
-    ops = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
-    ops.setdefault("", 1)
-    return ops
-
-
-def graph_from_optimized(model: onnx.ModelProto, base_dir: str | None) -> Graph:
-    """Build the Graph of an optimized model: external weights mapped, copy nodes removed."""
-    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    if not external:
-        gp = model.graph
-    else:
-        gp = onnx.GraphProto()
-        gp.CopyFrom(model.graph)
-        inline = [t for t in gp.initializer if t.data_location != TensorProto.EXTERNAL]
-        del gp.initializer[:]
-        gp.initializer.extend(inline)
-        for t in external:
-            gp.value_info.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    graph = graph_from_proto(gp, _opsets(model))
-    maps: dict[str, mmap.mmap] = {}
-    for t in external:
-        info = {e.key: e.value for e in t.external_data}
-        location = os.path.join(base_dir or ".", info["location"])
-        if location not in maps:
-            with open(location, "rb") as f:
-                maps[location] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<")
-        count = int(np.prod(t.dims, dtype=np.int64))
-        arr = np.frombuffer(maps[location], dtype=dtype, count=count, offset=int(info.get("offset", 0)))
-        graph.initializers[t.name] = arr.reshape(tuple(t.dims))
-    _drop_copy_nodes(graph)
-    return graph
-
-
-def _drop_copy_nodes(graph: Graph) -> None:
-    """Copy nodes belong to the providers of the session that wrote the model: re-derive them."""
-    ed = GraphEditor(graph)
-    for n in ed.nodes():
-        if n.domain == OWN_DOMAIN and n.op_type in COPY_OPS:
-            ed.remove(n)
-            ed.replace_uses(n.outputs[0], n.inputs[0])
-    ed.commit()

@@ -16,7 +16,7 @@ from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .executor import Plan, build_plan
 from .feeds import FeedSpec, check_feeds
 from .graph import Graph, graph_from_proto
-from . import offline, profiling
+from . import load, offline, profiling
 from .optimizer import optimize
 from .options import RunOptions, SessionOptions
 from .parallel import run_plan
@@ -44,54 +44,6 @@ class ModelMetadata:
     graph_description: str
     version: int
     custom_metadata_map: dict[str, str]
-
-
-# --- 1. Load ----------------------------------------------------------------------------------
-
-def load_model(path_or_bytes: str | bytes | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Parse a path, serialized bytes or ModelProto; typed errors for missing files / bad bytes."""
-    if isinstance(path_or_bytes, onnx.ModelProto):
-        return path_or_bytes
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        model = onnx.ModelProto()
-        try:
-            model.ParseFromString(bytes(path_or_bytes))
-        except Exception as e:
-            raise InvalidProtobuf(f"model bytes ({len(path_or_bytes)} bytes) are not a valid ONNX "
-                                  f"ModelProto: {e}") from e
-        if not model.HasField("graph"):
-            raise InvalidProtobuf(f"model bytes ({len(path_or_bytes)} bytes) parse but hold no graph")
-        return model
-    path = os.fspath(path_or_bytes)
-    if not os.path.isfile(path):
-        raise NoSuchFile(f"model file '{path}' does not exist")
-    try:
-        model = onnx.load(path)
-    except Exception as e:
-        raise InvalidProtobuf(f"model file '{path}' is not a valid ONNX model: {e}") from e
-    if not model.HasField("graph"):
-        raise InvalidProtobuf(f"model file '{path}' holds no graph")
-    return model
-
-
-def check_and_infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.checker then shape inference (best effort: models with custom ops keep their types)."""
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise InvalidGraph(f"model '{model.graph.name}' failed the ONNX checker: {e}") from e
-    try:
-        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False,
-                                                 data_prop=True)
-    except Exception as e:  # inference is an aid, not a requirement (custom domains, odd models)
-        log.warning("shape inference failed for model '%s': %s", model.graph.name, e)
-        return model
-
-
-def opset_imports(model: onnx.ModelProto) -> dict[str, int]:
-    ops = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
-    ops.setdefault("", 1)
-    return ops
 
 
 # --- 3. Providers -------------------------------------------------------------------------------
@@ -142,15 +94,11 @@ class InferenceSession:
                  **kwargs: Any) -> None:
         self._options = sess_options or SessionOptions()
         self._profiler = profiling.Profiler.for_session(self._options)
-        # 1. Load (a model written via optimized_model_filepath comes back typed and optimized)
+        # 1. Load (validated always; a model written via optimized_model_filepath skips the optimizer)
         with self._profiler.phase("load"):
-            self._model, graph = offline.load(path_or_bytes)
-            preoptimized = graph is not None
-            if not preoptimized:
-                self._model = check_and_infer(self._model)
-                graph = graph_from_proto(self._model.graph, opset_imports(self._model),
-                                         ir_version=self._model.ir_version)
-            self._opsets = opset_imports(self._model)
+            loaded = load.load(path_or_bytes, self._options)
+            self._model, graph, self._opsets = loaded.model, loaded.graph, loaded.opsets
+            preoptimized = loaded.preoptimized
         # Taken before optimizing (folding may drop initializers).
         self._feed_spec = FeedSpec.of(graph)
         self._outputs_vi = list(graph.outputs)

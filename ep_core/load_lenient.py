@@ -1,0 +1,162 @@
+"""Where onnx's checker is stricter than onnxruntime, the load stage adjusts its weightless copy
+of the model (never the model itself) so the check can run, and says so with a warning.
+
+Each adjustment is one onnxruntime accepts and that leaves the model's meaning defined:
+- IR version missing, below 3 or an IR 3 model whose initializers are not graph inputs: the copy
+  is checked under IR 4 rules (the session still applies the model's own IR constness rule);
+- main-graph inputs/outputs declared without a shape, outputs without a type: a placeholder is
+  checked and removed again before inference;
+- nodes out of topological order: the copy is sorted (a cycle is refused);
+- declared shapes that contradict inference: stripped, and inference run again (strict).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+
+from .errors import InvalidGraph
+
+Warn = Callable[[str], None]
+
+
+def relax_for_checker(model: onnx.ModelProto, label: str, warn: Warn) -> list[Callable[[], None]]:
+    """Adjust `model` for onnx.checker; returns the undo steps to run before shape inference."""
+    g = model.graph
+    if model.ir_version < 4:
+        inputs = {v.name for v in g.input}
+        if model.ir_version == 0:
+            warn(f"{label} sets no ir_version; it is checked under IR 4 rules, as onnxruntime "
+                 f"loads it")
+        elif model.ir_version < 3:
+            warn(f"{label} has IR version {model.ir_version}, older than opset imports; it is "
+                 f"checked under IR 4 rules, as onnxruntime loads it")
+        elif any(t.name not in inputs for t in g.initializer):
+            warn(f"{label} is an IR 3 model with initializers that are not graph inputs; "
+                 f"onnxruntime loads it, and so do we (they stay constants)")
+        model.ir_version = 4
+    undo: list[Callable[[], None]] = []
+    for vi, is_output in [(v, False) for v in g.input] + [(v, True) for v in g.output]:
+        kind = vi.type.WhichOneof("value") if vi.HasField("type") else None
+        if kind is None and is_output:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+            vi.type.tensor_type.shape.SetInParent()
+            undo.append(lambda vi=vi: vi.ClearField("type"))
+        elif kind in ("tensor_type", "sparse_tensor_type"):
+            tt = getattr(vi.type, kind)
+            if not tt.HasField("shape"):
+                tt.shape.SetInParent()
+                undo.append(lambda tt=tt: tt.ClearField("shape"))
+    return undo
+
+
+def strip_declared_shapes(model: onnx.ModelProto) -> None:
+    """Drop declared shapes of intermediate values (every graph) and of the main outputs."""
+    for g in _graphs(model.graph):
+        for vi in g.value_info:
+            _clear_shape(vi)
+    for vi in model.graph.output:
+        _clear_shape(vi)
+
+
+def _clear_shape(vi: onnx.ValueInfoProto) -> None:
+    kind = vi.type.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        getattr(vi.type, kind).ClearField("shape")
+
+
+def _graphs(g: onnx.GraphProto):
+    stack = [g]
+    while stack:
+        g = stack.pop()
+        yield g
+        for n in g.node:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    stack.append(a.g)
+                stack.extend(a.graphs)
+
+
+# --- topological order ----------------------------------------------------------------------------
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Names the node's bodies read from enclosing graphs (all nesting levels)."""
+    used: set[str] = set()
+    defined: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for g in _graphs(sub):
+                defined.update(v.name for v in g.input)
+                defined.update(t.name for t in g.initializer)
+                defined.update(s.values.name for s in g.sparse_initializer)
+                for n in g.node:
+                    used.update(n.input)
+                    defined.update(n.output)
+                used.update(v.name for v in g.output)
+    return used - defined
+
+
+def sort_nodes(model: onnx.ModelProto, label: str, warn: Warn) -> None:
+    """Put every graph's nodes in topological order (onnxruntime sorts; onnx's checker refuses
+    unsorted graphs). Names nobody produces are left for the checker to report."""
+    stack: list[tuple[onnx.GraphProto, set[str], str]] = [(model.graph, set(), "main graph")]
+    while stack:
+        g, outer, where = stack.pop()
+        available = outer | {v.name for v in g.input} | {t.name for t in g.initializer}
+        available |= {s.values.name for s in g.sparse_initializer} | {""}
+        produced = {o for n in g.node for o in n.output if o}
+        needs = [[i for i in list(n.input) + sorted(_subgraph_reads(n)) if i in produced]
+                 if _has_subgraph(n) else [i for i in n.input if i in produced] for n in g.node]
+        seen = set(available)
+        in_order = True
+        for n, deps in zip(g.node, needs):
+            if any(d not in seen for d in deps):
+                in_order = False
+                break
+            seen.update(n.output)
+        if not in_order:
+            _reorder(g, needs, available, f"{label}, {where}")
+            warn(f"{label}: nodes of the {where} are not in topological order; they are sorted, "
+                 f"as onnxruntime does")
+        visible = available | produced
+        for n in g.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    stack.append((sub, visible, f"body '{a.name}' of node '{n.name}'"))
+
+
+def _has_subgraph(n: onnx.NodeProto) -> bool:
+    return any(a.HasField("g") or len(a.graphs) for a in n.attribute)
+
+
+def _reorder(g: onnx.GraphProto, needs: list[list[str]], available: set[str], where: str) -> None:
+    import heapq
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
+    waiting: dict[int, list[int]] = {}
+    missing = []
+    for k, deps in enumerate(needs):
+        pending = {producer[d] for d in deps if d not in available}
+        missing.append(len(pending))
+        for p in pending:
+            waiting.setdefault(p, []).append(k)
+    heap = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        k = heapq.heappop(heap)
+        order.append(k)
+        for c in waiting.get(k, ()):
+            missing[c] -= 1
+            if missing[c] == 0:
+                heapq.heappush(heap, c)
+    if len(order) != len(g.node):
+        stuck = sorted(g.node[k].name or g.node[k].op_type for k in set(range(len(g.node))) - set(order))
+        raise InvalidGraph(f"{where} has a cycle through node(s) {', '.join(stuck[:5])}")
+    nodes = [g.node[k] for k in order]
+    copies = []
+    for n in nodes:
+        c = onnx.NodeProto()
+        c.CopyFrom(n)
+        copies.append(c)
+    del g.node[:]
+    g.node.extend(copies)
