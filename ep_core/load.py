@@ -21,21 +21,25 @@ step too; only the optimizer is skipped by the session, and its copy nodes are d
 """
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from . import validate
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
-from .external_data import ExternalFiles, byte_size, check_tensor, elem_count, iter_tensors, to_array
+from .load_tensors import (ExternalFiles, byte_size, check_tensor, elem_count, iter_tensors,
+                           sparse_to_array, to_array)
 from .graph import Graph, graph_from_proto
 from .graph_edit import OWN_DOMAIN, GraphEditor
+from .load_wire import Source, Span, split_weights
 from .options import SessionOptions
 
 META_OPTIMIZED = "ep_core.optimized"
@@ -62,26 +66,21 @@ class LoadedModel:
 def load(path_or_bytes: Any, options: SessionOptions | None = None) -> LoadedModel:
     """Read, validate and shape-infer a model; see the module docstring for the steps."""
     options = options or SessionOptions()
-    model, folder, owned, label = _read(path_or_bytes)
-    if folder is None:
-        folder = options.config.get(EXTERNAL_FOLDER_KEY) or None
-        hint = (f"the model was given as {'bytes' if owned else 'a ModelProto'}; name the folder "
-                f"holding its external data with the session config entry '{EXTERNAL_FOLDER_KEY}'")
-    else:
-        hint = ""
-    validate.check_structure(model, label)
-    validate.check_opsets(model, label)
-    validate.check_value_types(model, label)
-    opsets = validate.opset_map(model)
-    preoptimized = any(p.key == META_OPTIMIZED for p in model.metadata_props)
-    meta = _without_initializers(model) if owned else model
-    with ExternalFiles(folder, hint) as files:
-        light, big = _weightless(model, files, label)
+    with _Input(path_or_bytes, options) as src, ExternalFiles(src.folder, src.hint) as files:
+        model = src.model
+        label = src.label
+        validate.check_structure(model, label)
+        validate.check_opsets(model, label)
+        validate.check_value_types(model, label)
+        validate.check_sparse_sizes(model, label, int(getattr(options, "max_tensor_bytes", 0) or 0))
+        opsets = validate.opset_map(model)
+        preoptimized = any(p.key == META_OPTIMIZED for p in model.metadata_props)
+        meta = _without_initializers(model) if src.owned else model
+        light, big = _weightless(model, src, files)
         inferred = _check_and_infer(light, label)
         del light
-        graph = _build_graph(inferred, big, opsets, model.ir_version,
-                             [v.name for v in model.graph.input], files, label)
-    del model, big, inferred
+        graph = _build_graph(inferred, big, opsets, model.ir_version, model)
+        del model, big, inferred
     if preoptimized:
         _drop_copy_nodes(graph)
     validate.check_graph(graph)
@@ -90,58 +89,88 @@ def load(path_or_bytes: Any, options: SessionOptions | None = None) -> LoadedMod
 
 # --- 1. read ----------------------------------------------------------------------------------
 
-def _read(src: Any) -> tuple[onnx.ModelProto, str | None, bool, str]:
-    """(model, folder of its external data or None, parsed here?, label for messages)."""
-    if isinstance(src, onnx.ModelProto):
-        if not src.HasField("graph"):
-            raise InvalidProtobuf("the ModelProto given holds no graph")
-        return src, None, False, f"model '{src.graph.name}'"
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        data, folder, label = bytes(src), None, f"model bytes ({len(src)} bytes)"
-    elif isinstance(src, (str, os.PathLike)):
-        path = os.fspath(src)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        data = _read_file(path)
-        folder, label = os.path.dirname(os.path.abspath(path)), f"model file '{path}'"
-    else:
-        raise InvalidArgument(f"a model is a path, bytes or an onnx.ModelProto, not "
-                              f"{type(src).__name__}")
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except DecodeError as e:
-        raise InvalidProtobuf(f"{label} is not a valid ONNX ModelProto: {e}") from e
-    if not model.HasField("graph"):
-        raise InvalidProtobuf(f"{label} parses but holds no graph")
-    return model, folder, True, label
+class _Input:
+    """The model as given, parsed once: `model` (big raw weights lifted out when we parsed it),
+    `spans` (initializer index -> where its lifted bytes lie in `source`), the folder external
+    data may come from, and a label naming the model in messages."""
 
+    def __init__(self, src: Any, options: SessionOptions) -> None:
+        self.fd: int | None = None
+        self.source: Source | None = None
+        self.spans: dict[int, Span] = {}
+        self.folder: str | None = None
+        self.owned = True
+        if isinstance(src, onnx.ModelProto):
+            self.owned, self.model = False, src
+            self.label = f"model '{src.graph.name}'"
+            if not src.HasField("graph"):
+                raise InvalidProtobuf("the ModelProto given holds no graph")
+        elif isinstance(src, (bytes, bytearray, memoryview)):
+            data = bytes(src)
+            self.label = f"model bytes ({len(data)} bytes)"
+            self._parse(Source(len(data), data=data, label=self.label))
+        elif isinstance(src, (str, os.PathLike)):
+            path = os.fsdecode(os.fspath(src))
+            self.label = f"model file '{path}'"
+            self.folder = os.path.dirname(os.path.abspath(path))
+            try:
+                self._parse(Source(self._open(path), fd=self.fd, label=self.label))
+            except BaseException:
+                self.close()
+                raise
+        else:
+            raise InvalidArgument(f"a model is a path, bytes or an onnx.ModelProto, not "
+                                  f"{type(src).__name__}")
+        self.hint = ""
+        if self.folder is None:
+            self.folder = options.config.get(EXTERNAL_FOLDER_KEY) or None
+            kind = "bytes" if self.owned else "a ModelProto"
+            self.hint = (f"the model was given as {kind}; name the folder holding its external "
+                         f"data with the session config entry '{EXTERNAL_FOLDER_KEY}'")
 
-def _read_file(path: str) -> bytes:
-    try:   # O_NONBLOCK: a FIFO opens at once (and is refused below) instead of waiting
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise NoSuchFile(f"model file '{path}' does not exist") from e
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"cannot open model file '{path}': {e}") from e
-    try:
-        st = os.fstat(fd)
+    def _open(self, path: str) -> int:
+        try:   # O_NONBLOCK: a FIFO opens at once (and is refused below) instead of waiting
+            self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise NoSuchFile(f"model file '{path}' does not exist") from e
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"cannot open model file '{path}': {e}") from e
+        st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
             raise InvalidArgument(f"model path '{path}' is not a regular file")
         if st.st_size > MAX_MODEL_BYTES:
             raise InvalidProtobuf(f"model file '{path}' has {st.st_size} bytes; a protobuf holds at "
                                   f"most 2 GiB (store the weights as external data)")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read()
-    finally:
-        os.close(fd)
+        return st.st_size
+
+    def _parse(self, source: Source) -> None:
+        self.source = source
+        light, self.spans = split_weights(source, INLINE_BYTES)
+        self.model = onnx.ModelProto()
+        try:
+            self.model.ParseFromString(light)
+        except DecodeError as e:
+            raise InvalidProtobuf(f"{self.label} is not a valid ONNX ModelProto: {e}") from e
+        if not self.model.HasField("graph"):
+            raise InvalidProtobuf(f"{self.label} parses but holds no graph")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "_Input":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # --- 3. weights aside -------------------------------------------------------------------------
 
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+def _copy_fields(src: Any, dst: Any, skip: tuple[str, ...]) -> None:
     for fd, value in src.ListFields():
-        if fd.name == skip:
+        if fd.name in skip:
             continue
         if fd.is_repeated:
             getattr(dst, fd.name).extend(value)
@@ -152,10 +181,10 @@ def _copy_fields(src: Any, dst: Any, skip: str) -> None:
 
 
 def _without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` whose main graph has no dense initializers (weights are not copied)."""
+    """A copy of `model` whose main graph has no initializers (weights are not copied)."""
     out = onnx.ModelProto()
-    _copy_fields(model, out, "graph")
-    _copy_fields(model.graph, out.graph, "initializer")
+    _copy_fields(model, out, ("graph",))
+    _copy_fields(model.graph, out.graph, ("initializer", "sparse_initializer"))
     return out
 
 
@@ -166,35 +195,73 @@ def _keep_inline(t: TensorProto, nbytes: int) -> bool:
     return t.data_type in _INT_TYPES and len(t.dims) <= 1 and nbytes <= INLINE_SHAPE_BYTES
 
 
-def _weightless(model: onnx.ModelProto, files: ExternalFiles, label: str
-                ) -> tuple[onnx.ModelProto, dict[str, TensorProto]]:
-    """(weightless copy, {name: original tensor} of the weights left out of it).
+@dataclass
+class _Weight:
+    """A main-graph weight left out of the weightless copy: its type, and how to make its array."""
+    data_type: int
+    dims: list[int]
+    array: Callable[[], np.ndarray]
+
+
+def _tensor_weight(t: TensorProto, read: Callable[[], Any] | None) -> _Weight:
+    return _Weight(t.data_type, list(t.dims), lambda: to_array(t, None if read is None else read()))
+
+
+def _sparse_weight(sp: onnx.SparseTensorProto, where: str, files: ExternalFiles) -> _Weight:
+    """A sparse initializer, densified as onnxruntime does (onnx's shape inference would type it
+    sparse_tensor, which no ONNX op but a few accepts)."""
+    parts = []
+    for t, what in ((sp.values, "values"), (sp.indices, "indices")):
+        check_tensor(t, f"{where} {what}")
+        raw = files.read(t, f"{where} {what}") if t.data_location == TensorProto.EXTERNAL else None
+        parts.append(to_array(t, raw))
+    dense = sparse_to_array(sp, parts[0], parts[1], where)
+    return _Weight(sp.values.data_type, [int(d) for d in sp.dims], lambda: dense)
+
+
+def _weightless(model: onnx.ModelProto, src: _Input, files: ExternalFiles
+                ) -> tuple[onnx.ModelProto, dict[str, _Weight]]:
+    """(weightless copy, the weights left out of it by name).
 
     Weights left out become graph inputs of their type and dims in the copy. Every tensor of
     the model is checked here; external data other than those weights is read now and put
     inline in the copy (graph_from_proto must never meet external data: onnx would read it
     relative to the current directory).
     """
+    label = src.label
     light = _without_initializers(model)
-    chosen: dict[str, TensorProto] = {}
-    for t in model.graph.initializer:
-        check_tensor(t, f"{label}: initializer '{t.name}'")
+    chosen: dict[str, tuple[TensorProto, Callable[[], Any] | None]] = {}
+    for k, t in enumerate(model.graph.initializer):
+        where = f"{label}: initializer '{t.name}'"
+        span = src.spans.get(k)
+        check_tensor(t, where, span.length if span else None)
         if t.name in chosen:
             _warn(f"{label}: initializer '{t.name}' is defined twice; the last definition is used "
                   f"(as onnxruntime does)")
-        chosen[t.name] = t
+        if span is not None:
+            read = functools.partial(src.source.array, span.offset, span.length)
+        elif t.data_location == TensorProto.EXTERNAL:
+            read = functools.partial(files.read, t, where)
+        else:
+            read = None
+        chosen[t.name] = (t, read)
     inputs = {v.name for v in light.graph.input}
-    big: dict[str, TensorProto] = {}
-    for name, t in chosen.items():
+    big: dict[str, _Weight] = {}
+    for name, (t, read) in chosen.items():
         nbytes = byte_size(t.data_type, elem_count(t, name))
         if t.data_type != TensorProto.STRING and not _keep_inline(t, nbytes):
-            big[name] = t
-            if name not in inputs:
-                light.graph.input.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
-        elif t.data_location == TensorProto.EXTERNAL:
-            light.graph.initializer.append(_inlined(t, files.read(t, f"{label}: initializer '{name}'")))
+            big[name] = _tensor_weight(t, read)
+        elif read is not None:
+            light.graph.initializer.append(_inlined(t, read()))
         else:
             light.graph.initializer.append(t)
+    for sp in model.graph.sparse_initializer:
+        name = sp.values.name
+        if name in big or name in chosen:
+            raise InvalidGraph(f"{label}: '{name}' is both a dense and a sparse initializer")
+        big[name] = _sparse_weight(sp, f"{label}: sparse initializer '{name}'", files)
+    light.graph.input.extend(helper.make_tensor_value_info(name, w.data_type, w.dims)
+                             for name, w in big.items() if name not in inputs)
     for t, where in list(iter_tensors(light)):
         check_tensor(t, f"{label}: {where}")
         if t.data_location == TensorProto.EXTERNAL:
@@ -230,15 +297,19 @@ def _check_and_infer(light: onnx.ModelProto, label: str) -> onnx.ModelProto:
     try:
         return _infer(light)
     except onnx.shape_inference.InferenceError as e:
-        if not _only_shape_conflicts(str(e)):
+        if _SHAPE_CONFLICT not in str(e):
             raise InvalidGraph(f"{label} failed shape inference: {e}") from e
-        _warn(f"{label}: declared shapes disagree with the inferred ones ({_first_line(e)}); "
-              f"the declared shapes are ignored, as onnxruntime does")
+        first = e
+    # Declared shapes contradict inferred ones (onnxruntime merges them leniently). Drop the
+    # declared shapes and infer again, strictly: any other error still refuses the model.
     strip_declared_shapes(light)
     try:
-        return _infer(light)
+        inferred = _infer(light)
     except onnx.shape_inference.InferenceError as e:
         raise InvalidGraph(f"{label} failed shape inference: {e}") from e
+    _warn(f"{label}: declared shapes disagree with the inferred ones ({_first_conflict(first)}); "
+          f"the declared shapes are ignored, as onnxruntime does")
+    return inferred
 
 
 def _infer(light: onnx.ModelProto) -> onnx.ModelProto:
@@ -252,25 +323,18 @@ def _infer(light: onnx.ModelProto) -> onnx.ModelProto:
 _SHAPE_CONFLICT = "Inferred shape and existing shape differ"
 
 
-def _only_shape_conflicts(message: str) -> bool:
-    """True when every error onnx reports is a declared-vs-inferred shape disagreement (which
-    onnxruntime merges leniently); any other error keeps the model refused."""
-    body = message.split("Inference error(s):", 1)[-1]
-    lines = [ln for ln in body.splitlines() if ln.strip()]
-    return bool(lines) and all(_SHAPE_CONFLICT in ln for ln in lines)
-
-
-def _first_line(e: Exception) -> str:
-    body = str(e).split("Inference error(s):", 1)[-1].strip()
-    return body.splitlines()[0] if body else str(e)
+def _first_conflict(e: Exception) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if _SHAPE_CONFLICT in ln), str(e))[:200]
 
 
 # --- 5. graph -----------------------------------------------------------------------------------
 
-def _build_graph(inferred: onnx.ModelProto, big: dict[str, TensorProto], opsets: dict[str, int],
-                 ir_version: int, inputs: list[str], files: ExternalFiles, label: str) -> Graph:
-    """Graph of the inferred weightless copy with the weights left out put back as arrays;
-    `inputs` are the model's own graph inputs (those the copy gained for weights are dropped)."""
+def _build_graph(inferred: onnx.ModelProto, big: dict[str, _Weight], opsets: dict[str, int],
+                 ir_version: int, model: onnx.ModelProto) -> Graph:
+    """Graph of the inferred weightless copy with the weights left out put back as arrays, in
+    the model's order; graph inputs the copy gained for the weights are dropped again."""
+    inputs = [v.name for v in model.graph.input]
+    order = list(dict.fromkeys(t.name for t in model.graph.initializer))
     gp = inferred.graph
     if big:
         typed = {v.name: v for v in list(gp.input) + list(gp.value_info)}
@@ -282,10 +346,10 @@ def _build_graph(inferred: onnx.ModelProto, big: dict[str, TensorProto], opsets:
         gp.value_info.extend(gained)
     graph = graph_from_proto(gp, opsets, ir_version=ir_version)
     if big:
-        for name, t in big.items():
-            where = f"{label}: initializer '{name}'"
-            raw = files.read(t, where) if t.data_location == TensorProto.EXTERNAL else None
-            graph.initializers[name] = to_array(t, raw)
+        arrays = {name: w.array() for name, w in big.items()}
+        arrays.update(graph.initializers)
+        order += [n for n in arrays if n not in order]     # sparse initializers come last
+        graph.initializers = {n: arrays[n] for n in order}
         _add_outer_names(graph, set(big))
     return graph
 

@@ -17,11 +17,12 @@ from typing import Any, Callable
 import onnx
 from onnx import TensorProto
 
-from .errors import InvalidGraph, InvalidProtobuf
+from .errors import InvalidGraph, InvalidProtobuf, ResourceLimit
 from .graph import Graph, Node
 from .types import tensor_shape
 
 MAX_MESSAGE_DEPTH = 100   # protobuf's own parse limit: a ModelProto built in Python gets no deeper
+MAX_SPARSE_DENSE_BYTES = 2 << 30   # sparse tensors are densified at load; above this only by option
 _KNOWN_ELEM_TYPES = frozenset(v for k, v in TensorProto.DataType.items() if k != "UNDEFINED")
 _AUTO_PAD = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -140,6 +141,31 @@ def check_value_types(model: onnx.ModelProto, label: str) -> None:
             for a in n.attribute:
                 for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                     stack.append((sub, f"body '{a.name}' of node '{n.name}'"))
+
+
+def check_sparse_sizes(model: onnx.ModelProto, label: str, max_tensor_bytes: int = 0) -> None:
+    """Sparse initializers and attributes are densified at load: refuse sizes above the session's
+    `max_tensor_bytes` (or MAX_SPARSE_DENSE_BYTES when unset) before anything is allocated."""
+    from .load_tensors import byte_size, check_data_type, elem_count
+    limit = max_tensor_bytes or MAX_SPARSE_DENSE_BYTES
+    stack = [(model.graph, "main graph")] + [(f, f"function '{f.name}'") for f in model.functions]
+    while stack:
+        g, where = stack.pop()
+        found = [(sp, f"{where}: sparse initializer '{sp.values.name}'")
+                 for sp in getattr(g, "sparse_initializer", ())]
+        for n in g.node:
+            for a in n.attribute:
+                at = f"{where}: node '{n.name}' attribute '{a.name}'"
+                found += [(sp, at) for sp in ([a.sparse_tensor] if a.HasField("sparse_tensor") else [])]
+                found += [(sp, at) for sp in a.sparse_tensors]
+                stack += [(sub, at) for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
+        for sp, at in found:
+            check_data_type(sp.values.data_type, f"{label}: {at}")
+            dense = onnx.TensorProto(dims=list(sp.dims))
+            nbytes = byte_size(sp.values.data_type, elem_count(dense, f"{label}: {at}"))
+            if nbytes > limit:
+                raise ResourceLimit(f"{label}: {at} densifies to {nbytes} bytes, above the limit of "
+                                    f"{limit} bytes (SessionOptions.max_tensor_bytes)")
 
 
 # --- nodes --------------------------------------------------------------------------------------

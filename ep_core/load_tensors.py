@@ -1,4 +1,5 @@
-"""Initializer data as the load stage takes it: byte sizes checked, external files read safely.
+"""Tensors as the load stage reads them: byte sizes checked, external files read safely, sparse
+tensors checked and densified.
 
 Every tensor's data is checked against its declared element type and dims before anything
 decodes it (`check_tensor`). External data (`data_location = EXTERNAL`) is read only through
@@ -55,18 +56,21 @@ def check_data_type(data_type: int, where: str) -> None:
         raise InvalidGraph(f"{where}: unknown or undefined data_type {data_type}")
 
 
-def check_tensor(t: TensorProto, where: str) -> int:
+def check_tensor(t: TensorProto, where: str, lifted_raw: int | None = None) -> int:
     """Check `t`'s data fields against its type and dims; returns its element count.
 
-    An external tensor must carry no inline data and valid external_data keys (its bytes are
-    checked when `ExternalFiles.read` reads them).
+    `lifted_raw` is the length of a raw_data field the loader took out of the message before
+    parsing (see load_wire). An external tensor must carry no inline data and valid
+    external_data keys (its bytes are checked when `ExternalFiles.read` reads them).
     """
     check_data_type(t.data_type, where)
     if t.HasField("segment"):
         raise InvalidGraph(f"{where}: segmented tensors are not supported")
     n = elem_count(t, where)
     filled = [f for f in _DATA_FIELDS if len(getattr(t, f))]
-    if t.HasField("raw_data"):
+    raw_len = lifted_raw if lifted_raw is not None else (
+        len(t.raw_data) if t.HasField("raw_data") else None)
+    if raw_len is not None:
         filled.append("raw_data")
     if t.data_location == TensorProto.EXTERNAL:
         if filled:
@@ -74,7 +78,7 @@ def check_tensor(t: TensorProto, where: str) -> int:
         external_entries(t, where)
         return n
     if n == 0:
-        if any(f != "raw_data" for f in filled) or len(t.raw_data):
+        if any(f != "raw_data" for f in filled) or raw_len:
             raise InvalidGraph(f"{where}: has 0 elements (dims {list(t.dims)}) but holds data")
         return n
     if len(filled) != 1:
@@ -84,9 +88,9 @@ def check_tensor(t: TensorProto, where: str) -> int:
     if field == "raw_data":
         if t.data_type == TensorProto.STRING:
             raise InvalidGraph(f"{where}: string data cannot be stored in raw_data")
-        have, want = len(t.raw_data), byte_size(t.data_type, n)
-        if have != want:
-            raise InvalidGraph(f"{where}: raw_data holds {have} bytes; dims {list(t.dims)} of "
+        want = byte_size(t.data_type, n)
+        if raw_len != want:
+            raise InvalidGraph(f"{where}: raw_data holds {raw_len} bytes; dims {list(t.dims)} of "
                                f"data_type {t.data_type} need {want}")
         return n
     storage = helper.tensor_dtype_to_field(t.data_type)
@@ -148,6 +152,37 @@ _NATIVE = {
                  TensorProto.UINT16, TensorProto.UINT32, TensorProto.UINT64, TensorProto.BOOL,
                  TensorProto.COMPLEX64, TensorProto.COMPLEX128)
 }
+
+
+def sparse_to_array(sp: onnx.SparseTensorProto, values: np.ndarray, indices: np.ndarray,
+                    where: str) -> np.ndarray:
+    """Dense array of a sparse tensor whose values/indices were decoded (and checked) already.
+
+    Indices must be int64, linear `[nnz]` or per-axis `[nnz, rank]`, inside `dims`, in strictly
+    increasing (row-major) order as the ONNX spec requires."""
+    dims = [int(d) for d in sp.dims]
+    n = elem_count(onnx.TensorProto(dims=dims), where)
+    if values.ndim != 1:
+        raise InvalidGraph(f"{where}: values must be 1-D, got shape {list(values.shape)}")
+    nnz = values.shape[0]
+    if indices.dtype != np.int64:
+        raise InvalidGraph(f"{where}: indices must be int64, got {indices.dtype}")
+    if indices.shape == (nnz,):
+        linear = indices
+    elif indices.shape == (nnz, len(dims)):
+        if nnz and ((indices < 0).any() or (indices >= np.array(dims, np.int64)).any()):
+            raise InvalidGraph(f"{where}: an index lies outside dims {dims}")
+        linear = np.ravel_multi_index(indices.T, dims) if nnz else indices.reshape(0)
+    else:
+        raise InvalidGraph(f"{where}: indices of shape {list(indices.shape)} do not fit {nnz} values "
+                           f"of a rank-{len(dims)} tensor")
+    if nnz and (linear.min() < 0 or linear.max() >= n):
+        raise InvalidGraph(f"{where}: an index lies outside the {n} elements of dims {dims}")
+    if nnz > 1 and not (np.diff(linear) > 0).all():
+        raise InvalidGraph(f"{where}: indices must be strictly increasing")
+    dense = np.zeros(n, dtype=values.dtype)
+    dense[linear] = values
+    return dense.reshape(dims)
 
 
 class ExternalFiles:
@@ -219,14 +254,22 @@ class ExternalFiles:
             raise InvalidGraph(f"{where}: external data [{offset}, {offset + length}) lies beyond "
                                f"the end of '{path}' ({size} bytes)")
         buf = np.empty(length, dtype=np.uint8)
-        view, done = memoryview(buf), 0
-        while done < length:
-            got = os.preadv(fd, [view[done:]], offset + done)
-            if got <= 0:
-                raise InvalidGraph(f"{where}: '{path}' ended after {done} of {length} bytes")
-            done += got
+        done = pread_into(fd, memoryview(buf), offset)
+        if done < length:
+            raise InvalidGraph(f"{where}: '{path}' ended after {done} of {length} bytes")
         buf.flags.writeable = False
         return buf
+
+
+def pread_into(fd: int, out: memoryview, offset: int) -> int:
+    """Fill `out` from `fd` at `offset`; returns the bytes read (fewer only at end of file)."""
+    done = 0
+    while done < len(out):
+        got = os.preadv(fd, [out[done:]], offset + done)
+        if got <= 0:
+            break
+        done += got
+    return done
 
 
 def iter_tensors(model: onnx.ModelProto):
