@@ -179,6 +179,11 @@ def check_graph(graph: Graph) -> None:
             check = _NODE_CHECKS.get((n.domain, n.op_type))
             if check is not None:
                 check(n, g)
+            for name, allowed in _ENUM_ATTRS.get((n.domain, n.op_type), {}).items():
+                value = n.attrs.get(name)
+                for v in value if isinstance(value, list) else [] if value is None else [value]:
+                    if v not in allowed:
+                        _fail(n, f"attribute {name}={v!r} is not one of {', '.join(sorted(allowed))}")
             stack.extend(n.subgraphs)
 
 
@@ -289,4 +294,34 @@ _NODE_CHECKS: dict[tuple[str, str], Callable[[Node, Graph], None]] = {
     ("", "MaxPool"): _check_pool,
     ("", "AveragePool"): _check_pool,
     ("", "LpPool"): _check_pool,
+}
+
+
+# String attributes whose values the ONNX spec enumerates (onnx's checker does not check them;
+# a kernel would otherwise fall back to some default and compute something else).
+_ACTIVATIONS = {"Relu", "Tanh", "Sigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh",
+                "HardSigmoid", "Elu", "Softsign", "Softplus"}
+_RNN = {"direction": {"forward", "reverse", "bidirectional"}, "activations": _ACTIVATIONS}
+_RESIZE = {"mode": {"nearest", "linear", "cubic"},
+           "coordinate_transformation_mode": {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel",
+                                              "align_corners", "asymmetric", "tf_crop_and_resize"},
+           "nearest_mode": {"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"},
+           "keep_aspect_ratio_policy": {"stretch", "not_larger", "not_smaller"}}
+_PADDED = {"auto_pad": set(_AUTO_PAD)}
+_REDUCTION = {"reduction": {"none", "add", "mul", "max", "min"}}
+_ENUM_ATTRS: dict[tuple[str, str], dict[str, set]] = {
+    ("", "RNN"): _RNN, ("", "GRU"): _RNN, ("", "LSTM"): _RNN,
+    ("", "Resize"): _RESIZE, ("", "Upsample"): {"mode": {"nearest", "linear", "bilinear"}},
+    ("", "Pad"): {"mode": {"constant", "reflect", "edge", "wrap"}},
+    ("", "GridSample"): {"mode": {"bilinear", "nearest", "bicubic", "linear", "cubic"},
+                         "padding_mode": {"zeros", "border", "reflection"}},
+    ("", "DepthToSpace"): {"mode": {"DCR", "CRD"}},
+    ("", "ScatterElements"): _REDUCTION, ("", "ScatterND"): _REDUCTION,
+    ("", "RoiAlign"): {"mode": {"avg", "max"},
+                       "coordinate_transformation_mode": {"half_pixel", "output_half_pixel"}},
+    ("", "Gelu"): {"approximate": {"none", "tanh"}},
+    ("", "StringNormalizer"): {"case_change_action": {"LOWER", "UPPER", "NONE"}},
+    ("", "TfIdfVectorizer"): {"mode": {"TF", "IDF", "TFIDF"}},
+    **{("", op): _PADDED for op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool",
+                                    "AveragePool", "LpPool")},
 }

@@ -227,7 +227,7 @@ def e_attr_type(m, rng):
     if n is None:
         return False
     a = n.attribute[int(rng.integers(0, len(n.attribute)))]
-    a.type = _pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 99])
+    a.type = _pick(rng, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14])
     return True
 
 
