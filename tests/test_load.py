@@ -356,3 +356,15 @@ def test_the_loader_module_imports_no_session_and_offline_only_imports_it():
         names = {a.module for a in ast.walk(tree) if isinstance(a, ast.ImportFrom) and a.module}
         assert not names & {"session", "offline", "optimizer", "partition"}, (mod, names)
     assert load_module.META_OPTIMIZED == "ep_core.optimized"
+
+
+def test_the_code_in_docs_security_runs(capsys):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/security.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "session.model_external_initializers_file_folder_path" in out and "leaves the model's folder" in out
