@@ -355,7 +355,3 @@ def _is_typed(e: BaseException, runner: str) -> bool:
         return isinstance(e, EPError)
     # onnxruntime's own status exceptions (Fail, InvalidArgument, InvalidGraph, NoSuchFile, ...)
     return type(e).__module__.startswith("onnxruntime")
-
-
-def copy_model(m: onnx.ModelProto) -> onnx.ModelProto:
-    return copy.deepcopy(m)
