@@ -61,6 +61,8 @@ class RunOptions:
         self.run_tag: str = ""
         self.terminate: bool = False
         self.only_execute_path_to_fetches: bool = False
+        # ep_core's own: stop the run with RunTerminated after this many seconds (0: no deadline).
+        self.timeout_s: float = 0.0
         self._config: dict[str, str] = {}
 
     def add_run_config_entry(self, key: str, value: Any) -> None:
