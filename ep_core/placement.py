@@ -40,74 +40,87 @@ class Placement:
 def place(graph: Graph, assigned: dict[Node, Assignment], providers: list[ExecutionProvider],
           outer_devices: dict[str, Device] | None = None) -> Placement:
     """Insert copy nodes; returns a new graph (the input graph and its nodes are not modified)."""
-    location: dict[str, Device] = {}
-    for name in graph.outer_scope:
-        location[name] = (outer_devices or {}).get(name, HOST)
-    for name in list(graph.initializers) + [v.name for v in graph.inputs]:
-        location[name] = HOST
-    constants = graph.constant_initializers()
-    copies: dict[tuple[str, Device], str] = {}
-    device_constants: dict[str, tuple[str, Device]] = {}
-    value_info = dict(graph.value_info)
+    placer = _Placer(graph, providers, outer_devices or {})
     nodes: list[Node] = []
     out_assigned: dict[Node, Assignment] = {}
-    n_copy = 0
-    taken = set(graph.value_info) | set(graph.outer_scope) | {o for n in graph.nodes for o in n.outputs}
-
-    def declare(new: str, like: str) -> None:
-        vi = graph.value_info.get(like)
-        value_info[new] = ValueInfo(new, vi.type if vi is not None else None)
-
-    def place_value(name: str, dst: Device) -> str:
-        nonlocal n_copy
-        src = location[name]
-        if src == dst:
-            return name
-        key = (name, dst)
-        if key in copies:
-            return copies[key]
-        out = _fresh(f"{name}@{dst}", taken)
-        taken.add(out)
-        if name in constants:  # known at build: copied once, not per run
-            device_constants[out] = (name, dst)
-            declare(out, name)
-            location[out] = dst
-            copies[key] = out
-            return out
-        if not src.is_host and not dst.is_host and _find_transfer(providers, src, dst) is None:
-            name = place_value(name, HOST)  # no direct path between two devices: via the host
-            src = HOST
-            if src == dst:
-                return name
-        found = _find_transfer(providers, src, dst)
-        if found is None:
-            raise InvalidGraph(f"no data transfer can copy value '{name}' from {src} to {dst}")
-        transfer, owner = found
-        op = "MemcpyFromHost" if src.is_host else "MemcpyToHost" if dst.is_host else "Memcpy"
-        node = Node(op, [name], [out], name=f"{op}_{n_copy}_{name}", since_version=1, opset=1)
-        node.input_types = [graph.type_of(name)]
-        node.output_types = [graph.type_of(name)]
-        declare(out, name)
-        out_assigned[node] = Assignment(owner, transfer=(transfer, dst, src))
-        nodes.append(node)
-        location[out] = dst
-        copies[key] = out
-        n_copy += 1
-        return out
-
     for node in graph.topological_order():
         a = assigned[node]
-        inputs = [place_value(i, a.input_device(k)) if i else i for k, i in enumerate(node.inputs)]
+        inputs = [placer.value_on(i, a.input_device(k)) if i else i for k, i in enumerate(node.inputs)]
         if inputs != node.inputs:
             node = dataclasses.replace(node, inputs=inputs)
+        nodes.extend(placer.take_copies())
         nodes.append(node)
         out_assigned[node] = a
         for k, o in enumerate(node.outputs):
             if o:
-                location[o] = a.output_device(k)
-    fetches = [place_value(v.name, HOST) for v in graph.outputs]
-    placed = dataclasses.replace(graph, nodes=nodes, value_info=value_info)
-    return Placement(placed, out_assigned, device_constants, fetches, location, n_copy)
+                placer.location[o] = a.output_device(k)
+    fetches = [placer.value_on(v.name, HOST) for v in graph.outputs]
+    nodes.extend(placer.take_copies())
+    out_assigned.update(placer.copy_assigned)
+    placed = dataclasses.replace(graph, nodes=nodes, value_info=placer.value_info)
+    return Placement(placed, out_assigned, placer.device_constants, fetches, placer.location,
+                     len(placer.copy_assigned))
+
+
+class _Placer:
+    """Where each value lives, and the copies made so far (a class, not closures: no cycles)."""
+
+    def __init__(self, graph: Graph, providers: list[ExecutionProvider], outer: dict[str, Device]):
+        self.graph, self.providers = graph, providers
+        self.location: dict[str, Device] = {name: outer.get(name, HOST) for name in graph.outer_scope}
+        for name in list(graph.initializers) + [v.name for v in graph.inputs]:
+            self.location[name] = HOST
+        self.constants = graph.constant_initializers()
+        self.copies: dict[tuple[str, Device], str] = {}
+        self.device_constants: dict[str, tuple[str, Device]] = {}
+        self.value_info = dict(graph.value_info)
+        self.copy_assigned: dict[Node, Assignment] = {}
+        self.pending: list[Node] = []
+        self.taken = set(graph.value_info) | set(graph.outer_scope) | {
+            o for n in graph.nodes for o in n.outputs}
+
+    def take_copies(self) -> list[Node]:
+        out, self.pending = self.pending, []
+        return out
+
+    def _new_value(self, name: str, dst: Device) -> str:
+        out = _fresh(f"{name}@{dst}", self.taken)
+        self.taken.add(out)
+        vi = self.graph.value_info.get(name)
+        self.value_info[out] = ValueInfo(out, vi.type if vi is not None else None)
+        self.location[out] = dst
+        self.copies[(name, dst)] = out
+        return out
+
+    def value_on(self, name: str, dst: Device) -> str:
+        """The name of `name`'s value on `dst`, adding a copy (or a build-time constant copy)."""
+        src = self.location[name]
+        if src == dst:
+            return name
+        if (name, dst) in self.copies:
+            return self.copies[(name, dst)]
+        if name in self.constants:  # known at build: copied once, not per run
+            out = self._new_value(name, dst)
+            self.device_constants[out] = (name, dst)
+            return out
+        if not src.is_host and not dst.is_host and _find_transfer(self.providers, src, dst) is None:
+            name = self.value_on(name, HOST)  # no direct path between two devices: via the host
+            src = HOST
+            if src == dst:
+                return name
+        found = _find_transfer(self.providers, src, dst)
+        if found is None:
+            raise InvalidGraph(f"no data transfer can copy value '{name}' from {src} to {dst}")
+        transfer, owner = found
+        op = "MemcpyFromHost" if src.is_host else "MemcpyToHost" if dst.is_host else "Memcpy"
+        out = self._new_value(name, dst)
+        node = Node(op, [name], [out], name=f"{op}_{len(self.copy_assigned)}_{name}",
+                    since_version=1, opset=1)
+        node.input_types = [self.graph.type_of(name)]
+        node.output_types = [self.graph.type_of(name)]
+        self.copy_assigned[node] = Assignment(owner, transfer=(transfer, dst, src))
+        self.pending.append(node)
+        return out
 
 
 def _fresh(name: str, taken: set[str]) -> str:

@@ -5,6 +5,7 @@ Rewrites live in `rewrites_*.py` by category; `optimizer.py` lists them and runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 import numpy as np
 
 from .graph import Graph, Node
@@ -30,14 +31,17 @@ class OptimizerContext:
         a = self.assigned.get(node)
         return a.provider if a is not None else None
 
-    def supports(self, anchor: Node, fused: Node) -> bool:
-        """Whether the provider owning `anchor` has a kernel for `fused`; if so `fused` is assigned
-        to it. Before partitioning (level 1) only the CPU provider, which runs everything in the
-        end, is asked."""
+    def supports(self, anchor: Node, fused: Node, replaced: Sequence[Node] = ()) -> bool:
+        """Whether `fused` may replace `replaced` (anchor included): the provider owning `anchor`
+        owns every replaced node and has a kernel for `fused`; if so `fused` is assigned to it.
+        Before partitioning (level 1) only the CPU provider, which runs everything in the end, is
+        asked."""
         if self.assigned is None:
             return self.cpu.get_kernel_registry().lookup(fused) is not None
         owner = self.provider_for(anchor)
-        kdef = owner.get_kernel_registry().lookup(fused) if owner is not None else None
+        if owner is None or any(self.provider_for(n) is not owner for n in replaced):
+            return False
+        kdef = owner.get_kernel_registry().lookup(fused)
         if kdef is None:
             return False
         self.assigned[fused] = Assignment(owner, kdef)

@@ -89,7 +89,7 @@ class _ActivationFusion(Rewrite):
             inputs = inputs[:-1]
         fused = ed.make_node(op, inputs, [out], name=ed.fresh(anchor.name + "_" + op),
                              domain=OWN_DOMAIN, attrs=attrs)
-        if not self.ctx.supports(anchor, fused):
+        if not self.ctx.supports(anchor, fused, [anchor] + absorbed):
             return False
         ed.replace_outputs([anchor] + absorbed, [fused])
         return True

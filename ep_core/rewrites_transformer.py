@@ -91,7 +91,7 @@ class _TransformerFusion(Rewrite):
         then, so a refused fusion leaves the graph untouched.
         """
         for fused in candidates:
-            if self.ctx.supports(anchor, fused):
+            if self.ctx.supports(anchor, fused, old):
                 for name, value in (inits or {}).items():
                     ed.add_initializer(name, value, exact_name=True)
                 ed.refresh_types(fused)
