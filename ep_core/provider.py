@@ -157,10 +157,6 @@ class ExecutionProvider:
         asks every provider for a transfer that `can_copy(src, dst)`."""
         return None
 
-    def device_of(self, value: Any) -> Device:
-        """Where a value produced by this provider lives."""
-        return self.device
-
     def limit_threads(self, intra_op_threads: int) -> AbstractContextManager:
         """A context the session enters around each run: this provider's kernels use at most
         `intra_op_threads` threads inside it (0: the provider's default). Leaving it restores
