@@ -3,6 +3,7 @@ value slots, release after last use, cancellation between steps.
 """
 from __future__ import annotations
 
+import bisect
 import contextvars
 import time
 from dataclasses import dataclass, field
@@ -100,6 +101,7 @@ class Plan:
     n_slots: int
     providers: list[Any]
     schedule: Any = None            # the parallel executor's dependency schedule, made on first use
+    straight: dict[bool, Any] = field(default_factory=dict)  # checked? -> generated straight-line run
     pruned: dict[tuple, list[Step]] = field(default_factory=dict)  # fetch slots -> steps they need
 
     def steps_for(self, fetch_slots: list[int]) -> list[Step]:
@@ -137,6 +139,13 @@ class Plan:
         slots = self.initial_slots(feeds)
         if control is not None:
             control.check()
+        if observer is None and steps is None:
+            checked = control is not None
+            fast = self.straight.get(checked)
+            if fast is None:
+                fast = self.straight[checked] = _straight_line(self.steps, checked)
+            fast.run(slots, control.check if checked else None)
+            return [slots[s] for s in fetch_slots]
         for step in self.steps if steps is None else steps:
             if control is not None:
                 control.check()
@@ -147,6 +156,70 @@ class Plan:
             for s in step.release:
                 slots[s] = None
         return [slots[s] for s in fetch_slots]
+
+
+class _StraightLine:
+    """The plan's steps as one generated Python function: one line per kernel call and per slot
+    write, no per-step lookups (the per-node overhead of the sequential executor). A kernel error
+    is attributed to its step by the line it was raised on."""
+
+    def __init__(self, fn: Callable, call_lines: list[int], steps: list[Step], code):
+        self.fn, self.call_lines, self.steps, self.code = fn, call_lines, steps, code
+
+    def run(self, slots: list, check: Callable | None) -> None:
+        try:
+            self.fn(slots, check)
+        except EPError:
+            raise
+        except Exception as e:
+            step = self._failed_step(e)
+            if step is None:
+                raise
+            raise Fail(f"{step.node.describe()} on provider '{step.provider.type}' failed: "
+                       f"{type(e).__name__}: {e}") from e
+
+    def _failed_step(self, e: BaseException) -> Step | None:
+        tb = e.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code is self.code:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line is None:
+            return None
+        k = bisect.bisect_right(self.call_lines, line) - 1
+        return self.steps[k] if k >= 0 else None
+
+
+def _pad(outs: Any, n: int) -> tuple:
+    outs = normalize_outputs(outs, n)
+    return outs + (None,) * (n - len(outs)) if len(outs) < n else outs
+
+
+def _straight_line(steps: list[Step], checked: bool) -> _StraightLine:
+    env: dict[str, Any] = {"_pad": _pad, "tuple": tuple}
+    lines = ["def run(s, check):"]
+    call_lines = []
+    for k, st in enumerate(steps):
+        env[f"k{k}"] = st.kernel.compute
+        if checked:
+            lines.append("    check()")
+        args = ", ".join("None" if i is None else f"s[{i}]" for i in st.inputs)
+        lines.append(f"    r = k{k}({args})")
+        call_lines.append(len(lines))
+        outs = st.outputs
+        if len(outs) == 1:
+            if outs[0] is not None:
+                lines.append(f"    s[{outs[0]}] = r[0] if r.__class__ is tuple else r")
+        elif outs:
+            lines.append(f"    r = _pad(r, {len(outs)})")
+            lines.extend(f"    s[{o}] = r[{j}]" for j, o in enumerate(outs) if o is not None)
+        lines.extend(f"    s[{r}] = None" for r in st.release)
+    lines.append("    return None")
+    code = compile("\n".join(lines), "<ep_core plan>", "exec")
+    exec(code, env)
+    fn = env.pop("run")   # the function must not be in its own globals: a cycle
+    return _StraightLine(fn, call_lines, steps, fn.__code__)
 
 
 RunnerFactory = Callable[[Graph, dict], Callable]
