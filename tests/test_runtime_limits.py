@@ -214,3 +214,18 @@ def test_image_decoder_refuses_a_huge_image_from_its_header():
     data = np.frombuffer(_png_header(9000, 9000), np.uint8)   # 243 MB of RGB once decoded
     sess = _session("ImageDecoder", {"x": data}, limit=64 << 20, opset=20)
     _run_err(sess, {"x": data}, ResourceLimit, "max_tensor_bytes")
+
+
+def test_constant_folding_respects_the_limit():
+    """A ConstantOfShape of a constant shape is not folded into a 400 MB constant at session build
+    when the session's limit is 64 MB: the run refuses it instead."""
+    graph = helper.make_graph([helper.make_node("ConstantOfShape", ["s"], ["y"], name="n0")], "g", [],
+                              [helper.make_tensor_value_info("y", F32, [100, 1_000_000])],
+                              [numpy_helper.from_array(_ints(100, 1_000_000), "s")])
+    so = ep_core.SessionOptions()
+    so.max_tensor_bytes = 64 << 20
+    before = _rss()
+    sess = ep_core.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+                                    .SerializeToString(), so, providers=["cpu"])
+    assert _rss() - before < 100 << 20
+    _run_err(sess, {}, ResourceLimit)

@@ -4,6 +4,8 @@ Identity, Dropout, DepthToSpace, SpaceToDepth, Split, Slice, Pad, Crop, ReverseS
 Shape/axes/size inputs are small int tensors read on the host."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ep_core.errors import InvalidArgument
@@ -25,8 +27,12 @@ def check_size(k: Kernel, shape, dtype) -> None:
     """Refuse, before allocating, an output whose size comes from input data: a negative dim is
     InvalidArgument, more than SessionOptions.max_tensor_bytes is ResourceLimit."""
     shape = [int(d) for d in shape]
-    if k.ctx is not None:
-        k.ctx.check_output_size(k.node, shape, dtype)
+    ctx = k.ctx
+    if ctx is not None:
+        limit = int(getattr(ctx.session_options, "max_tensor_bytes", 0) or 0)
+        if limit and not ctx.max_tensor_bytes:   # a context made without it (constant folding)
+            ctx = dataclasses.replace(ctx, max_tensor_bytes=limit)
+        ctx.check_output_size(k.node, shape, dtype)
     elif any(d < 0 for d in shape):
         raise invalid(k, f"output shape {shape} has a negative dim")
 
