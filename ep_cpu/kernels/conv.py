@@ -14,7 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
-from ep_cpu.kernels.tensor import check_size, invalid
+from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
 
@@ -389,7 +389,7 @@ class ConvTranspose(Kernel):
         kprod = int(np.prod(ks))
         iprod = int(np.prod(ins))
         if any(o < 0 for o in out_shape):
-            raise invalid(self, f"output shape {out_shape} has a negative dim")
+            raise bad_data(self, f"output shape {out_shape} has a negative dim")
         # The column buffer and the uncropped output come from attributes: refuse them up front.
         check_size(self, (n, group, mg * kprod, iprod), cdt)
         check_size(self, [n, m] + [max(full[i], begin[i] + out_shape[i]) + max(0, -begin[i])

@@ -7,7 +7,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import np_dtype
-from ep_cpu.kernels.tensor import check_size, host_ints, invalid, norm_axis
+from ep_cpu.kernels.tensor import bad_data, check_size, host_ints, norm_axis
 from ep_cpu.registry import kernel
 
 
@@ -70,7 +70,7 @@ class Range(Kernel):
         dtype = np.asarray(start).dtype
         s, l, d = _scalar(start), _scalar(limit), _scalar(delta)
         if d == 0:
-            raise invalid(self, "delta is 0")
+            raise bad_data(self, "delta is 0")
         if dtype.kind in "iu":
             s, l, d = int(s), int(l), int(d)
             n = max(-((s - l) // d), 0)  # ceil((l - s) / d) in exact integer arithmetic
@@ -78,7 +78,7 @@ class Range(Kernel):
             return (s + np.arange(n, dtype=np.int64) * d).astype(dtype)
         count = (float(l) - float(s)) / float(d)
         if not math.isfinite(count):
-            raise invalid(self, f"start {s}, limit {l} and delta {d} give no finite element count")
+            raise bad_data(self, f"start {s}, limit {l} and delta {d} give no finite element count")
         n = max(int(math.ceil(count)), 0)
         check_size(self, [n], dtype)
         # Half-precision types compute in float32 when stash_type is 1 (the default).
@@ -116,7 +116,7 @@ class OneHot(Kernel):
         rank = idx.ndim + 1
         axis = norm_axis(self.axis, rank)
         if depth < 0:
-            raise invalid(self, f"depth {depth} is negative")
+            raise bad_data(self, f"depth {depth} is negative")
         shape = list(idx.shape)
         shape.insert(axis, depth)
         check_size(self, shape, np.asarray(values).dtype)

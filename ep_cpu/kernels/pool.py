@@ -12,7 +12,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
-from ep_cpu.kernels.tensor import check_size, host_ints, invalid
+from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
 from ep_cpu.registry import kernel
 
 
@@ -187,7 +187,7 @@ class MaxUnpool(Kernel):
         y = np.zeros(int(np.prod(shape)), dtype=x.dtype)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size != x.size or (idx.size and (idx.min() < 0 or idx.max() >= y.size)):
-            raise invalid(self, f"indices must be {x.size} positions in [0, {y.size})")
+            raise bad_data(self, f"indices must be {x.size} positions in [0, {y.size})")
         y[idx] = x.reshape(-1)
         y = y.reshape(shape)
         if output_shape is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.kernels.tensor import check_size, contiguous, host_ints, invalid, norm_axis, pad_array
+from ep_cpu.kernels.tensor import bad_data, check_size, contiguous, host_ints, norm_axis, pad_array
 from ep_cpu.registry import kernel
 
 
@@ -159,9 +159,9 @@ def check_resize(k: Kernel, x: np.ndarray, axes: list[int], out_sizes: list[int]
     """Refuse, before planning anything, negative sizes and outputs (or the float64
     intermediates of an interpolating mode, one per resized axis) above the session's limit."""
     if len(out_sizes) != len(axes):
-        raise invalid(k, f"{len(axes)} axes resized but {len(out_sizes)} sizes given")
+        raise bad_data(k, f"{len(axes)} axes resized but {len(out_sizes)} sizes given")
     if any(o < 0 for o in out_sizes):
-        raise invalid(k, f"output sizes {out_sizes} have a negative entry")
+        raise bad_data(k, f"output sizes {out_sizes} have a negative entry")
     work = x.dtype if mode == "nearest" else np.dtype(np.float64)
     shape = list(x.shape)
     for a, o in zip(axes, out_sizes):
@@ -208,9 +208,9 @@ class Resize(Kernel):
         if sizes is not None and np.asarray(sizes).size:
             req = host_ints(sizes)
             if len(req) != n or any(o < 0 for o in req):
-                raise invalid(self, f"sizes {req} must be {n} non-negative sizes")
+                raise bad_data(self, f"sizes {req} must be {n} non-negative sizes")
             if any(x.shape[a] == 0 for a in axes):
-                raise invalid(self, f"cannot resize an empty axis of input shape {list(x.shape)}")
+                raise bad_data(self, f"cannot resize an empty axis of input shape {list(x.shape)}")
             if self.policy == "stretch":
                 out_sizes = req
                 scl = [o / x.shape[a] for o, a in zip(out_sizes, axes)]
@@ -222,16 +222,16 @@ class Resize(Kernel):
         elif scales is not None and np.asarray(scales).size:
             scl = [float(v) for v in np.asarray(scales, dtype=np.float32).reshape(-1)]
             if len(scl) != n or any(not np.isfinite(sc) or sc <= 0 for sc in scl):
-                raise invalid(self, f"scales {scl} must be {n} finite positive values")
+                raise bad_data(self, f"scales {scl} must be {n} finite positive values")
             crop = self.coord_mode == "tf_crop_and_resize"
             with np.errstate(over="ignore", invalid="ignore"):
                 lens = [np.floor(np.float32(x.shape[a]) * np.float32((e - s) if crop else 1.0) * np.float32(sc))
                         for a, sc, (s, e) in zip(axes, scl, rois)]
             if not all(np.isfinite(v) for v in lens):
-                raise invalid(self, f"scales {scl} give no finite output size")
+                raise bad_data(self, f"scales {scl} give no finite output size")
             out_sizes = [int(v) for v in lens]
         else:
-            raise invalid(self, "one of 'scales' or 'sizes' must be given")
+            raise bad_data(self, "one of 'scales' or 'sizes' must be given")
         check_resize(self, x, axes, out_sizes, self.mode)
         plans = {}
         for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
@@ -262,11 +262,11 @@ class Upsample(Kernel):
         scl = [float(v) for v in np.asarray(scales, dtype=np.float32).reshape(-1)] \
             if scales is not None else list(self.scales)
         if len(scl) != x.ndim or any(not np.isfinite(sc) or sc <= 0 for sc in scl):
-            raise invalid(self, f"scales {scl} must be {x.ndim} finite positive values")
+            raise bad_data(self, f"scales {scl} must be {x.ndim} finite positive values")
         with np.errstate(over="ignore"):
             lens = [np.floor(np.float32(d) * np.float32(sc)) for d, sc in zip(x.shape, scl)]
         if not all(np.isfinite(v) for v in lens):
-            raise invalid(self, f"scales {scl} give no finite output size")
+            raise bad_data(self, f"scales {scl} give no finite output size")
         check_resize(self, x, list(range(x.ndim)), [int(v) for v in lens], self.mode)
         plans = {}
         for a, sc in enumerate(scl):
@@ -289,7 +289,7 @@ class CenterCropPad(Kernel):
         axes = [norm_axis(a, x.ndim) for a in self.axes] if self.axes is not None \
             else list(range(x.ndim))
         if len(target) != len(axes) or any(t < 0 for t in target):
-            raise invalid(self, f"shape {target} must be {len(axes)} non-negative sizes")
+            raise bad_data(self, f"shape {target} must be {len(axes)} non-negative sizes")
         out = list(x.shape)
         for a, t in zip(axes, target):
             out[a] = t

@@ -7,7 +7,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_cpu.kernels.resize import cubic_weights
-from ep_cpu.kernels.tensor import check_size, contiguous, host_ints, invalid
+from ep_cpu.kernels.tensor import bad_data, check_size, contiguous, host_ints
 from ep_cpu.registry import kernel
 
 
@@ -108,7 +108,7 @@ class AffineGrid(Kernel):
     def compute(self, theta, size):
         dims = host_ints(size)
         if len(dims) not in (4, 5):
-            raise invalid(self, f"size {dims} must be (N, C, H, W) or (N, C, D, H, W)")
+            raise bad_data(self, f"size {dims} must be (N, C, H, W) or (N, C, D, H, W)")
         n, spatial = dims[0], dims[2:]
         r = len(spatial)
         check_size(self, [n, *spatial, r], np.float64)   # the float64 grid before the cast
@@ -198,11 +198,11 @@ class Col2Im(Kernel):
         pads = list(self.pads or [0] * (2 * r))
         st = list(self.strides or [1] * r)
         if len(blk) != r or any(v <= 0 for v in img + blk):
-            raise invalid(self, f"image_shape {img} and block_shape {blk} must be positive sizes of one rank")
+            raise bad_data(self, f"image_shape {img} and block_shape {blk} must be positive sizes of one rank")
         n = x.shape[0]
         kprod = int(np.prod(blk))
         if x.ndim != 3 or x.shape[1] % kprod:
-            raise invalid(self, f"input of shape {list(x.shape)} does not hold blocks of {blk}")
+            raise bad_data(self, f"input of shape {list(x.shape)} does not hold blocks of {blk}")
         c = x.shape[1] // kprod
         padded = [img[d] + pads[d] + pads[d + r] for d in range(r)]
         check_size(self, [n, c] + padded, x.dtype)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import np_dtype
-from ep_cpu.kernels.tensor import check_size, invalid
+from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
 
@@ -92,7 +92,7 @@ class DFT(Kernel):
         x = np.asarray(x)
         if n is not None:
             if n <= 0:
-                raise invalid(self, f"dft_length {n} must be positive")
+                raise bad_data(self, f"dft_length {n} must be positive")
             if -x.ndim <= ax < x.ndim:
                 shape = list(x.shape[:-1]) + [2]
                 shape[ax] = n
@@ -117,7 +117,7 @@ class STFT(Kernel):
         else:
             flen = c.shape[1]
         if step <= 0 or flen <= 0:
-            raise invalid(self, f"frame_step {step} and frame_length {flen} must be positive")
+            raise bad_data(self, f"frame_step {step} and frame_length {flen} must be positive")
         frames = (c.shape[1] - flen) // step + 1
         check_size(self, (c.shape[0], max(frames, 0), flen), np.complex128)   # the framed signal
         if window is not None and int(np.shape(window)[0]) != flen:
@@ -153,7 +153,7 @@ class CosineWindow(Kernel):
     def compute(self, size):
         n = _scalar(size)
         if n < 0:
-            raise invalid(self, f"size {n} is negative")
+            raise bad_data(self, f"size {n} is negative")
         check_size(self, (n,), np.float64)
         denom = n if self.periodic else n - 1
         if denom <= 0:
@@ -185,7 +185,7 @@ class MelWeightMatrix(Kernel):
         low = float(np.asarray(lower_edge_hertz).reshape(-1)[0])
         high = float(np.asarray(upper_edge_hertz).reshape(-1)[0])
         if bins < 0 or n_fft < 0 or rate <= 0:
-            raise invalid(self, f"num_mel_bins {bins}, dft_length {n_fft} and sample_rate {rate} must "
+            raise bad_data(self, f"num_mel_bins {bins}, dft_length {n_fft} and sample_rate {rate} must "
                                 f"be non-negative (the rate positive)")
         n_spec = n_fft // 2 + 1
         check_size(self, (n_spec, bins), np.float64)

@@ -8,7 +8,7 @@ import dataclasses
 
 import numpy as np
 
-from ep_core.errors import InvalidArgument
+from ep_core.errors import Fail
 from ep_core.kernel import Kernel
 from ep_cpu.registry import kernel
 
@@ -18,23 +18,25 @@ def host_ints(x) -> list[int]:
     return [int(v) for v in np.asarray(x).reshape(-1)]
 
 
-def invalid(k: Kernel, message: str) -> InvalidArgument:
-    """The typed error for input data a kernel cannot accept, naming its node."""
-    return InvalidArgument(f"{k.node.describe()}: {message}")
+def bad_data(k: Kernel, message: str) -> Fail:
+    """The typed error for input data a kernel cannot accept (a shape, count or size it is given
+    at run time), naming its node: Fail, as every kernel failure at run time (onnxruntime's
+    RUNTIME_EXCEPTION), never a bare ValueError."""
+    return Fail(f"{k.node.describe()}: {message}")
 
 
 def check_size(k: Kernel, shape, dtype) -> None:
-    """Refuse, before allocating, an output whose size comes from input data: a negative dim is
-    InvalidArgument, more than SessionOptions.max_tensor_bytes is ResourceLimit."""
+    """Refuse, before allocating, an output whose size comes from input data: a negative dim
+    (Fail) or more than SessionOptions.max_tensor_bytes (ResourceLimit)."""
     shape = [int(d) for d in shape]
+    if any(d < 0 for d in shape):
+        raise bad_data(k, f"output shape {shape} has a negative dim")
     ctx = k.ctx
     if ctx is not None:
         limit = int(getattr(ctx.session_options, "max_tensor_bytes", 0) or 0)
         if limit and not ctx.max_tensor_bytes:   # a context made without it (constant folding)
             ctx = dataclasses.replace(ctx, max_tensor_bytes=limit)
         ctx.check_output_size(k.node, shape, dtype)
-    elif any(d < 0 for d in shape):
-        raise invalid(k, f"output shape {shape} has a negative dim")
 
 
 def contiguous(x: np.ndarray) -> np.ndarray:
@@ -67,16 +69,16 @@ def _reshape_target(k: Kernel, shape_in: tuple, shape: list[int], allowzero: boo
     other negative entry, or a shape that does not hold the input's elements, is refused."""
     bad = [s for s in shape if s < -1]
     if bad:
-        raise invalid(k, f"shape {shape} has an entry below -1 ({bad[0]})")
+        raise bad_data(k, f"shape {shape} has an entry below -1 ({bad[0]})")
     if shape.count(-1) > 1:
-        raise invalid(k, f"shape {shape} has more than one -1")
+        raise bad_data(k, f"shape {shape} has more than one -1")
     if allowzero and -1 in shape and 0 in shape:
-        raise invalid(k, f"shape {shape} has both 0 and -1 while allowzero=1")
+        raise bad_data(k, f"shape {shape} has both 0 and -1 while allowzero=1")
     out = []
     for i, s in enumerate(shape):
         if s == 0 and not allowzero:
             if i >= len(shape_in):
-                raise invalid(k, f"shape {shape} copies dim {i} (0) of a rank-{len(shape_in)} input")
+                raise bad_data(k, f"shape {shape} copies dim {i} (0) of a rank-{len(shape_in)} input")
             out.append(shape_in[i])
         else:
             out.append(s)
@@ -84,10 +86,10 @@ def _reshape_target(k: Kernel, shape_in: tuple, shape: list[int], allowzero: boo
     if -1 in out:
         known = int(np.prod([s for s in out if s != -1], dtype=np.int64))
         if known == 0 or total % known:
-            raise invalid(k, f"cannot reshape input of shape {list(shape_in)} to {shape}")
+            raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} to {shape}")
         out[out.index(-1)] = total // known
     if int(np.prod(out, dtype=np.int64)) != total:
-        raise invalid(k, f"cannot reshape input of shape {list(shape_in)} ({total} elements) to {shape}")
+        raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} ({total} elements) to {shape}")
     return out
 
 
@@ -169,11 +171,11 @@ class Expand(Kernel):
     def compute(self, x, shape):
         dims = host_ints(shape)
         if any(d < 0 for d in dims):
-            raise invalid(self, f"shape {dims} has a negative dim")
+            raise bad_data(self, f"shape {dims} has a negative dim")
         try:
             target = np.broadcast_shapes(x.shape, tuple(dims))
         except ValueError:
-            raise invalid(self, f"input of shape {list(x.shape)} does not broadcast to {dims}") from None
+            raise bad_data(self, f"input of shape {list(x.shape)} does not broadcast to {dims}") from None
         check_size(self, target, x.dtype)
         return np.array(np.broadcast_to(x, target))  # a writable copy, never the read-only view
 
@@ -187,7 +189,7 @@ class Tile(Kernel):
         else:
             reps = host_ints(repeats)
         if len(reps) != x.ndim or any(r < 0 for r in reps):
-            raise invalid(self, f"repeats {reps} must be {x.ndim} non-negative counts")
+            raise bad_data(self, f"repeats {reps} must be {x.ndim} non-negative counts")
         shape = [d * r for d, r in zip(x.shape, reps)]
         check_size(self, shape, x.dtype)
         return np.tile(x, reps).astype(x.dtype, copy=False).reshape(shape)
@@ -304,7 +306,7 @@ class Split(Kernel):
                 raise ValueError(f"Split: dimension {dim} not divisible into {n} outputs")
             sizes = [dim // n] * n
         if sum(sizes) != dim or any(z < 0 for z in sizes):
-            raise invalid(self, f"split sizes {sizes} are not non-negative sizes summing to dimension {dim}")
+            raise bad_data(self, f"split sizes {sizes} are not non-negative sizes summing to dimension {dim}")
         index: list = [slice(None)] * x.ndim
         parts, start = [], 0
         for size in sizes:   # plain slicing: np.split's Python machinery cost ~10 us per call
@@ -352,18 +354,18 @@ class Slice(Kernel):
         if sp is None:
             sp = [1] * len(st)
         if not len(st) == len(en) == len(ax) == len(sp):
-            raise invalid(self, f"starts {st}, ends {en}, axes {ax} and steps {sp} differ in length")
+            raise bad_data(self, f"starts {st}, ends {en}, axes {ax} and steps {sp} differ in length")
         if 0 in sp:
-            raise invalid(self, f"steps {sp} has a 0")
+            raise bad_data(self, f"steps {sp} has a 0")
         index = [slice(None)] * x.ndim
         seen = set()
         for s, e, a, p in zip(st, en, ax, sp):
             try:
                 a = norm_axis(a, x.ndim)
             except ValueError as err:
-                raise invalid(self, str(err)) from None
+                raise bad_data(self, str(err)) from None
             if a in seen:
-                raise invalid(self, f"axes {ax} repeat axis {a}")
+                raise bad_data(self, f"axes {ax} repeat axis {a}")
             seen.add(a)
             index[a] = slice_bounds(s, e, p, x.shape[a])
         return contiguous(x[tuple(index)])
@@ -373,10 +375,10 @@ def padded_shape(k: Kernel, shape: tuple, pads: list[int]) -> list[int]:
     """The output shape of padding `shape` by ONNX pads (refused where it is not a shape)."""
     r = len(shape)
     if len(pads) != 2 * r:
-        raise invalid(k, f"pads {pads} must hold 2 x rank = {2 * r} values for an input of shape {list(shape)}")
+        raise bad_data(k, f"pads {pads} must hold 2 x rank = {2 * r} values for an input of shape {list(shape)}")
     out = [d + b + e for d, b, e in zip(shape, pads[:r], pads[r:])]
     if any(d < 0 for d in out):
-        raise invalid(k, f"pads {pads} crop an input of shape {list(shape)} below zero size")
+        raise bad_data(k, f"pads {pads} crop an input of shape {list(shape)} below zero size")
     return out
 
 
@@ -422,7 +424,7 @@ class Pad(Kernel):
             if axes is not None:
                 ax = [norm_axis(a, x.ndim) for a in host_ints(axes)]
                 if len(p) != 2 * len(ax) or len(set(ax)) != len(ax):
-                    raise invalid(self, f"pads {p} must hold 2 values per axis of {ax} (no repeats)")
+                    raise bad_data(self, f"pads {p} must hold 2 values per axis of {ax} (no repeats)")
                 full = [0] * (2 * x.ndim)
                 for k, a in enumerate(ax):
                     full[a] = p[k]
