@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EPError, Fail, RunTerminated
+from .errors import EPError, Fail, ResourceLimit, RunTerminated
 from .graph import Graph, Node
 from .kernel import KernelContext, normalize_outputs
 from .partition import Assignment
@@ -46,6 +46,15 @@ def _tag(run_options: Any) -> str:
 # The control of the run in progress on this thread (the parallel executor copies the context
 # into its worker threads), so that bodies run by control-flow kernels see it too.
 current_run: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar("ep_core_run", default=None)
+
+
+def kernel_error(step: "Step", e: Exception) -> Fail:
+    """The typed error for an exception a kernel raised (MemoryError: ResourceLimit)."""
+    what = f"{step.node.describe()} on provider '{step.provider.type}' failed: {type(e).__name__}: {e}"
+    if isinstance(e, MemoryError):
+        return ResourceLimit(what + " (out of memory; SessionOptions.max_tensor_bytes refuses such "
+                                    "outputs before allocating)")
+    return Fail(what)
 
 
 class _CopyKernel:
@@ -83,8 +92,7 @@ class Step:
         except EPError:
             raise
         except Exception as e:
-            raise Fail(f"{self.node.describe()} on provider '{self.provider.type}' failed: "
-                       f"{type(e).__name__}: {e}") from e
+            raise kernel_error(self, e) from e
         if observer:
             observer(self, args, time.perf_counter() - t0)
         return normalize_outputs(outs, len(self.outputs))
@@ -175,8 +183,7 @@ class _StraightLine:
             step = self._failed_step(e)
             if step is None:
                 raise
-            raise Fail(f"{step.node.describe()} on provider '{step.provider.type}' failed: "
-                       f"{type(e).__name__}: {e}") from e
+            raise kernel_error(step, e) from e
 
     def _failed_step(self, e: BaseException) -> Step | None:
         tb = e.__traceback__

@@ -89,7 +89,8 @@ class ConstantFolding(Rewrite):
         args = [ed.const(i) if i else None for i in node.inputs]
         try:
             with np.errstate(all="ignore"):
-                kern = kdef.factory(node, KernelContext(cpu, self.ctx.options))
+                kern = kdef.factory(node, KernelContext(cpu, self.ctx.options, max_tensor_bytes=int(
+                    getattr(self.ctx.options, "max_tensor_bytes", 0) or 0)))
                 outs = kern.compute(*args)
         except Exception as e:  # not foldable here: the node simply stays and fails (or not) at run
             log.debug("constant folding skipped %s: %s: %s", node.describe(), type(e).__name__, e)
