@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from .executor import current_run
 from .options import ExecutionMode
 
@@ -43,6 +45,10 @@ def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profi
         # oversubscribe them (OpenBLAS threads spin), so split the cores between the inter-op threads.
         intra = max(1, cores // threads)
     with ExitStack() as stack:
+        # IEEE results (log(0) = -inf, 0/0 = NaN, overflow = inf) are what ONNX asks for: numpy's
+        # warnings about them are noise; set once per run (numpy keeps it in a context variable,
+        # which the parallel executor copies into its workers) instead of in every kernel call.
+        stack.enter_context(np.errstate(all="ignore"))
         for p in plan.providers:
             stack.enter_context(p.limit_threads(intra))
         if only_fetches:
