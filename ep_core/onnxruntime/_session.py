@@ -39,6 +39,7 @@ class SessionOptions(_options.SessionOptions):
 
     def __init__(self) -> None:
         super().__init__()
+        self.log_severity_level = -1   # onnxruntime's default: the default logger's severity
         self.enable_mem_reuse: bool = True
         self.use_per_session_threads: bool = True
         self.execution_order: ExecutionOrder = ExecutionOrder.DEFAULT
@@ -211,6 +212,7 @@ class InferenceSession(_native.InferenceSession):
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
             run_options: Any = None) -> list[Any]:
         """As ep_core's run; OrtValue feeds are taken where they live (device values in place)."""
+        self._check_required(input_feed)
         if isinstance(input_feed, dict) and any(isinstance(v, OrtValue) for v in input_feed.values()):
             outs = self._run_values(output_names, input_feed, [HOST], run_options)
             return [v for v, _ in outs]
@@ -227,7 +229,15 @@ class InferenceSession(_native.InferenceSession):
         outs = self._run_values(output_names, input_dict_ort_values, [HOST], run_options)
         return [OrtValue(v, d) for v, d in outs]
 
+    def _check_required(self, input_feed: Any) -> None:
+        if isinstance(input_feed, dict):
+            missing = [a.name for a in super().get_inputs() if a.name not in input_feed]
+            if missing:
+                raise MissingFeed(f"Required inputs ({missing}) are missing from input feed "
+                                  f"({list(input_feed)}).")
+
     def _run_values(self, output_names, feeds: dict[str, Any], where: list, run_options) -> list:
+        self._check_required(feeds)
         values = {n: (v.value if isinstance(v, OrtValue) else v) for n, v in feeds.items()}
         devices = {n: v.device for n, v in feeds.items() if isinstance(v, OrtValue)}
         names = list(output_names) if output_names else [a.name for a in super().get_outputs()]
@@ -272,6 +282,10 @@ class InferenceSession(_native.InferenceSession):
             self.set_providers(["CPUExecutionProvider"])
             self.disable_fallback()
             return fn(*args)  # re-created in place: the same bound method now runs on the CPU
+
+
+class MissingFeed(InvalidArgument, ValueError):
+    """A required input is not fed (onnxruntime's Python layer raises ValueError here)."""
 
 
 _GENERATED_DIM = re.compile(r"unk__\d+$")
