@@ -319,7 +319,8 @@ class InferenceSession:
         events. Written against the current Plan (steps, slots, copy steps) and Placement
         (value locations); the IO binding layer (ep_core/iobinding.py) needs only this signature.
         """
-        from .parallel import intra_op_limit
+        from contextlib import ExitStack
+
         from .partition import COPY_OPS
         from .provider import HOST
 
@@ -364,7 +365,10 @@ class InferenceSession:
         for p in self._providers:
             p.on_run_start(run_options)
         try:
-            with intra_op_limit(int(getattr(self._options, "intra_op_num_threads", 0) or 0)):
+            with ExitStack() as stack:
+                intra = int(getattr(self._options, "intra_op_num_threads", 0) or 0)
+                for p in plan.providers:
+                    stack.enter_context(p.limit_threads(intra))
                 for st in plan.steps:
                     control.check()
                     if id(st) in skipped:

@@ -38,8 +38,7 @@ class SessionOptions(_options.SessionOptions):
     """ep_core's SessionOptions plus onnxruntime's methods that change the model at load."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.log_severity_level = -1   # onnxruntime's default: the default logger's severity
+        # Set before ep_core's __init__, which seals the option names.
         self.enable_mem_reuse: bool = True
         self.use_per_session_threads: bool = True
         self.execution_order: ExecutionOrder = ExecutionOrder.DEFAULT
@@ -48,6 +47,8 @@ class SessionOptions(_options.SessionOptions):
         self._initializers: dict[str, OrtValue] = {}
         self._providers: list[tuple[str, dict]] = []
         self._load_cancelled = False
+        super().__init__()
+        self.log_severity_level = -1   # onnxruntime's default: the default logger's severity
 
     def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int) -> None:
         """Fix every dimension named `dim_name` (in the model's inputs, outputs and value infos)."""
@@ -127,9 +128,10 @@ class RunOptions(_options.RunOptions):
     def logid(self) -> str:
         return self.run_tag
 
-    @logid.setter
-    def logid(self, value: str) -> None:
-        self.run_tag = str(value)
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "logid":
+            name, value = "run_tag", str(value)
+        super().__setattr__(name, value)
 
     def add_active_adapter(self, adapter: Any) -> None:
         raise NotImplemented("RunOptions.add_active_adapter: LoRA adapters are not supported by ep_core")
