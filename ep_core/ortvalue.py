@@ -185,7 +185,7 @@ class OrtValue:
         iface = getattr(data, "__cuda_array_interface__", None)
         if iface is None:
             raise InvalidArgument(f"{type(data).__name__} has no __cuda_array_interface__")
-        device = _pointer_device(data, iface["data"][0])
+        device = _cuda_device_of(data)
         return cls(array_module(device).asarray(data), device, data)
 
     @classmethod
@@ -349,7 +349,8 @@ def _dtype_of(element_type: Any) -> np.dtype:
                               f"element type") from e
 
 
-def _pointer_device(data: Any, ptr: int) -> Device:
+def _cuda_device_of(data: Any) -> Device:
+    """The CUDA device an array lives on (CuPy: .device.id, PyTorch: .device.index)."""
     dev = getattr(data, "device", None)
     index = getattr(dev, "id", None)
     if index is None:

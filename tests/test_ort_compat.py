@@ -417,6 +417,14 @@ def test_shim_runs_a_script_unchanged(tmp_path):
     assert r.stdout.split("\n")[0] == "ep_core.onnxruntime CPUExecutionProvider [[2.0, 3.0], [2.0, 3.0]] ['a', 'b']"
 
 
+def test_shim_runs_a_module_unchanged(tmp_path):
+    (tmp_path / "ortapp.py").write_text("import sys, onnxruntime\nprint(onnxruntime.__name__, sys.argv[1:])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "ep_core.shim", "-m", "ortapp", "x"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ep_core.onnxruntime ['x']", r.stderr
+
+
 def test_shim_usage_without_arguments():
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "ep_core.shim"], capture_output=True, text=True, env=env, timeout=120)

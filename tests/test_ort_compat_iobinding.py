@@ -14,7 +14,7 @@ import ep_core
 import ep_core.onnxruntime as ort
 from ep_core import errors, ortvalue
 from ep_core.provider import Device
-from foreign_provider import FOREIGN, ForeignArray, ForeignProvider, ForeignTransfer
+from foreign_provider import ForeignArray, ForeignProvider, ForeignTransfer
 
 ep_core.register_provider("foreign", ForeignProvider)
 
