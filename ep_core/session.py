@@ -366,6 +366,7 @@ class InferenceSession:
             p.on_run_start(run_options)
         try:
             with ExitStack() as stack:
+                stack.enter_context(np.errstate(all="ignore"))   # as run_plan: IEEE results wanted
                 intra = int(getattr(self._options, "intra_op_num_threads", 0) or 0)
                 for p in plan.providers:
                     stack.enter_context(p.limit_threads(intra))
