@@ -87,6 +87,34 @@ def load(path_or_bytes: Any, options: SessionOptions | None = None) -> LoadedMod
     return LoadedModel(meta, graph, opsets, preoptimized)
 
 
+def read_model(path_or_bytes: Any, options: SessionOptions | None = None) -> onnx.ModelProto:
+    """The model as a ModelProto with every weight inline, read under the same rules as `load`
+    (one parse, UTF-8 and nesting checked, external data only from the allowed folder), for a
+    caller that edits a model before building a session from it. Not validated further: `load`
+    does that when the session is built. A ModelProto given is returned as is unless it has
+    external data (then a copy with the data inline)."""
+    options = options or SessionOptions()
+    with _Input(path_or_bytes, options) as src, ExternalFiles(src.folder, src.hint) as files:
+        model = src.model
+        validate.check_structure(model, src.label)
+        for k, span in src.spans.items():
+            model.graph.initializer[k].raw_data = src.source.array(span.offset, span.length).tobytes()
+        tensors = [(t, f"initializer '{t.name}'") for t in model.graph.initializer]
+        tensors += list(iter_tensors(model))
+        if not any(t.data_location == TensorProto.EXTERNAL for t, _ in tensors):
+            return model
+        if not src.owned:
+            model = onnx.ModelProto()
+            model.CopyFrom(src.model)
+            tensors = [(t, f"initializer '{t.name}'") for t in model.graph.initializer]
+            tensors += list(iter_tensors(model))
+        for t, where in tensors:
+            if t.data_location == TensorProto.EXTERNAL:
+                check_tensor(t, f"{src.label}: {where}")
+                t.CopyFrom(_inlined(t, files.read(t, f"{src.label}: {where}")))
+        return model
+
+
 # --- 1. read ----------------------------------------------------------------------------------
 
 class _Input:

@@ -368,3 +368,19 @@ def test_the_code_in_docs_security_runs(capsys):
         exec(compile(block, "docs/security.md", "exec"), {})
     out = capsys.readouterr().out
     assert "session.model_external_initializers_file_folder_path" in out and "leaves the model's folder" in out
+
+
+def test_read_model_inlines_external_data_under_the_same_rules(rng, tmp_path):
+    from ep_core.load import read_model
+    m, path, w1 = external_model(rng, tmp_path / "model")
+    got = read_model(path)
+    np.testing.assert_array_equal(numpy_helper.to_array(got.graph.initializer[0]), w1)
+    assert got.graph.initializer[0].data_location == TensorProto.DEFAULT
+    assert m.graph.initializer[0].data_location == TensorProto.EXTERNAL     # the caller's proto untouched
+    with pytest.raises(InvalidGraph, match=EXTERNAL_FOLDER_KEY):
+        read_model(m)
+    np.testing.assert_array_equal(
+        numpy_helper.to_array(read_model(m, _folder_options(tmp_path / "model")).graph.initializer[0]), w1)
+    _, bad, _ = external_model(rng, tmp_path / "evil", "../model/w1.bin")
+    with pytest.raises(InvalidGraph, match="leaves the model's folder"):
+        read_model(bad)
