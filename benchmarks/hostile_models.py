@@ -50,6 +50,13 @@ def main() -> None:
     write(results, seconds, machine_info(), Path(args.out), args.long)
 
 
+def _outcome(r: dict) -> str | dict:
+    """The outcome; with its detail only where it is not a plain typed error or correct run."""
+    if r["outcome"] in ("typed", "correct"):
+        return r["outcome"]
+    return {"outcome": r["outcome"], "detail": r["detail"][:300]}
+
+
 def write(results: dict, seconds: dict, info: dict, out_dir: Path, long: bool) -> None:
     date = datetime.date.today().isoformat()
     stem = f"hostile_models_{date}_{machine_tag()}" + ("_long" if long else "")
@@ -64,8 +71,7 @@ def write(results: dict, seconds: dict, info: dict, out_dir: Path, long: bool) -
            "cases": len(names), "seconds": seconds,
            "counts": {r: dict(c) for r, c in counts.items()},
            "cases_detail": {n: {"category": results["ours"][n]["category"], "expect": results["ours"][n]["expect"],
-                                **{r: {"outcome": results[r][n]["outcome"], "detail": results[r][n]["detail"][:300]}
-                                   for r in results}} for n in names}}
+                                **{r: _outcome(results[r][n]) for r in results}} for n in names}}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
 
