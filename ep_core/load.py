@@ -7,9 +7,11 @@ Steps, each refusing with a typed error from `ep_core.errors`:
    nesting is bounded, element types and opset imports are known.
 3. weights aside: every main-graph initializer is checked (type, dims against data). Weights
    above `INLINE_BYTES` become typed graph inputs (name, type, dims) in a weightless copy of the
-   model, so the checker and shape inference never serialize them. (onnx's external-data form
-   would not do: the checker looks for the named file relative to the current directory.) External data is
-   read only through `external_data.ExternalFiles` (regular files inside the model's folder).
+   model, so the checker and shape inference never serialize them (onnx's external-data form
+   would not do: its checker looks for the named file relative to the current directory). A
+   model file is parsed with those weights' bytes lifted out of it (`load_wire`): each is read
+   once, straight into its array. External data is read only through
+   `load_tensors.ExternalFiles` (regular files inside the model's folder).
 4. `onnx.checker` and strict shape inference on the weightless copy. Where onnx is stricter than
    onnxruntime (old IR versions, main-graph values without shapes, unsorted nodes, duplicate
    initializers, declared shapes that disagree with inferred ones) a `LenientLoadWarning` is
@@ -35,17 +37,17 @@ from onnx import TensorProto, helper
 
 from . import validate
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
-from .load_tensors import (ExternalFiles, byte_size, check_tensor, elem_count, iter_tensors,
-                           sparse_to_array, to_array)
 from .graph import Graph, graph_from_proto
 from .graph_edit import OWN_DOMAIN, GraphEditor
+from .load_tensors import (ExternalFiles, byte_size, check_tensor, elem_count, iter_tensors,
+                           sparse_to_array, to_array)
 from .load_wire import Source, Span, split_weights
 from .options import SessionOptions
 
 META_OPTIMIZED = "ep_core.optimized"
 COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
-INLINE_BYTES = 64 << 10          # weights above this are stubs in the weightless copy ...
+INLINE_BYTES = 64 << 10          # weights above this stay out of the weightless copy ...
 INLINE_SHAPE_BYTES = 8 << 20     # ... except rank <= 1 integer tensors (shape data) up to this
 MAX_MODEL_BYTES = (2 << 30) - 1  # protobuf cannot parse more; larger models use external data
 _INT_TYPES = (TensorProto.INT64, TensorProto.INT32)
