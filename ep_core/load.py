@@ -79,7 +79,7 @@ def load(path_or_bytes: Any, options: SessionOptions | None = None) -> LoadedMod
         preoptimized = any(p.key == META_OPTIMIZED for p in model.metadata_props)
         meta = _without_initializers(model) if src.owned else model
         light, big = _weightless(model, src, files)
-        inferred = _check_and_infer(light, label)
+        inferred = _check_and_infer(light, label, opsets)
         del light
         graph = _build_graph(inferred, big, opsets, model.ir_version, model)
         del model, big, inferred
@@ -314,9 +314,10 @@ def _warn(message: str) -> None:
     warnings.warn(message, LenientLoadWarning, stacklevel=4)
 
 
-def _check_and_infer(light: onnx.ModelProto, label: str) -> onnx.ModelProto:
-    from .load_lenient import relax_for_checker, sort_nodes, strip_declared_shapes
+def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int]) -> onnx.ModelProto:
+    from .load_lenient import fill_function_defaults, relax_for_checker, sort_nodes, strip_declared_shapes
     sort_nodes(light, label, _warn)
+    fill_function_defaults(light, opsets)
     undo = relax_for_checker(light, label, _warn)
     try:
         onnx.checker.check_model(light)

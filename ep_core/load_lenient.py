@@ -8,6 +8,10 @@ Each adjustment is one onnxruntime accepts and that leaves the model's meaning d
   checked and removed again before inference;
 - nodes out of topological order: the copy is sorted (a cycle is refused);
 - declared shapes that contradict inference: stripped, and inference run again (strict).
+
+`fill_function_defaults` is no leniency: onnx's strict inference expands the function body of
+ops such as MeanVarianceNormalization and fails when a body refers to an attribute the node
+leaves at its default; writing the schema's default out (same meaning) lets it expand.
 """
 from __future__ import annotations
 
@@ -48,6 +52,29 @@ def relax_for_checker(model: onnx.ModelProto, label: str, warn: Warn) -> list[Ca
                 tt.shape.SetInParent()
                 undo.append(lambda tt=tt: tt.ClearField("shape"))
     return undo
+
+
+def fill_function_defaults(model: onnx.ModelProto, opsets: dict[str, int]) -> None:
+    """Write out the schema defaults of omitted attributes of ops that onnx defines by a
+    function body (ai.onnx and ai.onnx.ml only)."""
+    for g in _graphs(model.graph):
+        for n in g.node:
+            domain = "" if n.domain in ("", "ai.onnx") else n.domain
+            if domain not in ("", "ai.onnx.ml") or domain not in opsets:
+                continue
+            try:
+                schema = onnx.defs.get_schema(n.op_type, opsets[domain], domain)
+            except onnx.defs.SchemaError:
+                continue
+            if not (schema.has_function or schema.has_context_dependent_function):
+                continue
+            given = {a.name for a in n.attribute}
+            for name, attr in schema.attributes.items():
+                default = attr.default_value
+                if name not in given and default.type != onnx.AttributeProto.UNDEFINED:
+                    added = n.attribute.add()
+                    added.CopyFrom(default)
+                    added.name = name
 
 
 def strip_declared_shapes(model: onnx.ModelProto) -> None:

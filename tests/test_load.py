@@ -384,3 +384,13 @@ def test_read_model_inlines_external_data_under_the_same_rules(rng, tmp_path):
     _, bad, _ = external_model(rng, tmp_path / "evil", "../model/w1.bin")
     with pytest.raises(InvalidGraph, match="leaves the model's folder"):
         read_model(bad)
+
+
+def test_function_ops_with_defaulted_attributes_pass_strict_inference():
+    """onnx's strict inference expands MeanVarianceNormalization's body and fails on the `axes`
+    it refers to when the node leaves it at its default; the loader writes the default out."""
+    g = helper.make_graph([helper.make_node("MeanVarianceNormalization", ["x"], ["y"])], "g",
+                          [vi("x", F32, [1, 3, 2, 2])], [vi("y", F32, [1, 3, 2, 2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    node = load(m).graph.nodes[0]
+    assert node.attrs["axes"] == [0, 2, 3]
