@@ -8,6 +8,7 @@ with numpy "device" arrays and kernels compiled for the host (ep_cuda.emulator).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -146,6 +147,28 @@ def check(op: str, inputs: Sequence[Array | None], attrs: dict | None = None, *,
 
 
 # ---------------------------------------------------------------------------- pytest glue
+REQUIRE_GPU_ENV = "EP_REQUIRE_GPU"
+
+
+def gpu_required() -> bool:
+    """EP_REQUIRE_GPU=1 (set by benchmarks/gpu_verify.sh): an unusable GPU fails the GPU tests
+    instead of skipping them, so a GPU run cannot report green without having run."""
+    return os.environ.get(REQUIRE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_gpu() -> None:
+    """Skip the calling test without a usable GPU (fail instead under EP_REQUIRE_GPU=1)."""
+    import pytest
+
+    from .provider import CUDAExecutionProvider
+    ok, why = CUDAExecutionProvider.availability()
+    if ok:
+        return
+    if gpu_required():
+        pytest.fail(f"{REQUIRE_GPU_ENV}=1 but the CUDA provider is unavailable: {why}", pytrace=False)
+    pytest.skip(f"no usable GPU: {why}")
+
+
 def backends() -> list:
     """pytest params: the CPU emulator (runs anywhere with g++) and a real GPU (marked cuda)."""
     import pytest
@@ -153,16 +176,22 @@ def backends() -> list:
 
 
 def require(backend: str) -> None:
-    """Skip the calling test when the backend cannot run here."""
+    """Skip the calling test when the backend cannot run here (see require_gpu for 'gpu')."""
     import pytest
     if backend == "gpu":
-        from ep_cuda import CUDAExecutionProvider
-        ok, why = CUDAExecutionProvider.availability()
-    else:
-        from . import emulator
-        ok, why = emulator.available()
+        require_gpu()
+        return
+    from . import emulator
+    ok, why = emulator.available()
     if not ok:
         pytest.skip(f"{backend} backend unavailable: {why}")
+
+
+def session_provider(backend: str) -> str:
+    """The provider name a session test passes in `providers=[name, "cpu"]` for a backend:
+    "cuda" on a GPU, the emulated CUDA provider ("cuda_emu") on the emulator."""
+    require(backend)
+    return "cuda" if backend == "gpu" else register_emulated()
 
 
 def random_array(shape, dtype=np.float32, lo: float = -2.0, hi: float = 2.0, seed: int = 0) -> np.ndarray:
