@@ -275,7 +275,7 @@ def plan_gemm_groups(an: Analysis, eligible: list[Node], taken: set[int]) -> lis
         if len(outs) != 1:
             continue
         baked = {i for n in chain[1:] for i in n.inputs if i and i not in info["adds"]
-                 and i != n.inputs[0] and an.const(i) is not None}
+                 and i != n.inputs[0] and an.const(i) is not None} - set(anchor.inputs)
         ins = [i for i in ins if i not in baked]
         taken.update(map(id, chain))
         groups.append(Group("gemm", chain, ins, outs, info))
@@ -321,13 +321,21 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int])
         ins, outs = an.boundary(g["nodes"])
         if not outs or any(not _same_shape(an.shape(o), g["shape"]) for o in outs):
             continue
-        baked = {n.inputs[k] for n in g["nodes"] if n.op_type == "Clip"
-                 for k in (1, 2) if len(n.inputs) > k and n.inputs[k]}
-        ins = [i for i in ins if i not in baked]
+        ins = [i for i in ins if i not in _baked_clip_bounds(g["nodes"])]
         taken.update(map(id, g["nodes"]))
         specs = [elementwise_spec(an, n) for n in g["nodes"]]
         out.append(Group("elementwise", g["nodes"], ins, outs, {"specs": specs}))
     return out
+
+
+def _baked_clip_bounds(nodes: list[Node]) -> set[str]:
+    """Clip bounds the generated code holds as literals, unless a node of the group also reads
+    the same value as a tensor (then it stays a group input)."""
+    bounds = {n.inputs[k] for n in nodes if n.op_type == "Clip"
+              for k in (1, 2) if len(n.inputs) > k and n.inputs[k]}
+    read = {i for n in nodes for k, i in enumerate(n.inputs)
+            if i and not (n.op_type == "Clip" and k in (1, 2))}
+    return bounds - read
 
 
 def capturable(an: Analysis, node: Node, kdef: Any) -> str:

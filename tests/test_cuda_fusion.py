@@ -93,6 +93,18 @@ def test_float16_cast_clip_prelu(provider):
     compare(ours, ref, {"x": rnd((4, 6), np.float16)}, rtol=1e-3, atol=1e-3)
 
 
+def test_clip_bound_also_read_as_operand(provider):
+    # issue 13 bug 1: 'lo' is a Clip bound (baked into the generated code) and an Add operand; the
+    # fused group must keep it as an input (it raised KeyError inside compile, failing the session)
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]),
+             helper.make_node("Add", ["c", "lo"], ["a"]), helper.make_node("Neg", ["a"], ["out"])]
+    m = model(nodes, [("x", F32, [3, 5])], [("out", F32, [3, 5])],
+              [("lo", np.array(-0.5, np.float32)), ("hi", np.array(0.75, np.float32))])
+    ours, ref = sessions(m, provider)
+    assert len(fused(ours)) == 1, ours.get_placement()
+    compare(ours, ref, {"x": rnd((3, 5))})
+
+
 def test_groups_stay_convex(provider):
     # a -> b is fusible, a -> softmax -> c(b, softmax): fusing {a, b, c} would need the softmax
     # both before and after the group (a cycle). The planner must not do that.
