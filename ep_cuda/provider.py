@@ -393,18 +393,7 @@ def _shrink_requested(run_options: Any, device_id: int) -> bool:
 
 @lru_cache(maxsize=1)
 def _probe() -> tuple[bool, str]:
-    """Whether CuPy, a driver and at least one GPU are usable (every failure is a reason)."""
-    try:
-        import cupy
-    except Exception as e:  # ImportError, or a broken CUDA library load
-        return False, f"CuPy is not importable ({type(e).__name__}: {e})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-        if count < 1:
-            return False, "no CUDA device found"
-        cupy.cuda.runtime.driverGetVersion()
-        with cupy.cuda.Device(0):
-            cupy.cuda.Device(0).compute_capability  # noqa: B018 - touches the context
-    except Exception as e:
-        return False, f"no usable CUDA GPU/driver ({type(e).__name__}: {e})"
-    return True, ""
+    """Whether CuPy, the CUDA headers, a driver and a GPU are usable, and a trivial kernel
+    compiles and runs (ep_cuda.probe; every failure is a reason). Once per process."""
+    from .probe import probe
+    return probe()

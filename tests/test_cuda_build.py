@@ -79,6 +79,81 @@ def test_imports_and_lists_without_cupy():
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+def _cupy_importable() -> bool:
+    try:
+        import cupy  # noqa: F401
+        import cuda.pathfinder  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+# Makes CuPy's CUDA header lookup (cuda.pathfinder) find nothing, as on a pip-only machine whose
+# extra brought no headers.
+HIDE_CUDA_HEADERS = textwrap.dedent("""
+    import cuda.pathfinder as pf
+    import cuda.pathfinder._headers.find_nvidia_headers as fh
+    pf.find_nvidia_header_directory = lambda name: None
+    fh.find_nvidia_header_directory = lambda name: None
+""")
+ONE_RELU = textwrap.dedent("""
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+""")
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.skipif(not _cupy_importable(), reason="CuPy / cuda.pathfinder not importable")
+def test_without_cuda_headers_provider_is_unavailable_and_falls_back_once():
+    """Issue 13 bug 3: CuPy 14 compiles nothing without the CUDA runtime headers; the probe must
+    say so (not 'no GPU', not fail mid-run) and a session falls back to the CPU, warning once."""
+    code = HIDE_CUDA_HEADERS + ONE_RELU + textwrap.dedent("""
+        import warnings
+        import numpy as np
+        import ep_core
+        from ep_cuda import CUDAExecutionProvider
+        ok, why = CUDAExecutionProvider.availability()
+        assert not ok and "CUDA headers" in why and "cuda12" in why, why
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                s = ep_core.InferenceSession(model, providers=["cuda", "cpu"])
+                assert s.get_providers() == ["cpu"]
+                assert s.run(None, {"x": np.array([-1, 0, 2], np.float32)})[0].tolist() == [0, 0, 2]
+        msgs = [str(x.message) for x in w if "not available" in str(x.message)]
+        assert len(msgs) == 1 and "CUDA headers" in msgs[0], msgs
+        print("OK")
+    """)
+    r = _run_python(code)
+    assert r.returncode == 0 and "OK" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
+@pytest.mark.skipif(not _cupy_importable(), reason="CuPy / cuda.pathfinder not importable")
+def test_cupy_compile_path_needs_headers_and_compiles_with_them():
+    from ep_cuda import probe
+    try:
+        probe.compile_options()
+    except RuntimeError as e:
+        pytest.skip(f"no CUDA headers on this machine: {e}")
+    lowered = probe.cupy_compile(probe.PROBE_SOURCE, ["ep_probe"], 75)
+    assert lowered == {"ep_probe": "ep_probe"}
+    r = _run_python(HIDE_CUDA_HEADERS + textwrap.dedent("""
+        from ep_cuda import probe
+        try:
+            probe.cupy_compile(probe.PROBE_SOURCE, ["ep_probe"], 75)
+        except RuntimeError as e:
+            print("REFUSED", e)
+    """))
+    assert "REFUSED Failed to find CUDA headers" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
 def test_availability_is_a_pair():
     ok, reason = CUDAExecutionProvider.availability()
     assert isinstance(ok, bool) and isinstance(reason, str)
