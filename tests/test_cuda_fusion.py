@@ -11,24 +11,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ep_core
 from ep_cuda import loader
-from ep_cuda.testing import register_emulated
+from ep_cuda.testing import backends, session_provider
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
-@pytest.fixture(params=[pytest.param("emu", id="emu"), pytest.param("gpu", id="gpu", marks=pytest.mark.cuda)])
+@pytest.fixture(params=backends())
 def provider(request):
-    if request.param == "gpu":
-        from ep_cuda import CUDAExecutionProvider
-        ok, why = CUDAExecutionProvider.availability()
-        if not ok:
-            pytest.skip(why)
-        return "cuda"
-    from ep_cuda import emulator
-    ok, why = emulator.available()
-    if not ok:
-        pytest.skip(why)
-    return register_emulated()
+    return session_provider(request.param)
 
 
 def model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
