@@ -74,21 +74,25 @@ def cuda_kernel_def(node: Node):
 
 
 def to_device(x: Array, backend: str, noncontig: bool = False) -> Any:
-    """A device copy of x; with noncontig, a strided view (every other element of a wider array)."""
+    """A device copy of x (an emulator EmuArray for "emu"); with noncontig, a strided view
+    (every other element of a wider array)."""
     if backend == "gpu":
         import cupy as xp
+        wrap = xp.asarray
     else:
-        xp = np
+        from .emulator import EmuArray
+        xp, wrap = np, EmuArray
     if not noncontig or x.ndim == 0 or x.size == 0:
-        return xp.array(x, copy=True)
+        return wrap(xp.array(x, copy=True))
     wide = xp.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
     view = wide[..., ::2]
     view[...] = xp.asarray(x)
-    return view
+    return wrap(view)
 
 
 def to_numpy(v: Any) -> Any:
-    if v is None or isinstance(v, np.ndarray):
+    """A kernel output as numpy: device arrays are copied back, host outputs pass through."""
+    if v is None or isinstance(v, (np.ndarray, list)):
         return v
     if hasattr(v, "get"):
         return v.get()
@@ -213,15 +217,16 @@ class _HostArena:
     recording = None
 
     def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
+        from .emulator import _NumpyDevice
+        return _NumpyDevice.empty(shape, dtype)
 
     def release_unused(self) -> None:
         pass
 
 
 class EmulatedCUDAProvider(CUDAExecutionProvider):
-    """The CUDA provider with the CPU emulator as its device: numpy arrays stand for device
-    memory and every kernel (generated fused kernels included) runs through ep_cuda.emulator.
+    """The CUDA provider with the CPU emulator as its device: EmuArrays (numpy memory that refuses
+    host reads) stand for device memory and every kernel (generated fused kernels included) runs through ep_cuda.emulator.
     Partitioning, fusion (compile API), copy insertion and CUDA-graph regions (run eagerly) are
     the real provider's. Test tool: register it with `register_emulated()`."""
 
@@ -253,13 +258,23 @@ class EmulatedCUDAProvider(CUDAExecutionProvider):
         return self.allocator
 
     def to_device(self, value: Any, stream: Any = None) -> Any:
-        return np.array(np.asarray(value), copy=True)
+        from .emulator import EmuArray
+        if isinstance(value, EmuArray):
+            return value
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise TypeError(f"cannot copy a {arr.dtype} tensor to a CUDA device")
+        return EmuArray(np.array(arr, copy=True, order="C"))
 
     def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
-        return np.array(np.asarray(value), copy=True, order="C")
+        from .emulator import EmuArray
+        if isinstance(value, EmuArray):
+            return np.asarray(value.get(), order="C")   # (ascontiguousarray makes 0-d 1-d)
+        return np.asarray(value)
 
     def device_of(self, value: Any):
-        return self.device
+        from ep_core.provider import HOST
+        return HOST if isinstance(value, np.ndarray) else self.device
 
     def sync(self) -> None:
         pass

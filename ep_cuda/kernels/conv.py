@@ -22,7 +22,7 @@ import numpy as np
 from ep_cpu.kernels.conv import conv_geometry
 
 from .. import loader
-from ..launch import (FLOATS, CudaKernel, blob, contiguous, ctype, elem_strides, empty, i64,
+from ..launch import (FLOATS, CudaKernel, blob, contiguous, cp, ctype, elem_strides, empty, i64,
                       launch, settings)
 from ..registry import kernel
 from .gemm import SIMT, TC, Epilogue, _aligned, batched_gemm, run_engine
@@ -240,10 +240,7 @@ class Conv(_ConvBase):
 def _as_view(arr: Any, shape: Sequence[int], strides: Sequence[int]) -> Any:
     """A view of `arr`'s memory with the given shape and element strides (numpy or CuPy)."""
     item = arr.dtype.itemsize
-    if isinstance(arr, np.ndarray):
-        return np.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
-    import cupy
-    return cupy.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
+    return cp.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
 
 
 @kernel("ConvTranspose", since=1, types={"T": FLOATS})
