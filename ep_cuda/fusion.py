@@ -355,6 +355,22 @@ def capturable(an: Analysis, node: Node, kdef: Any) -> str:
     return ""
 
 
+def host_reads_from_outside(an: Analysis, group: Group, kernel_lookup: Callable) -> list[tuple[Node, str]]:
+    """Nodes of a region reading a host-memory input that is neither a constant nor produced
+    inside the region: the region (a fused node) would get it uploaded to the device and read it
+    back while capturing, which a capture forbids. They must run outside the region."""
+    inside = {o for n in group.nodes for o in n.outputs if o}
+    out = []
+    for n in group.nodes:
+        kdef = kernel_lookup(n)
+        for k in getattr(kdef, "host_inputs", ()) or ():
+            name = n.inputs[k] if k < len(n.inputs) else ""
+            if name and name not in an.constants and name not in inside:
+                out.append((n, f"input '{name}' is read on the host and produced outside the region"))
+                break
+    return out
+
+
 def _is_host_output(node: Node, name: str) -> bool:
     return node.op_type in ("Shape", "Size") and (node.domain or "") in ("", "ai.onnx")
 

@@ -90,7 +90,8 @@ def device_cc() -> int:
 def is_capturing() -> bool:
     """Whether the current stream is being captured into a CUDA graph (no syncs, no timing)."""
     if EMULATED[0]:
-        return False
+        from .emulator import CAPTURING
+        return CAPTURING[0]
     import cupy
     s = cupy.cuda.get_current_stream()
     return bool(s.ptr) and s.is_capturing()

@@ -251,14 +251,23 @@ class CUDAExecutionProvider(ExecutionProvider):
         return caps
 
     def _plan_groups(self, graph, claimed, kernel_lookup):
-        from .fusion import Analysis, capturable, plan_elementwise_groups, plan_gemm_groups, plan_regions
+        from .fusion import (Analysis, capturable, host_reads_from_outside, plan_elementwise_groups,
+                             plan_gemm_groups, plan_regions)
         an = Analysis(graph)
         if self.cuda_graph:
             ok, blocked = [], []
             for n in claimed:
                 why = capturable(an, n, kernel_lookup(n))
                 (blocked.append((n, why)) if why else ok.append(n))
-            regions = [g for g in plan_regions(an, ok) if len(g.nodes) >= 2 or not blocked]
+            while True:   # a node may only read on the host what its region computes or a constant
+                regions = plan_regions(an, ok)
+                moved = [m for g in regions for m in host_reads_from_outside(an, g, kernel_lookup)]
+                if not moved:
+                    break
+                gone = {id(n) for n, _ in moved}
+                ok = [n for n in ok if id(n) not in gone]
+                blocked += moved
+            regions = [g for g in regions if len(g.nodes) >= 2 or not blocked]
             if blocked or len(regions) > 1:
                 detail = "; ".join(f"{n.describe()}: {why}" for n, why in blocked[:5])
                 warnings.warn(f"enable_cuda_graph: the run is split into {len(regions)} captured "

@@ -194,8 +194,12 @@ def test_cuda_graph_region_equals_normal_run(provider):
     ours, ref = sessions(m, provider, {"enable_cuda_graph": 1}, level=99)
     regions = fused(ours, "CudaGraph")
     assert len(regions) == 1, ours.get_placement()
+    from ep_cuda.compiled import GRAPH_STATS
+    before = dict(GRAPH_STATS)
     for _ in range(3):   # warm-up, capture + replay, replay
         compare(ours, ref, feeds, rtol=1e-4, atol=1e-4)
+    assert GRAPH_STATS["captured"] == before["captured"] + 1, GRAPH_STATS     # really captured
+    assert GRAPH_STATS["replayed"] == before["replayed"] + 2 and GRAPH_STATS["failed"] == before["failed"]
     feeds2 = bert_feeds()
     feeds2["input_ids"] = feeds2["input_ids"][:, ::-1].copy()
     compare(ours, ref, feeds2, rtol=1e-4, atol=1e-4)   # new values through the static buffers
@@ -211,6 +215,30 @@ def test_cuda_graph_splits_around_sync_ops(provider):
     assert "NonZero" in ops
     compare(ours, ref, {"x": rnd((4, 5))})
     compare(ours, ref, {"x": rnd((4, 5), seed=1)})
+
+
+def test_cuda_graph_captures_around_host_reads_from_outside(provider):
+    # issue 13 bug 5: Reshape(x, Shape(y)) with y a graph input: the shape is computed on the host
+    # outside any region; a region holding the Reshape got it uploaded and read it back while
+    # capturing (forbidden), so it never captured, silently. Every region must capture now.
+    from ep_cuda.compiled import GRAPH_STATS
+    nodes = [helper.make_node("Shape", ["y"], ["s"]), helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Exp", ["r"], ["e"]), helper.make_node("Reshape", ["e", "s"], ["t"]),
+             helper.make_node("Neg", ["t"], ["n"]), helper.make_node("Softmax", ["n"], ["out"], axis=-1)]
+    m = model(nodes, [("x", F32, [4, 6]), ("y", F32, [None, None])], [("out", F32, [None, None])])
+    with pytest.warns(RuntimeWarning, match="enable_cuda_graph"):   # it says why it splits
+        ours, ref = sessions(m, provider, {"enable_cuda_graph": 1})
+    regions = fused(ours, "CudaGraph")
+    assert len(regions) == 2, ours.get_placement()
+    before = dict(GRAPH_STATS)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # a failed capture warns: make it fail the test
+        for k in range(4):   # warm-up, capture + replay, replays (new shape values: same graph)
+            y = np.zeros((3, 8) if k % 2 else (8, 3), np.float32)
+            compare(ours, ref, {"x": rnd((4, 6), seed=k), "y": y})
+    assert GRAPH_STATS["captured"] - before["captured"] >= 2, GRAPH_STATS
+    assert GRAPH_STATS["failed"] == before["failed"], GRAPH_STATS
 
 
 def test_tf32_option(provider):
