@@ -309,10 +309,13 @@ class CUDAExecutionProvider(ExecutionProvider):
         return self._transfer
 
     def device_of(self, value: Any) -> Device:
-        if isinstance(value, np.ndarray):
+        if not _is_cuda_value(value):
             return HOST
         dev = getattr(value, "device", None)
-        return Device("cuda", int(getattr(dev, "id", self.device_id))) if dev is not None else self.device
+        index = getattr(dev, "id", None)
+        if index is None:
+            index = getattr(dev, "index", None)   # torch.device
+        return Device("cuda", int(index if index is not None else self.device_id))
 
     @contextlib.contextmanager
     def scope(self):
@@ -324,14 +327,15 @@ class CUDAExecutionProvider(ExecutionProvider):
             yield
 
     def to_device(self, value: Any, stream: Any = None) -> Any:
-        """Host value -> cupy array on this device (asynchronous, pinned staging)."""
+        """Host value -> cupy array on this device (asynchronous, pinned staging). A device value
+        the caller hands us (CuPy array, DLPack or __cuda_array_interface__ object, e.g. a PyTorch
+        tensor) is used in place, ordered after the caller's pending work on it."""
         import cupy
 
+        caller = cupy.cuda.get_current_stream()   # where the caller issued its own work
         with self.scope():
-            if isinstance(value, cupy.ndarray):
-                if value.device.id == self.device_id:
-                    return value
-                return cupy.array(value, copy=True)  # peer copy onto our device
+            if _is_cuda_value(value):
+                return self._adopt(value, caller)
             arr = np.asarray(value)
             if arr.dtype == object or arr.dtype.kind in "USV":
                 raise TypeError(f"cannot copy a {arr.dtype} tensor to a CUDA device")
@@ -350,6 +354,24 @@ class CUDAExecutionProvider(ExecutionProvider):
             with self._staging_lock:
                 self._staging.append(buf)  # keep the pinned buffer alive until the next sync
             return out
+
+    def _adopt(self, value: Any, caller: Any) -> Any:
+        """A user's device value as a CuPy array on our device, our stream ordered after it."""
+        import cupy
+
+        if isinstance(value, cupy.ndarray):
+            arr = value
+        elif hasattr(value, "__dlpack__"):
+            arr = cupy.from_dlpack(value)   # our stream is current: the producer orders with it
+        else:
+            arr = cupy.asarray(value)       # __cuda_array_interface__ (CuPy syncs its stream)
+        # our stream is non-blocking: without this wait it may read the value while a copy the
+        # caller issued (on the legacy default stream or its own) is still in flight
+        if caller is not None and caller.ptr != self.stream.ptr:
+            self.stream.wait_event(caller.record())
+        if arr.device.id != self.device_id:
+            arr = cupy.array(arr, copy=True)   # peer copy onto our device, on our stream
+        return arr
 
     def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
         """cupy array -> numpy array (synchronizes the copy)."""
@@ -388,6 +410,24 @@ class CUDAExecutionProvider(ExecutionProvider):
         if self.shrink_arena_on_run_end or _shrink_requested(run_options, self.device_id):
             self.allocator.release_unused()
             self.pinned.release_unused()
+
+
+_DLPACK_CUDA = (2, 13)   # kDLCUDA, kDLCUDAManaged
+
+
+def _is_cuda_value(value: Any) -> bool:
+    """Whether `value` is CUDA device memory (CuPy, PyTorch, Numba... arrays), not host memory."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return False
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    dev = getattr(value, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return int(dev()[0]) in _DLPACK_CUDA
+    except Exception:  # noqa: BLE001 - not a usable DLPack producer: treat as host data
+        return False
 
 
 def _shrink_requested(run_options: Any, device_id: int) -> bool:

@@ -195,3 +195,29 @@ def test_optimized_graph_with_fusions_stays_on_gpu(provider):
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
     compute = [(op, p) for _, op, p in sess.get_placement()["nodes"] if not op.startswith("Memcpy")]
     assert all(p == "cuda" for _, p in compute), compute
+
+
+@pytest.mark.cuda
+def test_user_device_arrays_are_adopted_in_order(gpu):
+    """Issue 13 bug 6 on a GPU: a CuPy array still being written on the legacy default stream,
+    and a DLPack producer, are used in place after the caller's work completes."""
+    import cupy
+    ep = CUDAExecutionProvider()
+    with cupy.cuda.Stream.null:
+        x = cupy.arange(1 << 22, dtype=cupy.float32)
+        x *= 2                                   # still in flight on the default stream
+    d = ep.to_device(x)
+    assert d is x
+    np.testing.assert_array_equal(ep.to_host(d[-3:]), (np.arange((1 << 22) - 3, 1 << 22) * 2).astype(np.float32))
+
+    class DLPackOnly:
+        def __init__(self, a):
+            self.a = a
+
+        def __dlpack__(self, stream=None):
+            return self.a.__dlpack__(stream=stream)
+
+        def __dlpack_device__(self):
+            return self.a.__dlpack_device__()
+    y = ep.to_device(DLPackOnly(cupy.ones(5, cupy.float32)))
+    assert isinstance(y, cupy.ndarray) and ep.to_host(y).tolist() == [1.0] * 5
