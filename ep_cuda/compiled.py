@@ -69,14 +69,9 @@ class FusedGemm:
         if self.gemm is not None:
             c = get(self.anchor.inputs[2]) if len(self.anchor.inputs) > 2 else None
             r = adds[0] if adds else None
-            if c is None and adds:
+            if c is None and adds:   # the first Add plays C, with beta 1 (this call only)
                 c, r = adds[0], (adds[1] if len(adds) > 1 else None)
-                saved = self.gemm.beta
-                self.gemm.beta = 1.0
-                try:
-                    return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
-                finally:
-                    self.gemm.beta = saved
+                return (self.gemm.gemm(a, b, c, code, p0, p1, r=r, beta=1.0),)
             return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
         c = adds[0] if adds else None
         r = adds[1] if len(adds) > 1 else None

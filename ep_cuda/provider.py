@@ -394,11 +394,15 @@ class CUDAExecutionProvider(ExecutionProvider):
             return np.array(buf, copy=True)  # pageable copy: pinned buffers go back to the pool
 
     def sync(self) -> None:
+        # Only buffers staged before the synchronize are known to be done: another thread's run
+        # may stage more meanwhile, and its copy is still in flight.
+        with self._staging_lock:
+            done = len(self._staging)
         self.stream.synchronize()
         if self.copy_stream is not self.stream:
             self.copy_stream.synchronize()
         with self._staging_lock:
-            self._staging.clear()
+            del self._staging[:done]
 
     def on_run_start(self, run_options: Any = None) -> None:
         pass

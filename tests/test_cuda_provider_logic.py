@@ -126,3 +126,52 @@ def test_dlpack_and_cuda_array_interface_inputs_are_accepted(fake):
     # imported while our stream is current: DLPack's producer orders its stream with ours
     assert fake.cp.calls == [("from_dlpack", 7), ("asarray", 7)]
     assert fake.ep.stream.waited == [0, 0]
+
+
+def test_sync_keeps_staging_buffers_another_run_appends_meanwhile(fake):
+    """Bug 7: sync() synchronizes, then clears the staging list; a buffer another thread's run
+    staged after the synchronize started belongs to a copy still in flight and must be kept."""
+    ep = fake.ep
+    ep._staging, ep._staging_lock = ["mine"], threading.Lock()
+
+    class Racing(FakeStream):
+        def synchronize(self):
+            ep._staging.append("other run's buffer")   # appended while we wait
+
+    ep.stream = ep.copy_stream = Racing(7)
+    ep.sync()
+    assert ep._staging == ["other run's buffer"]
+
+
+def _gemm_group():
+    from onnx import TensorProto, helper
+
+    from ep_core.graph import graph_from_proto
+    from ep_cuda.fusion import Analysis, plan_gemm_groups
+    f = TensorProto.FLOAT
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "b"], ["g"], beta=0.5), helper.make_node("Add", ["g", "r"], ["y"])],
+        "g", [helper.make_tensor_value_info(n, f, s) for n, s in (("a", [2, 3]), ("b", [3, 4]), ("r", [2, 4]))],
+        [helper.make_tensor_value_info("y", f, [2, 4])])
+    import onnx
+    m = onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    graph = graph_from_proto(m.graph, {"": 17})
+    an = Analysis(graph)
+    (group,) = plan_gemm_groups(an, graph.nodes, set())
+    return group
+
+
+def test_fused_gemm_run_does_not_mutate_the_kernel():
+    """Bug 7: FusedGemm.run set the shared Gemm kernel's beta to 1 during a call, so a concurrent
+    run of the same node could compute with the wrong beta."""
+    from ep_cuda.compiled import FusedGemm
+    fg = FusedGemm(None, _gemm_group())
+    seen = []
+
+    def spy(a, b, c=None, act=-1, p0=0.0, p1=0.0, r=None, beta=None):
+        seen.append((fg.gemm.beta, beta, c))
+        return "y"
+
+    fg.gemm.gemm = spy
+    assert fg.run("A", "B", "R") == ("y",)
+    assert seen == [(0.5, 1.0, "R")], seen   # beta of the add passed per call; kernel untouched
