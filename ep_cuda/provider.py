@@ -83,14 +83,22 @@ class CudaAllocator(Allocator):
         with cupy.cuda.Device(self.device.index), cupy.cuda.using_allocator(self.malloc):
             return cupy.empty(shape, dtype)
 
+    # cupy.cuda.MemoryPool keeps one pool per device and these act on the *current* device's
+    def _on_device(self):
+        import cupy
+        return cupy.cuda.Device(self.device.index)
+
     def release_unused(self) -> None:
-        self.pool.free_all_blocks()
+        with self._on_device():
+            self.pool.free_all_blocks()
 
     def used_bytes(self) -> int:
-        return int(self.pool.used_bytes())
+        with self._on_device():
+            return int(self.pool.used_bytes())
 
     def total_bytes(self) -> int:
-        return int(self.pool.total_bytes())
+        with self._on_device():
+            return int(self.pool.total_bytes())
 
 
 class PinnedAllocator(Allocator):

@@ -175,3 +175,31 @@ def test_fused_gemm_run_does_not_mutate_the_kernel():
     fg.gemm.gemm = spy
     assert fg.run("A", "B", "R") == ("y",)
     assert seen == [(0.5, 1.0, "R")], seen   # beta of the add passed per call; kernel untouched
+
+
+def test_arena_helpers_act_on_the_providers_device(fake):
+    """Bug 8: cupy.cuda.MemoryPool's free_all_blocks/used_bytes/total_bytes act on the *current*
+    device's pool; a provider on device 1 must enter its device first."""
+    from ep_core.provider import Device
+    seen = []
+
+    class Pool:
+        def free_all_blocks(self):
+            seen.append(("free", FakeDevice.current[0]))
+
+        def used_bytes(self):
+            seen.append(("used", FakeDevice.current[0]))
+            return 0
+
+        def total_bytes(self):
+            seen.append(("total", FakeDevice.current[0]))
+            return 0
+
+    alloc = object.__new__(CudaAllocator)
+    alloc.device, alloc.pool = Device("cuda", 1), Pool()
+    FakeDevice.current[0] = 0
+    alloc.release_unused()
+    alloc.used_bytes()
+    alloc.total_bytes()
+    assert seen == [("free", 1), ("used", 1), ("total", 1)]
+    assert FakeDevice.current[0] == 0   # the caller's device is restored
