@@ -23,7 +23,7 @@ from ep_core.graph import Node
 from ep_core.kernel import KernelContext
 
 from .codegen import FusedElementwise
-from .fusion import Analysis, Group, plan_elementwise_groups, plan_gemm_groups
+from .fusion import Group
 from .launch import EMULATED, copy_into, empty
 
 log = logging.getLogger("ep_cuda")
@@ -51,7 +51,8 @@ class FusedGemm:
         self.group = group
         anchor = group.nodes[0]
         self.anchor = anchor
-        self.gemm = Gemm(anchor, KernelContext(provider)) if anchor.op_type == "Gemm" else None
+        self.gemm = Gemm(anchor, kernel_context(provider, anchor, group.info.get("constants", {}))) \
+            if anchor.op_type == "Gemm" else None
         self.pos = {name: k for k, name in enumerate(group.inputs)}
         self.adds = list(group.info["adds"])
         self.alpha = float(group.info["alpha"])
@@ -78,13 +79,17 @@ class FusedGemm:
         return (matmul(a, b, c=c, alpha=self.alpha, r=r, act=code, p0=p0, p1=p1),)
 
 
-def fused_callable(provider: Any, group: Group, an: Analysis) -> Callable:
-    """The callable computing a gemm or element-wise group."""
+def kernel_context(provider: Any, node: Node, constants: dict[str, Any]) -> KernelContext:
+    """The context of a kernel a compiled group creates: which of its inputs are constants."""
+    return KernelContext(provider, constant_inputs={k: constants[i] for k, i in enumerate(node.inputs)
+                                                    if i in constants})
+
+
+def fused_callable(provider: Any, group: Group) -> Callable:
+    """The callable computing a gemm or element-wise group (prepared by fusion.prepare_for_compile)."""
     if group.kind == "gemm":
         return FusedGemm(provider, group)
-    names = set(group.inputs) | {o for n in group.nodes for o in n.outputs if o}
-    dtypes = {v: an.dtype(v) for v in names}
-    return FusedElementwise(provider, group, dtypes)
+    return FusedElementwise(provider, group, group.info["dtypes"])
 
 
 # ------------------------------------------------------------------------------- CUDA graphs
@@ -104,44 +109,53 @@ class _Captured:
     memory: list[Any]
 
 
+def _in_dependency_order(steps: list[_Step], available: set[str]) -> list[_Step]:
+    """Steps ordered so each runs after the steps producing its inputs (a fused sub-group's step
+    stands for nodes that were not adjacent in the region's order)."""
+    done, out, todo = set(available), [], list(steps)
+    while todo:
+        ready = [s for s in todo if all(not i or i in done for i in s.inputs)]
+        if not ready:
+            raise RuntimeError("CUDA graph region: its steps have a dependency cycle")
+        for s in ready:
+            out.append(s)
+            done.update(o for o in s.outputs if o)
+        todo = [s for s in todo if not any(s is r for r in ready)]
+    return out
+
+
 class GraphRegion:
     """A convex region of CUDA nodes run as one node, captured into a CUDA graph."""
 
-    def __init__(self, provider: Any, group: Group, an: Analysis, fuse: bool = True) -> None:
+    def __init__(self, provider: Any, group: Group) -> None:
         self.provider = provider
         self.name = group.info.get("name", "region")
         self.inputs = list(group.inputs)
         self.outputs = list(group.outputs)
         registry = provider.get_kernel_registry()
         # constants the region reads (initializers are not fused-node inputs: baked here)
-        self.constants = {i: an.constants[i] for n in group.nodes for i in n.inputs
-                          if i and i in an.constants and i not in self.inputs}
+        self.constants = {i: v for i, v in group.info["constants"].items() if i not in self.inputs}
         self._device_consts: dict[str, Any] | None = None
         self.host_consts: set[str] = set()
         steps: list[_Step] = []
-        taken: set[int] = set()
-        sub: list[Group] = []
-        if fuse:
-            sub = plan_gemm_groups(an, group.nodes, taken) + plan_elementwise_groups(an, group.nodes, taken)
+        sub: list[Group] = group.info.get("subgroups", [])
         first = {id(g.nodes[0]): g for g in sub}
         members = {id(n) for g in sub for n in g.nodes}
-        for n in an.order:
-            if id(n) not in {id(m) for m in group.nodes}:
-                continue
+        for n in group.nodes:   # in topological order (fusion.plan_regions)
             g = first.get(id(n))
             if g is not None:
-                c = fused_callable(None, g, an)
+                c = fused_callable(None, g)
                 steps.append(_Step(c, list(g.inputs), list(g.outputs)))
                 continue
             if id(n) in members:
                 continue
             kdef = registry.lookup(n)
-            kern = kdef.factory(n, KernelContext(provider))
+            kern = kdef.factory(n, kernel_context(provider, n, self.constants))
             steps.append(_Step(kern.compute, list(n.inputs), list(n.outputs), tuple(kdef.host_inputs)))
             for k in kdef.host_inputs:
                 if k < len(n.inputs) and n.inputs[k] in self.constants:
                     self.host_consts.add(n.inputs[k])
-        self.steps = steps
+        self.steps = _in_dependency_order(steps, set(self.inputs) | set(self.constants))
         self.states: dict[tuple, Any] = {}
         self.capture_ok = True
 

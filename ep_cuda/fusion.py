@@ -122,8 +122,8 @@ class Analysis:
                     m |= self.anc[id(p)] | (1 << self.index[id(p)])
             self.anc[id(n)] = m
         self.graph_outputs = {v.name for v in graph.outputs}
-        feedable = {v.name for v in graph.inputs}
-        self.constants = {k: v for k, v in graph.initializers.items() if k not in feedable}
+        # the session's one constness rule (ONNX IR: overridable only when listed as an input, IR >= 4)
+        self.constants = {k: graph.initializers[k] for k in graph.constant_initializers()}
 
     def mask(self, nodes) -> int:
         m = 0
@@ -373,6 +373,20 @@ def host_reads_from_outside(an: Analysis, group: Group, kernel_lookup: Callable)
 
 def _is_host_output(node: Node, name: str) -> bool:
     return node.op_type in ("Shape", "Size") and (node.domain or "") in ("", "ai.onnx")
+
+
+def prepare_for_compile(an: Analysis, g: Group, fuse: bool = True) -> Group:
+    """Record in `g.info` everything compile needs, so compile works from the group alone:
+    'dtypes' of its values, 'constants' (host values of the session constants its nodes read)
+    and, for a CUDA-graph region, the gemm/element-wise 'subgroups' fused inside it."""
+    names = set(g.inputs) | {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if v}
+    g.info["dtypes"] = {v: an.dtype(v) for v in names}
+    g.info["constants"] = {i: an.constants[i] for n in g.nodes for i in n.inputs if i in an.constants}
+    if g.kind == "region":
+        taken: set[int] = set()
+        subs = (plan_gemm_groups(an, g.nodes, taken) + plan_elementwise_groups(an, g.nodes, taken)) if fuse else []
+        g.info["subgroups"] = [prepare_for_compile(an, sub) for sub in subs]
+    return g
 
 
 def plan_regions(an: Analysis, eligible: list[Node]) -> list[Group]:

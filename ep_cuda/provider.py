@@ -187,8 +187,6 @@ class CUDAExecutionProvider(ExecutionProvider):
                           max_ms=float(o.get("tunable_op_max_tuning_duration_ms", 0) or 0))
         self.tuner = tuner
         self.settings = Settings(use_tf32=self.use_tf32, prefer_nhwc=self.prefer_nhwc, tuner=tuner)
-        self.constant_values: set[str] = set()   # initializers (kernels may cache re-laid-out copies)
-        self._groups: dict[str, Any] = {}        # fused node name -> (Group, Analysis)
         self.shrink_arena_on_run_end = False
 
     def _init_device(self) -> None:
@@ -221,7 +219,11 @@ class CUDAExecutionProvider(ExecutionProvider):
 
     def get_capability(self, graph_view: GraphView, kernel_lookup) -> list[ComputeCapability]:
         """Nodes with a kernel whose attributes that kernel supports (others go to the CPU),
-        grouped into fused nodes (compile API) where ep_cuda.fusion finds groups."""
+        grouped into fused nodes (compile API) where ep_cuda.fusion finds groups.
+
+        No side effects: everything `compile` needs (the planned group: its nodes, inputs,
+        outputs, dtypes, the constants it bakes, sub-groups of a CUDA-graph region) travels in
+        the MetaDef's attributes under GROUP_ATTR, which become the fused node's attrs."""
         claimed = []
         for n in graph_view.nodes:
             kdef = kernel_lookup(n)
@@ -235,32 +237,29 @@ class CUDAExecutionProvider(ExecutionProvider):
         ours = {o for n in claimed if n.op_type not in _METADATA_OPS for o in n.outputs if o}
         claimed = [n for n in claimed if n.op_type not in _METADATA_OPS or (n.inputs and n.inputs[0] in ours)]
         graph = graph_view.graph
-        feedable = {v.name for v in graph.inputs}
-        self.__dict__.setdefault("constant_values", set()).update(
-            k for k in graph.initializers if k not in feedable)
         if not (getattr(self, "fusion", False) or getattr(self, "cuda_graph", False)) or len(claimed) < 2:
             return [ComputeCapability([n]) for n in claimed]
         try:
-            groups, an = self._plan_groups(graph, claimed, kernel_lookup)
+            groups = self._plan_groups(graph, claimed, kernel_lookup)
         except Exception as e:  # noqa: BLE001 - fusion is an optimization: never fail a session
             log.warning("CUDA fusion planning failed (%s: %s); running nodes one by one",
                         type(e).__name__, e)
             return [ComputeCapability([n]) for n in claimed]
         caps, grouped = [], set()
-        for g in groups:
-            name = self._group_name(g)
+        for k, g in enumerate(groups):
+            name = _group_name(g, k)
             g.info["name"] = name
-            self._groups[name] = (g, an)
             grouped.update(map(id, g.nodes))
             caps.append(ComputeCapability(list(g.nodes), MetaDef(
                 name, list(g.inputs), list(g.outputs),
-                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes)})))
+                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes),
+                            GROUP_ATTR: g})))
         caps += [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
         return caps
 
-    def _plan_groups(self, graph, claimed, kernel_lookup):
+    def _plan_groups(self, graph, claimed, kernel_lookup) -> list:
         from .fusion import (Analysis, capturable, host_reads_from_outside, plan_elementwise_groups,
-                             plan_gemm_groups, plan_regions)
+                             plan_gemm_groups, plan_regions, prepare_for_compile)
         an = Analysis(graph)
         if self.cuda_graph:
             ok, blocked = [], []
@@ -282,28 +281,26 @@ class CUDAExecutionProvider(ExecutionProvider):
                               f"region(s) and {len(claimed) - sum(len(g.nodes) for g in regions)} "
                               f"node(s) outside any graph" + (f" ({detail})" if detail else ""),
                               RuntimeWarning, stacklevel=4)
-            return regions, an
-        taken: set[int] = set()
-        groups = plan_gemm_groups(an, claimed, taken)
-        groups += plan_elementwise_groups(an, claimed, taken)
-        return groups, an
-
-    def _group_name(self, g) -> str:
-        prefix = {"gemm": "CudaFusedGemm", "elementwise": "CudaFused", "region": "CudaGraph"}[g.kind]
-        ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
-        k = len(self._groups)
-        return f"{prefix}{k}_{ops}" if g.kind != "region" else f"{prefix}{k}_{len(g.nodes)}nodes"
+            groups = regions
+        else:
+            taken: set[int] = set()
+            groups = plan_gemm_groups(an, claimed, taken)
+            groups += plan_elementwise_groups(an, claimed, taken)
+        for g in groups:
+            prepare_for_compile(an, g, fuse=self.fusion)
+        return groups
 
     def compile(self, fused_node, subgraph):
-        """The compute callable of a fused node created from one of our MetaDefs."""
+        """The compute callable of a fused node created from one of our MetaDefs: built from
+        the group its attributes carry (nothing is looked up in the provider)."""
         from .compiled import GraphRegion, fused_callable
-        entry = self._groups.get(fused_node.name)
-        if entry is None:
-            raise InvalidArgument(f"CUDA provider: no fused group named '{fused_node.name}'")
-        g, an = entry
+        g = fused_node.attrs.get(GROUP_ATTR)
+        if g is None:
+            raise InvalidArgument(f"CUDA provider: fused node '{fused_node.name}' carries no "
+                                  f"'{GROUP_ATTR}' attribute (not one of our capabilities)")
         if g.kind == "region":
-            return GraphRegion(self, g, an, fuse=self.fusion)
-        return fused_callable(self, g, an)
+            return GraphRegion(self, g)
+        return fused_callable(self, g)
 
     # ---- memory, transfers, streams ------------------------------------------------------------
     def get_allocator(self, mem_type: str = "default") -> Allocator:
@@ -440,6 +437,16 @@ def _is_cuda_value(value: Any) -> bool:
         return int(dev()[0]) in _DLPACK_CUDA
     except Exception:  # noqa: BLE001 - not a usable DLPack producer: treat as host data
         return False
+
+
+GROUP_ATTR = "ep_cuda.group"   # MetaDef attribute: the planned ep_cuda.fusion.Group compile builds
+
+
+def _group_name(g, k: int) -> str:
+    """Name of the k-th group of one get_capability call (unique within the graph)."""
+    prefix = {"gemm": "CudaFusedGemm", "elementwise": "CudaFused", "region": "CudaGraph"}[g.kind]
+    ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
+    return f"{prefix}{k}_{ops}" if g.kind != "region" else f"{prefix}{k}_{len(g.nodes)}nodes"
 
 
 def _shrink_requested(run_options: Any, device_id: int) -> bool:

@@ -238,3 +238,54 @@ def test_session_falls_back_to_cpu_without_gpu():
     sess = ep_core.InferenceSession(m.SerializeToString(), providers=["CUDAExecutionProvider", "cpu"])
     assert sess.get_providers() == ["cpu"]
     np.testing.assert_array_equal(sess.run(None, {"x": np.array([-1, 0, 2], np.float32)})[0], [0, 0, 2])
+
+
+def _inferred_graph(nodes, inputs, outputs, inits=()):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from ep_core.graph import graph_from_proto
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outputs],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in inits])
+    m = onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    return graph_from_proto(m.graph, {"": 17})
+
+
+@pytest.mark.parametrize("options", [{}, {"enable_cuda_graph": 1}])
+def test_get_capability_has_no_side_effects_and_compile_needs_only_the_capability(options):
+    """Issue 12: get_capability keeps no state for compile (`_groups`, `constant_values`); what
+    compile needs travels in the MetaDef's attributes, which become the fused node's attrs."""
+    import copy
+    import warnings
+
+    from onnx import TensorProto, helper
+
+    from ep_core.graph import Node
+    from ep_core.provider import GraphView
+    from ep_cuda.testing import EmulatedCUDAProvider
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(0)
+    graph = _inferred_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+         helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Mul", ["r", "r"], ["q"]),
+         helper.make_node("Tanh", ["q"], ["y"])],
+        [("x", F, [2, 3])], [("y", F, [2, 4])],
+        [("w", rng.standard_normal((3, 4)).astype(np.float32)), ("b", np.ones(4, np.float32))])
+    ep = EmulatedCUDAProvider(**options)
+    state = copy.deepcopy(vars(ep))
+    lookup = ep.get_kernel_registry().lookup
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        caps = ep.get_capability(GraphView(graph, graph.nodes), lookup)
+        again = ep.get_capability(GraphView(graph, graph.nodes), lookup)
+    assert [c.meta_def.name for c in caps if c.meta_def] == [c.meta_def.name for c in again if c.meta_def]
+    assert vars(ep).keys() == state.keys() and not hasattr(ep, "_groups") and not hasattr(ep, "constant_values")
+    fused = [c for c in caps if c.meta_def is not None]
+    assert fused, caps
+    other = EmulatedCUDAProvider(**options)     # compile on another instance: nothing kept between
+    for cap in fused:
+        md = cap.meta_def
+        node = Node(md.name, list(md.inputs), list(md.outputs), name=md.name, domain=md.domain,
+                    attrs=dict(md.attributes), since_version=1, opset=1)
+        assert callable(other.compile(node, None))

@@ -221,3 +221,27 @@ def test_user_device_arrays_are_adopted_in_order(gpu):
             return self.a.__dlpack_device__()
     y = ep.to_device(DLPackOnly(cupy.ones(5, cupy.float32)))
     assert isinstance(y, cupy.ndarray) and ep.to_host(y).tolist() == [1.0] * 5
+
+
+@pytest.mark.xfail(strict=True, reason="ep_core/executor.py build_plan fills KernelContext.constant_inputs "
+                   "by the node's input names after copy insertion renamed device-placed initializers "
+                   "('w' -> 'w@cuda:0'), so no device kernel sees a constant; fixed by the placement "
+                   "stage redesign (issue 12)")
+def test_session_kernels_see_their_constant_weights(monkeypatch):
+    """Kernels learn constness from their context only (issue 12): the Conv of a session must
+    see its initializer weight as constant (it then keeps the re-laid-out weights)."""
+    from ep_cuda.kernels.conv import Conv
+    seen = []
+    init = Conv.__init__
+
+    def spy(self, node, ctx):
+        init(self, node, ctx)
+        seen.append(ctx.is_constant(1))
+    monkeypatch.setattr(Conv, "__init__", spy)
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    m = model([helper.make_node("Conv", ["x", "w"], ["y"])], [("x", F, [1, 3, 5, 5])],
+              [("y", F, [1, 4, 3, 3])], [("w", w)])
+    x = np.random.default_rng(1).standard_normal((1, 3, 5, 5)).astype(np.float32)
+    _, got, want = both(m, {"x": x}, session_provider("emu"))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+    assert seen == [True]

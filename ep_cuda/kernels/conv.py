@@ -83,11 +83,10 @@ class _ConvBase(CudaKernel):
 
 
 def _constant_input(kern: CudaKernel, k: int) -> bool:
-    """Whether input k is a constant initializer (the provider records them at partition time):
-    only then may a kernel keep a re-laid-out copy across runs."""
-    provider = getattr(getattr(kern, "ctx", None), "provider", None)
-    names = getattr(provider, "constant_values", None)
-    return bool(names) and len(kern.node.inputs) > k and kern.node.inputs[k] in names
+    """Whether input k is a session constant (the kernel context says so): only then may a kernel
+    keep a re-laid-out copy across runs."""
+    ctx = getattr(kern, "ctx", None)
+    return ctx is not None and ctx.is_constant(k)
 
 
 @kernel("Conv", since=1, types={"T": FLOATS})
