@@ -41,3 +41,23 @@ def test_benchmarks_exit_nonzero_when_gpu_required():
     assert _run([sys.executable, "-c", code]).returncode == 0
     r = _run([sys.executable, "-c", code], EP_REQUIRE_GPU="1")
     assert r.returncode == 1 and "no usable CUDA GPU" in r.stdout
+
+
+def test_gpu_verify_fails_with_the_reason(tmp_path):
+    import json
+    r = _run(["bash", "benchmarks/gpu_verify.sh"], OUT=str(tmp_path))
+    assert r.returncode == 1, (r.stdout + r.stderr)[-3000:]
+    assert "gpu_verify: FAIL: CUDA provider NOT available" in r.stdout
+    summary = json.loads((tmp_path / "gpu_verify.json").read_text())
+    assert summary["ok"] is False and summary["env"]["reason"]
+    assert (tmp_path / "gpu_verify.md").exists() and (tmp_path / "details.tar.gz").exists()
+    assert len(list(tmp_path.iterdir())) <= 8   # what the device tool brings back
+
+
+@pytest.mark.parametrize("args", [["benchmarks/cuda_verify.py", "--help"],
+                                  ["-m", "ep_cuda.conformance", "--help"],
+                                  ["-m", "ep_cuda.kernel_coverage", "--help"],
+                                  ["-m", "ep_cuda.check_kernels", "--help"]])
+def test_gpu_verify_steps_are_importable_and_have_help(args):
+    r = _run([sys.executable, *args])
+    assert r.returncode == 0 and "usage" in r.stdout, r.stderr[-2000:]
