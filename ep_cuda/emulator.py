@@ -74,15 +74,31 @@ def _build(file: str, exprs: tuple[str, ...], text: str | None = None) -> Any:
     return ctypes.CDLL(str(lib))
 
 
+LAUNCH_LOG_ENV = "EP_CUDA_EMU_LAUNCH_LOG"   # file to which each first launch appends "file<TAB>expr"
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_launch(file: str, expr: str) -> None:
+    """Record that a declared instantiation ran (ep_cuda.kernel_coverage reads the log)."""
+    path = os.environ.get(LAUNCH_LOG_ENV)
+    if not path or (file, expr) in _logged:
+        return
+    _logged.add((file, expr))
+    with open(path, "a") as f:   # one short line per write: safe across processes
+        f.write(f"{file}\t{expr}\n")
+
+
 class EmuKernel:
     """Callable like a cupy.RawKernel: fn(grid, block, args, shared_mem=0)."""
 
-    def __init__(self, fn: Any, name: str) -> None:
-        self.fn, self.name = fn, name
+    def __init__(self, fn: Any, name: str, file: str | None = None) -> None:
+        self.fn, self.name, self.file = fn, name, file
         self.max_dynamic_shared_size_bytes = 48 << 10   # settable, as on cupy.RawKernel
 
     def __call__(self, grid, block, args, shared_mem: int = 0, stream: Any = None) -> None:
         loader.LAUNCHES[0] += 1
+        if self.file is not None:
+            _log_launch(self.file, self.name)
         g = (list(grid) + [1, 1, 1])[:3]
         b = (list(block) + [1, 1, 1])[:3]
         g = [max(1, min(int(v), MAX_BLOCKS_PER_DIM)) for v in g]
@@ -123,7 +139,7 @@ def get_kernel(file: str, expr: str) -> EmuKernel:
             lib = _libs[(file, exprs)] = _build(file, exprs)
     fn = getattr(lib, f"ep_emu_{exprs.index(expr)}")
     fn.restype = None
-    return EmuKernel(fn, expr)
+    return EmuKernel(fn, expr, file)
 
 
 def get_source_kernel(key: str, text: str, expr: str) -> EmuKernel:
