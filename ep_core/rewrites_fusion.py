@@ -14,9 +14,8 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import OWN_DOMAIN, GraphEditor
-from .optimizer import Rewrite
+from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
-from .rewrites_basic import _order
 
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 _SIMPLE = {"Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (),
@@ -90,7 +89,7 @@ class _ActivationFusion(Rewrite):
             inputs = inputs[:-1]
         fused = ed.make_node(op, inputs, [out], name=ed.fresh(anchor.name + "_" + op),
                              domain=OWN_DOMAIN, attrs=attrs)
-        if not self.ctx.supports(anchor, fused):
+        if not self.ctx.supports(anchor, fused, [anchor] + absorbed):
             return False
         ed.replace_outputs([anchor] + absorbed, [fused])
         return True
@@ -106,7 +105,7 @@ class FuseConvAddActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for conv in _order(graph):
+        for conv in nodes_in_order(graph):
             if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
                 continue
             hit = residual_add(ed, conv.outputs[0])
@@ -128,7 +127,7 @@ class FuseConvActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for conv in _order(graph):
+        for conv in nodes_in_order(graph):
             if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
                 continue
             act = following_activation(ed, conv.outputs[0])
@@ -145,7 +144,7 @@ class FuseGemmActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for gemm in _order(graph):
+        for gemm in nodes_in_order(graph):
             if not ed.alive(gemm) or gemm.op_type != "Gemm" or gemm.domain:
                 continue
             act = following_activation(ed, gemm.outputs[0])
@@ -162,7 +161,7 @@ class FuseAddActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for add in _order(graph):
+        for add in nodes_in_order(graph):
             if not ed.alive(add) or add.op_type != "Add" or add.domain or add.since_version < 7:
                 continue
             dt = ed.dtype(add.outputs[0])
@@ -207,7 +206,7 @@ class FuseMatMulBiasActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for mm in _order(graph):
+        for mm in nodes_in_order(graph):
             if not ed.alive(mm) or mm.op_type != "MatMul" or mm.domain or len(mm.inputs) != 2:
                 continue
             dt = ed.dtype(mm.inputs[0])
