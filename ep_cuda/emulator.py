@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -180,6 +181,14 @@ class EmuArray:
     data = property(lambda self: _Pointer(self._a.ctypes.data))
     T = property(lambda self: EmuArray(self._a.T))
 
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """Its memory described as CuPy describes device memory (v3; the pointer is a host
+        address, meaningful to the emulator and to code that only passes pointers around)."""
+        a = self._a
+        return {"shape": a.shape, "typestr": a.dtype.str, "data": (a.ctypes.data, False),
+                "strides": None if a.flags.c_contiguous else a.strides, "version": 3}
+
     def __len__(self) -> int:
         return len(self._a)
 
@@ -282,7 +291,33 @@ class _NumpyDevice:
 
     @staticmethod
     def asarray(a, dtype=None) -> EmuArray:
-        return EmuArray(np.array(a._a if isinstance(a, EmuArray) else a, dtype=dtype, copy=True))
+        """Host data -> a device copy; another object describing "device" memory through
+        __cuda_array_interface__ (e.g. a pointer an IOBinding was given) -> a view of it."""
+        if isinstance(a, EmuArray):
+            return a if dtype is None or np.dtype(dtype) == a.dtype else EmuArray(a._a.astype(dtype))
+        iface = getattr(a, "__cuda_array_interface__", None)
+        if iface is not None and not isinstance(a, np.ndarray):
+            return EmuArray(_view_of(iface))
+        return EmuArray(np.array(a, dtype=dtype, copy=True))
+
+
+def _view_of(iface: dict) -> np.ndarray:
+    dtype, shape = np.dtype(iface["typestr"]), tuple(iface["shape"])
+    strides = iface.get("strides")
+    count = int(np.prod(shape, dtype=np.int64))
+    span = (max((n - 1) * abs(s) for n, s in zip(shape, strides)) + dtype.itemsize
+            if strides and count else count * dtype.itemsize)
+    buf = (ctypes.c_byte * max(span, 1)).from_address(int(iface["data"][0]))
+    base = np.frombuffer(buf, dtype=np.uint8, count=span)
+    return np.lib.stride_tricks.as_strided(base.view(dtype), shape, strides) if strides \
+        else base.view(dtype).reshape(shape)
+
+
+# ep_core.ortvalue finds a device's array library from the module of the arrays its allocator
+# returns (cupy for the GPU): EmuArray's "module" is this stand-in for cupy.
+_DEVICE_MODULE = "ep_cuda_emulated_device"
+EmuArray.__module__ = _DEVICE_MODULE
+sys.modules.setdefault(_DEVICE_MODULE, _NumpyDevice())   # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

@@ -121,6 +121,8 @@ class Analysis:
                 if p is not None:
                     m |= self.anc[id(p)] | (1 << self.index[id(p)])
             self.anc[id(n)] = m
+        # where each node stands in graph.nodes: the core puts a fused node at its first member's
+        self.position = {id(n): k for k, n in enumerate(graph.nodes)}
         self.graph_outputs = {v.name for v in graph.outputs}
         # the session's one constness rule (ONNX IR: overridable only when listed as an input, IR >= 4)
         self.constants = {k: graph.initializers[k] for k in graph.constant_initializers()}
@@ -132,13 +134,15 @@ class Analysis:
         return m
 
     def can_join(self, node: Node, group_mask: int) -> bool:
-        """Adding `node` keeps the group convex: no input of it produced outside the group
-        descends from the group."""
+        """Adding `node` keeps the group convex (no input of it produced outside the group
+        descends from the group) and runnable where the core puts the fused node, at the place
+        of its first member in graph.nodes: every input from outside is produced before that."""
+        first = min(self.position.get(id(self.order[k]), -1) for k in _bits(group_mask))
         for i in node.inputs:
             p = self.producer.get(i)
             if p is None or (group_mask >> self.index[id(p)]) & 1:
                 continue
-            if self.anc[id(p)] & group_mask:
+            if self.anc[id(p)] & group_mask or self.position.get(id(p), -1) > first:
                 return False
         return True
 
@@ -169,6 +173,14 @@ class Analysis:
                 if outside or o in self.graph_outputs:
                     outs.append(o)
         return ins, outs
+
+
+def _bits(mask: int):
+    """Indices of the set bits of `mask`."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
 
 
 def _same_shape(a, b) -> bool:

@@ -95,6 +95,20 @@ def test_clip_bound_also_read_as_operand(provider):
     compare(ours, ref, {"x": rnd((3, 5))})
 
 
+def test_group_operand_produced_after_its_first_member(provider):
+    # The core puts a fused node where its first member stood; an operand produced by a node
+    # standing between the members (here the Reshape) would then be read before it exists (the
+    # expanded LayerNormalization node cases: InvalidGraph at session creation).
+    nodes = [helper.make_node("Sub", ["x", "m"], ["s"]),
+             helper.make_node("Reshape", ["scale", "shape"], ["scale2"]),
+             helper.make_node("Div", ["s", "d"], ["q"]), helper.make_node("Mul", ["q", "scale2"], ["out"])]
+    m = model(nodes, [("x", F32, [3, 4]), ("scale", F32, [4])], [("out", F32, [3, 4])],
+              [("m", rnd((4,), seed=1)), ("d", np.full(4, 2.0, np.float32)),
+               ("shape", np.array([1, 4], np.int64))])
+    ours, ref = sessions(m, provider)
+    compare(ours, ref, {"x": rnd((3, 4)), "scale": rnd((4,), seed=2)})
+
+
 def test_groups_stay_convex(provider):
     # a -> b is fusible, a -> softmax -> c(b, softmax): fusing {a, b, c} would need the softmax
     # both before and after the group (a cycle). The planner must not do that.

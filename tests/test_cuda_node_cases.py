@@ -16,16 +16,6 @@ import pytest
 from ep_cuda import emulator
 from ep_cuda.conformance import compare_sessions, session_subset
 
-BUG_2 = ("bug 2 of issue 13: outer-scope values renamed by copy insertion; fixed by the placement "
-         "stage redesign")
-# cases that fail only because of bug 2 (control-flow bodies get None for outer values produced
-# on the device); strict: they turn into failures when the fix lands, and the marks go
-XFAIL = {name: BUG_2 for name in (
-    "test_affine_grid_2d_align_corners_expanded", "test_affine_grid_2d_expanded",
-    "test_affine_grid_3d_align_corners_expanded", "test_affine_grid_3d_expanded",
-    "test_range_float16_type_positive_delta_expanded")}
-
-
 def _cases():
     from onnx.backend.test.case.node import collect_testcases
     with warnings.catch_warnings():
@@ -33,8 +23,7 @@ def _cases():
         cases = collect_testcases()
     if os.environ.get("EP_CUDA_NODE_CASES", "").lower() != "all":
         cases = session_subset(cases)
-    return [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c.name])]
-                         if c.name in XFAIL else []) for c in sorted(cases, key=lambda c: c.name)]
+    return [pytest.param(c, id=c.name) for c in sorted(cases, key=lambda c: c.name)]
 
 
 @pytest.mark.skipif(not emulator.available()[0], reason="no C++ compiler for the emulator")

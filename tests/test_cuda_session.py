@@ -223,10 +223,6 @@ def test_user_device_arrays_are_adopted_in_order(gpu):
     assert isinstance(y, cupy.ndarray) and ep.to_host(y).tolist() == [1.0] * 5
 
 
-@pytest.mark.xfail(strict=True, reason="ep_core/executor.py build_plan fills KernelContext.constant_inputs "
-                   "by the node's input names after copy insertion renamed device-placed initializers "
-                   "('w' -> 'w@cuda:0'), so no device kernel sees a constant; fixed by the placement "
-                   "stage redesign (issue 12)")
 def test_session_kernels_see_their_constant_weights(monkeypatch):
     """Kernels learn constness from their context only (issue 12): the Conv of a session must
     see its initializer weight as constant (it then keeps the re-laid-out weights)."""
