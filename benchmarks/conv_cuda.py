@@ -59,7 +59,7 @@ def ours(batch: int, cin: int, cout: int, k: int, s: int, hw: int, dtype, channe
     b = rng.standard_normal((cout,), dtype=np.float32).astype(dtype)
     node = Node("Conv", ["x", "w", "b"], ["y"], attrs={"strides": [s, s], "pads": [k // 2] * 4},
                 since_version=11, opset=17)
-    ctx = KernelContext(SimpleNamespace(constant_values={"w"}))   # weights are constants: pack once
+    ctx = KernelContext(SimpleNamespace(), constant_inputs={1: w})   # constant weights: packed once
     kern = Conv(node, ctx)
     oh = (hw + 2 * (k // 2) - k) // s + 1
     with using(Settings(use_tf32=True)):

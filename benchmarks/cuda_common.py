@@ -23,12 +23,14 @@ TODAY = datetime.date.today().isoformat()
 
 
 def require_gpu(what: str) -> None:
-    """Exit 0 with a clear message (and nothing written) when no usable GPU is present."""
+    """Exit with a clear message (and nothing written) when no usable GPU is present: status 0,
+    or 1 under EP_REQUIRE_GPU=1 (a GPU run must not look green without having run)."""
     from ep_cuda import CUDAExecutionProvider
+    from ep_cuda.testing import gpu_required
     ok, why = CUDAExecutionProvider.availability()
     if not ok:
         print(f"{what}: no usable CUDA GPU ({why}); nothing measured, nothing written.")
-        sys.exit(0)
+        sys.exit(1 if gpu_required() else 0)
 
 
 def gpu_info() -> dict:

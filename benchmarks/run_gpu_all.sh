@@ -32,7 +32,9 @@ step() {  # step <name> <seconds> <command...>
   echo "$name: exit $rc after $(( $(date +%s) - t ))s" >> "$LOGS/steps.txt"
 }
 
-python3 - <<'EOF' || { echo "no GPU: nothing to do"; exit 0; }
+# A GPU run without a usable GPU fails (exit 1 with the reason): it must never look green.
+export EP_REQUIRE_GPU=1   # and the GPU tests fail instead of skipping
+python3 - <<'EOF' || { echo "CUDA provider not available: nothing ran (exit 1)"; exit 1; }
 import sys
 from ep_cuda import CUDAExecutionProvider
 ok, why = CUDAExecutionProvider.availability()

@@ -1,6 +1,6 @@
 """Compile every CUDA kernel instantiation the registry can launch, through raw NVRTC (no GPU).
 
-    python -m ep_cuda.check_kernels [--arch compute_80 ...] [--no-sass] [-v] [FILE ...]
+    python -m ep_cuda.check_kernels [--arch compute_80 ...] [--no-sass] [--cupy] [-v] [FILE ...]
 
 Imports all launch wrappers (which declare their `(file, name_expression)` pairs) and compiles
 each `kernels_cu/<file>.cu` with all of its name expressions and the runtime's NVRTC options:
@@ -10,6 +10,11 @@ each `kernels_cu/<file>.cu` with all of its name expressions and the runtime's N
   (`__CUDA_ARCH__` guards: the cp.async / tensor-core paths of gemm.cu and conv.cu);
 * to SASS (CUBIN, i.e. through ptxas) for sm_75 and sm_90, one instantiation per (kernel,
   element type) of those files: NVRTC alone passes inline PTX through unchecked, ptxas does not.
+
+With `--cupy`, every file is compiled the way the provider compiles it at run time, through
+CuPy's `RawModule` path (its option assembly with the CUDA header lookup, then NVRTC to SASS), for
+sm_75 and sm_90 (or the `--arch sm_XX` given): this is what fails on a machine whose install lacks
+the CUDA runtime headers (ep_cuda.probe.cupy_compile).
 
 Prints one line per kernel and a summary, exits non-zero if anything fails. When a chunk fails as
 a whole, each expression is compiled alone so the failing ones are named. Large files are split
@@ -50,8 +55,14 @@ def arch_specific(file: str) -> bool:
 
 
 def compile_file(file: str, exprs: list[str], arch: str) -> tuple[dict[str, str | None], str]:
-    """Compile one file with `exprs` for `arch` (compute_XX: PTX; sm_XX: CUBIN through ptxas);
-    returns ({expr: lowered name or None}, log)."""
+    """Compile one file with `exprs` for `arch` (compute_XX: PTX; sm_XX: CUBIN through ptxas;
+    cupy:sm_XX: through CuPy's RawModule compile path); returns ({expr: lowered name or None}, log)."""
+    if arch.startswith("cupy:"):
+        from .probe import cupy_compile
+        try:
+            return cupy_compile(kernels_cu.source(file), exprs, int(arch[len("cupy:sm_"):])), ""
+        except Exception as err:  # CompileException / missing headers: the message says why
+            return {e: None for e in exprs}, f"{type(err).__name__}: {err}"
     nvrtc = _nvrtc()
     src = kernels_cu.source(file)
     prog = nvrtc.createProgram(src, f"{file}.cu", [], [])
@@ -85,9 +96,13 @@ def sass_subset(exprs: list[str]) -> list[str]:
 
 
 def plan(files: list[str], manifest: dict[str, list[str]], archs: list[str] | None,
-         sass: bool) -> list[tuple[str, str, list[str]]]:
+         sass: bool, cupy: bool = False) -> list[tuple[str, str, list[str]]]:
     """(file, arch, expressions) compile jobs."""
     have = supported()
+    if cupy:
+        targets = [f"cupy:{a}" for a in (archs or ["sm_75", "sm_90"])]
+        return [(f, t, manifest.get(f, [])[k:k + CHUNK]) for f in files for t in targets
+                for k in range(0, max(len(manifest.get(f, [])), 1), CHUNK)]
     base = default_arch()
     jobs = []
     for f in files:
@@ -108,13 +123,16 @@ def plan(files: list[str], manifest: dict[str, list[str]], archs: list[str] | No
 
 
 def check(files: list[str] | None = None, arch: str | list[str] | None = None,
-          verbose: bool = False, jobs: int = 2, out=sys.stdout, sass: bool = True) -> int:
+          verbose: bool = False, jobs: int = 2, out=sys.stdout, sass: bool = True,
+          cupy: bool = False) -> int:
     """Compile and report; returns the number of failed kernels (plus files that failed)."""
     archs = [arch] if isinstance(arch, str) else (list(arch) if arch else None)
     manifest = loader.manifest()
     names = files or sorted(set(manifest) | set(kernels_cu.categories()))
     t0 = time.time()
-    work = plan(names, manifest, archs, sass)
+    if cupy and archs and any(not a.startswith("sm_") for a in archs):
+        raise ValueError("--cupy compiles to SASS like CuPy: give --arch sm_XX")
+    work = plan(names, manifest, archs, sass, cupy)
 
     def one(job):
         file, a, exprs = job
@@ -170,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="NVRTC target (compute_80: PTX, sm_80: SASS); repeatable; "
                          "default: compute_75 + compute_90 and sm_75/sm_90 SASS where needed")
     ap.add_argument("--no-sass", action="store_true", help="skip the ptxas (CUBIN) checks")
+    ap.add_argument("--cupy", action="store_true",
+                    help="compile through CuPy's RawModule path (header lookup included), to SASS")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="compile jobs in parallel")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every kernel, lowered names, logs")
     args = ap.parse_args(argv)
     return 1 if check(args.files or None, args.arch, args.verbose, args.jobs,
-                      sass=not args.no_sass) else 0
+                      sass=not args.no_sass, cupy=args.cupy) else 0
 
 
 if __name__ == "__main__":

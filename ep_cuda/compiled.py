@@ -23,10 +23,12 @@ from ep_core.graph import Node
 from ep_core.kernel import KernelContext
 
 from .codegen import FusedElementwise
-from .fusion import Analysis, Group, plan_elementwise_groups, plan_gemm_groups
+from .fusion import Group
 from .launch import EMULATED, copy_into, empty
 
 log = logging.getLogger("ep_cuda")
+# process-wide CUDA-graph counters (tests and benchmarks/gpu_verify.sh assert captures happened)
+GRAPH_STATS = {"captured": 0, "failed": 0, "replayed": 0}
 
 
 def _scoped(provider: Any, fn: Callable) -> Callable:
@@ -49,7 +51,8 @@ class FusedGemm:
         self.group = group
         anchor = group.nodes[0]
         self.anchor = anchor
-        self.gemm = Gemm(anchor, KernelContext(provider)) if anchor.op_type == "Gemm" else None
+        self.gemm = Gemm(anchor, kernel_context(provider, anchor, group.info.get("constants", {}))) \
+            if anchor.op_type == "Gemm" else None
         self.pos = {name: k for k, name in enumerate(group.inputs)}
         self.adds = list(group.info["adds"])
         self.alpha = float(group.info["alpha"])
@@ -67,27 +70,26 @@ class FusedGemm:
         if self.gemm is not None:
             c = get(self.anchor.inputs[2]) if len(self.anchor.inputs) > 2 else None
             r = adds[0] if adds else None
-            if c is None and adds:
+            if c is None and adds:   # the first Add plays C, with beta 1 (this call only)
                 c, r = adds[0], (adds[1] if len(adds) > 1 else None)
-                saved = self.gemm.beta
-                self.gemm.beta = 1.0
-                try:
-                    return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
-                finally:
-                    self.gemm.beta = saved
+                return (self.gemm.gemm(a, b, c, code, p0, p1, r=r, beta=1.0),)
             return (self.gemm.gemm(a, b, c, code, p0, p1, r=r),)
         c = adds[0] if adds else None
         r = adds[1] if len(adds) > 1 else None
         return (matmul(a, b, c=c, alpha=self.alpha, r=r, act=code, p0=p0, p1=p1),)
 
 
-def fused_callable(provider: Any, group: Group, an: Analysis) -> Callable:
-    """The callable computing a gemm or element-wise group."""
+def kernel_context(provider: Any, node: Node, constants: dict[str, Any]) -> KernelContext:
+    """The context of a kernel a compiled group creates: which of its inputs are constants."""
+    return KernelContext(provider, constant_inputs={k: constants[i] for k, i in enumerate(node.inputs)
+                                                    if i in constants})
+
+
+def fused_callable(provider: Any, group: Group) -> Callable:
+    """The callable computing a gemm or element-wise group (prepared by fusion.prepare_for_compile)."""
     if group.kind == "gemm":
         return FusedGemm(provider, group)
-    names = set(group.inputs) | {o for n in group.nodes for o in n.outputs if o}
-    dtypes = {v: an.dtype(v) for v in names}
-    return FusedElementwise(provider, group, dtypes)
+    return FusedElementwise(provider, group, group.info["dtypes"])
 
 
 # ------------------------------------------------------------------------------- CUDA graphs
@@ -107,44 +109,53 @@ class _Captured:
     memory: list[Any]
 
 
+def _in_dependency_order(steps: list[_Step], available: set[str]) -> list[_Step]:
+    """Steps ordered so each runs after the steps producing its inputs (a fused sub-group's step
+    stands for nodes that were not adjacent in the region's order)."""
+    done, out, todo = set(available), [], list(steps)
+    while todo:
+        ready = [s for s in todo if all(not i or i in done for i in s.inputs)]
+        if not ready:
+            raise RuntimeError("CUDA graph region: its steps have a dependency cycle")
+        for s in ready:
+            out.append(s)
+            done.update(o for o in s.outputs if o)
+        todo = [s for s in todo if not any(s is r for r in ready)]
+    return out
+
+
 class GraphRegion:
     """A convex region of CUDA nodes run as one node, captured into a CUDA graph."""
 
-    def __init__(self, provider: Any, group: Group, an: Analysis, fuse: bool = True) -> None:
+    def __init__(self, provider: Any, group: Group) -> None:
         self.provider = provider
         self.name = group.info.get("name", "region")
         self.inputs = list(group.inputs)
         self.outputs = list(group.outputs)
         registry = provider.get_kernel_registry()
         # constants the region reads (initializers are not fused-node inputs: baked here)
-        self.constants = {i: an.constants[i] for n in group.nodes for i in n.inputs
-                          if i and i in an.constants and i not in self.inputs}
+        self.constants = {i: v for i, v in group.info["constants"].items() if i not in self.inputs}
         self._device_consts: dict[str, Any] | None = None
         self.host_consts: set[str] = set()
         steps: list[_Step] = []
-        taken: set[int] = set()
-        sub: list[Group] = []
-        if fuse:
-            sub = plan_gemm_groups(an, group.nodes, taken) + plan_elementwise_groups(an, group.nodes, taken)
+        sub: list[Group] = group.info.get("subgroups", [])
         first = {id(g.nodes[0]): g for g in sub}
         members = {id(n) for g in sub for n in g.nodes}
-        for n in an.order:
-            if id(n) not in {id(m) for m in group.nodes}:
-                continue
+        for n in group.nodes:   # in topological order (fusion.plan_regions)
             g = first.get(id(n))
             if g is not None:
-                c = fused_callable(None, g, an)
+                c = fused_callable(None, g)
                 steps.append(_Step(c, list(g.inputs), list(g.outputs)))
                 continue
             if id(n) in members:
                 continue
             kdef = registry.lookup(n)
-            kern = kdef.factory(n, KernelContext(provider))
+            kern = kdef.factory(n, kernel_context(provider, n, self.constants))
             steps.append(_Step(kern.compute, list(n.inputs), list(n.outputs), tuple(kdef.host_inputs)))
             for k in kdef.host_inputs:
                 if k < len(n.inputs) and n.inputs[k] in self.constants:
                     self.host_consts.add(n.inputs[k])
-        self.steps = steps
+        self.steps = _in_dependency_order(steps, set(self.inputs) | set(self.constants))
         self.states: dict[tuple, Any] = {}
         self.capture_ok = True
 
@@ -181,7 +192,7 @@ class GraphRegion:
     def __call__(self, *inputs: Any) -> tuple:
         p = self.provider
         with p.scope():
-            if EMULATED[0] or not self.capture_ok or not getattr(p, "cuda_graph", False):
+            if not self.capture_ok or not getattr(p, "cuda_graph", False):
                 return self.run_eager(inputs)
             key = tuple((tuple(x.shape), x.dtype.str) for x in inputs)
             st = self.states.get(key)
@@ -193,21 +204,30 @@ class GraphRegion:
                     st = self.states[key] = self._capture(inputs)
                 except Exception as e:  # noqa: BLE001 - any capture failure falls back
                     self.capture_ok = False
+                    GRAPH_STATS["failed"] += 1
                     warnings.warn(f"CUDA graph capture of '{self.name}' failed "
                                   f"({type(e).__name__}: {e}); running it without a graph",
                                   RuntimeWarning, stacklevel=2)
                     return self.run_eager(inputs)
-                st.graph.launch(p.stream)
-                return st.outputs
+                GRAPH_STATS["captured"] += 1
+                return self._replay(st, inputs)
             for buf, x in zip(st.inputs, inputs):
                 if buf is not x:
                     copy_into(buf, x)
-            st.graph.launch(p.stream)
-            return st.outputs
+            return self._replay(st, inputs)
+
+    def _replay(self, st: "_Captured", inputs: tuple) -> tuple:
+        GRAPH_STATS["replayed"] += 1
+        if EMULATED[0]:   # the emulator has no graphs: the "replay" runs the steps again
+            return self.run_eager(tuple(st.inputs))
+        st.graph.launch(self.provider.stream)
+        return st.outputs
 
     def _capture(self, inputs: tuple) -> _Captured:
         p = self.provider
         statics = [copy_into(empty(x.shape, x.dtype), x) for x in inputs]
+        if EMULATED[0]:
+            return self._capture_emulated(statics)
         memory: list[Any] = []
         p.allocator.recording = memory
         stream = p.stream
@@ -226,6 +246,18 @@ class GraphRegion:
         log.info("captured CUDA graph for %s (%d steps, %d blocks reserved)", self.name,
                  len(self.steps), len(memory))
         return _Captured(graph, statics, outs, memory)
+
+
+    def _capture_emulated(self, statics: list) -> _Captured:
+        """Run the steps once under the emulator's capture rules (any device->host read raises,
+        as it fails a real stream capture), so capturability is tested without a GPU."""
+        from . import emulator
+        emulator.CAPTURING[0] = True
+        try:
+            outs = self.run_eager(tuple(statics))
+        finally:
+            emulator.CAPTURING[0] = False
+        return _Captured(None, statics, outs, [])
 
 
 __all__ = ["FusedGemm", "GraphRegion", "fused_callable", "Node", "np"]

@@ -3,7 +3,8 @@
     with ep_cuda.emulator.enabled():
         y = SomeCudaKernel(node, ctx=None).compute(*numpy_inputs)
 
-Inside `enabled()`, "device arrays" are numpy arrays and `ep_cuda.loader.get_kernel` returns
+Inside `enabled()`, "device arrays" are `EmuArray`s (numpy memory that refuses host reads, as
+CuPy arrays do) and `ep_cuda.loader.get_kernel` returns
 kernels compiled from the same `kernels_cu/*.cu` text by the host C++ compiler after
 `kernels_cu/host_emulation.cuh`, which maps blocks, threads, barriers, warp shuffles, shared
 memory and atomics onto std::thread. Arguments are marshalled exactly as cuLaunchKernel reads
@@ -20,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -73,15 +75,31 @@ def _build(file: str, exprs: tuple[str, ...], text: str | None = None) -> Any:
     return ctypes.CDLL(str(lib))
 
 
+LAUNCH_LOG_ENV = "EP_CUDA_EMU_LAUNCH_LOG"   # file to which each first launch appends "file<TAB>expr"
+_logged: set[tuple[str, str]] = set()
+
+
+def _log_launch(file: str, expr: str) -> None:
+    """Record that a declared instantiation ran (ep_cuda.kernel_coverage reads the log)."""
+    path = os.environ.get(LAUNCH_LOG_ENV)
+    if not path or (file, expr) in _logged:
+        return
+    _logged.add((file, expr))
+    with open(path, "a") as f:   # one short line per write: safe across processes
+        f.write(f"{file}\t{expr}\n")
+
+
 class EmuKernel:
     """Callable like a cupy.RawKernel: fn(grid, block, args, shared_mem=0)."""
 
-    def __init__(self, fn: Any, name: str) -> None:
-        self.fn, self.name = fn, name
+    def __init__(self, fn: Any, name: str, file: str | None = None) -> None:
+        self.fn, self.name, self.file = fn, name, file
         self.max_dynamic_shared_size_bytes = 48 << 10   # settable, as on cupy.RawKernel
 
     def __call__(self, grid, block, args, shared_mem: int = 0, stream: Any = None) -> None:
         loader.LAUNCHES[0] += 1
+        if self.file is not None:
+            _log_launch(self.file, self.name)
         g = (list(grid) + [1, 1, 1])[:3]
         b = (list(block) + [1, 1, 1])[:3]
         g = [max(1, min(int(v), MAX_BLOCKS_PER_DIM)) for v in g]
@@ -91,8 +109,11 @@ class EmuKernel:
                 buf = np.zeros(1, np.uint64)                      # NULL device pointer
             elif isinstance(a, np.ndarray) and a.dtype.kind == "V":
                 buf = np.ascontiguousarray(a)                     # by-value struct blob
+            elif isinstance(a, EmuArray):
+                buf = np.array([a._a.ctypes.data], np.uint64)     # device array -> pointer
             elif isinstance(a, np.ndarray):
-                buf = np.array([a.ctypes.data], np.uint64)        # device array -> pointer
+                raise TypeError(f"kernel {self.name}: a host numpy array ({a.dtype}{list(a.shape)}) "
+                                f"passed where device memory is expected")
             elif isinstance(a, np.generic):
                 buf = np.array(a)                                 # typed scalar by value
             else:
@@ -119,7 +140,7 @@ def get_kernel(file: str, expr: str) -> EmuKernel:
             lib = _libs[(file, exprs)] = _build(file, exprs)
     fn = getattr(lib, f"ep_emu_{exprs.index(expr)}")
     fn.restype = None
-    return EmuKernel(fn, expr)
+    return EmuKernel(fn, expr, file)
 
 
 def get_source_kernel(key: str, text: str, expr: str) -> EmuKernel:
@@ -133,19 +154,170 @@ def get_source_kernel(key: str, text: str, expr: str) -> EmuKernel:
     return EmuKernel(fn, expr)
 
 
+CAPTURING = [False]   # set while GraphRegion "captures" in emulation: host reads are forbidden
+
+
+class EmuArray:
+    """Device memory of the emulator, with cupy.ndarray's host boundary: metadata and views
+    work, `.get()` is the explicit (synchronizing) device->host copy, and any other host read
+    (`np.asarray`, numpy math, `int()`, iteration) raises, as a CuPy array's implicit conversion
+    does. So a kernel missing a host-memory declaration fails here, without a GPU. During an
+    emulated CUDA-graph capture even `.get()` raises (a real capture cannot read back)."""
+    __slots__ = ("_a",)
+    __array_ufunc__ = None   # numpy math on a device array: TypeError
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+
+    # ---- metadata (no data read)
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    data = property(lambda self: _Pointer(self._a.ctypes.data))
+    T = property(lambda self: EmuArray(self._a.T))
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """Its memory described as CuPy describes device memory (v3; the pointer is a host
+        address, meaningful to the emulator and to code that only passes pointers around)."""
+        a = self._a
+        return {"shape": a.shape, "typestr": a.dtype.str, "data": (a.ctypes.data, False),
+                "strides": None if a.flags.c_contiguous else a.strides, "version": 3}
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __repr__(self) -> str:
+        return f"EmuArray(shape={self.shape}, dtype={self.dtype})"
+
+    # ---- views and device-side copies
+    def reshape(self, *shape, order: str = "C") -> "EmuArray":
+        return EmuArray(self._a.reshape(*shape, order=order))
+
+    def transpose(self, *axes) -> "EmuArray":
+        return EmuArray(self._a.transpose(*axes))
+
+    def swapaxes(self, a: int, b: int) -> "EmuArray":
+        return EmuArray(self._a.swapaxes(a, b))
+
+    def squeeze(self, axis=None) -> "EmuArray":
+        return EmuArray(self._a.squeeze(axis))
+
+    def view(self, dtype=None) -> "EmuArray":
+        return EmuArray(self._a.view() if dtype is None else self._a.view(dtype))
+
+    def ravel(self) -> "EmuArray":
+        return EmuArray(self._a.ravel())
+
+    def __getitem__(self, key) -> "EmuArray":
+        return EmuArray(np.asarray(self._a[_device_key(key)]))
+
+    def __setitem__(self, key, value) -> None:
+        self._a[_device_key(key)] = value._a if isinstance(value, EmuArray) else value
+
+    # ---- explicit transfers
+    def get(self, stream: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        if CAPTURING[0]:
+            raise RuntimeError("device->host copy during CUDA graph capture (operation not "
+                               "permitted when stream is capturing)")
+        if out is not None:
+            np.copyto(out, self._a)
+            return out
+        return np.array(self._a, copy=True)
+
+    def set(self, arr: Any, stream: Any = None) -> None:
+        np.copyto(self._a, np.asarray(arr))
+
+    # ---- implicit host reads: refused
+    def __array__(self, *args, **kwargs):
+        raise TypeError("an emulated device array was read as a host array: a host-memory "
+                        "declaration (host_inputs) or a device->host copy is missing")
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(f"numpy.{func.__name__} on an emulated device array (device memory is "
+                        f"not host memory)")
+
+    def _refuse(self, *args):
+        raise TypeError("an emulated device array was read on the host (use a host input)")
+
+    __iter__ = __bool__ = __int__ = __float__ = __index__ = tolist = item = _refuse
+
+
+class _Pointer:
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
+def _device_key(key):
+    if isinstance(key, EmuArray):
+        return key._a
+    if isinstance(key, tuple):
+        return tuple(k._a if isinstance(k, EmuArray) else k for k in key)
+    return key
+
+
+def host_view(a: "EmuArray") -> np.ndarray:
+    """The numpy array behind an emulated device array (test tools and the emulator only)."""
+    return a._a
+
+
+class _StrideTricks:
+    @staticmethod
+    def as_strided(a, shape=None, strides=None) -> EmuArray:
+        return EmuArray(np.lib.stride_tricks.as_strided(a._a, shape, strides))
+
+
+class _Lib:
+    stride_tricks = _StrideTricks()
+
+
 class _NumpyDevice:
-    """The few CuPy entry points the wrappers use, backed by numpy."""
-    ndarray = np.ndarray
+    """The few CuPy entry points the wrappers use, backed by numpy memory wrapped in EmuArray."""
+    ndarray = EmuArray
+    lib = _Lib()
 
     @staticmethod
-    def empty(shape, dtype=np.float32) -> np.ndarray:
+    def empty(shape, dtype=np.float32) -> EmuArray:
         a = np.empty(shape, dtype)
         a.reshape(-1).view(np.uint8)[:] = GARBAGE
-        return a
+        return EmuArray(a)
 
     @staticmethod
-    def asarray(a, dtype=None) -> np.ndarray:
-        return np.array(a, dtype=dtype, copy=True)
+    def asarray(a, dtype=None) -> EmuArray:
+        """Host data -> a device copy; another object describing "device" memory through
+        __cuda_array_interface__ (e.g. a pointer an IOBinding was given) -> a view of it."""
+        if isinstance(a, EmuArray):
+            return a if dtype is None or np.dtype(dtype) == a.dtype else EmuArray(a._a.astype(dtype))
+        iface = getattr(a, "__cuda_array_interface__", None)
+        if iface is not None and not isinstance(a, np.ndarray):
+            return EmuArray(_view_of(iface))
+        return EmuArray(np.array(a, dtype=dtype, copy=True))
+
+
+def _view_of(iface: dict) -> np.ndarray:
+    dtype, shape = np.dtype(iface["typestr"]), tuple(iface["shape"])
+    strides = iface.get("strides")
+    count = int(np.prod(shape, dtype=np.int64))
+    span = (max((n - 1) * abs(s) for n, s in zip(shape, strides)) + dtype.itemsize
+            if strides and count else count * dtype.itemsize)
+    buf = (ctypes.c_byte * max(span, 1)).from_address(int(iface["data"][0]))
+    base = np.frombuffer(buf, dtype=np.uint8, count=span)
+    return np.lib.stride_tricks.as_strided(base.view(dtype), shape, strides) if strides \
+        else base.view(dtype).reshape(shape)
+
+
+# ep_core.ortvalue finds a device's array library from the module of the arrays its allocator
+# returns (cupy for the GPU): EmuArray's "module" is this stand-in for cupy.
+_DEVICE_MODULE = "ep_cuda_emulated_device"
+EmuArray.__module__ = _DEVICE_MODULE
+sys.modules.setdefault(_DEVICE_MODULE, _NumpyDevice())   # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

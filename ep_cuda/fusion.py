@@ -121,9 +121,11 @@ class Analysis:
                 if p is not None:
                     m |= self.anc[id(p)] | (1 << self.index[id(p)])
             self.anc[id(n)] = m
+        # where each node stands in graph.nodes: the core puts a fused node at its first member's
+        self.position = {id(n): k for k, n in enumerate(graph.nodes)}
         self.graph_outputs = {v.name for v in graph.outputs}
-        feedable = {v.name for v in graph.inputs}
-        self.constants = {k: v for k, v in graph.initializers.items() if k not in feedable}
+        # the session's one constness rule (ONNX IR: overridable only when listed as an input, IR >= 4)
+        self.constants = {k: graph.initializers[k] for k in graph.constant_initializers()}
 
     def mask(self, nodes) -> int:
         m = 0
@@ -132,13 +134,15 @@ class Analysis:
         return m
 
     def can_join(self, node: Node, group_mask: int) -> bool:
-        """Adding `node` keeps the group convex: no input of it produced outside the group
-        descends from the group."""
+        """Adding `node` keeps the group convex (no input of it produced outside the group
+        descends from the group) and runnable where the core puts the fused node, at the place
+        of its first member in graph.nodes: every input from outside is produced before that."""
+        first = min(self.position.get(id(self.order[k]), -1) for k in _bits(group_mask))
         for i in node.inputs:
             p = self.producer.get(i)
             if p is None or (group_mask >> self.index[id(p)]) & 1:
                 continue
-            if self.anc[id(p)] & group_mask:
+            if self.anc[id(p)] & group_mask or self.position.get(id(p), -1) > first:
                 return False
         return True
 
@@ -169,6 +173,14 @@ class Analysis:
                 if outside or o in self.graph_outputs:
                     outs.append(o)
         return ins, outs
+
+
+def _bits(mask: int):
+    """Indices of the set bits of `mask`."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
 
 
 def _same_shape(a, b) -> bool:
@@ -275,7 +287,7 @@ def plan_gemm_groups(an: Analysis, eligible: list[Node], taken: set[int]) -> lis
         if len(outs) != 1:
             continue
         baked = {i for n in chain[1:] for i in n.inputs if i and i not in info["adds"]
-                 and i != n.inputs[0] and an.const(i) is not None}
+                 and i != n.inputs[0] and an.const(i) is not None} - set(anchor.inputs)
         ins = [i for i in ins if i not in baked]
         taken.update(map(id, chain))
         groups.append(Group("gemm", chain, ins, outs, info))
@@ -321,13 +333,21 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int])
         ins, outs = an.boundary(g["nodes"])
         if not outs or any(not _same_shape(an.shape(o), g["shape"]) for o in outs):
             continue
-        baked = {n.inputs[k] for n in g["nodes"] if n.op_type == "Clip"
-                 for k in (1, 2) if len(n.inputs) > k and n.inputs[k]}
-        ins = [i for i in ins if i not in baked]
+        ins = [i for i in ins if i not in _baked_clip_bounds(g["nodes"])]
         taken.update(map(id, g["nodes"]))
         specs = [elementwise_spec(an, n) for n in g["nodes"]]
         out.append(Group("elementwise", g["nodes"], ins, outs, {"specs": specs}))
     return out
+
+
+def _baked_clip_bounds(nodes: list[Node]) -> set[str]:
+    """Clip bounds the generated code holds as literals, unless a node of the group also reads
+    the same value as a tensor (then it stays a group input)."""
+    bounds = {n.inputs[k] for n in nodes if n.op_type == "Clip"
+              for k in (1, 2) if len(n.inputs) > k and n.inputs[k]}
+    read = {i for n in nodes for k, i in enumerate(n.inputs)
+            if i and not (n.op_type == "Clip" and k in (1, 2))}
+    return bounds - read
 
 
 def capturable(an: Analysis, node: Node, kdef: Any) -> str:
@@ -347,8 +367,38 @@ def capturable(an: Analysis, node: Node, kdef: Any) -> str:
     return ""
 
 
+def host_reads_from_outside(an: Analysis, group: Group, kernel_lookup: Callable) -> list[tuple[Node, str]]:
+    """Nodes of a region reading a host-memory input that is neither a constant nor produced
+    inside the region: the region (a fused node) would get it uploaded to the device and read it
+    back while capturing, which a capture forbids. They must run outside the region."""
+    inside = {o for n in group.nodes for o in n.outputs if o}
+    out = []
+    for n in group.nodes:
+        kdef = kernel_lookup(n)
+        for k in getattr(kdef, "host_inputs", ()) or ():
+            name = n.inputs[k] if k < len(n.inputs) else ""
+            if name and name not in an.constants and name not in inside:
+                out.append((n, f"input '{name}' is read on the host and produced outside the region"))
+                break
+    return out
+
+
 def _is_host_output(node: Node, name: str) -> bool:
     return node.op_type in ("Shape", "Size") and (node.domain or "") in ("", "ai.onnx")
+
+
+def prepare_for_compile(an: Analysis, g: Group, fuse: bool = True) -> Group:
+    """Record in `g.info` everything compile needs, so compile works from the group alone:
+    'dtypes' of its values, 'constants' (host values of the session constants its nodes read)
+    and, for a CUDA-graph region, the gemm/element-wise 'subgroups' fused inside it."""
+    names = set(g.inputs) | {v for n in g.nodes for v in list(n.inputs) + list(n.outputs) if v}
+    g.info["dtypes"] = {v: an.dtype(v) for v in names}
+    g.info["constants"] = {i: an.constants[i] for n in g.nodes for i in n.inputs if i in an.constants}
+    if g.kind == "region":
+        taken: set[int] = set()
+        subs = (plan_gemm_groups(an, g.nodes, taken) + plan_elementwise_groups(an, g.nodes, taken)) if fuse else []
+        g.info["subgroups"] = [prepare_for_compile(an, sub) for sub in subs]
+    return g
 
 
 def plan_regions(an: Analysis, eligible: list[Node]) -> list[Group]:

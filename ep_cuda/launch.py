@@ -90,7 +90,8 @@ def device_cc() -> int:
 def is_capturing() -> bool:
     """Whether the current stream is being captured into a CUDA graph (no syncs, no timing)."""
     if EMULATED[0]:
-        return False
+        from .emulator import CAPTURING
+        return CAPTURING[0]
     import cupy
     s = cupy.cuda.get_current_stream()
     return bool(s.ptr) and s.is_capturing()
@@ -255,13 +256,20 @@ class CudaKernel(Kernel):
         return True
 
 
+def _host_only(v: Any, what: str) -> Any:
+    """`v` when it lives in host memory; a device array is refused, never fetched quietly: the
+    kernel must declare the input in `host_inputs` so the session delivers it on the host."""
+    if isinstance(v, (np.ndarray, np.generic, int, float, bool, list, tuple)):
+        return v
+    raise TypeError(f"{what}: got a device array ({type(v).__name__}); a host-memory input must be "
+                    f"declared in the kernel's host_inputs")
+
+
 def host_ints(v) -> list[int]:
     """A host-memory input (shape, axes, pads...) as a list of Python ints."""
     if v is None:
         return []
-    if hasattr(v, "get") and not isinstance(v, np.ndarray):  # a cupy array slipped through
-        v = v.get()
-    return [int(x) for x in np.asarray(v).reshape(-1)]
+    return [int(x) for x in np.asarray(_host_only(v, "host_ints")).reshape(-1)]
 
 
 def to_host(v) -> np.ndarray:
@@ -272,11 +280,10 @@ def to_host(v) -> np.ndarray:
 
 
 def host_scalar(v, default=None):
+    """A host-memory scalar input (Clip bounds, Pad value...) as a Python number."""
     if v is None:
         return default
-    if hasattr(v, "get") and not isinstance(v, np.ndarray):
-        v = v.get()
-    a = np.asarray(v).reshape(-1)
+    a = np.asarray(_host_only(v, "host_scalar")).reshape(-1)
     return a[0].item() if a.size else default
 
 

@@ -83,14 +83,22 @@ class CudaAllocator(Allocator):
         with cupy.cuda.Device(self.device.index), cupy.cuda.using_allocator(self.malloc):
             return cupy.empty(shape, dtype)
 
+    # cupy.cuda.MemoryPool keeps one pool per device and these act on the *current* device's
+    def _on_device(self):
+        import cupy
+        return cupy.cuda.Device(self.device.index)
+
     def release_unused(self) -> None:
-        self.pool.free_all_blocks()
+        with self._on_device():
+            self.pool.free_all_blocks()
 
     def used_bytes(self) -> int:
-        return int(self.pool.used_bytes())
+        with self._on_device():
+            return int(self.pool.used_bytes())
 
     def total_bytes(self) -> int:
-        return int(self.pool.total_bytes())
+        with self._on_device():
+            return int(self.pool.total_bytes())
 
 
 class PinnedAllocator(Allocator):
@@ -179,8 +187,6 @@ class CUDAExecutionProvider(ExecutionProvider):
                           max_ms=float(o.get("tunable_op_max_tuning_duration_ms", 0) or 0))
         self.tuner = tuner
         self.settings = Settings(use_tf32=self.use_tf32, prefer_nhwc=self.prefer_nhwc, tuner=tuner)
-        self.constant_values: set[str] = set()   # initializers (kernels may cache re-laid-out copies)
-        self._groups: dict[str, Any] = {}        # fused node name -> (Group, Analysis)
         self.shrink_arena_on_run_end = False
 
     def _init_device(self) -> None:
@@ -213,7 +219,11 @@ class CUDAExecutionProvider(ExecutionProvider):
 
     def get_capability(self, graph_view: GraphView, kernel_lookup) -> list[ComputeCapability]:
         """Nodes with a kernel whose attributes that kernel supports (others go to the CPU),
-        grouped into fused nodes (compile API) where ep_cuda.fusion finds groups."""
+        grouped into fused nodes (compile API) where ep_cuda.fusion finds groups.
+
+        No side effects: everything `compile` needs (the planned group: its nodes, inputs,
+        outputs, dtypes, the constants it bakes, sub-groups of a CUDA-graph region) travels in
+        the MetaDef's attributes under GROUP_ATTR, which become the fused node's attrs."""
         claimed = []
         for n in graph_view.nodes:
             kdef = kernel_lookup(n)
@@ -227,66 +237,70 @@ class CUDAExecutionProvider(ExecutionProvider):
         ours = {o for n in claimed if n.op_type not in _METADATA_OPS for o in n.outputs if o}
         claimed = [n for n in claimed if n.op_type not in _METADATA_OPS or (n.inputs and n.inputs[0] in ours)]
         graph = graph_view.graph
-        feedable = {v.name for v in graph.inputs}
-        self.__dict__.setdefault("constant_values", set()).update(
-            k for k in graph.initializers if k not in feedable)
         if not (getattr(self, "fusion", False) or getattr(self, "cuda_graph", False)) or len(claimed) < 2:
             return [ComputeCapability([n]) for n in claimed]
         try:
-            groups, an = self._plan_groups(graph, claimed, kernel_lookup)
+            groups = self._plan_groups(graph, claimed, kernel_lookup)
         except Exception as e:  # noqa: BLE001 - fusion is an optimization: never fail a session
             log.warning("CUDA fusion planning failed (%s: %s); running nodes one by one",
                         type(e).__name__, e)
             return [ComputeCapability([n]) for n in claimed]
         caps, grouped = [], set()
-        for g in groups:
-            name = self._group_name(g)
+        for k, g in enumerate(groups):
+            name = _group_name(g, k)
             g.info["name"] = name
-            self._groups[name] = (g, an)
             grouped.update(map(id, g.nodes))
             caps.append(ComputeCapability(list(g.nodes), MetaDef(
                 name, list(g.inputs), list(g.outputs),
-                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes)})))
+                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes),
+                            GROUP_ATTR: g})))
         caps += [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
         return caps
 
-    def _plan_groups(self, graph, claimed, kernel_lookup):
-        from .fusion import Analysis, capturable, plan_elementwise_groups, plan_gemm_groups, plan_regions
+    def _plan_groups(self, graph, claimed, kernel_lookup) -> list:
+        from .fusion import (Analysis, capturable, host_reads_from_outside, plan_elementwise_groups,
+                             plan_gemm_groups, plan_regions, prepare_for_compile)
         an = Analysis(graph)
         if self.cuda_graph:
             ok, blocked = [], []
             for n in claimed:
                 why = capturable(an, n, kernel_lookup(n))
                 (blocked.append((n, why)) if why else ok.append(n))
-            regions = [g for g in plan_regions(an, ok) if len(g.nodes) >= 2 or not blocked]
+            while True:   # a node may only read on the host what its region computes or a constant
+                regions = plan_regions(an, ok)
+                moved = [m for g in regions for m in host_reads_from_outside(an, g, kernel_lookup)]
+                if not moved:
+                    break
+                gone = {id(n) for n, _ in moved}
+                ok = [n for n in ok if id(n) not in gone]
+                blocked += moved
+            regions = [g for g in regions if len(g.nodes) >= 2 or not blocked]
             if blocked or len(regions) > 1:
                 detail = "; ".join(f"{n.describe()}: {why}" for n, why in blocked[:5])
                 warnings.warn(f"enable_cuda_graph: the run is split into {len(regions)} captured "
                               f"region(s) and {len(claimed) - sum(len(g.nodes) for g in regions)} "
                               f"node(s) outside any graph" + (f" ({detail})" if detail else ""),
                               RuntimeWarning, stacklevel=4)
-            return regions, an
-        taken: set[int] = set()
-        groups = plan_gemm_groups(an, claimed, taken)
-        groups += plan_elementwise_groups(an, claimed, taken)
-        return groups, an
-
-    def _group_name(self, g) -> str:
-        prefix = {"gemm": "CudaFusedGemm", "elementwise": "CudaFused", "region": "CudaGraph"}[g.kind]
-        ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
-        k = len(self._groups)
-        return f"{prefix}{k}_{ops}" if g.kind != "region" else f"{prefix}{k}_{len(g.nodes)}nodes"
+            groups = regions
+        else:
+            taken: set[int] = set()
+            groups = plan_gemm_groups(an, claimed, taken)
+            groups += plan_elementwise_groups(an, claimed, taken)
+        for g in groups:
+            prepare_for_compile(an, g, fuse=self.fusion)
+        return groups
 
     def compile(self, fused_node, subgraph):
-        """The compute callable of a fused node created from one of our MetaDefs."""
+        """The compute callable of a fused node created from one of our MetaDefs: built from
+        the group its attributes carry (nothing is looked up in the provider)."""
         from .compiled import GraphRegion, fused_callable
-        entry = self._groups.get(fused_node.name)
-        if entry is None:
-            raise InvalidArgument(f"CUDA provider: no fused group named '{fused_node.name}'")
-        g, an = entry
+        g = fused_node.attrs.get(GROUP_ATTR)
+        if g is None:
+            raise InvalidArgument(f"CUDA provider: fused node '{fused_node.name}' carries no "
+                                  f"'{GROUP_ATTR}' attribute (not one of our capabilities)")
         if g.kind == "region":
-            return GraphRegion(self, g, an, fuse=self.fusion)
-        return fused_callable(self, g, an)
+            return GraphRegion(self, g)
+        return fused_callable(self, g)
 
     # ---- memory, transfers, streams ------------------------------------------------------------
     def get_allocator(self, mem_type: str = "default") -> Allocator:
@@ -300,10 +314,13 @@ class CUDAExecutionProvider(ExecutionProvider):
         return self._transfer
 
     def device_of(self, value: Any) -> Device:
-        if isinstance(value, np.ndarray):
+        if not _is_cuda_value(value):
             return HOST
         dev = getattr(value, "device", None)
-        return Device("cuda", int(getattr(dev, "id", self.device_id))) if dev is not None else self.device
+        index = getattr(dev, "id", None)
+        if index is None:
+            index = getattr(dev, "index", None)   # torch.device
+        return Device("cuda", int(index if index is not None else self.device_id))
 
     @contextlib.contextmanager
     def scope(self):
@@ -315,14 +332,15 @@ class CUDAExecutionProvider(ExecutionProvider):
             yield
 
     def to_device(self, value: Any, stream: Any = None) -> Any:
-        """Host value -> cupy array on this device (asynchronous, pinned staging)."""
+        """Host value -> cupy array on this device (asynchronous, pinned staging). A device value
+        the caller hands us (CuPy array, DLPack or __cuda_array_interface__ object, e.g. a PyTorch
+        tensor) is used in place, ordered after the caller's pending work on it."""
         import cupy
 
+        caller = cupy.cuda.get_current_stream()   # where the caller issued its own work
         with self.scope():
-            if isinstance(value, cupy.ndarray):
-                if value.device.id == self.device_id:
-                    return value
-                return cupy.array(value, copy=True)  # peer copy onto our device
+            if _is_cuda_value(value):
+                return self._adopt(value, caller)
             arr = np.asarray(value)
             if arr.dtype == object or arr.dtype.kind in "USV":
                 raise TypeError(f"cannot copy a {arr.dtype} tensor to a CUDA device")
@@ -341,6 +359,24 @@ class CUDAExecutionProvider(ExecutionProvider):
             with self._staging_lock:
                 self._staging.append(buf)  # keep the pinned buffer alive until the next sync
             return out
+
+    def _adopt(self, value: Any, caller: Any) -> Any:
+        """A user's device value as a CuPy array on our device, our stream ordered after it."""
+        import cupy
+
+        if isinstance(value, cupy.ndarray):
+            arr = value
+        elif hasattr(value, "__dlpack__"):
+            arr = cupy.from_dlpack(value)   # our stream is current: the producer orders with it
+        else:
+            arr = cupy.asarray(value)       # __cuda_array_interface__ (CuPy syncs its stream)
+        # our stream is non-blocking: without this wait it may read the value while a copy the
+        # caller issued (on the legacy default stream or its own) is still in flight
+        if caller is not None and caller.ptr != self.stream.ptr:
+            self.stream.wait_event(caller.record())
+        if arr.device.id != self.device_id:
+            arr = cupy.array(arr, copy=True)   # peer copy onto our device, on our stream
+        return arr
 
     def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
         """cupy array -> numpy array (synchronizes the copy)."""
@@ -363,11 +399,15 @@ class CUDAExecutionProvider(ExecutionProvider):
             return np.array(buf, copy=True)  # pageable copy: pinned buffers go back to the pool
 
     def sync(self) -> None:
+        # Only buffers staged before the synchronize are known to be done: another thread's run
+        # may stage more meanwhile, and its copy is still in flight.
+        with self._staging_lock:
+            done = len(self._staging)
         self.stream.synchronize()
         if self.copy_stream is not self.stream:
             self.copy_stream.synchronize()
         with self._staging_lock:
-            self._staging.clear()
+            del self._staging[:done]
 
     def on_run_start(self, run_options: Any = None) -> None:
         pass
@@ -379,6 +419,34 @@ class CUDAExecutionProvider(ExecutionProvider):
         if self.shrink_arena_on_run_end or _shrink_requested(run_options, self.device_id):
             self.allocator.release_unused()
             self.pinned.release_unused()
+
+
+_DLPACK_CUDA = (2, 13)   # kDLCUDA, kDLCUDAManaged
+
+
+def _is_cuda_value(value: Any) -> bool:
+    """Whether `value` is CUDA device memory (CuPy, PyTorch, Numba... arrays), not host memory."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return False
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    dev = getattr(value, "__dlpack_device__", None)
+    if dev is None:
+        return False
+    try:
+        return int(dev()[0]) in _DLPACK_CUDA
+    except Exception:  # noqa: BLE001 - not a usable DLPack producer: treat as host data
+        return False
+
+
+GROUP_ATTR = "ep_cuda.group"   # MetaDef attribute: the planned ep_cuda.fusion.Group compile builds
+
+
+def _group_name(g, k: int) -> str:
+    """Name of the k-th group of one get_capability call (unique within the graph)."""
+    prefix = {"gemm": "CudaFusedGemm", "elementwise": "CudaFused", "region": "CudaGraph"}[g.kind]
+    ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
+    return f"{prefix}{k}_{ops}" if g.kind != "region" else f"{prefix}{k}_{len(g.nodes)}nodes"
 
 
 def _shrink_requested(run_options: Any, device_id: int) -> bool:
@@ -393,18 +461,7 @@ def _shrink_requested(run_options: Any, device_id: int) -> bool:
 
 @lru_cache(maxsize=1)
 def _probe() -> tuple[bool, str]:
-    """Whether CuPy, a driver and at least one GPU are usable (every failure is a reason)."""
-    try:
-        import cupy
-    except Exception as e:  # ImportError, or a broken CUDA library load
-        return False, f"CuPy is not importable ({type(e).__name__}: {e})"
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-        if count < 1:
-            return False, "no CUDA device found"
-        cupy.cuda.runtime.driverGetVersion()
-        with cupy.cuda.Device(0):
-            cupy.cuda.Device(0).compute_capability  # noqa: B018 - touches the context
-    except Exception as e:
-        return False, f"no usable CUDA GPU/driver ({type(e).__name__}: {e})"
-    return True, ""
+    """Whether CuPy, the CUDA headers, a driver and a GPU are usable, and a trivial kernel
+    compiles and runs (ep_cuda.probe; every failure is a reason). Once per process."""
+    from .probe import probe
+    return probe()

@@ -8,6 +8,7 @@ with numpy "device" arrays and kernels compiled for the host (ep_cuda.emulator).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -73,21 +74,25 @@ def cuda_kernel_def(node: Node):
 
 
 def to_device(x: Array, backend: str, noncontig: bool = False) -> Any:
-    """A device copy of x; with noncontig, a strided view (every other element of a wider array)."""
+    """A device copy of x (an emulator EmuArray for "emu"); with noncontig, a strided view
+    (every other element of a wider array)."""
     if backend == "gpu":
         import cupy as xp
+        wrap = xp.asarray
     else:
-        xp = np
+        from .emulator import EmuArray
+        xp, wrap = np, EmuArray
     if not noncontig or x.ndim == 0 or x.size == 0:
-        return xp.array(x, copy=True)
+        return wrap(xp.array(x, copy=True))
     wide = xp.zeros(x.shape[:-1] + (2 * x.shape[-1],), x.dtype)
     view = wide[..., ::2]
     view[...] = xp.asarray(x)
-    return view
+    return wrap(view)
 
 
 def to_numpy(v: Any) -> Any:
-    if v is None or isinstance(v, np.ndarray):
+    """A kernel output as numpy: device arrays are copied back, host outputs pass through."""
+    if v is None or isinstance(v, (np.ndarray, list)):
         return v
     if hasattr(v, "get"):
         return v.get()
@@ -146,6 +151,28 @@ def check(op: str, inputs: Sequence[Array | None], attrs: dict | None = None, *,
 
 
 # ---------------------------------------------------------------------------- pytest glue
+REQUIRE_GPU_ENV = "EP_REQUIRE_GPU"
+
+
+def gpu_required() -> bool:
+    """EP_REQUIRE_GPU=1 (set by benchmarks/gpu_verify.sh): an unusable GPU fails the GPU tests
+    instead of skipping them, so a GPU run cannot report green without having run."""
+    return os.environ.get(REQUIRE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require_gpu() -> None:
+    """Skip the calling test without a usable GPU (fail instead under EP_REQUIRE_GPU=1)."""
+    import pytest
+
+    from .provider import CUDAExecutionProvider
+    ok, why = CUDAExecutionProvider.availability()
+    if ok:
+        return
+    if gpu_required():
+        pytest.fail(f"{REQUIRE_GPU_ENV}=1 but the CUDA provider is unavailable: {why}", pytrace=False)
+    pytest.skip(f"no usable GPU: {why}")
+
+
 def backends() -> list:
     """pytest params: the CPU emulator (runs anywhere with g++) and a real GPU (marked cuda)."""
     import pytest
@@ -153,16 +180,22 @@ def backends() -> list:
 
 
 def require(backend: str) -> None:
-    """Skip the calling test when the backend cannot run here."""
+    """Skip the calling test when the backend cannot run here (see require_gpu for 'gpu')."""
     import pytest
     if backend == "gpu":
-        from ep_cuda import CUDAExecutionProvider
-        ok, why = CUDAExecutionProvider.availability()
-    else:
-        from . import emulator
-        ok, why = emulator.available()
+        require_gpu()
+        return
+    from . import emulator
+    ok, why = emulator.available()
     if not ok:
         pytest.skip(f"{backend} backend unavailable: {why}")
+
+
+def session_provider(backend: str) -> str:
+    """The provider name a session test passes in `providers=[name, "cpu"]` for a backend:
+    "cuda" on a GPU, the emulated CUDA provider ("cuda_emu") on the emulator."""
+    require(backend)
+    return "cuda" if backend == "gpu" else register_emulated()
 
 
 def random_array(shape, dtype=np.float32, lo: float = -2.0, hi: float = 2.0, seed: int = 0) -> np.ndarray:
@@ -184,15 +217,16 @@ class _HostArena:
     recording = None
 
     def empty(self, shape, dtype):
-        return np.empty(shape, dtype)
+        from .emulator import _NumpyDevice
+        return _NumpyDevice.empty(shape, dtype)
 
     def release_unused(self) -> None:
         pass
 
 
 class EmulatedCUDAProvider(CUDAExecutionProvider):
-    """The CUDA provider with the CPU emulator as its device: numpy arrays stand for device
-    memory and every kernel (generated fused kernels included) runs through ep_cuda.emulator.
+    """The CUDA provider with the CPU emulator as its device: EmuArrays (numpy memory that refuses
+    host reads) stand for device memory and every kernel (generated fused kernels included) runs through ep_cuda.emulator.
     Partitioning, fusion (compile API), copy insertion and CUDA-graph regions (run eagerly) are
     the real provider's. Test tool: register it with `register_emulated()`."""
 
@@ -224,13 +258,23 @@ class EmulatedCUDAProvider(CUDAExecutionProvider):
         return self.allocator
 
     def to_device(self, value: Any, stream: Any = None) -> Any:
-        return np.array(np.asarray(value), copy=True)
+        from .emulator import EmuArray
+        if isinstance(value, EmuArray):
+            return value
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise TypeError(f"cannot copy a {arr.dtype} tensor to a CUDA device")
+        return EmuArray(np.array(arr, copy=True, order="C"))
 
     def to_host(self, value: Any, stream: Any = None) -> np.ndarray:
-        return np.array(np.asarray(value), copy=True, order="C")
+        from .emulator import EmuArray
+        if isinstance(value, EmuArray):
+            return np.asarray(value.get(), order="C")   # (ascontiguousarray makes 0-d 1-d)
+        return np.asarray(value)
 
     def device_of(self, value: Any):
-        return self.device
+        from ep_core.provider import HOST
+        return HOST if isinstance(value, np.ndarray) else self.device
 
     def sync(self) -> None:
         pass

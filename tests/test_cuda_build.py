@@ -79,6 +79,81 @@ def test_imports_and_lists_without_cupy():
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
 
 
+def _cupy_importable() -> bool:
+    try:
+        import cupy  # noqa: F401
+        import cuda.pathfinder  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+# Makes CuPy's CUDA header lookup (cuda.pathfinder) find nothing, as on a pip-only machine whose
+# extra brought no headers.
+HIDE_CUDA_HEADERS = textwrap.dedent("""
+    import cuda.pathfinder as pf
+    import cuda.pathfinder._headers.find_nvidia_headers as fh
+    pf.find_nvidia_header_directory = lambda name: None
+    fh.find_nvidia_header_directory = lambda name: None
+""")
+ONE_RELU = textwrap.dedent("""
+    from onnx import TensorProto, helper
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+""")
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+
+@pytest.mark.skipif(not _cupy_importable(), reason="CuPy / cuda.pathfinder not importable")
+def test_without_cuda_headers_provider_is_unavailable_and_falls_back_once():
+    """Issue 13 bug 3: CuPy 14 compiles nothing without the CUDA runtime headers; the probe must
+    say so (not 'no GPU', not fail mid-run) and a session falls back to the CPU, warning once."""
+    code = HIDE_CUDA_HEADERS + ONE_RELU + textwrap.dedent("""
+        import warnings
+        import numpy as np
+        import ep_core
+        from ep_cuda import CUDAExecutionProvider
+        ok, why = CUDAExecutionProvider.availability()
+        assert not ok and "CUDA headers" in why and "cuda12" in why, why
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                s = ep_core.InferenceSession(model, providers=["cuda", "cpu"])
+                assert s.get_providers() == ["cpu"]
+                assert s.run(None, {"x": np.array([-1, 0, 2], np.float32)})[0].tolist() == [0, 0, 2]
+        msgs = [str(x.message) for x in w if "not available" in str(x.message)]
+        assert len(msgs) == 1 and "CUDA headers" in msgs[0], msgs
+        print("OK")
+    """)
+    r = _run_python(code)
+    assert r.returncode == 0 and "OK" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
+@pytest.mark.skipif(not _cupy_importable(), reason="CuPy / cuda.pathfinder not importable")
+def test_cupy_compile_path_needs_headers_and_compiles_with_them():
+    from ep_cuda import probe
+    try:
+        probe.compile_options()
+    except RuntimeError as e:
+        pytest.skip(f"no CUDA headers on this machine: {e}")
+    lowered = probe.cupy_compile(probe.PROBE_SOURCE, ["ep_probe"], 75)
+    assert lowered == {"ep_probe": "ep_probe"}
+    r = _run_python(HIDE_CUDA_HEADERS + textwrap.dedent("""
+        from ep_cuda import probe
+        try:
+            probe.cupy_compile(probe.PROBE_SOURCE, ["ep_probe"], 75)
+        except RuntimeError as e:
+            print("REFUSED", e)
+    """))
+    assert "REFUSED Failed to find CUDA headers" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
 def test_availability_is_a_pair():
     ok, reason = CUDAExecutionProvider.availability()
     assert isinstance(ok, bool) and isinstance(reason, str)
@@ -163,3 +238,54 @@ def test_session_falls_back_to_cpu_without_gpu():
     sess = ep_core.InferenceSession(m.SerializeToString(), providers=["CUDAExecutionProvider", "cpu"])
     assert sess.get_providers() == ["cpu"]
     np.testing.assert_array_equal(sess.run(None, {"x": np.array([-1, 0, 2], np.float32)})[0], [0, 0, 2])
+
+
+def _inferred_graph(nodes, inputs, outputs, inits=()):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from ep_core.graph import graph_from_proto
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(*i) for i in inputs],
+                          [helper.make_tensor_value_info(*o) for o in outputs],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in inits])
+    m = onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    return graph_from_proto(m.graph, {"": 17})
+
+
+@pytest.mark.parametrize("options", [{}, {"enable_cuda_graph": 1}])
+def test_get_capability_has_no_side_effects_and_compile_needs_only_the_capability(options):
+    """Issue 12: get_capability keeps no state for compile (`_groups`, `constant_values`); what
+    compile needs travels in the MetaDef's attributes, which become the fused node's attrs."""
+    import copy
+    import warnings
+
+    from onnx import TensorProto, helper
+
+    from ep_core.graph import Node
+    from ep_core.provider import GraphView
+    from ep_cuda.testing import EmulatedCUDAProvider
+    F = TensorProto.FLOAT
+    rng = np.random.default_rng(0)
+    graph = _inferred_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+         helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Mul", ["r", "r"], ["q"]),
+         helper.make_node("Tanh", ["q"], ["y"])],
+        [("x", F, [2, 3])], [("y", F, [2, 4])],
+        [("w", rng.standard_normal((3, 4)).astype(np.float32)), ("b", np.ones(4, np.float32))])
+    ep = EmulatedCUDAProvider(**options)
+    state = copy.deepcopy(vars(ep))
+    lookup = ep.get_kernel_registry().lookup
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        caps = ep.get_capability(GraphView(graph, graph.nodes), lookup)
+        again = ep.get_capability(GraphView(graph, graph.nodes), lookup)
+    assert [c.meta_def.name for c in caps if c.meta_def] == [c.meta_def.name for c in again if c.meta_def]
+    assert vars(ep).keys() == state.keys() and not hasattr(ep, "_groups") and not hasattr(ep, "constant_values")
+    fused = [c for c in caps if c.meta_def is not None]
+    assert fused, caps
+    other = EmulatedCUDAProvider(**options)     # compile on another instance: nothing kept between
+    for cap in fused:
+        md = cap.meta_def
+        node = Node(md.name, list(md.inputs), list(md.outputs), name=md.name, domain=md.domain,
+                    attrs=dict(md.attributes), since_version=1, opset=1)
+        assert callable(other.compile(node, None))

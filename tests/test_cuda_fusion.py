@@ -11,24 +11,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ep_core
 from ep_cuda import loader
-from ep_cuda.testing import register_emulated
+from ep_cuda.testing import backends, session_provider
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 
 
-@pytest.fixture(params=[pytest.param("emu", id="emu"), pytest.param("gpu", id="gpu", marks=pytest.mark.cuda)])
+@pytest.fixture(params=backends())
 def provider(request):
-    if request.param == "gpu":
-        from ep_cuda import CUDAExecutionProvider
-        ok, why = CUDAExecutionProvider.availability()
-        if not ok:
-            pytest.skip(why)
-        return "cuda"
-    from ep_cuda import emulator
-    ok, why = emulator.available()
-    if not ok:
-        pytest.skip(why)
-    return register_emulated()
+    return session_provider(request.param)
 
 
 def model(nodes, inputs, outputs, inits=(), opset=17, domains=()):
@@ -91,6 +81,32 @@ def test_float16_cast_clip_prelu(provider):
     ours, ref = sessions(m, provider)
     assert len(fused(ours)) == 1
     compare(ours, ref, {"x": rnd((4, 6), np.float16)}, rtol=1e-3, atol=1e-3)
+
+
+def test_clip_bound_also_read_as_operand(provider):
+    # issue 13 bug 1: 'lo' is a Clip bound (baked into the generated code) and an Add operand; the
+    # fused group must keep it as an input (it raised KeyError inside compile, failing the session)
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"]),
+             helper.make_node("Add", ["c", "lo"], ["a"]), helper.make_node("Neg", ["a"], ["out"])]
+    m = model(nodes, [("x", F32, [3, 5])], [("out", F32, [3, 5])],
+              [("lo", np.array(-0.5, np.float32)), ("hi", np.array(0.75, np.float32))])
+    ours, ref = sessions(m, provider)
+    assert len(fused(ours)) == 1, ours.get_placement()
+    compare(ours, ref, {"x": rnd((3, 5))})
+
+
+def test_group_operand_produced_after_its_first_member(provider):
+    # The core puts a fused node where its first member stood; an operand produced by a node
+    # standing between the members (here the Reshape) would then be read before it exists (the
+    # expanded LayerNormalization node cases: InvalidGraph at session creation).
+    nodes = [helper.make_node("Sub", ["x", "m"], ["s"]),
+             helper.make_node("Reshape", ["scale", "shape"], ["scale2"]),
+             helper.make_node("Div", ["s", "d"], ["q"]), helper.make_node("Mul", ["q", "scale2"], ["out"])]
+    m = model(nodes, [("x", F32, [3, 4]), ("scale", F32, [4])], [("out", F32, [3, 4])],
+              [("m", rnd((4,), seed=1)), ("d", np.full(4, 2.0, np.float32)),
+               ("shape", np.array([1, 4], np.int64))])
+    ours, ref = sessions(m, provider)
+    compare(ours, ref, {"x": rnd((3, 4)), "scale": rnd((4,), seed=2)})
 
 
 def test_groups_stay_convex(provider):
@@ -192,8 +208,12 @@ def test_cuda_graph_region_equals_normal_run(provider):
     ours, ref = sessions(m, provider, {"enable_cuda_graph": 1}, level=99)
     regions = fused(ours, "CudaGraph")
     assert len(regions) == 1, ours.get_placement()
+    from ep_cuda.compiled import GRAPH_STATS
+    before = dict(GRAPH_STATS)
     for _ in range(3):   # warm-up, capture + replay, replay
         compare(ours, ref, feeds, rtol=1e-4, atol=1e-4)
+    assert GRAPH_STATS["captured"] == before["captured"] + 1, GRAPH_STATS     # really captured
+    assert GRAPH_STATS["replayed"] == before["replayed"] + 2 and GRAPH_STATS["failed"] == before["failed"]
     feeds2 = bert_feeds()
     feeds2["input_ids"] = feeds2["input_ids"][:, ::-1].copy()
     compare(ours, ref, feeds2, rtol=1e-4, atol=1e-4)   # new values through the static buffers
@@ -209,6 +229,30 @@ def test_cuda_graph_splits_around_sync_ops(provider):
     assert "NonZero" in ops
     compare(ours, ref, {"x": rnd((4, 5))})
     compare(ours, ref, {"x": rnd((4, 5), seed=1)})
+
+
+def test_cuda_graph_captures_around_host_reads_from_outside(provider):
+    # issue 13 bug 5: Reshape(x, Shape(y)) with y a graph input: the shape is computed on the host
+    # outside any region; a region holding the Reshape got it uploaded and read it back while
+    # capturing (forbidden), so it never captured, silently. Every region must capture now.
+    from ep_cuda.compiled import GRAPH_STATS
+    nodes = [helper.make_node("Shape", ["y"], ["s"]), helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Exp", ["r"], ["e"]), helper.make_node("Reshape", ["e", "s"], ["t"]),
+             helper.make_node("Neg", ["t"], ["n"]), helper.make_node("Softmax", ["n"], ["out"], axis=-1)]
+    m = model(nodes, [("x", F32, [4, 6]), ("y", F32, [None, None])], [("out", F32, [None, None])])
+    with pytest.warns(RuntimeWarning, match="enable_cuda_graph"):   # it says why it splits
+        ours, ref = sessions(m, provider, {"enable_cuda_graph": 1})
+    regions = fused(ours, "CudaGraph")
+    assert len(regions) == 2, ours.get_placement()
+    before = dict(GRAPH_STATS)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # a failed capture warns: make it fail the test
+        for k in range(4):   # warm-up, capture + replay, replays (new shape values: same graph)
+            y = np.zeros((3, 8) if k % 2 else (8, 3), np.float32)
+            compare(ours, ref, {"x": rnd((4, 6), seed=k), "y": y})
+    assert GRAPH_STATS["captured"] - before["captured"] >= 2, GRAPH_STATS
+    assert GRAPH_STATS["failed"] == before["failed"], GRAPH_STATS
 
 
 def test_tf32_option(provider):

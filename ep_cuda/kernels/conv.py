@@ -22,7 +22,7 @@ import numpy as np
 from ep_cpu.kernels.conv import conv_geometry
 
 from .. import loader
-from ..launch import (FLOATS, CudaKernel, blob, contiguous, ctype, elem_strides, empty, i64,
+from ..launch import (FLOATS, CudaKernel, blob, contiguous, cp, ctype, elem_strides, empty, i64,
                       launch, settings)
 from ..registry import kernel
 from .gemm import SIMT, TC, Epilogue, _aligned, batched_gemm, run_engine
@@ -83,11 +83,10 @@ class _ConvBase(CudaKernel):
 
 
 def _constant_input(kern: CudaKernel, k: int) -> bool:
-    """Whether input k is a constant initializer (the provider records them at partition time):
-    only then may a kernel keep a re-laid-out copy across runs."""
-    provider = getattr(getattr(kern, "ctx", None), "provider", None)
-    names = getattr(provider, "constant_values", None)
-    return bool(names) and len(kern.node.inputs) > k and kern.node.inputs[k] in names
+    """Whether input k is a session constant (the kernel context says so): only then may a kernel
+    keep a re-laid-out copy across runs."""
+    ctx = getattr(kern, "ctx", None)
+    return ctx is not None and ctx.is_constant(k)
 
 
 @kernel("Conv", since=1, types={"T": FLOATS})
@@ -240,10 +239,7 @@ class Conv(_ConvBase):
 def _as_view(arr: Any, shape: Sequence[int], strides: Sequence[int]) -> Any:
     """A view of `arr`'s memory with the given shape and element strides (numpy or CuPy)."""
     item = arr.dtype.itemsize
-    if isinstance(arr, np.ndarray):
-        return np.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
-    import cupy
-    return cupy.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
+    return cp.lib.stride_tricks.as_strided(arr, tuple(shape), tuple(int(s) * item for s in strides))
 
 
 @kernel("ConvTranspose", since=1, types={"T": FLOATS})

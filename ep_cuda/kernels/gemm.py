@@ -287,16 +287,19 @@ class Gemm(CudaKernel):
         self.ta = bool(self.attr("transA", 0))
         self.tb = bool(self.attr("transB", 0))
 
-    def gemm(self, a, b, c=None, act: int = -1, p0: float = 0.0, p1: float = 0.0, r=None):
+    def gemm(self, a, b, c=None, act: int = -1, p0: float = 0.0, p1: float = 0.0, r=None,
+             beta: float | None = None):
+        """act(alpha * A' @ B' + beta * c + r); `beta` overrides the node's (fused epilogues)."""
+        beta = self.beta if beta is None else float(beta)
         a_shape, a_st = list(a.shape), list(elem_strides(a))
         b_shape, b_st = list(b.shape), list(elem_strides(b))
         if self.ta:
             a_shape, a_st = a_shape[::-1], a_st[::-1]
         if self.tb:
             b_shape, b_st = b_shape[::-1], b_st[::-1]
-        if c is not None and self.beta == 0.0:
+        if c is not None and beta == 0.0:
             c = None  # beta * C contributes nothing (and must not turn inf/NaN in C into NaN)
-        return batched_gemm(a_shape, a_st, b_shape, b_st, a, b, c, self.alpha, self.beta,
+        return batched_gemm(a_shape, a_st, b_shape, b_st, a, b, c, self.alpha, beta,
                             act=act, p0=p0, p1=p1, r=r)
 
     def forward(self, a, b, c=None):
