@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - scipy is a dependency
     _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 DOMAIN = "com.ep_core"
+MS = "com.microsoft"  # onnxruntime's contrib domain, where the semantics are the same
 
 # Positional `activation_params` in onnxruntime's order, by activation.
 _PARAM_NAMES = {"Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
@@ -50,6 +51,7 @@ class _Activated(Kernel):
         return y
 
 
+@kernel("FusedConv", domain=MS)
 @kernel("FusedConv", domain=DOMAIN)
 class FusedConv(_Activated):
     """act(Conv(X, W, B) + Z): Conv attributes plus `activation`, `activation_params`."""
@@ -130,6 +132,7 @@ def _fast_gelu(x: np.ndarray) -> np.ndarray:
     return s.astype(x.dtype, copy=False)
 
 
+@kernel("Gelu", domain=MS)
 @kernel("Gelu", domain=DOMAIN)
 class Gelu(Kernel):
     """0.5 * x * (1 + erf(x / sqrt(2)))."""
@@ -138,6 +141,7 @@ class Gelu(Kernel):
         return _gelu(x)
 
 
+@kernel("FastGelu", domain=MS)
 @kernel("FastGelu", domain=DOMAIN)
 class FastGelu(Kernel):
     """Tanh approximation of Gelu, with an optional bias added first (onnxruntime's FastGelu)."""
@@ -153,12 +157,16 @@ class LayerNormalization(_OnnxLayerNormalization):
     """ONNX LayerNormalization for models whose opset predates it (< 17)."""
 
 
+@kernel("SkipLayerNormalization", domain=MS)
 @kernel("SkipLayerNormalization", domain=DOMAIN)
 class SkipLayerNormalization(Kernel):
-    """LayerNorm(input + skip + bias) over the last axis.
+    """LayerNorm(input + skip + bias) over the last axis; skip may also be (1, S, H) or (S, H).
 
     Outputs: output, mean (optional), inv_std_var (optional), input_skip_bias_sum (optional).
+    `simplified` (SkipSimplifiedLayerNormalization): RMS normalization, no mean removed, no beta
+    (the mean output is then zeros, as onnxruntime writes it).
     """
+    simplified = False
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -166,6 +174,8 @@ class SkipLayerNormalization(Kernel):
         self.n_out = len(node.outputs)
 
     def compute(self, x, skip, gamma, beta=None, bias=None):
+        if self.simplified:  # inputs: input, skip, gamma, bias
+            beta, bias = None, beta
         # Few, raw ufunc calls: in a decoder step this runs on one 768-vector per layer, where
         # numpy's call overhead (mean()'s Python wrapper, temporaries) is the whole cost.
         cdt = compute_dtype(x.dtype)
@@ -175,9 +185,12 @@ class SkipLayerNormalization(Kernel):
         total = s.copy() if self.n_out > 3 else None
         typ = cdt.type
         scale = typ(1.0 / s.shape[-1])
-        mean = np.add.reduce(s, axis=-1, keepdims=True)
-        mean *= scale
-        s -= mean
+        if self.simplified:
+            mean = np.zeros(s.shape[:-1] + (1,), dtype=cdt)
+        else:
+            mean = np.add.reduce(s, axis=-1, keepdims=True)
+            mean *= scale
+            s -= mean
         sq = np.multiply(s, s)
         inv = np.add.reduce(sq, axis=-1, keepdims=True)
         inv *= scale
