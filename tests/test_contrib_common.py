@@ -148,9 +148,10 @@ def compare(op: str, ours: Sequence, refs: Sequence, rtol: float = 1e-5, atol: f
 
 def check(op: str, inputs: Sequence[tuple[str, Any]], n_outputs: int | Sequence[str] = 1,
           attrs: dict | None = None, rtol: float = 1e-5, atol: float = 1e-5, int_tol: int = 0,
-          consts: Sequence[str] = (), domain: str = MS, opset: int = 17) -> float:
+          consts: Sequence[str] = (), domain: str = MS, opset: int = 17,
+          output_types: Sequence[tuple[int, Any]] | None = None) -> float:
     """Run a one-node model in onnxruntime and here; compare every output."""
-    model, feeds = node_model(op, inputs, n_outputs, attrs, domain, consts, opset)
+    model, feeds = node_model(op, inputs, n_outputs, attrs, domain, consts, opset, output_types)
     refs = run_ort(model, feeds)
     ours = run_ours(typed_outputs(model, refs), feeds)
     return compare(op, ours, refs, rtol, atol, int_tol)
