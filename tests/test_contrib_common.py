@@ -97,6 +97,9 @@ def typed_outputs(model: onnx.ModelProto, results: Sequence[np.ndarray]) -> onnx
 def run_ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # One thread: some of onnxruntime's kernels split work in a thread-count dependent way that
+    # changes results (DynamicQuantizeLSTM quantizes H per chunk of batch rows per thread).
+    so.intra_op_num_threads = 1
     s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return s.run(None, feeds)
 

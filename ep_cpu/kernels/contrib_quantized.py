@@ -1,6 +1,6 @@
-"""onnxruntime's quantized matrix contrib ops (`com.microsoft`): DynamicQuantizeMatMul,
-MatMulIntegerToFloat, MatMulInteger16, QGemm, MatMulNBits, GatherBlockQuantized and the
-contrib QuantizeLinear / DequantizeLinear.
+"""onnxruntime's quantized contrib ops (`com.microsoft`): DynamicQuantizeMatMul,
+MatMulIntegerToFloat, MatMulInteger16, QGemm, MatMulNBits, GatherBlockQuantized, the contrib
+QuantizeLinear / DequantizeLinear, QAttention and DynamicQuantizeLSTM.
 
 Integer products go through `quantize._int_matmul` (float64 through the blocked GEMM: exact for
 these ranges), then are scaled as onnxruntime does: one float32 multiplier a_scale * b_scale
@@ -18,8 +18,10 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm import gemm
 from ep_cpu.registry import kernel
 
+from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
                        _int_matmul, _shifted, dynamic_quantize_uint8, quantize)
+from .rnn import LSTM
 
 MS = "com.microsoft"
 
@@ -245,3 +247,62 @@ class GatherBlockQuantized(Kernel):
         if not valid.all():
             w *= valid.reshape((1,) * g_axis + valid.shape + (1,) * (r - g_axis - 1))
         return np.ascontiguousarray(w, dtype=scales.dtype)
+
+
+# --------------------------------------------------------------------------- attention, LSTM
+@kernel("QAttention", domain=MS)
+class QAttention(Attention):
+    """Attention whose packed QKV projection is quantized: (input - input_zp) @ (weight - weight_zp)
+    * input_scale * weight_scale (per tensor or per column) + bias; the rest as Attention."""
+
+    def compute(self, x, weight, bias, input_scale, weight_scale, mask_index=None, input_zp=None,
+                weight_zp=None, past=None):
+        if x.ndim != 3:
+            raise InvalidArgument(f"{self.node.describe()}: input must be (B, S, D), got {x.shape}")
+        acc = _int_matmul(_shifted(x.reshape(-1, x.shape[-1]), input_zp, False),
+                          _shifted(weight, _per_column(weight_zp), False))
+        qkv = _scaled(acc, input_scale, weight_scale, bias)
+        return self.run(x.shape, bias.dtype, qkv, mask_index, past, None)
+
+
+def _fake_quantize(x: np.ndarray) -> np.ndarray:
+    """x through dynamic uint8 quantization and back: what a quantized GEMM sees of x."""
+    q, scale, zp = dynamic_quantize_uint8(x)
+    return (q.astype(np.float32) - np.float32(zp)) * scale
+
+
+def _dequantize_weight(w: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """(D, K, 4H) int weights, scale / zero point (D,) or (D, 4H) -> float32 (D, 4H, K)."""
+    d = w.shape[0]
+    s = np.asarray(scale, np.float32).reshape(d, 1, -1)
+    z = np.asarray(zp, np.float32).reshape(d, 1, -1)
+    return np.ascontiguousarray(((w.astype(np.float32) - z) * s).transpose(0, 2, 1))
+
+
+@kernel("DynamicQuantizeLSTM", domain=MS)
+class DynamicQuantizeLSTM(LSTM):
+    """LSTM with int8/uint8 weights W (D, input, 4H) and R (D, hidden, 4H) (per direction or per
+    channel scales / zero points). As in onnxruntime, the float operands of both products (X for
+    the whole sequence, H at every step, per direction) are quantized dynamically to uint8: here
+    they pass through that quantization (`_fake_quantize`) and multiply the dequantized weights,
+    which equals the integer product rescaled."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.weights = None
+        consts = [ctx.constant_input(k) for k in (1, 2, 8, 9, 10, 11)]
+        if all(c is not None for c in consts):
+            w, r, ws, wz, rs, rz = consts
+            self.weights = (_dequantize_weight(w, ws, wz), _dequantize_weight(r, rs, rz))
+
+    def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None,
+                w_scale=None, w_zp=None, r_scale=None, r_zp=None):
+        wf, rf = self.weights or (_dequantize_weight(w, w_scale, w_zp), _dequantize_weight(r, r_scale, r_zp))
+        return self.run(_fake_quantize(x), wf, rf, b, sequence_lens, initial_h, initial_c, p)
+
+    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out):
+        hq = np.stack([_fake_quantize(h[d]) for d in range(h.shape[0])])
+        super()._dense_step(xp, hq, c, rt, rb, gates, tmp, h_out)
+
+    def _step(self, xp, h, c, rt, rb, p, acts, hid):
+        return super()._step(xp, _fake_quantize(h), c, rt, rb, p, acts, hid)
