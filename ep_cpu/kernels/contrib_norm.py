@@ -1,5 +1,6 @@
 """onnxruntime's normalization contrib ops: SkipSimplifiedLayerNormalization,
-EmbedLayerNormalization, GroupNorm (`com.microsoft`) and SimplifiedLayerNormalization, which
+EmbedLayerNormalization, QEmbedLayerNormalization (its quantized-table variant, written by
+quantize_dynamic), GroupNorm (`com.microsoft`) and SimplifiedLayerNormalization, which
 onnxruntime (and its transformer optimizer) keeps in the ONNX domain.
 
 SkipLayerNormalization of `com.microsoft` is `fused.SkipLayerNormalization` (same semantics as
@@ -73,7 +74,8 @@ class EmbedLayerNormalization(Kernel):
             raise InvalidArgument(f"{self.node.describe()}: input_ids must be 2-D (batch, sequence), "
                                   f"got {input_ids.shape}")
         b, s = input_ids.shape
-        cdt = compute_dtype(word_emb.dtype)
+        dt = gamma.dtype
+        cdt = compute_dtype(dt)
         if position_ids is None:
             position_ids = np.arange(s, dtype=np.int64)[None]
         total = self._lookup(word_emb, input_ids, "input_ids").astype(cdt)
@@ -86,12 +88,32 @@ class EmbedLayerNormalization(Kernel):
         d /= np.sqrt(var + cdt.type(self.eps))
         d *= gamma
         d += beta
-        dt = word_emb.dtype
         mask_index = (np.zeros(b, np.int32) if mask is None
                       else np.count_nonzero(mask, axis=-1).astype(np.int32))
         outs = [d.astype(dt, copy=False), mask_index, total.astype(dt, copy=False)]
         n = len(self.node.outputs)
         return tuple(outs[:n]) if n > 1 else outs[0]
+
+
+@kernel("QEmbedLayerNormalization", domain=MS)
+class QEmbedLayerNormalization(EmbedLayerNormalization):
+    """EmbedLayerNormalization over uint8/int8 tables (per-tensor scale and zero point each): the
+    looked-up rows, gamma and beta are dequantized as (q - zero_point) * scale. Outputs: the
+    normalized embedding and mask_index."""
+
+    def _lookup(self, table, ids, what):
+        q, scale, zp = table
+        rows = super()._lookup(q, ids, what)
+        return (rows.astype(np.float32) - np.float32(zp)) * np.float32(scale)
+
+    def compute(self, input_ids, segment_ids, word_q, pos_q, seg_q, gamma_q, beta_q, mask, word_scale,
+                pos_scale, seg_scale, gamma_scale, beta_scale, word_zp, pos_zp, seg_zp=None, gamma_zp=None,
+                beta_zp=None):
+        def deq(q, scale, zp):
+            return (q.astype(np.float32) - np.float32(zp)) * np.asarray(scale, np.float32)
+        seg = None if seg_q is None else (seg_q, seg_scale, seg_zp)
+        return super().compute(input_ids, segment_ids, (word_q, word_scale, word_zp), (pos_q, pos_scale, pos_zp),
+                               seg, deq(gamma_q, gamma_scale, gamma_zp), deq(beta_q, beta_scale, beta_zp), mask)
 
 
 @kernel("GroupNorm", domain=MS)
