@@ -183,3 +183,14 @@ def test_registered_ops_list_every_contrib_op():
     # onnxruntime's transformer optimizer writes these two in the ONNX domain (not com.microsoft).
     assert ("", "SimplifiedLayerNormalization") in listed
     assert ("", "LayerNormalization") in listed
+
+
+def test_docs_code_block_runs():
+    """docs/contrib-ops.md's example is real code."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "contrib-ops.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/contrib-ops.md", "exec"), {})

@@ -65,6 +65,7 @@ class Tokenizer(Kernel):
         width = max((len(r) for r in rows), default=0)
         if width:
             width += 2 * self.mark
+        self.ctx.check_output_size(self.node, x.shape + (width,), object)
         out = np.full((len(rows), width), self.pad, dtype=object)
         if width:
             for i, r in enumerate(rows):
