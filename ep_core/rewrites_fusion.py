@@ -5,12 +5,12 @@ act, `FusedMatMul(A, B, bias?)` is act(A @ B + bias) for A of any rank and a (K,
 `FusedAdd(A, B)` is Add then act. `activation` names the ONNX activation op and
 `activation_params` holds its parameters in onnxruntime's order (Clip: min, max; LeakyRelu and
 Elu: alpha; HardSigmoid: alpha, beta). Where onnxruntime has the same op in its `com.microsoft`
-domain (FusedConv and FusedGemm, for the activations its CPU kernels take; FusedGemm's
-parameters are then `activation_alpha` / `activation_beta`; Add of a 1-D bias then Gelu or
-FastGelu is its BiasGelu / FastGelu), that op is written, so optimized models run in
+domain (FusedConv and FusedGemm, for the activations its CPU kernels take, FusedGemm's
+parameters then named `activation_alpha` / `activation_beta`; Add of a 1-D bias then Gelu or
+FastGelu as its BiasGelu / FastGelu), that op is written, so optimized models run in
 onnxruntime; otherwise, or where the provider lacks it, our own domain's (`com.ep_core`).
-FusedMatMul and FusedAdd otherwise have no onnxruntime counterpart. A fusion happens only where the provider that would run the original node also
-has a kernel for the fused op.
+FusedMatMul and FusedAdd otherwise have no onnxruntime counterpart. A fusion happens only where
+the provider that would run the original node also has a kernel for the fused op.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class _ActivationFusion(Rewrite):
         while inputs and not inputs[-1]:
             inputs = inputs[:-1]
         name = ed.fresh(anchor.name + "_" + op)
-        candidates = [ed.make_node(op, inputs, [out], name=name, domain=MS_DOMAIN, attrs=ms)] if ms is not None else []
+        candidates = [] if ms is None else [ed.make_node(op, inputs, [out], name=name, domain=MS_DOMAIN, attrs=ms)]
         bias_gelu = _bias_gelu(ed, inputs, act) if op == "FusedAdd" else None
         if bias_gelu is not None:
             candidates.append(ed.make_node(bias_gelu[0], bias_gelu[1], [out], name=name, domain=MS_DOMAIN))

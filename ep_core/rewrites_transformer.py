@@ -439,7 +439,8 @@ class FuseAttention(_TransformerFusion):
         shape, xs = ed.shape(mask), ed.shape(x)
         if shape is not None and xs is not None and len(shape) == 4 and isinstance(xs[1], int) and \
                 shape[0] in (1, xs[0]) and shape[1] in (1, attrs["num_heads"]) and shape[2:] == [xs[1], xs[1]]:
-            return [ed.make_node("Attention", ins[:3] + ["", "", mask], [out], name, domain=MS_DOMAIN, attrs=attrs)]
+            return [ed.make_node("Attention", ins[:3] + ["", "", mask], [out], name, domain=MS_DOMAIN,
+                                 attrs=attrs)]
         src = key_mask_source(ed, mask)
         if src is None:
             return None

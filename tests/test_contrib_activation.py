@@ -3,7 +3,6 @@
 GPUs: compared with onnxruntime running the equivalent standard-op graph)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from onnx import TensorProto, helper
 

@@ -194,3 +194,11 @@ def test_docs_code_block_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/contrib-ops.md", "exec"), {})
+
+
+def test_missing_required_attribute_is_named():
+    from ep_core.errors import InvalidGraph
+    model, feeds = node_model("Attention", [("x", np.ones((1, 2, 4), np.float32)),
+                                            ("w", np.ones((4, 12), np.float32))], 1)
+    with pytest.raises(InvalidGraph, match="required attribute 'num_heads'"):
+        run_ours(typed_outputs(model, [np.zeros((1, 2, 4), np.float32)]), feeds)

@@ -13,10 +13,9 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS
 from .conv import compute_dtype
 from .fused import _gelu
-
-MS = "com.microsoft"
 
 
 def _check_bias(node, x: np.ndarray, bias: np.ndarray) -> None:

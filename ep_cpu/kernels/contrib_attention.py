@@ -20,8 +20,7 @@ from ep_cpu.gemm import gemm, single_threaded_blas
 from ep_cpu.registry import kernel
 
 from .attention import _cdt, _group_apply, _group_scores, _heads, apply_rotary
-
-MS = "com.microsoft"
+from .contrib_common import MS, required
 
 
 def softmax_rows(scores: np.ndarray, sink: np.ndarray | None = None) -> np.ndarray:
@@ -119,7 +118,7 @@ class _AttentionBase(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.heads = int(self.attr("num_heads"))
+        self.heads = int(required(self, "num_heads"))
         self.scale = float(self.attr("scale", 0.0))
         self.filler = float(self.attr("mask_filter_value", -10000.0))
         self.causal = bool(self.attr("unidirectional", 0))
@@ -173,7 +172,8 @@ class Attention(_AttentionBase):
             v = np.concatenate([past[1].astype(cdt), v], axis=2)
         total = k.shape[2]
         bias = add_terms(
-            None if mask_index is None else key_mask(self.node, mask_index, b, s, total, past_len, self.filler, cdt),
+            None if mask_index is None else
+            key_mask(self.node, mask_index, b, s, total, past_len, self.filler, cdt),
             causal_mask(s, total, past_len, cdt) if self.causal else None,
             None if attention_bias is None else attention_bias.astype(cdt))
         out, _, _ = attend(q, k, v, self.scale_for(hq // n), bias)
@@ -187,9 +187,9 @@ class Attention(_AttentionBase):
 class MultiHeadAttention(_AttentionBase):
     """Attention over separate (already projected) Q, K, V: query (B, S, H); key/value (B, L, H)
     plus the optional bias, or already in heads (B, N, L, hd) (cross-attention caches; packed QKV
-    or KV layouts are refused, as by onnxruntime's CPU kernel). Past K/V (B, N, P, hd) are prepended; key_padding_mask as
-    Attention's mask_index; attention_bias additive; outputs output, present K/V, and qk (the
-    scaled Q K^T plus biases, before softmax)."""
+    or KV layouts are refused, as by onnxruntime's CPU kernel). Past K/V (B, N, P, hd) are
+    prepended; key_padding_mask as Attention's mask_index; attention_bias additive; outputs
+    output, present K/V, and qk (the scaled Q K^T plus biases, before softmax)."""
 
     def compute(self, query, key=None, value=None, bias=None, key_padding_mask=None, attention_bias=None,
                 past_key=None, past_value=None, past_sequence_length=None, cache_indirection=None):

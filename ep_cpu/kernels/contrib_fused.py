@@ -19,11 +19,10 @@ from ep_core.errors import InvalidArgument
 from ep_cpu.gemm import gemm
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS
 from .conv import Conv
 from .linalg import Gemm, _half, matmul
 from .rnn import _ACTS
-
-MS = "com.microsoft"
 
 
 def _selu(x, a, g):

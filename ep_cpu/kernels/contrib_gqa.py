@@ -23,16 +23,15 @@ from ep_cpu.registry import kernel
 
 from .attention import _cdt, _heads, apply_rotary
 from .contrib_attention import attend, merge_heads
-
-MS = "com.microsoft"
+from .contrib_common import MS, required
 
 
 @kernel("GroupQueryAttention", domain=MS)
 class GroupQueryAttention(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.heads = int(self.attr("num_heads"))
-        self.kv_heads = int(self.attr("kv_num_heads"))
+        self.heads = int(required(self, "num_heads"))
+        self.kv_heads = int(required(self, "kv_num_heads"))
         if self.kv_heads <= 0 or self.heads % self.kv_heads:
             raise InvalidArgument(f"{node.describe()}: num_heads {self.heads} is not a multiple of "
                                   f"kv_num_heads {self.kv_heads}")

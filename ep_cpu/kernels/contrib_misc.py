@@ -9,9 +9,8 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm import gemm
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS
 from .conv import compute_dtype
-
-MS = "com.microsoft"
 
 
 @kernel("Inverse", domain=MS)

@@ -17,11 +17,10 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm_epilogue import ACTIVATIONS
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS, required
 from .conv import compute_dtype
 from .fused import SkipLayerNormalization
 from .norm import _out_dtype, _stash_dtype
-
-MS = "com.microsoft"
 
 
 @kernel("SkipSimplifiedLayerNormalization", domain=MS)
@@ -123,10 +122,10 @@ class GroupNorm(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.groups = int(self.attr("groups"))
+        self.groups = int(required(self, "groups"))
         self.eps = float(self.attr("epsilon", 1e-5))
         self.channels_last = bool(self.attr("channels_last", 1))
-        self.silu = bool(self.attr("activation"))
+        self.silu = bool(required(self, "activation"))
 
     def compute(self, x, gamma, beta):
         cdt = compute_dtype(x.dtype)

@@ -16,10 +16,10 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS, required
 from .pool import AveragePool
 from .quantize import quantize
 
-MS = "com.microsoft"
 _F32 = np.float32
 
 
@@ -59,7 +59,8 @@ class _QLinearBinary(Kernel):
         if a.dtype != b.dtype:
             raise InvalidArgument(f"{self.node.describe()}: A is {a.dtype} but B is {b.dtype}")
         n = self.node
-        sa, sb, sc = (_scalar(n, s, w) for s, w in ((a_scale, "A_scale"), (b_scale, "B_scale"), (c_scale, "C_scale")))
+        sa, sb, sc = (_scalar(n, s, w) for s, w in ((a_scale, "A_scale"), (b_scale, "B_scale"),
+                                                    (c_scale, "C_scale")))
         za, zb, zc = (_scalar(n, z, w, a.dtype) for z, w in ((a_zp, "A_zero_point"), (b_zp, "B_zero_point"),
                                                              (c_zp, "C_zero_point")))
         da = a.astype(_F32) - _F32(za)
@@ -125,7 +126,7 @@ class QLinearSoftmax(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.legacy = int(self.attr("opset")) < 13
+        self.legacy = int(required(self, "opset")) < 13
         self.axis = int(self.attr("axis", -1))  # -1 at every opset, as onnxruntime
 
     def compute(self, x, x_scale, x_zp=None, y_scale=None, y_zp=None):
@@ -168,7 +169,7 @@ class QLinearConcat(Kernel):
             else:
                 parts.append(_lookup(_table(x.dtype, lambda v: v, xs, xz, ys, yz), x))
         try:
-            return np.concatenate(parts, axis=int(self.attr("axis")))
+            return np.concatenate(parts, axis=int(required(self, "axis")))
         except ValueError as e:
             raise InvalidArgument(f"{self.node.describe()}: {e}") from None
 

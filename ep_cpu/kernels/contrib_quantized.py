@@ -18,12 +18,11 @@ from ep_core.kernel import Kernel
 from ep_cpu.gemm import gemm
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS, required
 from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
                        _int_matmul, _shifted, dynamic_quantize_uint8, quantize)
 from .rnn import LSTM
-
-MS = "com.microsoft"
 
 
 def _per_column(p: np.ndarray | None) -> np.ndarray | None:
@@ -138,10 +137,10 @@ class MatMulNBits(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.k = int(self.attr("K"))
-        self.n = int(self.attr("N"))
+        self.k = int(required(self, "K"))
+        self.n = int(required(self, "N"))
         self.bits = int(self.attr("bits", 4))
-        self.block = int(self.attr("block_size"))
+        self.block = int(required(self, "block_size"))
         if not 2 <= self.bits <= 8 or self.block < 16 or self.block & (self.block - 1):
             raise InvalidArgument(f"{node.describe()}: bits must be 2..8 and block_size a power of two "
                                   f">= 16, got bits={self.bits}, block_size={self.block}")

@@ -14,9 +14,9 @@ from ep_core.errors import InvalidArgument
 from ep_core.kernel import Kernel
 from ep_cpu.registry import kernel
 
+from .contrib_common import MS, required
 from .string import _as_str
 
-MS = "com.microsoft"
 START, END = "\x02", "\x03"
 
 
@@ -30,9 +30,9 @@ class Tokenizer(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.mark = bool(self.attr("mark"))
-        self.pad = _as_str(self.attr("pad_value"))
-        self.min_chars = int(self.attr("mincharnum"))
+        self.mark = bool(required(self, "mark"))
+        self.pad = _as_str(required(self, "pad_value"))
+        self.min_chars = int(required(self, "mincharnum"))
         seps = [_as_str(s) for s in (self.attr("separators") or [])]
         exp = self.attr("tokenexp")
         exp = None if exp is None else _as_str(exp)

@@ -21,6 +21,7 @@ from ep_cpu.gemm import ACTIVATIONS, gemm
 from ep_cpu.registry import kernel
 
 from .contrib_attention import Attention as _MsAttention
+from .contrib_common import MS
 from .conv import compute_dtype, run_conv
 from .norm import LayerNormalization as _OnnxLayerNormalization
 
@@ -30,7 +31,6 @@ except ImportError:  # pragma: no cover - scipy is a dependency
     _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 DOMAIN = "com.ep_core"
-MS = "com.microsoft"  # onnxruntime's contrib domain, where the semantics are the same
 
 # Positional `activation_params` in onnxruntime's order, by activation.
 _PARAM_NAMES = {"Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
