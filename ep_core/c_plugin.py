@@ -434,7 +434,6 @@ class CPluginProvider(ExecutionProvider):
         self.device = HOST if self._handle.on_host else Device(self.type, int(d.device_id))
         self._registry = KernelRegistry()
         self._transfer = None if self._handle.on_host else _Transfer(self)
-        self._fused = itertools.count()
 
     def get_kernel_registry(self) -> KernelRegistry:
         return self._registry  # filled as the library claims single nodes
@@ -463,8 +462,8 @@ class CPluginProvider(ExecutionProvider):
             elif g != EP_NOT_CLAIMED:
                 raise InvalidArgument(f"provider plugin '{self.type}': get_capability returned "
                                       f"{g} for {n.describe()}; expected -1, -2 or a group id >= 0")
-        for members in by_group.values():
-            name = f"{self.type}_fused_{next(self._fused)}"
+        for k, members in enumerate(by_group.values()):   # names unique within the graph asked about
+            name = f"{self.type}_fused_{k}"
             caps.append(ComputeCapability(members, make_meta_def(graph_view, members, name)))
         return caps
 

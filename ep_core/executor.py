@@ -1,24 +1,67 @@
-"""Execution plan (kernels created once, value slots, release after last use) and executors."""
+"""Stage 7 (plan) and the sequential executor: kernels created once with their kernel context,
+value slots, release after last use, cancellation between steps.
+"""
 from __future__ import annotations
 
+import bisect
+import contextvars
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EPError, Fail
+from .errors import EPError, Fail, ResourceLimit, RunTerminated
 from .graph import Graph, Node
-from .kernel import KernelContext
+from .kernel import KernelContext, normalize_outputs
 from .partition import Assignment
+from .placement import Placement
 from .provider import HOST
+
+
+class RunControl:
+    """Cancellation of one `InferenceSession.run`: `RunOptions.terminate` (set from any thread)
+    and an optional deadline. Checked before every step, in bodies of Loop/Scan/If too."""
+
+    __slots__ = ("run_options", "deadline")
+
+    def __init__(self, run_options: Any, timeout_s: float = 0.0):
+        self.run_options = run_options
+        self.deadline = time.monotonic() + timeout_s if timeout_s and timeout_s > 0 else None
+
+    def check(self) -> None:
+        if self.run_options is not None and self.run_options.terminate:
+            raise RunTerminated("run terminated: RunOptions.terminate was set"
+                                + _tag(self.run_options))
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise RunTerminated(f"run exceeded its deadline (RunOptions.timeout_s="
+                                f"{self.run_options.timeout_s})" + _tag(self.run_options))
+
+
+def _tag(run_options: Any) -> str:
+    tag = getattr(run_options, "run_tag", "")
+    return f" (run_tag '{tag}')" if tag else ""
+
+
+# The control of the run in progress on this thread (the parallel executor copies the context
+# into its worker threads), so that bodies run by control-flow kernels see it too.
+current_run: contextvars.ContextVar[RunControl | None] = contextvars.ContextVar("ep_core_run", default=None)
+
+
+def kernel_error(step: "Step", e: Exception) -> Fail:
+    """The typed error for an exception a kernel raised (MemoryError: ResourceLimit)."""
+    what = f"{step.node.describe()} on provider '{step.provider.type}' failed: {type(e).__name__}: {e}"
+    if isinstance(e, MemoryError):
+        return ResourceLimit(what + " (out of memory; SessionOptions.max_tensor_bytes refuses such "
+                                    "outputs before allocating)")
+    return Fail(what)
 
 
 class _CopyKernel:
     """Runs a copy node through the owning provider's DataTransfer."""
 
-    def __init__(self, transfer, dst, provider):
-        self.transfer, self.dst, self.provider = transfer, dst, provider
+    def __init__(self, transfer, dst):
+        self.transfer, self.dst = transfer, dst
 
     def compute(self, value):
         return (self.transfer.copy(value, self.dst),)
@@ -49,13 +92,10 @@ class Step:
         except EPError:
             raise
         except Exception as e:
-            raise Fail(f"{self.node.describe()} on provider '{self.provider.type}' failed: "
-                       f"{type(e).__name__}: {e}") from e
+            raise kernel_error(self, e) from e
         if observer:
             observer(self, args, time.perf_counter() - t0)
-        if not isinstance(outs, tuple) and not (isinstance(outs, list) and len(self.outputs) > 1):
-            outs = (outs,)  # a single value; a list for a one-output node is a sequence value
-        return outs
+        return normalize_outputs(outs, len(self.outputs))
 
 
 @dataclass
@@ -68,6 +108,26 @@ class Plan:
     output_slots: list[int]         # per graph output (host copies)
     n_slots: int
     providers: list[Any]
+    schedule: Any = None            # the parallel executor's dependency schedule, made on first use
+    straight: dict[bool, Any] = field(default_factory=dict)  # checked? -> generated straight-line run
+    pruned: dict[tuple, list[Step]] = field(default_factory=dict)  # fetch slots -> steps they need
+
+    def steps_for(self, fetch_slots: list[int]) -> list[Step]:
+        """Only the steps the fetches depend on (RunOptions.only_execute_path_to_fetches)."""
+        key = tuple(fetch_slots)
+        found = self.pruned.get(key)
+        if found is None:
+            producer = {s: st for st in self.steps for s in st.outputs if s is not None}
+            needed: set[int] = set()
+            todo = [producer[s] for s in fetch_slots if s in producer]
+            while todo:
+                st = todo.pop()
+                if id(st) in needed:
+                    continue
+                needed.add(id(st))
+                todo.extend(producer[s] for s in st.inputs if s is not None and s in producer)
+            found = self.pruned[key] = [st for st in self.steps if id(st) in needed]
+        return found
 
     def initial_slots(self, feeds: dict[str, Any]) -> list[Any]:
         """A fresh slot table holding the constants and the feeds."""
@@ -80,10 +140,23 @@ class Plan:
                 slots[s] = value
         return slots
 
-    def run(self, feeds: dict[str, Any], fetch_slots: list[int], observer=None) -> list[Any]:
+    def run(self, feeds: dict[str, Any], fetch_slots: list[int], observer=None,
+            steps: list[Step] | None = None) -> list[Any]:
         """Sequential executor: steps in topological order; dead values are dropped at once."""
+        control = current_run.get()
         slots = self.initial_slots(feeds)
-        for step in self.steps:
+        if control is not None:
+            control.check()
+        if observer is None and steps is None:
+            checked = control is not None
+            fast = self.straight.get(checked)
+            if fast is None:
+                fast = self.straight[checked] = _straight_line(self.steps, checked)
+            fast.run(slots, control.check if checked else None)
+            return [slots[s] for s in fetch_slots]
+        for step in self.steps if steps is None else steps:
+            if control is not None:
+                control.check()
             outs = step.execute([slots[s] if s is not None else None for s in step.inputs], observer)
             for s, v in zip(step.outputs, outs):
                 if s is not None:
@@ -93,9 +166,77 @@ class Plan:
         return [slots[s] for s in fetch_slots]
 
 
-def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initializers: dict,
-               providers: list[Any], make_subgraph_runner: Callable, session_options: Any) -> Plan:
-    """Create each node's kernel once and lay out value slots with last-use release."""
+class _StraightLine:
+    """The plan's steps as one generated Python function: one line per kernel call and per slot
+    write, no per-step lookups (the per-node overhead of the sequential executor). A kernel error
+    is attributed to its step by the line it was raised on."""
+
+    def __init__(self, fn: Callable, call_lines: list[int], steps: list[Step], code):
+        self.fn, self.call_lines, self.steps, self.code = fn, call_lines, steps, code
+
+    def run(self, slots: list, check: Callable | None) -> None:
+        try:
+            self.fn(slots, check)
+        except EPError:
+            raise
+        except Exception as e:
+            step = self._failed_step(e)
+            if step is None:
+                raise
+            raise kernel_error(step, e) from e
+
+    def _failed_step(self, e: BaseException) -> Step | None:
+        tb = e.__traceback__
+        line = None
+        while tb is not None:
+            if tb.tb_frame.f_code is self.code:
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        if line is None:
+            return None
+        k = bisect.bisect_right(self.call_lines, line) - 1
+        return self.steps[k] if k >= 0 else None
+
+
+def _pad(outs: Any, n: int) -> tuple:
+    outs = normalize_outputs(outs, n)
+    return outs + (None,) * (n - len(outs)) if len(outs) < n else outs
+
+
+def _straight_line(steps: list[Step], checked: bool) -> _StraightLine:
+    env: dict[str, Any] = {"_pad": _pad, "tuple": tuple}
+    lines = ["def run(s, check):"]
+    call_lines = []
+    for k, st in enumerate(steps):
+        env[f"k{k}"] = st.kernel.compute
+        if checked:
+            lines.append("    check()")
+        args = ", ".join("None" if i is None else f"s[{i}]" for i in st.inputs)
+        lines.append(f"    r = k{k}({args})")
+        call_lines.append(len(lines))
+        outs = st.outputs
+        if len(outs) == 1:
+            if outs[0] is not None:
+                lines.append(f"    s[{outs[0]}] = r[0] if r.__class__ is tuple else r")
+        elif outs:
+            lines.append(f"    r = _pad(r, {len(outs)})")
+            lines.extend(f"    s[{o}] = r[{j}]" for j, o in enumerate(outs) if o is not None)
+        lines.extend(f"    s[{r}] = None" for r in st.release)
+    lines.append("    return None")
+    code = compile("\n".join(lines), "<ep_core plan>", "exec")
+    exec(code, env)
+    fn = env.pop("run")   # the function must not be in its own globals: a cycle
+    return _StraightLine(fn, call_lines, steps, fn.__code__)
+
+
+RunnerFactory = Callable[[Graph, dict], Callable]
+"""(body graph, where each outer value lives) -> runner(feeds: list, outer: dict) -> list"""
+
+
+def build_plan(placement: Placement, providers: list[Any], session_options: Any,
+               make_runner: RunnerFactory) -> Plan:
+    """Create each node's kernel once (with its kernel context) and lay out value slots."""
+    graph = placement.graph
     slot_of: dict[str, int] = {}
 
     def slot(name: str) -> int:
@@ -103,50 +244,32 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
             slot_of[name] = len(slot_of)
         return slot_of[name]
 
+    constant_names = graph.constant_initializers()
     constants: dict[int, Any] = {}
     for name, value in graph.initializers.items():
         if isinstance(value, np.ndarray):
-            value.flags.writeable = False  # shared by every run; lets the GEMM cache packed weights
+            value.flags.writeable = False  # shared by every run: no kernel may write into it
         constants[slot(name)] = value
-    for (name, dst), placed in placed_initializers.items():
+    host_value = {name: graph.initializers[name] for name in constant_names}
+    for placed, (name, dst) in placement.device_constants.items():
         transfer = next(t for t in (p.get_data_transfer() for p in providers)
                         if t is not None and t.can_copy(HOST, dst))
         constants[slot(placed)] = transfer.copy(graph.initializers[name], dst)
+        host_value[placed] = graph.initializers[name]
     input_slots = [slot(v.name) for v in graph.inputs]
-    constant_names = graph.constant_initializers()
-    for name in graph.outer_scope:
+    for name in sorted(graph.outer_scope):
         slot(name)
+    threads = int(getattr(session_options, "intra_op_num_threads", 0) or 0)
+    max_bytes = int(getattr(session_options, "max_tensor_bytes", 0) or 0)
     steps = []
-    # insert_copy_nodes left graph.nodes in topological order; re-sorting would reject the
-    # pre-placed initializer copies ('W@dev'), which are plan constants, not graph values.
-    for node in graph.nodes:
-        a = assigned[node]
-        if a.transfer is not None:
-            kern = _CopyKernel(a.transfer[0], a.transfer[1], a.provider)
-        elif a.compiled is not None:
-            kern = _CompiledKernel(a.compiled)
-        else:
-            ctx = KernelContext(
-                a.provider, session_options,
-                constant_inputs={k: graph.initializers[i] for k, i in enumerate(node.inputs)
-                                 if i in constant_names},
-                subgraph_runners={name: ([make_subgraph_runner(g) for g in v] if isinstance(v, list)
-                                         else make_subgraph_runner(v))
-                                  for name, v in node.attrs.items()
-                                  if isinstance(v, Graph) or (isinstance(v, list) and v and isinstance(v[0], Graph))},
-                intra_op_threads=int(getattr(session_options, "intra_op_num_threads", 0) or 0),
-                max_tensor_bytes=int(getattr(session_options, "max_tensor_bytes", 0) or 0))
-            try:
-                kern = a.kernel_def.factory(node, ctx)
-            except EPError:
-                raise
-            except Exception as e:
-                raise Fail(f"{node.describe()}: creating the '{a.provider.type}' kernel failed: "
-                           f"{type(e).__name__}: {e}") from e
+    for node in graph.nodes:   # placement left them in topological order
+        a = placement.assigned[node]
+        kern = _make_kernel(node, a, host_value, placement, session_options, threads, max_bytes,
+                            make_runner)
         ins = [slot(i) if i else None for i in list(node.inputs) + node.implicit_inputs]
         outs = [slot(o) if o else None for o in node.outputs]
         steps.append(Step(node, a.provider, kern, ins, outs))
-    output_slots = [slot(graph.fetch_map[v.name]) for v in graph.outputs]
+    output_slots = [slot(name) for name in placement.fetches]
     # Release each non-constant, non-output slot after its last reader (or its producer if unread).
     keep = set(constants) | set(output_slots)
     last_use: dict[int, int] = {}
@@ -159,3 +282,27 @@ def build_plan(graph: Graph, assigned: dict[Node, Assignment], placed_initialize
             steps[k].release.append(s)
     return Plan(steps, slot_of, constants, input_slots, output_slots, len(slot_of), providers)
 
+
+def _make_kernel(node: Node, a: Assignment, host_value: dict[str, Any], placement: Placement,
+                 session_options: Any, threads: int, max_bytes: int, make_runner: RunnerFactory):
+    if a.transfer is not None:
+        return _CopyKernel(a.transfer[0], a.transfer[1])
+    if a.compiled is not None:
+        return _CompiledKernel(a.compiled)
+    runners: dict[str, Any] = {}
+    for attr, v in node.attrs.items():
+        if isinstance(v, Graph):
+            runners[attr] = make_runner(v, placement.locations)
+        elif isinstance(v, list) and v and isinstance(v[0], Graph):
+            runners[attr] = [make_runner(g, placement.locations) for g in v]
+    ctx = KernelContext(
+        a.provider, session_options,
+        constant_inputs={k: host_value[i] for k, i in enumerate(node.inputs) if i in host_value},
+        subgraph_runners=runners, intra_op_threads=threads, max_tensor_bytes=max_bytes)
+    try:
+        return a.kernel_def.factory(node, ctx)
+    except EPError:
+        raise
+    except Exception as e:
+        raise Fail(f"{node.describe()}: creating the '{a.provider.type}' kernel failed: "
+                   f"{type(e).__name__}: {e}") from e

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
@@ -93,6 +93,30 @@ class Graph:
     def constant_initializers(self) -> set[str]:
         """Initializers no feed can replace: their values are known at session build."""
         return set(self.initializers) - self.overridable_initializers()
+
+    def check_valid(self, constants: Iterable[str] = ()) -> None:
+        """The invariant every build stage keeps (raises InvalidGraph naming the culprit): nodes
+        in topological order, every input fed, constant (initializer, `constants`, outer scope) or
+        produced by an earlier node, each value produced once, every output produced, every
+        value's type known where the model declared or inference derived it."""
+        available = set(self.initializers) | {v.name for v in self.inputs} | self.outer_scope
+        available |= set(constants)
+        fixed = set(available)
+        for n in self.nodes:
+            for i in list(n.inputs) + n.implicit_inputs:
+                if i and i not in available:
+                    raise InvalidGraph(f"graph '{self.name}': {n.describe()} reads '{i}', which is not "
+                                       f"fed, constant or produced by an earlier node")
+            for o in n.outputs:
+                if not o:
+                    continue
+                if o in available:
+                    what = "a graph input or constant" if o in fixed else "produced twice"
+                    raise InvalidGraph(f"graph '{self.name}': {n.describe()} writes '{o}', which is {what}")
+                available.add(o)
+        for v in self.outputs:
+            if v.name not in available:
+                raise InvalidGraph(f"graph '{self.name}': output '{v.name}' is never produced")
 
     def type_of(self, name: str) -> onnx.TypeProto | None:
         vi = self.value_info.get(name)

@@ -52,12 +52,12 @@ def rename_in_subgraph(graph: Graph, old: str, new: str) -> None:
 class GraphEditor:
     """Producer/consumer maps plus editing operations over one graph level."""
 
-    def __init__(self, graph: Graph, overridable: set[str] | None = None):
+    def __init__(self, graph: Graph):
         self.graph = graph
         self.outputs = {v.name for v in graph.outputs}
         self.inputs = {v.name for v in graph.inputs}
-        # Initializers a user may feed (IR >= 4 lists them as graph inputs) are not constants.
-        self.overridable = set(overridable or ())
+        # Initializers a user may feed are not constants (the one rule: Graph.overridable_initializers).
+        self.overridable = graph.overridable_initializers()
         self.slots: list[list[Node]] = [[n] for n in graph.nodes]
         self.slot_of: dict[int, int] = {id(n): k for k, n in enumerate(graph.nodes)}
         self.producer: dict[str, Node] = {}

@@ -100,13 +100,13 @@ class KernelContext:
     def check_output_size(self, node: Node, shape: Iterable[int], dtype: Any) -> None:
         """Raise ResourceLimit *before* allocating an output of `shape` x `dtype` larger than the
         session's limit. Kernels whose output size comes from input data (ConstantOfShape, Expand,
-        Tile, Range, Resize, Pad, ...) call it; a negative dim is InvalidArgument."""
-        from .errors import InvalidArgument, ResourceLimit
+        Tile, Range, Resize, Pad, ...) call it; a negative dim is Fail (bad data at run time)."""
+        from .errors import Fail, ResourceLimit
+        shape = [int(d) for d in shape]
         count = 1
         for d in shape:
-            d = int(d)
             if d < 0:
-                raise InvalidArgument(f"{node.describe()}: output shape {list(shape)} has a negative dim")
+                raise Fail(f"{node.describe()}: output shape {shape} has a negative dim")
             count *= d
         nbytes = count * np.dtype(dtype).itemsize
         if self.max_tensor_bytes and nbytes > self.max_tensor_bytes:

@@ -124,12 +124,13 @@ def _value_info(v: ValueInfo | str, type_of) -> onnx.ValueInfoProto:
     return vi
 
 
-def graph_to_proto(graph: Graph, external: _ExternalData | None, nodes: list[Node] | None = None
-                   ) -> onnx.GraphProto:
-    """GraphProto of a Graph (recursively), with the types of every value it names."""
+def graph_to_proto(graph: Graph, external: _ExternalData | None, nodes: list[Node] | None = None,
+                   rename: dict[str, str] | None = None) -> onnx.GraphProto:
+    """GraphProto of a Graph (recursively), with the types of every value it names. `rename`
+    maps values to the names written (device copies of constants -> the constant)."""
     nodes = graph.nodes if nodes is None else nodes
     gp = onnx.GraphProto(name=graph.name or "graph")
-    gp.node.extend(_node_proto(n, _placed_initializers(graph, nodes)) for n in nodes)
+    gp.node.extend(_node_proto(n, rename or {}) for n in nodes)
     gp.input.extend(_value_info(v, graph.type_of) for v in graph.inputs)
     gp.output.extend(_value_info(v, graph.type_of) for v in graph.outputs)
     gp.initializer.extend(_tensor(k, v, external) for k, v in graph.initializers.items())
@@ -144,46 +145,27 @@ def graph_to_proto(graph: Graph, external: _ExternalData | None, nodes: list[Nod
     return gp
 
 
-def _placed_initializers(graph: Graph, nodes: list[Node]) -> dict[str, str]:
-    """Names like 'w@cuda:0' for initializers copied to a device at session build (there is no
-    copy node for them): written as the initializer itself."""
-    known = set(graph.initializers) | {v.name for v in graph.inputs} | graph.outer_scope
-    known.update(o for n in nodes for o in n.outputs)
-    rename = {}
-    for n in nodes:
-        for i in n.inputs:
-            if i and i not in known and "@" in i and i.rsplit("@", 1)[0] in graph.initializers:
-                rename[i] = i.rsplit("@", 1)[0]
-    return rename
-
-
-def _written_nodes(graph: Graph, assigned: dict | None) -> list[Node]:
+def _written_nodes(graph: Graph, assigned: dict) -> list[Node]:
     """Topological node list with compiled groups expanded into their member nodes."""
     out: list[Node] = []
-    for n in graph.nodes:   # copy insertion left them in topological order
-        a = (assigned or {}).get(n)
-        sub = getattr(a, "subgraph", None)
-        out.extend(_ordered(sub) if sub is not None else [n])
+    for n in graph.nodes:   # placement left them in topological order
+        sub = assigned[n].subgraph
+        out.extend(sub.topological_order() if sub is not None else [n])
     return out
 
 
-def _ordered(graph: Graph) -> list[Node]:
-    try:
-        return graph.topological_order()
-    except Exception:  # members read values of the enclosing graph: keep their model order
-        return list(graph.nodes)
-
-
-def save_optimized(path: str, source: onnx.ModelProto, graph: Graph, assigned: dict | None = None,
-                   options: Any = None, providers: list | None = None) -> str:
-    """Write the session's optimized, partitioned graph to `path`; returns the path."""
+def save_optimized(path: str, source: onnx.ModelProto, placement: Any, options: Any = None,
+                   providers: list | None = None) -> str:
+    """Write a session's optimized, partitioned graph (its `Placement`) to `path`; returns the path."""
+    graph, assigned = placement.graph, placement.assigned
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     external = _ExternalData(path)
     try:
         nodes = _written_nodes(graph, assigned)
-        gp = graph_to_proto(graph, external, nodes)
+        rename = {placed: name for placed, (name, _) in placement.device_constants.items()}
+        gp = graph_to_proto(graph, external, nodes, rename)
     finally:
         external.close()
     if external.offset == 0:
@@ -201,8 +183,8 @@ def save_optimized(path: str, source: onnx.ModelProto, graph: Graph, assigned: d
     model.functions.extend(source.functions)
     placement: dict[str, int] = {}
     for n in nodes:
-        a = (assigned or {}).get(n)
-        key = getattr(getattr(a, "provider", None), "type", None) or "member-of-compiled-group"
+        a = assigned.get(n)
+        key = a.provider.type if a is not None else "member-of-compiled-group"
         placement[key] = placement.get(key, 0) + 1
     meta = {p.key: p.value for p in source.metadata_props}
     meta.update({

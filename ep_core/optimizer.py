@@ -3,101 +3,44 @@
 * Level 1 (`ORT_ENABLE_BASIC`): semantics-preserving, provider-independent rewrites — constant
   folding, redundant-node elimination, Conv/BatchNormalization/Mul/Add folding, MatMul+Add→Gemm,
   common-subexpression and dead-node elimination.
-* Level 2 (`ORT_ENABLE_EXTENDED`): fusions into ops of our own domain (`com.ep_core`), done only
-  where the provider that would run the original node has a kernel for the fused op.
+  They run before partitioning (`rewrite_level1`), bodies of If/Loop/Scan included.
+* Level 2 (`ORT_ENABLE_EXTENDED`): fusions into fused ops, run after partitioning on assigned
+  nodes (`rewrite_assigned`), each only where the provider that owns the anchor node has a
+  kernel for the fused op — as onnxruntime runs its level-2 transformers after partitioning.
 * Level 3 (`ORT_ENABLE_LAYOUT`): layout rewrites (none built in; custom ones may register here).
 * `ORT_ENABLE_ALL` (99): everything.
 
-Each rewrite is a small class with `apply(graph) -> bool`. The built-in list is `builtin_rewrites()`
-below — the one place that names them all, in the order they run. `register_transformer` adds
-custom ones; `SessionOptions.disabled_optimizers` names rewrites to skip. Each level runs its
-rewrites in passes until a pass changes nothing, then recurses into If/Loop/Scan bodies.
+Each rewrite is a small class with `apply(graph) -> bool` (`ep_core.rewrite.Rewrite`). The built-in
+list is `builtin_rewrites()` below — the one place that names them all, in the order they run.
+`register_transformer` adds custom ones; `SessionOptions.disabled_optimizers` names rewrites to
+skip. Each level runs its rewrites in passes until a pass changes nothing.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import onnx
-
+from . import rewrites_affine as a
+from . import rewrites_basic as b
+from . import rewrites_fusion as f
+from . import rewrites_transformer as t
 from .graph import Graph, Node
-from .graph_edit import GraphEditor, refresh_implicit_inputs
-from .options import GraphOptimizationLevel, SessionOptions
+from .graph_edit import refresh_implicit_inputs
+from .options import GraphOptimizationLevel
+from .partition import Assignment
+from .rewrite import OptimizerContext, Rewrite
 
 log = logging.getLogger("ep_core")
 
 MAX_PASSES = 10
 
 
-@dataclass
-class OptimizerContext:
-    """What rewrites may ask: the options, the session's providers and the model's IR version."""
-    options: SessionOptions
-    providers: list = field(default_factory=list)
-    ir_version: int = onnx.IR_VERSION
-    stats: dict[str, int] = field(default_factory=dict)
-
-    def overridable(self, graph: Graph) -> set[str]:
-        """Initializers a user may override with a feed: not constants (IR >= 4, as onnxruntime)."""
-        if self.ir_version < 4:
-            return set()
-        return {v.name for v in graph.inputs if v.name in graph.initializers}
-
-    @property
-    def cpu_provider(self):
-        for p in self.providers:
-            if p.type == "cpu":
-                return p
-        from . import providers as registry
-        cpu = registry.provider_factory("cpu")()
-        self.providers.append(cpu)
-        return cpu
-
-    def provider_for(self, node: Node):
-        """The provider that will take `node` (first in priority order with a kernel for it)."""
-        for p in self.providers or [self.cpu_provider]:
-            if p.get_kernel_registry().lookup(node) is not None:
-                return p
-        return None
-
-    def supports(self, anchor: Node, fused: Node) -> bool:
-        """Whether the provider that would run `anchor` also has a kernel for `fused`."""
-        p = self.provider_for(anchor)
-        return p is not None and p.get_kernel_registry().lookup(fused) is not None
-
-
-class Rewrite:
-    """One graph rewrite; `apply` returns True when it changed the graph.
-
-    `self.ctx` (an OptimizerContext) is set by the optimizer before `apply` runs.
-    """
-    name = ""
-    level: int = GraphOptimizationLevel.ORT_ENABLE_BASIC
-    ctx: OptimizerContext | None = None
-
-    def apply(self, graph: Graph) -> bool:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def editor(self, graph: Graph) -> GraphEditor:
-        """A GraphEditor that knows which initializers are overridable (hence not constant)."""
-        ctx = self.ctx or OptimizerContext(SessionOptions())
-        return GraphEditor(graph, ctx.overridable(graph))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(level={int(self.level)})"
-
-
 # --- the list ---------------------------------------------------------------------------------
 
 def builtin_rewrites() -> list[type[Rewrite]]:
     """Every built-in rewrite, in the order they run within their level."""
-    from . import rewrites_affine as a
-    from . import rewrites_basic as b
-    from . import rewrites_fusion as f
-    from . import rewrites_transformer as t
     return [
         # Level 1: basic, provider independent.
         b.ConstantFolding,          # incl. ConstantOfShape, Shape/Size of static shapes, Constant
@@ -165,20 +108,20 @@ def _instantiate(entry: Any, ctx: OptimizerContext, level: int) -> Rewrite:
     return r
 
 
-def rewrites_for(ctx: OptimizerContext) -> dict[int, list[Rewrite]]:
-    """Active rewrites grouped by level (levels above the session's are left out)."""
+def rewrites_for(ctx: OptimizerContext, levels: range) -> dict[int, list[Rewrite]]:
+    """Active rewrites of `levels` grouped by level (levels above the session's are left out)."""
     level = int(ctx.options.graph_optimization_level)
     disabled = set(getattr(ctx.options, "disabled_optimizers", None) or ())
     entries = [(int(c.level), c) for c in builtin_rewrites()] + list(_custom)
     by_level: dict[int, list[Rewrite]] = {}
     for lvl, entry in entries:
-        if lvl > level or _name_of(entry) in disabled:
+        if lvl > level or lvl not in levels or _name_of(entry) in disabled:
             continue
         by_level.setdefault(lvl, []).append(_instantiate(entry, ctx, lvl))
     return dict(sorted(by_level.items()))
 
 
-def _run_level(graph: Graph, rewrites: list[Rewrite], ctx: OptimizerContext) -> None:
+def _run_passes(graph: Graph, rewrites: list[Rewrite], ctx: OptimizerContext) -> None:
     for _ in range(MAX_PASSES):
         changed = False
         for r in rewrites:
@@ -187,26 +130,47 @@ def _run_level(graph: Graph, rewrites: list[Rewrite], ctx: OptimizerContext) -> 
                 ctx.stats[r.name] = ctx.stats.get(r.name, 0) + 1
         if not changed:
             break
+
+
+def _run_level1(graph: Graph, rewrites: list[Rewrite], ctx: OptimizerContext) -> None:
+    _run_passes(graph, rewrites, ctx)
     # Bodies of If/Loop/Scan are graphs too; their outer references may change with them.
     touched = False
     for n in graph.nodes:
         for g in n.subgraphs:
-            _run_level(g, rewrites, ctx)
+            _run_level1(g, rewrites, ctx)
             touched = True
     if touched:
         refresh_implicit_inputs(graph)
 
 
-def optimize(graph: Graph, options: SessionOptions, providers: list | None = None,
-             ir_version: int | None = None) -> OptimizerContext:
-    """Apply every enabled rewrite up to the session's level; returns the context (with stats)."""
-    ctx = OptimizerContext(options, list(providers or []),
-                           onnx.IR_VERSION if ir_version is None else int(ir_version))
-    before = len(graph.nodes)
+LEVEL1 = range(1, 2)
+ASSIGNED_LEVELS = range(2, 100)
+
+
+def rewrite_level1(graph: Graph, ctx: OptimizerContext) -> None:
+    """Stage 2: provider-independent rewrites (level 1), in place, bodies included.
+
+    Runs before partitioning: `ctx.assigned` is None and no rewrite may depend on placement."""
     t0 = time.perf_counter()
-    for level, rewrites in rewrites_for(ctx).items():
-        _run_level(graph, rewrites, ctx)
-    log.info("optimizer: %d -> %d nodes in %.1f ms (level %d; rewrites applied: %s)", before,
-             len(graph.nodes), (time.perf_counter() - t0) * 1e3, int(options.graph_optimization_level),
-             ctx.stats)
-    return ctx
+    before = len(graph.nodes)
+    for rewrites in rewrites_for(ctx, LEVEL1).values():
+        _run_level1(graph, rewrites, ctx)
+    log.info("level-1 rewrites: %d -> %d nodes in %.1f ms (%s)", before, len(graph.nodes),
+             (time.perf_counter() - t0) * 1e3, ctx.stats)
+
+
+def rewrite_assigned(graph: Graph, assigned: dict[Node, Assignment], ctx: OptimizerContext
+                     ) -> dict[Node, Assignment]:
+    """Stage 4: level-2/3 fusions on partitioned nodes of `graph` (not its bodies: each body runs
+    this stage when it is built). A fusion applies only where the provider that owns its anchor
+    has a kernel for the fused op (`OptimizerContext.supports`, which assigns the new node).
+
+    Returns the assignment of the rewritten graph's nodes; nodes a rewrite created without
+    `supports` are missing from it (the caller partitions them)."""
+    ctx.assigned = dict(assigned)
+    for rewrites in rewrites_for(ctx, ASSIGNED_LEVELS).values():
+        _run_passes(graph, rewrites, ctx)
+    out = {n: ctx.assigned[n] for n in graph.nodes if n in ctx.assigned}
+    ctx.assigned = None
+    return out

@@ -18,8 +18,23 @@ class ExecutionMode(enum.IntEnum):
     ORT_PARALLEL = 1
 
 
-class SessionOptions:
-    """Knobs read when a session is built (same attribute names as onnxruntime)."""
+class _Fields:
+    """Options objects refuse unknown attribute names (a typo is an error, as in onnxruntime)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not name.startswith("_") and name not in self.__dict__ and hasattr(self, "_sealed"):
+            known = sorted(k for k in self.__dict__ if not k.startswith("_"))
+            raise AttributeError(f"'{type(self).__name__}' has no option '{name}'; known: {known}")
+        object.__setattr__(self, name, value)
+
+
+class SessionOptions(_Fields):
+    """Knobs read when a session is built (same attribute names as onnxruntime).
+
+    `enable_cpu_mem_arena` and `enable_mem_pattern` have no observable effect here: the CPU
+    provider allocates through numpy (no arena: memory goes back to the system as values die) and
+    every plan releases each value after its last reader. `use_deterministic_compute`: the CPU
+    kernels always are (same inputs, same thread count -> same bits)."""
 
     def __init__(self) -> None:
         self.graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -40,6 +55,7 @@ class SessionOptions:
         # untrusted models sets it so an allocation bomb is refused before anything is allocated.
         self.max_tensor_bytes: int = 0
         self._config: dict[str, str] = {}
+        self._sealed = True
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         self._config[key] = str(value)
@@ -52,8 +68,9 @@ class SessionOptions:
         return dict(self._config)
 
 
-class RunOptions:
-    """Per-run knobs (same attribute names as onnxruntime)."""
+class RunOptions(_Fields):
+    """Per-run knobs (same attribute names as onnxruntime). `terminate` may be set from another
+    thread while `run` is in progress: the run stops with RunTerminated."""
 
     def __init__(self) -> None:
         self.log_severity_level: int = 2
@@ -61,7 +78,10 @@ class RunOptions:
         self.run_tag: str = ""
         self.terminate: bool = False
         self.only_execute_path_to_fetches: bool = False
+        # ep_core's own: stop the run with RunTerminated after this many seconds (0: no deadline).
+        self.timeout_s: float = 0.0
         self._config: dict[str, str] = {}
+        self._sealed = True
 
     def add_run_config_entry(self, key: str, value: Any) -> None:
         self._config[key] = str(value)

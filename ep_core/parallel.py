@@ -3,59 +3,24 @@
 `ORT_PARALLEL` runs every step whose inputs are ready on a pool of `inter_op_num_threads`
 threads (numpy releases the GIL inside BLAS and most ufuncs, so independent branches overlap).
 Each kernel computes exactly what it computes sequentially, so outputs are identical.
-`intra_op_num_threads` caps the threads each kernel uses: the CPU GEMM's own tiling threads and
-the BLAS library's (through threadpoolctl).
+`intra_op_num_threads` caps the threads each kernel uses, through each provider's
+`limit_threads` hook (the CPU provider: its GEMM tiling threads and the BLAS library's).
 """
 from __future__ import annotations
 
+import contextvars
 import os
-import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+import numpy as np
+
+from .executor import current_run
 from .options import ExecutionMode
-
-_controller = None
-_controller_lock = threading.Lock()
-
-
-def _threadpool_controller():
-    global _controller
-    with _controller_lock:
-        if _controller is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                _controller = ThreadpoolController()
-            except Exception:  # threadpoolctl missing or a BLAS it cannot drive: no limit
-                _controller = False
-        return _controller or None
-
-
-@contextmanager
-def intra_op_limit(threads: int) -> Iterator[None]:
-    """Limit per-kernel threading to `threads` (0: library defaults) for the duration."""
-    if not threads or threads <= 0:
-        yield
-        return
-    gemm = sys.modules.get("ep_cpu.gemm")
-    previous = gemm.get_num_threads() if gemm is not None and hasattr(gemm, "set_num_threads") else None
-    if previous is not None:
-        gemm.set_num_threads(threads)
-    controller = _threadpool_controller()
-    try:
-        if controller is not None:
-            with controller.limit(limits=int(threads)):
-                yield
-        else:
-            yield
-    finally:
-        if previous is not None:
-            gemm.set_num_threads(previous)
-
 
 def _cores() -> int:
     try:
@@ -64,8 +29,11 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profiler: Any = None) -> list:
-    """Run `plan` with the session's execution mode, thread limits and profiler."""
+def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profiler: Any = None,
+             only_fetches: bool = False, run_tag: str = "") -> list:
+    """Run `plan` with the session's execution mode, thread limits and profiler.
+
+    `only_fetches` runs just the steps the fetches depend on (sequentially)."""
     observer = profiler.node_observer() if profiler is not None else None
     t0 = time.perf_counter()
     parallel = getattr(options, "execution_mode", 0) == ExecutionMode.ORT_PARALLEL
@@ -76,16 +44,27 @@ def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profi
         # Kernels running side by side share the cores: unlimited BLAS threads in each would
         # oversubscribe them (OpenBLAS threads spin), so split the cores between the inter-op threads.
         intra = max(1, cores // threads)
-    with intra_op_limit(intra):
-        if parallel:
+    with ExitStack() as stack:
+        # IEEE results (log(0) = -inf, 0/0 = NaN, overflow = inf) are what ONNX asks for: numpy's
+        # warnings about them are noise; set once per run (numpy keeps it in a context variable,
+        # which the parallel executor copies into its workers) instead of in every kernel call.
+        stack.enter_context(np.errstate(all="ignore"))
+        for p in plan.providers:
+            stack.enter_context(p.limit_threads(intra))
+        if only_fetches:
+            parallel = False
+            out = plan.run(feeds, fetch_slots, observer, plan.steps_for(fetch_slots))
+        elif parallel:
             out = run_parallel(plan, feeds, fetch_slots, threads, observer)
         elif observer is not None:
             out = plan.run(feeds, fetch_slots, observer=observer)
         else:
             out = plan.run(feeds, fetch_slots)
     if profiler is not None:
-        profiler.add("model_run", "Session", t0, time.perf_counter(),
-                     {"execution_mode": "parallel" if parallel else "sequential"})
+        args = {"execution_mode": "parallel" if parallel else "sequential"}
+        if run_tag:
+            args["run_tag"] = run_tag
+        profiler.add("model_run", "Session", t0, time.perf_counter(), args)
     return out
 
 
@@ -104,9 +83,8 @@ _pools_lock = threading.Lock()
 
 
 def _schedule(plan: Any) -> _Schedule:
-    sched = getattr(plan, "_parallel_schedule", None)   # cached on the plan itself
-    if sched is not None:
-        return sched
+    if plan.schedule is not None:
+        return plan.schedule
     producer: dict[int, int] = {}
     for k, st in enumerate(plan.steps):
         for s in st.outputs:
@@ -122,9 +100,8 @@ def _schedule(plan: Any) -> _Schedule:
             dependents[u].append(k)
         for s in set(s for s in st.inputs if s is not None):
             readers[s] = readers.get(s, 0) + 1
-    sched = _Schedule(deps, dependents, readers)
-    plan._parallel_schedule = sched
-    return sched
+    plan.schedule = _Schedule(deps, dependents, readers)
+    return plan.schedule
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -148,11 +125,15 @@ def run_parallel(plan: Any, feeds: dict, fetch_slots: list[int], threads: int,
     waiting = list(sched.deps)
     pool = _pool(threads)
     running: dict[Any, int] = {}
+    control = current_run.get()
 
     def submit(k: int) -> None:
+        if control is not None:
+            control.check()
         st = plan.steps[k]
         args = [slots[s] if s is not None else None for s in st.inputs]
-        running[pool.submit(st.execute, args, observer)] = k
+        # Bodies run by a step must see this run's control: run it in a copy of our context.
+        running[pool.submit(contextvars.copy_context().run, st.execute, args, observer)] = k
 
     for k, n in enumerate(waiting):
         if n == 0:

@@ -1,10 +1,18 @@
-"""Partitioning nodes across providers, fusing MetaDef groups, and inserting copy nodes."""
+"""Stage 3 (partition) and stage 5 (group + compile): which provider runs each node, and how.
+
+`partition` asks each provider, in the user's priority order, for its capabilities over the nodes
+still unassigned: claims decide ownership. After level-2 rewrites (which fuse only within one
+owner), `group_fused` asks each compiling provider again over its own nodes and turns every
+MetaDef capability into one fused node; `compile_fused` has the owners compile them.
+None of them mutates its input: each returns what it decided.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
-from .errors import InvalidGraph, NotImplemented
+from .errors import EPError, Fail, InvalidGraph, NotImplemented
 from .graph import Graph, Node, ValueInfo
 from .kernel import KernelDef
 from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView
@@ -14,12 +22,13 @@ COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 
 @dataclass(eq=False)
 class Assignment:
-    """Which provider runs a node and with what: a registered kernel def or a compiled callable."""
+    """Which provider runs a node and with what: a registered kernel def, a compiled group, or a
+    data transfer (copy nodes)."""
     provider: ExecutionProvider
     kernel_def: KernelDef | None = None
     compiled: Callable | None = None
-    subgraph: Graph | None = None   # the nodes a fused node stands for
-    transfer: tuple | None = None   # (DataTransfer, dst Device) for copy nodes
+    subgraph: Graph | None = None   # the member nodes a fused node stands for
+    transfer: tuple | None = None   # (DataTransfer, dst Device, src Device) for copy nodes
 
     def input_device(self, k: int) -> Device:
         if self.transfer is not None:  # a copy node reads wherever its source lives
@@ -36,127 +45,105 @@ class Assignment:
         return self.provider.device
 
 
-def partition(graph: Graph, providers: list[ExecutionProvider]) -> dict[Node, Assignment]:
-    """Greedy assignment in provider priority order; the CPU provider (last) takes the rest."""
-    assigned: dict[Node, Assignment] = {}
+def partition(graph: Graph, providers: list[ExecutionProvider],
+              assigned: dict[Node, Assignment] | None = None) -> dict[Node, Assignment]:
+    """Stage 3: greedy ownership in provider priority order (the CPU provider, last, takes the
+    rest). Only nodes not in `assigned` are offered. A node goes to the first provider claiming
+    it; a MetaDef capability claims ownership here and is grouped later (`group_fused`), after
+    level-2 rewrites. Returns the assignment of every node of `graph`."""
+    assigned = dict(assigned or {})
     for p in providers:
         registry = p.get_kernel_registry()
         free = [n for n in graph.nodes if n not in assigned]
         if not free:
             break
-        caps = p.get_capability(GraphView(graph, free), registry.lookup)
-        for cap in caps:
-            if any(n in assigned for n in cap.nodes):
-                continue  # a provider may not claim a node twice
-            if cap.meta_def is None:
-                for n in cap.nodes:
-                    kdef = registry.lookup(n)
-                    if kdef is None:
-                        raise InvalidGraph(f"provider '{p.type}' claimed {n.describe()} without a kernel")
-                    assigned[n] = Assignment(p, kdef)
-            else:
-                _fuse(graph, p, cap, assigned)
+        offered = set(map(id, free))
+        for cap in p.get_capability(GraphView(graph, free), registry.lookup):
+            if any(n in assigned or id(n) not in offered for n in cap.nodes):
+                continue  # the first claim wins
+            for n in cap.nodes:
+                kdef = registry.lookup(n)
+                if kdef is None and cap.meta_def is None:
+                    raise InvalidGraph(f"provider '{p.type}' claimed {n.describe()} without a kernel")
+                assigned[n] = Assignment(p, kdef)
     for n in graph.nodes:
         if n not in assigned:
             raise NotImplemented(
                 f"{n.describe()}: no kernel for op '{n.op_type}' in domain '{n.domain or 'ai.onnx'}' "
                 f"at opset {n.opset} (schema version {n.since_version}) in providers "
                 f"{[p.type for p in providers]}")
-    return assigned
+    return {n: assigned[n] for n in graph.nodes}
 
 
-def _fuse(graph: Graph, p: ExecutionProvider, cap: ComputeCapability,
-          assigned: dict[Node, Assignment]) -> None:
-    """Replace the capability's nodes by one fused node compiled by the provider."""
+def _compiles(p: ExecutionProvider) -> bool:
+    return type(p).compile is not ExecutionProvider.compile
+
+
+def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[ExecutionProvider]
+                ) -> tuple[Graph, dict[Node, Assignment]]:
+    """Stage 5a: each provider that compiles is asked again for its capabilities, over the nodes
+    it owns after level-2 rewrites; each MetaDef capability becomes one fused node. Returns a new
+    Graph (the input is not modified) and the assignment of its nodes."""
+    nodes = list(graph.nodes)
+    out = dict(assigned)
+    for p in providers:
+        if not _compiles(p):
+            continue
+        own = [n for n in nodes if out[n].provider is p and out[n].subgraph is None]
+        if not own:
+            continue
+        offered = set(map(id, own))
+        grouped: set[int] = set()
+        for cap in p.get_capability(GraphView(dataclasses.replace(graph, nodes=nodes), own),
+                                    p.get_kernel_registry().lookup):
+            if cap.meta_def is None or any(id(n) not in offered or id(n) in grouped for n in cap.nodes):
+                continue
+            grouped.update(map(id, cap.nodes))
+            fused, sub = _fuse(graph, nodes, cap)
+            members = set(map(id, cap.nodes))
+            position = min(k for k, n in enumerate(nodes) if id(n) in members)
+            nodes = [n for n in nodes if id(n) not in members]
+            nodes.insert(min(position, len(nodes)), fused)
+            for n in cap.nodes:
+                del out[n]
+            out[fused] = Assignment(p, subgraph=sub)
+    for n in nodes:
+        a = out[n]
+        if a.kernel_def is None and a.subgraph is None and a.transfer is None:
+            raise InvalidGraph(f"provider '{a.provider.type}' claimed {n.describe()} in a fused group "
+                               f"at partitioning but grouped it into no fused node at compile")
+    return dataclasses.replace(graph, nodes=nodes), {n: out[n] for n in nodes}
+
+
+def _fuse(graph: Graph, nodes: list[Node], cap: ComputeCapability) -> tuple[Node, Graph]:
+    """The fused node standing for a MetaDef group, and the subgraph of its members."""
     md = cap.meta_def
     members = set(map(id, cap.nodes))
-    sub = Graph([n for n in graph.nodes if id(n) in members],
+    sub = Graph([n for n in nodes if id(n) in members],
                 [graph.value_info.get(i) or ValueInfo(i) for i in md.inputs],
                 [graph.value_info.get(o) or ValueInfo(o) for o in md.outputs],
-                {}, graph.value_info, graph.opset_imports, name=md.name)
+                {}, graph.value_info, graph.opset_imports, name=md.name,
+                outer_scope=set(graph.outer_scope) | set(graph.initializers), ir_version=graph.ir_version)
     fused = Node(md.name, list(md.inputs), list(md.outputs), name=md.name, domain=md.domain,
                  attrs=dict(md.attributes), since_version=1, opset=1)
     fused.input_types = [graph.type_of(i) for i in md.inputs]
     fused.output_types = [graph.type_of(o) for o in md.outputs]
-    position = min(k for k, n in enumerate(graph.nodes) if id(n) in members)
-    rest = [n for n in graph.nodes if id(n) not in members]
-    rest.insert(min(position, len(rest)), fused)
-    graph.nodes[:] = rest
-    assigned[fused] = Assignment(p, compiled=p.compile(fused, sub), subgraph=sub)
+    return fused, sub
 
 
-@dataclass
-class CopyReport:
-    copy_nodes: int = 0
-    initializer_copies: int = 0
-    placed_initializers: dict[tuple[str, Device], str] = field(default_factory=dict)
-
-
-def insert_copy_nodes(graph: Graph, assigned: dict[Node, Assignment],
-                      providers: list[ExecutionProvider]) -> CopyReport:
-    """Put a Memcpy node on every edge whose producer's device differs from the consumer's.
-
-    Feeds and initializers start on the host and fetches must end there. Initializers needed on a
-    device are copied once at session build (recorded in the report), not per run.
-    """
-    report = CopyReport()
-    location: dict[str, Device] = {}
-    for name in list(graph.initializers) + [v.name for v in graph.inputs] + list(graph.outer_scope):
-        location[name] = HOST
-    feedable = {v.name for v in graph.inputs}  # overridable initializers are copied per run
-    copies: dict[tuple[str, Device], str] = {}
-    new_nodes: list[Node] = []
-
-    def place(name: str, dst: Device) -> str:
-        src = location[name]
-        if src == dst:
-            return name
-        key = (name, dst)
-        if key in copies:
-            return copies[key]
-        if name in graph.initializers and name not in feedable:  # constant: place once at build
-            report.placed_initializers[key] = f"{name}@{dst}"
-            copies[key] = report.placed_initializers[key]
-            report.initializer_copies += 1
-            return copies[key]
-        if not src.is_host and not dst.is_host and _find_transfer(providers, src, dst) is None:
-            name = place(name, HOST)  # no direct path between two devices: go through the host
-            src = HOST
-            if src == dst:
-                return name
-        transfer, owner = _find_transfer(providers, src, dst) or (None, None)
-        if transfer is None:
-            raise InvalidGraph(f"no data transfer can copy value '{name}' from {src} to {dst}")
-        op = "MemcpyFromHost" if src.is_host else "MemcpyToHost" if dst.is_host else "Memcpy"
-        out = f"{name}@{dst}"
-        node = Node(op, [name], [out], name=f"{op}_{len(copies)}_{name}", since_version=1, opset=1)
-        assigned[node] = Assignment(owner, transfer=(transfer, dst, src))
-        new_nodes.append(node)
-        location[out] = dst
-        copies[key] = out
-        report.copy_nodes += 1
-        return out
-
-    for node in graph.topological_order():
-        a = assigned[node]
-        node.inputs = [place(i, a.input_device(k)) if i else i for k, i in enumerate(node.inputs)]
-        # Subgraph bodies read outer values on the host: their own plan inserts their copies.
-        node.implicit_inputs = [place(i, HOST) for i in node.implicit_inputs]
-        new_nodes.append(node)
-        for k, o in enumerate(node.outputs):
-            if o:
-                location[o] = a.output_device(k)
-    fetch_map = {}
-    for v in graph.outputs:
-        fetch_map[v.name] = place(v.name, HOST)
-    graph.nodes[:] = new_nodes
-    graph.fetch_map = fetch_map  # graph output name -> value holding it on the host
-    return report
-
-
-def _find_transfer(providers: list[ExecutionProvider], src: Device, dst: Device):
-    for p in providers:
-        t = p.get_data_transfer()
-        if t is not None and t.can_copy(src, dst):
-            return t, p
-    return None
+def compile_fused(assigned: dict[Node, Assignment]) -> dict[Node, Assignment]:
+    """Stage 5: each fused node's provider compiles it (`ExecutionProvider.compile`). Returns the
+    assignment with the compute callables filled in."""
+    out = {}
+    for node, a in assigned.items():
+        if a.subgraph is not None and a.compiled is None:
+            try:
+                fn = a.provider.compile(node, a.subgraph)
+            except EPError:
+                raise
+            except Exception as e:
+                raise Fail(f"provider '{a.provider.type}' failed to compile fused node '{node.name}' "
+                           f"({len(a.subgraph.nodes)} nodes): {type(e).__name__}: {e}") from e
+            a = dataclasses.replace(a, compiled=fn)
+        out[node] = a
+    return out

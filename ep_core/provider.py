@@ -1,6 +1,7 @@
 """The execution-provider interface every provider (ours or a plugin's) implements."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,7 +30,10 @@ HOST = Device("cpu", 0)
 
 @dataclass
 class MetaDef:
-    """A group of nodes a provider wants to run as one fused, compiled node."""
+    """A group of nodes a provider wants to run as one fused, compiled node.
+
+    `attributes` become the fused node's `attrs`: the way a provider hands `compile` what it
+    decided in `get_capability` (any Python value; never serialized)."""
     name: str
     inputs: list[str]
     outputs: list[str]
@@ -87,9 +91,19 @@ class DataTransfer:
 
 
 class ExecutionProvider:
-    """Base class of providers. Subclasses set `type`, `device` and return their kernel registry."""
+    """Base class of every execution provider, ours or a plugin's.
+
+    One instance per session (`InferenceSession` creates it from the registered factory with the
+    user's provider options), used only by that session. The session's build stages call, in
+    order: `get_kernel_registry` / `get_capability` (partition), `compile` (compile),
+    `get_data_transfer` / `get_allocator` (placement and plan). Each run calls `limit_threads`,
+    `on_run_start`, the kernels, `on_run_end`. Runs may overlap when the user calls `run` from
+    several threads: every run-time method must be thread-safe.
+    """
     type: str = ""
+    """Short name used in `providers=[...]` ("cpu", "cuda", a plugin's own)."""
     device: Device = HOST
+    """Where the outputs of this provider's kernels live unless a KernelDef says host memory."""
     abi_version: str = "1.0"
 
     def __init__(self, **options: Any) -> None:
@@ -97,7 +111,8 @@ class ExecutionProvider:
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        """(can run here, reason if not). Overridden by providers that need hardware."""
+        """(can run here, reason if not). Called before instantiation, possibly many times: cheap,
+        cached by the provider if it probes hardware. Overridden by providers that need hardware."""
         return True, ""
 
     @classmethod
@@ -106,31 +121,53 @@ class ExecutionProvider:
         return KernelRegistry()
 
     def get_kernel_registry(self) -> KernelRegistry:
+        """Called by partitioning and by level-2 rewrites (`OptimizerContext.supports`)."""
         return self.kernel_registry()
 
     def get_capability(self, graph_view: GraphView,
                        kernel_lookup: Callable[[Node], KernelDef | None]) -> list[ComputeCapability]:
-        """Default: claim every single node this provider has a kernel for."""
+        """Which of `graph_view.nodes` (the nodes no higher-priority provider took) this provider
+        runs. Called once per graph and per control-flow body at session build.
+
+        Must have no side effects: everything `compile` needs travels in the capability's
+        `MetaDef.attributes` (they become the fused node's `attrs`). A capability naming a node
+        another capability already claimed is ignored (the first claim wins). A capability
+        without a MetaDef claims its nodes one by one, each run by its registered kernel; one
+        with a MetaDef is replaced by a single fused node that `compile` turns into a callable.
+        Default: every node `kernel_lookup` finds a kernel for."""
         return [ComputeCapability([n]) for n in graph_view.nodes if kernel_lookup(n) is not None]
 
     def compile(self, fused_node: Node, subgraph: Graph) -> Callable[..., Sequence[Any]]:
+        """Turn one fused node (from a MetaDef capability) into its compute callable. Called once
+        per fused node at session build, after level-2 rewrites.
+
+        `fused_node.inputs/outputs` are the MetaDef's, `fused_node.attrs` its attributes;
+        `subgraph` holds the member nodes (it may read constants of the enclosing graph, listed
+        in `subgraph.outer_scope`). The callable receives the input values in
+        `fused_node.inputs` order, on this provider's device, and returns one value per output
+        (a tuple or list); it may be called concurrently from several runs."""
         raise NotImplementedError(f"provider '{self.type}' does not compile fused nodes")
 
     def get_allocator(self, mem_type: str = "default") -> Allocator:
+        """Memory on this provider's device (or pinned host memory for mem_type="pinned")."""
         return Allocator()
 
     def get_data_transfer(self) -> DataTransfer | None:
+        """Copies between host and this provider's device; None for a host provider. Placement
+        asks every provider for a transfer that `can_copy(src, dst)`."""
         return None
 
-    def device_of(self, value: Any) -> Device:
-        """Where a value produced by this provider lives."""
-        return self.device
+    def limit_threads(self, intra_op_threads: int) -> AbstractContextManager:
+        """A context the session enters around each run: this provider's kernels use at most
+        `intra_op_threads` threads inside it (0: the provider's default). Leaving it restores
+        whatever process-wide setting it changed, also when runs overlap."""
+        return nullcontext()
 
     def on_run_start(self, run_options: Any = None) -> None:
-        pass
+        """Called before every run, from the thread calling `run`."""
 
     def on_run_end(self, run_options: Any = None) -> None:
         """Called after every run (also a failed one): synchronize, shrink arenas if asked."""
 
     def sync(self) -> None:
-        pass
+        """Wait for all work this provider queued (device providers)."""

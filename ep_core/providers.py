@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import threading
 import warnings
 from importlib import metadata
 from typing import Callable
@@ -17,7 +18,11 @@ ProviderFactory = Callable[..., ExecutionProvider]
 _factories: dict[str, ProviderFactory] = {}
 _aliases = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}
 _BUILTINS = {"cpu": "ep_cpu:CPUExecutionProvider", "cuda": "ep_cuda:CUDAExecutionProvider"}
-_discovered = False
+_discovered = False   # set only once the registry is full (threads skip the lock after that)
+_discovering = False  # re-entry guard: a plugin's import may ask for providers on the same thread
+# Guards discovery and every change of the tables: sessions created at once from several threads
+# must all see the whole registry, never a half-filled one.
+_lock = threading.RLock()
 _incompatible: dict[str, str] = {}  # plugin name -> why it was refused (raised when it is requested)
 _from_entry_points: set[str] = set()
 
@@ -28,19 +33,22 @@ def register_provider(name: str, factory: ProviderFactory, aliases: tuple[str, .
     A provider class must subclass ExecutionProvider and declare a compatible `abi_version`
     (else IncompatiblePlugin naming it); a plain callable's provider is checked when created.
     """
-    _factories[name] = _checked(name, factory)
-    _incompatible.pop(name, None)
-    _from_entry_points.discard(name)  # explicit registration wins over a later refresh()
-    for a in aliases:
-        _aliases[a] = name
+    checked = _checked(name, factory)
+    with _lock:
+        _factories[name] = checked
+        _incompatible.pop(name, None)
+        _from_entry_points.discard(name)  # explicit registration wins over a later refresh()
+        for a in aliases:
+            _aliases[a] = name
 
 
 def unregister_provider(name: str) -> None:
     """Forget a provider added with register_provider / register_provider_library (and its aliases)."""
-    _factories.pop(name, None)
-    _incompatible.pop(name, None)
-    for alias in [a for a, n in _aliases.items() if n == name]:
-        del _aliases[alias]
+    with _lock:
+        _factories.pop(name, None)
+        _incompatible.pop(name, None)
+        for alias in [a for a, n in _aliases.items() if n == name]:
+            del _aliases[alias]
 
 
 def register_provider_library(name: str, path: str, aliases: tuple[str, ...] = ()) -> type:
@@ -78,10 +86,21 @@ def _load(spec: str) -> ProviderFactory:
 
 
 def _discover() -> None:
-    global _discovered
+    global _discovered, _discovering
     if _discovered:
         return
-    _discovered = True
+    with _lock:
+        if _discovered or _discovering:
+            return
+        _discovering = True
+        try:
+            _fill_registry()
+        finally:
+            _discovering = False
+            _discovered = True
+
+
+def _fill_registry() -> None:
     for name, spec in _BUILTINS.items():
         if name not in _factories:
             try:
@@ -107,13 +126,14 @@ def _discover() -> None:
 def refresh() -> None:
     """Scan the `ep_core.providers` entry points again (after installing a plugin in-process)."""
     global _discovered
-    for name in _from_entry_points:
-        _factories.pop(name, None)
-        _incompatible.pop(name, None)
-    _from_entry_points.clear()
-    _discovered = False
-    importlib.invalidate_caches()
-    _discover()
+    with _lock:
+        for name in _from_entry_points:
+            _factories.pop(name, None)
+            _incompatible.pop(name, None)
+        _from_entry_points.clear()
+        _discovered = False
+        importlib.invalidate_caches()
+        _discover()
 
 
 def _unavailable(name: str, reason: str) -> ProviderFactory:
@@ -150,7 +170,8 @@ def availability(name: str) -> tuple[bool, str]:
 def get_all_providers() -> list[str]:
     """Every provider this installation knows, whether or not it can run here."""
     _discover()
-    return list(_factories)
+    with _lock:
+        return list(_factories)
 
 
 def get_available_providers() -> list[str]:

@@ -10,8 +10,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import GraphEditor
-from .optimizer import Rewrite
-from .rewrites_basic import _order
+from .rewrite import Rewrite, int_list, nodes_in_order
 
 AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
 
@@ -109,7 +108,7 @@ class FuseConvBatchNorm(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for bn in _order(graph):
+        for bn in nodes_in_order(graph):
             if not ed.alive(bn) or bn.op_type != "BatchNormalization":
                 continue
             params = _bn_params(ed, bn)
@@ -147,7 +146,7 @@ class FuseConvMulAdd(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for conv in _order(graph):
+        for conv in nodes_in_order(graph):
             if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
                 continue
             wb = _conv_weights(ed, conv)
@@ -175,7 +174,7 @@ class FuseBatchNormMulAdd(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for bn in _order(graph):
+        for bn in nodes_in_order(graph):
             if not ed.alive(bn) or bn.op_type != "BatchNormalization":
                 continue
             params = _bn_params(ed, bn)
@@ -206,7 +205,7 @@ class FuseMatMulAddToGemm(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for mm in _order(graph):
+        for mm in nodes_in_order(graph):
             if not ed.alive(mm) or mm.op_type != "MatMul" or mm.domain:
                 continue
             sa, sb = ed.shape(mm.inputs[0]), ed.shape(mm.inputs[1])

@@ -11,8 +11,8 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import OWN_DOMAIN, GraphEditor, array_attr_key, static_shape
-from .kernel import KernelContext
-from .optimizer import Rewrite
+from .kernel import KernelContext, normalize_outputs
+from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
 from .types import tensor_dtype
 
@@ -22,26 +22,6 @@ log = logging.getLogger("ep_core")
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
 FOLDABLE_DOMAINS = ("", "ai.onnx.ml", OWN_DOMAIN)
-
-
-def _order(graph: Graph) -> list[Node]:
-    try:
-        return graph.topological_order()
-    except Exception:  # a malformed graph is reported by the planner, not here
-        return list(graph.nodes)
-
-
-def _int_list(ed: GraphEditor, node: Node, attr: str, pos: int) -> list[int] | None | bool:
-    """An int-list parameter that is an attribute in old opsets and a constant input in new ones.
-
-    Returns the list, None when absent, or False when it is a non-constant input.
-    """
-    if attr in node.attrs:
-        return [int(a) for a in node.attrs[attr]]
-    if len(node.inputs) > pos and node.inputs[pos]:
-        c = ed.const(node.inputs[pos])
-        return False if c is None else [int(a) for a in np.asarray(c).reshape(-1)]
-    return None
 
 
 # --- constant folding -------------------------------------------------------------------------
@@ -56,7 +36,7 @@ class ConstantFolding(Rewrite):
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
         registry = cpu = None
-        for node in _order(graph):
+        for node in nodes_in_order(graph):
             if not ed.alive(node) or node.domain not in FOLDABLE_DOMAINS or node.subgraphs \
                     or node.op_type in NONDETERMINISTIC:
                 continue
@@ -66,7 +46,7 @@ class ConstantFolding(Rewrite):
                         (not node.inputs and node.op_type != "Constant"):
                     continue
                 if registry is None:
-                    cpu = self.ctx.cpu_provider
+                    cpu = self.ctx.cpu
                     registry = cpu.get_kernel_registry()
                 outs = self._evaluate(node, ed, registry, cpu)
                 if outs is None:
@@ -109,13 +89,13 @@ class ConstantFolding(Rewrite):
         args = [ed.const(i) if i else None for i in node.inputs]
         try:
             with np.errstate(all="ignore"):
-                kern = kdef.factory(node, KernelContext(cpu, self.ctx.options))
+                kern = kdef.factory(node, KernelContext(cpu, self.ctx.options, max_tensor_bytes=int(
+                    getattr(self.ctx.options, "max_tensor_bytes", 0) or 0)))
                 outs = kern.compute(*args)
         except Exception as e:  # not foldable here: the node simply stays and fails (or not) at run
             log.debug("constant folding skipped %s: %s: %s", node.describe(), type(e).__name__, e)
             return None
-        if not isinstance(outs, tuple):
-            outs = (outs,)
+        outs = normalize_outputs(outs, len(node.outputs))
         if len(outs) < len([o for o in node.outputs if o]):
             return None
         result = []
@@ -201,7 +181,7 @@ class EliminateNoopTranspose(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for node in _order(graph):
+        for node in nodes_in_order(graph):
             if not ed.alive(node) or node.op_type != "Transpose" or node.domain:
                 continue
             perm = _perm(node, ed.rank(node.inputs[0]))
@@ -237,7 +217,7 @@ class EliminateUnsqueezeSqueeze(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for node in _order(graph):
+        for node in nodes_in_order(graph):
             if not ed.alive(node) or node.domain or node.op_type not in ("Squeeze", "Unsqueeze"):
                 continue
             other = "Unsqueeze" if node.op_type == "Squeeze" else "Squeeze"
@@ -246,8 +226,8 @@ class EliminateUnsqueezeSqueeze(Rewrite):
                 continue
             x = first.inputs[0]
             rank_x = ed.rank(x)
-            a1 = _int_list(ed, first, "axes", 1)
-            a2 = _int_list(ed, node, "axes", 1)
+            a1 = int_list(ed, first, "axes", 1)
+            a2 = int_list(ed, node, "axes", 1)
             if rank_x is None or a1 is False or a2 is False:
                 continue
             if node.op_type == "Squeeze":  # x -> Unsqueeze(a1) -> Squeeze(a2)
@@ -287,7 +267,7 @@ class FuseReshapeChain(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for node in _order(graph):
+        for node in nodes_in_order(graph):
             if not ed.alive(node) or node.op_type != "Reshape" or node.domain or len(node.inputs) < 2:
                 continue
             src_shape = static_shape(ed.type_of(node.inputs[0]))
@@ -344,7 +324,7 @@ class CommonSubexpressionElimination(Rewrite):
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
         seen: dict = {}
-        for node in _order(graph):
+        for node in nodes_in_order(graph):
             if not ed.alive(node) or node.subgraphs or node.op_type in NONDETERMINISTIC \
                     or node.domain not in FOLDABLE_DOMAINS:  # custom ops may have side effects
                 continue
@@ -375,7 +355,7 @@ class EliminateDeadNodes(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for node in reversed(_order(graph)):
+        for node in reversed(nodes_in_order(graph)):
             if ed.alive(node) and node.domain in FOLDABLE_DOMAINS and \
                     not any(o and ed.used(o) for o in node.outputs):
                 ed.remove(node)   # custom-domain ops may have side effects: they stay

@@ -18,9 +18,8 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import OWN_DOMAIN, GraphEditor
-from .optimizer import Rewrite
+from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
-from .rewrites_basic import _order
 
 MS_DOMAIN = "com.microsoft"   # onnxruntime's contrib ops
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
@@ -122,7 +121,7 @@ class _ActivationFusion(Rewrite):
             candidates.append(ed.make_node(bias_gelu[0], bias_gelu[1], [out], name=name, domain=MS_DOMAIN))
         candidates.append(ed.make_node(op, inputs, [out], name=name, domain=OWN_DOMAIN, attrs=own))
         for fused in candidates:
-            if self.ctx.supports(anchor, fused):
+            if self.ctx.supports(anchor, fused, [anchor] + absorbed):
                 ed.replace_outputs([anchor] + absorbed, [fused])
                 return True
         return False
@@ -138,7 +137,7 @@ class FuseConvAddActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for conv in _order(graph):
+        for conv in nodes_in_order(graph):
             if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
                 continue
             hit = residual_add(ed, conv.outputs[0])
@@ -160,7 +159,7 @@ class FuseConvActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for conv in _order(graph):
+        for conv in nodes_in_order(graph):
             if not ed.alive(conv) or conv.op_type != "Conv" or conv.domain:
                 continue
             act = following_activation(ed, conv.outputs[0])
@@ -177,7 +176,7 @@ class FuseGemmActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for gemm in _order(graph):
+        for gemm in nodes_in_order(graph):
             if not ed.alive(gemm) or gemm.op_type != "Gemm" or gemm.domain:
                 continue
             act = following_activation(ed, gemm.outputs[0])
@@ -194,7 +193,7 @@ class FuseAddActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for add in _order(graph):
+        for add in nodes_in_order(graph):
             if not ed.alive(add) or add.op_type != "Add" or add.domain or add.since_version < 7:
                 continue
             dt = ed.dtype(add.outputs[0])
@@ -239,7 +238,7 @@ class FuseMatMulBiasActivation(_ActivationFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for mm in _order(graph):
+        for mm in nodes_in_order(graph):
             if not ed.alive(mm) or mm.op_type != "MatMul" or mm.domain or len(mm.inputs) != 2:
                 continue
             dt = ed.dtype(mm.inputs[0])

@@ -14,9 +14,8 @@ import onnx
 
 from .graph import Graph, Node
 from .graph_edit import OWN_DOMAIN, GraphEditor, tensor_type
-from .optimizer import Rewrite
+from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
-from .rewrites_basic import _int_list, _order
 from .rewrites_fusion import MS_DOMAIN
 
 SQRT2 = float(np.sqrt(2.0))
@@ -98,7 +97,9 @@ class _TransformerFusion(Rewrite):
         """
         for cand in candidates:
             nodes = cand if isinstance(cand, list) else [cand]   # [helper nodes..., fused op]
-            if self.ctx.supports(anchor, nodes[-1]):
+            # The helpers (a Cast) go to the same provider as the fused op.
+            if self.ctx.supports(anchor, nodes[-1], old) and \
+                    all(self.ctx.supports(anchor, n, old) for n in nodes[:-1]):
                 for name, value in (inits or {}).items():
                     ed.add_initializer(name, value, exact_name=True)
                 for n in nodes:
@@ -125,7 +126,7 @@ class FuseGelu(_TransformerFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for erf in _order(graph):
+        for erf in nodes_in_order(graph):
             if not ed.alive(erf) or erf.op_type != "Erf" or erf.domain:
                 continue
             t = ed.producer_of(erf.inputs[0], ("Div", "Mul"))
@@ -174,7 +175,7 @@ class FuseFastGelu(_TransformerFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for th in _order(graph):
+        for th in nodes_in_order(graph):
             if not ed.alive(th) or th.op_type != "Tanh" or th.domain:
                 continue
             u = ed.producer_of(th.inputs[0], "Mul")
@@ -210,7 +211,7 @@ def _reduce_axes(ed: GraphEditor, node: Node, rank: int) -> list[int] | None:
     """Normalized axes of a keepdims ReduceMean over the trailing axes, else None."""
     if node.attr("keepdims", 1) != 1:
         return None
-    axes = _int_list(ed, node, "axes", 1)
+    axes = int_list(ed, node, "axes", 1)
     if not axes:
         return None
     axes = sorted(a + rank if a < 0 else a for a in axes)
@@ -225,7 +226,7 @@ class FuseLayerNormalization(_TransformerFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for r1 in _order(graph):
+        for r1 in nodes_in_order(graph):
             if not ed.alive(r1) or r1.op_type != "ReduceMean" or r1.domain:
                 continue
             x = r1.inputs[0]
@@ -301,7 +302,7 @@ class FuseSkipLayerNormalization(_TransformerFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        for ln in _order(graph):
+        for ln in nodes_in_order(graph):
             if not ed.alive(ln) or ln.op_type != "LayerNormalization" or ln.domain not in ("", OWN_DOMAIN):
                 continue
             s = ln.inputs[0]
@@ -408,7 +409,7 @@ class FuseAttention(_TransformerFusion):
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
         int_masks: dict[str, str] = {}   # key mask -> its int32 copy (one Cast serves every layer)
-        for sm in _order(graph):
+        for sm in nodes_in_order(graph):
             if not ed.alive(sm) or sm.op_type != "Softmax" or sm.domain or ed.rank(sm.inputs[0]) != 4:
                 continue
             axis = int(sm.attr("axis", -1 if sm.since_version >= 13 else 1))

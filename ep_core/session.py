@@ -1,7 +1,7 @@
-"""InferenceSession: load -> optimize -> partition -> compile -> insert copies -> plan -> run."""
+"""InferenceSession: the build stages read in order (load -> level-1 rewrites -> partition ->
+level-2/3 rewrites -> compile -> placement -> plan), then run."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
@@ -13,15 +13,17 @@ import onnx
 
 from . import providers as provider_registry
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
-from .executor import Plan, build_plan
+from .executor import Plan, build_plan, RunControl, current_run
 from .feeds import FeedSpec, check_feeds
 from .graph import Graph, graph_from_proto
 from . import offline, profiling
-from .optimizer import optimize
+from .optimizer import rewrite_assigned, rewrite_level1
 from .options import RunOptions, SessionOptions
 from .parallel import run_plan
-from .partition import COPY_OPS, insert_copy_nodes, partition
-from .provider import ExecutionProvider
+from .partition import compile_fused, group_fused, partition
+from .placement import Placement, place
+from .provider import Device, ExecutionProvider
+from .rewrite import OptimizerContext
 from .types import type_string
 
 log = logging.getLogger("ep_core")
@@ -132,10 +134,62 @@ def resolve_providers(providers: Sequence | None, provider_options: Sequence[dic
     return out
 
 
+# --- Build: stages 3-7 for one graph (the model's, or a control-flow body's) -----------------
+
+@dataclass
+class Built:
+    """What building one graph produced: its placement (graph with copies) and its plan."""
+    placement: Placement
+    plan: Plan
+
+
+def build_graph(graph: Graph, providers: list[ExecutionProvider], options: SessionOptions,
+                opt: OptimizerContext | None, profiler: profiling.Profiler,
+                outer_devices: dict[str, Device] | None = None) -> Built:
+    """Partition -> level-2/3 rewrites -> group + compile -> placement -> plan, for one graph level.
+
+    Control-flow bodies are built the same way when the plan creates their node's kernel, knowing
+    where each outer value lives. `opt` is None for a graph that must not be rewritten (an
+    ep_core-optimized model). The graph passes the validity check after every stage."""
+    with profiler.phase("partition"):
+        assigned = partition(graph, providers)
+    if opt is not None and int(options.graph_optimization_level) >= 2:
+        with profiler.phase("optimize_assigned"):
+            assigned = rewrite_assigned(graph, assigned, opt)
+            assigned = partition(graph, providers, assigned)  # nodes made without supports()
+            graph.check_valid()
+    with profiler.phase("compile"):
+        graph, assigned = group_fused(graph, assigned, providers)
+        graph.check_valid()
+        assigned = compile_fused(assigned)
+    placement = place(graph, assigned, providers, outer_devices)
+    placement.graph.check_valid(placement.device_constants)
+    with profiler.phase("plan"):
+        def make_runner(body: Graph, outer: dict[str, Device]):
+            return _body_runner(build_graph(body, providers, options, opt, profiler, outer))
+        plan = build_plan(placement, providers, options, make_runner)
+    return Built(placement, plan)
+
+
+def _body_runner(built: Built):
+    """`run(feeds: list, outer: dict) -> list` of a built body (feeds in body-input order)."""
+    plan = built.plan
+    names = [v.name for v in built.placement.graph.inputs]
+
+    def run(feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
+        values = dict(outer)
+        values.update(zip(names, feeds))
+        return plan.run(values, plan.output_slots)
+    return run
+
+
 # --- The session ------------------------------------------------------------------------------
 
 class InferenceSession:
-    """Runs an ONNX model on a list of execution providers (onnxruntime-compatible API)."""
+    """Runs an ONNX model on a list of execution providers (onnxruntime-compatible API).
+
+    The stages, in order: load -> level-1 rewrites -> (per graph level) partition -> level-2/3
+    rewrites -> compile -> placement -> plan; then `run`."""
 
     def __init__(self, path_or_bytes: Any, sess_options: SessionOptions | None = None,
                  providers: Sequence | None = None, provider_options: Sequence[dict] | None = None,
@@ -151,63 +205,46 @@ class InferenceSession:
                 graph = graph_from_proto(self._model.graph, opset_imports(self._model),
                                          ir_version=self._model.ir_version)
             self._opsets = opset_imports(self._model)
+        graph.check_valid()
         # Taken before optimizing (folding may drop initializers).
         self._feed_spec = FeedSpec.of(graph)
         self._outputs_vi = list(graph.outputs)
-        # 2. Optimize (fusions are checked against the providers' kernels, so resolve them first)
         self._providers = resolve_providers(providers, provider_options)
+        opt = None
         if not preoptimized:
+            opt = OptimizerContext(self._options, self._providers[-1])
+            # 2. Level-1 rewrites (provider independent)
             with self._profiler.phase("optimize"):
-                optimize(graph, self._options, self._providers, self._model.ir_version)
-        # 3. Partition, 4. fuse/compile
-        self._graph = graph
-        self._plan, self._placement, assigned = self._build(graph)
+                rewrite_level1(graph, opt)
+            graph.check_valid()
+        # 3-7. Partition, level-2/3 rewrites, compile, placement, plan
+        built = build_graph(graph, self._providers, self._options, opt, self._profiler)
+        self._placement, self._plan = built.placement, built.plan
         if self._options.optimized_model_filepath:  # offline mode: write what was built
-            offline.save_optimized(self._options.optimized_model_filepath, self._model, graph,
-                                   assigned, self._options, self._providers)
+            offline.save_optimized(self._options.optimized_model_filepath, self._model, built.placement,
+                                   self._options, self._providers)
 
-    def _build(self, graph: Graph) -> tuple[Plan, dict, dict]:
-        with self._profiler.phase("partition"):
-            assigned = partition(graph, self._providers)
-        # 5. Copy insertion
-        report = insert_copy_nodes(graph, assigned, self._providers)
-        # 6. Plan
-        with self._profiler.phase("plan"):
-            plan = build_plan(graph, assigned, report.placed_initializers, self._providers,
-                              self._make_subgraph_runner, self._options)
-        placement = {
-            "nodes": [(n.name, n.op_type, assigned[n].provider.type) for n in graph.nodes],
-            "copy_nodes": report.copy_nodes,
-            "initializer_copies": report.initializer_copies,
-        }
-        return plan, placement, assigned
-
-    def _make_subgraph_runner(self, sub: Graph):
-        """Plan a control-flow body with the session's providers; feeds/outer values on the host."""
-        sub = copy.copy(sub)
-        sub.nodes = [copy.copy(n) for n in sub.nodes]  # copy insertion renames inputs: keep the body intact
-        plan, _, _ = self._build(sub)
-        names = [v.name for v in sub.inputs]
-
-        def run(feeds: Sequence[Any], outer: dict[str, Any]) -> list[Any]:
-            values = dict(outer)
-            values.update(zip(names, feeds))
-            return plan.run(values, plan.output_slots)
-        return run
-
-    # --- 7. Run ---------------------------------------------------------------------------------
+    # --- 8. Run ---------------------------------------------------------------------------------
     def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any],
             run_options: RunOptions | None = None) -> list[Any]:
+        """Compute `output_names` (all outputs when None/empty) from `input_feed`.
+
+        Returned arrays never alias a feed, a constant or each other. `run_options.terminate`, set
+        from another thread, and `run_options.timeout_s` stop the run with RunTerminated."""
         feeds = check_feeds(input_feed, self._feed_spec)
         fetch_slots = self._fetch_slots(output_names)
+        control = RunControl(run_options, getattr(run_options, "timeout_s", 0.0)) \
+            if run_options is not None else None
+        token = current_run.set(control)
         for p in self._providers:
             p.on_run_start(run_options)
         try:
-            outputs = run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler)
-            # Constants are read-only and shared between runs: hand the caller its own copy.
-            return [o.copy() if isinstance(o, np.ndarray) and not o.flags.writeable else o
-                    for o in outputs]
+            outputs = run_plan(self._plan, feeds, fetch_slots, self._options, self._profiler,
+                               only_fetches=bool(getattr(run_options, "only_execute_path_to_fetches", False)),
+                               run_tag=getattr(run_options, "run_tag", "") or "")
+            return _unaliased(outputs, feeds)
         finally:
+            current_run.reset(token)
             for p in self._providers:
                 p.on_run_end(run_options)
 
@@ -252,7 +289,140 @@ class InferenceSession:
 
     def get_placement(self) -> dict:
         """Which provider runs each node, and how many copies the session inserted."""
-        return dict(self._placement)
+        pl = self._placement
+        return {
+            "nodes": [(n.name, n.op_type, pl.assigned[n].provider.type) for n in pl.graph.nodes],
+            "copy_nodes": pl.copy_nodes,
+            "initializer_copies": pl.initializer_copies,
+        }
 
     def copy_node_count(self) -> int:
-        return sum(1 for n in self._graph.nodes if n.op_type in COPY_OPS)
+        return self._placement.copy_nodes
+
+    @property
+    def _graph(self) -> Graph:
+        """The placed graph the plan runs (for tests and tools that inspect the build)."""
+        return self._placement.graph
+
+    # --- Bound run (IO binding, OrtValues on devices) --------------------------------------------
+    def run_bound(self, feeds: dict[str, Any], feed_devices: dict[str, Device],
+                  output_names: Sequence[str] | None, fetch_devices: Sequence[Device | None] | None = None,
+                  run_options: RunOptions | None = None) -> list[tuple[Any, Device]]:
+        """Run with feeds that may already live on a device and fetches left on a device.
+
+        feeds: input name -> value; feed_devices[name]: the Device of a feed that is not a host
+        array (absent: host). A device feed goes straight to the nodes that read it on that
+        device (the plan's MemcpyFromHost for it is skipped); readers elsewhere get one copy.
+        fetch_devices[k]: where output k must end (None: where its producer left it; HOST: the
+        host); the MemcpyToHost of a fetch wanted where it was produced is skipped. Returns
+        (value, Device) per output. Sequential executor, cancellation as in `run`, no profiling
+        events. Written against the current Plan (steps, slots, copy steps) and Placement
+        (value locations); the IO binding layer (ep_core/iobinding.py) needs only this signature.
+        """
+        from contextlib import ExitStack
+
+        from .partition import COPY_OPS
+        from .provider import HOST
+
+        plan, where_is = self._plan, self._placement.locations
+        on_device = {n: d for n, d in feed_devices.items() if not d.is_host}
+        checked = check_feeds(feeds, self._feed_spec, frozenset(on_device))
+        names = list(output_names) if output_names else [v.name for v in self._outputs_vi]
+        fetch_slots = self._fetch_slots(names)
+        wants = list(fetch_devices) if fetch_devices is not None else [HOST] * len(names)
+        if len(wants) != len(names):
+            raise InvalidArgument(f"{len(wants)} fetch devices for {len(names)} outputs")
+
+        def is_copy(st) -> bool:
+            return st.node.op_type in COPY_OPS and hasattr(st.kernel, "dst")
+
+        producer = {s: st for st in plan.steps for s in st.outputs if s is not None}
+        skipped: set[int] = set()            # id() of copy steps a bound value makes unnecessary
+        slots = plan.initial_slots({n: v for n, v in checked.items() if n not in on_device})
+        for name, dev in on_device.items():
+            s = plan.slot_of.get(name)
+            if s is None:
+                continue
+            for st in plan.steps:
+                if is_copy(st) and st.inputs[0] == s and st.kernel.dst == dev:
+                    slots[st.outputs[0]] = checked[name]
+                    skipped.add(id(st))
+            if any(s in st.inputs for st in plan.steps if id(st) not in skipped) or s in fetch_slots:
+                slots[s] = self._bound_copy(checked[name], dev, HOST)
+        # Fetches wanted where they were produced: read the copy's source, skip the copy.
+        sources: list[tuple[int, Device]] = []
+        for fs, want in zip(fetch_slots, wants):
+            st = producer.get(fs)
+            src = (fs, HOST)
+            if st is not None and is_copy(st) and (want is None or not want.is_host) \
+                    and not any(fs in o.inputs for o in plan.steps):
+                skipped.add(id(st))
+                src = (st.inputs[0], where_is.get(st.node.inputs[0], HOST))
+            sources.append(src)
+        keep = {s for s, _ in sources}
+        control = RunControl(run_options, getattr(run_options, "timeout_s", 0.0))
+        token = current_run.set(control)
+        for p in self._providers:
+            p.on_run_start(run_options)
+        try:
+            with ExitStack() as stack:
+                intra = int(getattr(self._options, "intra_op_num_threads", 0) or 0)
+                for p in plan.providers:
+                    stack.enter_context(p.limit_threads(intra))
+                for st in plan.steps:
+                    control.check()
+                    if id(st) in skipped:
+                        continue
+                    outs = st.execute([slots[s] if s is not None else None for s in st.inputs])
+                    for s, v in zip(st.outputs, outs):
+                        if s is not None:
+                            slots[s] = v
+                    for s in st.release:
+                        if s not in keep:
+                            slots[s] = None
+            results = []
+            for (src, where), want in zip(sources, wants):
+                value = slots[src]
+                if want is not None and want != where:
+                    value, where = self._bound_copy(value, where, want), want
+                results.append((value, where))
+            host = _unaliased([v for v, _ in results], {n: checked[n] for n in checked if n not in on_device})
+            return [(h if w.is_host else v, w) for h, (v, w) in zip(host, results)]
+        finally:
+            current_run.reset(token)
+            for p in self._providers:
+                p.on_run_end(run_options)
+
+    def _bound_copy(self, value: Any, src: Any, dst: Any) -> Any:
+        """One copy between memory spaces with this session's providers' transfers (through the
+        host when no provider copies directly)."""
+        from .provider import HOST
+
+        if src == dst:
+            return value
+        for p in self._providers:
+            t = p.get_data_transfer()
+            if t is not None and t.can_copy(src, dst):
+                out = t.copy(value, dst)
+                p.sync()
+                return out
+        if not src.is_host and not dst.is_host:
+            return self._bound_copy(self._bound_copy(value, src, HOST), HOST, dst)
+        raise InvalidArgument(f"no provider of this session ({[p.type for p in self._providers]}) "
+                              f"copies values from {src} to {dst}")
+
+
+
+def _unaliased(outputs: list[Any], feeds: dict[str, Any]) -> list[Any]:
+    """Outputs the caller owns: a host array that is a constant (read-only), or shares memory with
+    a feed or an earlier output, is copied, so mutating one value never changes another."""
+    arrays = [v for v in feeds.values() if isinstance(v, np.ndarray)]
+    out: list[Any] = []
+    for o in outputs:
+        if isinstance(o, np.ndarray) and (not o.flags.writeable
+                                          or any(np.may_share_memory(o, a) for a in arrays)):
+            o = o.copy()
+        out.append(o)
+        if isinstance(o, np.ndarray):
+            arrays.append(o)
+    return out

@@ -4,9 +4,9 @@
 (BLAS) is the micro-kernel.
 
 * `pack_b(b)` packs a constant right-hand side once at session build: contiguous column panels
-  in the compute dtype (float16 weights become float32 once, not per call). Read-only arrays
-  (initializers) are packed automatically on first use and the packing is kept while the
-  array lives (`cached_pack`), so kernels that just call `gemm(a, w)` get it too.
+  in the compute dtype (float16 weights become float32 once, not per call). Kernels pack the
+  session's constants in `__init__` (`pack_constant(ctx.constant_input(k))`); any other B is
+  used as it comes, every call (a caller may refill its buffers between runs).
 * `gemm(a, b, ...)` walks the output in tiles of at most `TILE_BYTES` (L2-sized). Each tile is
   one BLAS call writing straight into the output (`out=`: no temporary), and the epilogue (alpha,
   bias, residual, activation) runs on that tile right after, while it is still in cache, in
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -38,7 +37,7 @@ from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # no
                             _as_2d_operand, _Epilogue, fast_erf)
 
 __all__ = ["PackedB", "pack_b", "gemm", "set_num_threads", "get_num_threads", "single_threaded_blas",
-           "fast_erf", "cached_pack", "ACTIVATIONS"]
+           "fast_erf", "pack_constant", "ACTIVATIONS"]
 
 # --------------------------------------------------------------------------- tuning constants
 # Bytes of one packed B panel (K x nc). BLAS blocks for L1/L2 inside each call, so panels only
@@ -234,48 +233,32 @@ def pack_b(b: np.ndarray, trans_b: bool = False) -> PackedB:
     return PackedB(k, n, b.dtype, cdt, bounds, panels)
 
 
-# Read-only B matrices (initializers: onnx's to_array gives read-only arrays) are packed on first
-# use and the packing is kept while their memory lives, so kernels that simply call gemm(a, w)
-# get packed weights without any build-time hook. Writeable arrays are never cached: they may
-# change between calls.
-AUTO_PACK_MIN = 1 << 16           # elements; smaller B is cheap to use as is
-_pack_cache: dict[tuple, tuple[Any, PackedB]] = {}
-_pack_lock = threading.Lock()
+# Only constants known to the session may be packed ahead: a kernel packs its constant B once in
+# __init__ (`ctx.constant_input(k)`). Nothing is cached by memory address: a caller's buffer,
+# read-only or not, may be refilled between runs, and a packing keyed on its address would
+# return the previous run's result.
+PACK_MIN = 1 << 16   # elements; a smaller B in the compute dtype is used as it is
 
 
-def _memory_owner(x: np.ndarray) -> np.ndarray:
-    while isinstance(x.base, np.ndarray):
-        x = x.base
-    return x
+def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
+    """pack_b(b) for a constant B of a session where packing pays, else None (use B as it is).
 
-
-def _evict(key: tuple, ref: Any) -> None:
-    with _pack_lock:
-        hit = _pack_cache.get(key)
-        if hit is not None and hit[0] is ref:
-            del _pack_cache[key]
-
-
-def cached_pack(b: np.ndarray, trans_b: bool = False) -> PackedB | None:
-    """pack_b(b) memoised for read-only (constant) B; None for arrays that may change."""
-    if b.flags.writeable or b.size < AUTO_PACK_MIN or b.ndim != 2 or b.dtype.kind != "f":
+    It pays for float16/bfloat16 weights (converted to float32 once, not per call) and for a
+    large B that is transposed or spans several panels; a B that already is one contiguous panel
+    in the compute dtype would only be copied."""
+    if b is None:
         return None
+    b = np.asarray(b)
+    if b.ndim != 2 or b.size == 0 or not (b.dtype.kind == "f" or "bfloat16" in b.dtype.name):
+        return None
+    cdt = _compute_dtype(b.dtype)
+    if cdt != b.dtype:
+        return pack_b(b, trans_b)
     bt = b.T if trans_b else b
-    if (bt.flags.c_contiguous and _compute_dtype(b.dtype) == b.dtype
-            and _panel_width(bt.shape[0], bt.shape[1], b.itemsize) == bt.shape[1]):
-        return None   # already one contiguous panel: packing would only copy it
-    key = (b.__array_interface__["data"][0], b.shape, b.strides, b.dtype.str, bool(trans_b))
-    hit = _pack_cache.get(key)
-    if hit is not None and hit[0]() is not None:
-        return hit[1]
-    try:
-        ref = weakref.ref(_memory_owner(b), lambda r, key=key: _evict(key, r))
-    except TypeError:  # owner cannot be weakly referenced: do not cache
+    if b.size < PACK_MIN or (bt.flags.c_contiguous
+                             and _panel_width(bt.shape[0], bt.shape[1], b.itemsize) == bt.shape[1]):
         return None
-    packed = pack_b(b, trans_b)
-    with _pack_lock:
-        _pack_cache[key] = (ref, packed)
-    return packed
+    return pack_b(b, trans_b)
 
 
 # --------------------------------------------------------------------------- the GEMM
@@ -314,7 +297,7 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
             b = np.asarray(b)
         if b.ndim != 2:
             raise ValueError(f"gemm B must be 2-D, got shape {b.shape}")
-        packed = None   # a read-only B is packed (once) below where packing pays
+        packed = None
         bt = b.T if trans_b else b
         kb, n = bt.shape
         bdtype = b.dtype
@@ -363,8 +346,6 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         # for plain products with no epilogue to fuse. Our own tiles pay off where there is an
         # epilogue on a large output: it runs per tile, hot and in parallel.
         a_c = a2 if a2.dtype == cdt else a2.astype(cdt)
-        if packed is None and bt.dtype != cdt:
-            packed = cached_pack(b, trans_b)   # float16 weights: convert once, not per call
         if packed is not None:
             panels, bounds = packed.panels, packed.bounds
         else:
@@ -394,8 +375,6 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
                 _blas_single.__exit__()
         return y if a.ndim == 2 else y.reshape(*lead, n)
 
-    if packed is None:
-        packed = cached_pack(b, trans_b)
     # Tiles: as few and as large as the threads and the cache allow. Each tile is one BLAS call,
     # and every BLAS call packs its own blocks of A and B, so small calls spend their time
     # packing (measured: 128-row x 400-column tiles ran at half the speed of whole-matrix

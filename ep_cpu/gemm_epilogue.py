@@ -133,12 +133,17 @@ def _clip(t: np.ndarray, p: dict) -> None:
     _clip_ufunc(t, typ(-np.inf if lo is None else lo), typ(np.inf if hi is None else hi), out=t)
 
 
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """max(x, 0) into `out` (a new array if None; may be x itself). NaN stays NaN, as in the
+    spec's max(0, x) and onnxruntime (a `where(x > 0, x, 0)` would turn it into 0)."""
+    if x.dtype.kind == "f":
+        typ = x.dtype.type
+        return _clip_ufunc(x, typ(0), typ(np.inf), out=out)   # clip propagates NaN
+    return np.maximum(x, x.dtype.type(0), out=out)
+
+
 def _relu(t: np.ndarray, p: dict) -> None:
-    if t.dtype.kind == "f":
-        typ = t.dtype.type
-        _clip_ufunc(t, typ(0), typ(np.inf), out=t)
-    else:
-        np.maximum(t, 0, out=t)
+    relu(t, out=t)
 
 
 def _hard_sigmoid(t: np.ndarray, p: dict) -> None:

@@ -103,3 +103,19 @@ def test_nhwc_conv(rng, attrs, with_bias):
         ins.append(("b", rand(rng, cout)))
     check_against_graph("NhwcConv", ins, _nhwc_reference(x.shape, w_nchw, cout, attrs, with_bias),
                         attrs=attrs, consts=("w",), atol=2e-5)
+
+
+# B big enough (> gemm.PACK_MIN elements) to be packed at session build.
+@pytest.mark.parametrize("sb,attrs", [((256, 300), {"alpha": 0.5}), ((300, 256), {"transB": 1}),
+                                      ((300, 256), {"transB": 1, "transA": 1})])
+def test_fused_matmul_constant_weights(rng, sb, attrs):
+    """A constant B is packed once (transposed there for transB)."""
+    sa = (2, 256, 3) if attrs.get("transA") else (2, 3, 256)
+    check("FusedMatMul", [("a", rand(rng, *sa)), ("b", rand(rng, *sb))], attrs=attrs, consts=("b",), atol=2e-5)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_fused_gemm_constant_weights(rng, trans_b):
+    b = rand(rng, 300, 256) if trans_b else rand(rng, 256, 300)
+    check("FusedGemm", [("a", rand(rng, 5, 256)), ("b", b), ("c", rand(rng, 300))],
+          attrs={"transB": trans_b, "activation": "Tanh"}, consts=("b", "c"), atol=2e-5)

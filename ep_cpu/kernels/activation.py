@@ -5,7 +5,7 @@ import numpy as np
 from scipy import special
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm_epilogue import ACTIVATIONS, sigmoid
+from ep_cpu.gemm_epilogue import ACTIVATIONS, relu, sigmoid
 from ep_cpu.kernels.math import as_dtype, upcast
 from ep_cpu.registry import kernel
 
@@ -30,8 +30,7 @@ class Relu(Kernel):
     def compute(self, x):
         if x.dtype.kind in "iu":  # Relu-14 accepts signed ints
             return as_dtype(np.maximum(x, 0), x.dtype)
-        v = upcast(x)
-        return as_dtype(np.where(v > 0, v, np.zeros((), v.dtype)), x.dtype)
+        return as_dtype(relu(upcast(x)), x.dtype)  # NaN stays NaN
 
 
 @kernel("LeakyRelu")

@@ -40,14 +40,14 @@ def _group_apply(p: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def masked_softmax(scores: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis; rows with no finite score become all zeros."""
+    """Softmax over the last axis; fully masked rows (all -inf) become all zeros, and a row with a
+    NaN score stays NaN (as in onnxruntime: a NaN input is never turned into a finite output)."""
     m = np.max(scores, axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.exp(scores - m)
-    e = np.where(np.isnan(e), 0, e) if np.isnan(e).any() else e
-    s = e.sum(axis=-1, keepdims=True)
-    return np.where(s > 0, e / np.where(s > 0, s, 1), 0).astype(scores.dtype, copy=False)
+        s = e.sum(axis=-1, keepdims=True)
+        return np.where(s == 0, 0, e / np.where(s == 0, 1, s)).astype(scores.dtype, copy=False)
 
 
 @kernel("Attention")

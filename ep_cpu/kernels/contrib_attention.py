@@ -16,7 +16,7 @@ import numpy as np
 
 from ep_core.errors import InvalidArgument, NotImplemented as NotImplementedOp
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm, single_threaded_blas
+from ep_cpu.gemm import gemm, pack_constant, single_threaded_blas
 from ep_cpu.registry import kernel
 
 from .attention import _cdt, _group_apply, _group_scores, _heads, apply_rotary
@@ -142,11 +142,13 @@ class Attention(_AttentionBase):
         for name in ("do_rotary", "past_present_share_buffer"):
             if int(self.attr(name, 0)):
                 raise NotImplementedOp(f"{node.describe()}: {name} is not supported on the CPU")
+        self.packed_w = pack_constant(ctx.constant_input(1))  # constant weights only
 
     def project(self, x, weights, bias):
         """QKV = X @ W + bias in the compute dtype, (B*S, Hq + Hk + Hv)."""
         cdt = _cdt(x.dtype)
-        return gemm(x.reshape(-1, x.shape[-1]).astype(cdt, copy=False), weights.astype(cdt, copy=False),
+        w = weights.astype(cdt, copy=False) if self.packed_w is None else self.packed_w
+        return gemm(x.reshape(-1, x.shape[-1]).astype(cdt, copy=False), w,
                     None if bias is None else bias.astype(cdt, copy=False))
 
     def compute(self, x, weights, bias=None, mask_index=None, past=None, attention_bias=None,

@@ -72,10 +72,13 @@ class FusedGemm(Gemm):
                                   f"{sorted(set(_EPILOGUE_PARAMS) | set(_AFTER))}")
 
     def compute(self, a, b, c=None):
-        y = super().compute(a, b, c) if self.act is None else \
-            gemm(a, b, c if self.beta != 0 else None, self.act, activation_params=self.params,
-                 alpha=self.alpha, beta=self.beta, trans_a=self.trans_a,
-                 trans_b=self.trans_b).astype(np.result_type(a.dtype, b.dtype), copy=False)
+        if self.act is None:
+            y = super().compute(a, b, c)
+        else:
+            bm, tb = (b, self.trans_b) if self.packed_b is None else (self.packed_b, False)
+            y = gemm(a, bm, c if self.beta != 0 else None, self.act, activation_params=self.params,
+                     alpha=self.alpha, beta=self.beta, trans_a=self.trans_a,
+                     trans_b=tb).astype(np.result_type(a.dtype, b.dtype), copy=False)
         if self.after is not None:
             with np.errstate(over="ignore"):
                 y = np.asarray(self.after(y.astype(np.float32) if _half(y.dtype) else y), dtype=y.dtype)
@@ -111,7 +114,9 @@ class FusedMatMul(Gemm):
         la = _logical(a, self.tb_a, self.trans_a, self.node, "A").astype(cdt, copy=False)
         lb = _logical(b, self.tb_b, self.trans_b, self.node, "B").astype(cdt, copy=False)
         if lb.ndim == 2 and la.ndim >= 2:   # one weight matrix: gemm with alpha in its epilogue
-            return gemm(la, lb, alpha=self.alpha).astype(dt, copy=False)
+            # (a constant one was packed by Gemm.__init__, transposed there when transB)
+            bm = lb if self.packed_b is None else self.packed_b
+            return gemm(la, bm, alpha=self.alpha).astype(dt, copy=False)
         y = matmul(la, lb)
         if self.alpha != 1:
             y = y * cdt.type(self.alpha)

@@ -14,6 +14,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
+from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
 
@@ -387,6 +388,12 @@ class ConvTranspose(Kernel):
         cg = c // group
         kprod = int(np.prod(ks))
         iprod = int(np.prod(ins))
+        if any(o < 0 for o in out_shape):
+            raise bad_data(self, f"output shape {out_shape} has a negative dim")
+        # The column buffer and the uncropped output come from attributes: refuse them up front.
+        check_size(self, (n, group, mg * kprod, iprod), cdt)
+        check_size(self, [n, m] + [max(full[i], begin[i] + out_shape[i]) + max(0, -begin[i])
+                                   for i in range(nd)], cdt)
         # cols[n, g, mg*K, I] = W_g^T @ x_g: every input pixel's contribution to each kernel tap.
         wt = wf.reshape(group, cg, mg * kprod)
         xr = xf.reshape(n, group, cg, iprod)

@@ -17,12 +17,13 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import ACTIVATIONS, gemm
+from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
 from .contrib_attention import Attention as _MsAttention
 from .contrib_common import MS
 from .conv import compute_dtype, run_conv
+from .linalg import pack_matmul_b
 from .norm import LayerNormalization as _OnnxLayerNormalization
 
 try:
@@ -73,10 +74,21 @@ class FusedConv(_Activated):
 class FusedGemm(_Activated):
     """act(alpha * op(A) @ op(B) + beta * C): Gemm attributes plus the activation."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.beta = float(self.attr("beta", 1.0))
+        self.trans_a = bool(self.attr("transA", 0))
+        self.trans_b = bool(self.attr("transB", 0))
+        self.packed_b = pack_constant(ctx.constant_input(1), self.trans_b)  # constant B only
+
     def compute(self, a, b, c=None):
-        y = gemm(a, b, c, self.act, activation_params=self.params,
-                 alpha=float(self.attr("alpha", 1.0)), beta=float(self.attr("beta", 1.0)),
-                 trans_a=bool(self.attr("transA", 0)), trans_b=bool(self.attr("transB", 0)))
+        if self.packed_b is not None:
+            y = gemm(a, self.packed_b, c, self.act, activation_params=self.params,
+                     alpha=self.alpha, beta=self.beta, trans_a=self.trans_a)
+        else:
+            y = gemm(a, b, c, self.act, activation_params=self.params, alpha=self.alpha,
+                     beta=self.beta, trans_a=self.trans_a, trans_b=self.trans_b)
         return y.astype(np.result_type(a.dtype, b.dtype), copy=False)
 
 
@@ -87,11 +99,16 @@ class FusedMatMul(_Activated):
     Leading axes of A fold into GEMM rows, so bias and activation run in gemm's per-tile epilogue.
     """
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.packed_b = pack_matmul_b(ctx.constant_input(1))  # constant B only
+
     def compute(self, a, b, bias=None):
+        bm = b if self.packed_b is None else self.packed_b
         if a.ndim == 1:  # MatMul semantics: a vector times a matrix is a vector
-            y = gemm(a[None, :], b, bias, self.act, activation_params=self.params)[0]
+            y = gemm(a[None, :], bm, bias, self.act, activation_params=self.params)[0]
         else:
-            y = gemm(a, b, bias, self.act, activation_params=self.params)
+            y = gemm(a, bm, bias, self.act, activation_params=self.params)
         return y.astype(np.result_type(a.dtype, b.dtype), copy=False)
 
 

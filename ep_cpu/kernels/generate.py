@@ -7,7 +7,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import np_dtype
-from ep_cpu.kernels.tensor import host_ints, norm_axis
+from ep_cpu.kernels.tensor import bad_data, check_size, host_ints, norm_axis
 from ep_cpu.registry import kernel
 
 
@@ -56,8 +56,7 @@ class ConstantOfShape(Kernel):
 
     def compute(self, shape):
         dims = host_ints(shape)
-        if any(d < 0 for d in dims):
-            raise ValueError(f"ConstantOfShape: negative dimension in {dims}")
+        check_size(self, dims, self.value.dtype)   # negative dims, max_tensor_bytes
         return np.full(dims, self.value[0], dtype=self.value.dtype)
 
 
@@ -71,12 +70,17 @@ class Range(Kernel):
         dtype = np.asarray(start).dtype
         s, l, d = _scalar(start), _scalar(limit), _scalar(delta)
         if d == 0:
-            raise ValueError("Range: delta cannot be 0")
+            raise bad_data(self, "delta is 0")
         if dtype.kind in "iu":
             s, l, d = int(s), int(l), int(d)
             n = max(-((s - l) // d), 0)  # ceil((l - s) / d) in exact integer arithmetic
+            check_size(self, [n], dtype)
             return (s + np.arange(n, dtype=np.int64) * d).astype(dtype)
-        n = max(int(math.ceil((float(l) - float(s)) / float(d))), 0)
+        count = (float(l) - float(s)) / float(d)
+        if not math.isfinite(count):
+            raise bad_data(self, f"start {s}, limit {l} and delta {d} give no finite element count")
+        n = max(int(math.ceil(count)), 0)
+        check_size(self, [n], dtype)
         # Half-precision types compute in float32 when stash_type is 1 (the default).
         work = np.float32 if dtype.itemsize < 4 and self.stash_type == 1 else dtype
         if dtype == np.float64:
@@ -111,6 +115,11 @@ class OneHot(Kernel):
         idx = np.asarray(indices)
         rank = idx.ndim + 1
         axis = norm_axis(self.axis, rank)
+        if depth < 0:
+            raise bad_data(self, f"depth {depth} is negative")
+        shape = list(idx.shape)
+        shape.insert(axis, depth)
+        check_size(self, shape, np.asarray(values).dtype)
         idx = idx.astype(np.int64)  # float indices truncate toward zero first
         idx = np.where(idx < 0, idx + depth, idx)
         hot = np.expand_dims(idx, axis) == np.arange(depth).reshape(

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_cpu.kernels.tensor import check_size
 from ep_cpu.registry import kernel
 
 _PIXEL_FORMATS = ("RGB", "BGR", "Grayscale")
@@ -55,7 +56,7 @@ def _to_8bit(img: Any) -> Any:
     return pil.fromarray(np.asarray(a, dtype=np.uint8), mode="L")
 
 
-def decode_image(data: bytes, pixel_format: str) -> np.ndarray:
+def decode_image(data: bytes, pixel_format: str, check_shape: Any = None) -> np.ndarray:
     """Decode an encoded image to an HWC uint8 array (C=3 for RGB/BGR, 1 for Grayscale).
 
     Raises ValueError naming the problem when the stream is not a decodable image."""
@@ -74,6 +75,8 @@ def decode_image(data: bytes, pixel_format: str) -> np.ndarray:
             f"ImageDecoder: invalid image header ({len(data)} bytes, header {_head(data)}): "
             f"{type(e).__name__}: {e}") from e
     fmt = img.format or "unknown"
+    if check_shape is not None:   # the header gives the size: refuse a bomb before decoding it
+        check_shape((img.size[1], img.size[0], 1 if pixel_format == "Grayscale" else 3))
     try:
         img.load()  # open() only reads the header; decode now so corrupt/truncated data fails here
         img = _to_8bit(img)
@@ -105,4 +108,5 @@ class ImageDecoder(Kernel):
         x = np.asarray(encoded_stream)
         if x.dtype != np.uint8:
             raise TypeError(f"ImageDecoder: encoded_stream must be uint8, got {x.dtype}")
-        return decode_image(x.tobytes(), self.pixel_format)
+        return decode_image(x.tobytes(), self.pixel_format,
+                            lambda shape: check_size(self, shape, np.uint8))

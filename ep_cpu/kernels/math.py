@@ -118,6 +118,9 @@ class Pow(_Binary):
                 r = np.power(upcast(x), upcast(y).astype(np.float32))
             else:
                 r = np.power(x.astype(np.float64), upcast(y).astype(np.float64))
+        if r.dtype.kind == "f" and y.size == 1 and float(np.asarray(y).reshape(-1)[0]) == 0.5:
+            # numpy takes a scalar 0.5 as sqrt, which gives NaN for -inf; C's pow gives +inf.
+            np.copyto(r, np.inf, where=np.isneginf(r) | np.isneginf(upcast(x)))
         return as_dtype(r, dt)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
+from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
 from ep_cpu.registry import kernel
 
 
@@ -179,13 +180,19 @@ class MaxUnpool(Kernel):
         pads = list(self.attr("pads") or [0] * (2 * nd))
         shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * strides[i] + ks[i] - pads[i] - pads[i + nd]
                                      for i in range(nd)]
+        want = None if output_shape is None else host_ints(output_shape)
+        check_size(self, shape, x.dtype)
+        if want is not None:
+            check_size(self, want, x.dtype)
         y = np.zeros(int(np.prod(shape)), dtype=x.dtype)
-        y[np.asarray(indices, dtype=np.int64).reshape(-1)] = x.reshape(-1)
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size != x.size or (idx.size and (idx.min() < 0 or idx.max() >= y.size)):
+            raise bad_data(self, f"indices must be {x.size} positions in [0, {y.size})")
+        y[idx] = x.reshape(-1)
         y = y.reshape(shape)
         if output_shape is None:
             return y
         # Indices refer to the default-size output; a requested larger output holds it top-left.
-        want = [int(v) for v in np.asarray(output_shape).reshape(-1)]
         out = np.zeros(want, dtype=x.dtype)
         sl = tuple(slice(0, min(a, b)) for a, b in zip(want, shape))
         out[sl] = y[sl]

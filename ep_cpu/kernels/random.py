@@ -10,6 +10,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import np_dtype
+from ep_cpu.kernels.tensor import check_size
 from ep_cpu.registry import kernel
 
 
@@ -42,6 +43,8 @@ class RandomTensor(Kernel):
         self.low = float(self.attr("low", 0.0))
         self.high = float(self.attr("high", 1.0))
         self.shape = tuple(int(d) for d in self.attr("shape", []))
+        if not self.like:   # the shape is the model's: refuse a bad or oversized one at build
+            check_size(self, self.shape, _dtype(self, None))
 
     def compute(self, like=None):
         if self.like:
@@ -83,6 +86,7 @@ class Multinomial(Kernel):
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         cdf = np.cumsum(p, axis=1)
         cdf /= cdf[:, -1:]
+        check_size(self, (logits.shape[0], self.samples), np.float64)   # the draws, then the output
         u = self.rng.uniform(0.0, 1.0, size=(logits.shape[0], self.samples))
         out = np.empty(u.shape, dtype=np.int64)
         for b in range(logits.shape[0]):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.kernels.tensor import contiguous, host_ints, norm_axis, pad_array
+from ep_cpu.kernels.tensor import bad_data, check_size, contiguous, host_ints, norm_axis, pad_array
 from ep_cpu.registry import kernel
 
 
@@ -155,6 +155,21 @@ def _round_half_up(v: float) -> int:
     return int(np.floor(v + 0.5))
 
 
+def check_resize(k: Kernel, x: np.ndarray, axes: list[int], out_sizes: list[int], mode: str) -> None:
+    """Refuse, before planning anything, negative sizes and outputs (or the float64
+    intermediates of an interpolating mode, one per resized axis) above the session's limit."""
+    if len(out_sizes) != len(axes):
+        raise bad_data(k, f"{len(axes)} axes resized but {len(out_sizes)} sizes given")
+    if any(o < 0 for o in out_sizes):
+        raise bad_data(k, f"output sizes {out_sizes} have a negative entry")
+    work = x.dtype if mode == "nearest" else np.dtype(np.float64)
+    shape = list(x.shape)
+    for a, o in zip(axes, out_sizes):
+        shape[a] = o
+        check_size(k, shape, work)
+    check_size(k, shape, x.dtype)
+
+
 def _scaled_len(n: int, scale: float, extent: float = 1.0) -> int:
     """floor(n * extent * scale) in float32, so 10 * 0.7f gives 7 as in ONNX Runtime."""
     return int(np.floor(np.float32(n) * np.float32(extent) * np.float32(scale)))
@@ -192,6 +207,10 @@ class Resize(Kernel):
         rois = [(roi_v[k], roi_v[k + n]) if roi_v.size == 2 * n else (0.0, 1.0) for k in range(n)]
         if sizes is not None and np.asarray(sizes).size:
             req = host_ints(sizes)
+            if len(req) != n or any(o < 0 for o in req):
+                raise bad_data(self, f"sizes {req} must be {n} non-negative sizes")
+            if any(x.shape[a] == 0 for a in axes):
+                raise bad_data(self, f"cannot resize an empty axis of input shape {list(x.shape)}")
             if self.policy == "stretch":
                 out_sizes = req
                 scl = [o / x.shape[a] for o, a in zip(out_sizes, axes)]
@@ -202,11 +221,18 @@ class Resize(Kernel):
                 out_sizes = [_round_half_up(s * x.shape[a]) for a in axes]
         elif scales is not None and np.asarray(scales).size:
             scl = [float(v) for v in np.asarray(scales, dtype=np.float32).reshape(-1)]
+            if len(scl) != n or any(not np.isfinite(sc) or sc <= 0 for sc in scl):
+                raise bad_data(self, f"scales {scl} must be {n} finite positive values")
             crop = self.coord_mode == "tf_crop_and_resize"
-            out_sizes = [_scaled_len(x.shape[a], sc, (e - s) if crop else 1.0)
-                         for a, sc, (s, e) in zip(axes, scl, rois)]
+            with np.errstate(over="ignore", invalid="ignore"):
+                lens = [np.floor(np.float32(x.shape[a]) * np.float32((e - s) if crop else 1.0) * np.float32(sc))
+                        for a, sc, (s, e) in zip(axes, scl, rois)]
+            if not all(np.isfinite(v) for v in lens):
+                raise bad_data(self, f"scales {scl} give no finite output size")
+            out_sizes = [int(v) for v in lens]
         else:
-            raise ValueError("Resize: one of 'scales' or 'sizes' must be given")
+            raise bad_data(self, "one of 'scales' or 'sizes' must be given")
+        check_resize(self, x, axes, out_sizes, self.mode)
         plans = {}
         for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
             if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
@@ -235,6 +261,13 @@ class Upsample(Kernel):
     def compute(self, x, scales=None):
         scl = [float(v) for v in np.asarray(scales, dtype=np.float32).reshape(-1)] \
             if scales is not None else list(self.scales)
+        if len(scl) != x.ndim or any(not np.isfinite(sc) or sc <= 0 for sc in scl):
+            raise bad_data(self, f"scales {scl} must be {x.ndim} finite positive values")
+        with np.errstate(over="ignore"):
+            lens = [np.floor(np.float32(d) * np.float32(sc)) for d, sc in zip(x.shape, scl)]
+        if not all(np.isfinite(v) for v in lens):
+            raise bad_data(self, f"scales {scl} give no finite output size")
+        check_resize(self, x, list(range(x.ndim)), [int(v) for v in lens], self.mode)
         plans = {}
         for a, sc in enumerate(scl):
             if sc == 1.0:
@@ -255,6 +288,12 @@ class CenterCropPad(Kernel):
         target = host_ints(shape)
         axes = [norm_axis(a, x.ndim) for a in self.axes] if self.axes is not None \
             else list(range(x.ndim))
+        if len(target) != len(axes) or any(t < 0 for t in target):
+            raise bad_data(self, f"shape {target} must be {len(axes)} non-negative sizes")
+        out = list(x.shape)
+        for a, t in zip(axes, target):
+            out[a] = t
+        check_size(self, out, x.dtype)
         pads = [0] * (2 * x.ndim)
         for a, t in zip(axes, target):
             diff = t - x.shape[a]

@@ -7,7 +7,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_cpu.kernels.resize import cubic_weights
-from ep_cpu.kernels.tensor import contiguous, host_ints
+from ep_cpu.kernels.tensor import bad_data, check_size, contiguous, host_ints
 from ep_cpu.registry import kernel
 
 
@@ -107,8 +107,11 @@ class AffineGrid(Kernel):
 
     def compute(self, theta, size):
         dims = host_ints(size)
+        if len(dims) not in (4, 5):
+            raise bad_data(self, f"size {dims} must be (N, C, H, W) or (N, C, D, H, W)")
         n, spatial = dims[0], dims[2:]
         r = len(spatial)
+        check_size(self, [n, *spatial, r], np.float64)   # the float64 grid before the cast
         axes = [self._axis(s) for s in spatial]
         mesh = np.meshgrid(*axes, indexing="ij")  # per spatial axis, shape spatial
         # Homogeneous points ordered (x, y, [z], 1): x runs along the innermost axis.
@@ -194,10 +197,15 @@ class Col2Im(Kernel):
         dil = list(self.dilations or [1] * r)
         pads = list(self.pads or [0] * (2 * r))
         st = list(self.strides or [1] * r)
+        if len(blk) != r or any(v <= 0 for v in img + blk):
+            raise bad_data(self, f"image_shape {img} and block_shape {blk} must be positive sizes of one rank")
         n = x.shape[0]
         kprod = int(np.prod(blk))
+        if x.ndim != 3 or x.shape[1] % kprod:
+            raise bad_data(self, f"input of shape {list(x.shape)} does not hold blocks of {blk}")
         c = x.shape[1] // kprod
         padded = [img[d] + pads[d] + pads[d + r] for d in range(r)]
+        check_size(self, [n, c] + padded, x.dtype)
         counts = [(padded[d] - dil[d] * (blk[d] - 1) - 1) // st[d] + 1 for d in range(r)]
         if int(np.prod(counts)) != x.shape[2]:
             raise ValueError(f"Col2Im: {x.shape[2]} blocks do not match the {counts} sliding positions")

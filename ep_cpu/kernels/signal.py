@@ -10,6 +10,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import np_dtype
+from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
 
@@ -88,7 +89,15 @@ class DFT(Kernel):
             ax = _scalar(axis) if axis is not None and np.size(axis) else -2
         else:
             ax = self.axis_attr
-        return dft(np.asarray(x), ax, n, self.inverse, self.onesided)
+        x = np.asarray(x)
+        if n is not None:
+            if n <= 0:
+                raise bad_data(self, f"dft_length {n} must be positive")
+            if -x.ndim <= ax < x.ndim:
+                shape = list(x.shape[:-1]) + [2]
+                shape[ax] = n
+                check_size(self, shape, np.complex128)   # the complex transform before the cast
+        return dft(x, ax, n, self.inverse, self.onesided)
 
 
 @kernel("STFT")
@@ -107,6 +116,10 @@ class STFT(Kernel):
             flen = int(np.shape(window)[0])
         else:
             flen = c.shape[1]
+        if step <= 0 or flen <= 0:
+            raise bad_data(self, f"frame_step {step} and frame_length {flen} must be positive")
+        frames = (c.shape[1] - flen) // step + 1
+        check_size(self, (c.shape[0], max(frames, 0), flen), np.complex128)   # the framed signal
         if window is not None and int(np.shape(window)[0]) != flen:
             raise ValueError(f"STFT: window length {np.shape(window)[0]} != frame_length {flen}")
         real_t, _ = _work_dtype(signal.dtype)
@@ -139,6 +152,9 @@ class CosineWindow(Kernel):
 
     def compute(self, size):
         n = _scalar(size)
+        if n < 0:
+            raise bad_data(self, f"size {n} is negative")
+        check_size(self, (n,), np.float64)
         denom = n if self.periodic else n - 1
         if denom <= 0:
             return np.ones(max(n, 0), dtype=self.dtype)
@@ -168,7 +184,11 @@ class MelWeightMatrix(Kernel):
         rate = _scalar(sample_rate)
         low = float(np.asarray(lower_edge_hertz).reshape(-1)[0])
         high = float(np.asarray(upper_edge_hertz).reshape(-1)[0])
+        if bins < 0 or n_fft < 0 or rate <= 0:
+            raise bad_data(self, f"num_mel_bins {bins}, dft_length {n_fft} and sample_rate {rate} must "
+                                f"be non-negative (the rate positive)")
         n_spec = n_fft // 2 + 1
+        check_size(self, (n_spec, bins), np.float64)
         # bins + 2 mel points from `low`, mapped to DFT bin indices. The step is range/(bins + 2),
         # as in ONNX Runtime and the ONNX test data (so the top point stops short of `high`).
         mel_low, mel_high = _hz_to_mel(low), _hz_to_mel(high)

@@ -4,8 +4,11 @@ Identity, Dropout, DepthToSpace, SpaceToDepth, Split, Slice, Pad, Crop, ReverseS
 Shape/axes/size inputs are small int tensors read on the host."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from ep_core.errors import Fail
 from ep_core.kernel import Kernel
 from ep_cpu.registry import kernel
 
@@ -13,6 +16,27 @@ from ep_cpu.registry import kernel
 def host_ints(x) -> list[int]:
     """A shape/axes/pads input as a list of Python ints."""
     return [int(v) for v in np.asarray(x).reshape(-1)]
+
+
+def bad_data(k: Kernel, message: str) -> Fail:
+    """The typed error for input data a kernel cannot accept (a shape, count or size it is given
+    at run time), naming its node: Fail, as every kernel failure at run time (onnxruntime's
+    RUNTIME_EXCEPTION), never a bare ValueError."""
+    return Fail(f"{k.node.describe()}: {message}")
+
+
+def check_size(k: Kernel, shape, dtype) -> None:
+    """Refuse, before allocating, an output whose size comes from input data: a negative dim
+    (Fail) or more than SessionOptions.max_tensor_bytes (ResourceLimit)."""
+    shape = [int(d) for d in shape]
+    if any(d < 0 for d in shape):
+        raise bad_data(k, f"output shape {shape} has a negative dim")
+    ctx = k.ctx
+    if ctx is not None:
+        limit = int(getattr(ctx.session_options, "max_tensor_bytes", 0) or 0)
+        if limit and not ctx.max_tensor_bytes:   # a context made without it (constant folding)
+            ctx = dataclasses.replace(ctx, max_tensor_bytes=limit)
+        ctx.check_output_size(k.node, shape, dtype)
 
 
 def contiguous(x: np.ndarray) -> np.ndarray:
@@ -40,22 +64,32 @@ class Concat(Kernel):
         return np.concatenate(xs, axis=axis).astype(xs[0].dtype, copy=False)
 
 
-def _reshape_target(shape_in: tuple, shape: list[int], allowzero: bool) -> list[int]:
-    """ONNX reshape rules: 0 copies the input dim (unless allowzero), -1 is inferred."""
+def _reshape_target(k: Kernel, shape_in: tuple, shape: list[int], allowzero: bool) -> list[int]:
+    """ONNX reshape rules: 0 copies the input dim (unless allowzero), one -1 is inferred; any
+    other negative entry, or a shape that does not hold the input's elements, is refused."""
+    bad = [s for s in shape if s < -1]
+    if bad:
+        raise bad_data(k, f"shape {shape} has an entry below -1 ({bad[0]})")
+    if shape.count(-1) > 1:
+        raise bad_data(k, f"shape {shape} has more than one -1")
+    if allowzero and -1 in shape and 0 in shape:
+        raise bad_data(k, f"shape {shape} has both 0 and -1 while allowzero=1")
     out = []
-    for k, s in enumerate(shape):
+    for i, s in enumerate(shape):
         if s == 0 and not allowzero:
-            out.append(shape_in[k])
+            if i >= len(shape_in):
+                raise bad_data(k, f"shape {shape} copies dim {i} (0) of a rank-{len(shape_in)} input")
+            out.append(shape_in[i])
         else:
             out.append(s)
-    if out.count(-1) > 1:
-        raise ValueError("reshape: at most one -1 allowed")
+    total = int(np.prod(shape_in, dtype=np.int64))
     if -1 in out:
         known = int(np.prod([s for s in out if s != -1], dtype=np.int64))
-        total = int(np.prod(shape_in, dtype=np.int64))
-        if known == 0:
-            raise ValueError("reshape: cannot infer -1 with a zero-sized dimension")
+        if known == 0 or total % known:
+            raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} to {shape}")
         out[out.index(-1)] = total // known
+    if int(np.prod(out, dtype=np.int64)) != total:
+        raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} ({total} elements) to {shape}")
     return out
 
 
@@ -68,7 +102,7 @@ class Reshape(Kernel):
 
     def compute(self, x, shape=None):
         target = host_ints(shape) if shape is not None else list(self.shape_attr or [])
-        return x.reshape(_reshape_target(x.shape, target, self.allowzero))
+        return x.reshape(_reshape_target(self, x.shape, target, self.allowzero))
 
 
 @kernel("Flatten")
@@ -135,7 +169,14 @@ class Transpose(Kernel):
 @kernel("Expand")
 class Expand(Kernel):
     def compute(self, x, shape):
-        target = np.broadcast_shapes(x.shape, tuple(host_ints(shape)))
+        dims = host_ints(shape)
+        if any(d < 0 for d in dims):
+            raise bad_data(self, f"shape {dims} has a negative dim")
+        try:
+            target = np.broadcast_shapes(x.shape, tuple(dims))
+        except ValueError:
+            raise bad_data(self, f"input of shape {list(x.shape)} does not broadcast to {dims}") from None
+        check_size(self, target, x.dtype)
         return np.array(np.broadcast_to(x, target))  # a writable copy, never the read-only view
 
 
@@ -147,8 +188,11 @@ class Tile(Kernel):
             reps[norm_axis(host_ints(axis)[0], x.ndim)] = host_ints(repeats)[0]
         else:
             reps = host_ints(repeats)
-        return np.tile(x, reps).astype(x.dtype, copy=False).reshape(
-            [d * r for d, r in zip(x.shape, reps)])
+        if len(reps) != x.ndim or any(r < 0 for r in reps):
+            raise bad_data(self, f"repeats {reps} must be {x.ndim} non-negative counts")
+        shape = [d * r for d, r in zip(x.shape, reps)]
+        check_size(self, shape, x.dtype)
+        return np.tile(x, reps).astype(x.dtype, copy=False).reshape(shape)
 
 
 @kernel("Shape")
@@ -261,8 +305,8 @@ class Split(Kernel):
             if dim % n:
                 raise ValueError(f"Split: dimension {dim} not divisible into {n} outputs")
             sizes = [dim // n] * n
-        if sum(sizes) != dim:
-            raise ValueError(f"Split: sizes {sizes} do not sum to dimension {dim}")
+        if sum(sizes) != dim or any(z < 0 for z in sizes):
+            raise bad_data(self, f"split sizes {sizes} are not non-negative sizes summing to dimension {dim}")
         index: list = [slice(None)] * x.ndim
         parts, start = [], 0
         for size in sizes:   # plain slicing: np.split's Python machinery cost ~10 us per call
@@ -309,11 +353,33 @@ class Slice(Kernel):
             ax = list(range(len(st)))
         if sp is None:
             sp = [1] * len(st)
+        if not len(st) == len(en) == len(ax) == len(sp):
+            raise bad_data(self, f"starts {st}, ends {en}, axes {ax} and steps {sp} differ in length")
+        if 0 in sp:
+            raise bad_data(self, f"steps {sp} has a 0")
         index = [slice(None)] * x.ndim
+        seen = set()
         for s, e, a, p in zip(st, en, ax, sp):
-            a = norm_axis(a, x.ndim)
+            try:
+                a = norm_axis(a, x.ndim)
+            except ValueError as err:
+                raise bad_data(self, str(err)) from None
+            if a in seen:
+                raise bad_data(self, f"axes {ax} repeat axis {a}")
+            seen.add(a)
             index[a] = slice_bounds(s, e, p, x.shape[a])
         return contiguous(x[tuple(index)])
+
+
+def padded_shape(k: Kernel, shape: tuple, pads: list[int]) -> list[int]:
+    """The output shape of padding `shape` by ONNX pads (refused where it is not a shape)."""
+    r = len(shape)
+    if len(pads) != 2 * r:
+        raise bad_data(k, f"pads {pads} must hold 2 x rank = {2 * r} values for an input of shape {list(shape)}")
+    out = [d + b + e for d, b, e in zip(shape, pads[:r], pads[r:])]
+    if any(d < 0 for d in out):
+        raise bad_data(k, f"pads {pads} crop an input of shape {list(shape)} below zero size")
+    return out
 
 
 def pad_array(x: np.ndarray, pads: list[int], mode: str, value) -> np.ndarray:
@@ -357,6 +423,8 @@ class Pad(Kernel):
                 and np.asarray(constant_value).size else 0
             if axes is not None:
                 ax = [norm_axis(a, x.ndim) for a in host_ints(axes)]
+                if len(p) != 2 * len(ax) or len(set(ax)) != len(ax):
+                    raise bad_data(self, f"pads {p} must hold 2 values per axis of {ax} (no repeats)")
                 full = [0] * (2 * x.ndim)
                 for k, a in enumerate(ax):
                     full[a] = p[k]
@@ -365,6 +433,7 @@ class Pad(Kernel):
                 full = p
         if x.dtype == object and value == 0:
             value = ""
+        check_size(self, padded_shape(self, x.shape, full), x.dtype)
         return pad_array(x, full, self.mode, value)
 
 

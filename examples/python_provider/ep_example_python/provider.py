@@ -1,7 +1,6 @@
 """Capability query (groups of connected supported nodes) and compilation of each group."""
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -76,13 +75,14 @@ class ExamplePythonProvider(ExecutionProvider):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.transfer = ExampleTransfer()
-        self._names = itertools.count()
         self.compiled_groups: list[list[str]] = []  # op types of each compiled group, for tests
 
     def get_capability(self, graph_view: GraphView, kernel_lookup) -> list[ComputeCapability]:
         caps = []
-        for members in connected_groups(graph_view, supported):
-            name = f"{self.type}_fused_{next(self._names)}"
+        # No state may change here (get_capability is side-effect free): names are unique within
+        # the graph asked about, which is all a fused node's name needs.
+        for k, members in enumerate(connected_groups(graph_view, supported)):
+            name = f"{self.type}_fused_{k}"
             caps.append(ComputeCapability(members, make_meta_def(graph_view, members, name)))
         return caps
 
