@@ -33,7 +33,7 @@ CONTRIB_OPS = [
     "GatherBlockQuantized", "QAttention", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
     "QLinearLeakyRelu", "QLinearConcat", "QLinearGlobalAveragePool", "QLinearAveragePool",
     "QLinearSoftmax", "QuantizeLinear", "DequantizeLinear", "Inverse", "CDist", "CropAndResize",
-    "MurmurHash3", "Tokenizer", "WordConvEmbedding", "ExpandDims",
+    "MurmurHash3", "Tokenizer", "WordConvEmbedding", "ExpandDims", "QEmbedLayerNormalization",
 ]
 
 

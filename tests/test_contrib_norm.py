@@ -145,3 +145,19 @@ def test_group_norm(rng, shape, groups, silu):
     check_against_graph("GroupNorm", ins, _group_norm_reference(shape, groups, silu),
                         attrs={"groups": groups, "activation": silu, "epsilon": 1e-5, "channels_last": 1},
                         atol=2e-5)
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_qembed_layer_normalization(rng, mask):
+    """Quantized tables (what quantize_dynamic writes for EmbedLayerNormalization)."""
+    b, s, h, v = 2, 5, 8, 20
+    q = lambda *shape: rng.integers(0, 256, shape).astype(np.uint8)  # noqa: E731
+    sc = lambda: np.float32(rng.random() * 0.02 + 0.005)             # noqa: E731
+    ins = [("ids", rng.integers(0, v, (b, s)).astype(np.int32)), ("seg", rng.integers(0, 2, (b, s)).astype(np.int32)),
+           ("word", q(v, h)), ("pos", q(16, h)), ("segemb", q(2, h)), ("gamma", q(h)), ("beta", q(h)),
+           ("mask", np.array([[1, 1, 0, 1, 0], [1] * 5], np.int32) if mask else None),
+           ("word_s", sc()), ("pos_s", sc()), ("seg_s", sc()), ("gamma_s", sc()), ("beta_s", sc()),
+           ("word_z", np.uint8(128)), ("pos_z", np.uint8(120)), ("seg_z", np.uint8(130)), ("gamma_z", np.uint8(3)),
+           ("beta_z", np.uint8(128))]
+    check("QEmbedLayerNormalization", ins, 2, {"epsilon": 1e-12},
+          consts=[n for n, _ in ins if n not in ("ids", "seg", "mask")], atol=2e-5)
