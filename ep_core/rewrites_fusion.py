@@ -1,12 +1,16 @@
 """Level-2 fusions of an op with the activation (and residual Add) after it.
 
-The fused ops live in our own domain (`com.ep_core`) and follow onnxruntime's contrib-op layout:
 `FusedConv(X, W, B?, Z?)` computes act(conv(X, W) + B + Z), `FusedGemm(A, B, C?)` is Gemm then
 act, `FusedMatMul(A, B, bias?)` is act(A @ B + bias) for A of any rank and a (K, N) B, and
 `FusedAdd(A, B)` is Add then act. `activation` names the ONNX activation op and
 `activation_params` holds its parameters in onnxruntime's order (Clip: min, max; LeakyRelu and
-Elu: alpha; HardSigmoid: alpha, beta). A fusion happens only where the provider that would run
-the original node also has a kernel for the fused op.
+Elu: alpha; HardSigmoid: alpha, beta). Where onnxruntime has the same op in its `com.microsoft`
+domain (FusedConv and FusedGemm, for the activations its CPU kernels take, FusedGemm's
+parameters then named `activation_alpha` / `activation_beta`; Add of a 1-D bias then Gelu or
+FastGelu as its BiasGelu / FastGelu), that op is written, so optimized models run in
+onnxruntime; otherwise, or where the provider lacks it, our own domain's (`com.ep_core`).
+FusedMatMul and FusedAdd otherwise have no onnxruntime counterpart. A fusion happens only where
+the provider that would run the original node also has a kernel for the fused op.
 """
 from __future__ import annotations
 
@@ -17,7 +21,11 @@ from .graph_edit import OWN_DOMAIN, GraphEditor
 from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
 
+MS_DOMAIN = "com.microsoft"   # onnxruntime's contrib ops
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+# Activations onnxruntime's com.microsoft kernels take (FusedConv: MLAS's; FusedGemm: its functors).
+MS_ACTIVATIONS = {"FusedConv": {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip"},
+                  "FusedGemm": {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Elu"}}
 _SIMPLE = {"Relu": (), "Sigmoid": (), "Tanh": (), "HardSwish": (),
            "LeakyRelu": (("alpha", 0.01),), "Elu": (("alpha", 1.0),),
            "HardSigmoid": (("alpha", 0.2), ("beta", 0.5))}
@@ -46,7 +54,8 @@ def activation_of(ed: GraphEditor, node: Node) -> tuple[str, list[float]] | None
         if op == "Gelu":
             return ("FastGelu" if node.attr("approximate", "none") == "tanh" else "Gelu"), []
         return None
-    if node.domain == OWN_DOMAIN and op in ("Gelu", "FastGelu") and len([i for i in node.inputs if i]) == 1:
+    if node.domain in (OWN_DOMAIN, MS_DOMAIN) and op in ("Gelu", "FastGelu") and \
+            len([i for i in node.inputs if i]) == 1:
         return op, []
     return None
 
@@ -76,23 +85,46 @@ def residual_add(ed: GraphEditor, value: str) -> tuple[Node, str] | None:
     return add, z
 
 
+def _bias_gelu(ed: GraphEditor, inputs: list[str], act: tuple | None) -> tuple[str, list[str]] | None:
+    """(op, [X, bias]) of com.microsoft's BiasGelu / FastGelu when Add(X, bias) -> Gelu / FastGelu
+    has a 1-D bias over X's last axis (the same computation), else None."""
+    if act is None or act[1] not in ("Gelu", "FastGelu") or len(inputs) != 2:
+        return None
+    for x, b in (inputs, inputs[::-1]):
+        xs, bs = ed.shape(x), ed.shape(b)
+        if xs and bs is not None and len(bs) == 1 and isinstance(bs[0], int) and xs[-1] == bs[0]:
+            return ("BiasGelu" if act[1] == "Gelu" else "FastGelu"), [x, b]
+    return None
+
+
 class _ActivationFusion(Rewrite):
     level = GraphOptimizationLevel.ORT_ENABLE_EXTENDED
 
     def fuse(self, ed: GraphEditor, anchor: Node, op: str, inputs: list[str], attrs: dict,
              absorbed: list[Node], act: tuple | None, out: str) -> bool:
+        own, ms = dict(attrs), None
         if act is not None:
-            attrs = dict(attrs, activation=act[1])
+            own["activation"] = act[1]
             if act[2]:
-                attrs["activation_params"] = [float(p) for p in act[2]]
+                own["activation_params"] = [float(p) for p in act[2]]
+        if op in MS_ACTIVATIONS and (act is None or act[1] in MS_ACTIVATIONS[op]):
+            ms = own
+            if op == "FusedGemm" and act is not None:   # named parameters there
+                ms = dict(attrs, activation=act[1])
+                ms.update(zip(("activation_alpha", "activation_beta"), (float(p) for p in act[2])))
         while inputs and not inputs[-1]:
             inputs = inputs[:-1]
-        fused = ed.make_node(op, inputs, [out], name=ed.fresh(anchor.name + "_" + op),
-                             domain=OWN_DOMAIN, attrs=attrs)
-        if not self.ctx.supports(anchor, fused, [anchor] + absorbed):
-            return False
-        ed.replace_outputs([anchor] + absorbed, [fused])
-        return True
+        name = ed.fresh(anchor.name + "_" + op)
+        candidates = [] if ms is None else [ed.make_node(op, inputs, [out], name=name, domain=MS_DOMAIN, attrs=ms)]
+        bias_gelu = _bias_gelu(ed, inputs, act) if op == "FusedAdd" else None
+        if bias_gelu is not None:
+            candidates.append(ed.make_node(bias_gelu[0], bias_gelu[1], [out], name=name, domain=MS_DOMAIN))
+        candidates.append(ed.make_node(op, inputs, [out], name=name, domain=OWN_DOMAIN, attrs=own))
+        for fused in candidates:
+            if self.ctx.supports(anchor, fused, [anchor] + absorbed):
+                ed.replace_outputs([anchor] + absorbed, [fused])
+                return True
+        return False
 
 
 def _conv_attrs(conv: Node) -> dict:

@@ -3,15 +3,20 @@ SkipLayerNormalization and BERT-style multi-head self-attention.
 
 Matching walks from a distinctive anchor (Erf, Tanh, ReduceMean, LayerNormalization, Softmax)
 through single-consumer edges only, so no value a matched node produces is needed elsewhere.
+The fused ops are onnxruntime's where it has them (ONNX ops, then its `com.microsoft` contrib
+ops, then the ONNX-domain LayerNormalization it registers below opset 17), so optimized models
+run in onnxruntime; our own domain's ops are the fallback for providers without those kernels.
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from .graph import Graph, Node
-from .graph_edit import OWN_DOMAIN, GraphEditor
+from .graph_edit import OWN_DOMAIN, GraphEditor, tensor_type
 from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
+from .rewrites_fusion import MS_DOMAIN
 
 SQRT2 = float(np.sqrt(2.0))
 SQRT_2_OVER_PI = float(np.sqrt(2.0 / np.pi))
@@ -90,23 +95,28 @@ class _TransformerFusion(Rewrite):
         `inits` (new constants the candidates read, under names from `ed.fresh`) are added only
         then, so a refused fusion leaves the graph untouched.
         """
-        for fused in candidates:
-            if self.ctx.supports(anchor, fused, old):
+        for cand in candidates:
+            nodes = cand if isinstance(cand, list) else [cand]   # [helper nodes..., fused op]
+            # The helpers (a Cast) go to the same provider as the fused op.
+            if self.ctx.supports(anchor, nodes[-1], old) and \
+                    all(self.ctx.supports(anchor, n, old) for n in nodes[:-1]):
                 for name, value in (inits or {}).items():
                     ed.add_initializer(name, value, exact_name=True)
-                ed.refresh_types(fused)
-                ed.replace_outputs(old, [fused])
+                for n in nodes:
+                    ed.refresh_types(n)
+                ed.replace_outputs(old, nodes)
                 return True
         return False
 
     def gelu_nodes(self, ed: GraphEditor, x: str, out: str, name: str, tanh: bool) -> list[Node]:
-        """Standard Gelu (opset >= 20) first, then our own domain's op."""
+        """Standard Gelu (opset >= 20) first, then onnxruntime's contrib op, then our own domain's."""
         own = "FastGelu" if tanh else "Gelu"
         cands = []
         if ed.graph.opset_imports.get("", 0) >= 20:
             cands.append(ed.make_node("Gelu", [x], [out], name=ed.fresh(name + "_gelu"),
                                       attrs={"approximate": "tanh"} if tanh else {}))
-        cands.append(ed.make_node(own, [x], [out], name=ed.fresh(name + "_" + own), domain=OWN_DOMAIN))
+        for domain in (MS_DOMAIN, OWN_DOMAIN):
+            cands.append(ed.make_node(own, [x], [out], name=ed.fresh(name + "_" + own), domain=domain))
         return cands
 
 
@@ -210,7 +220,8 @@ def _reduce_axes(ed: GraphEditor, node: Node, rank: int) -> list[int] | None:
 
 class FuseLayerNormalization(_TransformerFusion):
     """ReduceMean / Sub / Pow / ReduceMean / Add(eps) / Sqrt / Div / Mul(gamma) / Add(beta)
-    => LayerNormalization (ONNX's from opset 17, else our domain's)."""
+    => LayerNormalization (ONNX's; below opset 17 the ONNX-domain one onnxruntime registers, whose
+    models onnx.checker refuses, then our domain's)."""
     name = "FuseLayerNormalization"
 
     def apply(self, graph: Graph) -> bool:
@@ -274,9 +285,7 @@ class FuseLayerNormalization(_TransformerFusion):
                 inits[ed.fresh(r1.name + "_beta")] = beta
             ins = [x] + list(inits)
             attrs = {"axis": axes[0] - len(shape), "epsilon": float(eps)}
-            cands = []
-            if ed.graph.opset_imports.get("", 0) >= 17:
-                cands.append(ed.make_node("LayerNormalization", ins, [out], ed.fresh(r1.name + "_ln"), attrs=attrs))
+            cands = [ed.make_node("LayerNormalization", ins, [out], ed.fresh(r1.name + "_ln"), attrs=attrs)]
             cands.append(ed.make_node("LayerNormalization", ins, [out], ed.fresh(r1.name + "_ln"),
                                       domain=OWN_DOMAIN, attrs=attrs))
             self.place(ed, r1, cands, nodes, inits)
@@ -326,15 +335,44 @@ class FuseSkipLayerNormalization(_TransformerFusion):
             inputs = ins + [gamma, beta, bias]
             while not inputs[-1]:
                 inputs.pop()
-            fused = ed.make_node("SkipLayerNormalization", inputs, outs, ed.fresh(ln.name + "_skip"),
-                                 domain=OWN_DOMAIN, attrs={"epsilon": float(ln.attr("epsilon", 1e-5))})
-            self.place(ed, ln, [fused], absorbed + [ln])
+            cands = [ed.make_node("SkipLayerNormalization", inputs, outs, ed.fresh(ln.name + "_skip"),
+                                  domain=domain, attrs={"epsilon": float(ln.attr("epsilon", 1e-5))})
+                     for domain in (MS_DOMAIN, OWN_DOMAIN)]
+            self.place(ed, ln, cands, absorbed + [ln])
         return ed.commit()
+
+
+def key_mask_source(ed: GraphEditor, mask: str) -> tuple[str, float] | None:
+    """(M, c) when the additive mask is (1 - Cast(Unsqueeze(M))) * c, M a 2-D (batch, keys) 0/1
+    mask unsqueezed to (batch, 1, 1, keys) (one Unsqueeze or two, Cast before or after): how BERT
+    exports turn the attention mask into a bias of the scores. onnxruntime's Attention takes M
+    itself as mask_index (adding `mask_filter_value` c where M is 0): the same for 0/1 masks."""
+    mul = ed.producer_of(mask, "Mul")
+    mc = const_operand(ed, mul) if mul is not None else None
+    sub = ed.producer_of(mc[0], "Sub") if mc is not None else None
+    if sub is None or not near(scalar(ed, sub.inputs[0]), 1.0) or mc[1] >= 0:
+        return None
+    v, seen = sub.inputs[1], []
+    shape = ed.shape(v)
+    if shape is None or len(shape) != 4 or shape[1] != 1 or shape[2] != 1:
+        return None
+    while len(seen) < 3:
+        n = ed.producer_of(v, ("Cast", "Unsqueeze"))
+        if n is None:
+            break
+        seen.append(n.op_type)
+        v = n.inputs[0]
+    if seen.count("Cast") != 1 or seen.count("Unsqueeze") not in (1, 2) or ed.rank(v) != 2:
+        return None
+    return v, mc[1]
 
 
 class FuseAttention(_TransformerFusion):
     """BERT self-attention: three MatMul+Add projections of one input, Reshape/Transpose to heads,
-    MatMul(Q, K^T), scale, additive mask, Softmax, MatMul(., V), Transpose, Reshape  => Attention.
+    MatMul(Q, K^T), scale, additive mask, Softmax, MatMul(., V), Transpose, Reshape  => Attention:
+    onnxruntime's (the mask as its mask_index when it is a 0/1 key mask made additive, see
+    `key_mask_source`, or as its attention_bias when shaped (B|1, N|1, S, S)), else our domain's
+    (additive mask of any broadcastable shape as the fourth input).
     """
     name = "FuseAttention"
 
@@ -370,6 +408,7 @@ class FuseAttention(_TransformerFusion):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
+        int_masks: dict[str, str] = {}   # key mask -> its int32 copy (one Cast serves every layer)
         for sm in nodes_in_order(graph):
             if not ed.alive(sm) or sm.op_type != "Softmax" or sm.domain or ed.rank(sm.inputs[0]) != 4:
                 continue
@@ -380,10 +419,44 @@ class FuseAttention(_TransformerFusion):
             if found is None:
                 continue
             old, ins, inits, heads, scale, out = found
-            fused = ed.make_node("Attention", ins, [out], ed.fresh(sm.name + "_attention"),
-                                 domain=OWN_DOMAIN, attrs={"num_heads": heads, "scale": scale})
-            self.place(ed, sm, [fused], old, inits)
+            attrs = {"num_heads": heads, "scale": scale}
+            name = ed.fresh(sm.name + "_attention")
+            cands = [ed.make_node("Attention", ins, [out], name, domain=OWN_DOMAIN, attrs=attrs)]
+            contrib = self._contrib(ed, ins, attrs, out, name, int_masks)
+            if contrib is not None:
+                cands.insert(0, contrib)
+            self.place(ed, sm, cands, old, inits)
+            if contrib is not None and len(contrib) == 2 and ed.alive(contrib[0]):
+                int_masks[contrib[0].inputs[0]] = contrib[0].outputs[0]
         return ed.commit()
+
+    def _contrib(self, ed: GraphEditor, ins: list[str], attrs: dict, out: str, name: str,
+                 int_masks: dict[str, str]) -> list[Node] | None:
+        """com.microsoft::Attention for the matched inputs (with a Cast of the key mask to int32
+        in front where one is needed), or None when the mask fits neither of its inputs."""
+        if len(ins) == 3:
+            return [ed.make_node("Attention", ins, [out], name, domain=MS_DOMAIN, attrs=attrs)]
+        x, mask = ins[0], ins[3]
+        shape, xs = ed.shape(mask), ed.shape(x)
+        if shape is not None and xs is not None and len(shape) == 4 and isinstance(xs[1], int) and \
+                shape[0] in (1, xs[0]) and shape[1] in (1, attrs["num_heads"]) and shape[2:] == [xs[1], xs[1]]:
+            return [ed.make_node("Attention", ins[:3] + ["", "", mask], [out], name, domain=MS_DOMAIN,
+                                 attrs=attrs)]
+        src = key_mask_source(ed, mask)
+        if src is None:
+            return None
+        keys, filler = src
+        attrs = dict(attrs, mask_filter_value=filler)
+        if ed.dtype(keys) == np.int32:
+            return [ed.make_node("Attention", ins[:3] + [keys], [out], name, domain=MS_DOMAIN, attrs=attrs)]
+        if keys in int_masks:
+            return [ed.make_node("Attention", ins[:3] + [int_masks[keys]], [out], name, domain=MS_DOMAIN,
+                                 attrs=attrs)]
+        keys32 = ed.fresh(keys + "_int32")
+        ed.set_type(keys32, tensor_type(np.int32, ed.shape(keys)))
+        cast = ed.make_node("Cast", [keys], [keys32], ed.fresh(keys + "_to_int32"),
+                            attrs={"to": onnx.TensorProto.INT32})
+        return [cast, ed.make_node("Attention", ins[:3] + [keys32], [out], name, domain=MS_DOMAIN, attrs=attrs)]
 
     def _match(self, ed: GraphEditor, sm: Node):
         s_in = sm.inputs[0]

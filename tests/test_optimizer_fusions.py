@@ -135,7 +135,7 @@ def test_fuse_fast_gelu(rng, cube):
     assert len(before) == len(nodes) and after == ["FastGelu"]
 
 
-@pytest.mark.parametrize("opset,domain", [(13, "com.ep_core"), (17, "")])
+@pytest.mark.parametrize("opset,domain", [(13, ""), (17, "")])   # below 17: onnxruntime's ONNX-domain op
 def test_fuse_layer_normalization(rng, opset, domain):
     inits = [init("two", np.float32(2)), init("eps", np.float32(1e-5))]
     nodes = layer_norm_nodes("x", "y", 6, inits, rng)
@@ -164,8 +164,9 @@ def test_fuse_bert_layer_attention(rng, mask):
     # FFN: MatMul + bias + Gelu is one FusedMatMul (the other biases ride in SkipLayerNormalization).
     tail = ["Attention", "MatMul", "SkipLayerNormalization", "FusedMatMul", "MatMul",
             "SkipLayerNormalization"]
-    # The mask arithmetic depends on the mask input and stays; everything else is fused.
-    head = ["Unsqueeze", "Unsqueeze", "Cast", "Sub", "Mul"] if mask else []
+    # The 0/1 mask becomes com.microsoft::Attention's mask_index (one Cast to int32); the
+    # arithmetic that made it additive is then dead.
+    head = ["Cast"] if mask else []
     assert sorted(after) == sorted(head + tail) and len(before) == (55 if mask else 49)
 
 
@@ -175,13 +176,15 @@ def test_all_levels_agree_on_a_bert_layer(rng):
         compare(m, feeds, level=level, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_ops_are_in_our_domain(rng):
+@pytest.mark.parametrize("act,domain", [("Relu", "com.microsoft"), ("Elu", "com.ep_core")])
+def test_fused_ops_are_onnxruntimes_where_it_has_them(rng, act, domain):
+    """FusedConv with an activation onnxruntime's kernel takes is its com.microsoft op; Elu is not."""
     c, inits = conv(rng)
-    m = model([c, helper.make_node("Relu", ["c"], ["y"])], [("x", F32, [1, 3, 5, 5])],
+    m = model([c, helper.make_node(act, ["c"], ["y"])], [("x", F32, [1, 3, 5, 5])],
               [("y", F32, [1, 4, 5, 5])], inits)
     sess = session(m, options(L.ORT_ENABLE_ALL))
     node = sess._graph.nodes[0]
-    assert (node.domain, node.op_type, node.attrs["activation"]) == ("com.ep_core", "FusedConv", "Relu")
+    assert (node.domain, node.op_type, node.attrs["activation"]) == (domain, "FusedConv", act)
 
 
 @pytest.mark.parametrize("act", [None, "Relu", "Gelu"])

@@ -139,6 +139,28 @@ class Attention(Kernel):
         return tuple(outs[:n_out]) if n_out > 1 else outs[0]
 
 
+def apply_rotary(xs: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: int,
+                 interleaved: bool) -> np.ndarray:
+    """Rotate the first `rotary_dim` features of xs (B, S, N, D) by angles whose cos/sin are
+    (B, S, rotary_dim/2); pairs are (i, i + rd/2), or adjacent (2i, 2i+1) when interleaved.
+    Returns a new array in xs's (compute) dtype."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (B, S, 1, rd/2)
+    rd = rotary_dim
+    rot = xs[..., :rd]
+    if interleaved:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    else:
+        x1, x2 = rot[..., :rd // 2], rot[..., rd // 2:]
+    real = cos * x1 - sin * x2
+    imag = sin * x1 + cos * x2
+    out = xs.copy()
+    if interleaved:
+        out[..., 0:rd:2], out[..., 1:rd:2] = real, imag
+    else:
+        out[..., :rd // 2], out[..., rd // 2:rd] = real, imag
+    return out
+
+
 @kernel("RotaryEmbedding")
 class RotaryEmbedding(Kernel):
     def compute(self, x, cos_cache, sin_cache, position_ids=None):
@@ -150,24 +172,11 @@ class RotaryEmbedding(Kernel):
             n = int(self.attr("num_heads"))
             xs = x.reshape(shape[0], shape[1], n, shape[2] // n)
         xs = xs.astype(cdt)
-        d = xs.shape[-1]
-        rd = int(self.attr("rotary_embedding_dim", 0)) or d
+        rd = int(self.attr("rotary_embedding_dim", 0)) or xs.shape[-1]
         cos, sin = cos_cache.astype(cdt), sin_cache.astype(cdt)
         if position_ids is not None:
             cos, sin = cos[position_ids], sin[position_ids]
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]  # (B, S, 1, rd/2)
-        rot = xs[..., :rd]
-        if int(self.attr("interleaved", 0)):
-            x1, x2 = rot[..., 0::2], rot[..., 1::2]
-        else:
-            x1, x2 = rot[..., :rd // 2], rot[..., rd // 2:]
-        real = cos * x1 - sin * x2
-        imag = sin * x1 + cos * x2
-        out = xs.copy()
-        if int(self.attr("interleaved", 0)):
-            out[..., 0:rd:2], out[..., 1:rd:2] = real, imag
-        else:
-            out[..., :rd // 2], out[..., rd // 2:rd] = real, imag
+        out = apply_rotary(xs, cos, sin, rd, bool(self.attr("interleaved", 0)))
         out = out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(shape)
         return np.ascontiguousarray(out, dtype=x.dtype)
 

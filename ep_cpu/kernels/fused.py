@@ -4,7 +4,11 @@ FusedConv / FusedGemm / FusedMatMul / FusedAdd apply the activation in place on 
 pass, no extra temporaries); the matrix parts go through `ep_cpu.gemm.gemm`. Gelu, FastGelu,
 LayerNormalization (for models below opset 17), SkipLayerNormalization and Attention replace the
 subgraphs the transformer fusions match. Semantics follow onnxruntime's contrib ops of the same
-names, except that Attention's fourth input is an additive mask (see docs/optimizer.md).
+names, except that Attention's fourth input is an additive mask and FusedGemm's activation
+parameters are positional (see docs/optimizer.md); FusedMatMul and FusedAdd have no onnxruntime
+counterpart. Where the semantics are the same (FusedConv, Gelu, FastGelu, SkipLayerNormalization)
+one class is registered for both domains: the optimizer now writes `com.microsoft` ops, and
+`com.ep_core` stays for models saved before.
 """
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant, single_threaded_blas
+from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
+from .contrib_attention import Attention as _MsAttention
+from .contrib_common import MS
 from .conv import compute_dtype, run_conv
 from .linalg import pack_matmul_b
 from .norm import LayerNormalization as _OnnxLayerNormalization
@@ -51,6 +57,7 @@ class _Activated(Kernel):
         return y
 
 
+@kernel("FusedConv", domain=MS)
 @kernel("FusedConv", domain=DOMAIN)
 class FusedConv(_Activated):
     """act(Conv(X, W, B) + Z): Conv attributes plus `activation`, `activation_params`."""
@@ -147,6 +154,7 @@ def _fast_gelu(x: np.ndarray) -> np.ndarray:
     return s.astype(x.dtype, copy=False)
 
 
+@kernel("Gelu", domain=MS)
 @kernel("Gelu", domain=DOMAIN)
 class Gelu(Kernel):
     """0.5 * x * (1 + erf(x / sqrt(2)))."""
@@ -155,6 +163,7 @@ class Gelu(Kernel):
         return _gelu(x)
 
 
+@kernel("FastGelu", domain=MS)
 @kernel("FastGelu", domain=DOMAIN)
 class FastGelu(Kernel):
     """Tanh approximation of Gelu, with an optional bias added first (onnxruntime's FastGelu)."""
@@ -170,12 +179,16 @@ class LayerNormalization(_OnnxLayerNormalization):
     """ONNX LayerNormalization for models whose opset predates it (< 17)."""
 
 
+@kernel("SkipLayerNormalization", domain=MS)
 @kernel("SkipLayerNormalization", domain=DOMAIN)
 class SkipLayerNormalization(Kernel):
-    """LayerNorm(input + skip + bias) over the last axis.
+    """LayerNorm(input + skip + bias) over the last axis; skip may also be (1, S, H) or (S, H).
 
     Outputs: output, mean (optional), inv_std_var (optional), input_skip_bias_sum (optional).
+    `simplified` (SkipSimplifiedLayerNormalization): RMS normalization, no mean removed, no beta
+    (the mean output is then zeros, as onnxruntime writes it).
     """
+    simplified = False
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
@@ -183,6 +196,8 @@ class SkipLayerNormalization(Kernel):
         self.n_out = len(node.outputs)
 
     def compute(self, x, skip, gamma, beta=None, bias=None):
+        if self.simplified:  # inputs: input, skip, gamma, bias
+            beta, bias = None, beta
         # Few, raw ufunc calls: in a decoder step this runs on one 768-vector per layer, where
         # numpy's call overhead (mean()'s Python wrapper, temporaries) is the whole cost.
         cdt = compute_dtype(x.dtype)
@@ -192,9 +207,12 @@ class SkipLayerNormalization(Kernel):
         total = s.copy() if self.n_out > 3 else None
         typ = cdt.type
         scale = typ(1.0 / s.shape[-1])
-        mean = np.add.reduce(s, axis=-1, keepdims=True)
-        mean *= scale
-        s -= mean
+        if self.simplified:
+            mean = np.zeros(s.shape[:-1] + (1,), dtype=cdt)
+        else:
+            mean = np.add.reduce(s, axis=-1, keepdims=True)
+            mean *= scale
+            s -= mean
         sq = np.multiply(s, s)
         inv = np.add.reduce(sq, axis=-1, keepdims=True)
         inv *= scale
@@ -213,38 +231,15 @@ class SkipLayerNormalization(Kernel):
 
 
 @kernel("Attention", domain=DOMAIN)
-class Attention(Kernel):
+class Attention(_MsAttention):
     """Multi-head self-attention of a BERT layer (before the output projection).
 
     Inputs: X (B, S, H), W (H, 3H) = [Wq | Wk | Wv], bias (3H), optional additive mask
     broadcastable to (B, num_heads, S, S). Attributes: num_heads, scale (0: 1/sqrt(head size)).
-    Output: (B, S, H) = concat over heads of softmax(Q K^T * scale + mask) V.
+    Output: (B, S, H) = concat over heads of softmax(Q K^T * scale + mask) V. This is
+    com.microsoft::Attention with the mask as its attention_bias (sixth input), where onnxruntime
+    accepts only (B|1, N|1, S, T) shapes.
     """
 
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
-        self.heads = int(self.attr("num_heads"))
-        self.scale = float(self.attr("scale", 0.0))
-        self.packed_w = pack_constant(ctx.constant_input(1))  # constant weights only
-
     def compute(self, x, w, bias, mask=None):
-        b, s, _ = x.shape
-        hidden = w.shape[1] // 3
-        hd = hidden // self.heads
-        cdt = compute_dtype(x.dtype)
-        wm = w.astype(cdt, copy=False) if self.packed_w is None else self.packed_w
-        qkv = gemm(x.reshape(b * s, -1).astype(cdt, copy=False), wm, bias.astype(cdt, copy=False))
-        qkv = qkv.reshape(b, s, 3, self.heads, hd).transpose(2, 0, 3, 1, 4)  # (3, B, N, S, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        # Per-head products are small: threaded BLAS only adds wake-up stalls here.
-        with single_threaded_blas():
-            scores = np.matmul(q, k.transpose(0, 1, 3, 2))
-        scores *= cdt.type(self.scale or 1.0 / math.sqrt(hd))
-        if mask is not None:
-            scores += mask.astype(cdt, copy=False)
-        scores -= scores.max(axis=-1, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        with single_threaded_blas():
-            ctx = np.matmul(scores, v)                    # (B, N, S, hd)
-        return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, s, hidden).astype(x.dtype, copy=False)
+        return super().compute(x, w, bias, None, None, mask)

@@ -120,19 +120,23 @@ class DequantizeLinear(Kernel):
         return np.asarray(y, dtype=out_dt)
 
 
+def dynamic_quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
+    """DynamicQuantizeLinear's rule (onnxruntime's for every dynamically quantized input):
+    a uint8 range spanning [min(x, 0), max(x, 0)]; returns (q, scale, zero point)."""
+    xf = x.astype(np.float32)
+    lo = min(0.0, float(xf.min())) if xf.size else 0.0
+    hi = max(0.0, float(xf.max())) if xf.size else 0.0
+    scale = np.float32((hi - lo) / 255.0)
+    if scale == 0:
+        return np.zeros(x.shape, dtype=np.uint8), scale, np.uint8(0)
+    zp = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    return np.clip(np.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8), scale, zp
+
+
 @kernel("DynamicQuantizeLinear")
 class DynamicQuantizeLinear(Kernel):
     def compute(self, x):
-        xf = x.astype(np.float32)
-        lo = min(0.0, float(xf.min())) if xf.size else 0.0
-        hi = max(0.0, float(xf.max())) if xf.size else 0.0
-        scale = np.float32((hi - lo) / 255.0)
-        if scale == 0:
-            zp = np.uint8(0)
-            y = np.zeros(x.shape, dtype=np.uint8)
-        else:
-            zp = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
-            y = np.clip(np.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+        y, scale, zp = dynamic_quantize_uint8(x)
         return y, np.asarray(scale, dtype=np.float32), np.asarray(zp, dtype=np.uint8)
 
 
