@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
+from ep_cpu import conv_depthwise
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -42,11 +43,20 @@ def _conv_model(in_shape, m, ks, strides, pads, dil, fused_relu: bool):
     return model.SerializeToString(), {"x": rng.standard_normal(in_shape).astype(np.float32)}
 
 
-@pytest.mark.parametrize("layout_row_max", [0, 1 << 30], ids=["nchw_taps", "channels_last_taps"])
+@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc"],
+                         ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc"])
 @pytest.mark.parametrize("fused_relu", [False, True], ids=["plain", "fused_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_row_max):
-    monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
+    if isinstance(layout_row_max, str):  # the compiled kernels (numba), forced to one layout
+        pytest.importorskip("numba")
+        planes_min = 0 if layout_row_max == "planes" else 1 << 30
+        monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDE1", planes_min)
+        monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDED", planes_min)
+        monkeypatch.setattr(conv_depthwise, "PAR_MIN_MACS", 1)
+    else:
+        monkeypatch.setattr(conv, "DW_COMPILED", False)
+        monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
     monkeypatch.setattr(conv, "DW_PAR_MIN", 0)        # also run the channel blocks on threads
     data, feeds = _conv_model(*shape, fused_relu=fused_relu)
     ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
+from ep_cpu import conv_depthwise
 from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
 from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
@@ -113,6 +114,11 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         res = residual
         if res is not None and nd == 1:
             res = np.broadcast_to(res, (n, m, *out_shape)).reshape(n, m, 1, *out_shape)
+        o2 = [1, *out_shape] if nd == 1 else out_shape
+        if DW_COMPILED and conv_depthwise.AVAILABLE:
+            y = _depthwise_compiled(x, w, strides, dilations, begin, o2, bias, res, activation,
+                                    activation_params)
+            return y.reshape(n, m, *out_shape)
         y = _depthwise_2d(x, w, strides, dilations, begin, end, [1, *out_shape] if nd == 1 else out_shape,
                           bias, res, activation, activation_params)
         return y.reshape(n, m, *out_shape)
@@ -184,6 +190,31 @@ def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
         win = view[(Ellipsis,) + idx][:, :, None]  # (N, C, 1, *O)
         y += wr[:, :, k].reshape(bshape) * win
     return y.reshape(n, m, *out_shape)
+
+
+# Depthwise 2-D convs run the compiled kernels of `ep_cpu.conv_depthwise` (numba) when it is
+# importable: 2-3x faster than the numpy taps below on MobileNetV2's layers (benchmarks/README.md).
+DW_COMPILED = True
+
+
+def _depthwise_compiled(x, w, strides, dilations, begin, out_shape, bias, residual, activation,
+                        activation_params) -> np.ndarray:
+    """Depthwise 2-D conv through the compiled kernel; Relu/Clip run inside it unless a
+    residual must be added first."""
+    p = activation_params or {}
+    clamp = None
+    if residual is None and activation == "Relu":
+        clamp = (0.0, math.inf)
+    elif residual is None and activation == "Clip":
+        lo, hi = p.get("min"), p.get("max")
+        clamp = (-math.inf if lo is None else float(lo), math.inf if hi is None else float(hi))
+    y = conv_depthwise.depthwise_2d(x, w, strides, dilations, begin, out_shape, bias, clamp,
+                                    get_num_threads(), _get_pool)
+    if residual is not None:
+        y += residual.astype(y.dtype, copy=False)
+    if activation is not None and clamp is None:
+        ACTIVATIONS[activation](y, p)
+    return y
 
 
 # Channels per block: a block's padded input, accumulator and scratch stay in cache across the
