@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
+from ep_cpu import conv_depthwise, winograd
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -42,13 +43,140 @@ def _conv_model(in_shape, m, ks, strides, pads, dil, fused_relu: bool):
     return model.SerializeToString(), {"x": rng.standard_normal(in_shape).astype(np.float32)}
 
 
-@pytest.mark.parametrize("layout_row_max", [0, 1 << 30], ids=["nchw_taps", "channels_last_taps"])
+@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc"],
+                         ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc"])
 @pytest.mark.parametrize("fused_relu", [False, True], ids=["plain", "fused_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_row_max):
-    monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
+    if isinstance(layout_row_max, str):  # the compiled kernels (numba), forced to one layout
+        pytest.importorskip("numba")
+        planes_min = 0 if layout_row_max == "planes" else 1 << 30
+        monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDE1", planes_min)
+        monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDED", planes_min)
+        monkeypatch.setattr(conv_depthwise, "PAR_MIN_MACS", 1)
+    else:
+        monkeypatch.setattr(conv, "DW_COMPILED", False)
+        monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
     monkeypatch.setattr(conv, "DW_PAR_MIN", 0)        # also run the channel blocks on threads
     data, feeds = _conv_model(*shape, fused_relu=fused_relu)
     ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- Winograd 3x3
+
+# (input NCHW, out channels, pads, auto_pad): stride 1, dilation 1, 3x3, group 1.
+WINO_SHAPES = [
+    ((1, 8, 9, 9), 8, (1, 1, 1, 1), "NOTSET"),         # partial last tiles
+    ((2, 5, 12, 7), 3, (1, 1, 1, 1), "NOTSET"),        # batch 2, C != M, non-square
+    ((3, 4, 10, 11), 6, (0, 0, 0, 0), "NOTSET"),       # no padding
+    ((1, 6, 8, 8), 4, (2, 0, 1, 3), "NOTSET"),         # asymmetric pads
+    ((1, 3, 5, 5), 5, (0, 0, 0, 0), "SAME_LOWER"),     # auto_pad
+    ((1, 4, 3, 3), 2, (0, 0, 0, 0), "VALID"),          # a single output pixel
+    ((2, 16, 17, 15), 24, (1, 1, 1, 1), "NOTSET"),
+]
+WINO_TOL = dict(rtol=1e-4, atol=1e-4)   # onnxruntime's float conv tests use 1e-4-ish; F(4x4) errs ~5e-6
+
+
+def _wino_model(in_shape, m, pads, auto_pad, epilogue: str, const_weight: bool):
+    c = in_shape[1]
+    rng = np.random.default_rng(sum(in_shape) * 7 + m)
+    w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    attrs = dict(kernel_shape=[3, 3], auto_pad=auto_pad)
+    if auto_pad == "NOTSET":
+        attrs["pads"] = list(pads)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs)]
+    last = "c"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))]
+    feeds = {"x": rng.standard_normal(in_shape).astype(np.float32)}
+    if epilogue in ("residual_relu", "residual"):
+        # The residual has the conv's output shape: one more conv on the same input makes it.
+        nodes.append(helper.make_node("Conv", ["x", "w", "b"], ["r"], **attrs))
+        nodes.append(helper.make_node("Add", ["c", "r"], ["s"]))
+        last = "s"
+    if epilogue in ("relu", "residual_relu"):
+        nodes.append(helper.make_node("Relu", [last], ["a"]))
+        last = "a"
+    if epilogue == "clip":
+        nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["a"]))
+        last = "a"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    inits = [helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel()),
+             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
+             helper.make_tensor("hi", TensorProto.FLOAT, [], [0.5])]
+    if const_weight:
+        inits.append(helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()))
+    else:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w.shape)))
+        feeds["w"] = w
+    graph = helper.make_graph(nodes, "wino", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "m", "h", "w"])],
+                              initializer=inits)
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString(), feeds
+
+
+@pytest.fixture
+def force_winograd(monkeypatch):
+    """Every eligible conv takes the Winograd path; returns the list of calls made to it."""
+    calls = []
+    real = winograd.conv3x3
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(winograd, "conv3x3", counting)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 0)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 0)
+    return calls
+
+
+@pytest.mark.parametrize("tile", [4, 2], ids=["F4x4", "F2x2"])
+@pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "residual_relu"])
+@pytest.mark.parametrize("shape", WINO_SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_{s[3]}")
+def test_winograd_matches_onnxruntime(monkeypatch, force_winograd, shape, epilogue, tile):
+    monkeypatch.setattr(conv, "WINOGRAD_TILE", tile)
+    data, feeds = _wino_model(*shape, epilogue=epilogue, const_weight=True)
+    ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert force_winograd and set(force_winograd) == {tile}   # the path under test really ran
+    np.testing.assert_allclose(ours, ref, **WINO_TOL)
+
+
+@pytest.mark.parametrize("shape", WINO_SHAPES[:3], ids=lambda s: "x".join(map(str, s[0])))
+def test_winograd_weight_as_graph_input(force_winograd, shape):
+    """A non-constant W is transformed per run (and never cached across runs)."""
+    data, feeds = _wino_model(*shape, epilogue="relu", const_weight=False)
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ref_sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for scale in (1.0, -2.0):   # a second run with another weight must not reuse the first
+        run_feeds = dict(feeds, w=feeds["w"] * np.float32(scale))
+        np.testing.assert_allclose(sess.run(None, run_feeds)[0],
+                                   ref_sess.run(None, run_feeds)[0], **WINO_TOL)
+    assert force_winograd
+
+
+def test_winograd_constant_weight_transformed_once(monkeypatch, force_winograd):
+    transforms = []
+    real = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(m) or real(w, m))
+    data, feeds = _wino_model((1, 8, 9, 9), 8, (1, 1, 1, 1), "NOTSET", epilogue="none",
+                              const_weight=True)
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    for _ in range(3):
+        sess.run(None, feeds)
+    assert len(force_winograd) == 3 and len(transforms) == 1
+
+
+def test_winograd_shape_rule():
+    """Defaults: big-channel maps with enough tiles take Winograd, small ones and strided don't."""
+    f32 = np.dtype(np.float32)
+    assert conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [1, 1], [1, 1], 1, [56, 56], f32)
+    assert not conv._use_winograd((1, 512, 7, 7), (512, 512, 3, 3), [3, 3], [1, 1], [1, 1], 1, [7, 7], f32)
+    assert not conv._use_winograd((1, 32, 56, 56), (32, 32, 3, 3), [3, 3], [1, 1], [1, 1], 1, [56, 56], f32)
+    assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [2, 2], [1, 1], 1, [28, 28], f32)
+    assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [1, 1], [1, 1], 1, [56, 56],
+                                  np.dtype(np.float64))

@@ -1,0 +1,189 @@
+"""Compiled depthwise 2-D convolution (numba, cached on disk) with a fused bias/Relu/Clip.
+
+numpy needs one array pass per kernel tap (17+ passes per output of a 3x3 depthwise conv) at
+ufunc-call/memory speed. The two kernels here keep each channel's work in L1/L2:
+
+* `_dw2d_planes` (large maps): per image and channel, the zero-padded input is split into
+  polyphase planes and each tap is one flat, vectorized multiply-add over the whole output plane.
+* `_dw2d_nhwc` (small maps): channels-last, a tap is one multiply-add over a run of C channels,
+  so 7x7 and 14x14 maps still vectorize.
+
+They are compiled with `nogil=True` and no numba threading: channel/row blocks go to
+`ep_cpu.gemm`'s thread pool like every other kernel (numba's workqueue threading layer is not
+safe under concurrent sessions). `cache=True` stores the machine code in `__pycache__` beside
+this file (or numba's user cache directory when that is read-only), so only the first session on
+a machine pays the compile (~3-5 s for both kernels; benchmarks/README.md).
+
+`AVAILABLE` is False when numba is not importable; callers then keep the numpy path.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays usable
+    numba = None
+
+AVAILABLE = numba is not None
+
+# Work per thread hand-off: below this many multiply-adds one thread runs everything (~50 us).
+PAR_MIN_MACS = 1 << 20
+
+
+def _dw2d_nhwc(x, w, bias, y, r0, r1, sh, sw, dh, dw, ph, pw, lo, hi, clamp):  # pragma: no cover
+    # Channels-last body compiled by numba: x (N, H, W, C), w (KH, KW, C), bias (C,),
+    # y (N, OH, OW, C); output rows [r0, r1) of the N*OH. A tap is one multiply-add over a
+    # contiguous run of C channels, so small maps (short rows) still vectorize.
+    h, wid, c = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = y.shape[1], y.shape[2]
+    kh, kw = w.shape[0], w.shape[1]
+    for r in range(r0, r1):
+        n = r // oh
+        oy = r - n * oh
+        for ox in range(ow):
+            acc = y[n, oy, ox]
+            for ci in range(c):
+                acc[ci] = bias[ci]
+            for ki in range(kh):
+                iy = oy * sh - ph + ki * dh
+                if iy < 0 or iy >= h:
+                    continue
+                for kj in range(kw):
+                    ix = ox * sw - pw + kj * dw
+                    if ix < 0 or ix >= wid:
+                        continue
+                    src = x[n, iy, ix]
+                    wk = w[ki, kj]
+                    for ci in range(c):
+                        acc[ci] += wk[ci] * src[ci]
+            if clamp:
+                for ci in range(c):
+                    v = acc[ci]
+                    if v < lo:
+                        acc[ci] = lo
+                    elif v > hi:
+                        acc[ci] = hi
+
+
+def _dw2d_planes(x, w, bias, y, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, clamp):  # pragma: no cover
+    # Plane body compiled by numba: x (N, C, H, W), w (C, KH, KW), y (N, C, OH, OW), channels
+    # [c0, c1). Per image and channel the zero-padded input is split into sh*sw polyphase
+    # planes (padded row a + t*sh is row t of phase a), each a flat scratch row of
+    # (hq + 1) * wq values; kernel tap (i, j) then is one flat multiply-add over oh*wq values
+    # of its phase shifted by ri*wq + rj (columns past ow are computed and dropped), all in L1/L2.
+    n_, _, h, wid = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    hq = oh + ((kh - 1) * dh) // sh
+    wq = ow + ((kw - 1) * dw) // sw
+    plen = (hq + 1) * wq
+    length = oh * wq
+    planes = np.zeros((sh * sw, plen), dtype=x.dtype)
+    acc = np.empty(length, dtype=x.dtype)
+    for n in range(n_):
+        for c in range(c0, c1):
+            img = x[n, c]
+            for a in range(sh):
+                for b in range(sw):
+                    pl = planes[a * sw + b]
+                    for t in range(hq):
+                        iy = a + t * sh - ph
+                        prow = pl[t * wq:(t + 1) * wq]
+                        if iy < 0 or iy >= h:
+                            for u in range(wq):
+                                prow[u] = 0
+                            continue
+                        xr = img[iy]
+                        for u in range(wq):
+                            ix = b + u * sw - pw
+                            prow[u] = xr[ix] if 0 <= ix < wid else 0
+            bv = bias[c]
+            for i in range(length):
+                acc[i] = bv
+            for ki in range(kh):
+                ri, a = divmod(ki * dh, sh)
+                for kj in range(kw):
+                    rj, b = divmod(kj * dw, sw)
+                    off = ri * wq + rj
+                    src = planes[a * sw + b, off:off + length]
+                    wv = w[c, ki, kj]
+                    for i in range(length):
+                        acc[i] += wv * src[i]
+            out = y[n, c]
+            for oy in range(oh):
+                orow = out[oy]
+                arow = acc[oy * wq:oy * wq + ow]
+                if clamp:
+                    for ox in range(ow):
+                        v = arow[ox]
+                        if v < lo:
+                            v = lo
+                        elif v > hi:
+                            v = hi
+                        orow[ox] = v
+                else:
+                    for ox in range(ow):
+                        orow[ox] = arow[ox]
+
+
+# Output maps at least this large (oh*ow) run the polyphase-plane kernel, smaller ones the
+# channels-last one. Measured on MobileNetV2's layers (2 threads): planes 2-3x faster from
+# 28x28 (stride 1) / 56x56 (stride 2) up, channels-last 1.5-2x faster at 14x14 and below
+# and for the 56->28 stride-2 layer.
+PLANES_MIN_STRIDE1 = 700
+PLANES_MIN_STRIDED = 2000
+
+_compiled: dict[str, object] = {}
+
+
+def _kernel(name: str):
+    fn = _compiled.get(name)
+    if fn is None:
+        fn = numba.njit(nogil=True, cache=True, fastmath=False)(globals()[name])
+        _compiled[name] = fn
+    return fn
+
+
+def _run_blocks(fn, total: int, threads: int, args_before: tuple, args_after: tuple, pool) -> None:
+    """fn(*args_before, i0, i1, *args_after) over [0, total) split into `threads` ranges."""
+    if threads <= 1:
+        fn(*args_before, 0, total, *args_after)
+        return
+    step = -(-total // threads)
+    futs = [pool(threads).submit(fn, *args_before, i0, min(total, i0 + step), *args_after)
+            for i0 in range(0, total, step)]
+    for f in futs:
+        f.result()
+
+
+def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,
+                 bias: np.ndarray | None, clamp: tuple[float, float] | None,
+                 threads: int, pool) -> np.ndarray:
+    """Depthwise conv of x (N, C, H, W) with w (C, 1, KH, KW) (float32/float64, same dtype),
+    plus bias and an optional clamp (Relu = (0, inf), Clip = (min, max)); NaN passes the clamp.
+    Returns a new (N, C, OH, OW) array. `pool(workers)` gives a ThreadPoolExecutor."""
+    n, c = x.shape[:2]
+    kh, kw = w.shape[2:]
+    oh, ow = out_shape
+    dt = x.dtype
+    b = np.zeros(c, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt).reshape(c)
+    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+    args = (int(strides[0]), int(strides[1]), int(dilations[0]), int(dilations[1]),
+            int(begin[0]), int(begin[1]), dt.type(lo), dt.type(hi), clamp is not None)
+    macs = n * c * oh * ow * kh * kw
+    threads = max(1, min(threads, macs // PAR_MIN_MACS))
+    strided = strides[0] > 1 or strides[1] > 1
+    if oh * ow >= (PLANES_MIN_STRIDED if strided else PLANES_MIN_STRIDE1):
+        y = np.empty((n, c, oh, ow), dtype=dt)
+        w3 = np.ascontiguousarray(w.reshape(c, kh, kw), dtype=dt)
+        _run_blocks(_kernel("_dw2d_planes"), c, min(threads, c), (np.ascontiguousarray(x), w3, b, y),
+                    args, pool)
+        return y
+    xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    wt = np.ascontiguousarray(w.reshape(c, kh * kw).T.reshape(kh, kw, c), dtype=dt)
+    yt = np.empty((n, oh, ow, c), dtype=dt)
+    _run_blocks(_kernel("_dw2d_nhwc"), n * oh, min(threads, n * oh), (xt, wt, b, yt), args, pool)
+    return np.ascontiguousarray(yt.transpose(0, 3, 1, 2))

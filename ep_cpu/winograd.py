@@ -1,0 +1,81 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3) for 3x3, stride-1, dilation-1, ungrouped float convs.
+
+An m x m output tile needs m+2 x m+2 inputs (a = m + 2); in the transformed domain the conv is
+a*a independent (M x C) @ (C x tiles) GEMMs, a*a/(9*m*m) of im2col's multiplies (0.44 for m=2,
+0.25 for m=4). The steps, all numpy/BLAS:
+
+    U = G w G^T        (a, a, M, C)   once per constant weight (`transform_weight`)
+    V = B^T d B        (a, a, C, P)   every tile d of the zero-padded input (two small GEMMs)
+    Mt = U @ V         (a*a batched BLAS GEMMs)
+    Y = A^T Mt A       (m, m, M, P)   then scattered to NCHW with bias/residual/activation
+
+The transform matrices are the standard ones of Lavin & Gray ("Fast Algorithms for
+Convolutional Neural Networks", 2015), points 0, +-1, +-2 (and infinity) for m=4.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ep_cpu.gemm import ACTIVATIONS
+
+_F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
+       np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
+       np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64))
+_F4 = (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=np.float64),
+       np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                 [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], dtype=np.float64),
+       np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                 [0, 1, -1, 8, -8, 1]], dtype=np.float64))
+MATRICES = {2: _F2, 4: _F4}
+
+
+def transform_weight(w: np.ndarray, m: int) -> np.ndarray:
+    """U = G w G^T for w (M, C, 3, 3): (a*a, M, C) in w's dtype (computed in float64)."""
+    g = MATRICES[m][1]
+    a = m + 2
+    u = np.einsum("ai,mcij,bj->abmc", g, w.astype(np.float64), g, optimize=True)
+    return np.ascontiguousarray(u.reshape(a * a, w.shape[0], w.shape[1]), dtype=w.dtype)
+
+
+def conv3x3(x: np.ndarray, u: np.ndarray, m: int, begin, out_shape,
+            bias: np.ndarray | None = None, residual: np.ndarray | None = None,
+            activation: str | None = None, activation_params: dict | None = None) -> np.ndarray:
+    """act(conv(x, w) + bias + residual) for x (N, C, H, W), u = transform_weight(w, m).
+
+    begin: (top, left) padding; out_shape: (oh, ow) (the end padding follows from it)."""
+    bt, _, at = (t.astype(x.dtype) for t in MATRICES[m])
+    a = m + 2
+    n, c, h, wd = x.shape
+    mo = u.shape[1]
+    oh, ow = out_shape
+    th, tw = -(-oh // m), -(-ow // m)
+    p = n * th * tw
+    # Zero-padded input covering every tile (th*m + 2 rows), input placed at (top, left).
+    hp, wp = th * m + 2, tw * m + 2
+    xp = np.zeros((n, c, hp, wp), dtype=x.dtype)
+    r0, c0 = max(0, -begin[0]), max(0, -begin[1])   # negative pads crop the input
+    r1, c1 = min(h, hp - begin[0]), min(wd, wp - begin[1])
+    if r1 > r0 and c1 > c0:
+        xp[:, :, begin[0] + r0:begin[0] + r1, begin[1] + c0:begin[1] + c1] = x[:, :, r0:r1, c0:c1]
+    s = xp.strides
+    tiles = as_strided(xp, shape=(n, c, th, tw, a, a),
+                       strides=(s[0], s[1], s[2] * m, s[3] * m, s[2], s[3]), writeable=False)
+    d = np.ascontiguousarray(tiles.transpose(4, 5, 1, 0, 2, 3)).reshape(a, a * c * p)
+    v = (bt @ d).reshape(a, a, c * p)          # rows of each tile
+    v = np.matmul(bt, v)                        # columns: (a, a, C*P)
+    mt = np.matmul(u, v.reshape(a * a, c, p))   # (a*a, M, P): the BLAS work
+    o = (at @ mt.reshape(a, a * mo * p)).reshape(m, a, mo * p)
+    o = np.matmul(at, o).reshape(m, m, mo, n, th, tw)
+    full = o.transpose(3, 2, 4, 0, 5, 1).reshape(n, mo, th * m, tw * m)[:, :, :oh, :ow]
+    y = np.empty((n, mo, oh, ow), dtype=x.dtype)
+    if bias is not None:
+        np.add(full, bias.astype(x.dtype, copy=False).reshape(1, mo, 1, 1), out=y)
+    else:
+        np.copyto(y, full)
+    if residual is not None:
+        y += residual.astype(x.dtype, copy=False)
+    if activation is not None:
+        ACTIVATIONS[activation](y, activation_params or {})
+    return y
