@@ -102,3 +102,24 @@ def test_layout_1_is_batch_major():
     np.testing.assert_allclose(y, base[0].transpose(2, 0, 1, 3), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(y_h, base[1].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(y_c, base[2].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_weights_fed_per_run_match_constant_weights(op):
+    """Constant W/R/B are converted and packed once at session build; fed ones every run (and a
+    new feed must be used, never a previous run's packing)."""
+    model, feeds = _model(op, "bidirectional", {}, False, False, False)
+    const = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name, a in weights.items():
+        model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(a.shape)))
+    del model.graph.initializer[:]
+    sess = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"])
+    fed = sess.run(None, {**feeds, **weights})
+    for o, c in zip(fed, const):
+        np.testing.assert_array_equal(o, c)
+    halved = {k: v * 0.5 for k, v in weights.items()}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {**feeds, **halved})
+    for o, r in zip(sess.run(None, {**feeds, **halved}), ref):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)

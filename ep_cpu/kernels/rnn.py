@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm, single_threaded_blas
+from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu.registry import kernel
 
@@ -67,6 +67,17 @@ class _Recurrent(Kernel):
         acts = _activations(names, self.attr("activation_alpha"), self.attr("activation_beta"))
         k = len(self.default_acts)
         self.acts = [acts[d * k:(d + 1) * k] for d in range(self.num_dir)]
+        # Constant W, R, B (the usual case): convert, transpose and pack them once here, not in
+        # every run (the per-run copies of a 2 x 1 MB R and its transpose cost milliseconds).
+        self.prepared = None
+        dts = node.input_dtypes
+        w, r = ctx.constant_input(1), ctx.constant_input(2)
+        b = ctx.constant_input(3) if len(node.inputs) > 3 and node.inputs[3] else None
+        has_b = len(node.inputs) > 3 and bool(node.inputs[3])
+        if (dts and dts[0] is not None and w is not None and r is not None
+                and (b is not None or not has_b)):
+            cdt = np.dtype(np.float64 if dts[0] == np.float64 else np.float32)
+            self.prepared = (cdt, self._prepare(w, r, b, cdt))
 
     def _clip(self, x):
         return np.clip(x, -self.clip, self.clip) if self.clip is not None else x
@@ -76,7 +87,7 @@ class _Recurrent(Kernel):
         return (self.n_gates > 1 and self.clip is None
                 and self.act_names == [a.lower() for a in self.default_acts] * self.num_dir)
 
-    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray) -> None:
+    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray, rt: np.ndarray, rb: np.ndarray) -> None:
         """All directions in lockstep; fills y, y_h, y_c.
 
         One batched H @ R^T per step for both directions halves the per-step numpy calls;
@@ -85,8 +96,6 @@ class _Recurrent(Kernel):
         own length); a row past its length keeps its state and gets zeros in y."""
         seq, ndir, batch = y.shape[:3]
         proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
-        rt = np.stack([d[4] for d in dirs])               # (D, H, G*H)
-        rb = np.stack([d[5] for d in dirs])[:, None]      # (D, 1, G*H)
         hist = np.empty_like(y)                          # hidden state by step
         h = np.stack([d[2] for d in dirs])
         c = np.stack([d[3] for d in dirs])
@@ -112,8 +121,28 @@ class _Recurrent(Kernel):
         y_h[:] = h
         y_c[:] = c
 
+    def _prepare(self, w, r, b, cdt) -> tuple:
+        """Per direction (W^T packed for the input projection, input bias, R^T, recurrent bias),
+        plus R^T and the recurrent biases of all directions stacked for the dense path."""
+        g = self.n_gates
+        hid = self.hidden or r.shape[-1]
+        per_dir = []
+        for d in range(self.num_dir):
+            wb = (np.zeros(2 * g * hid, dtype=cdt) if b is None else np.asarray(b[d], dtype=cdt))
+            wt = pack_b(np.asarray(w[d], dtype=cdt), trans_b=True)
+            rt = np.ascontiguousarray(np.asarray(r[d], dtype=cdt).T)
+            per_dir.append((wt, np.ascontiguousarray(wb[:g * hid]).reshape(1, -1), rt,
+                            np.ascontiguousarray(wb[g * hid:])))
+        rt_all = np.stack([d[2] for d in per_dir])                  # (D, H, G*H)
+        rb_all = np.stack([d[3] for d in per_dir])[:, None]          # (D, 1, G*H)
+        return per_dir, rt_all, rb_all
+
     def run(self, x, w, r, b, seq_lens, initial_h, initial_c=None, p=None):
-        cdt = np.float64 if x.dtype == np.float64 else np.float32
+        cdt = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+        if self.prepared is not None and self.prepared[0] == cdt:
+            prepared = self.prepared[1]
+        else:
+            prepared = self._prepare(w, r, b, cdt)
         if self.layout == 1:
             x = x.transpose(1, 0, 2)
             initial_h = None if initial_h is None else initial_h.transpose(1, 0, 2)
@@ -121,7 +150,7 @@ class _Recurrent(Kernel):
         seq, batch, _ = x.shape
         hid = self.hidden or r.shape[-1]
         g = self.n_gates
-        xf = x.astype(cdt)
+        xf = x.astype(cdt, copy=False)
         lens = (np.full(batch, seq, dtype=np.int64) if seq_lens is None
                 else np.asarray(seq_lens, dtype=np.int64).reshape(batch))
         y = np.zeros((seq, self.num_dir, batch, hid), dtype=cdt)
@@ -129,27 +158,27 @@ class _Recurrent(Kernel):
         y_c = np.zeros((self.num_dir, batch, hid), dtype=cdt)
         steps = np.arange(seq)[:, None]
         dirs = []  # per direction: (tidx, proj, h0, c0, R^T, recurrent bias, peepholes)
+        per_dir, rt_all, rb_all = prepared
         for d in range(self.num_dir):
             reverse = self.direction == "reverse" or d == 1
-            wb = (np.zeros(2 * g * hid, dtype=cdt) if b is None else b[d].astype(cdt))
+            wt, wb_in, rt, rb = per_dir[d]
             # Time index of each step per batch entry (reverse runs inside each sequence's length).
             if reverse:
                 tidx = np.where(steps < lens[None, :], lens[None, :] - 1 - steps, steps)
             else:
                 tidx = np.broadcast_to(steps, (seq, batch))
-            xs = xf[tidx, np.arange(batch)[None, :]]  # (seq, batch, input)
-            proj = gemm(xs.reshape(seq * batch, -1), w[d].astype(cdt), wb[:g * hid].reshape(1, -1),
-                        trans_b=True).reshape(seq, batch, g * hid)
+            # forward with full lengths: the input as it is (no gather copy)
+            xs = xf if not reverse and seq_lens is None else xf[tidx, np.arange(batch)[None, :]]
+            proj = gemm(xs.reshape(seq * batch, -1), wt, wb_in).reshape(seq, batch, g * hid)
             h = np.zeros((batch, hid), dtype=cdt) if initial_h is None else initial_h[d].astype(cdt)
             c = np.zeros((batch, hid), dtype=cdt) if initial_c is None else initial_c[d].astype(cdt)
-            rt = np.ascontiguousarray(r[d].astype(cdt).T)
             pd = None if p is None else p[d].astype(cdt)
-            dirs.append((tidx, proj, h, c, rt, wb[g * hid:], pd))
+            dirs.append((tidx, proj, h, c, rt, rb, pd))
         # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
         # when another process holds a core), so the recurrence runs on one thread.
         with single_threaded_blas():
             if self._dense_ok(p):
-                self._run_dense(dirs, y, y_h, y_c, lens)
+                self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all)
             else:
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):
                     for t in range(seq):
