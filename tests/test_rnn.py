@@ -123,3 +123,21 @@ def test_weights_fed_per_run_match_constant_weights(op):
         None, {**feeds, **halved})
     for o, r in zip(sess.run(None, {**feeds, **halved}), ref):
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ndir,rows,hid,n", [(1, 1, 1, 3), (2, 3, 13, 52), (1, 4, 256, 1024), (2, 16, 9, 27)])
+def test_compiled_recurrent_product_matches_matmul(dtype, ndir, rows, hid, n):
+    """The numba pass that replaces BLAS for H @ R^T of small batches (every hidden size: the
+    eight-row blocks and the remainder)."""
+    from ep_cpu.kernels.rnn_jit import recurrent_matmul
+    mm = recurrent_matmul(np.dtype(dtype))
+    if mm is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(hid)
+    h = rng.standard_normal((ndir, rows, hid)).astype(dtype)
+    rt = rng.standard_normal((ndir, hid, n)).astype(dtype)
+    out = np.full((ndir, rows, n), np.nan, dtype)
+    mm(h, rt, out)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, np.matmul(h.astype(np.float64), rt), rtol=tol, atol=tol * hid)

@@ -16,6 +16,7 @@ import numpy as np
 from ep_core.kernel import Kernel
 from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
+from ep_cpu.kernels.rnn_jit import SMALL_BATCH, recurrent_matmul
 from ep_cpu.registry import kernel
 
 # name -> (function(x, alpha, beta), default alpha, default beta, uses alpha, uses beta)
@@ -78,6 +79,11 @@ class _Recurrent(Kernel):
                 and (b is not None or not has_b)):
             cdt = np.dtype(np.float64 if dts[0] == np.float64 else np.float32)
             self.prepared = (cdt, self._prepare(w, r, b, cdt))
+        # The compiled H @ R^T for the dense path's small batches (compiled, or loaded from the
+        # disk cache, here at session build rather than in the first run).
+        self.jit_matmul = None
+        if self.prepared is not None and self._dense_ok(None):
+            self.jit_matmul = recurrent_matmul(self.prepared[0])
 
     def _clip(self, x):
         return np.clip(x, -self.clip, self.clip) if self.clip is not None else x
@@ -101,13 +107,17 @@ class _Recurrent(Kernel):
         c = np.stack([d[3] for d in dirs])
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
+        mm = np.matmul   # (h, rt, out): BLAS, or the compiled pass for a few rows
+        if (self.jit_matmul is not None and batch <= SMALL_BATCH and rt.dtype == y.dtype
+                and rt.flags.c_contiguous):
+            mm = self.jit_matmul
         tmp = np.empty_like(h)
         live = np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
         for t in range(seq):
             done = None if live[t].all() else np.flatnonzero(~live[t])
             if done is not None:
                 c_done = c[:, done].copy()
-            self._dense_step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t])
+            self._dense_step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
             if done is not None:   # rows past their length carry their state unchanged
                 hist[t][:, done] = h[:, done]
                 c[:, done] = c_done
@@ -242,11 +252,11 @@ class GRU(_Recurrent):
         proj[..., 2 * hid:] += rb[..., 2 * hid:]
         return None
 
-    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out):
+    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm=np.matmul):
         hid = h.shape[-1]
         zr, n = gates[..., :2 * hid], gates[..., 2 * hid:]
         if self.lbr:
-            np.matmul(h, rt, out=gates)
+            mm(h, rt, gates)   # all C-contiguous (the halves below are not: BLAS does those)
             n += rbh
         else:
             np.matmul(h, rt[..., :2 * hid], out=zr)
@@ -282,9 +292,9 @@ class LSTM(_Recurrent):
         proj += rb
         return None
 
-    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out):
+    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm=np.matmul):
         hid = h.shape[-1]
-        np.matmul(h, rt, out=gates)
+        mm(h, rt, gates)
         gates += xp
         sig, cand = gates[..., :3 * hid], gates[..., 3 * hid:]  # i, o, f | c
         sigmoid(sig, out=sig)
