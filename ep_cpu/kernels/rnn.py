@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.types import tensor_shape
 from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu.kernels.rnn_jit import SMALL_BATCH, recurrent_matmul
@@ -61,6 +62,7 @@ class _Recurrent(Kernel):
         self.num_dir = 2 if self.direction == "bidirectional" else 1
         self.layout = int(self.attr("layout", 0))
         self.clip = self.attr("clip")
+        self.input_forget = bool(self.attr("input_forget", 0))   # LSTM only
         names = self.attr("activations") or list(self.default_acts) * self.num_dir
         if len(names) == len(self.default_acts) and self.num_dir == 2:
             names = list(names) * 2
@@ -81,8 +83,11 @@ class _Recurrent(Kernel):
             self.prepared = (cdt, self._prepare(w, r, b, cdt))
         # The compiled H @ R^T for the dense path's small batches (compiled, or loaded from the
         # disk cache, here at session build rather than in the first run).
+        # A batch of one is a GEMV, as fast in BLAS: numba is not even imported for it.
         self.jit_matmul = None
-        if self.prepared is not None and self._dense_ok(None):
+        x_shape = tensor_shape(node.input_types[0]) if node.input_types else None
+        batch = x_shape[1 - self.layout] if x_shape and len(x_shape) == 3 else None
+        if self.prepared is not None and self._dense_ok(None) and batch != 1:
             self.jit_matmul = recurrent_matmul(self.prepared[0])
 
     def _clip(self, x):
@@ -93,41 +98,49 @@ class _Recurrent(Kernel):
         return (self.n_gates > 1 and self.clip is None
                 and self.act_names == [a.lower() for a in self.default_acts] * self.num_dir)
 
-    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray, rt: np.ndarray, rb: np.ndarray) -> None:
-        """All directions in lockstep; fills y, y_h, y_c.
+    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray | None, rt: np.ndarray,
+                   rb: np.ndarray) -> None:
+        """All directions in lockstep; fills y, y_h, y_c (`lens` None: every row runs the whole
+        sequence).
 
         One batched H @ R^T per step for both directions halves the per-step numpy calls;
         measured faster than running the directions on two threads (GIL hand-offs on the many
         small ufunc calls). Step t of a row handles its time tidx[t] (reverse: inside the row's
         own length); a row past its length keeps its state and gets zeros in y."""
         seq, ndir, batch = y.shape[:3]
-        proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
-        hist = np.empty_like(y)                          # hidden state by step
-        h = np.stack([d[2] for d in dirs])
-        c = np.stack([d[3] for d in dirs])
+        if ndir == 1:   # views, no stacking copies (each array is this run's own)
+            proj, h, c = dirs[0][1][:, None], dirs[0][2][None], dirs[0][3][None]
+        else:
+            proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
+            h = np.stack([d[2] for d in dirs])
+            c = np.stack([d[3] for d in dirs])
+        # forward over full lengths: the states go straight into y
+        hist = y if lens is None and self.direction == "forward" else np.empty_like(y)
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
         mm = np.matmul   # (h, rt, out): BLAS, or the compiled pass for a few rows
-        if (self.jit_matmul is not None and batch <= SMALL_BATCH and rt.dtype == y.dtype
+        if (self.jit_matmul is not None and 2 <= batch <= SMALL_BATCH and rt.dtype == y.dtype
                 and rt.flags.c_contiguous):
             mm = self.jit_matmul
         tmp = np.empty_like(h)
-        live = np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
+        live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
+        step = self._dense_step
         for t in range(seq):
-            done = None if live[t].all() else np.flatnonzero(~live[t])
+            done = None if live is None or live[t].all() else np.flatnonzero(~live[t])
             if done is not None:
                 c_done = c[:, done].copy()
-            self._dense_step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
+            step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
             if done is not None:   # rows past their length carry their state unchanged
                 hist[t][:, done] = h[:, done]
                 c[:, done] = c_done
             h = hist[t]
-        for d, (tidx, *_rest) in enumerate(dirs):
-            if live.all():
-                y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
-            else:
-                tt, bb = np.nonzero(live)
-                y[tidx[tt, bb], d, bb] = hist[tt, d, bb]
+        if hist is not y:
+            for d, (tidx, *_rest) in enumerate(dirs):
+                if live is None or live.all():
+                    y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
+                else:
+                    tt, bb = np.nonzero(live)
+                    y[tidx[tt, bb], d, bb] = hist[tt, d, bb]
         y_h[:] = h
         y_c[:] = c
 
@@ -161,25 +174,41 @@ class _Recurrent(Kernel):
         hid = self.hidden or r.shape[-1]
         g = self.n_gates
         xf = x.astype(cdt, copy=False)
-        lens = (np.full(batch, seq, dtype=np.int64) if seq_lens is None
-                else np.asarray(seq_lens, dtype=np.int64).reshape(batch))
-        y = np.zeros((seq, self.num_dir, batch, hid), dtype=cdt)
-        y_h = np.zeros((self.num_dir, batch, hid), dtype=cdt)
-        y_c = np.zeros((self.num_dir, batch, hid), dtype=cdt)
-        steps = np.arange(seq)[:, None]
+        lens = None if seq_lens is None else np.asarray(seq_lens, dtype=np.int64).reshape(batch)
+        if lens is not None and (lens == seq).all():
+            lens = None                     # every row runs the whole sequence
+        dense = self._dense_ok(p)
+        # The dense path over full lengths writes every entry of y, y_h and y_c.
+        alloc = np.empty if dense and lens is None else np.zeros
+        y = alloc((seq, self.num_dir, batch, hid), dtype=cdt)
+        y_h = alloc((self.num_dir, batch, hid), dtype=cdt)
+        y_c = alloc((self.num_dir, batch, hid), dtype=cdt)
+        # Time index of each step per row (reverse runs inside each row's own length); the dense
+        # path over full lengths reads the projections backwards instead.
+        need_tidx = not (dense and lens is None)
+        full = lens if lens is not None else np.full(batch, seq, dtype=np.int64) if need_tidx else None
+        steps = np.arange(seq)[:, None] if need_tidx else None
         dirs = []  # per direction: (tidx, proj, h0, c0, R^T, recurrent bias, peepholes)
         per_dir, rt_all, rb_all = prepared
         for d in range(self.num_dir):
             reverse = self.direction == "reverse" or d == 1
             wt, wb_in, rt, rb = per_dir[d]
-            # Time index of each step per batch entry (reverse runs inside each sequence's length).
-            if reverse:
-                tidx = np.where(steps < lens[None, :], lens[None, :] - 1 - steps, steps)
+            if not need_tidx:
+                tidx = None
+            elif reverse:
+                tidx = np.where(steps < full[None, :], full[None, :] - 1 - steps, steps)
             else:
                 tidx = np.broadcast_to(steps, (seq, batch))
-            # forward with full lengths: the input as it is (no gather copy)
-            xs = xf if not reverse and seq_lens is None else xf[tidx, np.arange(batch)[None, :]]
-            proj = gemm(xs.reshape(seq * batch, -1), wt, wb_in).reshape(seq, batch, g * hid)
+            # full lengths: project the input as it is (reverse: read the projections backwards)
+            xs = xf if lens is None else xf[tidx, np.arange(batch)[None, :]]
+            if seq * batch <= 32:   # a few rows: gemm's blocking machinery costs more than it saves
+                proj = np.matmul(xs.reshape(seq * batch, -1), wt.unpack())
+                proj += wb_in
+            else:
+                proj = gemm(xs.reshape(seq * batch, -1), wt, wb_in)
+            proj = proj.reshape(seq, batch, g * hid)
+            if reverse and lens is None:
+                proj = proj[::-1]
             h = np.zeros((batch, hid), dtype=cdt) if initial_h is None else initial_h[d].astype(cdt)
             c = np.zeros((batch, hid), dtype=cdt) if initial_c is None else initial_c[d].astype(cdt)
             pd = None if p is None else p[d].astype(cdt)
@@ -187,13 +216,13 @@ class _Recurrent(Kernel):
         # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
         # when another process holds a core), so the recurrence runs on one thread.
         with single_threaded_blas():
-            if self._dense_ok(p):
+            if dense:
                 self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all)
             else:
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):
                     for t in range(seq):
                         h_new, c_new = self._step(proj[t], h, c, rt, rb, pd, self.acts[d], hid)
-                        live = (t < lens)[:, None]
+                        live = (t < full)[:, None]
                         h = np.where(live, h_new, h)
                         c = np.where(live, c_new, c)
                         y[tidx[t], d, np.arange(batch)] = np.where(live, h_new, 0)
@@ -285,7 +314,7 @@ class LSTM(_Recurrent):
         return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
 
     def _dense_ok(self, p) -> bool:
-        return (super()._dense_ok(p) and not self.attr("input_forget", 0)
+        return (super()._dense_ok(p) and not self.input_forget
                 and (p is None or not np.any(p)))
 
     def _fold_recurrent_bias(self, proj, rb):
@@ -313,7 +342,7 @@ class LSTM(_Recurrent):
             gi = gi + p[:hid] * c
             gf = gf + p[2 * hid:] * c
         i = f(self._clip(gi))
-        fg = 1 - i if self.attr("input_forget", 0) else f(self._clip(gf))
+        fg = 1 - i if self.input_forget else f(self._clip(gf))
         c_new = fg * c + i * g(self._clip(gc))
         if p is not None:
             go = go + p[hid:2 * hid] * c_new
