@@ -135,3 +135,13 @@ def test_declared_float32_binds_the_ufunc_itself():
     assert _kernel("Add", [np.float32] * 2, np.float32, None, "rank", (4,)).compute is np.add
     assert _kernel("Neg", [np.float32], np.float32, None, "dtype", (4,)).compute is not np.negative
     assert "compute" not in vars(_kernel("Neg", [np.float32], np.float32, None, "none", (4,)))
+
+
+def test_cast_to_float8_keeps_its_saturation():
+    """ml_dtypes' float8 reports kind 'f' like numpy's floats, but Cast to it saturates (a plain
+    astype gives inf): the bound astype is for numpy's own types only."""
+    import ml_dtypes
+    k = _kernel("Cast", [np.float16], np.float16, {"to": TensorProto.FLOAT8E5M2}, "rank", (3,))
+    got = k.compute(np.array([1e5, -1e5, 0.5], np.float16))
+    np.testing.assert_array_equal(got.astype(np.float32), [57344, -57344, 0.5])
+    assert got.dtype == np.dtype(ml_dtypes.float8_e5m2)

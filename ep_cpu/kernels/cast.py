@@ -16,6 +16,10 @@ _STRING = np.dtype(object)
 _FLOAT8 = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
                                   ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)}
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
+# numpy's own numeric types (ml_dtypes' float8/bfloat16/int4 also report kind 'f'/'i' but have
+# their own saturation and rounding rules)
+_NUMPY_NUMERIC = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                         np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 
 
 def _is_float(dt: np.dtype) -> bool:
@@ -151,7 +155,7 @@ class Cast(_CastBase):
         dts = node.input_dtypes
         src = dts[0] if dts else None
         # numpy's own conversion between its native int/float types is ONNX's Cast: bind it.
-        if src is not None and src.kind in "iuf" and self.to.kind in "iuf" and src != self.to:
+        if src is not None and src in _NUMPY_NUMERIC and self.to in _NUMPY_NUMERIC and src != self.to:
             self.compute = functools.partial(np.ndarray.astype, dtype=self.to)
 
     def compute(self, x):
