@@ -37,10 +37,12 @@ class FeedSpec:
         return [v for v in self.inputs if v.name in self.initializers and v.name not in self.constants]
 
 
-def check_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any]:
+def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = frozenset()
+                ) -> dict[str, Any]:
     """Validate `input_feed` against the model's declared inputs; returns the converted feeds.
 
-    Constant initializers cannot be fed; every input that is not an initializer must be.
+    Constant initializers cannot be fed; every input that is not an initializer must be. Feeds
+    named in `on_device` are device arrays: only their dtype and shape are checked (never read).
     """
     if not isinstance(input_feed, dict):
         raise InvalidArgument(f"input_feed must be a dict of name -> value, got {type(input_feed).__name__}")
@@ -61,36 +63,108 @@ def check_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any]:
     for name, value in input_feed.items():
         vi = declared[name]
         kind = vi.type.WhichOneof("value") if vi.type is not None else None
-        if kind == "tensor_type":
+        if kind == "tensor_type" and name in on_device:
+            check_device_feed(name, value, vi)
+        elif kind == "tensor_type":
             value = check_tensor_feed(name, value, vi)
         feeds[name] = value
     return feeds
 
 
 def check_tensor_feed(name: str, value: Any, vi) -> np.ndarray:
-    """One tensor feed: converted to an array, dtype and static dims checked."""
-    if not isinstance(value, np.ndarray):
-        try:
-            value = np.asarray(value)
-        except Exception as e:
-            raise InvalidArgument(f"feed '{name}': cannot convert {type(value).__name__} to an "
-                                  f"array: {e}") from e
+    """One tensor feed as onnxruntime takes it, converted to a native-order contiguous array.
+
+    Arrays must already have the declared element type (a float64 array for a float input is
+    refused, as in onnxruntime); Python lists, tuples and numbers are converted to it.
+    """
+    value = _as_array(name, value, tensor_dtype(vi.type), type_string(vi.type))
+    _check_shape(name, value, vi)
+    return value
+
+
+def check_device_feed(name: str, value: Any, vi) -> None:
+    """A feed already on a device: dtype and shape from its metadata, as for a host array."""
     want = tensor_dtype(vi.type)
-    got = value.dtype
-    if want is not None:
-        same = got == want or (want == object and got.kind in "OUS")
-        if not same:
-            raise InvalidArgument(f"feed '{name}' has dtype {got} but the model expects "
-                                  f"{type_string(vi.type)} ({want})")
-        if want == object and got.kind in "US":
-            value = value.astype(object)
+    got = getattr(value, "dtype", None)
+    if want is not None and got is not None and np.dtype(got) != want:
+        raise InvalidArgument(f"feed '{name}' (on a device) has dtype {got} but the model expects "
+                              f"{type_string(vi.type)} ({want})")
+    _check_shape(name, value, vi)
+
+
+def _check_shape(name: str, value: Any, vi) -> None:
     shape = tensor_shape(vi.type)
     if shape is not None:
-        if value.ndim != len(shape):
-            raise InvalidArgument(f"feed '{name}' has rank {value.ndim} (shape {list(value.shape)}) "
+        if len(value.shape) != len(shape):
+            raise InvalidArgument(f"feed '{name}' has rank {len(value.shape)} (shape {list(value.shape)}) "
                                   f"but the model expects rank {len(shape)} (shape {shape})")
         for axis, (d, w) in enumerate(zip(value.shape, shape)):
             if isinstance(w, int) and d != w:
                 raise InvalidArgument(f"feed '{name}' has dimension {d} at axis {axis} but the "
                                       f"model expects {w} (shape {shape})")
+
+
+def _as_array(name: str, value: Any, want: np.dtype | None, declared: str) -> np.ndarray:
+    if isinstance(value, (list, tuple)) or (isinstance(value, (bool, int, float, str, bytes))
+                                             and not isinstance(value, np.generic)):
+        return _from_python(name, value, want, declared)
+    if isinstance(value, np.generic):  # a numpy scalar keeps its dtype, like a 0-d array
+        value = np.asarray(value)
+    if not isinstance(value, np.ndarray):
+        if value is None or isinstance(value, dict) or not hasattr(value, "__array__"):
+            raise InvalidArgument(f"feed '{name}' is a {type(value).__name__}; the model expects "
+                                  f"{declared}: give a numpy array or a list")
+        try:
+            value = np.asarray(value)
+        except Exception as e:
+            raise InvalidArgument(f"feed '{name}': cannot convert {type(value).__name__} to an "
+                                  f"array: {e}") from e
+    got = value.dtype
+    if want is not None:
+        if want == object:
+            if got.kind not in "OUS":
+                raise InvalidArgument(f"feed '{name}' has dtype {got} but the model expects "
+                                      f"{declared}: give str values")
+            return _strings(name, value)
+        if (got if got.isnative else got.newbyteorder("=")) != want:
+            raise InvalidArgument(f"feed '{name}' has dtype {got} but the model expects "
+                                  f"{declared} ({want})")
+    if not got.isnative:  # onnxruntime would read the bytes as native-order: convert instead
+        value = value.astype(got.newbyteorder("="))
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
     return value
+
+
+def _from_python(name: str, value: Any, want: np.dtype | None, declared: str) -> np.ndarray:
+    """Lists and Python scalars take the declared element type, converted as numpy converts each
+    element (as onnxruntime does: '1.5' -> 1.5, 1.5 -> 1 for an integer input); what the type
+    cannot hold (out of range, not a number, ragged nesting) is refused."""
+    try:
+        if want is None:
+            return np.asarray(value)
+        if want == object:
+            return _strings(name, np.asarray(value, dtype=object))
+        return np.array(value, dtype=want)
+    except (OverflowError, ValueError, TypeError) as e:
+        raise InvalidArgument(f"feed '{name}': cannot make a {declared} of the given "
+                              f"{type(value).__name__}: {e}") from e
+
+
+def _strings(name: str, value: np.ndarray) -> np.ndarray:
+    """String tensors are object arrays of str; bytes are decoded as UTF-8, numbers written out."""
+    out = np.empty(value.shape, dtype=object)
+    flat = out.reshape(-1)
+    for k, v in enumerate(value.reshape(-1)):
+        if isinstance(v, (bytes, np.bytes_)):
+            try:
+                v = bytes(v).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidArgument(f"feed '{name}': element {k} is not UTF-8 text: {e}") from e
+        elif not isinstance(v, str):
+            if not isinstance(v, (int, float, bool, np.number, np.bool_)):
+                raise InvalidArgument(f"feed '{name}': element {k} is a {type(v).__name__}, not "
+                                      f"a string")
+            v = str(v)
+        flat[k] = str(v)
+    return out

@@ -32,6 +32,8 @@ def configure_logging(severity: int, verbosity: int = 0) -> logging.Logger:
     writing to stderr is added once, unless the application configured its own.
     """
     logger = logging.getLogger(LOGGER_NAME)
+    if int(severity) < 0:  # onnxruntime's -1: keep the default logger's severity
+        return logger
     level = _SEVERITY_TO_LEVEL.get(int(severity), logging.WARNING)
     if int(severity) == 0 and int(verbosity) > 0:
         level = 1

@@ -304,6 +304,115 @@ class InferenceSession:
         """The placed graph the plan runs (for tests and tools that inspect the build)."""
         return self._placement.graph
 
+    # --- Bound run (IO binding, OrtValues on devices) --------------------------------------------
+    def run_bound(self, feeds: dict[str, Any], feed_devices: dict[str, Device],
+                  output_names: Sequence[str] | None, fetch_devices: Sequence[Device | None] | None = None,
+                  run_options: RunOptions | None = None) -> list[tuple[Any, Device]]:
+        """Run with feeds that may already live on a device and fetches left on a device.
+
+        feeds: input name -> value; feed_devices[name]: the Device of a feed that is not a host
+        array (absent: host). A device feed goes straight to the nodes that read it on that
+        device (the plan's MemcpyFromHost for it is skipped); readers elsewhere get one copy.
+        fetch_devices[k]: where output k must end (None: where its producer left it; HOST: the
+        host); the MemcpyToHost of a fetch wanted where it was produced is skipped. Returns
+        (value, Device) per output. Sequential executor, cancellation as in `run`, no profiling
+        events. Written against the current Plan (steps, slots, copy steps) and Placement
+        (value locations); the IO binding layer (ep_core/iobinding.py) needs only this signature.
+        """
+        from contextlib import ExitStack
+
+        from .partition import COPY_OPS
+        from .provider import HOST
+
+        plan, where_is = self._plan, self._placement.locations
+        on_device = {n: d for n, d in feed_devices.items() if not d.is_host}
+        checked = check_feeds(feeds, self._feed_spec, frozenset(on_device))
+        names = list(output_names) if output_names else [v.name for v in self._outputs_vi]
+        fetch_slots = self._fetch_slots(names)
+        wants = list(fetch_devices) if fetch_devices is not None else [HOST] * len(names)
+        if len(wants) != len(names):
+            raise InvalidArgument(f"{len(wants)} fetch devices for {len(names)} outputs")
+
+        def is_copy(st) -> bool:
+            return st.node.op_type in COPY_OPS and hasattr(st.kernel, "dst")
+
+        producer = {s: st for st in plan.steps for s in st.outputs if s is not None}
+        skipped: set[int] = set()            # id() of copy steps a bound value makes unnecessary
+        slots = plan.initial_slots({n: v for n, v in checked.items() if n not in on_device})
+        for name, dev in on_device.items():
+            s = plan.slot_of.get(name)
+            if s is None:
+                continue
+            for st in plan.steps:
+                if is_copy(st) and st.inputs[0] == s and st.kernel.dst == dev:
+                    slots[st.outputs[0]] = checked[name]
+                    skipped.add(id(st))
+            if any(s in st.inputs for st in plan.steps if id(st) not in skipped) or s in fetch_slots:
+                slots[s] = self._bound_copy(checked[name], dev, HOST)
+        # Fetches wanted where they were produced: read the copy's source, skip the copy.
+        sources: list[tuple[int, Device]] = []
+        for fs, want in zip(fetch_slots, wants):
+            st = producer.get(fs)
+            src = (fs, HOST)
+            if st is not None and is_copy(st) and (want is None or not want.is_host) \
+                    and not any(fs in o.inputs for o in plan.steps):
+                skipped.add(id(st))
+                src = (st.inputs[0], where_is.get(st.node.inputs[0], HOST))
+            sources.append(src)
+        keep = {s for s, _ in sources}
+        control = RunControl(run_options, getattr(run_options, "timeout_s", 0.0))
+        token = current_run.set(control)
+        for p in self._providers:
+            p.on_run_start(run_options)
+        try:
+            with ExitStack() as stack:
+                stack.enter_context(np.errstate(all="ignore"))   # as run_plan: IEEE results wanted
+                intra = int(getattr(self._options, "intra_op_num_threads", 0) or 0)
+                for p in plan.providers:
+                    stack.enter_context(p.limit_threads(intra))
+                for st in plan.steps:
+                    control.check()
+                    if id(st) in skipped:
+                        continue
+                    outs = st.execute([slots[s] if s is not None else None for s in st.inputs])
+                    for s, v in zip(st.outputs, outs):
+                        if s is not None:
+                            slots[s] = v
+                    for s in st.release:
+                        if s not in keep:
+                            slots[s] = None
+            results = []
+            for (src, where), want in zip(sources, wants):
+                value = slots[src]
+                if want is not None and want != where:
+                    value, where = self._bound_copy(value, where, want), want
+                results.append((value, where))
+            host = _unaliased([v for v, _ in results], {n: checked[n] for n in checked if n not in on_device})
+            return [(h if w.is_host else v, w) for h, (v, w) in zip(host, results)]
+        finally:
+            current_run.reset(token)
+            for p in self._providers:
+                p.on_run_end(run_options)
+
+    def _bound_copy(self, value: Any, src: Any, dst: Any) -> Any:
+        """One copy between memory spaces with this session's providers' transfers (through the
+        host when no provider copies directly)."""
+        from .provider import HOST
+
+        if src == dst:
+            return value
+        for p in self._providers:
+            t = p.get_data_transfer()
+            if t is not None and t.can_copy(src, dst):
+                out = t.copy(value, dst)
+                p.sync()
+                return out
+        if not src.is_host and not dst.is_host:
+            return self._bound_copy(self._bound_copy(value, src, HOST), HOST, dst)
+        raise InvalidArgument(f"no provider of this session ({[p.type for p in self._providers]}) "
+                              f"copies values from {src} to {dst}")
+
+
 
 def _unaliased(outputs: list[Any], feeds: dict[str, Any]) -> list[Any]:
     """Outputs the caller owns: a host array that is a constant (read-only), or shares memory with

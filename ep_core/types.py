@@ -62,8 +62,16 @@ def type_string(tp: onnx.TypeProto | None) -> str:
     return "unknown"
 
 
+def dtype_type_string(dtype) -> str:
+    """onnxruntime's type string of a tensor with this numpy dtype: float32 -> 'tensor(float)'."""
+    return f"tensor({_TYPE_NAMES.get(elem_type(dtype), 'unknown')})"
+
+
 def tensor_shape(tp: onnx.TypeProto | None) -> list | None:
-    """Shape as a list of int / str (symbolic) / None (unknown dim); None if the rank is unknown."""
+    """Shape as a list of int / str (symbolic) / None (unknown dim); None if the rank is unknown.
+
+    A negative declared size is unknown (as in onnxruntime); 0 stays a static size, as there.
+    """
     if tp is None or tp.WhichOneof("value") != "tensor_type":
         return None
     tt = tp.tensor_type
@@ -71,8 +79,10 @@ def tensor_shape(tp: onnx.TypeProto | None) -> list | None:
         return None
     dims = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(d.dim_value)
+        elif d.HasField("dim_value"):  # exporters write -1 for "any size": onnxruntime reads it so
+            dims.append(None)
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
         else:

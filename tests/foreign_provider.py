@@ -24,6 +24,10 @@ class ForeignArray:
     def shape(self):
         return self.data.shape
 
+    @property
+    def dtype(self):
+        return self.data.dtype
+
 
 def unwrap(v) -> np.ndarray:
     if not isinstance(v, ForeignArray):

@@ -1,0 +1,1 @@
+"""onnxruntime.capi: the submodules applications import by path."""
