@@ -142,3 +142,44 @@ def test_cast_to_float8_keeps_its_saturation():
     got = k.compute(np.array([65000, -65000, 0.5], np.float16))   # rounds to inf unsaturated
     np.testing.assert_array_equal(got.astype(np.float32), [57344, -57344, 0.5])
     assert got.dtype == np.dtype(ml_dtypes.float8_e5m2)
+
+
+@pytest.mark.parametrize("declared", ["rank", "dtype", "none"])
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("indices", [np.array([-1, 0, 2], np.int64), np.array(-2, np.int32),
+                                     np.array([[1, -3]], np.int32)], ids=["1d", "0d", "2d"])
+def test_gather_fast_path_matches_onnxruntime(declared, axis, indices):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    node = Node("Gather", ["x", "i"], ["y"], name="g", attrs={"axis": axis}, since_version=13, opset=17,
+                input_types=[helper.make_tensor_type_proto(TensorProto.FLOAT, [3, 4] if declared == "rank" else None),
+                             helper.make_tensor_type_proto(_ELEM[indices.dtype], None)][:2 if declared != "none" else 0],
+                output_types=[helper.make_tensor_type_proto(TensorProto.FLOAT, None)])
+    k = registry.lookup(node).factory(node, KernelContext(CPUExecutionProvider()))
+    got = k.compute(x, indices)
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["y"], axis=axis)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+                               helper.make_tensor_value_info("i", _ELEM[indices.dtype], None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x, "i": indices})[0]
+    assert type(got) is np.ndarray and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(IndexError):
+        k.compute(x, np.array([3 if axis == 0 else 4], np.int64))
+    with pytest.raises(IndexError):
+        k.compute(x, np.array([-4 if axis == 0 else -5], np.int64))
+
+
+@pytest.mark.parametrize("declared", ["rank", "none"])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_concat_fast_path(declared, axis):
+    xs = [np.arange(6, dtype=np.int64).reshape(2, 3) * k for k in range(1, 4)]
+    types = [helper.make_tensor_type_proto(TensorProto.INT64, [2, 3]) for _ in xs] if declared == "rank" else []
+    node = Node("Concat", ["a", "b", "c"], ["y"], name="c", attrs={"axis": axis}, since_version=13, opset=17,
+                input_types=types, output_types=[])
+    k = registry.lookup(node).factory(node, KernelContext(CPUExecutionProvider()))
+    assert ("compute" in vars(k)) == (declared == "rank")
+    got = k.compute(*xs)
+    np.testing.assert_array_equal(got, np.concatenate(xs, axis=axis))
+    assert got.dtype == np.int64

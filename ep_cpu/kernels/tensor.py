@@ -11,6 +11,7 @@ import numpy as np
 
 from ep_core.errors import Fail
 from ep_core.kernel import Kernel
+from ep_core.types import tensor_shape
 from ep_cpu.registry import kernel
 
 
@@ -69,6 +70,20 @@ class Concat(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axis = self.attr("axis", 1)  # opset 1 defaults to 1; later versions require it
+        # Every input declared with one dtype and input 0 with its rank: the axis is known and
+        # no dtype fix-up is needed (Concat has no optional inputs).
+        dts, types = node.input_dtypes, node.input_types
+        shape = tensor_shape(types[0]) if types else None
+        if shape and dts and dts[0] is not None and all(d is not None and d == dts[0] for d in dts):
+            try:
+                axis = norm_axis(self.axis, len(shape))
+            except ValueError:
+                return   # the run-time path reports it
+            concatenate = np.concatenate
+
+            def concat(*xs):
+                return concatenate(xs, axis=axis)
+            self.compute = concat
 
     def compute(self, *xs):
         xs = [x for x in xs if x is not None]
