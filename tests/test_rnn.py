@@ -102,3 +102,42 @@ def test_layout_1_is_batch_major():
     np.testing.assert_allclose(y, base[0].transpose(2, 0, 1, 3), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(y_h, base[1].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(y_c, base[2].transpose(1, 0, 2), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_weights_fed_per_run_match_constant_weights(op):
+    """Constant W/R/B are converted and packed once at session build; fed ones every run (and a
+    new feed must be used, never a previous run's packing)."""
+    model, feeds = _model(op, "bidirectional", {}, False, False, False)
+    const = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name, a in weights.items():
+        model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(a.shape)))
+    del model.graph.initializer[:]
+    sess = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"])
+    fed = sess.run(None, {**feeds, **weights})
+    for o, c in zip(fed, const):
+        np.testing.assert_array_equal(o, c)
+    halved = {k: v * 0.5 for k, v in weights.items()}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {**feeds, **halved})
+    for o, r in zip(sess.run(None, {**feeds, **halved}), ref):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ndir,rows,hid,n", [(1, 1, 1, 3), (2, 3, 13, 52), (1, 4, 256, 1024), (2, 16, 9, 27)])
+def test_compiled_recurrent_product_matches_matmul(dtype, ndir, rows, hid, n):
+    """The numba pass that replaces BLAS for H @ R^T of small batches (every hidden size: the
+    eight-row blocks and the remainder)."""
+    from ep_cpu.kernels.rnn_jit import recurrent_matmul
+    mm = recurrent_matmul(np.dtype(dtype))
+    if mm is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(hid)
+    h = rng.standard_normal((ndir, rows, hid)).astype(dtype)
+    rt = rng.standard_normal((ndir, hid, n)).astype(dtype)
+    out = np.full((ndir, rows, n), np.nan, dtype)
+    mm(h, rt, out)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, np.matmul(h.astype(np.float64), rt), rtol=tol, atol=tol * hid)

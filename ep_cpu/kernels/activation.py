@@ -5,8 +5,8 @@ import numpy as np
 from scipy import special
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm_epilogue import ACTIVATIONS, relu, sigmoid
-from ep_cpu.kernels.math import as_dtype, upcast
+from ep_cpu.gemm_epilogue import _clip_ufunc, ACTIVATIONS, relu, sigmoid
+from ep_cpu.kernels.math import _NATIVE_FLOATS, _ndarray, as_dtype, declared_dtypes, direct, upcast
 from ep_cpu.registry import kernel
 
 
@@ -14,19 +14,52 @@ def _softplus(v: np.ndarray) -> np.ndarray:
     return np.logaddexp(0, v)  # log(1 + exp(v)) without overflow
 
 
+def _native_float_input(node) -> np.dtype | None:
+    """The declared float32/float64 dtype of input 0, else None (`None in _NATIVE_FLOATS` would
+    be True: numpy compares None as float64)."""
+    dts = declared_dtypes(node)
+    dt = dts[0] if dts else None
+    return dt if dt is not None and dt in _NATIVE_FLOATS else None
+
+
 class _Elementwise(Kernel):
-    """y = f(x) computed in float32 for low-precision floats, returned in x's dtype."""
+    """y = f(x) computed in float32 for low-precision floats, returned in x's dtype.
+
+    numpy's errors are off for the whole run (exp overflow etc. give the IEEE results we want):
+    no errstate here. A declared float32/float64 input skips the upcast."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if _native_float_input(node) is not None:
+            self.compute = self.compute_native
 
     def f(self, v: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def compute_native(self, x):
+        r = self.f(x)
+        return r if r.__class__ is _ndarray and r.dtype == x.dtype else as_dtype(r, x.dtype)
+
     def compute(self, x):
-        with np.errstate(all="ignore"):  # exp overflow etc. give the IEEE results we want
-            return as_dtype(self.f(upcast(x)), x.dtype)
+        return as_dtype(self.f(upcast(x)), x.dtype)
+
+
+def _native_relu(typ):
+    zero, inf = typ(0), typ(np.inf)
+
+    def compute(x):
+        return _clip_ufunc(x, zero, inf)   # clip propagates NaN, as relu() does
+    return compute
 
 
 @kernel("Relu")
 class Relu(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        dt = _native_float_input(node)
+        if dt is not None:
+            self.compute = direct(_native_relu(dt.type), node)
+
     def compute(self, x):
         if x.dtype.kind in "iu":  # Relu-14 accepts signed ints
             return as_dtype(np.maximum(x, 0), x.dtype)
@@ -106,14 +139,30 @@ class HardSwish(_Elementwise):
         return v * np.clip(v / 6.0 + 0.5, 0, 1)
 
 
+def _sigmoid_any_rank(v: np.ndarray) -> np.ndarray:
+    # sigmoid() works in place on a new array: a 0-d input would become a numpy scalar
+    return sigmoid(v) if v.ndim else sigmoid(v.reshape(1)).reshape(())
+
+
 @kernel("Sigmoid")
 class Sigmoid(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if _native_float_input(node) is not None:
+            # a new array of x's dtype; sigmoid itself when the rank is known to be >= 1
+            self.compute = direct(sigmoid, node) if direct(sigmoid, node) is sigmoid else _sigmoid_any_rank
+
     def f(self, v):
-        return sigmoid(v)
+        return _sigmoid_any_rank(v)
 
 
 @kernel("Tanh")
 class Tanh(_Elementwise):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if _native_float_input(node) is not None:
+            self.compute = direct(np.tanh, node)
+
     def f(self, v):
         return np.tanh(v)
 
@@ -195,8 +244,7 @@ class SwiGLU(Kernel):
 
     def compute(self, a, b):
         va, vb = upcast(a), upcast(b)
-        with np.errstate(all="ignore"):
-            return as_dtype(va * special.expit(self.alpha * va) * vb, a.dtype)
+        return as_dtype(va * special.expit(self.alpha * va) * vb, a.dtype)
 
 
 # Experimental ops of opset 1-9, still found in old models (no schema in current onnx).
@@ -270,8 +318,7 @@ class _SoftmaxFamily(Kernel):
             v = v.reshape(int(np.prod(shape[:axis], dtype=np.int64)),
                           int(np.prod(shape[axis:], dtype=np.int64)))
             axis = 1
-        with np.errstate(all="ignore"):
-            y = self.along(v, axis)
+        y = self.along(v, axis)
         return as_dtype(y.reshape(shape), x.dtype)
 
     def along(self, v: np.ndarray, axis: int) -> np.ndarray:  # pragma: no cover - abstract

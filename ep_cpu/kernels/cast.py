@@ -1,6 +1,8 @@
 """Type conversion: Cast, CastLike, BitCast (float8 saturation, float8e8m0 rounding, 4/2-bit ints, strings)."""
 from __future__ import annotations
 
+import functools
+
 import ml_dtypes
 import numpy as np
 from onnx import TensorProto
@@ -14,6 +16,10 @@ _STRING = np.dtype(object)
 _FLOAT8 = {np.dtype(t) for t in (ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e4m3fnuz,
                                   ml_dtypes.float8_e5m2, ml_dtypes.float8_e5m2fnuz)}
 _E8M0 = np.dtype(ml_dtypes.float8_e8m0fnu)
+# numpy's own numeric types (ml_dtypes' float8/bfloat16/int4 also report kind 'f'/'i' but have
+# their own saturation and rounding rules)
+_NUMPY_NUMERIC = {np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                         np.int64, np.uint8, np.uint16, np.uint32, np.uint64)}
 
 
 def _is_float(dt: np.dtype) -> bool:
@@ -115,22 +121,23 @@ def cast_array(x: np.ndarray, dt: np.dtype, saturate: bool = True,
         return _to_string(x)
     if x.dtype == _STRING or x.dtype.kind in "US":
         return _from_string(x.astype(object), dt)
-    with np.errstate(all="ignore"):  # out-of-range conversions are defined as wrap/inf/undefined
-        if dt == _E8M0:
-            src = x if _is_float(x.dtype) else x.astype(np.float64)
-            return _to_e8m0(src.astype(np.float32), saturate, round_mode)
-        if dt in _FLOAT8 and saturate:
-            v = x.astype(np.float32) if x.dtype.itemsize < 4 or not _is_float(x.dtype) else x
-            if x.dtype.kind in "iu" and x.dtype.itemsize >= 4:
-                v = x.astype(np.float64)
-            lim = float(ml_dtypes.finfo(dt).max)
-            return np.clip(v, -lim, lim).astype(dt)  # inf -> +-max, nan stays nan
-        if dt.kind == "b":
-            src = x.astype(np.float32) if x.dtype.kind == "V" else x
-            return (src != 0).reshape(x.shape) if src.dtype != bool else src.copy()
-        if x.dtype.kind == "b" and dt.kind == "V":
-            return x.astype(np.float32).astype(dt)
-        return np.asarray(x.astype(dt))
+    # Out-of-range conversions are defined as wrap/inf/undefined: numpy's errors are off for the
+    # whole run (and during constant folding), so no errstate here.
+    if dt == _E8M0:
+        src = x if _is_float(x.dtype) else x.astype(np.float64)
+        return _to_e8m0(src.astype(np.float32), saturate, round_mode)
+    if dt in _FLOAT8 and saturate:
+        v = x.astype(np.float32) if x.dtype.itemsize < 4 or not _is_float(x.dtype) else x
+        if x.dtype.kind in "iu" and x.dtype.itemsize >= 4:
+            v = x.astype(np.float64)
+        lim = float(ml_dtypes.finfo(dt).max)
+        return np.clip(v, -lim, lim).astype(dt)  # inf -> +-max, nan stays nan
+    if dt.kind == "b":
+        src = x.astype(np.float32) if x.dtype.kind == "V" else x
+        return (src != 0).reshape(x.shape) if src.dtype != bool else src.copy()
+    if x.dtype.kind == "b" and dt.kind == "V":
+        return x.astype(np.float32).astype(dt)
+    return np.asarray(x.astype(dt))
 
 
 class _CastBase(Kernel):
@@ -145,6 +152,11 @@ class Cast(_CastBase):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.to = _target_dtype(self.attr("to"))
+        dts = node.input_dtypes
+        src = dts[0] if dts else None
+        # numpy's own conversion between its native int/float types is ONNX's Cast: bind it.
+        if src is not None and src in _NUMPY_NUMERIC and self.to in _NUMPY_NUMERIC and src != self.to:
+            self.compute = functools.partial(np.ndarray.astype, dtype=self.to)
 
     def compute(self, x):
         return cast_array(x, self.to, self.saturate, self.round_mode)

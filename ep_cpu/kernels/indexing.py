@@ -2,9 +2,13 @@
 ScatterElements, ScatterND, TensorScatter, Compress, NonZero, TopK, Unique."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.types import tensor_shape
+from ep_cpu.kernels.math import direct
 from ep_cpu.kernels.tensor import contiguous, host_ints, norm_axis
 from ep_cpu.registry import kernel
 
@@ -23,6 +27,16 @@ class Gather(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axis = self.attr("axis", 0)
+        # Data rank declared: the axis is known, and np.take is ONNX's Gather (negative indices
+        # count from the back, anything outside [-dim, dim) raises IndexError).
+        types = node.input_types
+        shape = tensor_shape(types[0]) if types else None
+        if shape is not None and len(shape) > 0:
+            try:
+                axis = norm_axis(self.axis, len(shape))
+            except ValueError:
+                return   # the run-time path reports it
+            self.compute = direct(functools.partial(np.take, axis=axis), node)
 
     def compute(self, x, indices):
         axis = norm_axis(self.axis, x.ndim)

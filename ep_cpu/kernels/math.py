@@ -7,6 +7,7 @@ import numpy as np
 from scipy import special
 
 from ep_core.kernel import Kernel
+from ep_core.types import tensor_shape
 from ep_cpu.registry import kernel
 
 # Float types numpy has no native arithmetic for (ml_dtypes) or only a slow/low-precision one:
@@ -33,6 +34,43 @@ def as_dtype(r, dtype: np.dtype) -> np.ndarray:
     return r if r.dtype == dtype else r.astype(dtype)
 
 
+_ndarray = np.ndarray
+
+
+def declared_dtypes(node) -> list:
+    """The node's declared input dtypes (None where unknown). Kernels pick a specialised compute
+    path from them once, in `__init__`: feeds are checked against the graph's types and shape
+    inference types every intermediate, so a declared dtype is the dtype that arrives."""
+    return node.input_dtypes
+
+
+def direct(fn, node, k: int = 0):
+    """`fn` itself as a kernel's compute when output `k` is declared with rank >= 1 (a ufunc then
+    returns an ndarray), else a wrapper turning the numpy scalar a ufunc returns for 0-d inputs
+    into a 0-d array. The per-node overhead of an element-wise node is then the ufunc call alone."""
+    types = node.output_types
+    shape = tensor_shape(types[k]) if k < len(types) else None
+    if shape:
+        return fn
+    asarray = np.asarray
+
+    def compute(*args):
+        r = fn(*args)
+        return r if r.__class__ is _ndarray else asarray(r)
+    return compute
+
+
+def keeps_dtype(fn, *dtypes: np.dtype, out: np.dtype | None = None) -> bool:
+    """True when numpy's `fn` on arrays of `dtypes` returns `out` (default: the first dtype),
+    probed once on one-element arrays: the direct path is exact only then."""
+    try:
+        with np.errstate(all="ignore"):  # at session build, outside a run's errstate
+            r = fn(*[np.ones(1, dt) for dt in dtypes])
+    except Exception:  # noqa: BLE001 - no loop for these types: keep the generic path
+        return False
+    return isinstance(r, _ndarray) and r.dtype == (out if out is not None else dtypes[0])
+
+
 def legacy_broadcast(node_kernel: Kernel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Opset <7 `broadcast`/`axis`: B's dims align with A's starting at `axis` instead of the suffix."""
     axis = node_kernel.attr("axis")
@@ -45,11 +83,10 @@ def legacy_broadcast(node_kernel: Kernel, a: np.ndarray, b: np.ndarray) -> np.nd
 
 def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Integer division rounding toward zero, as C does (numpy floors)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if a.dtype.kind == "u":
-            return np.floor_divide(a, b)
-        q = np.floor_divide(a, b)
-        r = np.remainder(a, b)
+    if a.dtype.kind == "u":
+        return np.floor_divide(a, b)
+    q = np.floor_divide(a, b)
+    r = np.remainder(a, b)
     # floor and trunc differ when the remainder is nonzero and the signs differ
     fix = (r != 0) & ((a < 0) != (b < 0))
     return q + fix.astype(q.dtype)
@@ -72,16 +109,24 @@ class Arithmetic(_Binary):
         super().__init__(node, ctx)
         self.op = node.op_type
         self.fn = self._UFUNC[self.op]
+        dts = declared_dtypes(node)
+        # Same declared dtype on both sides (the schema's T): the ufunc alone, when numpy keeps
+        # that dtype (float32/64, same-width ints; integer Div truncates, so not that one).
+        if (node.since_version >= 7 and len(dts) == 2 and dts[0] is not None and dts[0] == dts[1]
+                and (dts[0] in _NATIVE_FLOATS or (dts[0].kind in "iu" and self.op != "Div"))
+                and keeps_dtype(self.fn, dts[0], dts[0])):
+            self.compute = direct(self.fn, node)
 
+    # numpy's errors are off for the whole run (inf/nan and integer wrap-around are the defined
+    # results): kernels set no errstate of their own.
     def compute(self, a, b):
         a, b = self.operands(a, b)
         dt = a.dtype
         if self.op == "Div" and dt.kind in "iu":
             return as_dtype(_trunc_div(a, b.astype(dt, copy=False)), dt)
-        with np.errstate(all="ignore"):  # inf/nan and integer wrap-around are the defined results
-            if dt.kind in "iub":
-                return as_dtype(self.fn(a, b.astype(dt, copy=False)), dt)
-            return as_dtype(self.fn(upcast(a), upcast(b)), dt)
+        if dt.kind in "iub":
+            return as_dtype(self.fn(a, b.astype(dt, copy=False)), dt)
+        return as_dtype(self.fn(upcast(a), upcast(b)), dt)
 
 
 @kernel("Mod")
@@ -93,11 +138,10 @@ class Mod(_Binary):
     def compute(self, a, b):
         dt = a.dtype
         x, y = upcast(a), upcast(b)
-        with np.errstate(all="ignore"):
-            if self.fmod:
-                r = np.fmod(x, y)        # sign of the dividend (C fmod)
-            else:
-                r = np.mod(x, y)         # sign of the divisor (Python %)
+        if self.fmod:
+            r = np.fmod(x, y)        # sign of the dividend (C fmod)
+        else:
+            r = np.mod(x, y)         # sign of the divisor (Python %)
         return as_dtype(r, dt)
 
 
@@ -108,16 +152,15 @@ class Pow(_Binary):
     def compute(self, x, y):
         x, y = self.operands(x, y)
         dt = x.dtype
-        with np.errstate(all="ignore"):
-            if dt.kind in "iu" and y.dtype.kind in "iu" and not (y < 0).any():
-                r = np.power(x.astype(np.int64), y.astype(np.int64))
-            elif dt == np.float32 and (y.dtype.kind in "iu" or y.dtype == np.float32 or
-                                       (is_float(y.dtype) and y.dtype.itemsize < 4)):
-                r = np.power(x, upcast(y).astype(np.float32))
-            elif is_float(dt) and dt.itemsize < 4:
-                r = np.power(upcast(x), upcast(y).astype(np.float32))
-            else:
-                r = np.power(x.astype(np.float64), upcast(y).astype(np.float64))
+        if dt.kind in "iu" and y.dtype.kind in "iu" and not (y < 0).any():
+            r = np.power(x.astype(np.int64), y.astype(np.int64))
+        elif dt == np.float32 and (y.dtype.kind in "iu" or y.dtype == np.float32 or
+                                   (is_float(y.dtype) and y.dtype.itemsize < 4)):
+            r = np.power(x, upcast(y).astype(np.float32))
+        elif is_float(dt) and dt.itemsize < 4:
+            r = np.power(upcast(x), upcast(y).astype(np.float32))
+        else:
+            r = np.power(x.astype(np.float64), upcast(y).astype(np.float64))
         if r.dtype.kind == "f" and y.size == 1 and float(np.asarray(y).reshape(-1)[0]) == 0.5:
             # numpy takes a scalar 0.5 as sqrt, which gives NaN for -inf; C's pow gives +inf.
             np.copyto(r, np.inf, where=np.isneginf(r) | np.isneginf(upcast(x)))
@@ -133,6 +176,11 @@ class Compare(_Binary):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.fn = _COMPARE[node.op_type]
+        dts = declared_dtypes(node)
+        if (node.since_version >= 7 and len(dts) == 2 and dts[0] is not None and dts[0] == dts[1]
+                and dts[0].kind in "fiub" and (dts[0] in _NATIVE_FLOATS or not is_float(dts[0]))
+                and keeps_dtype(self.fn, dts[0], dts[0], out=np.dtype(bool))):
+            self.compute = direct(self.fn, node)
 
     def compute(self, a, b):
         a, b = self.operands(a, b)
@@ -149,6 +197,9 @@ class Logical(_Binary):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.fn = _LOGICAL[node.op_type]
+        dts = declared_dtypes(node)
+        if node.since_version >= 7 and dts == [np.dtype(bool)] * 2:
+            self.compute = direct(self.fn, node)
 
     def compute(self, a, b):
         a, b = self.operands(a, b)
@@ -157,6 +208,11 @@ class Logical(_Binary):
 
 @kernel("Not")
 class Not(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        if declared_dtypes(node) == [np.dtype(bool)]:
+            self.compute = direct(np.logical_not, node)
+
     def compute(self, x):
         return as_dtype(np.logical_not(x), np.dtype(bool))
 
@@ -207,14 +263,21 @@ class _Variadic(Kernel):
     """Max / Min / Sum / Mean over any number of broadcast inputs."""
     fn = None
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        dts = declared_dtypes(node)
+        # Two inputs of one native float type (Max/Min/Sum): the ufunc alone.
+        if (self.fn is not None and node.op_type != "Mean" and len(dts) == 2 and dts[0] is not None
+                and dts[0] == dts[1] and dts[0] in _NATIVE_FLOATS and "" not in node.inputs):
+            self.compute = direct(self.fn, node)
+
     def reduce(self, inputs):
         inputs = [x for x in inputs if x is not None]
         dt = inputs[0].dtype
         vals = [upcast(x) for x in inputs]
         if len(vals) == 1:
             return dt, np.array(vals[0], copy=True)
-        with np.errstate(all="ignore"):
-            return dt, functools.reduce(self.fn, vals)
+        return dt, functools.reduce(self.fn, vals)
 
 
 @kernel("Max")
@@ -280,15 +343,19 @@ class Unary(Kernel):
         super().__init__(node, ctx)
         self.name = node.op_type
         self.fn = _UNARY[self.name]
+        dts = declared_dtypes(node)
+        dt = dts[0] if dts else None
+        if dt is not None and (dt in _NATIVE_FLOATS or (dt.kind in "iu" and self.name in _INT_SAFE)) \
+                and keeps_dtype(self.fn, dt):
+            self.compute = direct(self.fn, node)
 
     def compute(self, x):
         dt = x.dtype
-        with np.errstate(all="ignore"):  # log(0), sqrt(-1), ... have defined IEEE results
-            if dt.kind in "iub" and self.name in _INT_SAFE:
-                return as_dtype(self.fn(x), dt)
-            if dt.kind in "iu":  # e.g. Reciprocal/Erf on ints: compute in double, truncate
-                return as_dtype(self.fn(x.astype(np.float64)), dt)
-            return as_dtype(self.fn(upcast(x)), dt)
+        if dt.kind in "iub" and self.name in _INT_SAFE:
+            return as_dtype(self.fn(x), dt)
+        if dt.kind in "iu":  # e.g. Reciprocal/Erf on ints: compute in double, truncate
+            return as_dtype(self.fn(x.astype(np.float64)), dt)
+        return as_dtype(self.fn(upcast(x)), dt)
 
 
 @kernel("IsNaN")
@@ -342,5 +409,12 @@ class Clip(Kernel):
 
 @kernel("Where")
 class Where(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        dts = declared_dtypes(node)
+        if (len(dts) == 3 and dts[0] == np.dtype(bool) and dts[1] is not None and dts[1] == dts[2]
+                and dts[1] != object):
+            self.compute = np.where   # always an ndarray, of x's (= y's) dtype
+
     def compute(self, cond, x, y):
         return as_dtype(np.where(cond.astype(bool, copy=False), x, y), x.dtype)

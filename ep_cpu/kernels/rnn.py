@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm, single_threaded_blas
+from ep_core.types import tensor_shape
+from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
+from ep_cpu.kernels.rnn_jit import SMALL_BATCH, recurrent_matmul
 from ep_cpu.registry import kernel
 
 # name -> (function(x, alpha, beta), default alpha, default beta, uses alpha, uses beta)
@@ -60,6 +62,7 @@ class _Recurrent(Kernel):
         self.num_dir = 2 if self.direction == "bidirectional" else 1
         self.layout = int(self.attr("layout", 0))
         self.clip = self.attr("clip")
+        self.input_forget = bool(self.attr("input_forget", 0))   # LSTM only
         names = self.attr("activations") or list(self.default_acts) * self.num_dir
         if len(names) == len(self.default_acts) and self.num_dir == 2:
             names = list(names) * 2
@@ -67,6 +70,25 @@ class _Recurrent(Kernel):
         acts = _activations(names, self.attr("activation_alpha"), self.attr("activation_beta"))
         k = len(self.default_acts)
         self.acts = [acts[d * k:(d + 1) * k] for d in range(self.num_dir)]
+        # Constant W, R, B (the usual case): convert, transpose and pack them once here, not in
+        # every run (the per-run copies of a 2 x 1 MB R and its transpose cost milliseconds).
+        self.prepared = None
+        dts = node.input_dtypes
+        w, r = ctx.constant_input(1), ctx.constant_input(2)
+        b = ctx.constant_input(3) if len(node.inputs) > 3 and node.inputs[3] else None
+        has_b = len(node.inputs) > 3 and bool(node.inputs[3])
+        if (dts and dts[0] is not None and w is not None and r is not None
+                and (b is not None or not has_b)):
+            cdt = np.dtype(np.float64 if dts[0] == np.float64 else np.float32)
+            self.prepared = (cdt, self._prepare(w, r, b, cdt))
+        # The compiled H @ R^T for the dense path's small batches (compiled, or loaded from the
+        # disk cache, here at session build rather than in the first run).
+        # A batch of one is a GEMV, as fast in BLAS: numba is not even imported for it.
+        self.jit_matmul = None
+        x_shape = tensor_shape(node.input_types[0]) if node.input_types else None
+        batch = x_shape[1 - self.layout] if x_shape and len(x_shape) == 3 else None
+        if self.prepared is not None and self._dense_ok(None) and batch != 1:
+            self.jit_matmul = recurrent_matmul(self.prepared[0])
 
     def _clip(self, x):
         return np.clip(x, -self.clip, self.clip) if self.clip is not None else x
@@ -76,44 +98,74 @@ class _Recurrent(Kernel):
         return (self.n_gates > 1 and self.clip is None
                 and self.act_names == [a.lower() for a in self.default_acts] * self.num_dir)
 
-    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray) -> None:
-        """All directions in lockstep; fills y, y_h, y_c.
+    def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray | None, rt: np.ndarray,
+                   rb: np.ndarray) -> None:
+        """All directions in lockstep; fills y, y_h, y_c (`lens` None: every row runs the whole
+        sequence).
 
         One batched H @ R^T per step for both directions halves the per-step numpy calls;
         measured faster than running the directions on two threads (GIL hand-offs on the many
         small ufunc calls). Step t of a row handles its time tidx[t] (reverse: inside the row's
         own length); a row past its length keeps its state and gets zeros in y."""
         seq, ndir, batch = y.shape[:3]
-        proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
-        rt = np.stack([d[4] for d in dirs])               # (D, H, G*H)
-        rb = np.stack([d[5] for d in dirs])[:, None]      # (D, 1, G*H)
-        hist = np.empty_like(y)                          # hidden state by step
-        h = np.stack([d[2] for d in dirs])
-        c = np.stack([d[3] for d in dirs])
+        if ndir == 1:   # views, no stacking copies (each array is this run's own)
+            proj, h, c = dirs[0][1][:, None], dirs[0][2][None], dirs[0][3][None]
+        else:
+            proj = np.stack([d[1] for d in dirs], axis=1)    # (seq, D, B, G*H)
+            h = np.stack([d[2] for d in dirs])
+            c = np.stack([d[3] for d in dirs])
+        # forward over full lengths: the states go straight into y
+        hist = y if lens is None and self.direction == "forward" else np.empty_like(y)
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
+        mm = np.matmul   # (h, rt, out): BLAS, or the compiled pass for a few rows
+        if (self.jit_matmul is not None and 2 <= batch <= SMALL_BATCH and rt.dtype == y.dtype
+                and rt.flags.c_contiguous):
+            mm = self.jit_matmul
         tmp = np.empty_like(h)
-        live = np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
+        live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
+        step = self._dense_step
         for t in range(seq):
-            done = None if live[t].all() else np.flatnonzero(~live[t])
+            done = None if live is None or live[t].all() else np.flatnonzero(~live[t])
             if done is not None:
                 c_done = c[:, done].copy()
-            self._dense_step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t])
+            step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
             if done is not None:   # rows past their length carry their state unchanged
                 hist[t][:, done] = h[:, done]
                 c[:, done] = c_done
             h = hist[t]
-        for d, (tidx, *_rest) in enumerate(dirs):
-            if live.all():
-                y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
-            else:
-                tt, bb = np.nonzero(live)
-                y[tidx[tt, bb], d, bb] = hist[tt, d, bb]
+        if hist is not y:
+            for d, (tidx, *_rest) in enumerate(dirs):
+                if live is None or live.all():
+                    y[:, d] = hist[::-1, d] if (self.direction == "reverse" or d == 1) else hist[:, d]
+                else:
+                    tt, bb = np.nonzero(live)
+                    y[tidx[tt, bb], d, bb] = hist[tt, d, bb]
         y_h[:] = h
         y_c[:] = c
 
+    def _prepare(self, w, r, b, cdt) -> tuple:
+        """Per direction (W^T packed for the input projection, input bias, R^T, recurrent bias),
+        plus R^T and the recurrent biases of all directions stacked for the dense path."""
+        g = self.n_gates
+        hid = self.hidden or r.shape[-1]
+        per_dir = []
+        for d in range(self.num_dir):
+            wb = (np.zeros(2 * g * hid, dtype=cdt) if b is None else np.asarray(b[d], dtype=cdt))
+            wt = pack_b(np.asarray(w[d], dtype=cdt), trans_b=True)
+            rt = np.ascontiguousarray(np.asarray(r[d], dtype=cdt).T)
+            per_dir.append((wt, np.ascontiguousarray(wb[:g * hid]).reshape(1, -1), rt,
+                            np.ascontiguousarray(wb[g * hid:])))
+        rt_all = np.stack([d[2] for d in per_dir])                  # (D, H, G*H)
+        rb_all = np.stack([d[3] for d in per_dir])[:, None]          # (D, 1, G*H)
+        return per_dir, rt_all, rb_all
+
     def run(self, x, w, r, b, seq_lens, initial_h, initial_c=None, p=None):
-        cdt = np.float64 if x.dtype == np.float64 else np.float32
+        cdt = np.dtype(np.float64 if x.dtype == np.float64 else np.float32)
+        if self.prepared is not None and self.prepared[0] == cdt:
+            prepared = self.prepared[1]
+        else:
+            prepared = self._prepare(w, r, b, cdt)
         if self.layout == 1:
             x = x.transpose(1, 0, 2)
             initial_h = None if initial_h is None else initial_h.transpose(1, 0, 2)
@@ -121,40 +173,56 @@ class _Recurrent(Kernel):
         seq, batch, _ = x.shape
         hid = self.hidden or r.shape[-1]
         g = self.n_gates
-        xf = x.astype(cdt)
-        lens = (np.full(batch, seq, dtype=np.int64) if seq_lens is None
-                else np.asarray(seq_lens, dtype=np.int64).reshape(batch))
-        y = np.zeros((seq, self.num_dir, batch, hid), dtype=cdt)
-        y_h = np.zeros((self.num_dir, batch, hid), dtype=cdt)
-        y_c = np.zeros((self.num_dir, batch, hid), dtype=cdt)
-        steps = np.arange(seq)[:, None]
+        xf = x.astype(cdt, copy=False)
+        lens = None if seq_lens is None else np.asarray(seq_lens, dtype=np.int64).reshape(batch)
+        if lens is not None and (lens == seq).all():
+            lens = None                     # every row runs the whole sequence
+        dense = self._dense_ok(p)
+        # The dense path over full lengths writes every entry of y, y_h and y_c.
+        alloc = np.empty if dense and lens is None else np.zeros
+        y = alloc((seq, self.num_dir, batch, hid), dtype=cdt)
+        y_h = alloc((self.num_dir, batch, hid), dtype=cdt)
+        y_c = alloc((self.num_dir, batch, hid), dtype=cdt)
+        # Time index of each step per row (reverse runs inside each row's own length); the dense
+        # path over full lengths reads the projections backwards instead.
+        need_tidx = not (dense and lens is None)
+        full = lens if lens is not None else np.full(batch, seq, dtype=np.int64) if need_tidx else None
+        steps = np.arange(seq)[:, None] if need_tidx else None
         dirs = []  # per direction: (tidx, proj, h0, c0, R^T, recurrent bias, peepholes)
+        per_dir, rt_all, rb_all = prepared
         for d in range(self.num_dir):
             reverse = self.direction == "reverse" or d == 1
-            wb = (np.zeros(2 * g * hid, dtype=cdt) if b is None else b[d].astype(cdt))
-            # Time index of each step per batch entry (reverse runs inside each sequence's length).
-            if reverse:
-                tidx = np.where(steps < lens[None, :], lens[None, :] - 1 - steps, steps)
+            wt, wb_in, rt, rb = per_dir[d]
+            if not need_tidx:
+                tidx = None
+            elif reverse:
+                tidx = np.where(steps < full[None, :], full[None, :] - 1 - steps, steps)
             else:
                 tidx = np.broadcast_to(steps, (seq, batch))
-            xs = xf[tidx, np.arange(batch)[None, :]]  # (seq, batch, input)
-            proj = gemm(xs.reshape(seq * batch, -1), w[d].astype(cdt), wb[:g * hid].reshape(1, -1),
-                        trans_b=True).reshape(seq, batch, g * hid)
+            # full lengths: project the input as it is (reverse: read the projections backwards)
+            xs = xf if lens is None else xf[tidx, np.arange(batch)[None, :]]
+            if seq * batch <= 32:   # a few rows: gemm's blocking machinery costs more than it saves
+                proj = np.matmul(xs.reshape(seq * batch, -1), wt.unpack())
+                proj += wb_in
+            else:
+                proj = gemm(xs.reshape(seq * batch, -1), wt, wb_in)
+            proj = proj.reshape(seq, batch, g * hid)
+            if reverse and lens is None:
+                proj = proj[::-1]
             h = np.zeros((batch, hid), dtype=cdt) if initial_h is None else initial_h[d].astype(cdt)
             c = np.zeros((batch, hid), dtype=cdt) if initial_c is None else initial_c[d].astype(cdt)
-            rt = np.ascontiguousarray(r[d].astype(cdt).T)
             pd = None if p is None else p[d].astype(cdt)
-            dirs.append((tidx, proj, h, c, rt, wb[g * hid:], pd))
+            dirs.append((tidx, proj, h, c, rt, rb, pd))
         # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
         # when another process holds a core), so the recurrence runs on one thread.
         with single_threaded_blas():
-            if self._dense_ok(p):
-                self._run_dense(dirs, y, y_h, y_c, lens)
+            if dense:
+                self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all)
             else:
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):
                     for t in range(seq):
                         h_new, c_new = self._step(proj[t], h, c, rt, rb, pd, self.acts[d], hid)
-                        live = (t < lens)[:, None]
+                        live = (t < full)[:, None]
                         h = np.where(live, h_new, h)
                         c = np.where(live, c_new, c)
                         y[tidx[t], d, np.arange(batch)] = np.where(live, h_new, 0)
@@ -213,11 +281,11 @@ class GRU(_Recurrent):
         proj[..., 2 * hid:] += rb[..., 2 * hid:]
         return None
 
-    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out):
+    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm=np.matmul):
         hid = h.shape[-1]
         zr, n = gates[..., :2 * hid], gates[..., 2 * hid:]
         if self.lbr:
-            np.matmul(h, rt, out=gates)
+            mm(h, rt, gates)   # all C-contiguous (the halves below are not: BLAS does those)
             n += rbh
         else:
             np.matmul(h, rt[..., :2 * hid], out=zr)
@@ -246,16 +314,16 @@ class LSTM(_Recurrent):
         return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
 
     def _dense_ok(self, p) -> bool:
-        return (super()._dense_ok(p) and not self.attr("input_forget", 0)
+        return (super()._dense_ok(p) and not self.input_forget
                 and (p is None or not np.any(p)))
 
     def _fold_recurrent_bias(self, proj, rb):
         proj += rb
         return None
 
-    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out):
+    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm=np.matmul):
         hid = h.shape[-1]
-        np.matmul(h, rt, out=gates)
+        mm(h, rt, gates)
         gates += xp
         sig, cand = gates[..., :3 * hid], gates[..., 3 * hid:]  # i, o, f | c
         sigmoid(sig, out=sig)
@@ -274,7 +342,7 @@ class LSTM(_Recurrent):
             gi = gi + p[:hid] * c
             gf = gf + p[2 * hid:] * c
         i = f(self._clip(gi))
-        fg = 1 - i if self.attr("input_forget", 0) else f(self._clip(gf))
+        fg = 1 - i if self.input_forget else f(self._clip(gf))
         c_new = fg * c + i * g(self._clip(gc))
         if p is not None:
             go = go + p[hid:2 * hid] * c_new

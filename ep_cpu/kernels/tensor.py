@@ -5,17 +5,30 @@ Shape/axes/size inputs are small int tensors read on the host."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from ep_core.errors import Fail
 from ep_core.kernel import Kernel
+from ep_core.types import tensor_shape
 from ep_cpu.registry import kernel
 
 
 def host_ints(x) -> list[int]:
     """A shape/axes/pads input as a list of Python ints."""
     return [int(v) for v in np.asarray(x).reshape(-1)]
+
+
+def constant_ints(k: Kernel, i: int) -> list[int] | None:
+    """Input `i` as Python ints when it is a session constant (parsed once in `__init__`), else None."""
+    v = k.ctx.constant_input(i) if k.ctx is not None and i < len(k.node.inputs) and k.node.inputs[i] else None
+    if v is None:
+        return None
+    try:
+        return host_ints(v)
+    except (TypeError, ValueError):   # not ints: the run-time path reports it
+        return None
 
 
 def bad_data(k: Kernel, message: str) -> Fail:
@@ -57,6 +70,20 @@ class Concat(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axis = self.attr("axis", 1)  # opset 1 defaults to 1; later versions require it
+        # Every input declared with one dtype and input 0 with its rank: the axis is known and
+        # no dtype fix-up is needed (Concat has no optional inputs).
+        dts, types = node.input_dtypes, node.input_types
+        shape = tensor_shape(types[0]) if types else None
+        if shape and dts and dts[0] is not None and all(d is not None and d == dts[0] for d in dts):
+            try:
+                axis = norm_axis(self.axis, len(shape))
+            except ValueError:
+                return   # the run-time path reports it
+            concatenate = np.concatenate
+
+            def concat(*xs):
+                return concatenate(xs, axis=axis)
+            self.compute = concat
 
     def compute(self, *xs):
         xs = [x for x in xs if x is not None]
@@ -82,13 +109,13 @@ def _reshape_target(k: Kernel, shape_in: tuple, shape: list[int], allowzero: boo
             out.append(shape_in[i])
         else:
             out.append(s)
-    total = int(np.prod(shape_in, dtype=np.int64))
+    total = math.prod(shape_in)
     if -1 in out:
-        known = int(np.prod([s for s in out if s != -1], dtype=np.int64))
+        known = math.prod([s for s in out if s != -1])
         if known == 0 or total % known:
             raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} to {shape}")
         out[out.index(-1)] = total // known
-    if int(np.prod(out, dtype=np.int64)) != total:
+    if math.prod(out) != total:
         raise bad_data(k, f"cannot reshape input of shape {list(shape_in)} ({total} elements) to {shape}")
     return out
 
@@ -99,9 +126,13 @@ class Reshape(Kernel):
         super().__init__(node, ctx)
         self.allowzero = bool(self.attr("allowzero", 0))
         self.shape_attr = self.attr("shape")  # opset 1
+        self.const_shape = constant_ints(self, 1)
 
     def compute(self, x, shape=None):
-        target = host_ints(shape) if shape is not None else list(self.shape_attr or [])
+        if self.const_shape is not None:
+            target = list(self.const_shape)
+        else:
+            target = host_ints(shape) if shape is not None else list(self.shape_attr or [])
         return x.reshape(_reshape_target(self, x.shape, target, self.allowzero))
 
 
@@ -125,9 +156,13 @@ class Squeeze(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axes = self.attr("axes")  # opsets 1/11; an input from 13
+        self.const_axes = constant_ints(self, 1)
 
     def compute(self, x, axes=None):
-        ax = host_ints(axes) if axes is not None else self.axes
+        if self.const_axes is not None:
+            ax = self.const_axes
+        else:
+            ax = host_ints(axes) if axes is not None else self.axes
         if ax is None:
             return x.reshape([d for d in x.shape if d != 1])
         ax = sorted({norm_axis(a, x.ndim) for a in ax})
@@ -142,9 +177,13 @@ class Unsqueeze(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axes = self.attr("axes")
+        self.const_axes = constant_ints(self, 1)
 
     def compute(self, x, axes=None):
-        ax = host_ints(axes) if axes is not None else list(self.axes or [])
+        if self.const_axes is not None:
+            ax = self.const_axes
+        else:
+            ax = host_ints(axes) if axes is not None else list(self.axes or [])
         rank = x.ndim + len(ax)
         ax = sorted(norm_axis(a, rank) for a in ax)
         if len(set(ax)) != len(ax):
@@ -341,9 +380,17 @@ class Slice(Kernel):
         self.starts = self.attr("starts")  # opset 1 attributes
         self.ends = self.attr("ends")
         self.axes = self.attr("axes")
+        # starts/ends (and axes/steps where given) constant: parsed once
+        n = len(node.inputs)
+        parsed = [constant_ints(self, i) for i in range(1, 5)]
+        self.const_args = None
+        if n >= 3 and all(parsed[i] is not None or i + 1 >= n or not node.inputs[i + 1] for i in range(4)):
+            self.const_args = tuple(parsed)
 
     def compute(self, x, starts=None, ends=None, axes=None, steps=None):
-        if starts is None:
+        if self.const_args is not None:
+            st, en, ax, sp = self.const_args
+        elif starts is None:
             st, en, ax, sp = list(self.starts), list(self.ends), self.axes, None
         else:
             st, en = host_ints(starts), host_ints(ends)

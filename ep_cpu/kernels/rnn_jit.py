@@ -1,0 +1,80 @@
+"""The recurrent product H @ R^T of RNN/GRU/LSTM time steps, compiled with numba.
+
+A step multiplies a few rows of H (the batch, per direction) by the whole R^T (1 MB for an LSTM of
+hidden 256). OpenBLAS's sgemm packs R^T on every call and needs ~60 us for 4 rows where one pass
+over R^T that updates all rows at once needs ~35 us (measured on the 2-core EPYC of
+benchmarks/README.md). numba is imported only when a recurrent kernel is built, and the compiled
+code is cached on disk (`cache=True`): the first session on a machine pays the compile once.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
+
+_lock = threading.Lock()
+_compiled: Callable | None = None
+_unavailable = False
+
+
+def _build() -> Callable | None:
+    try:
+        import numba
+    except ImportError:   # numba is a dependency; without it BLAS does the product
+        return None
+
+    @numba.njit(fastmath=True, cache=True, nogil=True, boundscheck=False)
+    def rows_times_rt(h, rt, out):  # pragma: no cover - compiled
+        # out[d, b, :] = h[d, b, :] @ rt[d]; eight rows of rt per pass keep out[d, b] in L1
+        # and give eight multiply-adds per load and store of it.
+        ndir, rows, hid = h.shape
+        n = rt.shape[2]
+        for d in range(ndir):
+            r = rt[d]
+            for b in range(rows):
+                o = out[d, b]
+                for j in range(n):
+                    o[j] = 0.0
+            k = 0
+            while k + 8 <= hid:
+                r0, r1, r2, r3 = r[k], r[k + 1], r[k + 2], r[k + 3]
+                r4, r5, r6, r7 = r[k + 4], r[k + 5], r[k + 6], r[k + 7]
+                for b in range(rows):
+                    hb = h[d, b]
+                    h0, h1, h2, h3 = hb[k], hb[k + 1], hb[k + 2], hb[k + 3]
+                    h4, h5, h6, h7 = hb[k + 4], hb[k + 5], hb[k + 6], hb[k + 7]
+                    o = out[d, b]
+                    for j in range(n):
+                        o[j] += ((h0 * r0[j] + h1 * r1[j]) + (h2 * r2[j] + h3 * r3[j])) + \
+                                ((h4 * r4[j] + h5 * r5[j]) + (h6 * r6[j] + h7 * r7[j]))
+                k += 8
+            while k < hid:
+                rk = r[k]
+                for b in range(rows):
+                    hk = h[d, b, k]
+                    o = out[d, b]
+                    for j in range(n):
+                        o[j] += hk * rk[j]
+                k += 1
+
+    return rows_times_rt
+
+
+def recurrent_matmul(dtype: np.dtype) -> Callable | None:
+    """`f(h, rt, out)`: out = h @ rt for C-contiguous (D, B, H), (D, H, N), (D, B, N) arrays of
+    `dtype` (float32/float64), compiled for it now (so the first run does not pay); None where
+    numba is missing."""
+    global _compiled, _unavailable
+    with _lock:
+        if _compiled is None and not _unavailable:
+            _compiled = _build()
+            _unavailable = _compiled is None
+        fn = _compiled
+    if fn is None:
+        return None
+    dt = np.dtype(dtype)
+    fn(np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt))   # compile/load
+    return fn
