@@ -315,9 +315,12 @@ def _warn(message: str) -> None:
 
 
 def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int]) -> onnx.ModelProto:
-    from .load_lenient import fill_function_defaults, relax_for_checker, sort_nodes, strip_declared_shapes
+    from .load_lenient import (fill_function_defaults, hide_onnx_domain_contrib, import_contrib_domain,
+                               relax_for_checker, sort_nodes, strip_declared_shapes)
     sort_nodes(light, label, _warn)
     fill_function_defaults(light, opsets)
+    import_contrib_domain(light, opsets, label, _warn)
+    restore_domains = hide_onnx_domain_contrib(light, opsets)
     undo = relax_for_checker(light, label, _warn)
     try:
         onnx.checker.check_model(light)
@@ -326,7 +329,9 @@ def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int])
     for fix in undo:
         fix()
     try:
-        return _infer(light)
+        inferred = _infer(light)
+        restore_domains(inferred)
+        return inferred
     except onnx.shape_inference.InferenceError as e:
         if _SHAPE_CONFLICT not in str(e):
             raise InvalidGraph(f"{label} failed shape inference: {e}") from e
@@ -338,6 +343,7 @@ def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int])
         inferred = _infer(light)
     except onnx.shape_inference.InferenceError as e:
         raise InvalidGraph(f"{label} failed shape inference: {e}") from e
+    restore_domains(inferred)
     _warn(f"{label}: declared shapes disagree with the inferred ones ({_first_conflict(first)}); "
           f"the declared shapes are ignored, as onnxruntime does")
     return inferred

@@ -7,7 +7,11 @@ Each adjustment is one onnxruntime accepts and that leaves the model's meaning d
 - main-graph inputs/outputs declared without a shape, outputs without a type: a placeholder is
   checked and removed again before inference;
 - nodes out of topological order: the copy is sorted (a cycle is refused);
-- declared shapes that contradict inference: stripped, and inference run again (strict).
+- declared shapes that contradict inference: stripped, and inference run again (strict);
+- com.microsoft nodes without an opset import for that domain: version 1 is imported;
+- the ops onnxruntime defines in the ONNX domain itself (SimplifiedLayerNormalization, and
+  LayerNormalization below opset 17): the checker and inference see them in com.microsoft, which
+  they skip, and the inferred copy gets the ONNX domain back (`hide_onnx_domain_contrib`).
 
 `fill_function_defaults` is no leniency: onnx's strict inference expands the function body of
 ops such as MeanVarianceNormalization and fails when a body refers to an attribute the node
@@ -52,6 +56,55 @@ def relax_for_checker(model: onnx.ModelProto, label: str, warn: Warn) -> list[Ca
                 tt.shape.SetInParent()
                 undo.append(lambda tt=tt: tt.ClearField("shape"))
     return undo
+
+
+MS_DOMAIN = "com.microsoft"
+
+
+def import_contrib_domain(model: onnx.ModelProto, opsets: dict[str, int], label: str,
+                          warn: Warn) -> None:
+    """com.microsoft nodes with no opset import for their domain get version 1 (onnxruntime
+    loads such models); `opsets` and the weightless copy both gain the import."""
+    if MS_DOMAIN in opsets or not any(n.domain == MS_DOMAIN for g in _graphs(model.graph)
+                                      for n in g.node):
+        return
+    opsets[MS_DOMAIN] = 1
+    model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    warn(f"{label} uses com.microsoft ops without importing that domain; version 1 is assumed, "
+         f"as onnxruntime does")
+
+
+# Ops onnxruntime registers in the ONNX domain with no ONNX schema at these versions.
+_ONNX_DOMAIN_CONTRIB = {"SimplifiedLayerNormalization": None, "LayerNormalization": 17}
+
+
+def hide_onnx_domain_contrib(model: onnx.ModelProto, opsets: dict[str, int]
+                             ) -> Callable[[onnx.ModelProto], None]:
+    """Move onnxruntime's ONNX-domain contrib nodes to com.microsoft for the checker and
+    inference; returns the step that moves them back in the inferred copy."""
+    onnx_version = opsets.get("", 0)
+    moved: list[tuple[int, int]] = []
+    for gi, g in enumerate(_graphs(model.graph)):
+        for ni, n in enumerate(g.node):
+            if n.domain not in ("", "ai.onnx") or n.op_type not in _ONNX_DOMAIN_CONTRIB:
+                continue
+            below = _ONNX_DOMAIN_CONTRIB[n.op_type]
+            if below is None or onnx_version < below:
+                n.domain = MS_DOMAIN
+                moved.append((gi, ni))
+    added = bool(moved) and not any(o.domain == MS_DOMAIN for o in model.opset_import)
+    if added:
+        model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+
+    def restore(inferred: onnx.ModelProto) -> None:
+        graphs = list(_graphs(inferred.graph))
+        for gi, ni in moved:
+            graphs[gi].node[ni].domain = ""
+        if added:
+            keep = [o for o in inferred.opset_import if o.domain != MS_DOMAIN]
+            del inferred.opset_import[:]
+            inferred.opset_import.extend(keep)
+    return restore
 
 
 def fill_function_defaults(model: onnx.ModelProto, opsets: dict[str, int]) -> None:
