@@ -28,7 +28,6 @@ from . import rewrites_fusion as f
 from . import rewrites_transformer as t
 from .graph import Graph, Node
 from .graph_edit import refresh_implicit_inputs
-from .options import GraphOptimizationLevel
 from .partition import Assignment
 from .rewrite import OptimizerContext, Rewrite
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import GraphEditor
-from .rewrite import Rewrite, int_list, nodes_in_order
+from .rewrite import Rewrite, nodes_in_order
 
 AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
 

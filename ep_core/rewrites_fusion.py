@@ -18,7 +18,7 @@ import numpy as np
 
 from .graph import Graph, Node
 from .graph_edit import OWN_DOMAIN, GraphEditor
-from .rewrite import Rewrite, int_list, nodes_in_order
+from .rewrite import Rewrite, nodes_in_order
 from .options import GraphOptimizationLevel
 
 MS_DOMAIN = "com.microsoft"   # onnxruntime's contrib ops

@@ -3,19 +3,17 @@ level-2/3 rewrites -> compile -> placement -> plan), then run."""
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import onnx
 
 from . import providers as provider_registry
-from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .errors import InvalidArgument
 from .executor import Plan, build_plan, RunControl, current_run
 from .feeds import FeedSpec, check_feeds
-from .graph import Graph, graph_from_proto
+from .graph import Graph
 from . import load, offline, profiling
 from .optimizer import rewrite_assigned, rewrite_level1
 from .options import RunOptions, SessionOptions
