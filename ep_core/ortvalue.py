@@ -349,6 +349,24 @@ def _dtype_of(element_type: Any) -> np.dtype:
                               f"element type") from e
 
 
+def device_of_array(value: Any) -> Device | None:
+    """The device of an array that lives off the host (a DLPack producer or an object with
+    `__cuda_array_interface__`: CuPy, PyTorch, Numba...); None for host values."""
+    if isinstance(value, (np.ndarray, np.generic, OrtValue, list, tuple)):
+        return None
+    if hasattr(value, "__cuda_array_interface__"):
+        return _cuda_device_of(value)
+    probe = getattr(value, "__dlpack_device__", None)
+    if probe is None:
+        return None
+    try:
+        code, index = probe()
+    except Exception:  # noqa: BLE001 - not a usable DLPack producer: the feed check reports it
+        return None
+    kind = _DLPACK_DEVICE.get(int(code))
+    return Device(kind, int(index)) if kind not in (None, "cpu") else None
+
+
 def _cuda_device_of(data: Any) -> Device:
     """The CUDA device an array lives on (CuPy: .device.id, PyTorch: .device.index)."""
     dev = getattr(data, "device", None)

@@ -17,6 +17,7 @@ from .graph import Graph
 from . import load, offline, profiling
 from .optimizer import rewrite_assigned, rewrite_level1
 from .options import RunOptions, SessionOptions
+from .ortvalue import device_of_array
 from .parallel import run_plan
 from .partition import compile_fused, group_fused, partition
 from .placement import Placement, place
@@ -176,7 +177,13 @@ class InferenceSession:
         """Compute `output_names` (all outputs when None/empty) from `input_feed`.
 
         Returned arrays never alias a feed, a constant or each other. `run_options.terminate`, set
-        from another thread, and `run_options.timeout_s` stop the run with RunTerminated."""
+        from another thread, and `run_options.timeout_s` stop the run with RunTerminated. Feeds
+        that are device arrays (CuPy, PyTorch CUDA tensors, DLPack producers) are used where they
+        live, as IO binding does; the outputs are host arrays."""
+        on_device = {n: d for n, v in input_feed.items() if (d := device_of_array(v)) is not None} \
+            if isinstance(input_feed, dict) else {}
+        if on_device:
+            return [v for v, _ in self.run_bound(input_feed, on_device, output_names, None, run_options)]
         feeds = check_feeds(input_feed, self._feed_spec)
         fetch_slots = self._fetch_slots(output_names)
         control = RunControl(run_options, getattr(run_options, "timeout_s", 0.0)) \

@@ -291,3 +291,14 @@ def test_cupy_zero_copy_through_dlpack_and_cai():
         return
     t = torch.from_dlpack(out)
     assert t.data_ptr() == out.data_ptr() and t.is_cuda
+
+
+def test_emulated_cuda_device_array_feed_to_plain_run(emulated):
+    """A device array (here the emulator's, which refuses host reads; on a GPU a CuPy array or a
+    PyTorch CUDA tensor) given to `run` is used where it lives: no host->device copy for it."""
+    name, calls = emulated
+    sess = ep_core.InferenceSession(MODEL, providers=[name, "cpu"])
+    xv = ort.OrtValue.ortvalue_from_numpy(X, "cuda", 0).value
+    calls.clear()
+    np.testing.assert_array_equal(sess.run(None, {"x": xv})[0], WANT)
+    assert calls == ["to_host"]                                  # only the output comes back
