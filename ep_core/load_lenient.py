@@ -24,6 +24,7 @@ from typing import Callable
 import onnx
 
 from .errors import InvalidGraph
+from .graph_edit import MS_DOMAIN
 
 Warn = Callable[[str], None]
 
@@ -58,7 +59,7 @@ def relax_for_checker(model: onnx.ModelProto, label: str, warn: Warn) -> list[Ca
     return undo
 
 
-MS_DOMAIN = "com.microsoft"
+
 
 
 def import_contrib_domain(model: onnx.ModelProto, opsets: dict[str, int], label: str,
