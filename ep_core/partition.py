@@ -104,6 +104,8 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
             position = min(k for k, n in enumerate(nodes) if id(n) in members)
             nodes = [n for n in nodes if id(n) not in members]
             nodes.insert(min(position, len(nodes)), fused)
+            # A member may read a value produced between the members: order again.
+            nodes = _in_topological_order(nodes, p, md_name=fused.name)
             for n in cap.nodes:
                 del out[n]
             out[fused] = Assignment(p, subgraph=sub)
@@ -113,6 +115,35 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
             raise InvalidGraph(f"provider '{a.provider.type}' claimed {n.describe()} in a fused group "
                                f"at partitioning but grouped it into no fused node at compile")
     return dataclasses.replace(graph, nodes=nodes), {n: out[n] for n in nodes}
+
+
+def _in_topological_order(nodes: list[Node], provider: ExecutionProvider, md_name: str) -> list[Node]:
+    """`nodes` in a topological order that keeps their current order where it can; a fused group
+    that makes a cycle (it reads a value computed from one of its own outputs) is refused."""
+    import heapq
+    producer = {o: k for k, n in enumerate(nodes) for o in n.outputs if o}
+    waiting: dict[int, list[int]] = {}
+    missing = []
+    for k, n in enumerate(nodes):
+        deps = {producer[i] for i in list(n.inputs) + list(n.implicit_inputs) if i in producer}
+        deps.discard(k)
+        missing.append(len(deps))
+        for d in deps:
+            waiting.setdefault(d, []).append(k)
+    ready = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for c in waiting.get(k, ()):
+            missing[c] -= 1
+            if missing[c] == 0:
+                heapq.heappush(ready, c)
+    if len(order) != len(nodes):
+        raise InvalidGraph(f"provider '{provider.type}' grouped nodes into fused node '{md_name}' "
+                           f"that reads a value computed from its own outputs (a cycle)")
+    return [nodes[k] for k in order]
 
 
 def _fuse(graph: Graph, nodes: list[Node], cap: ComputeCapability) -> tuple[Node, Graph]:

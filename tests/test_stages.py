@@ -397,3 +397,33 @@ def test_session_options_refuse_unknown_fields():
     ro = ep_core.RunOptions()
     with pytest.raises(AttributeError):
         ro.terminated = True
+
+
+class GroupingProvider(ForeignProvider):
+    """Claims Relu 'a' and Add 'c' as one compiled group; the CPU's Neg 'b' between them feeds 'c'."""
+    type = "grouping"
+
+    def get_capability(self, graph_view, kernel_lookup):
+        from ep_core.provider import ComputeCapability, MetaDef
+        mine = [n for n in graph_view.nodes if n.name in ("a", "c")]
+        if len(mine) != 2:
+            return []
+        return [ComputeCapability(mine, MetaDef("relu_add", ["x", "nb"], ["y"]))]
+
+    def compile(self, fused_node, subgraph):
+        return lambda x, nb: (ForeignArray(np.maximum(unwrap(x), 0) + unwrap(nb)),)
+
+
+ep_core.register_provider("grouping", GroupingProvider)
+
+
+def test_fused_group_reading_a_value_produced_between_its_members_is_ordered():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"], name="a"),
+                    helper.make_node("Neg", ["x"], ["nb"], name="b"),
+                    helper.make_node("Add", ["r", "nb"], ["y"], name="c")],
+                   [("x", F32, [2, 3])], [("y", F32, [2, 3])])
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["grouping", "cpu"])
+    ops = [op for _, op, _ in sess.get_placement()["nodes"] if not op.startswith("Memcpy")]
+    assert ops == ["Neg", "relu_add"]
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
