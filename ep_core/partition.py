@@ -15,7 +15,7 @@ from typing import Callable
 from .errors import EPError, Fail, InvalidGraph, NotImplemented
 from .graph import Graph, Node, ValueInfo
 from .kernel import KernelDef
-from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView
+from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView, MetaDef
 
 COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 
@@ -29,18 +29,21 @@ class Assignment:
     compiled: Callable | None = None
     subgraph: Graph | None = None   # the member nodes a fused node stands for
     transfer: tuple | None = None   # (DataTransfer, dst Device, src Device) for copy nodes
+    meta_def: MetaDef | None = None  # the group a fused node stands for (its host memory positions)
 
     def input_device(self, k: int) -> Device:
         if self.transfer is not None:  # a copy node reads wherever its source lives
             return self.transfer[2]
-        if self.kernel_def is not None and k in self.kernel_def.host_inputs:
+        if self.kernel_def is not None and k in self.kernel_def.host_inputs or \
+                self.meta_def is not None and k in self.meta_def.host_inputs:
             return HOST
         return self.provider.device
 
     def output_device(self, k: int) -> Device:
         if self.transfer is not None:
             return self.transfer[1]
-        if self.kernel_def is not None and k in self.kernel_def.host_outputs:
+        if self.kernel_def is not None and k in self.kernel_def.host_outputs or \
+                self.meta_def is not None and k in self.meta_def.host_outputs:
             return HOST
         return self.provider.device
 
@@ -108,7 +111,7 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
             nodes = _in_topological_order(nodes, p, md_name=fused.name)
             for n in cap.nodes:
                 del out[n]
-            out[fused] = Assignment(p, subgraph=sub)
+            out[fused] = Assignment(p, subgraph=sub, meta_def=cap.meta_def)
     for n in nodes:
         a = out[n]
         if a.kernel_def is None and a.subgraph is None and a.transfer is None:

@@ -427,3 +427,35 @@ def test_fused_group_reading_a_value_produced_between_its_members_is_ordered():
     assert ops == ["Neg", "relu_add"]
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
+
+
+class HostInputGroupingProvider(GroupingProvider):
+    """The same group, declaring that its callable reads input 1 ('nb') in host memory."""
+    type = "grouping_host"
+
+    def get_capability(self, graph_view, kernel_lookup):
+        caps = super().get_capability(graph_view, kernel_lookup)
+        for c in caps:
+            c.meta_def.host_inputs = (1,)
+        return caps
+
+    def compile(self, fused_node, subgraph):
+        def run(x, nb):
+            assert isinstance(nb, np.ndarray), "input 1 was declared host memory"
+            return (ForeignArray(np.maximum(unwrap(x), 0) + nb),)
+        return run
+
+
+ep_core.register_provider("grouping_host", HostInputGroupingProvider)
+
+
+def test_fused_group_host_inputs_are_not_copied_to_the_device():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"], name="a"),
+                    helper.make_node("Neg", ["x"], ["nb"], name="b"),
+                    helper.make_node("Add", ["r", "nb"], ["y"], name="c")],
+                   [("x", F32, [2, 3])], [("y", F32, [2, 3])])
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["grouping_host", "cpu"])
+    ops = [op for _, op, _ in sess.get_placement()["nodes"]]
+    assert ops.count("MemcpyFromHost") == 1      # x only; 'nb' stays on the host
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
