@@ -35,7 +35,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
-from . import validate
+from . import contrib_schemas, validate
 from .errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .graph import Graph, graph_from_proto
 from .graph_edit import OWN_DOMAIN, GraphEditor
@@ -322,10 +322,11 @@ def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int])
     import_contrib_domain(light, opsets, label, _warn)
     restore_domains = hide_onnx_domain_contrib(light, opsets)
     undo = relax_for_checker(light, label, _warn)
-    try:
-        onnx.checker.check_model(light)
-    except onnx.checker.ValidationError as e:
-        raise InvalidGraph(f"{label} failed the ONNX checker: {e}") from e
+    with contrib_schemas.LOCK:   # never while another load has its contrib schemas registered
+        try:
+            onnx.checker.check_model(light)
+        except onnx.checker.ValidationError as e:
+            raise InvalidGraph(f"{label} failed the ONNX checker: {e}") from e
     for fix in undo:
         fix()
     try:
@@ -350,6 +351,27 @@ def _check_and_infer(light: onnx.ModelProto, label: str, opsets: dict[str, int])
 
 
 def _infer(light: onnx.ModelProto) -> onnx.ModelProto:
+    """Strict inference, typing onnxruntime's com.microsoft ops by our rules (contrib_schemas).
+
+    onnx stops being strict after the first node it has no schema for; with our schemas it
+    stays strict downstream of contrib ops. So where a rule leaves an output untyped, or the
+    model trips strict inference past a contrib op (which onnxruntime may load), inference runs
+    again without the schemas of the ops whose rules could not decide, then without any: the
+    last try is onnx's own behaviour, and its error is the model's. A shape conflict with
+    declared shapes is left to the caller (it strips them and infers again, with our rules).
+    """
+    skip: set[str] = set()
+    while True:
+        with contrib_schemas.registered(light, skip) as window:
+            try:
+                return _infer_strict(light)
+            except onnx.shape_inference.InferenceError as e:
+                if not window.registered or _SHAPE_CONFLICT in str(e):
+                    raise
+        skip |= window.undecided if window.undecided - skip else window.registered
+
+
+def _infer_strict(light: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
                                                  data_prop=True)
