@@ -292,7 +292,6 @@ def test_onnxruntime_contrib_ops_with_our_semantics_run_on_cuda(provider):
     """com.microsoft Gelu, FastGelu, SkipLayerNormalization and FusedConv (what onnxruntime's
     transformer optimizer and its own fusions write) run on the CUDA provider, as the CPU's."""
     MS = "com.microsoft"
-    # Each reads graph inputs: onnx's inference gives com.microsoft outputs no type (yet).
     nodes = [helper.make_node("Gelu", ["x"], ["g"], domain=MS),
              helper.make_node("FastGelu", ["x", "bias"], ["f"], domain=MS),
              helper.make_node("SkipLayerNormalization", ["x", "x2", "gamma", "beta"], ["y"],
@@ -309,3 +308,19 @@ def test_onnxruntime_contrib_ops_with_our_semantics_run_on_cuda(provider):
     assert all(placed[op] == "cuda" for op in ("Gelu", "FastGelu", "SkipLayerNormalization", "FusedConv")), placed
     compare(ours, ref, {"x": rnd((2, 5, 8), seed=6), "x2": rnd((2, 5, 8), seed=8),
                         "img": rnd((1, 3, 6, 6), seed=7)}, rtol=1e-4, atol=1e-4)
+
+
+def test_onnxruntime_contrib_chain_runs_on_cuda(provider):
+    """A chain whose contrib ops read other contrib ops' outputs (undeclared values): the load
+    stage types them (contrib_schemas), so the CUDA kernels' float-input checks accept them."""
+    MS = "com.microsoft"
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain=MS),
+             helper.make_node("FastGelu", ["g", "bias"], ["f"], domain=MS),
+             helper.make_node("SkipLayerNormalization", ["f", "x", "gamma", "beta"], ["n"], domain=MS),
+             helper.make_node("Add", ["n", "x"], ["y"])]
+    inits = [("bias", rnd((8,), seed=1)), ("gamma", rnd((8,), seed=2)), ("beta", rnd((8,), seed=3))]
+    m = model(nodes, [("x", F32, [2, 5, 8])], [("y", F32, [2, 5, 8])], inits, domains=[MS])
+    ours, ref = sessions(m, provider)
+    placed = {op: p for _, op, p in ours.get_placement()["nodes"]}
+    assert all(placed[op] == "cuda" for op in ("Gelu", "FastGelu", "SkipLayerNormalization", "Add")), placed
+    compare(ours, ref, {"x": rnd((2, 5, 8), seed=6)}, rtol=1e-4, atol=1e-4)
