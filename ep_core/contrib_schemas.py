@@ -19,8 +19,8 @@ fail strict inference, and the caller infers again without those schemas).
 (`NodeView`) returning a TypeProto or None:
 - `like(j)`: the type and shape of input j;
 - `elem_of(j, ...)`: the element type of input j (the first present of several), no shape;
-- `fixed(t)`: element type t; either takes `shape=` (a function of the view giving dims);
-- `first(a, b)`: rule a, else rule b.
+- `fixed(t)`: element type t; both take `shape=` (a function of the view giving dims);
+- `first(a, b)`: rule a, else rule b; `when_input(j, a, b)`: rule a when input j is given.
 """
 from __future__ import annotations
 
@@ -435,7 +435,10 @@ def registered(model: onnx.ModelProto, skip: set[str] = frozenset()) -> Iterator
                 for op in sorted(used_ops(model) - set(skip)):
                     if _has_schema(op):   # someone else's schema: not ours to replace or remove
                         continue
-                    onnx.defs.register_schema(_schema(op))
+                    try:
+                        onnx.defs.register_schema(_schema(op))
+                    except Exception:   # an onnx that refuses it: that op stays untyped
+                        continue
                     window.registered.add(op)
             _current = window
             yield window

@@ -12,10 +12,12 @@ Steps, each refusing with a typed error from `ep_core.errors`:
    model file is parsed with those weights' bytes lifted out of it (`load_wire`): each is read
    once, straight into its array. External data is read only through
    `load_tensors.ExternalFiles` (regular files inside the model's folder).
-4. `onnx.checker` and strict shape inference on the weightless copy. Where onnx is stricter than
-   onnxruntime (old IR versions, main-graph values without shapes, unsorted nodes, duplicate
-   initializers, declared shapes that disagree with inferred ones) a `LenientLoadWarning` is
-   issued and loading goes on; anything unsafe or undefined is refused.
+4. `onnx.checker` and strict shape inference on the weightless copy; onnxruntime's com.microsoft
+   ops are typed by our rules (`contrib_schemas`, registered with onnx only while it runs), so
+   the values after them are typed too. Where onnx is stricter than onnxruntime (old IR
+   versions, main-graph values without shapes, unsorted nodes, duplicate initializers,
+   declared shapes that disagree with inferred ones) a `LenientLoadWarning` is issued and
+   loading goes on; anything unsafe or undefined is refused.
 5. `graph_from_proto`, the weights put back, `validate.check_graph` (node checks onnx misses).
 
 A model written by `offline.save_optimized` (metadata `ep_core.optimized`) goes through every

@@ -11,7 +11,8 @@ Each adjustment is one onnxruntime accepts and that leaves the model's meaning d
 - com.microsoft nodes without an opset import for that domain: version 1 is imported;
 - the ops onnxruntime defines in the ONNX domain itself (SimplifiedLayerNormalization, and
   LayerNormalization below opset 17): the checker and inference see them in com.microsoft, which
-  they skip, and the inferred copy gets the ONNX domain back (`hide_onnx_domain_contrib`).
+  the checker skips and inference types by `contrib_schemas`' rules; the inferred copy gets the
+  ONNX domain back (`hide_onnx_domain_contrib`).
 
 `fill_function_defaults` is no leniency: onnx's strict inference expands the function body of
 ops such as MeanVarianceNormalization and fails when a body refers to an attribute the node
