@@ -155,6 +155,10 @@ class QLinearConcat(Kernel):
     """Concat of (X, X_scale, X_zero_point) triples along `axis`, each requantized to Y's scale
     and zero point (copied as is where they already match)."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(required(self, "axis"))
+
     def compute(self, y_scale, y_zp, *inputs):
         if len(inputs) % 3 or not inputs:
             raise InvalidArgument(f"{self.node.describe()}: inputs after Y_scale, Y_zero_point must be "
@@ -169,7 +173,7 @@ class QLinearConcat(Kernel):
             else:
                 parts.append(_lookup(_table(x.dtype, lambda v: v, xs, xz, ys, yz), x))
         try:
-            return np.concatenate(parts, axis=int(required(self, "axis")))
+            return np.concatenate(parts, axis=self.axis)
         except ValueError as e:
             raise InvalidArgument(f"{self.node.describe()}: {e}") from None
 
