@@ -162,7 +162,7 @@ class Attention(Kernel):
         if bias is not None:
             scores = scores + bias
         qk2 = scores
-        sdt = self.softmax_dtype or cdt
+        sdt = cdt if self.softmax_dtype is None else self.softmax_dtype
         probs = masked_softmax(scores.astype(sdt)).astype(cdt)
         y = _group_apply(probs, v4.astype(cdt))
         if three_d:
@@ -294,7 +294,7 @@ class FlexAttention(Kernel):
         return np.asarray(run([x], outer)[0])
 
     def compute(self, q, k, v, *outer_vals):
-        sdt = self.softmax_dtype or _cdt(q.dtype)
+        sdt = _cdt(q.dtype) if self.softmax_dtype is None else self.softmax_dtype
         scale = 1.0 / np.sqrt(q.shape[-1]) if self.scale is None else self.scale
         scores = (_group_scores(q.astype(sdt), k.astype(sdt)) * sdt.type(scale)).astype(sdt)
         scores = self._apply("score_mod", scores, outer_vals).astype(sdt, copy=False)

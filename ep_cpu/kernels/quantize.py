@@ -115,8 +115,8 @@ class QuantizeLinear(_QuantizeBase):
         if y_zero_point is not None:
             out_dt = y_zero_point.dtype
         else:
-            out_dt = self.output_dtype or self.default_out
-        pdt = self.precision or y_scale.dtype
+            out_dt = self.default_out if self.output_dtype is None else self.output_dtype
+        pdt = y_scale.dtype if self.precision is None else self.precision
         if pdt.kind not in "f" and "bfloat16" not in pdt.name:
             pdt = np.dtype(np.float32)  # int32 / float8e8m0 scales divide in float32
         scale = _shape_param(y_scale, x, axis, block).astype(pdt)
@@ -129,7 +129,7 @@ class QuantizeLinear(_QuantizeBase):
 class DequantizeLinear(_QuantizeBase):
     def compute(self, x, x_scale, x_zero_point=None):
         axis, block = self.axis, self.block
-        out_dt = self.output_dtype or x_scale.dtype
+        out_dt = x_scale.dtype if self.output_dtype is None else self.output_dtype
         if out_dt.kind != "f" and "bfloat16" not in out_dt.name:
             out_dt = np.dtype(np.float32)  # float8e8m0 scales: output float32
         wide = np.float64 if x.dtype.itemsize >= 4 else np.float32
