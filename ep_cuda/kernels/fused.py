@@ -21,6 +21,7 @@ from .norm import _row_launch, fp32_param
 from .softmax import softmax
 
 DOMAIN = "com.ep_core"
+MS = "com.microsoft"   # onnxruntime's contrib ops with the same semantics as ours
 B_ADD = 0
 # fused activation name -> (code in activation.cu, parameter names in activation_params order)
 FUSED_ACTIVATIONS = {
@@ -77,6 +78,7 @@ class _Activated:
         return activation(code, y, self.params[0], self.params[1], out=y)
 
 
+@kernel("FusedConv", domain=MS, types={"T": FLOATS})
 @kernel("FusedConv", domain=DOMAIN, types={"T": FLOATS})
 class FusedConv(_Activated, Conv):
     """act(Conv(X, W, B) + Z)."""
@@ -118,6 +120,7 @@ class FusedAdd(_Activated, _Fused):
         return self.activate(binary(B_ADD, a, b, a.dtype))
 
 
+@kernel(["Gelu", "FastGelu"], domain=MS, types={"T": FLOATS})
 @kernel(["Gelu", "FastGelu"], domain=DOMAIN, types={"T": FLOATS})
 class GeluFused(_Fused):
     """Gelu (erf) and FastGelu (tanh approximation, optional bias added first)."""
@@ -138,6 +141,7 @@ class LayerNormalizationFused(OnnxLayerNormalization):
         return float_input(node) and OnnxLayerNormalization.supports(node)
 
 
+@kernel("SkipLayerNormalization", domain=MS, types={"T": FLOATS})
 @kernel("SkipLayerNormalization", domain=DOMAIN, types={"T": FLOATS})
 class SkipLayerNormalization(_Fused):
     """LayerNorm(input + skip + bias) over the last axis.
