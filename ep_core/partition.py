@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import EPError, Fail, InvalidGraph, NotImplemented
-from .graph import Graph, Node, ValueInfo
+from .graph import Graph, Node, ValueInfo, stable_topological_order
 from .kernel import KernelDef
 from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView, MetaDef
 
@@ -123,26 +123,10 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
 def _in_topological_order(nodes: list[Node], provider: ExecutionProvider, md_name: str) -> list[Node]:
     """`nodes` in a topological order that keeps their current order where it can; a fused group
     that makes a cycle (it reads a value computed from one of its own outputs) is refused."""
-    import heapq
     producer = {o: k for k, n in enumerate(nodes) for o in n.outputs if o}
-    waiting: dict[int, list[int]] = {}
-    missing = []
-    for k, n in enumerate(nodes):
-        deps = {producer[i] for i in list(n.inputs) + list(n.implicit_inputs) if i in producer}
-        deps.discard(k)
-        missing.append(len(deps))
-        for d in deps:
-            waiting.setdefault(d, []).append(k)
-    ready = [k for k, m in enumerate(missing) if m == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        k = heapq.heappop(ready)
-        order.append(k)
-        for c in waiting.get(k, ()):
-            missing[c] -= 1
-            if missing[c] == 0:
-                heapq.heappush(ready, c)
+    deps = [{producer[i] for i in list(n.inputs) + list(n.implicit_inputs) if i in producer} - {k}
+            for k, n in enumerate(nodes)]
+    order = stable_topological_order(deps)
     if len(order) != len(nodes):
         raise InvalidGraph(f"provider '{provider.type}' grouped nodes into fused node '{md_name}' "
                            f"that reads a value computed from its own outputs (a cycle)")

@@ -459,3 +459,45 @@ def test_fused_group_host_inputs_are_not_copied_to_the_device():
     assert ops.count("MemcpyFromHost") == 1      # x only; 'nb' stays on the host
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
+
+
+# Ops whose numpy kernels can return a view of an input (or the input itself).
+VIEW_OPS = [
+    ("Slice", ["x", "starts", "ends"], {}, [1, 2]),
+    ("Transpose", ["x"], {"perm": [1, 0]}, [4, 1]),
+    ("Expand", ["x", "eshape"], {}, [2, 4]),
+    ("Split", ["x"], {"axis": 1, "num_outputs": 2}, [1, 2]),
+    ("Cast", ["x"], {"to": TensorProto.FLOAT}, [1, 4]),
+    ("Dropout", ["x"], {}, [1, 4]),
+    ("Concat", ["x"], {"axis": 0}, [1, 4]),
+    ("Squeeze", ["x", "axes"], {}, [4]),
+    ("Identity", ["w"], {}, [1, 4]),          # an initializer
+    ("Reshape", ["w", "shape"], {}, [4]),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,shape", VIEW_OPS, ids=[f"{v[0]}-{v[1][0]}" for v in VIEW_OPS])
+def test_view_returning_ops_give_independent_outputs(op, inputs, attrs, shape):
+    """Mutating a returned output changes neither the feed, nor a constant, nor the next run;
+    mutating the feed afterwards changes no returned output."""
+    n_out = attrs.get("num_outputs", 1)
+    outs = [f"y{k}" for k in range(n_out)]
+    m = make_model([helper.make_node(op, inputs, outs, **attrs)], [("x", F32, [1, 4])],
+                   [(o, F32, shape) for o in outs],
+                   [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                    [("starts", [0, 1]), ("ends", [1, 3]), ("eshape", [2, 4]), ("axes", [0]), ("shape", [4])]]
+                   + [numpy_helper.from_array(np.full((1, 4), 3, np.float32), "w")])
+    m.opset_import[0].version = 18
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["cpu"])
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    first = sess.run(None, {"x": x})
+    want = [o.copy() for o in first]
+    for o in first:
+        o[...] = 99
+    np.testing.assert_array_equal(x, np.arange(4, dtype=np.float32).reshape(1, 4))
+    again = sess.run(None, {"x": x})
+    for a, w in zip(again, want):
+        np.testing.assert_array_equal(a, w)
+    x[...] = -7
+    for a, w in zip(again, want):
+        np.testing.assert_array_equal(a, w)
