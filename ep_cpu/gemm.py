@@ -37,7 +37,7 @@ from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # no
                             _as_2d_operand, _Epilogue, fast_erf)
 
 __all__ = ["PackedB", "pack_b", "gemm", "set_num_threads", "get_num_threads", "single_threaded_blas",
-           "fast_erf", "pack_constant", "ACTIVATIONS"]
+           "fast_erf", "pack_constant", "ACTIVATIONS", "blas_thread_controls"]
 
 # --------------------------------------------------------------------------- tuning constants
 # Bytes of one packed B panel (K x nc). BLAS blocks for L1/L2 inside each call, so panels only
@@ -151,6 +151,11 @@ class _SingleThreadedBlas:
 
 
 _blas_single = _SingleThreadedBlas()
+
+
+def blas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
+    """(get, set) thread-count functions of each BLAS library numpy loaded (cheap to call)."""
+    return _blas_single._controllers()
 
 
 def single_threaded_blas() -> _SingleThreadedBlas:
