@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper
 
 import ep_core
@@ -180,3 +181,27 @@ def test_winograd_shape_rule():
     assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [2, 2], [1, 1], 1, [28, 28], f32)
     assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [1, 1], [1, 1], 1, [56, 56],
                                   np.dtype(np.float64))
+
+
+@pytest.mark.parametrize("epilogue", ["none", "relu"])
+def test_winograd_transform_at_session_creation(monkeypatch, force_winograd, epilogue):
+    """Conv and FusedConv (Conv+Relu) transform a constant weight when the session is built:
+    no run pays for it, and runs with other input sizes reuse it."""
+    transforms = []
+    real = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(m) or real(w, m))
+    data, feeds = _wino_model((1, 8, 9, 9), 8, (1, 1, 1, 1), "NOTSET", epilogue=epilogue,
+                              const_weight=True)
+    model = onnx.load_from_string(data)
+    for d, name in zip(model.graph.input[0].type.tensor_type.shape.dim, "nchw"):
+        d.dim_param = name   # any input size
+    data = model.SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ops = {st.node.op_type for st in sess._plan.steps}
+    assert ("FusedConv" if epilogue == "relu" else "Conv") in ops
+    assert len(transforms) == 1
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for shape in ((1, 8, 9, 9), (2, 8, 12, 7), (1, 8, 9, 9)):   # the geometry follows the shapes
+        x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0], **WINO_TOL)
+    assert len(transforms) == 1 and len(force_winograd) == 3

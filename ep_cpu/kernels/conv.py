@@ -371,7 +371,7 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) -> bool:
 
 def winograd_weight(k: Kernel, w: np.ndarray, cdt) -> np.ndarray:
     """The transformed weight: computed once and kept on the kernel when W is a session
-    constant (Conv does it at __init__, FusedConv at its first run), else per call."""
+    constant (Conv and FusedConv do it at __init__), else per call."""
     m = WINOGRAD_TILE
     cached = getattr(k, "_winograd_u", None)
     if cached is not None and cached[0] == m and cached[1].dtype == cdt:
@@ -387,10 +387,8 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
              activation_params: dict | None = None) -> np.ndarray:
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
-    nd = x.ndim - 2
-    ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w.shape, nd)
-    begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, pads, auto_pad)
-    if _use_winograd(x.shape, w.shape, ks, strides, dil, group, out, cdt) and min(out) > 0:
+    ks, strides, dil, group, begin, end, out, use_wino = _geometry(k, x.shape, w.shape, cdt)
+    if use_wino:
         res = None if residual is None else np.broadcast_to(residual, (x.shape[0], w.shape[0], *out))
         return winograd.conv3x3(x.astype(cdt, copy=False), winograd_weight(k, w, cdt),
                                 WINOGRAD_TILE, begin, out, b, res, activation, activation_params)
@@ -399,19 +397,41 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
                    residual, activation, activation_params)
 
 
+def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
+    """(ks, strides, dilations, group, begin, end, out_shape, winograd?) of a conv kernel for
+    these shapes, kept on the kernel for the next call with the same shapes (attributes are
+    parsed and the geometry computed once per shape, not per run)."""
+    key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES)
+    cached = k.__dict__.get("_conv_geometry")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    nd = len(x_shape) - 2
+    ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w_shape, nd)
+    begin, end, out = conv_geometry(x_shape[2:], ks, strides, dil, pads, auto_pad)
+    wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
+    geo = (ks, strides, dil, group, begin, end, out, wino)
+    k._conv_geometry = (key, geo)
+    return geo
+
+
+def prepare_constant_weight(k: Kernel) -> None:
+    """At kernel creation: the Winograd transform of a constant weight, if the conv will use it
+    (Conv and FusedConv), so no run pays for it."""
+    w = k.ctx.constant_input(1)
+    if isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f":
+        ks = list(k.attr("kernel_shape") or w.shape[2:])
+        if (WINOGRAD and ks == [3, 3] and list(k.attr("strides") or [1, 1]) == [1, 1]
+                and list(k.attr("dilations") or [1, 1]) == [1, 1]
+                and int(k.attr("group", 1)) == 1 and compute_dtype(w.dtype) == np.float32
+                and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
+            winograd_weight(k, w, np.dtype(np.float32))
+
+
 @kernel("Conv")
 class Conv(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        w = ctx.constant_input(1)
-        if isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f":
-            # Constant weight: its Winograd transform happens once, here, if the conv uses it.
-            ks = list(self.attr("kernel_shape") or w.shape[2:])
-            if (WINOGRAD and ks == [3, 3] and list(self.attr("strides") or [1, 1]) == [1, 1]
-                    and list(self.attr("dilations") or [1, 1]) == [1, 1]
-                    and int(self.attr("group", 1)) == 1 and compute_dtype(w.dtype) == np.float32
-                    and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-                winograd_weight(self, w, np.dtype(np.float32))
+        prepare_constant_weight(self)
 
     def compute(self, x, w, b=None):
         y = run_conv(self, x, w, b, compute_dtype(x.dtype))

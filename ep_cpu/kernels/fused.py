@@ -22,7 +22,7 @@ from ep_cpu.registry import kernel
 
 from .contrib_attention import Attention as _MsAttention
 from .contrib_common import MS
-from .conv import compute_dtype, run_conv
+from .conv import compute_dtype, prepare_constant_weight, run_conv
 from .linalg import pack_matmul_b
 from .norm import LayerNormalization as _OnnxLayerNormalization
 
@@ -61,6 +61,10 @@ class _Activated(Kernel):
 @kernel("FusedConv", domain=DOMAIN)
 class FusedConv(_Activated):
     """act(Conv(X, W, B) + Z): Conv attributes plus `activation`, `activation_params`."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        prepare_constant_weight(self)   # a constant weight's Winograd transform, once
 
     def compute(self, x, w, b=None, z=None):
         cdt = compute_dtype(x.dtype)
