@@ -91,11 +91,12 @@ def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: in
     warm-up run decides).
     """
     slowest = 0.0
-    for _ in range(warmup):
+    for i in range(warmup):
         for fn in (run_a, run_b):
             t = time.perf_counter()
             fn()
-            slowest = max(slowest, time.perf_counter() - t)
+            if i == warmup - 1:   # the last round: earlier ones include first-run costs
+                slowest = max(slowest, time.perf_counter() - t)
     if block_s:
         # Sub-millisecond models (real-time streams, small ML pipelines) run back to back in
         # practice: time them in blocks of about block_s, not 3 runs fresh out of an idle gap.
