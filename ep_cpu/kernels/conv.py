@@ -151,6 +151,16 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         r2 = None if res is None else res.reshape(n, m, oprod).transpose(1, 0, 2).reshape(m, n * oprod)
         y = gemm(w2[0], big, None if bcol is None else bcol[0], residual=r2, **epi)
         y = y.reshape(m, n, oprod).transpose(1, 0, 2)
+    elif group == 1 and m * oprod * cg * kprod < SMALL_CONV_MACS:
+        # A tiny conv (streaming audio models, late layers of small inputs): one BLAS call and
+        # the epilogue in place; gemm's tiling set-up would cost more than the product.
+        y = np.matmul(w2[0], cols[0, 0])
+        if bcol is not None:
+            y += bcol[0]
+        if res is not None:
+            y += res.reshape(m, oprod)
+        if activation is not None:
+            ACTIVATIONS[activation](y, activation_params or {})
     elif group == 1:
         r2 = None if res is None else res.reshape(m, oprod)
         y = gemm(w2[0], cols[0, 0], None if bcol is None else bcol[0], residual=r2, **epi)
@@ -171,6 +181,9 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
                 gemm(w2[g], cols[b, g], None if bcol is None else bcol[g],
                      residual=None if rg is None else rg[b, g], out=y[b, g], **epi)
     return np.ascontiguousarray(y.reshape(n, m, *out_shape), dtype=dt)
+
+
+SMALL_CONV_MACS = 1 << 17   # below: np.matmul + in-place epilogue instead of `gemm`
 
 
 def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
