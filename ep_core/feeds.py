@@ -4,7 +4,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,17 +15,34 @@ from .types import tensor_dtype, tensor_shape, type_string
 
 
 @dataclass(frozen=True)
+class DeclaredInput:
+    """One input's declared type, read out of its TypeProto once (not on every run)."""
+    kind: str | None                  # "tensor_type", "sequence_type", ... (None: no type)
+    dtype: np.dtype | None            # tensors: the element type
+    type_string: str
+    shape: list | None                # tensors: ints for static dims, None/str for dynamic ones
+
+
+@dataclass(frozen=True, eq=False)
 class FeedSpec:
     """The model's input signature as loaded (before any rewrite can drop an initializer)."""
     inputs: tuple[ValueInfo, ...]
     initializers: frozenset[str]      # names of the top-level initializers
     constants: frozenset[str]         # initializers no feed may replace (Graph.constant_initializers)
     ir_version: int
+    declared: dict[str, DeclaredInput] = field(default_factory=dict)   # by input name
 
     @classmethod
     def of(cls, graph: Graph) -> "FeedSpec":
+        declared = {}
+        for v in graph.inputs:
+            kind = v.type.WhichOneof("value") if v.type is not None else None
+            tensor = kind == "tensor_type"
+            declared[v.name] = DeclaredInput(kind, tensor_dtype(v.type) if tensor else None,
+                                             type_string(v.type) if v.type is not None else "",
+                                             tensor_shape(v.type) if tensor else None)
         return cls(tuple(graph.inputs), frozenset(graph.initializers),
-                   frozenset(graph.constant_initializers()), graph.ir_version)
+                   frozenset(graph.constant_initializers()), graph.ir_version, declared)
 
     @property
     def required(self) -> list[ValueInfo]:
@@ -46,7 +63,7 @@ def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = fro
     """
     if not isinstance(input_feed, dict):
         raise InvalidArgument(f"input_feed must be a dict of name -> value, got {type(input_feed).__name__}")
-    declared = {v.name: v for v in spec.inputs}
+    declared = spec.declared
     unknown = [n for n in input_feed if n not in declared]
     if unknown:
         raise InvalidArgument(f"invalid feed name(s) {unknown}; the model's inputs are "
@@ -61,39 +78,42 @@ def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = fro
         raise InvalidArgument(f"missing feed(s) for required input(s) {missing}")
     feeds = {}
     for name, value in input_feed.items():
-        vi = declared[name]
-        kind = vi.type.WhichOneof("value") if vi.type is not None else None
-        if kind == "tensor_type" and name in on_device:
-            check_device_feed(name, value, vi)
-        elif kind == "tensor_type":
-            value = check_tensor_feed(name, value, vi)
+        d = declared[name]
+        if d.kind == "tensor_type" and name in on_device:
+            check_device_feed(name, value, d)
+        elif d.kind == "tensor_type":
+            value = check_tensor_feed(name, value, d)
         feeds[name] = value
     return feeds
 
 
-def check_tensor_feed(name: str, value: Any, vi) -> np.ndarray:
+def check_tensor_feed(name: str, value: Any, declared: DeclaredInput) -> np.ndarray:
     """One tensor feed as onnxruntime takes it, converted to a native-order contiguous array.
 
     Arrays must already have the declared element type (a float64 array for a float input is
     refused, as in onnxruntime); Python lists, tuples and numbers are converted to it.
     """
-    value = _as_array(name, value, tensor_dtype(vi.type), type_string(vi.type))
-    _check_shape(name, value, vi)
+    if type(value) is np.ndarray and value.dtype == declared.dtype and value.dtype != object \
+            and value.flags.c_contiguous:
+        pass                            # the usual case: nothing to convert
+    else:
+        value = _as_array(name, value, declared.dtype, declared.type_string)
+    _check_shape(name, value, declared)
     return value
 
 
-def check_device_feed(name: str, value: Any, vi) -> None:
+def check_device_feed(name: str, value: Any, declared: DeclaredInput) -> None:
     """A feed already on a device: dtype and shape from its metadata, as for a host array."""
-    want = tensor_dtype(vi.type)
+    want = declared.dtype
     got = getattr(value, "dtype", None)
     if want is not None and got is not None and np.dtype(got) != want:
         raise InvalidArgument(f"feed '{name}' (on a device) has dtype {got} but the model expects "
-                              f"{type_string(vi.type)} ({want})")
-    _check_shape(name, value, vi)
+                              f"{declared.type_string} ({want})")
+    _check_shape(name, value, declared)
 
 
-def _check_shape(name: str, value: Any, vi) -> None:
-    shape = tensor_shape(vi.type)
+def _check_shape(name: str, value: Any, declared: DeclaredInput) -> None:
+    shape = declared.shape
     if shape is not None:
         if len(value.shape) != len(shape):
             raise InvalidArgument(f"feed '{name}' has rank {len(value.shape)} (shape {list(value.shape)}) "

@@ -171,6 +171,30 @@ class Graph:
         return order
 
 
+def stable_topological_order(deps: list[set[int]]) -> list[int]:
+    """Positions 0..n-1 ordered so each comes after the positions in its `deps`, keeping the
+    given order wherever the dependencies allow. Shorter than n when there is a cycle (the
+    positions on or behind it are left out)."""
+    import heapq
+    waiting: dict[int, list[int]] = {}
+    missing = []
+    for k, d in enumerate(deps):
+        missing.append(len(d))
+        for p in d:
+            waiting.setdefault(p, []).append(k)
+    ready = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        k = heapq.heappop(ready)
+        order.append(k)
+        for c in waiting.get(k, ()):
+            missing[c] -= 1
+            if missing[c] == 0:
+                heapq.heappush(ready, c)
+    return order
+
+
 def attribute_value(attr: AttributeProto, opset_imports: dict[str, int], outer: set[str],
                     ir_version: int = onnx.IR_VERSION) -> Any:
     """Python value of an attribute; subgraphs become Graph objects."""

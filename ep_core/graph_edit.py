@@ -18,6 +18,7 @@ from .types import elem_type, tensor_dtype, tensor_shape
 
 OWN_DOMAIN = "com.ep_core"   # domain of the fused ops the optimizer creates
 OWN_DOMAIN_VERSION = 1
+MS_DOMAIN = "com.microsoft"   # onnxruntime's contrib ops (ep_cpu/kernels/contrib_*.py)
 
 
 def tensor_type(dtype: Any, shape: Iterable | None) -> onnx.TypeProto:

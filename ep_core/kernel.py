@@ -1,6 +1,7 @@
 """Kernel definitions and registries: how a provider says which (op, domain, versions, types) it runs."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -113,6 +114,10 @@ class KernelContext:
             raise ResourceLimit(f"{node.describe()}: output of shape {list(shape)} ({np.dtype(dtype)}) "
                                 f"needs {nbytes} bytes, above the session's max_tensor_bytes "
                                 f"{self.max_tensor_bytes}")
+        if nbytes > _PHYSICAL_BYTES:   # would be overcommitted, then killed by the OOM killer
+            raise ResourceLimit(f"{node.describe()}: output of shape {list(shape)} ({np.dtype(dtype)}) "
+                                f"needs {nbytes} bytes, more than this machine's memory "
+                                f"({_PHYSICAL_BYTES} bytes)")
 
     def subgraph_runner(self, attribute: str) -> Any:
         """The ready runner of a graph attribute: `run(feeds: list, outer: dict) -> list`.
@@ -123,6 +128,15 @@ class KernelContext:
         except KeyError:
             raise RuntimeError(f"no runner was planned for graph attribute '{attribute}'") from None
 
+
+def _physical_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):   # no sysconf (Windows): no machine limit
+        return 1 << 62
+
+
+_PHYSICAL_BYTES = _physical_bytes()
 
 _schema_defaults: dict[tuple[str, str, int], dict[str, Any]] = {}
 

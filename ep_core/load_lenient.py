@@ -24,6 +24,8 @@ from typing import Callable
 import onnx
 
 from .errors import InvalidGraph
+from .graph import stable_topological_order
+from .graph_edit import MS_DOMAIN
 
 Warn = Callable[[str], None]
 
@@ -58,7 +60,7 @@ def relax_for_checker(model: onnx.ModelProto, label: str, warn: Warn) -> list[Ca
     return undo
 
 
-MS_DOMAIN = "com.microsoft"
+
 
 
 def import_contrib_domain(model: onnx.ModelProto, opsets: dict[str, int], label: str,
@@ -210,25 +212,9 @@ def _has_subgraph(n: onnx.NodeProto) -> bool:
 
 
 def _reorder(g: onnx.GraphProto, needs: list[list[str]], available: set[str], where: str) -> None:
-    import heapq
     producer = {o: k for k, n in enumerate(g.node) for o in n.output if o}
-    waiting: dict[int, list[int]] = {}
-    missing = []
-    for k, deps in enumerate(needs):
-        pending = {producer[d] for d in deps if d not in available}
-        missing.append(len(pending))
-        for p in pending:
-            waiting.setdefault(p, []).append(k)
-    heap = [k for k, m in enumerate(missing) if m == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        k = heapq.heappop(heap)
-        order.append(k)
-        for c in waiting.get(k, ()):
-            missing[c] -= 1
-            if missing[c] == 0:
-                heapq.heappush(heap, c)
+    order = stable_topological_order([{producer[d] for d in deps if d not in available}
+                                      for deps in needs])
     if len(order) != len(g.node):
         stuck = sorted(g.node[k].name or g.node[k].op_type for k in set(range(len(g.node))) - set(order))
         raise InvalidGraph(f"{where} has a cycle through node(s) {', '.join(stuck[:5])}")

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .errors import EPError, Fail, InvalidGraph, NotImplemented
-from .graph import Graph, Node, ValueInfo
+from .graph import Graph, Node, ValueInfo, stable_topological_order
 from .kernel import KernelDef
-from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView
+from .provider import HOST, ComputeCapability, Device, ExecutionProvider, GraphView, MetaDef
 
 COPY_OPS = ("MemcpyFromHost", "MemcpyToHost", "Memcpy")
 
@@ -29,18 +29,21 @@ class Assignment:
     compiled: Callable | None = None
     subgraph: Graph | None = None   # the member nodes a fused node stands for
     transfer: tuple | None = None   # (DataTransfer, dst Device, src Device) for copy nodes
+    meta_def: MetaDef | None = None  # the group a fused node stands for (its host memory positions)
 
     def input_device(self, k: int) -> Device:
         if self.transfer is not None:  # a copy node reads wherever its source lives
             return self.transfer[2]
-        if self.kernel_def is not None and k in self.kernel_def.host_inputs:
+        if self.kernel_def is not None and k in self.kernel_def.host_inputs or \
+                self.meta_def is not None and k in self.meta_def.host_inputs:
             return HOST
         return self.provider.device
 
     def output_device(self, k: int) -> Device:
         if self.transfer is not None:
             return self.transfer[1]
-        if self.kernel_def is not None and k in self.kernel_def.host_outputs:
+        if self.kernel_def is not None and k in self.kernel_def.host_outputs or \
+                self.meta_def is not None and k in self.meta_def.host_outputs:
             return HOST
         return self.provider.device
 
@@ -104,15 +107,30 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
             position = min(k for k, n in enumerate(nodes) if id(n) in members)
             nodes = [n for n in nodes if id(n) not in members]
             nodes.insert(min(position, len(nodes)), fused)
+            # A member may read a value produced between the members: order again.
+            nodes = _in_topological_order(nodes, p, md_name=fused.name)
             for n in cap.nodes:
                 del out[n]
-            out[fused] = Assignment(p, subgraph=sub)
+            out[fused] = Assignment(p, subgraph=sub, meta_def=cap.meta_def)
     for n in nodes:
         a = out[n]
         if a.kernel_def is None and a.subgraph is None and a.transfer is None:
             raise InvalidGraph(f"provider '{a.provider.type}' claimed {n.describe()} in a fused group "
                                f"at partitioning but grouped it into no fused node at compile")
     return dataclasses.replace(graph, nodes=nodes), {n: out[n] for n in nodes}
+
+
+def _in_topological_order(nodes: list[Node], provider: ExecutionProvider, md_name: str) -> list[Node]:
+    """`nodes` in a topological order that keeps their current order where it can; a fused group
+    that makes a cycle (it reads a value computed from one of its own outputs) is refused."""
+    producer = {o: k for k, n in enumerate(nodes) for o in n.outputs if o}
+    deps = [{producer[i] for i in list(n.inputs) + list(n.implicit_inputs) if i in producer} - {k}
+            for k, n in enumerate(nodes)]
+    order = stable_topological_order(deps)
+    if len(order) != len(nodes):
+        raise InvalidGraph(f"provider '{provider.type}' grouped nodes into fused node '{md_name}' "
+                           f"that reads a value computed from its own outputs (a cycle)")
+    return [nodes[k] for k in order]
 
 
 def _fuse(graph: Graph, nodes: list[Node], cap: ComputeCapability) -> tuple[Node, Graph]:

@@ -33,12 +33,17 @@ class MetaDef:
     """A group of nodes a provider wants to run as one fused, compiled node.
 
     `attributes` become the fused node's `attrs`: the way a provider hands `compile` what it
-    decided in `get_capability` (any Python value; never serialized)."""
+    decided in `get_capability` (any Python value; never serialized). `host_inputs` /
+    `host_outputs` are positions in `inputs` / `outputs` the compiled callable reads or writes in
+    host memory (shape tensors, scalars), as a KernelDef's `host_inputs` are: placement copies
+    accordingly."""
     name: str
     inputs: list[str]
     outputs: list[str]
     domain: str = "ep_core.fused"
     attributes: dict[str, Any] = field(default_factory=dict)
+    host_inputs: tuple[int, ...] = ()
+    host_outputs: tuple[int, ...] = ()
 
 
 @dataclass

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 
 from .graph import Graph, Node
-from .graph_edit import OWN_DOMAIN, GraphEditor, array_attr_key, static_shape
+from .graph_edit import MS_DOMAIN, OWN_DOMAIN, GraphEditor, array_attr_key, static_shape
 from .kernel import KernelContext, normalize_outputs
 from .rewrite import Rewrite, int_list, nodes_in_order
 from .options import GraphOptimizationLevel
@@ -20,8 +20,10 @@ log = logging.getLogger("ep_core")
 
 # Ops whose result is not a function of their inputs: never folded or merged.
 NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                    "Multinomial", "Bernoulli"}
-FOLDABLE_DOMAINS = ("", "ai.onnx.ml", OWN_DOMAIN)
+                    "Multinomial", "Bernoulli", "BiasDropout", "BitmaskDropout",
+                    "BitmaskBiasDropout"}
+# Domains whose ops are pure functions of their inputs (custom domains may have side effects).
+FOLDABLE_DOMAINS = ("", "ai.onnx.ml", OWN_DOMAIN, MS_DOMAIN)
 
 
 # --- constant folding -------------------------------------------------------------------------

@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, Node
-from .graph_edit import OWN_DOMAIN, GraphEditor
+from .graph_edit import MS_DOMAIN, OWN_DOMAIN, GraphEditor
 from .rewrite import Rewrite, nodes_in_order
 from .options import GraphOptimizationLevel
 
-MS_DOMAIN = "com.microsoft"   # onnxruntime's contrib ops
 CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 # Activations onnxruntime's com.microsoft kernels take (FusedConv: MLAS's; FusedGemm: its functors).
 MS_ACTIVATIONS = {"FusedConv": {"Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip"},

@@ -286,3 +286,26 @@ def test_autotune_caches_choice(provider, tmp_path, monkeypatch):
     with emulator.enabled() if provider != "cuda" else open(os.devnull):
         assert t.choose(key, ["tc:big", choice], lambda v: None) == choice   # from the file
         assert t.choose(key + "x", ["tc:big", choice], lambda v: None) is None  # unknown, no tuning
+
+
+def test_onnxruntime_contrib_ops_with_our_semantics_run_on_cuda(provider):
+    """com.microsoft Gelu, FastGelu, SkipLayerNormalization and FusedConv (what onnxruntime's
+    transformer optimizer and its own fusions write) run on the CUDA provider, as the CPU's."""
+    MS = "com.microsoft"
+    # Each reads graph inputs: onnx's inference gives com.microsoft outputs no type (yet).
+    nodes = [helper.make_node("Gelu", ["x"], ["g"], domain=MS),
+             helper.make_node("FastGelu", ["x", "bias"], ["f"], domain=MS),
+             helper.make_node("SkipLayerNormalization", ["x", "x2", "gamma", "beta"], ["y"],
+                              domain=MS, epsilon=1e-5),
+             helper.make_node("FusedConv", ["img", "w", "b"], ["z"], domain=MS,
+                              activation="LeakyRelu", activation_params=[0.1], pads=[1, 1, 1, 1])]
+    inits = [("bias", rnd((8,), seed=1)), ("gamma", rnd((8,), seed=2)), ("beta", rnd((8,), seed=3)),
+             ("w", rnd((4, 3, 3, 3), seed=4)), ("b", rnd((4,), seed=5))]
+    m = model(nodes, [("x", F32, [2, 5, 8]), ("x2", F32, [2, 5, 8]), ("img", F32, [1, 3, 6, 6])],
+              [("g", F32, [2, 5, 8]), ("f", F32, [2, 5, 8]), ("y", F32, [2, 5, 8]),
+               ("z", F32, [1, 4, 6, 6])], inits, domains=[MS])
+    ours, ref = sessions(m, provider)
+    placed = {op: p for _, op, p in ours.get_placement()["nodes"]}
+    assert all(placed[op] == "cuda" for op in ("Gelu", "FastGelu", "SkipLayerNormalization", "FusedConv")), placed
+    compare(ours, ref, {"x": rnd((2, 5, 8), seed=6), "x2": rnd((2, 5, 8), seed=8),
+                        "img": rnd((1, 3, 6, 6), seed=7)}, rtol=1e-4, atol=1e-4)

@@ -114,10 +114,11 @@ def test_gemm_variant_choice_follows_settings():
 def conv_ref(x, w, b, stride, pad, dil, group):
     import ep_cpu.kernels.conv as C
     from ep_core.graph import Node
+    from ep_core.kernel import KernelContext
     node = Node("Conv", ["x", "w", "b"], ["y"], attrs={"strides": stride, "pads": pad,
                                                        "dilations": dil, "group": group},
                 since_version=11, opset=17)
-    return C.Conv(node, None).compute(x.astype(np.float64).astype(np.float32), w.astype(np.float32),
+    return C.Conv(node, KernelContext(None)).compute(x.astype(np.float64).astype(np.float32), w.astype(np.float32),
                                       None if b is None else b.astype(np.float32))
 
 

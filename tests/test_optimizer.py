@@ -274,3 +274,15 @@ def test_rewrites_reach_into_if_bodies_and_follow_renamed_outer_values(rng):
     sess = session(m)
     body = sess._graph.nodes[-1].attrs["then_branch"]
     assert [n.op_type for n in body.nodes] == ["Add"]
+
+
+def test_contrib_ops_are_pure_for_cse_and_dead_nodes():
+    """com.microsoft ops are onnxruntime's own pure kernels: duplicates merge, unread ones go."""
+    nodes = [helper.make_node("Gelu", ["x"], ["a"], domain="com.microsoft"),
+             helper.make_node("Gelu", ["x"], ["b"], domain="com.microsoft"),
+             helper.make_node("FastGelu", ["x"], ["unread"], domain="com.microsoft"),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    m = model(nodes, [("x", F32, [2, 3])], [("y", F32, [2, 3])], domains=[("com.microsoft", 1)])
+    before, after = compare(m, {"x": randn(np.random.default_rng(0), 2, 3)}, level=L.ORT_ENABLE_BASIC)
+    assert before.count("Gelu") == 2 and "FastGelu" in before
+    assert after.count("Gelu") == 1 and "FastGelu" not in after

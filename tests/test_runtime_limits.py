@@ -134,13 +134,28 @@ def test_200_gb_constant_of_shape_is_refused_before_allocating():
     np.testing.assert_array_equal(sess_small.run(None, {"s": _ints(1, 4)})[0], np.zeros((1, 4), np.float32))
 
 
-def test_without_a_limit_an_impossible_allocation_is_a_typed_error():
-    """No max_tensor_bytes: numpy's MemoryError (200 GB on a machine that cannot hold it)
-    surfaces as ResourceLimit (a Fail) naming the node, and the session stays usable."""
+def test_without_a_limit_an_output_above_the_machines_memory_is_refused():
+    """No max_tensor_bytes: an output larger than the machine's memory (which the kernel would
+    overcommit and the OOM killer end) is ResourceLimit naming the node, before allocating;
+    the session stays usable."""
+    from ep_core.kernel import _PHYSICAL_BYTES
     sess = _session("ConstantOfShape", {"s": _ints(1, 1)})
-    err = _run_err(sess, {"s": _ints(50_000, 1_000_000)}, ResourceLimit)
-    assert "MemoryError" in str(err)
+    rows = _PHYSICAL_BYTES // 4 // 1000 + 1
+    err = _run_err(sess, {"s": _ints(rows, 1000)}, ResourceLimit, "machine's memory")
+    assert f"{rows * 4000} bytes" in str(err)
     assert sess.run(None, {"s": _ints(3, 1)})[0].shape == (3, 1)
+
+
+def test_a_memory_error_in_a_kernel_is_a_typed_error(monkeypatch):
+    """numpy's MemoryError inside a kernel surfaces as ResourceLimit (a Fail) naming the node."""
+    from ep_cpu.kernels.generate import ConstantOfShape
+
+    def no_memory(*a, **k):
+        raise MemoryError("Unable to allocate")
+    monkeypatch.setattr(ConstantOfShape, "compute", no_memory)
+    sess = _session("ConstantOfShape", {"s": _ints(1, 1)})
+    err = _run_err(sess, {"s": _ints(3, 1)}, ResourceLimit)
+    assert "MemoryError" in str(err)
 
 
 HUGE = 1 << 40   # elements: 4 TB of float32

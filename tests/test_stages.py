@@ -397,3 +397,107 @@ def test_session_options_refuse_unknown_fields():
     ro = ep_core.RunOptions()
     with pytest.raises(AttributeError):
         ro.terminated = True
+
+
+class GroupingProvider(ForeignProvider):
+    """Claims Relu 'a' and Add 'c' as one compiled group; the CPU's Neg 'b' between them feeds 'c'."""
+    type = "grouping"
+
+    def get_capability(self, graph_view, kernel_lookup):
+        from ep_core.provider import ComputeCapability, MetaDef
+        mine = [n for n in graph_view.nodes if n.name in ("a", "c")]
+        if len(mine) != 2:
+            return []
+        return [ComputeCapability(mine, MetaDef("relu_add", ["x", "nb"], ["y"]))]
+
+    def compile(self, fused_node, subgraph):
+        return lambda x, nb: (ForeignArray(np.maximum(unwrap(x), 0) + unwrap(nb)),)
+
+
+ep_core.register_provider("grouping", GroupingProvider)
+
+
+def test_fused_group_reading_a_value_produced_between_its_members_is_ordered():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"], name="a"),
+                    helper.make_node("Neg", ["x"], ["nb"], name="b"),
+                    helper.make_node("Add", ["r", "nb"], ["y"], name="c")],
+                   [("x", F32, [2, 3])], [("y", F32, [2, 3])])
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["grouping", "cpu"])
+    ops = [op for _, op, _ in sess.get_placement()["nodes"] if not op.startswith("Memcpy")]
+    assert ops == ["Neg", "relu_add"]
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
+
+
+class HostInputGroupingProvider(GroupingProvider):
+    """The same group, declaring that its callable reads input 1 ('nb') in host memory."""
+    type = "grouping_host"
+
+    def get_capability(self, graph_view, kernel_lookup):
+        caps = super().get_capability(graph_view, kernel_lookup)
+        for c in caps:
+            c.meta_def.host_inputs = (1,)
+        return caps
+
+    def compile(self, fused_node, subgraph):
+        def run(x, nb):
+            assert isinstance(nb, np.ndarray), "input 1 was declared host memory"
+            return (ForeignArray(np.maximum(unwrap(x), 0) + nb),)
+        return run
+
+
+ep_core.register_provider("grouping_host", HostInputGroupingProvider)
+
+
+def test_fused_group_host_inputs_are_not_copied_to_the_device():
+    m = make_model([helper.make_node("Relu", ["x"], ["r"], name="a"),
+                    helper.make_node("Neg", ["x"], ["nb"], name="b"),
+                    helper.make_node("Add", ["r", "nb"], ["y"], name="c")],
+                   [("x", F32, [2, 3])], [("y", F32, [2, 3])])
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["grouping_host", "cpu"])
+    ops = [op for _, op, _ in sess.get_placement()["nodes"]]
+    assert ops.count("MemcpyFromHost") == 1      # x only; 'nb' stays on the host
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], np.maximum(x, 0) - x)
+
+
+# Ops whose numpy kernels can return a view of an input (or the input itself).
+VIEW_OPS = [
+    ("Slice", ["x", "starts", "ends"], {}, [1, 2]),
+    ("Transpose", ["x"], {"perm": [1, 0]}, [4, 1]),
+    ("Expand", ["x", "eshape"], {}, [2, 4]),
+    ("Split", ["x"], {"axis": 1, "num_outputs": 2}, [1, 2]),
+    ("Cast", ["x"], {"to": TensorProto.FLOAT}, [1, 4]),
+    ("Dropout", ["x"], {}, [1, 4]),
+    ("Concat", ["x"], {"axis": 0}, [1, 4]),
+    ("Squeeze", ["x", "axes"], {}, [4]),
+    ("Identity", ["w"], {}, [1, 4]),          # an initializer
+    ("Reshape", ["w", "shape"], {}, [4]),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,shape", VIEW_OPS, ids=[f"{v[0]}-{v[1][0]}" for v in VIEW_OPS])
+def test_view_returning_ops_give_independent_outputs(op, inputs, attrs, shape):
+    """Mutating a returned output changes neither the feed, nor a constant, nor the next run;
+    mutating the feed afterwards changes no returned output."""
+    n_out = attrs.get("num_outputs", 1)
+    outs = [f"y{k}" for k in range(n_out)]
+    m = make_model([helper.make_node(op, inputs, outs, **attrs)], [("x", F32, [1, 4])],
+                   [(o, F32, shape) for o in outs],
+                   [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+                    [("starts", [0, 1]), ("ends", [1, 3]), ("eshape", [2, 4]), ("axes", [0]), ("shape", [4])]]
+                   + [numpy_helper.from_array(np.full((1, 4), 3, np.float32), "w")])
+    m.opset_import[0].version = 18
+    sess = ep_core.InferenceSession(m.SerializeToString(), providers=["cpu"])
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    first = sess.run(None, {"x": x})
+    want = [o.copy() for o in first]
+    for o in first:
+        o[...] = 99
+    np.testing.assert_array_equal(x, np.arange(4, dtype=np.float32).reshape(1, 4))
+    again = sess.run(None, {"x": x})
+    for a, w in zip(again, want):
+        np.testing.assert_array_equal(a, w)
+    x[...] = -7
+    for a, w in zip(again, want):
+        np.testing.assert_array_equal(a, w)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import float_attr, int_attr, invalid
 from ep_core.types import np_dtype
+from ep_cpu.kernels.tensor import bad_data
 from ep_cpu.registry import kernel
 
 
@@ -50,16 +52,56 @@ def masked_softmax(scores: np.ndarray) -> np.ndarray:
         return np.where(s == 0, 0, e / np.where(s == 0, 1, s)).astype(scores.dtype, copy=False)
 
 
+def _softmax_dtype(node, name: str = "softmax_precision") -> np.dtype | None:
+    """The dtype a softmax_precision attribute names (None when omitted)."""
+    sp = int_attr(node, name)
+    if not sp:
+        return None
+    try:
+        return np_dtype(sp)
+    except Exception:
+        raise invalid(node, f"{name} {sp} is not a tensor element type") from None
+
+
+def _heads_attrs(node, required: bool) -> tuple[int | None, int | None]:
+    """(q_num_heads, kv_num_heads): positive, query heads a multiple of KV heads."""
+    hq, hkv = int_attr(node, "q_num_heads", minimum=1), int_attr(node, "kv_num_heads", minimum=1)
+    if required and (hq is None or hkv is None):
+        raise invalid(node, "attributes 'q_num_heads' and 'kv_num_heads' are required")
+    if hq is not None and hkv is not None and hq % hkv:
+        raise invalid(node, f"q_num_heads {hq} is not a multiple of kv_num_heads {hkv}")
+    return hq, hkv
+
+
 @kernel("Attention")
 class Attention(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.q_heads, self.kv_heads = _heads_attrs(node, required=False)
+        self.scale = float_attr(node, "scale")          # None: 1/sqrt(head size)
+        self.softcap = float_attr(node, "softcap")
+        self.is_causal = bool(int_attr(node, "is_causal"))
+        # Window attributes arrived in opset 25; -1 (no limit) below it.
+        self.left_window = int_attr(node, "left_window_size", -1)
+        self.right_window = int_attr(node, "right_window_size", -1)
+        sdt = _softmax_dtype(node)
+        if sdt is not None and (sdt.itemsize < 4 or "bfloat16" in sdt.name):
+            sdt = np.dtype(np.float32)  # narrower softmax precision is computed in float32
+        self.softmax_dtype = sdt
+        self.qk_mode = int_attr(node, "qk_matmul_output_mode")
+        if self.qk_mode not in (0, 1, 2, 3):
+            raise invalid(node, f"qk_matmul_output_mode must be 0-3, got {self.qk_mode}")
+
     def compute(self, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None):
         out_dt = q.dtype
         cdt = _cdt(out_dt)
         three_d = q.ndim == 3
         if three_d:
-            q4 = _heads(q, int(self.attr("q_num_heads")))
-            k4 = _heads(k, int(self.attr("kv_num_heads")))
-            v4 = _heads(v, int(self.attr("kv_num_heads")))
+            if self.q_heads is None or self.kv_heads is None:
+                raise bad_data(self, "3-D inputs need the q_num_heads and kv_num_heads attributes")
+            q4 = _heads(q, self.q_heads)
+            k4 = _heads(k, self.kv_heads)
+            v4 = _heads(v, self.kv_heads)
         else:
             q4, k4, v4 = q, k, v
         past_len = 0
@@ -70,12 +112,11 @@ class Attention(Kernel):
         present_k, present_v = k4, v4
         b, hq, lq, hd = q4.shape
         total = k4.shape[2]
-        scale = self.attr("scale")
-        scale = 1.0 / np.sqrt(hd) if scale is None else float(scale)
+        scale = 1.0 / np.sqrt(hd) if self.scale is None else self.scale
         sq = np.sqrt(cdt.type(scale))
         scores = _group_scores(q4.astype(cdt) * sq, k4.astype(cdt) * sq)
         qk0 = scores
-        softcap = float(self.attr("softcap", 0.0))
+        softcap = self.softcap
         if softcap > 0:
             scores = softcap * np.tanh(scores / softcap)
         qk1 = scores
@@ -95,9 +136,9 @@ class Attention(Kernel):
             nonlocal allowed
             allowed = a if allowed is None else allowed & a
 
-        if int(self.attr("is_causal", 0)):
+        if self.is_causal:
             restrict(cols[None, None] <= pos)
-        left, right = int(self.attr("left_window_size", -1)), int(self.attr("right_window_size", -1))
+        left, right = self.left_window, self.right_window
         if left >= 0:
             restrict(cols[None, None] >= pos - left)
         if right >= 0:
@@ -121,10 +162,7 @@ class Attention(Kernel):
         if bias is not None:
             scores = scores + bias
         qk2 = scores
-        sp = self.attr("softmax_precision")
-        sdt = np_dtype(sp) if sp else cdt
-        if sdt.itemsize < 4 or "bfloat16" in sdt.name:
-            sdt = np.dtype(np.float32)  # narrower softmax precision is computed in float32
+        sdt = cdt if self.softmax_dtype is None else self.softmax_dtype
         probs = masked_softmax(scores.astype(sdt)).astype(cdt)
         y = _group_apply(probs, v4.astype(cdt))
         if three_d:
@@ -133,8 +171,7 @@ class Attention(Kernel):
                 np.ascontiguousarray(present_v)]
         n_out = len(self.node.outputs)
         if n_out > 3:
-            mode = int(self.attr("qk_matmul_output_mode", 0))
-            qk = {0: qk0, 1: qk1, 2: qk2, 3: probs}[mode]
+            qk = {0: qk0, 1: qk1, 2: qk2, 3: probs}[self.qk_mode]
             outs.append(np.ascontiguousarray(np.broadcast_to(qk, (b, hq, lq, total)), dtype=out_dt))
         return tuple(outs[:n_out]) if n_out > 1 else outs[0]
 
@@ -163,34 +200,52 @@ def apply_rotary(xs: np.ndarray, cos: np.ndarray, sin: np.ndarray, rotary_dim: i
 
 @kernel("RotaryEmbedding")
 class RotaryEmbedding(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.num_heads = int_attr(node, "num_heads", minimum=1)    # needed for 3-D inputs
+        self.rotary_dim = int_attr(node, "rotary_embedding_dim", minimum=0)  # 0: the head size
+        self.interleaved = bool(int_attr(node, "interleaved"))
+
     def compute(self, x, cos_cache, sin_cache, position_ids=None):
         cdt = _cdt(x.dtype)
         shape = x.shape
         if x.ndim == 4:
             xs = x.transpose(0, 2, 1, 3)  # (B, S, H, D)
         else:
-            n = int(self.attr("num_heads"))
+            n = self.num_heads
+            if n is None:
+                raise bad_data(self, "a 3-D input needs the num_heads attribute")
             xs = x.reshape(shape[0], shape[1], n, shape[2] // n)
         xs = xs.astype(cdt)
-        rd = int(self.attr("rotary_embedding_dim", 0)) or xs.shape[-1]
+        rd = self.rotary_dim or xs.shape[-1]
         cos, sin = cos_cache.astype(cdt), sin_cache.astype(cdt)
         if position_ids is not None:
             cos, sin = cos[position_ids], sin[position_ids]
-        out = apply_rotary(xs, cos, sin, rd, bool(self.attr("interleaved", 0)))
+        out = apply_rotary(xs, cos, sin, rd, self.interleaved)
         out = out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(shape)
         return np.ascontiguousarray(out, dtype=x.dtype)
 
 
 @kernel("LinearAttention")
 class LinearAttention(Kernel):
+    RULES = ("linear", "gated", "delta", "gated_delta")
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.q_heads, self.kv_heads = _heads_attrs(node, required=True)
+        self.rule = self.attr("update_rule")
+        if self.rule not in self.RULES:
+            raise invalid(node, f"update_rule must be one of {', '.join(self.RULES)}, got {self.rule!r}")
+        self.scale = float_attr(node, "scale")          # 0: 1/sqrt(head size)
+
     def compute(self, query, key, value, past_state=None, decay=None, beta=None):
         cdt = np.dtype(np.float32)
-        hq, hkv = int(self.attr("q_num_heads")), int(self.attr("kv_num_heads"))
-        rule = self.attr("update_rule", "gated_delta")
+        hq, hkv = self.q_heads, self.kv_heads
+        rule = self.rule
         b, t, _ = query.shape
         dk = query.shape[-1] // hq
         dv = value.shape[-1] // hkv
-        scale = float(self.attr("scale", 0.0)) or 1.0 / np.sqrt(dk)
+        scale = self.scale or 1.0 / np.sqrt(dk)
         q = query.astype(cdt).reshape(b, t, hq, dk)
         k = key.astype(cdt).reshape(b, t, hkv, dk)
         v = value.astype(cdt).reshape(b, t, hkv, dv)
@@ -228,6 +283,8 @@ class FlexAttention(Kernel):
             g = self.attr(name)
             if g is not None:
                 self.mods[name] = (g, ctx.subgraph_runner(name))
+        self.softmax_dtype = _softmax_dtype(node)
+        self.scale = float_attr(node, "scale")          # None: 1/sqrt(head size)
 
     def _apply(self, name, x, outer_vals):
         if name not in self.mods:
@@ -237,10 +294,8 @@ class FlexAttention(Kernel):
         return np.asarray(run([x], outer)[0])
 
     def compute(self, q, k, v, *outer_vals):
-        sp = self.attr("softmax_precision")
-        sdt = np_dtype(sp) if sp else _cdt(q.dtype)
-        scale = self.attr("scale")
-        scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else float(scale)
+        sdt = _cdt(q.dtype) if self.softmax_dtype is None else self.softmax_dtype
+        scale = 1.0 / np.sqrt(q.shape[-1]) if self.scale is None else self.scale
         scores = (_group_scores(q.astype(sdt), k.astype(sdt)) * sdt.type(scale)).astype(sdt)
         scores = self._apply("score_mod", scores, outer_vals).astype(sdt, copy=False)
         probs = masked_softmax(scores.astype(_cdt(sdt))).astype(sdt)

@@ -88,13 +88,14 @@ class BiasSoftmax(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.axis = int(self.attr("axis", 1))
+        self.inner_broadcast = bool(self.attr("is_inner_broadcast", 0))
 
     def compute(self, data, bias):
         cdt = compute_dtype(data.dtype)
         axis = self.axis + data.ndim if self.axis < 0 else self.axis
         if bias.ndim < data.ndim:  # aligned on the leading axes (is_inner_broadcast) or trailing
             lead = data.ndim - bias.ndim
-            if int(self.attr("is_inner_broadcast", 0)):
+            if self.inner_broadcast:
                 bias = bias.reshape(bias.shape[:1] + (1,) * lead + bias.shape[1:])
         try:
             s = np.add(data, bias, dtype=cdt)

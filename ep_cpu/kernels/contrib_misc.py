@@ -200,14 +200,20 @@ class WordConvEmbedding(Kernel):
     (M, 1, k, E) + B over each word's first max(length, k) chars, tanh, max over positions.
     Output (S, M); empty words give zeros."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        # Optional sizes the inputs must match (-1 or absent: any).
+        self.sizes = {name: int(self.attr(name, -1)) for name in
+                      ("embedding_size", "conv_window_size", "char_embedding_size")}
+
     def compute(self, seq, w, b, c):
         if seq.ndim != 2 or w.ndim != 4 or w.shape[3] != c.shape[1]:
             raise InvalidArgument(f"{self.node.describe()}: Sequence {seq.shape}, W {w.shape}, C {c.shape} do "
                                   f"not fit (S, W), (M, 1, k, E), (vocab, E)")
         for name, dim in (("embedding_size", w.shape[0]), ("conv_window_size", w.shape[2]),
                           ("char_embedding_size", c.shape[1])):
-            want = self.attr(name)
-            if want is not None and int(want) not in (-1, dim):
+            want = self.sizes[name]
+            if want not in (-1, dim):
                 raise InvalidArgument(f"{self.node.describe()}: {name} {want} does not match the inputs' {dim}")
         s, wl = seq.shape
         m, _, k, e = w.shape

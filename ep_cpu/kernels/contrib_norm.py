@@ -14,13 +14,14 @@ import numpy as np
 
 from ep_core.errors import InvalidArgument
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import NormAttributes
 from ep_cpu.gemm_epilogue import ACTIVATIONS
 from ep_cpu.registry import kernel
 
 from .contrib_common import MS, required
 from .conv import compute_dtype
 from .fused import SkipLayerNormalization
-from .norm import _out_dtype, _stash_dtype
+from .norm import _out_dtype, stash_dtype
 
 
 @kernel("SkipSimplifiedLayerNormalization", domain=MS)
@@ -31,15 +32,19 @@ class SkipSimplifiedLayerNormalization(SkipLayerNormalization):
 
 @kernel("SimplifiedLayerNormalization")
 class SimplifiedLayerNormalization(Kernel):
-    """x / sqrt(mean(x^2 over the axes from `axis`) + epsilon) * scale; optional inv_std_var."""
+    """x / sqrt(mean(x^2 over the axes from `axis`) + epsilon) * scale; optional inv_std_var.
+    No ONNX schema: axis -1, epsilon 1e-5, stash_type 1 by default (NormAttributes)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
 
     def compute(self, x, scale):
-        sdt = _stash_dtype(self, x)
-        axis = int(self.attr("axis", -1))
-        axis = axis + x.ndim if axis < 0 else axis
+        sdt = stash_dtype(self.norm.stash_type, x)
+        axis = self.norm.axis_for(x.ndim)
         xf = x.astype(sdt)
         ms = np.multiply(xf, xf).mean(axis=tuple(range(axis, x.ndim)), keepdims=True)
-        ms += sdt.type(self.attr("epsilon", 1e-5))
+        ms += sdt.type(self.norm.epsilon)
         inv = np.reciprocal(np.sqrt(ms, out=ms), out=ms)
         xf *= inv
         y = (xf.astype(x.dtype, copy=False) * scale).astype(_out_dtype(self, 0, scale.dtype), copy=False)

@@ -155,6 +155,10 @@ class QLinearConcat(Kernel):
     """Concat of (X, X_scale, X_zero_point) triples along `axis`, each requantized to Y's scale
     and zero point (copied as is where they already match)."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(required(self, "axis"))
+
     def compute(self, y_scale, y_zp, *inputs):
         if len(inputs) % 3 or not inputs:
             raise InvalidArgument(f"{self.node.describe()}: inputs after Y_scale, Y_zero_point must be "
@@ -169,7 +173,7 @@ class QLinearConcat(Kernel):
             else:
                 parts.append(_lookup(_table(x.dtype, lambda v: v, xs, xz, ys, yz), x))
         try:
-            return np.concatenate(parts, axis=int(required(self, "axis")))
+            return np.concatenate(parts, axis=self.axis)
         except ValueError as e:
             raise InvalidArgument(f"{self.node.describe()}: {e}") from None
 
@@ -182,8 +186,12 @@ def _channels_first(x: np.ndarray, channels_last: bool) -> np.ndarray:
 class QLinearGlobalAveragePool(Kernel):
     """Mean over the spatial axes: round((sum - N x_zp) * x_scale / y_scale / N) + y_zp."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.channels_last = bool(self.attr("channels_last", 0))
+
     def compute(self, x, x_scale, x_zp, y_scale, y_zp):
-        channels_last = bool(self.attr("channels_last", 0))
+        channels_last = self.channels_last
         xc = _channels_first(x, channels_last)
         axes = tuple(range(2, xc.ndim))
         count = int(np.prod([xc.shape[a] for a in axes]))
@@ -198,11 +206,16 @@ class QLinearGlobalAveragePool(Kernel):
 @kernel("QLinearAveragePool", domain=MS)
 class QLinearAveragePool(AveragePool):
     """AveragePool of the dequantized input (AveragePool's attributes, plus `channels_last`),
-    quantized with y_scale / y_zero_point."""
+    quantized with y_scale / y_zero_point. No ONNX schema: omitted pooling attributes are off
+    (PoolAttributes), channels_last 0."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.channels_last = bool(self.attr("channels_last", 0))
 
     def compute(self, x, x_scale, x_zp=None, y_scale=None, y_zp=None):
         n = self.node
-        channels_last = bool(self.attr("channels_last", 0))
+        channels_last = self.channels_last
         xf = _dequantize(_channels_first(x, channels_last), _scalar(n, x_scale, "x_scale"),
                          _scalar(n, x_zp, "x_zero_point", x.dtype))
         y = _requantize(super().compute(xf), _scalar(n, y_scale, "y_scale"),

@@ -286,22 +286,24 @@ class DynamicQuantizeLSTM(LSTM):
     they pass through that quantization (`_fake_quantize`) and multiply the dequantized weights,
     which equals the integer product rescaled."""
 
-    def __init__(self, node, ctx):
-        super().__init__(node, ctx)
+    def _constant_weights(self, ctx) -> tuple:
+        """The dequantized W and R (float32, LSTM layout) when they and their scales and zero
+        points are constants: the LSTM driver then prepares them once, at build."""
         self.weights = None
         consts = [ctx.constant_input(k) for k in (1, 2, 8, 9, 10, 11)]
         if all(c is not None for c in consts):
             w, r, ws, wz, rs, rz = consts
             self.weights = (_dequantize_weight(w, ws, wz), _dequantize_weight(r, rs, rz))
+        return self.weights or (None, None)
 
     def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None,
                 w_scale=None, w_zp=None, r_scale=None, r_zp=None):
         wf, rf = self.weights or (_dequantize_weight(w, w_scale, w_zp), _dequantize_weight(r, r_scale, r_zp))
         return self.run(_fake_quantize(x), wf, rf, b, sequence_lens, initial_h, initial_c, p)
 
-    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out):
+    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm=np.matmul):
         hq = np.stack([_fake_quantize(h[d]) for d in range(h.shape[0])])
-        super()._dense_step(xp, hq, c, rt, rb, gates, tmp, h_out)
+        super()._dense_step(xp, hq, c, rt, rb, gates, tmp, h_out, mm)
 
     def _step(self, xp, h, c, rt, rb, p, acts, hid):
         return super()._step(xp, _fake_quantize(h), c, rt, rb, p, acts, hid)

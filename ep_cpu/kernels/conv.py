@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import ConvAttributes, conv_geometry, invalid
 from ep_cpu import conv_depthwise, winograd
 from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
 from ep_cpu.kernels.tensor import bad_data, check_size
@@ -24,32 +25,6 @@ from ep_cpu.registry import kernel
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """Accumulation dtype: float64 stays, everything narrower computes in float32."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def conv_geometry(in_shape, kernel_shape, strides, dilations, pads, auto_pad: str):
-    """(pads_begin, pads_end, out_shape) for a convolution/pool window without ceil mode."""
-    nd = len(in_shape)
-    strides = list(strides or [1] * nd)
-    dilations = list(dilations or [1] * nd)
-    pads = list(pads or [0] * (2 * nd))
-    begin, end, out = [], [], []
-    for i in range(nd):
-        k_eff = (kernel_shape[i] - 1) * dilations[i] + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-in_shape[i] // strides[i])
-            total = max(0, (o - 1) * strides[i] + k_eff - in_shape[i])
-            small = total // 2
-            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        elif auto_pad == "VALID":
-            b = e = 0
-            o = (in_shape[i] - k_eff) // strides[i] + 1
-        else:
-            b, e = pads[i], pads[i + nd]
-            o = (in_shape[i] + b + e - k_eff) // strides[i] + 1
-        begin.append(b)
-        end.append(e)
-        out.append(max(int(o), 0))
-    return begin, end, out
 
 
 def pad_spatial(x: np.ndarray, begin, end, value=0) -> np.ndarray:
@@ -471,32 +446,18 @@ class ConvInteger(Kernel):
 
 @kernel("ConvTranspose")
 class ConvTranspose(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+
     def compute(self, x, w, b=None):
         cdt = compute_dtype(x.dtype)
         xf, wf = x.astype(cdt, copy=False), w.astype(cdt, copy=False)
         n, c = x.shape[:2]
         nd = x.ndim - 2
         ins = list(x.shape[2:])
-        group = int(self.attr("group", 1))
-        ks = list(self.attr("kernel_shape") or w.shape[2:])
-        strides = list(self.attr("strides") or [1] * nd)
-        dil = list(self.attr("dilations") or [1] * nd)
-        opad = list(self.attr("output_padding") or [0] * nd)
-        pads = list(self.attr("pads") or [0] * (2 * nd))
-        auto_pad = self.attr("auto_pad", "NOTSET")
-        out_shape = self.attr("output_shape")
-        full = [strides[i] * (ins[i] - 1) + opad[i] + (ks[i] - 1) * dil[i] + 1 for i in range(nd)]
-        if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            # Pads derived from the requested output size (SAME: input * stride).
-            out_shape = (list(out_shape)[-nd:] if out_shape
-                         else [ins[i] * strides[i] for i in range(nd)])
-            total = [full[i] - out_shape[i] for i in range(nd)]
-            begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-        else:
-            if auto_pad == "VALID":
-                pads = [0] * (2 * nd)
-            begin = pads[:nd]
-            out_shape = [full[i] - pads[i] - pads[i + nd] for i in range(nd)]
+        group = self.conv.group
+        ks, strides, dil, begin, out_shape, full = self.conv.transpose_geometry(ins, w.shape)
         mg = w.shape[1]
         m = mg * group
         cg = c // group
@@ -536,15 +497,18 @@ class ConvTranspose(Kernel):
 
 @kernel("DeformConv")
 class DeformConv(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)   # DeformConv has no auto_pad: NOTSET
+
     def compute(self, x, w, offset, b=None, mask=None):
         cdt = compute_dtype(x.dtype)
         xf = x.astype(cdt, copy=False)
         n, c = x.shape[:2]
         nd = x.ndim - 2
         ins = list(x.shape[2:])
-        ks, strides, dil, pads, _, group = _conv_attrs(self, w.shape, nd)
-        og = int(self.attr("offset_group", 1))
-        begin, _, out = conv_geometry(ins, ks, strides, dil, pads, "NOTSET")
+        ks, strides, dil, begin, _, out = self.conv.geometry(ins, w.shape)
+        group, og = self.conv.group, self.conv.offset_group
         kprod, oprod = int(np.prod(ks)), int(np.prod(out))
         # Base sampling position of every (kernel tap, output pixel) along each axis.
         grids = np.meshgrid(*[np.arange(kk) for kk in ks], *[np.arange(o) for o in out], indexing="ij")
@@ -595,6 +559,13 @@ class DeformConv(Kernel):
 
 @kernel("CausalConvWithState")
 class CausalConvWithState(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        act = str(self.attr("activation")).lower()
+        if act not in ("none", "silu", "swish"):
+            raise invalid(node, f"activation must be none, silu or swish, got {act!r}")
+        self.silu = act != "none"
+
     def compute(self, x, w, bias=None, past_state=None):
         cdt = compute_dtype(x.dtype)
         n, c, length = x.shape
@@ -610,8 +581,7 @@ class CausalConvWithState(Kernel):
             y += wr[:, j][None, :, None] * seq[:, :, j:j + length]
         if bias is not None:
             y += bias.astype(cdt)[None, :, None]
-        act = str(self.attr("activation", "none")).lower()
-        if act in ("silu", "swish"):
+        if self.silu:
             y = y / (1 + np.exp(-y))
         present = seq[:, :, seq.shape[2] - (k - 1):] if k > 1 else np.zeros((n, c, 0), dtype=cdt)
         return y.astype(x.dtype), np.ascontiguousarray(present, dtype=x.dtype)

@@ -71,10 +71,10 @@ def keeps_dtype(fn, *dtypes: np.dtype, out: np.dtype | None = None) -> bool:
     return isinstance(r, _ndarray) and r.dtype == (out if out is not None else dtypes[0])
 
 
-def legacy_broadcast(node_kernel: Kernel, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Opset <7 `broadcast`/`axis`: B's dims align with A's starting at `axis` instead of the suffix."""
-    axis = node_kernel.attr("axis")
-    if node_kernel.attr("broadcast", 0) and axis is not None and b.ndim < a.ndim:
+def legacy_broadcast(axis: int | None, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Opset <7 `broadcast`/`axis`: B's dims align with A's starting at `axis` instead of the
+    suffix (`axis` None: numpy's rule)."""
+    if axis is not None and b.ndim < a.ndim:
         if axis < 0:
             axis += a.ndim
         b = b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
@@ -95,9 +95,15 @@ def _trunc_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Binary(Kernel):
     """Shared plumbing of two-input broadcast ops (legacy broadcast handling, dtype preservation)."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        axis = self.attr("axis")
+        self.legacy_axis = (int(axis) if node.since_version < 7 and self.attr("broadcast", 0)
+                            and axis is not None else None)
+
     def operands(self, a: np.ndarray, b: np.ndarray):
-        if self.node.since_version < 7:
-            b = legacy_broadcast(self, a, b)
+        if self.legacy_axis is not None:
+            b = legacy_broadcast(self.legacy_axis, a, b)
         return a, b
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import LRNAttributes, NormAttributes, int_attr, ints_attr, invalid
 from ep_cpu.kernels.conv import compute_dtype
 from ep_cpu.registry import kernel
 
@@ -21,9 +22,9 @@ def _out_dtype(k: Kernel, index: int, default) -> np.dtype:
     return np.dtype(default)
 
 
-def _stash_dtype(k: Kernel, x: np.ndarray) -> np.dtype:
+def stash_dtype(stash_type: int, x: np.ndarray) -> np.dtype:
     """Stage-one precision: float32 (stash_type=1) unless the input or stash_type is double."""
-    if x.dtype == np.float64 or int(k.attr("stash_type", 1)) == 11:
+    if x.dtype == np.float64 or stash_type == 11:
         return np.dtype(np.float64)
     return np.dtype(np.float32)
 
@@ -33,14 +34,14 @@ class BatchNormalization(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         v = node.since_version
-        self.eps = float(self.attr("epsilon", 1e-5))
-        self.momentum = float(self.attr("momentum", 0.9))
-        self.spatial = bool(self.attr("spatial", 1)) if v < 9 else True
+        self.eps = NormAttributes.from_node(node).epsilon
+        self.momentum = float(self.attr("momentum"))
+        self.spatial = bool(self.attr("spatial")) if v < 9 else True
         n_out = sum(1 for o in node.outputs if o)
         if v >= 14:
-            self.training = bool(self.attr("training_mode", 0))
+            self.training = bool(self.attr("training_mode"))
         elif v < 7:
-            self.training = not self.attr("is_test", 0) and n_out > 1
+            self.training = not self.attr("is_test") and n_out > 1
         else:
             self.training = n_out > 1
 
@@ -77,6 +78,10 @@ class BatchNormalization(Kernel):
 
 @kernel("InstanceNormalization")
 class InstanceNormalization(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def compute(self, x, scale, b):
         cdt = compute_dtype(x.dtype)
         xf = x.astype(cdt, copy=False)
@@ -84,23 +89,29 @@ class InstanceNormalization(Kernel):
         mean = xf.mean(axis=axes, keepdims=True)
         var = ((xf - mean) ** 2).mean(axis=axes, keepdims=True)
         bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-        y = (xf - mean) / np.sqrt(var + cdt.type(self.attr("epsilon", 1e-5)))
+        y = (xf - mean) / np.sqrt(var + cdt.type(self.norm.epsilon))
         y = y * scale.astype(cdt).reshape(bshape) + b.astype(cdt).reshape(bshape)
         return y.astype(x.dtype, copy=False)
 
 
 @kernel("LayerNormalization")
 class LayerNormalization(Kernel):
+    """Also onnxruntime's ONNX-domain LayerNormalization below opset 17 (no ONNX schema: the
+    defaults of NormAttributes apply)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def compute(self, x, scale, b=None):
-        sdt = _stash_dtype(self, x)
-        axis = int(self.attr("axis", -1))
-        axis = axis + x.ndim if axis < 0 else axis
+        sdt = stash_dtype(self.norm.stash_type, x)
+        axis = self.norm.axis_for(x.ndim)
         axes = tuple(range(axis, x.ndim))
         xf = x.astype(sdt, copy=False)
         mean = xf.mean(axis=axes, keepdims=True)
         d = xf - mean
         var = (d * d).mean(axis=axes, keepdims=True)
-        inv = 1.0 / np.sqrt(var + sdt.type(self.attr("epsilon", 1e-5)))
+        inv = 1.0 / np.sqrt(var + sdt.type(self.norm.epsilon))
         normalized = (d * inv).astype(x.dtype, copy=False)
         y = normalized * scale
         if b is not None:
@@ -117,14 +128,18 @@ class LayerNormalization(Kernel):
 
 @kernel("GroupNormalization")
 class GroupNormalization(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def compute(self, x, scale, bias):
-        sdt = _stash_dtype(self, x)
-        g = int(self.attr("num_groups"))
+        sdt = stash_dtype(self.norm.stash_type, x)
+        g = self.norm.num_groups
         n, c = x.shape[:2]
         xg = x.astype(sdt, copy=False).reshape(n, g, -1)
         mean = xg.mean(axis=2, keepdims=True)
         var = ((xg - mean) ** 2).mean(axis=2, keepdims=True)
-        normalized = ((xg - mean) / np.sqrt(var + sdt.type(self.attr("epsilon", 1e-5))))
+        normalized = ((xg - mean) / np.sqrt(var + sdt.type(self.norm.epsilon)))
         normalized = normalized.reshape(x.shape).astype(x.dtype, copy=False)
         if scale.size == g and g != c:  # opset 18: one scale/bias per group
             scale = np.repeat(scale, c // g)
@@ -136,23 +151,28 @@ class GroupNormalization(Kernel):
 
 @kernel("RMSNormalization")
 class RMSNormalization(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def compute(self, x, scale):
-        sdt = _stash_dtype(self, x)
-        axis = int(self.attr("axis", -1))
-        axis = axis + x.ndim if axis < 0 else axis
+        sdt = stash_dtype(self.norm.stash_type, x)
+        axis = self.norm.axis_for(x.ndim)
         xf = x.astype(sdt, copy=False)
         ms = (xf * xf).mean(axis=tuple(range(axis, x.ndim)), keepdims=True)
-        normalized = (xf / np.sqrt(ms + sdt.type(self.attr("epsilon", 1e-5)))).astype(x.dtype, copy=False)
+        normalized = (xf / np.sqrt(ms + sdt.type(self.norm.epsilon))).astype(x.dtype, copy=False)
         return np.asarray(normalized * scale, dtype=scale.dtype)
 
 
 @kernel("LRN")
 class LRN(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.lrn = LRNAttributes.from_node(node)
+
     def compute(self, x):
         cdt = compute_dtype(x.dtype)
-        size = int(self.attr("size"))
-        alpha, beta, bias = (float(self.attr("alpha", 1e-4)), float(self.attr("beta", 0.75)),
-                             float(self.attr("bias", 1.0)))
+        size, alpha, beta, bias = self.lrn.size, self.lrn.alpha, self.lrn.beta, self.lrn.bias
         xf = x.astype(cdt, copy=False)
         sq = xf * xf
         lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
@@ -168,17 +188,21 @@ class LRN(Kernel):
 
 @kernel("LpNormalization")
 class LpNormalization(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.p = int_attr(node, "p")
+        if self.p not in (1, 2):
+            raise invalid(node, f"p must be 1 or 2, got {self.p}")
+        self.axis = int_attr(node, "axis")
+
     def compute(self, x):
         cdt = compute_dtype(x.dtype)
-        p = int(self.attr("p", 2))
-        axis = int(self.attr("axis", -1))
+        p, axis = self.p, self.axis
         xf = x.astype(cdt, copy=False)
         if p == 1:
             norm = np.abs(xf).sum(axis=axis, keepdims=True)
-        elif p == 2:
-            norm = np.sqrt((xf * xf).sum(axis=axis, keepdims=True))
         else:
-            raise ValueError(f"LpNormalization: p must be 1 or 2, got {p}")
+            norm = np.sqrt((xf * xf).sum(axis=axis, keepdims=True))
         with np.errstate(divide="ignore", invalid="ignore"):
             y = np.where(norm == 0, 0, xf / np.where(norm == 0, 1, norm))
         return y.astype(x.dtype, copy=False)
@@ -186,9 +210,13 @@ class LpNormalization(Kernel):
 
 @kernel("MeanVarianceNormalization")
 class MeanVarianceNormalization(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axes = ints_attr(node, "axes")
+
     def compute(self, x):
         cdt = compute_dtype(x.dtype)
-        axes = tuple(self.attr("axes", [0, 2, 3]))
+        axes = self.axes
         xf = x.astype(cdt, copy=False)
         mean = xf.mean(axis=axes, keepdims=True)
         var = np.maximum((xf * xf).mean(axis=axes, keepdims=True) - mean * mean, 0)

@@ -11,41 +11,10 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import PoolAttributes, invalid
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
 from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
 from ep_cpu.registry import kernel
-
-
-def pool_geometry(in_shape, ks, strides, dil, pads, auto_pad: str, ceil_mode: bool):
-    """(pads_begin, pads_end, extra_end, out_shape); extra_end pads past the declared pads so
-    ceil-mode windows fit (those cells never count as padding)."""
-    nd = len(in_shape)
-    pads = list(pads or [0] * (2 * nd))
-    begin, end, extra, out = [], [], [], []
-    for i in range(nd):
-        n, s = in_shape[i], strides[i]
-        k_eff = (ks[i] - 1) * dil[i] + 1
-        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            o = -(-n // s)
-            total = max(0, (o - 1) * s + k_eff - n)
-            small = total // 2
-            b, e = (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
-        else:
-            b, e = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + nd])
-            span = n + b + e - k_eff
-            if ceil_mode:
-                o = -(-span // s) + 1
-                if (o - 1) * s >= n + b:  # a window may not start in the right padding
-                    o -= 1
-            else:
-                o = span // s + 1
-        o = max(int(o), 0)
-        need = (o - 1) * s + k_eff - (n + b + e) if o > 0 else 0
-        begin.append(b)
-        end.append(e)
-        extra.append(max(need, 0))
-        out.append(o)
-    return begin, end, extra, out
 
 
 class _Pool(Kernel):
@@ -53,17 +22,13 @@ class _Pool(Kernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.ks = [int(k) for k in self.attr("kernel_shape")]
-        nd = len(self.ks)
-        self.strides = list(self.attr("strides") or [1] * nd)
-        self.dil = list(self.attr("dilations") or [1] * nd)
-        self.pads = self.attr("pads")
-        self.auto_pad = self.attr("auto_pad", "NOTSET")
-        self.ceil_mode = bool(self.attr("ceil_mode", 0))
+        self.pool = PoolAttributes.from_node(node)
+        self.ks = list(self.pool.kernel_shape)
+        self.strides = list(self.pool.strides)
+        self.dil = list(self.pool.dilations)
 
     def _geometry(self, x):
-        return pool_geometry(x.shape[2:], self.ks, self.strides, self.dil, self.pads,
-                             self.auto_pad, self.ceil_mode)
+        return self.pool.geometry(x.shape[2:])
 
     def _offsets(self):
         return itertools.product(*[range(k) for k in self.ks])
@@ -85,7 +50,7 @@ class AveragePool(_Pool):
         acc = np.zeros(x.shape[:2] + tuple(out), dtype=cdt)
         for idx in self._offsets():
             acc += view[(Ellipsis,) + idx]
-        include = bool(self.attr("count_include_pad", 0))
+        include = self.pool.count_include_pad
         count = np.ones((), dtype=cdt)
         for i, n in enumerate(x.shape[2:]):
             lo, hi = (-begin[i], n + end[i]) if include else (0, n)
@@ -99,7 +64,7 @@ class AveragePool(_Pool):
 class LpPool(_Pool):
     def compute(self, x):
         cdt = compute_dtype(x.dtype)
-        p = float(self.attr("p", 2))
+        p = self.pool.p
         begin, end, extra, out = self._geometry(x)
         xp = pad_spatial(np.abs(x.astype(cdt)), begin, [e + x_ for e, x_ in zip(end, extra)])
         view = window_view(xp, self.ks, self.strides, self.dil, out)
@@ -143,7 +108,7 @@ class MaxPool(_Pool):
         kidx = np.unravel_index(arg, self.ks)
         grids = np.meshgrid(*[np.arange(o) for o in out], indexing="ij")
         pos = [grids[i] * self.strides[i] - begin[i] + kidx[i] * self.dil[i] for i in range(nd)]
-        if int(self.attr("storage_order", 0)) == 1:
+        if self.pool.storage_order == 1:
             mult = [int(np.prod(spatial[:i])) for i in range(nd)]
         else:
             mult = [int(np.prod(spatial[i + 1:])) for i in range(nd)]
@@ -156,6 +121,10 @@ class MaxPool(_Pool):
 
 @kernel(["GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"])
 class GlobalPool(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.p = float(self.attr("p")) if node.op_type == "GlobalLpPool" else None
+
     def compute(self, x):
         axes = tuple(range(2, x.ndim))
         op = self.node.op_type
@@ -166,18 +135,23 @@ class GlobalPool(Kernel):
         if op == "GlobalAveragePool":
             y = np.mean(xf, axis=axes, keepdims=True)
         else:
-            p = float(self.attr("p", 2))
+            p = self.p
             y = np.sum(np.abs(xf) ** p, axis=axes, keepdims=True) ** (1.0 / p)
         return np.asarray(y, dtype=x.dtype)
 
 
 @kernel("MaxUnpool")
 class MaxUnpool(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.pool = PoolAttributes.from_node(node)
+
     def compute(self, x, indices, output_shape=None):
         nd = x.ndim - 2
-        ks = list(self.attr("kernel_shape"))
-        strides = list(self.attr("strides") or [1] * nd)
-        pads = list(self.attr("pads") or [0] * (2 * nd))
+        if nd != len(self.pool.kernel_shape):
+            raise bad_data(self, f"input has {nd} spatial axes, kernel_shape {len(self.pool.kernel_shape)}")
+        ks, strides = self.pool.kernel_shape, self.pool.strides
+        pads = list(self.pool.pads or [0] * (2 * nd))
         shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * strides[i] + ks[i] - pads[i] - pads[i + nd]
                                      for i in range(nd)]
         want = None if output_shape is None else host_ints(output_shape)
@@ -201,9 +175,17 @@ class MaxUnpool(Kernel):
 
 @kernel("MaxRoiPool")
 class MaxRoiPool(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        shape = self.attr("pooled_shape")
+        if shape is None or len(shape) != 2 or any(int(v) < 1 for v in shape):
+            raise invalid(node, f"pooled_shape must be two positive ints, got {shape!r}")
+        self.pooled = tuple(int(v) for v in shape)
+        self.scale = float(self.attr("spatial_scale"))
+
     def compute(self, x, rois):
-        ph, pw = [int(v) for v in self.attr("pooled_shape")]
-        scale = float(self.attr("spatial_scale", 1.0))
+        ph, pw = self.pooled
+        scale = self.scale
         _, c, h, w = x.shape
         y = np.zeros((rois.shape[0], c, ph, pw), dtype=x.dtype)
         for r, roi in enumerate(np.asarray(rois, dtype=np.float64)):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import ConvAttributes, int_attr, invalid
 from ep_core.types import np_dtype
 from ep_cpu.gemm import gemm
-from ep_cpu.kernels.conv import conv_geometry, conv_nd
+from ep_cpu.kernels.conv import conv_nd
 from ep_cpu.registry import kernel
 
 try:
@@ -78,36 +79,57 @@ def quantize(v: np.ndarray, zp: np.ndarray | None, out_dt: np.dtype, saturate: b
     return f.astype(out_dt)
 
 
+def _elem_dtype(node, name: str) -> np.dtype | None:
+    """The dtype an element-type attribute names (None when omitted or 0)."""
+    t = int_attr(node, name)
+    if not t:
+        return None
+    try:
+        return np_dtype(t)
+    except Exception:
+        raise invalid(node, f"{name} {t} is not a tensor element type") from None
+
+
+class _QuantizeBase(Kernel):
+    """axis / block_size / output_dtype, parsed once. Opsets before 13 have no axis and before
+    21 no block_size: per-tensor or per-axis 1 there (the later schemas' defaults)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int_attr(node, "axis", 1)
+        self.block = int_attr(node, "block_size", 0, minimum=0)
+        self.output_dtype = _elem_dtype(node, "output_dtype")
+
+
 @kernel("QuantizeLinear")
-class QuantizeLinear(Kernel):
+class QuantizeLinear(_QuantizeBase):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.precision = _elem_dtype(node, "precision")
+        self.saturate = bool(int_attr(node, "saturate", 1))   # no attribute before opset 19
+        declared = node.output_dtypes[0] if node.output_dtypes else None
+        self.default_out = declared if declared is not None else np.dtype(np.uint8)
+
     def compute(self, x, y_scale, y_zero_point=None):
-        axis = int(self.attr("axis", 1))
-        block = int(self.attr("block_size", 0))
-        odt = self.attr("output_dtype", 0)
+        axis, block = self.axis, self.block
         if y_zero_point is not None:
             out_dt = y_zero_point.dtype
-        elif odt:
-            out_dt = np_dtype(odt)
         else:
-            declared = self.node.output_dtypes[0] if self.node.output_dtypes else None
-            out_dt = declared if declared is not None else np.dtype(np.uint8)
-        prec = int(self.attr("precision", 0))
-        pdt = np_dtype(prec) if prec else y_scale.dtype
+            out_dt = self.default_out if self.output_dtype is None else self.output_dtype
+        pdt = y_scale.dtype if self.precision is None else self.precision
         if pdt.kind not in "f" and "bfloat16" not in pdt.name:
             pdt = np.dtype(np.float32)  # int32 / float8e8m0 scales divide in float32
         scale = _shape_param(y_scale, x, axis, block).astype(pdt)
         v = x.astype(pdt) / scale
         zp = None if y_zero_point is None else _shape_param(y_zero_point, x, axis, block)
-        return quantize(v, zp, out_dt, bool(self.attr("saturate", 1)))
+        return quantize(v, zp, out_dt, self.saturate)
 
 
 @kernel("DequantizeLinear")
-class DequantizeLinear(Kernel):
+class DequantizeLinear(_QuantizeBase):
     def compute(self, x, x_scale, x_zero_point=None):
-        axis = int(self.attr("axis", 1))
-        block = int(self.attr("block_size", 0))
-        odt = self.attr("output_dtype", 0)
-        out_dt = np_dtype(odt) if odt else x_scale.dtype
+        axis, block = self.axis, self.block
+        out_dt = x_scale.dtype if self.output_dtype is None else self.output_dtype
         if out_dt.kind != "f" and "bfloat16" not in out_dt.name:
             out_dt = np.dtype(np.float32)  # float8e8m0 scales: output float32
         wide = np.float64 if x.dtype.itemsize >= 4 else np.float32
@@ -188,18 +210,18 @@ class QLinearMatMul(Kernel):
 
 @kernel("QLinearConv")
 class QLinearConv(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+
     def compute(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
         nd = x.ndim - 2
         xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
         wz = np.asarray(w_zero_point).astype(np.float64)
         wf = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1
                                      else wz.reshape(()))
-        ks = list(self.attr("kernel_shape") or w.shape[2:])
-        strides = list(self.attr("strides") or [1] * nd)
-        dil = list(self.attr("dilations") or [1] * nd)
-        begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, self.attr("pads"),
-                                        self.attr("auto_pad", "NOTSET"))
-        acc = conv_nd(xf, wf, int(self.attr("group", 1)), strides, dil, begin, end, out,
+        _, strides, dil, begin, end, out = self.conv.geometry(x.shape[2:], w.shape)
+        acc = conv_nd(xf, wf, self.conv.group, strides, dil, begin, end, out,
                       None if b is None else b.astype(np.float64))
         ws = np.asarray(w_scale).astype(np.float64)
         ws = ws.reshape(()) if ws.size == 1 else ws.reshape((1, -1) + (1,) * nd)

@@ -22,13 +22,17 @@ def _rng(k: Kernel) -> np.random.Generator:
     return np.random.default_rng(int(np.floor(float(seed))) % (2**63))
 
 
-def _dtype(k: Kernel, like: np.ndarray | None, default=np.float32) -> np.dtype:
-    dt = k.attr("dtype")
-    if dt is not None:
-        return np_dtype(int(dt))
+def _dtype(declared: np.dtype | None, like: np.ndarray | None, default=np.float32) -> np.dtype:
+    if declared is not None:
+        return declared
     if like is not None:
         return like.dtype
     return np.dtype(default)
+
+
+def _dtype_attr(k: Kernel) -> np.dtype | None:
+    dt = k.attr("dtype")
+    return None if dt is None else np_dtype(int(dt))
 
 
 @kernel(["RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"])
@@ -43,14 +47,15 @@ class RandomTensor(Kernel):
         self.low = float(self.attr("low", 0.0))
         self.high = float(self.attr("high", 1.0))
         self.shape = tuple(int(d) for d in self.attr("shape", []))
+        self.dtype = _dtype_attr(self)
         if not self.like:   # the shape is the model's: refuse a bad or oversized one at build
-            check_size(self, self.shape, _dtype(self, None))
+            check_size(self, self.shape, _dtype(self.dtype, None))
 
     def compute(self, like=None):
         if self.like:
-            shape, dtype = np.shape(like), _dtype(self, np.asarray(like))
+            shape, dtype = np.shape(like), _dtype(self.dtype, np.asarray(like))
         else:
-            shape, dtype = self.shape, _dtype(self, None)
+            shape, dtype = self.shape, _dtype(self.dtype, None)
         if self.normal:
             vals = self.rng.normal(self.mean, self.scale, size=shape)
         else:
@@ -63,11 +68,12 @@ class Bernoulli(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.rng = _rng(self)
+        self.dtype = _dtype_attr(self)
 
     def compute(self, x):
         x = np.asarray(x)
         draws = self.rng.uniform(0.0, 1.0, size=x.shape) < x.astype(np.float64)
-        return draws.astype(_dtype(self, x))
+        return draws.astype(_dtype(self.dtype, x))
 
 
 @kernel("Multinomial")

@@ -74,7 +74,7 @@ class _Recurrent(Kernel):
         # every run (the per-run copies of a 2 x 1 MB R and its transpose cost milliseconds).
         self.prepared = None
         dts = node.input_dtypes
-        w, r = ctx.constant_input(1), ctx.constant_input(2)
+        w, r = self._constant_weights(ctx)
         b = ctx.constant_input(3) if len(node.inputs) > 3 and node.inputs[3] else None
         has_b = len(node.inputs) > 3 and bool(node.inputs[3])
         if (dts and dts[0] is not None and w is not None and r is not None
@@ -89,6 +89,10 @@ class _Recurrent(Kernel):
         batch = x_shape[1 - self.layout] if x_shape and len(x_shape) == 3 else None
         if self.prepared is not None and self._dense_ok(None) and batch != 1:
             self.jit_matmul = recurrent_matmul(self.prepared[0])
+
+    def _constant_weights(self, ctx) -> tuple:
+        """W and R as `_prepare` takes them when both are session constants, else Nones."""
+        return ctx.constant_input(1), ctx.constant_input(2)
 
     def _clip(self, x):
         return np.clip(x, -self.clip, self.clip) if self.clip is not None else x

@@ -11,7 +11,8 @@ Layout: with the provider option `prefer_nhwc` (read once per session) outputs a
 channels-last: an NCHW-shaped array whose memory is NHWC. Every kernel of this provider reads
 inputs through strides, so the next convolution gathers 16-byte channel vectors and the tensor
 cores are fed without transposes; other ops see an ordinary (non-contiguous) NCHW tensor.
-Geometry and attribute parsing come from the CPU provider (ep_cpu.kernels.conv.conv_geometry).
+Attributes are parsed once into the provider-neutral `ep_core.op_attributes.ConvAttributes`
+(shared with the CPU provider), which also gives pads and output shapes.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ep_cpu.kernels.conv import conv_geometry
+from ep_core.op_attributes import ConvAttributes
 
 from .. import loader
 from ..launch import (FLOATS, CudaKernel, blob, contiguous, cp, ctype, elem_strides, empty, i64,
@@ -71,15 +72,13 @@ def alloc_output(shape: Sequence[int], dtype, channels_last: bool) -> Any:
 
 
 class _ConvBase(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+
     @classmethod
     def supports(cls, node) -> bool:
         return _rank_ok(node)
-
-    def _attrs(self, nd: int, w_shape) -> tuple:
-        ks = list(self.attr("kernel_shape") or w_shape[2:])
-        strides = list(self.attr("strides") or [1] * nd)
-        dil = list(self.attr("dilations") or [1] * nd)
-        return ks, strides, dil, int(self.attr("group", 1)), self.attr("auto_pad", "NOTSET")
 
 
 def _constant_input(kern: CudaKernel, k: int) -> bool:
@@ -101,9 +100,8 @@ class Conv(_ConvBase):
     def run(self, x, w, b=None, z=None, act: int = -1, p0: float = 0.0, p1: float = 0.0):
         """act(conv(x, w) + b + z); z (optional) has the output's shape."""
         nd = x.ndim - 2
-        ks, strides, dil, group, auto_pad = self._attrs(nd, w.shape)
-        begin, _, outs = conv_geometry(list(x.shape[2:]), ks, strides, dil, self.attr("pads"),
-                                       auto_pad)
+        ks, strides, dil, begin, _, outs = self.conv.geometry(list(x.shape[2:]), w.shape)
+        group = self.conv.group
         N, C, M = x.shape[0], x.shape[1], w.shape[0]
         if C != w.shape[1] * group or M % group:
             raise ValueError(f"Conv: input channels {C}, weight {tuple(w.shape)}, group {group}")
@@ -245,22 +243,9 @@ def _as_view(arr: Any, shape: Sequence[int], strides: Sequence[int]) -> Any:
 @kernel("ConvTranspose", since=1, types={"T": FLOATS})
 class ConvTranspose(_ConvBase):
     def forward(self, x, w, b=None):
-        nd = x.ndim - 2
-        ks, strides, dil, group, auto_pad = self._attrs(nd, w.shape)
         ins = list(x.shape[2:])
-        opad = list(self.attr("output_padding") or [0] * nd)
-        pads = list(self.attr("pads") or [0] * (2 * nd))
-        out_shape = self.attr("output_shape")
-        full = [strides[i] * (ins[i] - 1) + opad[i] + (ks[i] - 1) * dil[i] + 1 for i in range(nd)]
-        if out_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            outs = list(out_shape)[-nd:] if out_shape else [ins[i] * strides[i] for i in range(nd)]
-            total = [full[i] - outs[i] for i in range(nd)]
-            begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
-        else:
-            if auto_pad == "VALID":
-                pads = [0] * (2 * nd)
-            begin = pads[:nd]
-            outs = [full[i] - pads[i] - pads[i + nd] for i in range(nd)]
+        ks, strides, dil, begin, outs, _ = self.conv.transpose_geometry(ins, w.shape)
+        group = self.conv.group
         N, C = x.shape[0], x.shape[1]
         M = w.shape[1] * group
         if w.shape[0] != C or C % group:

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ep_core.op_attributes import NormAttributes, float_attr, int_attr, invalid
+
 from ..launch import FLOATS, CudaKernel, ctype, elem_strides, empty, f32, i64
 from ..registry import kernel
 from .activation import activation
@@ -19,6 +21,7 @@ from .norm import _row_launch, fp32_param
 from .softmax import softmax
 
 DOMAIN = "com.ep_core"
+MS = "com.microsoft"   # onnxruntime's contrib ops with the same semantics as ours
 B_ADD = 0
 # fused activation name -> (code in activation.cu, parameter names in activation_params order)
 FUSED_ACTIVATIONS = {
@@ -75,6 +78,7 @@ class _Activated:
         return activation(code, y, self.params[0], self.params[1], out=y)
 
 
+@kernel("FusedConv", domain=MS, types={"T": FLOATS})
 @kernel("FusedConv", domain=DOMAIN, types={"T": FLOATS})
 class FusedConv(_Activated, Conv):
     """act(Conv(X, W, B) + Z)."""
@@ -116,6 +120,7 @@ class FusedAdd(_Activated, _Fused):
         return self.activate(binary(B_ADD, a, b, a.dtype))
 
 
+@kernel(["Gelu", "FastGelu"], domain=MS, types={"T": FLOATS})
 @kernel(["Gelu", "FastGelu"], domain=DOMAIN, types={"T": FLOATS})
 class GeluFused(_Fused):
     """Gelu (erf) and FastGelu (tanh approximation, optional bias added first)."""
@@ -136,10 +141,16 @@ class LayerNormalizationFused(OnnxLayerNormalization):
         return float_input(node) and OnnxLayerNormalization.supports(node)
 
 
+@kernel("SkipLayerNormalization", domain=MS, types={"T": FLOATS})
 @kernel("SkipLayerNormalization", domain=DOMAIN, types={"T": FLOATS})
 class SkipLayerNormalization(_Fused):
     """LayerNorm(input + skip + bias) over the last axis.
     Outputs: output, mean, inv_std_var (float32), input_skip_bias_sum (all but the first optional)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        # No ONNX schema: epsilon defaults to 1e-12, as onnxruntime's SkipLayerNormalization.
+        self.eps = NormAttributes.from_node(node, epsilon=1e-12).epsilon
 
     def forward(self, x, skip, gamma, beta=None, bias=None):
         L = x.shape[-1] if x.ndim else 0
@@ -159,7 +170,7 @@ class SkipLayerNormalization(_Fused):
             g = fp32_param(gamma, (L,))
             b = fp32_param(beta, (L,)) if beta is not None else None
             _row_launch(f"layernorm_k<{ctype(s.dtype)}>", rows, L,
-                        (s, g, b, y, mean, inv, i64(rows), i64(L), f32(self.attr("epsilon", 1e-12))))
+                        (s, g, b, y, mean, inv, i64(rows), i64(L), f32(self.eps)))
         outs = (y, mean, inv, s)
         n_out = len(self.node.outputs)
         return outs[:n_out] if n_out > 1 else y
@@ -178,7 +189,7 @@ class SkipLayerNormalization(_Fused):
             b = fp32_param(beta, (L,)) if beta is not None else None
             _row_launch(f"skip_layernorm_k<{ctype(x.dtype)}>", rows, L,
                         (x, skip, bias, g, b, y, total, mean, inv, i64(rows), i64(L),
-                         f32(self.attr("epsilon", 1e-12))))
+                         f32(self.eps)))
         outs = (y, mean, inv, total)
         return outs[:n_out] if n_out > 1 else y
 
@@ -190,12 +201,19 @@ class Attention(_Fused):
     (B, heads, S, S); attributes num_heads, scale (0: 1/sqrt(head size)). Q, K^T and V are read
     straight out of the packed QKV projection through strides: no split or transpose copies."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.heads = int_attr(node, "num_heads", minimum=1)
+        if self.heads is None:
+            raise invalid(node, "required attribute 'num_heads' is missing")
+        self.scale = float_attr(node, "scale", 0.0)   # no ONNX schema; 0: 1/sqrt(head size)
+
     def forward(self, x, w, bias, mask=None):
         B, S, _ = x.shape
         hidden = w.shape[1] // 3
-        heads = int(self.attr("num_heads"))
+        heads = self.heads
         hd = hidden // heads
-        scale = float(self.attr("scale", 0.0)) or 1.0 / math.sqrt(hd)
+        scale = self.scale or 1.0 / math.sqrt(hd)
         qkv = batched_gemm([B, S, x.shape[2]], list(elem_strides(x)), list(w.shape),
                            list(elem_strides(w)), x, w, bias)            # (B, S, 3H) contiguous
         if qkv.size == 0:

@@ -55,8 +55,12 @@ def _elements_args(data_shape, idx_shape, axis):
 
 @kernel("Gather", since=1, types={"T": ALL_NUMERIC, "Tind": INDEX})
 class Gather(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+
     def forward(self, x, idx):
-        axis = int(self.attr("axis", 0)) % x.ndim
+        axis = self.axis % x.ndim
         out_shape = tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:])
         y = empty(out_shape, x.dtype)
         if y.size == 0:
@@ -70,8 +74,12 @@ class Gather(CudaKernel):
 
 @kernel("GatherElements", since=11, types={"T": ALL_NUMERIC, "Tind": INDEX})
 class GatherElements(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+
     def forward(self, x, idx):
-        axis = int(self.attr("axis", 0)) % x.ndim
+        axis = self.axis % x.ndim
         y = empty(idx.shape, x.dtype)
         if y.size == 0:
             return y
@@ -103,9 +111,14 @@ class ScatterElements(CudaKernel):
         dt = tensor_dtype(node.input_types[0]) if node.input_types else None
         return dt in {np.dtype(t) for t in NUM}
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+        self.reduction = REDUCTIONS[self.attr("reduction", "none")]   # absent before opset 16
+
     def forward(self, data, idx, upd):
-        axis = int(self.attr("axis", 0)) % data.ndim
-        red = REDUCTIONS[self.attr("reduction", "none")]
+        axis = self.axis % data.ndim
+        red = self.reduction
         y = copy_into(empty(data.shape, data.dtype), data)
         if idx.size == 0:
             return y
@@ -118,8 +131,12 @@ class ScatterElements(CudaKernel):
 
 @kernel("GatherND", since=11, types={"T": ALL_NUMERIC})
 class GatherND(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.batch_dims = int(self.attr("batch_dims", 0))   # absent before opset 12
+
     def forward(self, x, idx):
-        b = int(self.attr("batch_dims", 0))
+        b = self.batch_dims
         k = idx.shape[-1]
         out_shape = tuple(idx.shape[:-1]) + tuple(x.shape[b + k:])
         y = empty(out_shape, x.dtype)
@@ -140,8 +157,12 @@ class GatherND(CudaKernel):
 class ScatterND(CudaKernel):
     supports = ScatterElements.supports
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.reduction = REDUCTIONS[self.attr("reduction", "none")]   # absent before opset 16
+
     def forward(self, data, idx, upd):
-        red = REDUCTIONS[self.attr("reduction", "none")]
+        red = self.reduction
         y = copy_into(empty(data.shape, data.dtype), data)
         if upd.size == 0:
             return y
@@ -158,10 +179,16 @@ class ScatterND(CudaKernel):
 class TopK(CudaKernel):
     """K is an attribute in TopK-1 and a host input from opset 10. Output is always sorted."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.k_attr = int(self.attr("k")) if node.since_version < 10 else None
+        self.axis = int(self.attr("axis"))
+        self.largest = int(bool(self.attr("largest", 1)))   # absent before opset 11
+
     def forward(self, x, k=None):
-        K = int(host_scalar(k)) if self.node.since_version >= 10 else int(self.attr("k"))
-        axis = int(self.attr("axis", -1)) % x.ndim
-        largest = int(bool(self.attr("largest", 1)))
+        K = int(host_scalar(k)) if self.k_attr is None else self.k_attr
+        axis = self.axis % x.ndim
+        largest = self.largest
         L = x.shape[axis]
         if K < 0 or K > L:
             raise ValueError(f"TopK: k={K} outside [0, {L}]")
@@ -205,6 +232,11 @@ class NonZero(CudaKernel):
 
 @kernel("CumSum", since=11, types={"T": NUM}, host_inputs=(1,))
 class CumSum(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.exclusive = bool(self.attr("exclusive"))
+        self.reverse = bool(self.attr("reverse"))
+
     def forward(self, x, axis):
         y = empty(x.shape, x.dtype)
         if y.size == 0:
@@ -214,8 +246,8 @@ class CumSum(CudaKernel):
         L, inner = x.shape[a], _prod(x.shape[a + 1:])
         lines = x.size // L
         launch("tensor", f"cumsum_k<{ctype(x.dtype)}>", lines,
-               (x, y, i64(lines), i64(L), i64(inner), np.int32(bool(self.attr("exclusive", 0))),
-                np.int32(bool(self.attr("reverse", 0)))))
+               (x, y, i64(lines), i64(L), i64(inner), np.int32(self.exclusive),
+                np.int32(self.reverse)))
         return y
 
 

@@ -1,10 +1,13 @@
 """Normalizations (kernels_cu/norm.cu): LayerNormalization, BatchNormalization (inference),
-InstanceNormalization, GroupNormalization, LRN."""
+InstanceNormalization, GroupNormalization, LRN. Attributes are parsed once into the
+provider-neutral `ep_core.op_attributes` objects shared with the CPU provider."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+
+from ep_core.op_attributes import LRNAttributes, NormAttributes
 
 from .. import loader
 from ..launch import (FLOATS, MAX_GRID, CudaKernel, contiguous, copy_into, ctype, empty, f32, i64,
@@ -37,8 +40,7 @@ def _row_launch(expr: str, rows: int, L: int, args: tuple) -> None:
 class LayerNormalization(CudaKernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.axis = int(self.attr("axis", -1))
-        self.eps = float(self.attr("epsilon", 1e-5))
+        self.norm = NormAttributes.from_node(node)
 
     @classmethod
     def supports(cls, node) -> bool:
@@ -46,7 +48,7 @@ class LayerNormalization(CudaKernel):
 
     def forward(self, x, scale, bias=None):
         nd = x.ndim
-        axis = self.axis + nd if self.axis < 0 else self.axis
+        axis = self.norm.axis_for(nd)
         rows, L = _prod(x.shape[:axis]), _prod(x.shape[axis:])
         y = empty(x.shape, x.dtype)
         stat_shape = list(x.shape[:axis]) + [1] * (nd - axis)
@@ -56,7 +58,7 @@ class LayerNormalization(CudaKernel):
             s = fp32_param(scale, x.shape[axis:])
             b = fp32_param(bias, x.shape[axis:]) if bias is not None else None
             _row_launch(f"layernorm_k<{ctype(x.dtype)}>", rows, L,
-                        (x, s, b, y, mean, inv, i64(rows), i64(L), f32(self.eps)))
+                        (x, s, b, y, mean, inv, i64(rows), i64(L), f32(self.norm.epsilon)))
         n_out = len(self.node.outputs)
         return (y, mean, inv)[:max(n_out, 1)]
 
@@ -83,8 +85,12 @@ def group_norm(x: Any, scale: Any, bias: Any, groups: int, per_channel: bool, ep
 
 @kernel("InstanceNormalization", since=6, types={"T": FLOATS})
 class InstanceNormalization(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def forward(self, x, scale, bias):
-        return group_norm(x, scale, bias, x.shape[1], True, float(self.attr("epsilon", 1e-5)))
+        return group_norm(x, scale, bias, x.shape[1], True, self.norm.epsilon)
 
 
 @kernel("GroupNormalization", since=18, types={"T": FLOATS})
@@ -95,10 +101,13 @@ class GroupNormalization(CudaKernel):
     def supports(cls, node) -> bool:
         return int(node.attrs.get("stash_type", 1)) == 1
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def forward(self, x, scale, bias):
-        groups = int(self.attr("num_groups"))
-        return group_norm(x, scale, bias, groups, self.node.since_version >= 21,
-                          float(self.attr("epsilon", 1e-5)))
+        return group_norm(x, scale, bias, self.norm.num_groups, self.node.since_version >= 21,
+                          self.norm.epsilon)
 
 
 @kernel("BatchNormalization", since=9, types={"T": FLOATS, "T1": FLOATS, "T2": FLOATS})
@@ -110,6 +119,10 @@ class BatchNormalization(CudaKernel):
         outputs = [o for o in node.outputs if o]
         return int(node.attrs.get("training_mode", 0)) == 0 and len(outputs) == 1
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.norm = NormAttributes.from_node(node)
+
     def forward(self, x, scale, bias, mean, var):
         y = empty(x.shape, x.dtype)
         if y.size == 0:
@@ -119,12 +132,16 @@ class BatchNormalization(CudaKernel):
         inner = _prod(x.shape[2:])
         p = [fp32_param(v, (C,)) for v in (scale, bias, mean, var)]
         launch("norm", f"batchnorm_k<{ctype(x.dtype)}>", y.size,
-               (x, *p, y, i64(y.size), i64(C), i64(inner), f32(self.attr("epsilon", 1e-5))))
+               (x, *p, y, i64(y.size), i64(C), i64(inner), f32(self.norm.epsilon)))
         return y
 
 
 @kernel("LRN", since=1, types={"T": FLOATS})
 class LRN(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.lrn = LRNAttributes.from_node(node)
+
     def forward(self, x):
         y = empty(x.shape, x.dtype)
         if y.size == 0:
@@ -132,7 +149,6 @@ class LRN(CudaKernel):
         x = contiguous(x)
         C, inner = x.shape[1], _prod(x.shape[2:])
         launch("norm", f"lrn_k<{ctype(x.dtype)}>", y.size,
-               (x, y, i64(y.size), i64(C), i64(inner), i64(self.attr("size")),
-                f32(self.attr("alpha", 1e-4)), f32(self.attr("beta", 0.75)),
-                f32(self.attr("bias", 1.0))))
+               (x, y, i64(y.size), i64(C), i64(inner), i64(self.lrn.size),
+                f32(self.lrn.alpha), f32(self.lrn.beta), f32(self.lrn.bias)))
         return y

@@ -1,10 +1,11 @@
 """MaxPool, AveragePool (kernels_cu/pool.cu) and the global pools (reductions of reduce.cu).
-Window geometry (pads, ceil mode, auto_pad) is the CPU provider's `pool_geometry`."""
+Attributes and window geometry (pads, ceil mode, auto_pad) are the provider-neutral
+`ep_core.op_attributes.PoolAttributes`, shared with the CPU provider."""
 from __future__ import annotations
 
 import numpy as np
 
-from ep_cpu.kernels.pool import pool_geometry
+from ep_core.op_attributes import PoolAttributes
 
 from .. import loader
 from ..launch import FLOATS, CudaKernel, blob, contiguous, ctype, empty, i64, launch
@@ -16,20 +17,19 @@ loader.declare("pool", [f"{k}<{ctype(t)}>" for k in ("maxpool_k", "avgpool_k") f
 
 
 class _Pool(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.pool = PoolAttributes.from_node(node)
+
     @classmethod
     def supports(cls, node) -> bool:
         return _rank_ok(node)
 
     def _geometry(self, x):
-        nd = x.ndim - 2
-        ks = list(self.attr("kernel_shape"))
-        strides = list(self.attr("strides") or [1] * nd)
-        dil = list(self.attr("dilations") or [1] * nd)
-        begin, end, _, out = pool_geometry(list(x.shape[2:]), ks, strides, dil, self.attr("pads"),
-                                        self.attr("auto_pad", "NOTSET"),
-                                        bool(self.attr("ceil_mode", 0)))
-        info = blob(as3d(x.shape[2:], 1) + as3d(out, 1) + as3d(ks, 1) + as3d(strides, 1)
-                    + as3d(begin, 0) + as3d(end, 0) + as3d(dil, 1))
+        a = self.pool
+        begin, end, _, out = a.geometry(list(x.shape[2:]))
+        info = blob(as3d(x.shape[2:], 1) + as3d(out, 1) + as3d(a.kernel_shape, 1)
+                    + as3d(a.strides, 1) + as3d(begin, 0) + as3d(end, 0) + as3d(a.dilations, 1))
         return out, info
 
 
@@ -44,7 +44,7 @@ class MaxPool(_Pool):
         if y.size:
             x = contiguous(x)
             launch("pool", f"maxpool_k<{ctype(x.dtype)}>", y.size,
-                   (x, y, idx, i64(y.size), info, np.int32(self.attr("storage_order", 0))))
+                   (x, y, idx, i64(y.size), info, np.int32(self.pool.storage_order)))
         return (y, idx) if want_idx else y
 
 
@@ -56,7 +56,7 @@ class AveragePool(_Pool):
         if y.size:
             x = contiguous(x)
             launch("pool", f"avgpool_k<{ctype(x.dtype)}>", y.size,
-                   (x, y, i64(y.size), info, np.int32(bool(self.attr("count_include_pad", 0)))))
+                   (x, y, i64(y.size), info, np.int32(self.pool.count_include_pad)))
         return y
 
 

@@ -118,9 +118,13 @@ class Dropout(CudaKernel):
 
 @kernel("Reshape", since=5, types={"T": ALL_NUMERIC}, host_inputs=(1,))
 class Reshape(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.allowzero = bool(self.attr("allowzero"))   # absent before opset 14: off
+
     def forward(self, x, shape):
         dims = host_ints(shape)
-        allowzero = bool(self.attr("allowzero", 0))
+        allowzero = self.allowzero
         out = [x.shape[i] if (d == 0 and not allowzero and i < x.ndim) else d
                for i, d in enumerate(dims)]
         if -1 in out:
@@ -132,8 +136,12 @@ class Reshape(CudaKernel):
 
 @kernel("Flatten", since=1, types={"T": ALL_NUMERIC})
 class Flatten(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+
     def forward(self, x):
-        axis = int(self.attr("axis", 1))
+        axis = self.axis
         axis = axis + x.ndim if axis < 0 else axis
         return contiguous(x).reshape(_prod(x.shape[:axis]), _prod(x.shape[axis:]))
 
@@ -142,8 +150,12 @@ class Flatten(CudaKernel):
 class SqueezeUnsqueeze(CudaKernel):
     """axes: attribute before opset 13, host-resident input from 13."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axes_attr = [int(a) for a in self.attr("axes") or []]
+
     def forward(self, x, axes=None):
-        ax = host_ints(axes) if self.node.since_version >= 13 else list(self.attr("axes") or [])
+        ax = host_ints(axes) if self.node.since_version >= 13 else self.axes_attr
         if self.node.op_type == "Squeeze":
             nd = x.ndim
             drop = {a % nd for a in ax} if ax else {d for d, n in enumerate(x.shape) if n == 1}
@@ -156,14 +168,18 @@ class SqueezeUnsqueeze(CudaKernel):
 
 @kernel("Shape", since=1, host_outputs=(0,))
 class Shape(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        end = self.attr("end")
+        self.start, self.end = int(self.attr("start") or 0), None if end is None else int(end)
+
     def forward(self, x):
         shape = np.array(x.shape, dtype=np.int64)
         if self.node.since_version >= 15:
             nd = len(shape)
-            start = int(self.attr("start", 0))
-            end = self.attr("end", None)
+            start, end = self.start, self.end
             start = min(max(start + nd if start < 0 else start, 0), nd)
-            end = nd if end is None else min(max(int(end) + nd if int(end) < 0 else int(end), 0), nd)
+            end = nd if end is None else min(max(end + nd if end < 0 else end, 0), nd)
             shape = shape[start:end]
         return shape
 
@@ -196,18 +212,26 @@ class ConstantOfShape(CudaKernel):
 # ---------------------------------------------------------------------------- data movement
 @kernel("Transpose", since=1, types={"T": ALL_NUMERIC})
 class Transpose(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        perm = self.attr("perm")
+        self.perm = None if perm is None else [int(p) for p in perm]
+
     def forward(self, x):
-        perm = self.attr("perm", None)
-        perm = list(perm) if perm is not None else list(range(x.ndim))[::-1]
+        perm = self.perm if self.perm is not None else list(range(x.ndim))[::-1]
         return transpose(x, perm)
 
 
 @kernel("Concat", since=4, types={"T": ALL_NUMERIC})
 class Concat(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+
     def forward(self, *xs):
         xs = [x for x in xs if x is not None]
         nd = xs[0].ndim
-        axis = int(self.attr("axis")) % nd
+        axis = self.axis % nd
         shape = list(xs[0].shape)
         shape[axis] = sum(x.shape[axis] for x in xs)
         y = empty(shape, xs[0].dtype)
@@ -222,10 +246,15 @@ class Concat(CudaKernel):
 
 @kernel("Split", since=2, types={"T": ALL_NUMERIC}, host_inputs=(1,))
 class Split(CudaKernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.axis = int(self.attr("axis"))
+        self.split_attr = [int(k) for k in self.attr("split") or []]   # before opset 13
+
     def forward(self, x, split=None):
-        axis = int(self.attr("axis", 0)) % x.ndim
+        axis = self.axis % x.ndim
         n_out = len(self.node.outputs)
-        sizes = host_ints(split) if self.node.since_version >= 13 else list(self.attr("split") or [])
+        sizes = host_ints(split) if self.node.since_version >= 13 else self.split_attr
         if not sizes:
             dim = x.shape[axis]
             chunk = -(-dim // n_out)  # ceil: the last part may be smaller (opset 18 rule)
@@ -246,15 +275,21 @@ def contiguous_copy(view: Any) -> Any:
 class Slice(CudaKernel):
     """starts/ends/axes are attributes in Slice-1 and host inputs (with steps) from opset 10."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.legacy = None
+        if node.since_version < 10:
+            starts, ends = [int(v) for v in self.attr("starts")], [int(v) for v in self.attr("ends")]
+            axes = [int(v) for v in self.attr("axes") or range(len(starts))]
+            self.legacy = (starts, ends, axes, [1] * len(starts))
+
     def forward(self, x, starts=None, ends=None, axes=None, steps=None):
-        if self.node.since_version >= 10:
+        if self.legacy is None:
             starts, ends = host_ints(starts), host_ints(ends)
             axes = host_ints(axes) if axes is not None else list(range(len(starts)))
             steps = host_ints(steps) if steps is not None else [1] * len(starts)
         else:
-            starts, ends = list(self.attr("starts")), list(self.attr("ends"))
-            axes = list(self.attr("axes") or range(len(starts)))
-            steps = [1] * len(starts)
+            starts, ends, axes, steps = self.legacy
         index: list[Any] = [slice(None)] * x.ndim
         counts: dict[int, int] = {}
         for s, e, a, st in zip(starts, ends, axes, steps):
@@ -299,15 +334,22 @@ class Pad(CudaKernel):
     def supports(cls, node) -> bool:
         return node.attrs.get("mode", "constant") in PAD_MODES
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.mode = PAD_MODES[self.attr("mode")]
+        self.legacy = None
+        if node.since_version < 11:   # pads and value are attributes
+            self.legacy = ([int(v) for v in self.attr("pads")], float(self.attr("value")))
+
     def forward(self, x, pads=None, value=None, axes=None):
-        mode = PAD_MODES[self.attr("mode", "constant")]
+        mode = self.mode
         nd = x.ndim
-        if self.node.since_version >= 11:
+        if self.legacy is None:
             p = host_ints(pads)
             v = host_scalar(value, 0)
             ax = [a % nd for a in host_ints(axes)] if axes is not None else list(range(nd))
         else:
-            p, v, ax = list(self.attr("pads")), float(self.attr("value", 0.0)), list(range(nd))
+            (p, v), ax = self.legacy, list(range(nd))
         begin, end = [0] * nd, [0] * nd
         for k, a in enumerate(ax):
             begin[a], end[a] = p[k], p[k + len(ax)]
@@ -330,15 +372,21 @@ class Range(CudaKernel):
 class DepthSpace(CudaKernel):
     """Reshape + transpose + reshape, the transpose done by our kernel."""
 
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.block = int(self.attr("blocksize"))
+        # SpaceToDepth has no mode; DepthToSpace before opset 11 neither: DCR.
+        self.dcr = self.attr("mode", "DCR") == "DCR"
+
     def forward(self, x):
-        b = int(self.attr("blocksize"))
+        b = self.block
         n, c, h, w = x.shape
         x = contiguous(x)
         if self.node.op_type == "SpaceToDepth":
-            perm = (0, 3, 5, 1, 2, 4) if self.attr("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+            perm = (0, 3, 5, 1, 2, 4) if self.dcr else (0, 1, 3, 5, 2, 4)
             t = transpose(x.reshape(n, c, h // b, b, w // b, b), perm)
             return t.reshape(n, c * b * b, h // b, w // b)
-        if self.attr("mode", "DCR") == "DCR":
+        if self.dcr:
             t = transpose(x.reshape(n, b, b, c // (b * b), h, w), (0, 3, 4, 1, 5, 2))
         else:
             t = transpose(x.reshape(n, c // (b * b), b, b, h, w), (0, 1, 4, 2, 5, 3))
