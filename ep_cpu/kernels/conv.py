@@ -13,7 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
-from ep_core.op_attributes import ConvAttributes, conv_geometry, invalid
+from ep_core.op_attributes import ConvAttributes, invalid
 from ep_cpu import conv_depthwise, winograd
 from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
 from ep_cpu.kernels.tensor import bad_data, check_size
@@ -330,12 +330,6 @@ def _depthwise_2d(x, w, strides, dilations, begin, end, out_shape, bias=None, re
     return y
 
 
-def _conv_attrs(k: Kernel, w_shape, nd):
-    ks = list(k.attr("kernel_shape") or w_shape[2:])
-    return (ks, list(k.attr("strides") or [1] * nd), list(k.attr("dilations") or [1] * nd),
-            k.attr("pads"), k.attr("auto_pad", "NOTSET"), int(k.attr("group", 1)))
-
-
 # Winograd F(4x4,3x3) (`ep_cpu.winograd`) for 3x3 stride-1 ungrouped float32 convs with at least
 # this many input and output channels and output tiles (4x4, all images). Measured against
 # im2col (2 threads, minimum of 40 alternating runs; the machine was loaded): 64ch 56x56 0.84x
@@ -387,30 +381,30 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
 
 def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     """(ks, strides, dilations, group, begin, end, out_shape, winograd?) of a conv kernel for
-    these shapes, kept on the kernel for the next call with the same shapes (attributes are
-    parsed and the geometry computed once per shape, not per run)."""
+    these shapes, kept on the kernel for the next call with the same shapes (the geometry is
+    computed once per shape, not per run)."""
     key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
-    nd = len(x_shape) - 2
-    ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w_shape, nd)
-    begin, end, out = conv_geometry(x_shape[2:], ks, strides, dil, pads, auto_pad)
+    g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
+    ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
-    geo = (ks, strides, dil, group, begin, end, out, wino)
+    geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, wino)
     k._conv_geometry = (key, geo)
     return geo
 
 
 def prepare_constant_weight(k: Kernel) -> None:
-    """At kernel creation: the Winograd transform of a constant weight, if the conv will use it
-    (Conv and FusedConv), so no run pays for it."""
+    """At kernel creation (after `k.conv = ConvAttributes.from_node(node)`): the Winograd
+    transform of a constant weight, if the conv will use it (Conv and FusedConv), so no run
+    pays for it."""
     w = k.ctx.constant_input(1)
-    if isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f":
-        ks = list(k.attr("kernel_shape") or w.shape[2:])
-        if (WINOGRAD and ks == [3, 3] and list(k.attr("strides") or [1, 1]) == [1, 1]
-                and list(k.attr("dilations") or [1, 1]) == [1, 1]
-                and int(k.attr("group", 1)) == 1 and compute_dtype(w.dtype) == np.float32
+    if (isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f"
+            and k.conv.rank in (None, 2)):
+        ks, strides, dil = k.conv.spatial(w.shape)
+        if (WINOGRAD and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
+                and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
             winograd_weight(k, w, np.dtype(np.float32))
 
@@ -419,6 +413,7 @@ def prepare_constant_weight(k: Kernel) -> None:
 class Conv(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
         prepare_constant_weight(self)
 
     def compute(self, x, w, b=None):
@@ -428,6 +423,10 @@ class Conv(Kernel):
 
 @kernel("ConvInteger")
 class ConvInteger(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+
     def compute(self, x, w, x_zero_point=None, w_zero_point=None):
         # float64 accumulation is exact for int8 products over any realistic reduction length.
         xf = x.astype(np.float64)

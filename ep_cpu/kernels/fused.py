@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import ConvAttributes
 from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
@@ -64,6 +65,7 @@ class FusedConv(_Activated):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
         prepare_constant_weight(self)   # a constant weight's Winograd transform, once
 
     def compute(self, x, w, b=None, z=None):
