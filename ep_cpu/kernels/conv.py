@@ -15,7 +15,8 @@ from numpy.lib.stride_tricks import as_strided
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes, invalid
 from ep_cpu import conv_depthwise, winograd
-from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
+from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
+                         single_threaded_blas)
 from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
@@ -127,9 +128,14 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         y = gemm(w2[0], big, None if bcol is None else bcol[0], residual=r2, **epi)
         y = y.reshape(m, n, oprod).transpose(1, 0, 2)
     elif group == 1 and m * oprod * cg * kprod < SMALL_CONV_MACS:
-        # A tiny conv (streaming audio models, late layers of small inputs): one BLAS call and
-        # the epilogue in place; gemm's tiling set-up would cost more than the product.
-        y = np.matmul(w2[0], cols[0, 0])
+        # A small conv (streaming audio models, late layers of small inputs): one BLAS call and
+        # the epilogue in place; gemm's set-up would cost more than the product. One BLAS
+        # thread, as gemm runs products of this size (threaded OpenBLAS gains nothing here).
+        if m * oprod * cg * kprod >= TINY_MACS:
+            with single_threaded_blas():
+                y = np.matmul(w2[0], cols[0, 0])
+        else:
+            y = np.matmul(w2[0], cols[0, 0])
         if bcol is not None:
             y += bcol[0]
         if res is not None:
@@ -158,7 +164,7 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
     return np.ascontiguousarray(y.reshape(n, m, *out_shape), dtype=dt)
 
 
-SMALL_CONV_MACS = 1 << 17   # below: np.matmul + in-place epilogue instead of `gemm`
+SMALL_CONV_MACS = BLAS_PAR_MIN_MACS   # below: np.matmul + in-place epilogue instead of `gemm`
 
 
 def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
