@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto, helper
 
 import ep_core
+from ep_core.op_attributes import conv_geometry
 from ep_cpu import conv_depthwise, winograd
 from ep_cpu.kernels import conv
 
@@ -205,3 +206,27 @@ def test_winograd_transform_at_session_creation(monkeypatch, force_winograd, epi
         x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0], **WINO_TOL)
     assert len(transforms) == 1 and len(force_winograd) == 3
+
+
+@pytest.mark.parametrize("geometry", [
+    ((1, 3, 17), (4, 3, 3), (2,), (1,), (1, 2)),
+    ((1, 5, 9, 7), (6, 5, 3, 2), (1, 2), (2, 1), (1, 0, 2, 1)),
+    ((1, 4, 6, 6), (2, 2, 3, 3), (1, 1), (1, 1), (-1, 0, 1, -1)),   # grouped; negative pads crop
+    ((1, 2, 4, 5, 3), (3, 2, 2, 3, 1), (1, 2, 1), (1, 1, 2), (0, 1, 0, 1, 0, 0)),
+])
+def test_small_im2col_gather_matches_window_view(monkeypatch, geometry):
+    """The cached-index gather of small single-image convs equals the window-view im2col."""
+    x_shape, w_shape, strides, dil, pads = geometry
+    rng = np.random.default_rng(len(x_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    group = x_shape[1] // w_shape[1]
+    nd = len(strides)
+    begin, end, out = conv_geometry(x_shape[2:], w_shape[2:], strides, dil, pads, "NOTSET")
+    args = (x, w, group, list(strides), list(dil), begin, end, out)
+    monkeypatch.setattr(conv, "SMALL_IM2COL", 1 << 30)
+    gathered = conv.conv_nd(*args)
+    monkeypatch.setattr(conv, "SMALL_IM2COL", 0)
+    viewed = conv.conv_nd(*args)
+    assert gathered.shape == viewed.shape == (1, w_shape[0], *out) and nd == len(out)
+    np.testing.assert_allclose(gathered, viewed, rtol=1e-6, atol=1e-6)
