@@ -90,13 +90,14 @@ def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: in
     run is not timed. A block has at least `block` runs and lasts about `block_s` (the slowest
     warm-up run decides).
     """
-    slowest = 0.0
+    best = [math.inf, math.inf]   # each runtime's fastest warm-up run (spikes on a busy machine)
     for i in range(warmup):
-        for fn in (run_a, run_b):
+        for k, fn in enumerate((run_a, run_b)):
             t = time.perf_counter()
             fn()
-            if i == warmup - 1:   # the last round: earlier ones include first-run costs
-                slowest = max(slowest, time.perf_counter() - t)
+            if i:   # the first round includes first-run costs
+                best[k] = min(best[k], time.perf_counter() - t)
+    slowest = max(best) if warmup > 1 else 1.0
     if block_s:
         # Sub-millisecond models (real-time streams, small ML pipelines) run back to back in
         # practice: time them in blocks of about block_s, not 3 runs fresh out of an idle gap.
