@@ -118,6 +118,8 @@ class LinearClassifier(Kernel):
         inter = self.attr("intercepts")
         self.intercepts = np.asarray(inter, dtype=np.float64) if inter else None
         self.transform = self.attr("post_transform", "NONE")
+        # labels[i] for an index array: one take on a table built once
+        self.label_table = pick_labels(self.labels, np.arange(len(self.labels)), self.is_str)
 
     def compute(self, x):
         rows = _as_rows(x)
@@ -153,7 +155,9 @@ class LinearClassifier(Kernel):
         st = coef @ rows.astype(np.float64).T
         if self.intercepts is not None:
             st += self.intercepts.reshape(-1, 1)
-        chosen = pick_labels(self.labels, st.argmax(axis=0), self.is_str)
+        best = st.argmax(axis=0)
+        chosen = (self.label_table.take(best) if len(self.label_table) == st.shape[0]
+                  else pick_labels(self.labels, best, self.is_str))
         if kind == "SOFTMAX":
             st -= st.max(axis=0)
             np.exp(st, out=st)
