@@ -317,7 +317,8 @@ def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: P
 
     lines = [f"# CPU provider vs onnxruntime CPU ({DATE})", "",
              f"Machine: {info['cpu']} ({info['cores']} cores), threads {info['threads']}, "
-             f"numpy {info['numpy']} ({info['blas']}), onnxruntime {info['onnxruntime']}.", "",
+             f"numpy {info['numpy']} ({info['blas']}, OPENBLAS_CORETYPE="
+             f"{info.get('openblas_coretype_env')}), onnxruntime {info['onnxruntime']}.", "",
              "Median latency; the two runtimes alternate in blocks of runs in one process.", "",
              "| model | category | params (M) | nodes | ours (ms) | onnxruntime (ms) | ours/ort | max rel. error |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -407,6 +408,9 @@ def main() -> None:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info(args.threads)
+    if info.get("cpu_avx512") and "Haswell" in info["blas"]:
+        print(f"note: OpenBLAS runs its Haswell (AVX2) kernels on this AVX-512 CPU "
+              f"(OPENBLAS_CORETYPE={info['openblas_coretype_env']!r}); onnxruntime uses AVX-512")
     stem = f"cpu_vs_onnxruntime_{DATE}_{machine_tag()}"
     if args.threads != info["cores"]:
         stem += f"_{args.threads}t"
