@@ -102,7 +102,13 @@ def build_all(out_dir: str | os.PathLike | None = None, names: list[str] | None 
 
 
 def model_stats(model: onnx.ModelProto) -> dict:
-    """Node count, parameter count and serialized size."""
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    return {"nodes": len(model.graph.node), "params": params,
-            "size_mb": round(model.ByteSize() / 2 ** 20, 1)}
+    """Node and parameter counts (control-flow bodies included) and serialized size."""
+    nodes = params = 0
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        nodes += len(g.node)
+        params += sum(int(np.prod(t.dims)) for t in g.initializer)
+        graphs.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+        graphs.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
+    return {"nodes": nodes, "params": params, "size_mb": round(model.ByteSize() / 2 ** 20, 1)}
