@@ -1,7 +1,8 @@
 """Latency of our CPU provider against onnxruntime's CPU provider on real architectures.
 
     python benchmarks/cpu_vs_onnxruntime.py [--models resnet50 bert_base ...] [--threads N]
-                                            [--repeat N] [--profile] [--out benchmarks/results]
+                                            [--repeat N] [--profile] [--first-session resnet50]
+                                            [--out benchmarks/results]
 
 Both runtimes load the same .onnx file (built by `benchmarks.models`, cached under
 benchmarks/.cache/) in the same process with the same intra-op thread count (default: every
@@ -10,7 +11,11 @@ in blocks, so machine noise hits both alike; each block starts after an idle gap
 run is not timed, so neither meets the other's still-spinning worker threads; the median is
 reported. Outputs are compared (max |ours - ort| / max |ort|). Writes `cpu_vs_onnxruntime_<date>_<machine>.{json,md,png}`.
 
-Acceptance (issue): geometric mean of ours/ort latency over the CNN and transformer models <= 1.5.
+Acceptance (issue 14): geometric mean of ours/ort latency over the whole suite <= 1.0 and no model
+above 1.5. The first session of a fresh process is measured too (`--first-session`, default
+ResNet-50): import + session creation + first run, with an empty kernel cache (NUMBA_CACHE_DIR a
+new empty folder: every compiled kernel is compiled) and again with the cache that run filled;
+acceptance: cold <= 2x warm.
 `--profile` runs cProfile over a few session.run calls of the slowest model (by ratio) and an
 op-type breakdown from the session's own profiler, written next to the results.
 """
@@ -39,7 +44,8 @@ from benchmarks import models as M  # noqa: E402
 from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
 
 DATE = "2026-11-21"  # the date the issue asks the result files to carry
-GEOMEAN_CATEGORIES = ("cnn", "transformer")
+GEOMEAN_CATEGORIES = ("cnn", "transformer")   # the older acceptance; reported beside the full one
+MAX_RATIO = 1.5
 
 
 def _ours(path: str, threads: int):
@@ -75,17 +81,27 @@ SETTLE_S = 0.3   # idle gap before each block: OpenBLAS's workers spin ~0.1 s af
 
 
 def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: int = 3,
-              settle_s: float = SETTLE_S) -> tuple[list, list]:
+              settle_s: float = SETTLE_S, block_s: float = 0.02) -> tuple[list, list]:
     """Alternate blocks of a and b runs; stop after `repeat` blocks each or when the budget is spent.
 
     onnxruntime's and OpenBLAS's worker threads keep spinning for a while after a run and steal a
     core from whichever runtime runs next (measured: onnxruntime's MobileNetV2 ran 11 ms right
     after our runs, 6 ms alone). So each block starts after `settle_s` of idle time, and its first
-    run is not timed.
+    run is not timed. A block has at least `block` runs and lasts about `block_s` (the slowest
+    warm-up run decides).
     """
-    for _ in range(warmup):
-        run_a()
-        run_b()
+    best = [math.inf, math.inf]   # each runtime's fastest warm-up run (spikes on a busy machine)
+    for i in range(warmup):
+        for k, fn in enumerate((run_a, run_b)):
+            t = time.perf_counter()
+            fn()
+            if i:   # the first round includes first-run costs
+                best[k] = min(best[k], time.perf_counter() - t)
+    slowest = max(best) if warmup > 1 else 1.0
+    if block_s:
+        # Sub-millisecond models (real-time streams, small ML pipelines) run back to back in
+        # practice: time them in blocks of about block_s, not 3 runs fresh out of an idle gap.
+        block = max(block, min(200, int(block_s / max(slowest, 1e-6))))
     ta, tb = [], []
     start = time.perf_counter()
     for i in range(repeat):
@@ -128,6 +144,54 @@ def bench_model(name: str, threads: int, warmup: int, repeat: int, budget_s: flo
     print(f"{name:24s} ours {med_o:9.2f} ms  ort {med_r:9.2f} ms  ratio {med_o / med_r:6.2f}  "
           f"err {err:.1e}  ({len(t_ours)} runs)", flush=True)
     return row
+
+
+_FIRST_SESSION = r"""
+import json, sys, time, warnings
+warnings.filterwarnings("ignore")
+t0 = time.perf_counter()
+import ep_core, ep_cpu.kernels  # noqa: F401
+t1 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from benchmarks import models as M
+feeds = M.feeds(sys.argv[2])
+opts = ep_core.SessionOptions()
+opts.intra_op_num_threads = int(sys.argv[3])
+t2 = time.perf_counter()
+sess = ep_core.InferenceSession(str(M.path(sys.argv[2])), opts, providers=["cpu"])
+t3 = time.perf_counter()
+sess.run(None, feeds)
+t4 = time.perf_counter()
+sess.run(None, feeds)
+t5 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "session_s": t3 - t2, "first_run_s": t4 - t3,
+                  "second_run_s": t5 - t4, "numba_loaded": "numba" in sys.modules}))
+"""
+
+
+def first_session(name: str, threads: int) -> dict:
+    """Import + session creation + first run in a fresh process: cold (empty kernel cache) then
+    warm (the cache the cold one filled). Both processes see the same model file (built first)."""
+    import subprocess
+    M.path(name)
+    out: dict = {"model": name}
+    with tempfile.TemporaryDirectory(prefix="ep_numba_cache_") as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for label in ("cold", "warm"):
+            proc = subprocess.run([sys.executable, "-c", _FIRST_SESSION, str(ROOT), name, str(threads)],
+                                  env=env, capture_output=True, text=True, timeout=600)
+            if proc.returncode != 0:
+                raise RuntimeError(f"first-session subprocess failed: {proc.stderr[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["first_session_s"] = r["import_s"] + r["session_s"] + r["first_run_s"]
+            out[label] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+        out["cache_files"] = sum(len(f) for _, _, f in os.walk(cache))
+    out["cold_over_warm"] = round(out["cold"]["first_session_s"] / out["warm"]["first_session_s"], 3)
+    out["accepted"] = out["cold_over_warm"] <= 2.0
+    print(f"first session {name}: cold {out['cold']['first_session_s']:.2f} s, warm "
+          f"{out['warm']['first_session_s']:.2f} s (import + session + first run), ratio "
+          f"{out['cold_over_warm']:.2f}, {out['cache_files']} kernel cache files", flush=True)
+    return out
 
 
 def geomean(values: list[float]) -> float:
@@ -234,29 +298,48 @@ def _compare_op_families(trace: dict, model_path: str, feeds: dict, threads: int
             for k in keys[:12]]
 
 
-def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: Path, stem: str) -> None:
+def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: Path, stem: str,
+                  first: list[dict] | None = None) -> None:
     sel = [r["ratio"] for r in rows if r["category"] in GEOMEAN_CATEGORIES]
-    summary = {"geomean_ratio_cnn_transformer": round(geomean(sel), 3),
-               "geomean_ratio_all": round(geomean([r["ratio"] for r in rows]), 3),
-               "acceptance": "geomean ours/ort over CNN + transformer models <= 1.5",
-               "accepted": bool(sel) and geomean(sel) <= 1.5}
+    ratios = [r["ratio"] for r in rows]
+    worst = max(rows, key=lambda r: r["ratio"]) if rows else None
+    summary = {"geomean_ratio_all": round(geomean(ratios), 3),
+               "geomean_ratio_cnn_transformer": round(geomean(sel), 3),
+               "max_ratio": None if worst is None else worst["ratio"],
+               "max_ratio_model": None if worst is None else worst["model"],
+               "acceptance": f"geomean ours/ort over the suite <= 1.0, no model above {MAX_RATIO}; "
+                             "cold first session <= 2x warm",
+               "accepted": bool(ratios) and geomean(ratios) <= 1.0 and max(ratios) <= MAX_RATIO
+                           and all(f["accepted"] for f in first or [])}
     doc = {"benchmark": "cpu_vs_onnxruntime", "date": DATE, "machine": info, "results": rows,
-           "summary": summary, "profiles": profiles}
+           "summary": summary, "first_session": first or [], "profiles": profiles}
     (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2))
 
     lines = [f"# CPU provider vs onnxruntime CPU ({DATE})", "",
              f"Machine: {info['cpu']} ({info['cores']} cores), threads {info['threads']}, "
-             f"numpy {info['numpy']} ({info['blas']}), onnxruntime {info['onnxruntime']}.", "",
+             f"numpy {info['numpy']} ({info['blas']}, OPENBLAS_CORETYPE="
+             f"{info.get('openblas_coretype_env')}), onnxruntime {info['onnxruntime']}.", "",
              "Median latency; the two runtimes alternate in blocks of runs in one process.", "",
              "| model | category | params (M) | nodes | ours (ms) | onnxruntime (ms) | ours/ort | max rel. error |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['category']} | {r['params'] / 1e6:.2f} | {r['nodes']} | "
                      f"{r['ours_ms']:.2f} | {r['ort_ms']:.2f} | {r['ratio']:.2f} | {r['max_rel_error']:.1e} |")
-    lines += ["", f"Geometric mean ours/ort over CNN + transformer models: "
-                  f"**{summary['geomean_ratio_cnn_transformer']:.2f}** (acceptance <= 1.5: "
-                  f"{'met' if summary['accepted'] else 'not met'}); over all models: "
-                  f"{summary['geomean_ratio_all']:.2f}."]
+    if rows:
+        lines += ["", f"Geometric mean ours/ort over all models: **{summary['geomean_ratio_all']:.2f}**; "
+                      f"worst {summary['max_ratio_model']} {summary['max_ratio']:.2f}; CNN + transformer "
+                      f"models {summary['geomean_ratio_cnn_transformer']:.2f}. Acceptance "
+                      f"({summary['acceptance']}): {'met' if summary['accepted'] else 'not met'}."]
+    for f in first or []:
+        lines += ["", f"## First session: {f['model']} (fresh process)", "",
+                  "| kernel cache | import (s) | session (s) | first run (s) | total (s) | second run (s) |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for label in ("cold", "warm"):
+            r = f[label]
+            lines.append(f"| {label} | {r['import_s']:.2f} | {r['session_s']:.2f} | {r['first_run_s']:.2f} | "
+                         f"{r['first_session_s']:.2f} | {r['second_run_s']:.3f} |")
+        lines += ["", f"Cold / warm: **{f['cold_over_warm']:.2f}** (acceptance <= 2); cold = an empty "
+                      f"NUMBA_CACHE_DIR ({f['cache_files']} files after it), warm = the same folder after."]
     for profile in profiles:
         lines += ["", f"## Profile: {profile['model']}", "",
                   f"Node time {profile['node_time_ms_per_run']} ms per run.", "",
@@ -281,6 +364,8 @@ def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: P
     except ImportError:
         print("matplotlib missing: no chart")
         return
+    if not rows:
+        return
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4.5))
     xs = np.arange(len(rows))
     ax.bar(xs - 0.2, [r["ours_ms"] for r in rows], 0.4, label="ep_cpu (ours)")
@@ -290,8 +375,8 @@ def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: P
     ax.set_yscale("log")
     ax.set_xticks(xs, [r["model"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("median latency (ms, log)")
-    ax.set_title(f"CPU latency, {info['threads']} threads — geomean ours/ort (CNN+transformer) "
-                 f"{summary['geomean_ratio_cnn_transformer']:.2f}")
+    ax.set_title(f"CPU latency, {info['threads']} threads — geomean ours/ort "
+                 f"{summary['geomean_ratio_all']:.2f}, worst {summary['max_ratio']:.2f}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / f"{stem}.png", dpi=120)
@@ -310,11 +395,22 @@ def main() -> None:
     ap.add_argument("--profile-model", nargs="*", default=None, help="profile these models instead")
     ap.add_argument("--idle-load", type=float, default=None,
                     help="wait until the 1-min load average is below this before timing each model")
+    ap.add_argument("--first-session", nargs="*", default=None, metavar="MODEL",
+                    help="cold/warm first-session models (default: resnet50 when every model runs; "
+                         "none when --models is given; name models here to add them)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
+    full_suite = "--models" not in sys.argv
+    first_models = args.first_session if args.first_session is not None else (
+        ["resnet50"] if full_suite else [])
+    if args.first_session == []:
+        first_models = ["resnet50"]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = machine_info(args.threads)
+    if info.get("cpu_avx512") and "Haswell" in info["blas"]:
+        print(f"note: OpenBLAS runs its Haswell (AVX2) kernels on this AVX-512 CPU "
+              f"(OPENBLAS_CORETYPE={info['openblas_coretype_env']!r}); onnxruntime uses AVX-512")
     stem = f"cpu_vs_onnxruntime_{DATE}_{machine_tag()}"
     if args.threads != info["cores"]:
         stem += f"_{args.threads}t"
@@ -324,8 +420,10 @@ def main() -> None:
             print(f"skip {name}: needs {M.MODELS[name].missing()}")
             continue
         rows.append(bench_model(name, args.threads, args.warmup, args.repeat, args.budget, args.idle_load))
-    sel = [r["ratio"] for r in rows if r["category"] in GEOMEAN_CATEGORIES]
-    print(f"geomean ours/ort (cnn+transformer): {geomean(sel):.3f}")
+    if rows:
+        print(f"geomean ours/ort: {geomean([r['ratio'] for r in rows]):.3f} (all), worst "
+              f"{max(r['ratio'] for r in rows):.3f}")
+    first = [first_session(name, args.threads) for name in first_models]
     profiles = []
     if (args.profile or args.profile_model) and rows:
         pool = [r for r in rows if r["category"] in GEOMEAN_CATEGORIES] or rows
@@ -334,7 +432,7 @@ def main() -> None:
             wait_for_idle(args.idle_load)
             profiles.append(profile_model(target, args.threads, 3, out_dir, stem))
             print(target, json.dumps(profiles[-1]["by_op_type"][:8]))
-    write_results(rows, info, profiles, out_dir, stem)
+    write_results(rows, info, profiles, out_dir, stem, first)
     print(f"wrote {out_dir / stem}.json/.md/.png")
 
 

@@ -229,13 +229,18 @@ def _straight_line(steps: list[Step], checked: bool) -> _StraightLine:
     return _StraightLine(fn, call_lines, steps, fn.__code__)
 
 
-RunnerFactory = Callable[[Graph, dict], Callable]
-"""(body graph, where each outer value lives) -> runner(feeds: list, outer: dict) -> list"""
+RunnerFactory = Callable[[Graph, dict, dict], Callable]
+"""(body graph, where each outer value lives, host values of the outer constants)
+-> runner(feeds: list, outer: dict) -> list"""
 
 
 def build_plan(placement: Placement, providers: list[Any], session_options: Any,
-               make_runner: RunnerFactory) -> Plan:
-    """Create each node's kernel once (with its kernel context) and lay out value slots."""
+               make_runner: RunnerFactory, outer_constants: dict[str, Any] | None = None) -> Plan:
+    """Create each node's kernel once (with its kernel context) and lay out value slots.
+
+    `outer_constants` (a control-flow body's plan): host values of the enclosing graphs'
+    constants; a body kernel reading one sees it as a constant input (`ctx.constant_input`), so
+    weights an If/Loop/Scan body reads from outside are prepared at build time too."""
     graph = placement.graph
     slot_of: dict[str, int] = {}
 
@@ -259,6 +264,12 @@ def build_plan(placement: Placement, providers: list[Any], session_options: Any,
     input_slots = [slot(v.name) for v in graph.inputs]
     for name in sorted(graph.outer_scope):
         slot(name)
+    if outer_constants:
+        # Only names the body reads from outside: not its own inputs or values (no shadowing).
+        local = {v.name for v in graph.inputs} | {o for n in graph.nodes for o in n.outputs}
+        for name in graph.outer_scope:
+            if name in outer_constants and name not in host_value and name not in local:
+                host_value[name] = outer_constants[name]
     threads = int(getattr(session_options, "intra_op_num_threads", 0) or 0)
     max_bytes = int(getattr(session_options, "max_tensor_bytes", 0) or 0)
     steps = []
@@ -292,9 +303,9 @@ def _make_kernel(node: Node, a: Assignment, host_value: dict[str, Any], placemen
     runners: dict[str, Any] = {}
     for attr, v in node.attrs.items():
         if isinstance(v, Graph):
-            runners[attr] = make_runner(v, placement.locations)
+            runners[attr] = make_runner(v, placement.locations, host_value)
         elif isinstance(v, list) and v and isinstance(v[0], Graph):
-            runners[attr] = [make_runner(g, placement.locations) for g in v]
+            runners[attr] = [make_runner(g, placement.locations, host_value) for g in v]
     ctx = KernelContext(
         a.provider, session_options,
         constant_inputs={k: host_value[i] for k, i in enumerate(node.inputs) if i in host_value},

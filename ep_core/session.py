@@ -96,12 +96,14 @@ class Built:
 
 def build_graph(graph: Graph, providers: list[ExecutionProvider], options: SessionOptions,
                 opt: OptimizerContext | None, profiler: profiling.Profiler,
-                outer_devices: dict[str, Device] | None = None) -> Built:
+                outer_devices: dict[str, Device] | None = None,
+                outer_constants: dict[str, Any] | None = None) -> Built:
     """Partition -> level-2/3 rewrites -> group + compile -> placement -> plan, for one graph level.
 
     Control-flow bodies are built the same way when the plan creates their node's kernel, knowing
     where each outer value lives. `opt` is None for a graph that must not be rewritten (an
-    ep_core-optimized model). The graph passes the validity check after every stage."""
+    ep_core-optimized model). The graph passes the validity check after every stage. A body's
+    kernels see the enclosing graphs' constants (`outer_constants`) as constant inputs."""
     with profiler.phase("partition"):
         assigned = partition(graph, providers)
     if opt is not None and int(options.graph_optimization_level) >= 2:
@@ -116,9 +118,9 @@ def build_graph(graph: Graph, providers: list[ExecutionProvider], options: Sessi
     placement = place(graph, assigned, providers, outer_devices)
     placement.graph.check_valid(placement.device_constants)
     with profiler.phase("plan"):
-        def make_runner(body: Graph, outer: dict[str, Device]):
-            return _body_runner(build_graph(body, providers, options, opt, profiler, outer))
-        plan = build_plan(placement, providers, options, make_runner)
+        def make_runner(body: Graph, outer: dict[str, Device], constants: dict[str, Any]):
+            return _body_runner(build_graph(body, providers, options, opt, profiler, outer, constants))
+        plan = build_plan(placement, providers, options, make_runner, outer_constants)
     return Built(placement, plan)
 
 

@@ -37,7 +37,7 @@ from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # no
                             _as_2d_operand, _Epilogue, fast_erf)
 
 __all__ = ["PackedB", "pack_b", "gemm", "set_num_threads", "get_num_threads", "single_threaded_blas",
-           "fast_erf", "pack_constant", "ACTIVATIONS"]
+           "fast_erf", "pack_constant", "ACTIVATIONS", "blas_thread_controls"]
 
 # --------------------------------------------------------------------------- tuning constants
 # Bytes of one packed B panel (K x nc). BLAS blocks for L1/L2 inside each call, so panels only
@@ -153,6 +153,11 @@ class _SingleThreadedBlas:
 _blas_single = _SingleThreadedBlas()
 
 
+def blas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
+    """(get, set) thread-count functions of each BLAS library numpy loaded (cheap to call)."""
+    return _blas_single._controllers()
+
+
 def single_threaded_blas() -> _SingleThreadedBlas:
     """Context manager: BLAS calls run on the calling thread only, restored on exit.
 
@@ -202,7 +207,7 @@ class PackedB:
     dtype: np.dtype                         # the original dtype (decides the output dtype)
     cdtype: np.dtype                        # the dtype the panels hold
     bounds: list[tuple[int, int]]           # [n0, n1) of each panel
-    panels: list[np.ndarray] = field(repr=False)   # (K, n1 - n0) C-contiguous
+    panels: list[np.ndarray] = field(repr=False)   # (K, n1 - n0), C-contiguous or views of B
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -219,8 +224,12 @@ class PackedB:
         return np.concatenate(self.panels, axis=1)
 
 
-def pack_b(b: np.ndarray, trans_b: bool = False) -> PackedB:
-    """Pack a constant 2-D B (or B^T when `trans_b`) once, for repeated `gemm(a, packed)` calls."""
+def pack_b(b: np.ndarray, trans_b: bool = False, copy: bool = True) -> PackedB:
+    """Pack a constant 2-D B (or B^T when `trans_b`) once, for repeated `gemm(a, packed)` calls.
+
+    `copy=False`: a B already in the compute dtype and stored row- or column-major keeps its
+    memory; the panels are views (BLAS reads a transposed or strided operand as it is, and
+    packs its own blocks anyway), so packing a large weight costs no time and no memory."""
     b = np.asarray(b)
     if b.ndim != 2:
         raise ValueError(f"pack_b expects a 2-D matrix, got shape {b.shape}")
@@ -229,7 +238,10 @@ def pack_b(b: np.ndarray, trans_b: bool = False) -> PackedB:
     cdt = _compute_dtype(b.dtype)
     nc = _panel_width(k, n, cdt.itemsize)
     bounds = [(j, min(n, j + nc)) for j in range(0, n, nc)] or [(0, 0)]
-    panels = [np.ascontiguousarray(bt[:, j0:j1], dtype=cdt) for j0, j1 in bounds]
+    if not copy and b.dtype == cdt and (bt.flags.c_contiguous or bt.flags.f_contiguous):
+        panels = [bt[:, j0:j1] for j0, j1 in bounds]
+    else:
+        panels = [np.ascontiguousarray(bt[:, j0:j1], dtype=cdt) for j0, j1 in bounds]
     return PackedB(k, n, b.dtype, cdt, bounds, panels)
 
 
@@ -244,8 +256,9 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
     """pack_b(b) for a constant B of a session where packing pays, else None (use B as it is).
 
     It pays for float16/bfloat16 weights (converted to float32 once, not per call) and for a
-    large B that is transposed or spans several panels; a B that already is one contiguous panel
-    in the compute dtype would only be copied."""
+    large B that is transposed or spans several panels (its panels are views of B: no copy, see
+    `pack_b(copy=False)`; copying a VGG-sized transposed weight dominated session creation); a B
+    that already is one contiguous panel in the compute dtype is used as it is."""
     if b is None:
         return None
     b = np.asarray(b)
@@ -258,7 +271,7 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
     if b.size < PACK_MIN or (bt.flags.c_contiguous
                              and _panel_width(bt.shape[0], bt.shape[1], b.itemsize) == bt.shape[1]):
         return None
-    return pack_b(b, trans_b)
+    return pack_b(b, trans_b, copy=False)
 
 
 # --------------------------------------------------------------------------- the GEMM

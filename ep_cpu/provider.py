@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Iterator
+from contextlib import nullcontext
 
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import HOST, ExecutionProvider
@@ -13,59 +12,63 @@ from .registry import registry
 
 class _ThreadLimits:
     """Process-wide thread settings (our GEMM's tiling threads, the BLAS library's) changed
-    while runs with an intra-op limit are active, restored when the last such run ends."""
+    while runs with an intra-op limit are active, restored when the last such run ends.
+
+    Every run enters this, so it is cheap when the limit already holds: the BLAS libraries' own
+    get/set entry points (a ctypes call each, see `gemm.blas_thread_controls`) instead of
+    threadpoolctl's controller objects, and a library is set (and later restored) only when its
+    count differs from the limit."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
-        self._saved: tuple | None = None
+        self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
 
-    @contextmanager
-    def limit(self, threads: int) -> Iterator[None]:
+    def limit(self, threads: int) -> "_Limit | nullcontext":
         if not threads or threads <= 0:
-            yield
-            return
+            return _NO_LIMIT
+        return _Limit(self, int(threads))
+
+    def enter(self, threads: int) -> None:
         from . import gemm
         with self._lock:
+            changed = []
+            for get, put in gemm.blas_thread_controls():
+                n = get()
+                if n != threads:
+                    changed.append((put, n))
+                    put(threads)
             if self._active == 0:
-                controller = _controller()
-                self._saved = (gemm.get_num_threads(),
-                               controller.info() if controller is not None else None)
+                self._saved = (gemm.get_num_threads(), changed)
             self._active += 1
             gemm.set_num_threads(threads)
-            controller = _controller()
-            if controller is not None:
-                controller.limit(limits=int(threads))
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
-                if self._active == 0 and self._saved is not None:
-                    gemm_threads, blas = self._saved
-                    gemm.set_num_threads(gemm_threads)
-                    controller = _controller()
-                    if controller is not None and blas is not None:
-                        for lib in controller.lib_controllers:
-                            before = [b for b in blas if b.get("filepath") == lib.filepath]
-                            if before:
-                                lib.set_num_threads(before[0]["num_threads"])
-                    self._saved = None
+
+    def exit(self) -> None:
+        from . import gemm
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._saved is not None:
+                gemm_threads, changed = self._saved
+                gemm.set_num_threads(gemm_threads)
+                for put, n in changed:
+                    put(n)
+                self._saved = None
 
 
-_controller_obj = None
+class _Limit:
+    __slots__ = ("limits", "threads")
+
+    def __init__(self, limits: _ThreadLimits, threads: int) -> None:
+        self.limits, self.threads = limits, threads
+
+    def __enter__(self) -> None:
+        self.limits.enter(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        self.limits.exit()
 
 
-def _controller():
-    """threadpoolctl's controller of the loaded BLAS libraries (None without threadpoolctl)."""
-    global _controller_obj
-    if _controller_obj is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-            _controller_obj = ThreadpoolController()
-        except Exception:  # threadpoolctl missing or a BLAS it cannot drive: no limit
-            _controller_obj = False
-    return _controller_obj or None
+_NO_LIMIT = nullcontext()
 
 
 _limits = _ThreadLimits()

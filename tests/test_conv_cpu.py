@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, helper
 
 import ep_core
+from ep_core.op_attributes import conv_geometry
 from ep_cpu import conv_depthwise, winograd
 from ep_cpu.kernels import conv
 
@@ -180,3 +182,51 @@ def test_winograd_shape_rule():
     assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [2, 2], [1, 1], 1, [28, 28], f32)
     assert not conv._use_winograd((1, 64, 56, 56), (64, 64, 3, 3), [3, 3], [1, 1], [1, 1], 1, [56, 56],
                                   np.dtype(np.float64))
+
+
+@pytest.mark.parametrize("epilogue", ["none", "relu"])
+def test_winograd_transform_at_session_creation(monkeypatch, force_winograd, epilogue):
+    """Conv and FusedConv (Conv+Relu) transform a constant weight when the session is built:
+    no run pays for it, and runs with other input sizes reuse it."""
+    transforms = []
+    real = winograd.transform_weight
+    monkeypatch.setattr(winograd, "transform_weight", lambda w, m: transforms.append(m) or real(w, m))
+    data, feeds = _wino_model((1, 8, 9, 9), 8, (1, 1, 1, 1), "NOTSET", epilogue=epilogue,
+                              const_weight=True)
+    model = onnx.load_from_string(data)
+    for d, name in zip(model.graph.input[0].type.tensor_type.shape.dim, "nchw"):
+        d.dim_param = name   # any input size
+    data = model.SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ops = {st.node.op_type for st in sess._plan.steps}
+    assert ("FusedConv" if epilogue == "relu" else "Conv") in ops
+    assert len(transforms) == 1
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for shape in ((1, 8, 9, 9), (2, 8, 12, 7), (1, 8, 9, 9)):   # the geometry follows the shapes
+        x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0], **WINO_TOL)
+    assert len(transforms) == 1 and len(force_winograd) == 3
+
+
+@pytest.mark.parametrize("geometry", [
+    ((1, 3, 17), (4, 3, 3), (2,), (1,), (1, 2)),
+    ((1, 5, 9, 7), (6, 5, 3, 2), (1, 2), (2, 1), (1, 0, 2, 1)),
+    ((1, 4, 6, 6), (2, 2, 3, 3), (1, 1), (1, 1), (-1, 0, 1, -1)),   # grouped; negative pads crop
+    ((1, 2, 4, 5, 3), (3, 2, 2, 3, 1), (1, 2, 1), (1, 1, 2), (0, 1, 0, 1, 0, 0)),
+])
+def test_small_im2col_gather_matches_window_view(monkeypatch, geometry):
+    """The cached-index gather of small single-image convs equals the window-view im2col."""
+    x_shape, w_shape, strides, dil, pads = geometry
+    rng = np.random.default_rng(len(x_shape))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    group = x_shape[1] // w_shape[1]
+    nd = len(strides)
+    begin, end, out = conv_geometry(x_shape[2:], w_shape[2:], strides, dil, pads, "NOTSET")
+    args = (x, w, group, list(strides), list(dil), begin, end, out)
+    monkeypatch.setattr(conv, "SMALL_IM2COL", 1 << 30)
+    gathered = conv.conv_nd(*args)
+    monkeypatch.setattr(conv, "SMALL_IM2COL", 0)
+    viewed = conv.conv_nd(*args)
+    assert gathered.shape == viewed.shape == (1, w_shape[0], *out) and nd == len(out)
+    np.testing.assert_allclose(gathered, viewed, rtol=1e-6, atol=1e-6)

@@ -282,3 +282,21 @@ def test_constant_b_is_packed_once_at_session_build(kind, monkeypatch):
     assert len(calls) == built
     want = _numpy_ref(kind, a, w)
     assert np.abs(y.astype(np.float64) - want).max() <= 2e-2 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("trans_b", [True, False])
+def test_pack_constant_keeps_float32_weights_in_place(trans_b, monkeypatch):
+    """A large float32 weight is 'packed' as views of its own memory (no copy at session build)
+    and gives the same products as the plain matrix, over several panels."""
+    monkeypatch.setattr(G, "PANEL_BYTES", 64 * 1024)
+    rng = np.random.default_rng(7)
+    b = rng.standard_normal((384, 512)).astype(np.float32)
+    b.flags.writeable = False   # as session constants are
+    pb = G.pack_constant(b, trans_b)
+    assert pb is not None and len(pb.panels) > 1
+    assert all(np.shares_memory(p, b) for p in pb.panels)
+    a = rng.standard_normal((70, 384 if not trans_b else 512)).astype(np.float32)
+    bias = rng.standard_normal(512 if not trans_b else 384).astype(np.float32)
+    ref = np.maximum(a @ (b.T if trans_b else b) + bias, 0)
+    for threads in (1, 2):
+        np.testing.assert_allclose(G.gemm(a, pb, bias, "Relu", num_threads=threads), ref, rtol=2e-5, atol=2e-5)

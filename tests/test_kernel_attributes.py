@@ -23,14 +23,7 @@ ENTRY_POINTS = ("compute", "forward")
 PARSERS = "ep_core.op_attributes"   # calling anything of it is parsing attributes
 
 # Classes whose run-time path still reads attributes, each with the reason it is left.
-ALLOWED = {
-    # Conv's GEMM path (run_conv -> _conv_attrs) belongs to the conv-speed work on ep_cpu/conv.py;
-    # it moves onto ConvAttributes when that lands (ConvTranspose/DeformConv/QLinearConv have).
-    ("ep_cpu.kernels.conv", "Conv"): "run_conv reads attributes per call (conv-speed branch)",
-    ("ep_cpu.kernels.conv", "ConvInteger"): "shares run_conv with Conv",
-    ("ep_cpu.kernels.fused", "FusedConv"): "shares run_conv with Conv",
-    ("ep_cpu.kernels.contrib_fused", "NhwcConv"): "runs Conv.compute (run_conv)",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 # ----------------------------------------------------------------------------- the checker

@@ -122,3 +122,38 @@ def test_feature_outside_the_input_is_an_error():
     sess = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"])
     with pytest.raises(ep_core.errors.Fail, match="feature 8 but the input has 6 features"):
         sess.run(None, {"X": _inputs(rng)})
+
+
+@pytest.mark.parametrize("modes", MODE_SETS[:4], ids=lambda m: m[0][7:])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_walk_equals_numpy_walk(monkeypatch, modes, threads):
+    """The compiled walk (ep_cpu.tree_jit, rows split over threads) gives bit-identical sums."""
+    from ep_cpu import tree_jit
+    from ep_cpu.kernels import ml_tree
+    if not tree_jit.AVAILABLE:
+        pytest.skip("numba missing")
+    monkeypatch.setattr(tree_jit, "PAR_MIN_VISITS", 1)
+    rng = np.random.default_rng(11)
+    attrs, leaves = _random_trees(rng, n_trees=5, depth=4, modes=modes)
+    targets = [(t, i, k) for t, i in leaves for k in range(3)]
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["X"], ["Y"], domain="ai.onnx.ml", n_targets=3,
+        aggregate_function="SUM", target_treeids=[t for t, _, _ in targets],
+        target_nodeids=[i for _, i, _ in targets], target_ids=[k for _, _, k in targets],
+        target_weights=rng.standard_normal(len(targets)).tolist(), **attrs)
+    graph = helper.make_graph([node], "trees", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, FEATURES])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 3])])
+    data = helper.make_model(graph, ir_version=8, opset_imports=[
+        helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]).SerializeToString()
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ep_core.InferenceSession(data, opts, providers=["cpu"])
+    x = _inputs(rng)
+    calls = []
+    real = tree_jit.walk_sum
+    monkeypatch.setattr(tree_jit, "walk_sum", lambda *a: calls.append(1) or real(*a))
+    compiled = sess.run(None, {"X": x})[0]
+    monkeypatch.setattr(ml_tree, "JIT_MIN_VISITS", 1 << 60)
+    plain = sess.run(None, {"X": x})[0]
+    assert len(calls) == 1
+    np.testing.assert_array_equal(compiled, plain)

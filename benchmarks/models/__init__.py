@@ -3,7 +3,7 @@
     python -m benchmarks.models [--out DIR] [name ...]   # writes DIR/<name>.onnx
 
 `MODELS` maps a name to a `ModelSpec` (builder, feeds, category). Categories: "cnn",
-"transformer", "rnn", "ml". `build(name)` returns the ModelProto (built once per process and
+"transformer", "rnn", "ml", "realtime". `build(name)` returns the ModelProto (built once per process and
 cached in memory), `build_all(out_dir)` writes every model whose builder dependencies are present.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from . import cnn, rnn, sklearn_models, transformer
+from . import cnn, detection, realtime, rnn, sklearn_models, transformer
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "models"
 
@@ -40,6 +40,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
               "ResNet-50, torchvision layout, 1x3x224x224, BatchNormalization nodes"),
     ModelSpec("mobilenetv2", "cnn", cnn.mobilenetv2, cnn.image_feeds,
               "MobileNetV2, 1x3x224x224, BN folded, ReLU6 as Clip, depthwise convs"),
+    ModelSpec("yolov8n_320", "cnn", detection.yolov8n, detection.detection_feeds,
+              "YOLOv8n-style detector, 1x3x320x320: C2f/SPPF backbone, PAN neck, DFL decode head"),
     ModelSpec("bert_base", "transformer", transformer.bert_base, transformer.bert_feeds,
               "BERT-base encoder: 12 layers, hidden 768, 12 heads, seq 128, LayerNormalization, Erf Gelu"),
     ModelSpec("gpt2_decoder_step", "transformer", transformer.gpt2_decoder_step, transformer.gpt2_feeds,
@@ -54,6 +56,8 @@ MODELS: dict[str, ModelSpec] = {s.name: s for s in [
     ModelSpec("sklearn_scaler_forest", "ml", sklearn_models.scaler_random_forest, sklearn_models.tabular_feeds,
               "skl2onnx: StandardScaler + RandomForest (50 trees, depth 8), batch 512",
               ("sklearn", "skl2onnx")),
+    ModelSpec("vad_lstm", "realtime", realtime.vad_lstm, realtime.chunk_feeds,
+              "Silero-VAD-v5-like streaming step: If on sample rate, STFT conv, 4 conv, LSTM step (hidden 128)"),
 ]}
 
 _built: dict[str, onnx.ModelProto] = {}
@@ -98,7 +102,13 @@ def build_all(out_dir: str | os.PathLike | None = None, names: list[str] | None 
 
 
 def model_stats(model: onnx.ModelProto) -> dict:
-    """Node count, parameter count and serialized size."""
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    return {"nodes": len(model.graph.node), "params": params,
-            "size_mb": round(model.ByteSize() / 2 ** 20, 1)}
+    """Node and parameter counts (control-flow bodies included) and serialized size."""
+    nodes = params = 0
+    graphs = [model.graph]
+    while graphs:
+        g = graphs.pop()
+        nodes += len(g.node)
+        params += sum(int(np.prod(t.dims)) for t in g.initializer)
+        graphs.extend(a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+        graphs.extend(sg for n in g.node for a in n.attribute for sg in a.graphs)
+    return {"nodes": nodes, "params": params, "size_mb": round(model.ByteSize() / 2 ** 20, 1)}

@@ -6,6 +6,7 @@ The geometry helpers here are shared with the pooling and quantized-conv kernels
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -13,9 +14,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
-from ep_core.op_attributes import ConvAttributes, conv_geometry, invalid
+from ep_core.op_attributes import ConvAttributes, invalid
 from ep_cpu import conv_depthwise, winograd
-from ep_cpu.gemm import ACTIVATIONS, _get_pool, gemm, get_num_threads
+from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
+                         single_threaded_blas)
 from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
@@ -110,6 +112,13 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         # 1x1 conv: the window view is a strided slice of the input itself.
         sl = tuple(slice(0, (o - 1) * s + 1, s) for o, s in zip(out_shape, strides))
         cols = x[(slice(None), slice(None)) + sl].reshape(n, group, cg, oprod)
+    elif n == 1 and c * kprod * oprod <= SMALL_IM2COL:
+        # Small input: one gather with cached indices (padding reads a zero appended to x)
+        # instead of pad + strided window view + transposing copy (~10 us of calls per conv).
+        idx = _im2col_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dilations),
+                            tuple(begin), tuple(out_shape))
+        flat = np.concatenate((x.reshape(-1), np.zeros(1, dtype=dt)))
+        cols = flat.take(idx).reshape(1, group, cg * kprod, oprod)
     else:
         xp = pad_spatial(x, begin, end)
         view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
@@ -126,6 +135,21 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         r2 = None if res is None else res.reshape(n, m, oprod).transpose(1, 0, 2).reshape(m, n * oprod)
         y = gemm(w2[0], big, None if bcol is None else bcol[0], residual=r2, **epi)
         y = y.reshape(m, n, oprod).transpose(1, 0, 2)
+    elif group == 1 and m * oprod * cg * kprod < SMALL_CONV_MACS:
+        # A small conv (streaming audio models, late layers of small inputs): one BLAS call and
+        # the epilogue in place; gemm's set-up would cost more than the product. One BLAS
+        # thread, as gemm runs products of this size (threaded OpenBLAS gains nothing here).
+        if m * oprod * cg * kprod >= TINY_MACS:
+            with single_threaded_blas():
+                y = np.matmul(w2[0], cols[0, 0])
+        else:
+            y = np.matmul(w2[0], cols[0, 0])
+        if bcol is not None:
+            y += bcol[0]
+        if res is not None:
+            y += res.reshape(m, oprod)
+        if activation is not None:
+            ACTIVATIONS[activation](y, activation_params or {})
     elif group == 1:
         r2 = None if res is None else res.reshape(m, oprod)
         y = gemm(w2[0], cols[0, 0], None if bcol is None else bcol[0], residual=r2, **epi)
@@ -146,6 +170,41 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
                 gemm(w2[g], cols[b, g], None if bcol is None else bcol[g],
                      residual=None if rg is None else rg[b, g], out=y[b, g], **epi)
     return np.ascontiguousarray(y.reshape(n, m, *out_shape), dtype=dt)
+
+
+SMALL_IM2COL = 1 << 16   # column-matrix elements up to which im2col is one cached-index gather
+
+
+@functools.lru_cache(maxsize=256)
+def _im2col_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
+                  out_shape: tuple) -> np.ndarray:
+    """Flat indices (C * prod(ks), prod(out)) into one image x (C, *spatial) followed by a zero
+    (index C * prod(spatial)) that every padded position reads."""
+    c, spatial = in_shape[0], in_shape[1:]
+    nd = len(ks)
+    size = math.prod(spatial)
+    # Per axis: input coordinate of (kernel offset, output position), and whether it is inside.
+    coords = [np.arange(ks[i])[:, None] * dilations[i] + np.arange(out_shape[i])[None, :] * strides[i]
+              - begin[i] for i in range(nd)]
+    pos = np.zeros((1,) * (2 * nd), dtype=np.int64)
+    inside = np.ones((1,) * (2 * nd), dtype=bool)
+    stride = 1
+    for i in reversed(range(nd)):
+        shape = [1] * (2 * nd)
+        shape[i], shape[nd + i] = ks[i], out_shape[i]
+        ci = coords[i].reshape(shape)
+        inside = inside & (ci >= 0) & (ci < spatial[i])
+        pos = pos + ci * stride
+        stride *= spatial[i]
+    pos = np.where(inside, pos, -1)   # (*ks, *out)
+    idx = pos[None] + (np.arange(c) * size).reshape((c,) + (1,) * (2 * nd))
+    idx = np.where(pos[None] < 0, c * size, idx)
+    idx = idx.reshape(c * math.prod(ks), math.prod(out_shape))
+    idx.flags.writeable = False
+    return idx
+
+
+SMALL_CONV_MACS = BLAS_PAR_MIN_MACS   # below: np.matmul + in-place epilogue instead of `gemm`
 
 
 def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
@@ -317,12 +376,6 @@ def _depthwise_2d(x, w, strides, dilations, begin, end, out_shape, bias=None, re
     return y
 
 
-def _conv_attrs(k: Kernel, w_shape, nd):
-    ks = list(k.attr("kernel_shape") or w_shape[2:])
-    return (ks, list(k.attr("strides") or [1] * nd), list(k.attr("dilations") or [1] * nd),
-            k.attr("pads"), k.attr("auto_pad", "NOTSET"), int(k.attr("group", 1)))
-
-
 # Winograd F(4x4,3x3) (`ep_cpu.winograd`) for 3x3 stride-1 ungrouped float32 convs with at least
 # this many input and output channels and output tiles (4x4, all images). Measured against
 # im2col (2 threads, minimum of 40 alternating runs; the machine was loaded): 64ch 56x56 0.84x
@@ -346,7 +399,7 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) -> bool:
 
 def winograd_weight(k: Kernel, w: np.ndarray, cdt) -> np.ndarray:
     """The transformed weight: computed once and kept on the kernel when W is a session
-    constant (Conv does it at __init__, FusedConv at its first run), else per call."""
+    constant (Conv and FusedConv do it at __init__), else per call."""
     m = WINOGRAD_TILE
     cached = getattr(k, "_winograd_u", None)
     if cached is not None and cached[0] == m and cached[1].dtype == cdt:
@@ -362,10 +415,8 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
              activation_params: dict | None = None) -> np.ndarray:
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
-    nd = x.ndim - 2
-    ks, strides, dil, pads, auto_pad, group = _conv_attrs(k, w.shape, nd)
-    begin, end, out = conv_geometry(x.shape[2:], ks, strides, dil, pads, auto_pad)
-    if _use_winograd(x.shape, w.shape, ks, strides, dil, group, out, cdt) and min(out) > 0:
+    ks, strides, dil, group, begin, end, out, use_wino = _geometry(k, x.shape, w.shape, cdt)
+    if use_wino:
         res = None if residual is None else np.broadcast_to(residual, (x.shape[0], w.shape[0], *out))
         return winograd.conv3x3(x.astype(cdt, copy=False), winograd_weight(k, w, cdt),
                                 WINOGRAD_TILE, begin, out, b, res, activation, activation_params)
@@ -374,19 +425,42 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
                    residual, activation, activation_params)
 
 
+def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
+    """(ks, strides, dilations, group, begin, end, out_shape, winograd?) of a conv kernel for
+    these shapes, kept on the kernel for the next call with the same shapes (the geometry is
+    computed once per shape, not per run)."""
+    key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES)
+    cached = k.__dict__.get("_conv_geometry")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
+    ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
+    wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
+    geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, wino)
+    k._conv_geometry = (key, geo)
+    return geo
+
+
+def prepare_constant_weight(k: Kernel) -> None:
+    """At kernel creation (after `k.conv = ConvAttributes.from_node(node)`): the Winograd
+    transform of a constant weight, if the conv will use it (Conv and FusedConv), so no run
+    pays for it."""
+    w = k.ctx.constant_input(1)
+    if (isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f"
+            and k.conv.rank in (None, 2)):
+        ks, strides, dil = k.conv.spatial(w.shape)
+        if (WINOGRAD and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
+                and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
+                and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
+            winograd_weight(k, w, np.dtype(np.float32))
+
+
 @kernel("Conv")
 class Conv(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        w = ctx.constant_input(1)
-        if isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f":
-            # Constant weight: its Winograd transform happens once, here, if the conv uses it.
-            ks = list(self.attr("kernel_shape") or w.shape[2:])
-            if (WINOGRAD and ks == [3, 3] and list(self.attr("strides") or [1, 1]) == [1, 1]
-                    and list(self.attr("dilations") or [1, 1]) == [1, 1]
-                    and int(self.attr("group", 1)) == 1 and compute_dtype(w.dtype) == np.float32
-                    and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
-                winograd_weight(self, w, np.dtype(np.float32))
+        self.conv = ConvAttributes.from_node(node)
+        prepare_constant_weight(self)
 
     def compute(self, x, w, b=None):
         y = run_conv(self, x, w, b, compute_dtype(x.dtype))
@@ -395,6 +469,10 @@ class Conv(Kernel):
 
 @kernel("ConvInteger")
 class ConvInteger(Kernel):
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+
     def compute(self, x, w, x_zero_point=None, w_zero_point=None):
         # float64 accumulation is exact for int8 products over any realistic reduction length.
         xf = x.astype(np.float64)

@@ -17,12 +17,13 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import ConvAttributes
 from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
 from .contrib_attention import Attention as _MsAttention
 from .contrib_common import MS
-from .conv import compute_dtype, run_conv
+from .conv import compute_dtype, prepare_constant_weight, run_conv
 from .linalg import pack_matmul_b
 from .norm import LayerNormalization as _OnnxLayerNormalization
 
@@ -61,6 +62,11 @@ class _Activated(Kernel):
 @kernel("FusedConv", domain=DOMAIN)
 class FusedConv(_Activated):
     """act(Conv(X, W, B) + Z): Conv attributes plus `activation`, `activation_params`."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.conv = ConvAttributes.from_node(node)
+        prepare_constant_weight(self)   # a constant weight's Winograd transform, once
 
     def compute(self, x, w, b=None, z=None):
         cdt = compute_dtype(x.dtype)

@@ -248,16 +248,28 @@ class Normalizer(Kernel):
         rows = x.reshape(1, -1) if x.ndim == 1 else x.reshape(-1, x.shape[-1])
         r = rows.astype(np.float64)
         if self.norm == "MAX":
-            div = r.max(axis=1, keepdims=True)
+            div = _row_reduce(r, np.maximum)
         elif self.norm == "L1":
-            div = np.abs(r).sum(axis=1, keepdims=True)
+            div = _row_reduce(np.abs(r), np.add)
         elif self.norm == "L2":
-            div = np.sqrt((r * r).sum(axis=1, keepdims=True))
+            div = np.sqrt(_row_reduce(r * r, np.add))
         else:
             raise ValueError(f"Normalizer: unknown norm {self.norm!r}")
         # A zero divisor leaves the row unchanged (spec).
-        out = np.where(div != 0, r / np.where(div != 0, div, 1.0), r)
-        return out.astype(np.float32).reshape(x.shape)
+        div = div.reshape(-1, 1)
+        np.divide(r, div, out=r, where=div != 0)
+        return r.astype(np.float32).reshape(x.shape)
+
+
+def _row_reduce(r: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """ufunc-reduce each row of a 2-D array. numpy reduces a short last axis slowly (a (512, 3)
+    sum: 19 us); a few columns are folded as whole-column element-wise ops instead."""
+    if r.shape[1] == 0 or r.shape[1] > 16:
+        return ufunc.reduce(r, axis=1)
+    acc = r[:, 0].copy()
+    for j in range(1, r.shape[1]):
+        ufunc(acc, r[:, j], out=acc)
+    return acc
 
 
 @kernel("OneHotEncoder", domain=ML)
@@ -293,8 +305,9 @@ class Scaler(Kernel):
         self.scale = np.asarray(self.attr("scale", [1.0]), dtype=np.float32)
 
     def compute(self, x):
-        x = np.asarray(x).astype(np.float32)
-        return ((x - self.offset) * self.scale).astype(np.float32)
+        y = np.subtract(np.asarray(x), self.offset, dtype=np.float32)
+        y *= self.scale
+        return y
 
 
 @kernel("ZipMap", domain=ML)

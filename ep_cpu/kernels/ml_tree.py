@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_cpu import tree_jit
+from ep_cpu.gemm import _get_pool, get_num_threads
 from ep_cpu.registry import kernel
 
 from .ml_linear import POST_TRANSFORMS, _label_array, binary_scores, pick_labels, post_transform
@@ -15,6 +17,9 @@ LEQ, LT, GTE, GT, EQ, NEQ, MEMBER, LEAF = range(8)
 _LEGACY_MODES = {"BRANCH_LEQ": LEQ, "BRANCH_LT": LT, "BRANCH_GTE": GTE, "BRANCH_GT": GT,
                  "BRANCH_EQ": EQ, "BRANCH_NEQ": NEQ, "BRANCH_MEMBER": MEMBER, "LEAF": LEAF}
 AGGREGATES = ("AVERAGE", "SUM", "MIN", "MAX")
+# Batches of at least this many (row, tree) walks take the compiled walk (`ep_cpu.tree_jit`);
+# smaller ones stay in numpy, so a tiny ensemble never imports numba.
+JIT_MIN_VISITS = 256
 
 
 class Forest:
@@ -75,15 +80,19 @@ class Forest:
         self.feature_range = (int(self.walk_feature.min()), int(self.walk_feature.max())) if n else (0, 0)
         self.walk_threshold = self.threshold.astype(self.threshold_dtype)
         self.walk_missing = self.missing_true & branch if (self.missing_true & branch).any() else None
+        self.walk_roots = np.ascontiguousarray(self.roots)
         self.uniform_op = {LEQ: np.less_equal, LT: np.less, GTE: np.greater_equal,
                            GT: np.greater}[modes.pop()] if modes else np.less_equal
 
-    def _walk_uniform(self, x: np.ndarray) -> np.ndarray:
-        n, nf = x.shape
+    def _check_features(self, nf: int) -> None:
         lo, hi = self.feature_range
-        if lo < 0 or hi >= nf:   # the flat gather below would silently read a neighbouring row
+        if lo < 0 or hi >= nf:   # the flat gathers would silently read a neighbouring row
             raise ValueError(f"the trees read feature {lo if lo < 0 else hi} but the input has {nf} "
                              f"features per row")
+
+    def _walk_uniform(self, x: np.ndarray) -> np.ndarray:
+        n, nf = x.shape
+        self._check_features(nf)
         xflat = np.ascontiguousarray(x, dtype=self.threshold_dtype).ravel()
         rowoff = (np.arange(n) * nf)[:, None]
         idx = np.tile(self.roots, (n, 1))
@@ -129,6 +138,18 @@ class Forest:
 
     def aggregate(self, x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
         """([N, n_targets] aggregated leaf weights, [N, n_targets] whether any leaf voted)."""
+        if (how in ("SUM", "AVERAGE") and self.uniform_op is not None and x.shape[1]
+                and tree_jit.AVAILABLE and x.shape[0] * len(self.roots) >= JIT_MIN_VISITS):
+            self._check_features(x.shape[1])
+            k = self.n_targets
+            tot = tree_jit.walk_sum(np.asarray(x, dtype=self.threshold_dtype), self.walk_roots,
+                                    self.walk_feature, self.walk_threshold, self.child,
+                                    self.walk_missing, tree_jit.OPS[self.uniform_op], self.depth,
+                                    self.sum_and_votes, get_num_threads(), _get_pool)
+            out, hit = tot[:, :k], tot[:, k:] > 0
+            if how == "AVERAGE":
+                out = out / max(len(self.roots), 1)
+            return out, hit
         leaves = self.leaves(x)
         if how in ("SUM", "AVERAGE"):
             # One gather and one reduction give both the sums and the vote counts.

@@ -389,13 +389,22 @@ class Slice(Kernel):
 
     def compute(self, x, starts=None, ends=None, axes=None, steps=None):
         if self.const_args is not None:
-            st, en, ax, sp = self.const_args
-        elif starts is None:
+            # Constant bounds: the index for this input shape is worked out once.
+            cached = self.__dict__.get("_index")
+            if cached is not None and cached[0] == x.shape:
+                return contiguous(x[cached[1]])
+            index = self._index_for(x, *self.const_args)
+            self._index = (x.shape, index)
+            return contiguous(x[index])
+        if starts is None:
             st, en, ax, sp = list(self.starts), list(self.ends), self.axes, None
         else:
             st, en = host_ints(starts), host_ints(ends)
             ax = host_ints(axes) if axes is not None else None
             sp = host_ints(steps) if steps is not None else None
+        return contiguous(x[self._index_for(x, st, en, ax, sp)])
+
+    def _index_for(self, x, st, en, ax, sp) -> tuple:
         if ax is None:
             ax = list(range(len(st)))
         if sp is None:
@@ -415,7 +424,7 @@ class Slice(Kernel):
                 raise bad_data(self, f"axes {ax} repeat axis {a}")
             seen.add(a)
             index[a] = slice_bounds(s, e, p, x.shape[a])
-        return contiguous(x[tuple(index)])
+        return tuple(index)
 
 
 def padded_shape(k: Kernel, shape: tuple, pads: list[int]) -> list[int]:
