@@ -59,15 +59,37 @@ def activation_of(ed: GraphEditor, node: Node) -> tuple[str, list[float]] | None
     return None
 
 
-def following_activation(ed: GraphEditor, value: str) -> tuple[Node, str, list[float]] | None:
-    """The activation node that is the single consumer of `value`, with its name and params."""
+def following_activation(ed: GraphEditor, value: str) -> tuple[Node, str, list[float], list[Node]] | None:
+    """The activation that alone consumes `value`: (node writing its result, name, params, every
+    node it spans). Besides single activation nodes this matches x * Sigmoid(x) as Silu, the
+    SiLU/Swish that YOLO, EfficientNet and Whisper-style exports spell as two nodes."""
+    silu = _silu_pair(ed, value)
+    if silu is not None:
+        return silu[1], "Silu", [], list(silu)
     act = ed.only_consumer(value)
     if act is None or not act.inputs or act.inputs[0] != value or len([o for o in act.outputs if o]) != 1:
         return None
     found = activation_of(ed, act)
     if found is None:
         return None
-    return act, found[0], found[1]
+    return act, found[0], found[1], [act]
+
+
+def _silu_pair(ed: GraphEditor, value: str) -> tuple[Node, Node] | None:
+    """(Sigmoid, Mul) when `value`'s only readers are y = Sigmoid(value) and Mul(value, y) (either
+    order), y feeds nothing else, and neither is a graph output."""
+    users = ed.consumers(value)
+    if ed.is_output(value) or len(users) != 2:
+        return None
+    sig = next((n for n in users if n.op_type == "Sigmoid" and not n.domain), None)
+    mul = next((n for n in users if n.op_type == "Mul" and not n.domain), None)
+    if sig is None or mul is None or mul.since_version < 7 or len(mul.inputs) != 2 \
+            or len([o for o in sig.outputs if o]) != 1 or len([o for o in mul.outputs if o]) != 1:
+        return None
+    if sorted(mul.inputs) != sorted([value, sig.outputs[0]]) or ed.only_consumer(sig.outputs[0]) is not mul:
+        return None
+    dt = ed.dtype(value)
+    return (sig, mul) if dt is not None and dt.kind == "f" else None
 
 
 def residual_add(ed: GraphEditor, value: str) -> tuple[Node, str] | None:
@@ -144,7 +166,7 @@ class FuseConvAddActivation(_ActivationFusion):
                 continue
             add, z = hit
             act = following_activation(ed, add.outputs[0])
-            absorbed = [add] + ([act[0]] if act else [])
+            absorbed = [add] + (act[3] if act else [])
             out = act[0].outputs[0] if act else add.outputs[0]
             b = conv.inputs[2] if len(conv.inputs) > 2 else ""
             self.fuse(ed, conv, "FusedConv", [conv.inputs[0], conv.inputs[1], b, z],
@@ -164,7 +186,7 @@ class FuseConvActivation(_ActivationFusion):
             act = following_activation(ed, conv.outputs[0])
             if act is None:
                 continue
-            self.fuse(ed, conv, "FusedConv", list(conv.inputs), _conv_attrs(conv), [act[0]], act,
+            self.fuse(ed, conv, "FusedConv", list(conv.inputs), _conv_attrs(conv), act[3], act,
                       act[0].outputs[0])
         return ed.commit()
 
@@ -182,7 +204,7 @@ class FuseGemmActivation(_ActivationFusion):
             if act is None:
                 continue
             attrs = {k: v for k, v in gemm.attrs.items() if k in ("alpha", "beta", "transA", "transB")}
-            self.fuse(ed, gemm, "FusedGemm", list(gemm.inputs), attrs, [act[0]], act, act[0].outputs[0])
+            self.fuse(ed, gemm, "FusedGemm", list(gemm.inputs), attrs, act[3], act, act[0].outputs[0])
         return ed.commit()
 
 
@@ -201,7 +223,7 @@ class FuseAddActivation(_ActivationFusion):
             act = following_activation(ed, add.outputs[0])
             if act is None:
                 continue
-            self.fuse(ed, add, "FusedAdd", list(add.inputs), {}, [act[0]], act, act[0].outputs[0])
+            self.fuse(ed, add, "FusedAdd", list(add.inputs), {}, act[3], act, act[0].outputs[0])
         return ed.commit()
 
 
@@ -256,7 +278,7 @@ class FuseMatMulBiasActivation(_ActivationFusion):
             if act is None:
                 follow = following_activation(ed, out)
                 if follow is not None:
-                    act, absorbed, out = follow, [add, follow[0]], follow[0].outputs[0]
+                    act, absorbed, out = follow, [add] + follow[3], follow[0].outputs[0]
             # The Add/activation must not belong to another (higher-priority) provider either.
             home = self.ctx.provider_for(mm)
             if any(self.ctx.provider_for(n) is not home for n in absorbed):

@@ -35,6 +35,35 @@ def test_fuse_conv_activation(rng, act, attrs, extra):
     assert before == ["Conv", act] and after == ["FusedConv"]
 
 
+@pytest.mark.parametrize("swap", [False, True], ids=["x*sig", "sig*x"])
+def test_fuse_conv_sigmoid_mul_as_silu(rng, swap):
+    # YOLOv8/EfficientNet exports spell SiLU as Conv -> Sigmoid -> Mul(conv, sigmoid).
+    c, inits = conv(rng)
+    mul_in = ["s", "c"] if swap else ["c", "s"]
+    m = model([c, helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", mul_in, ["y"])],
+              [("x", F32, [1, 3, 5, 5])], [("y", F32, [1, 4, 5, 5])], inits)
+    before, after = compare(m, {"x": randn(rng, 1, 3, 5, 5)}, rtol=1e-5, atol=1e-6)
+    assert before == ["Conv", "Sigmoid", "Mul"] and after == ["FusedConv"]
+
+
+@pytest.mark.parametrize("case", ["sigmoid_is_output", "conv_read_twice", "mul_by_other"])
+def test_sigmoid_mul_that_is_not_silu_stays(rng, case):
+    c, inits = conv(rng)
+    nodes = [c, helper.make_node("Sigmoid", ["c"], ["s"])]
+    outputs = [("y", F32, [1, 4, 5, 5])]
+    if case == "sigmoid_is_output":
+        nodes.append(helper.make_node("Mul", ["c", "s"], ["y"]))
+        outputs.append(("s", F32, [1, 4, 5, 5]))
+    elif case == "conv_read_twice":
+        nodes += [helper.make_node("Mul", ["c", "s"], ["m"]), helper.make_node("Add", ["m", "c"], ["y"])]
+    else:
+        inits.append(init("k", randn(rng, 1, 4, 5, 5)))
+        nodes.append(helper.make_node("Mul", ["k", "s"], ["y"]))
+    m = model(nodes, [("x", F32, [1, 3, 5, 5])], outputs, inits)
+    before, after = compare(m, {"x": randn(rng, 1, 3, 5, 5)}, rtol=1e-5, atol=1e-6)
+    assert "Mul" in after
+
+
 @pytest.mark.parametrize("add_op", ["Add", "Sum"])
 def test_fuse_conv_residual_add_relu(rng, add_op):
     c, inits = conv(rng)
