@@ -366,3 +366,17 @@ class LRNAttributes:
             raise invalid(node, "required attribute 'size' is missing")
         return cls(node.describe(), size, float_attr(node, "alpha"), float_attr(node, "beta"),
                    float_attr(node, "bias"))
+
+
+class GemmAttributes(NamedTuple):
+    """Gemm / FusedGemm (ours and com.microsoft's), on the CPU and CUDA:
+    Y = alpha * A' @ B' + beta * C, A' = A^T when trans_a (B' likewise). Unpacks in that order."""
+    alpha: float
+    beta: float
+    trans_a: bool
+    trans_b: bool
+
+    @classmethod
+    def from_node(cls, node: Node) -> "GemmAttributes":
+        return cls(float_attr(node, "alpha", 1.0), float_attr(node, "beta", 1.0),
+                   bool(int_attr(node, "transA", 0)), bool(int_attr(node, "transB", 0)))

@@ -228,17 +228,27 @@ def _window_fits(n: Node, x: list | None, kernel: list, what: str) -> None:
                      f"input ({size} + pads {pads[i]}, {pads[i + spatial]}) along spatial axis {i}")
 
 
-def _check_conv(n: Node, g: Graph) -> None:
+def _conv_shapes(n: Node, g: Graph) -> tuple[int, list | None, list, list | None] | None:
+    """Checks Conv and ConvTranspose share (group, auto_pad, kernel_shape against the weight);
+    (group, X's shape, W's shape, kernel_shape) when W's shape is known."""
     group = n.attr("group", 1)
     if group < 1:
         _fail(n, f"group must be >= 1, got {group}")
     _auto_pad(n)
     x, w = _shape(g, n.inputs[0]), _shape(g, n.inputs[1])
     if w is None or len(w) < 3:
-        return
+        return None
     kernel = n.attr("kernel_shape")
     if kernel is not None and any(_known(d) and d != k for d, k in zip(w[2:], kernel)):
         _fail(n, f"kernel_shape {list(kernel)} disagrees with the weight's shape {w}")
+    return group, x, w, kernel
+
+
+def _check_conv(n: Node, g: Graph) -> None:
+    shapes = _conv_shapes(n, g)
+    if shapes is None:
+        return
+    group, x, w, kernel = shapes
     m = w[0]
     if _known(m) and m % group:
         _fail(n, f"the weight's {m} output channels are not divisible by group {group}")
@@ -252,17 +262,11 @@ def _check_conv(n: Node, g: Graph) -> None:
 
 
 def _check_conv_transpose(n: Node, g: Graph) -> None:
-    group = n.attr("group", 1)
-    if group < 1:
-        _fail(n, f"group must be >= 1, got {group}")
-    _auto_pad(n)
-    x, w = _shape(g, n.inputs[0]), _shape(g, n.inputs[1])
-    if w is None or len(w) < 3:
+    shapes = _conv_shapes(n, g)
+    if shapes is None:
         return
+    group, x, w, _ = shapes
     spatial = len(w) - 2
-    kernel = n.attr("kernel_shape")
-    if kernel is not None and any(_known(d) and d != k for d, k in zip(w[2:], kernel)):
-        _fail(n, f"kernel_shape {list(kernel)} disagrees with the weight's shape {w}")
     if x is not None and len(x) == len(w) and _known(x[1]) and _known(w[0]) and x[1] != w[0]:
         _fail(n, f"input has {x[1]} channels; the weight {w} expects {w[0]}")
     strides = n.attr("strides") or [1] * spatial

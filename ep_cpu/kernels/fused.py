@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
-from ep_core.op_attributes import ConvAttributes
+from ep_core.op_attributes import ConvAttributes, GemmAttributes
 from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
@@ -82,10 +82,7 @@ class FusedGemm(_Activated):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.alpha = float(self.attr("alpha", 1.0))
-        self.beta = float(self.attr("beta", 1.0))
-        self.trans_a = bool(self.attr("transA", 0))
-        self.trans_b = bool(self.attr("transB", 0))
+        self.alpha, self.beta, self.trans_a, self.trans_b = GemmAttributes.from_node(node)
         self.packed_b = pack_constant(ctx.constant_input(1), self.trans_b)  # constant B only
 
     def compute(self, a, b, c=None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_core.op_attributes import GemmAttributes
 from ep_cpu.gemm import PackedB, gemm, pack_constant
 from ep_cpu.registry import kernel
 
@@ -17,10 +18,7 @@ def _half(dtype: np.dtype) -> bool:
 class Gemm(Kernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.alpha = float(self.attr("alpha", 1.0))
-        self.beta = float(self.attr("beta", 1.0))
-        self.trans_a = bool(self.attr("transA", 0))
-        self.trans_b = bool(self.attr("transB", 0))
+        self.alpha, self.beta, self.trans_a, self.trans_b = GemmAttributes.from_node(node)
         # A constant B (the weights) is packed once here; any other B is used as it comes.
         self.packed_b = pack_constant(ctx.constant_input(1), self.trans_b)
 

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ep_core.op_attributes import GemmAttributes
+
 from .. import loader
 from ..launch import (FLOATS, CudaKernel, blob, broadcast_strides, collapse, contiguous_strides,
                       ctype, device_cc, elem_strides, empty, f32, settings)
@@ -282,10 +284,7 @@ class Gemm(CudaKernel):
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
-        self.alpha = float(self.attr("alpha", 1.0))
-        self.beta = float(self.attr("beta", 1.0))
-        self.ta = bool(self.attr("transA", 0))
-        self.tb = bool(self.attr("transB", 0))
+        self.alpha, self.beta, self.ta, self.tb = GemmAttributes.from_node(node)
 
     def gemm(self, a, b, c=None, act: int = -1, p0: float = 0.0, p1: float = 0.0, r=None,
              beta: float | None = None):
