@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,13 +104,17 @@ class _SingleThreadedBlas:
         self._depth = 0
         self._saved: list[tuple[Callable[[int], Any], int]] = []
         self._libs: list | None = None
+        self._modules_seen = -1
 
     def _controllers(self) -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
-        """(get, set) thread-count functions of each BLAS library numpy loaded.
+        """(get, set) thread-count functions of each BLAS library loaded in the process.
 
         OpenBLAS's own C entry points are called directly (a ctypes call is ~0.3 us; going
-        through threadpoolctl's controller objects cost ~10 us per gemm call)."""
-        if self._libs is None:
+        through threadpoolctl's controller objects cost ~10 us per gemm call). The scan (~2 ms)
+        is redone when the process has imported modules since the last one: a new BLAS (scipy's,
+        a custom op's library) arrives with an import, and a steady process never rescans."""
+        if self._libs is None or len(sys.modules) != self._modules_seen:
+            self._modules_seen = len(sys.modules)
             libs: list = []
             try:
                 from threadpoolctl import ThreadpoolController
