@@ -22,6 +22,7 @@ op-type breakdown from the session's own profiler, written next to the results.
 from __future__ import annotations
 
 import argparse
+import datetime
 import cProfile
 import io
 import json
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import models as M  # noqa: E402
 from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
 
-DATE = "2026-11-21"  # the date the issue asks the result files to carry
+DATE = datetime.date.today().isoformat()  # the day the figures were measured
 GEOMEAN_CATEGORIES = ("cnn", "transformer")   # the older acceptance; reported beside the full one
 MAX_RATIO = 1.5
 
@@ -414,6 +415,8 @@ def main() -> None:
     stem = f"cpu_vs_onnxruntime_{DATE}_{machine_tag()}"
     if args.threads != info["cores"]:
         stem += f"_{args.threads}t"
+    if info.get("cpu_avx512") and "Haswell" in info["blas"]:
+        stem += "_openblas-haswell"   # numpy's BLAS held below what the CPU runs: named apart
     rows = []
     for name in args.models:
         if M.MODELS[name].missing():

@@ -13,6 +13,7 @@ Writes `gemm_cpu_<date>_<machine>.{json,md}` into the output folder.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
 from ep_cpu import gemm as G  # noqa: E402
 
-DATE = "2026-11-21"
+DATE = datetime.date.today().isoformat()  # the day the figures were measured
 
 
 def bench_size(n: int, threads: int, min_runs: int, budget_s: float,

@@ -65,6 +65,7 @@ def machine_info(threads: int | None = None) -> dict:
     # kernels on an AVX-512 CPU: ResNet-50's GEMMs then run ~1.4x slower than with the detected
     # SkylakeX kernels (onnxruntime's MLAS picks AVX-512 itself). Recorded with every result.
     info["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
+    info["openblas_l2_size_env"] = os.environ.get("OPENBLAS_L2_SIZE")
     info["cpu_avx512"] = _has_flag("avx512f")
     try:
         import onnxruntime
