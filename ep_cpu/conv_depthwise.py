@@ -153,10 +153,14 @@ def _run_blocks(fn, total: int, threads: int, args_before: tuple, args_after: tu
         fn(*args_before, 0, total, *args_after)
         return
     step = -(-total // threads)
-    futs = [pool(threads).submit(fn, *args_before, i0, min(total, i0 + step), *args_after)
-            for i0 in range(0, total, step)]
-    for f in futs:
-        f.result()
+    ranges = [(i0, min(total, i0 + step)) for i0 in range(0, total, step)]
+    # The calling thread takes the first range: one hand-off fewer (~20-60 us each here).
+    futs = [pool(threads - 1).submit(fn, *args_before, i0, i1, *args_after) for i0, i1 in ranges[1:]]
+    try:
+        fn(*args_before, *ranges[0], *args_after)
+    finally:
+        for f in futs:
+            f.result()
 
 
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,

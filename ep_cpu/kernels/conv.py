@@ -367,9 +367,17 @@ def _depthwise_2d(x, w, strides, dilations, begin, end, out_shape, bias=None, re
 
     threads = min(threads, len(blocks))
     if threads > 1:
-        futs = [_get_pool(threads).submit(run, c0, c1) for c0, c1 in blocks]
-        for f in futs:
-            f.result()
+        queue = iter(blocks)   # shared; next() on it is atomic under the GIL
+
+        def drain() -> None:
+            for c0, c1 in queue:
+                run(c0, c1)
+        futs = [_get_pool(threads - 1).submit(drain) for _ in range(threads - 1)]
+        try:
+            drain()   # the calling thread takes blocks too
+        finally:
+            for f in futs:
+                f.result()
     else:
         for c0, c1 in blocks:
             run(c0, c1)
