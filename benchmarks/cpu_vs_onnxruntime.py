@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import models as M  # noqa: E402
-from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
+from benchmarks.machine import SETTLE_S, machine_info, machine_tag, wait_for_idle  # noqa: E402
 
 DATE = datetime.date.today().isoformat()  # the day the figures were measured
 GEOMEAN_CATEGORIES = ("cnn", "transformer")   # the older acceptance; reported beside the full one
@@ -76,9 +76,6 @@ def max_rel_error(ours: list, ref: list) -> float:
         else:
             worst = max(worst, float(np.mean(o != r)))
     return worst
-
-
-SETTLE_S = 0.3   # idle gap before each block: OpenBLAS's workers spin ~0.1 s after a call
 
 
 def time_pair(run_a, run_b, warmup: int, repeat: int, budget_s: float, block: int = 3,

@@ -6,8 +6,8 @@ ours:     ep_cpu.gemm.gemm(a, pack_b(b), bias, "Relu")   (B packed once, outside
 baseline: numpy.maximum(a @ b + bias, 0)                 (numpy's BLAS, its own threads)
 
 Both run in the same process, alternated in blocks of calls so machine noise hits both alike
-(the first call of a block is not timed: OpenBLAS's threads spin for a while after numpy's call
-and would steal a core from ours); medians are reported. Acceptance (issue): speedup = baseline / ours >= 1.0 at every size.
+(each block starts after an idle gap, `machine.SETTLE_S`: OpenBLAS's threads spin ~0.1 s after
+numpy's call and would hold a core that ours need; its first call is not timed); medians are reported. Acceptance (issue): speedup = baseline / ours >= 1.0 at every size.
 Writes `gemm_cpu_<date>_<machine>.{json,md}` into the output folder.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
+from benchmarks.machine import SETTLE_S, machine_info, machine_tag, wait_for_idle  # noqa: E402
 from ep_cpu import gemm as G  # noqa: E402
 
 DATE = datetime.date.today().isoformat()  # the day the figures were measured
@@ -63,7 +63,8 @@ def bench_size(n: int, threads: int, min_runs: int, budget_s: float,
         if i % 2:
             order.reverse()
         for k, fn in order:
-            fn()   # untimed: lets the previous variant's spinning BLAS threads go idle
+            time.sleep(SETTLE_S)   # the previous variant's spinning BLAS workers go idle
+            fn()   # untimed: caches and thread wake-up
             for _ in range(3):
                 t = time.perf_counter()
                 fn()

@@ -49,6 +49,12 @@ def _has_flag(flag: str) -> bool | None:
     return None
 
 
+# Idle gap before each timed block: OpenBLAS's workers spin ~0.1 s after a threaded call (measured
+# as process CPU time during a sleep), and a variant timed inside that window runs its own threads
+# on a core the spinning worker holds (a 2-thread 1024^3 GEMM: 11.7 ms instead of 6.0).
+SETTLE_S = 0.3
+
+
 def machine_tag() -> str:
     """Short file-name tag, e.g. 'amd-epyc-2c'."""
     name = re.sub(r"\(.*?\)|cpu|processor|\d+-core", "", cpu_model().lower())
