@@ -167,9 +167,13 @@ def _elu(t: np.ndarray, p: dict) -> None:
 
 
 def _silu(t: np.ndarray, p: dict) -> None:
-    s = t.copy()
-    _sigmoid(s, p)
-    t *= s
+    # x / (1 + exp(-x)): four passes (x * sigmoid(x) took six); the same limits at +-inf and
+    # for exp overflow (x / inf = -0.0 where sigmoid underflows to 0).
+    with np.errstate(over="ignore"):
+        s = np.negative(t)
+        np.exp(s, out=s)
+    s += 1
+    np.divide(t, s, out=t)
 
 
 CHUNK = 16 * 1024   # elements (64 KB of float32): every pass of a multi-pass activation in L1/L2
