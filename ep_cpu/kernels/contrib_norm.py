@@ -21,7 +21,7 @@ from ep_cpu.registry import kernel
 from .contrib_common import MS, required
 from .conv import compute_dtype
 from .fused import SkipLayerNormalization
-from .norm import _out_dtype, stash_dtype
+from .norm import _out_dtype, rms_normalize
 
 
 @kernel("SkipSimplifiedLayerNormalization", domain=MS)
@@ -40,16 +40,10 @@ class SimplifiedLayerNormalization(Kernel):
         self.norm = NormAttributes.from_node(node)
 
     def compute(self, x, scale):
-        sdt = stash_dtype(self.norm.stash_type, x)
-        axis = self.norm.axis_for(x.ndim)
-        xf = x.astype(sdt)
-        ms = np.multiply(xf, xf).mean(axis=tuple(range(axis, x.ndim)), keepdims=True)
-        ms += sdt.type(self.norm.epsilon)
-        inv = np.reciprocal(np.sqrt(ms, out=ms), out=ms)
-        xf *= inv
-        y = (xf.astype(x.dtype, copy=False) * scale).astype(_out_dtype(self, 0, scale.dtype), copy=False)
+        normalized, rms = rms_normalize(x, self.norm)
+        y = (normalized * scale).astype(_out_dtype(self, 0, scale.dtype), copy=False)
         if len(self.node.outputs) > 1:
-            return y, inv.astype(_out_dtype(self, 1, np.float32))
+            return y, np.reciprocal(rms).astype(_out_dtype(self, 1, np.float32))
         return y
 
 

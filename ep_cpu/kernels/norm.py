@@ -156,12 +156,19 @@ class RMSNormalization(Kernel):
         self.norm = NormAttributes.from_node(node)
 
     def compute(self, x, scale):
-        sdt = stash_dtype(self.norm.stash_type, x)
-        axis = self.norm.axis_for(x.ndim)
-        xf = x.astype(sdt, copy=False)
-        ms = (xf * xf).mean(axis=tuple(range(axis, x.ndim)), keepdims=True)
-        normalized = (xf / np.sqrt(ms + sdt.type(self.norm.epsilon))).astype(x.dtype, copy=False)
+        normalized, _ = rms_normalize(x, self.norm)
         return np.asarray(normalized * scale, dtype=scale.dtype)
+
+
+def rms_normalize(x: np.ndarray, norm: NormAttributes) -> tuple[np.ndarray, np.ndarray]:
+    """(x / rms in x's dtype, rms) with rms = sqrt(mean(x^2 over the axes from `axis`) +
+    epsilon) in the stash dtype: RMSNormalization and onnxruntime's SimplifiedLayerNormalization."""
+    sdt = stash_dtype(norm.stash_type, x)
+    axis = norm.axis_for(x.ndim)
+    xf = x.astype(sdt, copy=False)
+    ms = (xf * xf).mean(axis=tuple(range(axis, x.ndim)), keepdims=True)
+    rms = np.sqrt(ms + sdt.type(norm.epsilon))
+    return (xf / rms).astype(x.dtype, copy=False), rms
 
 
 @kernel("LRN")
