@@ -53,6 +53,8 @@ KC = 8192                         # K beyond this is blocked (partial sums throu
 PAR_MIN_MACS = 1 << 23            # below ~8M multiply-adds (~0.2 ms on one core) one BLAS call:
                                   # a Python thread hand-off costs 30-100 us
 BLAS_THREADS = True               # one-tile products use BLAS's own threads (False: ours)
+BLAS_MIN_K = 256                  # ... and from this K up (the GEMM outweighs the epilogue's
+                                  # passes: 1024^3 with bias+Relu 6.0 ms vs 7.6 ms in our tiles)
 BLAS_PAR_MIN_MACS = 1 << 20       # ... from ~1M multiply-adds up: MobileNetV2's 1x1 convs
                                   # (1-8M) ran 10-20% faster on two BLAS threads than on one
 TINY_MACS = 1 << 16               # below this OpenBLAS is single-threaded by itself
@@ -355,13 +357,14 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     staged = out_dtype != cdt   # float16 output: compute in a float32 scratch, cast on store
     threads = num_threads or _num_threads
     if (macs < PAR_MIN_MACS or m < THIN_M
-            or (BLAS_THREADS and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)))):
+            or (BLAS_THREADS and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)
+                                  or k >= BLAS_MIN_K))):
         # A single BLAS call per B panel with BLAS's own threads (its pthread pool wakes far
         # faster than Python threads: 0.20 ms vs 0.33 ms for 256^3 on 2 cores, and it shares
         # packed panels between its threads: ~10% faster on BERT/ResNet shapes when the cores
         # are free). Taken when the output is one tile anyway (the epilogue then finds it in
-        # L2), for GEMV-like thin products (decoder steps: one call streams B fastest) and
-        # for plain products with no epilogue to fuse. Our own tiles pay off where there is an
+        # L2), for GEMV-like thin products (decoder steps: one call streams B fastest), for
+        # plain products with no epilogue to fuse, and from K = BLAS_MIN_K up. Our own tiles pay off where there is an
         # epilogue on a large output: it runs per tile, hot and in parallel.
         a_c = a2 if a2.dtype == cdt else a2.astype(cdt)
         if packed is not None:

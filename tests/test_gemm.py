@@ -100,6 +100,7 @@ def test_epilogues(act, params, dtype, m, k, n):
 def test_threads_and_blocking_paths(monkeypatch):
     """Force the threaded tile path and K blocking on a moderate problem."""
     monkeypatch.setattr(G, "PAR_MIN_MACS", 1)
+    monkeypatch.setattr(G, "BLAS_MIN_K", 1 << 30)   # K=300 would take BLAS's one call
     monkeypatch.setattr(G, "KC", 64)
     monkeypatch.setattr(G, "PANEL_BYTES", 4096)
     monkeypatch.setattr(G, "TILE_BYTES", 4096)
@@ -188,6 +189,7 @@ def test_nothing_is_packed_behind_the_callers_back(monkeypatch):
     """gemm never packs (or caches) a B by itself, read-only or not: only kernels pack their
     session constants (pack_constant), so a refilled buffer always gives the new result."""
     monkeypatch.setattr(G, "PAR_MIN_MACS", 1)
+    monkeypatch.setattr(G, "BLAS_MIN_K", 1 << 30)
     monkeypatch.setattr(G, "TILE_BYTES", 4096)
     monkeypatch.setattr(G, "PANEL_BYTES", 256 * 1024)
     rng = np.random.default_rng(6)
