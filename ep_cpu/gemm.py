@@ -364,8 +364,9 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         # packed panels between its threads: ~10% faster on BERT/ResNet shapes when the cores
         # are free). Taken when the output is one tile anyway (the epilogue then finds it in
         # L2), for GEMV-like thin products (decoder steps: one call streams B fastest), for
-        # plain products with no epilogue to fuse, and from K = BLAS_MIN_K up. Our own tiles pay off where there is an
-        # epilogue on a large output: it runs per tile, hot and in parallel.
+        # plain products with no epilogue to fuse, and from K = BLAS_MIN_K up. Our own tiles
+        # pay off where a short-K product has an epilogue on a large output: it runs per tile,
+        # hot and in parallel.
         a_c = a2 if a2.dtype == cdt else a2.astype(cdt)
         if packed is not None:
             panels, bounds = packed.panels, packed.bounds
