@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .epilogue_jit import clamp_bounds
 from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # noqa: F401
                             _as_2d_operand, _Epilogue, fast_erf)
 
@@ -331,10 +332,11 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     else:
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown gemm activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+        params = _activation_params(activation, activation_params, clip_min, clip_max)
         epi = _Epilogue(alpha, beta, _as_2d_operand(bias, m, n, "bias"),
                         _as_2d_operand(residual, m, n, "residual"),
-                        ACTIVATIONS[activation] if activation is not None else None,
-                        _activation_params(activation, activation_params, clip_min, clip_max))
+                        ACTIVATIONS[activation] if activation is not None else None, params,
+                        clamp_bounds(activation, params) if alpha == 1 and beta == 1 else None)
     if out is not None:
         if out.dtype != out_dtype or out.size != m * n:
             raise ValueError(f"gemm out has dtype {out.dtype} / shape {out.shape}; need "

@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import epilogue_jit
+
 try:  # ufuncs with out= for the Sigmoid / exact-erf paths; scipy is a runtime dependency
     from scipy.special import erf as _erf, expit as _expit
 except ImportError:  # pragma: no cover - scipy is in the project's dependencies
@@ -270,17 +272,41 @@ def _tile_of(x: np.ndarray, m0: int, m1: int, n0: int, n1: int) -> np.ndarray:
     return x[rows, cols]
 
 
+def bias_residual_activation(t: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
+                             activation: str | None, params: dict | None) -> None:
+    """act(t + bias + residual) in place on a 2-D output (bias (rows, 1) or (1, cols)): one
+    compiled pass where it applies (`epilogue_jit`), else numpy's passes."""
+    params = params or {}
+    clamp = epilogue_jit.clamp_bounds(activation, params)
+    if clamp is not None and epilogue_jit.apply(t, bias, residual, clamp):
+        return
+    if bias is not None:
+        t += bias
+    if residual is not None:
+        t += residual
+    if activation is not None:
+        ACTIVATIONS[activation](t, params)
+
+
 class _Epilogue:
-    """alpha, bias, residual and activation, applied in place to one output tile."""
-    __slots__ = ("alpha", "beta", "bias", "residual", "act", "params")
+    """alpha, bias, residual and activation, applied in place to one output tile. `clamp`: the
+    (lo, hi) of an epilogue that is only bias + residual + Relu/Clip/none (alpha = beta = 1),
+    which `epilogue_jit` runs as one compiled pass over a large tile."""
+    __slots__ = ("alpha", "beta", "bias", "residual", "act", "params", "clamp")
 
     def __init__(self, alpha: float, beta: float, bias: np.ndarray | None,
-                 residual: np.ndarray | None, act: Callable | None, params: dict) -> None:
+                 residual: np.ndarray | None, act: Callable | None, params: dict,
+                 clamp: tuple[float, float] | None = None) -> None:
         self.alpha, self.beta, self.bias, self.residual = alpha, beta, bias, residual
-        self.act, self.params = act, params
+        self.act, self.params, self.clamp = act, params, clamp
 
     def apply(self, t: np.ndarray, m0: int, m1: int, n0: int, n1: int) -> None:
         """In place on the output tile t = Y[m0:m1, n0:n1]."""
+        if self.clamp is not None and t.size >= epilogue_jit.FAST_MIN:
+            bias = None if self.bias is None else _tile_of(self.bias, m0, m1, n0, n1)
+            res = None if self.residual is None else _tile_of(self.residual, m0, m1, n0, n1)
+            if epilogue_jit.apply(t, bias, res, self.clamp):
+                return
         if self.alpha != 1:
             t *= self.alpha
         bias = self.bias

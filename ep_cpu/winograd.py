@@ -18,6 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_cpu.gemm import ACTIVATIONS
+from ep_cpu.gemm_epilogue import bias_residual_activation
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
@@ -75,6 +76,13 @@ def conv3x3(x: np.ndarray, u: np.ndarray, m: int, begin, out_shape,
     o = np.matmul(at, o).reshape(m, m, mo, n, th, tw)
     full = o.transpose(3, 2, 4, 0, 5, 1).reshape(n, mo, th * m, tw * m)[:, :, :oh, :ow]
     y = np.empty((n, mo, oh, ow), dtype=x.dtype)
+    if n == 1:   # channels are rows: bias, residual and activation in one pass where possible
+        np.copyto(y, full)
+        bias_residual_activation(
+            y.reshape(mo, oh * ow), None if bias is None else bias.astype(x.dtype, copy=False).reshape(mo, 1),
+            None if residual is None else np.reshape(residual.astype(x.dtype, copy=False), (mo, oh * ow)),
+            activation, activation_params)
+        return y
     if bias is not None:
         np.add(full, bias.astype(x.dtype, copy=False).reshape(1, mo, 1, 1), out=y)
     else:

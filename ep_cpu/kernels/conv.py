@@ -18,6 +18,7 @@ from ep_core.op_attributes import ConvAttributes, invalid
 from ep_cpu import conv_depthwise, winograd
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
+from ep_cpu.gemm_epilogue import bias_residual_activation
 from ep_cpu.kernels.tensor import bad_data, check_size
 from ep_cpu.registry import kernel
 
@@ -144,12 +145,9 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
                 y = np.matmul(w2[0], cols[0, 0])
         else:
             y = np.matmul(w2[0], cols[0, 0])
-        if bcol is not None:
-            y += bcol[0]
-        if res is not None:
-            y += res.reshape(m, oprod)
-        if activation is not None:
-            ACTIVATIONS[activation](y, activation_params or {})
+        bias_residual_activation(y, None if bcol is None else bcol[0],
+                                 None if res is None else res.reshape(m, oprod), activation,
+                                 activation_params)
     elif group == 1:
         r2 = None if res is None else res.reshape(m, oprod)
         y = gemm(w2[0], cols[0, 0], None if bcol is None else bcol[0], residual=r2, **epi)
