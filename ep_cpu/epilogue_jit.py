@@ -6,7 +6,7 @@ residual + Relu, this pass 61 us; bias + Relu 177 us against 42 us). Relu and Cl
 clamp; "no activation" is the clamp to (-inf, inf). NaN passes the clamp, as in numpy's clip.
 
 numba is imported the first time an epilogue of `FAST_MIN` elements or more runs (small models
-never import it); the two signatures (float32, float64) are compiled once and cached on disk.
+never import it); its one signature (float32) is compiled once and cached on disk.
 Without numba, `apply` answers False and the caller runs its numpy passes.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 FAST_MIN = 1 << 14   # elements: smaller outputs stay in cache between numpy's passes
-FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+FLOATS = (np.dtype(np.float32),)
 
 _lock = threading.Lock()
 _kernel: Callable | None = None
@@ -36,10 +36,11 @@ def _build() -> Callable | None:
     from numba import types as nt
     # C-contiguous arrays only (unit strides let LLVM vectorize the rows: with layout "A" the
     # pass ran slower than numpy's three); bias and residual read-only (session constants are,
-    # and a writable array converts): two compiled signatures in all.
+    # and a writable array converts); float32 only: one signature, so the first session on a
+    # machine compiles once (~0.7 s) - float64 models keep numpy's passes.
+    f = nt.float32
     sigs = [nt.void(nt.Array(f, 2, "C"), nt.Array(f, 1, "C", readonly=True), nt.int64,
-                    nt.Array(f, 2, "C", readonly=True), nt.boolean, f, f)
-            for f in (nt.float32, nt.float64)]
+                    nt.Array(f, 2, "C", readonly=True), nt.boolean, f, f)]
 
     @numba.njit(sigs, nogil=True, cache=True, boundscheck=False)
     def epilogue(t, bias, mode, res, has_res, lo, hi):  # pragma: no cover - compiled

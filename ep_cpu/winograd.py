@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ep_cpu import epilogue_jit
 from ep_cpu.gemm import ACTIVATIONS
-from ep_cpu.gemm_epilogue import bias_residual_activation
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
@@ -76,13 +76,15 @@ def conv3x3(x: np.ndarray, u: np.ndarray, m: int, begin, out_shape,
     o = np.matmul(at, o).reshape(m, m, mo, n, th, tw)
     full = o.transpose(3, 2, 4, 0, 5, 1).reshape(n, mo, th * m, tw * m)[:, :, :oh, :ow]
     y = np.empty((n, mo, oh, ow), dtype=x.dtype)
-    if n == 1:   # channels are rows: bias, residual and activation in one pass where possible
+    clamp = epilogue_jit.clamp_bounds(activation, activation_params or {})
+    if n == 1 and clamp is not None and y.size >= epilogue_jit.FAST_MIN:
+        # Channels are rows: bias, residual and Relu/Clip in one compiled pass after the scatter.
         np.copyto(y, full)
-        bias_residual_activation(
-            y.reshape(mo, oh * ow), None if bias is None else bias.astype(x.dtype, copy=False).reshape(mo, 1),
-            None if residual is None else np.reshape(residual.astype(x.dtype, copy=False), (mo, oh * ow)),
-            activation, activation_params)
-        return y
+        b2 = None if bias is None else bias.astype(x.dtype, copy=False).reshape(mo, 1)
+        r2 = None if residual is None else np.reshape(residual.astype(x.dtype, copy=False), (mo, -1))
+        if epilogue_jit.apply(y.reshape(mo, oh * ow), b2, r2, clamp):
+            return y
+        full = y   # not applicable after all: the passes below, in place
     if bias is not None:
         np.add(full, bias.astype(x.dtype, copy=False).reshape(1, mo, 1, 1), out=y)
     else:

@@ -33,7 +33,7 @@ def _special(rng, dtype):
     return t
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32])
 @pytest.mark.parametrize("bias_shape", [None, (M, 1), (1, N), (1, 1), (M, N)])
 @pytest.mark.parametrize("with_res", [False, True])
 @pytest.mark.parametrize("act,params", [(None, {}), ("Relu", {}), ("Clip", {"min": -0.5, "max": 0.7}),
@@ -57,8 +57,9 @@ def test_one_pass_equals_numpy_passes(dtype, bias_shape, with_res, act, params):
 
 
 def test_declines_what_it_does_not_cover():
-    t16 = np.ones((M, N), np.float16)
-    assert not E.apply(t16, None, None, (0.0, np.inf))
+    for dt in (np.float16, np.float64):   # float32 only: one compiled signature
+        assert not E.apply(np.ones((M, N), dt), None, None, (0.0, np.inf))
+    assert not E.apply(np.ones((M, 2 * N), np.float32)[:, :N], None, None, (0.0, np.inf))  # strided
     small = np.ones((4, 4), np.float32)
     assert not E.apply(small, None, None, (0.0, np.inf))
     t = np.ones((M, N), np.float32)
@@ -75,7 +76,7 @@ def test_gemm_uses_it_on_its_tiles(monkeypatch, act):
     monkeypatch.setattr(G, "PAR_MIN_MACS", 1)          # our tiles, two threads
     monkeypatch.setattr(G, "BLAS_MIN_K", 1 << 30)
     monkeypatch.setattr(G, "TILE_BYTES", 64 * 1024)
-    monkeypatch.setattr(E, "FAST_MIN", 1024)
+    monkeypatch.setattr(E, "FAST_MIN", 1024)   # every tile qualifies
     rng = np.random.default_rng(3)
     a = rng.standard_normal((256, 40), dtype=np.float32)
     b = rng.standard_normal((40, 300), dtype=np.float32)
