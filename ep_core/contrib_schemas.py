@@ -33,7 +33,8 @@ import onnx
 from onnx import TensorProto, TypeProto, numpy_helper
 from onnx.defs import OpSchema
 
-MS_DOMAIN = "com.microsoft"
+from .graph_edit import MS_DOMAIN
+
 LOCK = threading.RLock()   # held while our schemas are registered, and around the load's checker
 
 F32, I32, U32, U8, STR = (TensorProto.FLOAT, TensorProto.INT32, TensorProto.UINT32,
