@@ -25,12 +25,14 @@ PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs 
 
 if mk.numba is not None:
     numba = mk.numba
-    tile_product, store_tile = mk.tile_product, mk.store_tile
+    tile_product, store_tile, RAW = mk.tile_product, mk.store_tile, mk.RAW
 
     @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, y, i0, i1, j0, j1):  # pragma: no cover
+    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
+                    j1):  # pragma: no cover - compiled
         # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
-        # [i0, i1) of mr rows, column panels [j0, j1).
+        # [i0, i1) of mr rows, column panels [j0, j1). Whole tiles store straight into y with
+        # the epilogue (`mode`); edge tiles go through a scratch tile.
         u64 = np.uint64
         m, kdim = a.shape
         af = a.reshape(a.size)
@@ -53,10 +55,19 @@ if mk.numba is not None:
             jb1 = min(j1, jb0 + block)
             for ib in range(i0, i1):
                 r0 = ib * mr
+                rows = min(mr, m - r0)
                 for jb in range(jb0, jb1):
-                    tile_product(ap[ib - i0], 0, mr, bp[jb], kdim, tile, no_rows)
-                    store_tile(tile, min(mr, m - r0), min(NR, n - jb * NR), r0, jb * NR, y, n,
-                               bias, False, has_bias, res, has_res, lo, hi)
+                    c0 = jb * NR
+                    cols = min(NR, n - c0)
+                    if rows == mr and cols == NR:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0,
+                                     lo, hi, mode)
+                    else:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
+                        store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
+                                   has_res, lo, hi)
 
 
 def pack(bt: np.ndarray) -> np.ndarray:
@@ -83,7 +94,8 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     yf = y.reshape(-1)
     r = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1) if has_res else yf
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
-    args = (a, bp, n, mr, b, has_bias, r, has_res, np.float32(lo), np.float32(hi), yf)
+    mode = mk.store_mode(2 if has_bias else 0, has_res)
+    args = (a, bp, n, mr, b, has_bias, r, has_res, np.float32(lo), np.float32(hi), mode, yf)
     by_columns = col_panels >= 2 * PAR_MIN_PANELS or col_panels >= row_panels
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
     if workers <= 1:
