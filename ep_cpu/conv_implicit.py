@@ -20,42 +20,11 @@ import math
 import numpy as np
 
 from ep_cpu import microkernel as mk
-from ep_cpu.microkernel import MR_MAX, NR, available, choose_mr  # noqa: F401 - re-exported
+from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
-BLOCK_POSITIONS = 2048           # in-place convolution: positions per block of tiles
 
 if mk.numba is not None:
-    numba = mk.numba
-    tile_product, store_tile, RAW = mk.tile_product, mk.store_tile, mk.RAW
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                      j0, j1, i0, i1):  # pragma: no cover - compiled
-        # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
-        # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
-        # microkernel reads B straight from the image, NR positions at a time. y and res are
-        # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
-        # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
-        kdim = rows.shape[0]
-        mr = ap.shape[2]
-        tile = np.empty((MR_MAX, NR), dtype=np.float32)
-        block = max(1, BLOCK_POSITIONS // NR)
-        for jb0 in range(j0, j1, block):
-            jb1 = min(j1, jb0 + block)
-            for ib in range(i0, i1):
-                r0 = ib * mr
-                nrows = min(mr, m - r0)
-                for jb in range(jb0, jb1):
-                    p0 = jb * NR
-                    if nrows == mr:
-                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, y,
-                                     r0 * ldc + p0, ldc, bias, r0, res, r0 * ldc + p0, lo, hi, mode)
-                    else:
-                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, tile, 0,
-                                     NR, bias, 0, res, 0, lo, hi, RAW)
-                        store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
-                                   has_res, lo, hi)
-
+    conv_in_place = mk.conv_in_place
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr)."""

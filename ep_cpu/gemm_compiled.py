@@ -18,57 +18,12 @@ import math
 import numpy as np
 
 from ep_cpu import microkernel as mk
-from ep_cpu.microkernel import MR_MAX, NR, choose_mr
+from ep_cpu.microkernel import choose_mr
 
-PANEL_BLOCK_BYTES = 512 * 1024   # B panels per block: half of a Zen 5 core's L2
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
 
 if mk.numba is not None:
-    numba = mk.numba
-    tile_product, store_tile, RAW = mk.tile_product, mk.store_tile, mk.RAW
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
-                    j1):  # pragma: no cover - compiled
-        # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
-        # [i0, i1) of mr rows, column panels [j0, j1). Whole tiles store straight into y with
-        # the epilogue (`mode`); edge tiles go through a scratch tile.
-        u64 = np.uint64
-        m, kdim = a.shape
-        af = a.reshape(a.size)
-        ap = np.empty((i1 - i0, kdim * mr), dtype=np.float32)
-        for ib in range(i0, i1):
-            dst = ap[ib - i0]
-            r0 = ib * mr
-            rows = min(mr, m - r0)
-            for r in range(rows):
-                src = u64((r0 + r) * kdim)
-                for k in range(kdim):
-                    dst[u64(k * mr + r)] = af[src + u64(k)]
-            for r in range(rows, mr):
-                for k in range(kdim):
-                    dst[u64(k * mr + r)] = 0.0
-        tile = np.empty((MR_MAX, NR), dtype=np.float32)
-        no_rows = np.zeros(1, dtype=np.int64)
-        block = max(1, PANEL_BLOCK_BYTES // (kdim * NR * 4))
-        for jb0 in range(j0, j1, block):
-            jb1 = min(j1, jb0 + block)
-            for ib in range(i0, i1):
-                r0 = ib * mr
-                rows = min(mr, m - r0)
-                for jb in range(jb0, jb1):
-                    c0 = jb * NR
-                    cols = min(NR, n - c0)
-                    if rows == mr and cols == NR:
-                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
-                                     False, kdim, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0,
-                                     lo, hi, mode)
-                    else:
-                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
-                                     False, kdim, tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
-                        store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
-                                   has_res, lo, hi)
-
+    gemm_panels = mk.gemm_panels
 
 def pack(bt: np.ndarray) -> np.ndarray:
     """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels."""

@@ -10,12 +10,16 @@ auto-vectorizer does not keep a tile of accumulators in registers, and numba shi
 compiler is needed on the user's machine. Only for CPUs with AVX-512F (`available()`): with
 AVX2 the 16-float vectors split in two and the accumulators spill.
 
+The compiled drivers that call the microkernel live here too (`conv_in_place` for
+`ep_cpu.conv_implicit`, `gemm_panels` for `ep_cpu.gemm_compiled`): numba's disk cache checks only
+the source file of the function it caches, so a driver in another file would keep a stale
+inlined microkernel after this file changes.
+
 Unsigned indices in the drivers: numba wraps negative signed indices, and that select keeps
 LLVM from vectorizing copies (measured 0.9 -> 0.1-0.3 ns a value for panel packing).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -31,6 +35,8 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers keep th
 NR = 32          # tile columns: two 16-float vectors
 MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
 KC = 256         # k per microkernel call: the panels' slices stay in L1
+PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2
+BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
 
 _state = {"checked": False, "available": False}
 
@@ -52,7 +58,10 @@ def available() -> bool:
 
 def choose_mr(rows: int) -> int:
     """Tile rows for a matrix of `rows` rows: 12 (more accumulators) unless 8 wastes fewer
-    padded rows (16, 32, 40 ... channels)."""
+    padded rows (16, 32, 40 ... channels); 4 for up to 4 rows (a recurrent step's batch: 8
+    accumulators still cover the FMA latency)."""
+    if rows <= 4:
+        return 4
     waste12 = -(-rows // 12) * 12 - rows
     waste8 = -(-rows // 8) * 8 - rows
     return 8 if waste8 < waste12 else 12
@@ -185,8 +194,10 @@ def _make_micro(mr: int, indexed_b: bool = False):
 
 
 if numba is not None:
+    micro4 = _make_micro(4)
     micro8 = _make_micro(8)
     micro12 = _make_micro(12)
+    micro4_indexed = _make_micro(4, indexed_b=True)
     micro8_indexed = _make_micro(8, indexed_b=True)
     micro12_indexed = _make_micro(12, indexed_b=True)
 
@@ -200,12 +211,18 @@ if numba is not None:
             kc = min(KC, kdim - k0)
             md = mode if k0 + kc == kdim else RAW
             if indexed:
-                if mr == 8:
+                if mr == 4:
+                    micro4_indexed(ap, a_off + k0 * 4, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
+                                   bias, bias_off, res, res_off, lo, hi, md)
+                elif mr == 8:
                     micro8_indexed(ap, a_off + k0 * 8, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
                                    bias, bias_off, res, res_off, lo, hi, md)
                 else:
                     micro12_indexed(ap, a_off + k0 * 12, b, b_off, rows[k0:], c, c_off, ldc, kc,
                                     k0, bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 4:
+                micro4(ap, a_off + k0 * 4, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
+                       bias, bias_off, res, res_off, lo, hi, md)
             elif mr == 8:
                 micro8(ap, a_off + k0 * 8, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
                        bias, bias_off, res, res_off, lo, hi, md)
@@ -232,3 +249,73 @@ if numba is not None:
                     v += res[yo + u64(u)]
                 v = lo if v < lo else v
                 y[yo + u64(u)] = hi if v > hi else v
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
+                      j0, j1, i0, i1):  # pragma: no cover - compiled
+        # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
+        # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
+        # microkernel reads B straight from the image, NR positions at a time. y and res are
+        # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
+        # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
+        kdim = rows.shape[0]
+        mr = ap.shape[2]
+        tile = np.empty((MR_MAX, NR), dtype=np.float32)
+        block = max(1, BLOCK_POSITIONS // NR)
+        for jb0 in range(j0, j1, block):
+            jb1 = min(j1, jb0 + block)
+            for ib in range(i0, i1):
+                r0 = ib * mr
+                nrows = min(mr, m - r0)
+                for jb in range(jb0, jb1):
+                    p0 = jb * NR
+                    if nrows == mr:
+                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, y,
+                                     r0 * ldc + p0, ldc, bias, r0, res, r0 * ldc + p0, lo, hi, mode)
+                    else:
+                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, tile, 0,
+                                     NR, bias, 0, res, 0, lo, hi, RAW)
+                        store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
+                                   has_res, lo, hi)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
+                    j1):  # pragma: no cover - compiled
+        # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
+        # [i0, i1) of mr rows, column panels [j0, j1). Whole tiles store straight into y with
+        # the epilogue (`mode`); edge tiles go through a scratch tile.
+        u64 = np.uint64
+        m, kdim = a.shape
+        af = a.reshape(a.size)
+        ap = np.empty((i1 - i0, kdim * mr), dtype=np.float32)
+        for ib in range(i0, i1):
+            dst = ap[ib - i0]
+            r0 = ib * mr
+            rows = min(mr, m - r0)
+            for r in range(rows):
+                src = u64((r0 + r) * kdim)
+                for k in range(kdim):
+                    dst[u64(k * mr + r)] = af[src + u64(k)]
+            for r in range(rows, mr):
+                for k in range(kdim):
+                    dst[u64(k * mr + r)] = 0.0
+        tile = np.empty((MR_MAX, NR), dtype=np.float32)
+        no_rows = np.zeros(1, dtype=np.int64)
+        block = max(1, PANEL_BLOCK_BYTES // (kdim * NR * 4))
+        for jb0 in range(j0, j1, block):
+            jb1 = min(j1, jb0 + block)
+            for ib in range(i0, i1):
+                r0 = ib * mr
+                rows = min(mr, m - r0)
+                for jb in range(jb0, jb1):
+                    c0 = jb * NR
+                    cols = min(NR, n - c0)
+                    if rows == mr and cols == NR:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0,
+                                     lo, hi, mode)
+                    else:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
+                        store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
+                                   has_res, lo, hi)
