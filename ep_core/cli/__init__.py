@@ -16,7 +16,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from .common import EXIT_FAIL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError  # noqa: F401
+from .common import EXIT_FAIL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError  # noqa: F401 - the codes, for callers
 from . import main_job
 
 SUBCOMMANDS: tuple[str, ...] = (
@@ -24,6 +24,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "ep_core.cli.bench",
     "ep_core.cli.profile",
     "ep_core.cli.inspect",
+    "ep_core.cli.tune",
 )
 
 # (module, subcommand name, what to install when an import inside the module fails)
@@ -39,10 +40,11 @@ def _register_unavailable(subparsers, name: str, module: str, hint: str, error: 
     p = subparsers.add_parser(name, add_help=False, help=f"(unavailable: {error})", description=message)
     p.add_argument("rest", nargs=argparse.REMAINDER)
 
-    def unavailable(args) -> int:
+    def unavailable(args=None) -> int:
         print(f"ep_core {name}: {message}", file=sys.stderr)
         return EXIT_FAIL
     p.set_defaults(func=unavailable)
+    p.unavailable = unavailable   # main() answers any arguments (--help too) with the message
     return p
 
 
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                "`python -m ep_core SUBCOMMAND --help` for each subcommand.")
     main_job.add_arguments(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    parser.unavailable = {}
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(subparsers)
     for module, name, hint in OPTIONAL:
@@ -68,15 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
             importlib.import_module(module).register(subparsers)
         except ModuleNotFoundError as e:
             if not _module_absent(module, e):
-                _register_unavailable(subparsers, name, module, hint, e)
+                parser.unavailable[name] = _register_unavailable(subparsers, name, module, hint, e).unavailable
         except ImportError as e:
-            _register_unavailable(subparsers, name, module, hint, e)
+            parser.unavailable[name] = _register_unavailable(subparsers, name, module, hint, e).unavailable
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: sys.argv[1:]), run the subcommand, return its exit code."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in parser.unavailable:
+        return parser.unavailable[argv[0]]()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:   # argparse: --help (0) or a usage error (2)
