@@ -153,6 +153,8 @@ def options_from_dict(values: dict) -> SessionOptions:
 def _read_config(path_or_config: Any) -> dict:
     if isinstance(path_or_config, dict):
         cfg = path_or_config
+    elif not isinstance(path_or_config, (str, os.PathLike)):
+        cfg = None
     else:
         try:
             with open(path_or_config) as f:
