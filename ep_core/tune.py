@@ -146,20 +146,18 @@ def provider_orders(available: Sequence[str]) -> list[list[str]]:
 def _stage_variations(stage: str, inc: Trial, available: Sequence[str], cores: int) -> list[Trial]:
     """One stage's variations of the incumbent `inc` (each stage varies the previous winner)."""
     if stage == "providers":
-        out = [inc.with_(f"providers={','.join(o)}", providers=o, provider_options=None)
-               for o in provider_orders(available)]
-        return out + [inc.with_("providers=auto", providers="auto", provider_options=None)]
+        out = [inc.with_(providers=o, provider_options=None) for o in provider_orders(available)]
+        return out + [inc.with_(providers="auto", provider_options=None)]
     if stage == "intra_op_threads":
-        return [inc.with_(f"intra_op_threads={n}", intra_op_num_threads=n) for n in thread_counts(cores)]
+        return [inc.with_(intra_op_num_threads=n) for n in thread_counts(cores)]
     if stage == "execution_mode":
-        out = [inc.with_("sequential", execution_mode="ORT_SEQUENTIAL", inter_op_num_threads=0)]
+        out = [inc.with_(execution_mode="ORT_SEQUENTIAL", inter_op_num_threads=0)]
         for n in sorted({2, cores}):
             if n >= 2:
-                out.append(inc.with_(f"parallel inter_op_threads={n}", execution_mode="ORT_PARALLEL",
-                                     inter_op_num_threads=n))
+                out.append(inc.with_(execution_mode="ORT_PARALLEL", inter_op_num_threads=n))
         return out
     if stage == "optimization_level":
-        return [inc.with_(f"opt_level={lvl.name}", graph_optimization_level=lvl.name)
+        return [inc.with_(graph_optimization_level=lvl.name)
                 for lvl in (GraphOptimizationLevel.ORT_DISABLE_ALL, GraphOptimizationLevel.ORT_ENABLE_BASIC,
                             GraphOptimizationLevel.ORT_ENABLE_EXTENDED, GraphOptimizationLevel.ORT_ENABLE_ALL)]
     if stage == "provider_options":
@@ -173,7 +171,7 @@ def _stage_variations(stage: str, inc: Trial, available: Sequence[str], cores: i
         for opt in CUDA_OPTIONS:
             po = [dict(d) for d in base]
             po[list(provs).index("cuda")][opt] = True
-            out.append(inc.with_(f"cuda {opt}", providers=list(provs), provider_options=po))
+            out.append(inc.with_(providers=list(provs), provider_options=po))
         return out
     raise ValueError(stage)
 
@@ -385,6 +383,8 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
                 sess.run(None, feeds)
                 sessions[ident] = sess
             except Exception as e:   # a configuration this machine or model refuses: not a winner
+                if ident == DEFAULTS.identity():
+                    raise   # the model itself does not load or run: nothing to tune
                 errors[ident] = f"{type(e).__name__}: {e}"
                 if trial.providers == "auto":
                     errors[ident] = f"providers='auto' not accepted by this build ({errors[ident]})"
@@ -398,6 +398,8 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
         for k, r in enumerate(results):
             if fns[k] is None:
                 r.error = errors.get(r.trial.identity(), "session failed")
+        if len(live) < 2 and stage != "final":   # the others failed: nothing to compare
+            return [r for r in results if r.error]
         bar = _bar(runs, f"tune {stage}", progress)
         try:
             times = measure([fns[k] for k in live], runs, bar)
@@ -426,11 +428,13 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
             if t.identity() not in seen:
                 seen.add(t.identity())
                 candidates.append(t)
-        if len(candidates) == 1:
-            continue
+        if len(candidates) == 1 or (given is None and all(
+                t.identity() in (incumbent.identity(), DEFAULTS.identity()) for t in variations)):
+            continue   # nothing new to try at this stage
         results = round_(stage, candidates)
         all_results += results
-        incumbent = results[select(results, 0)].trial
+        if results and results[0].trial is incumbent:   # else every variation failed: keep it
+            incumbent = results[select(results, 0)].trial
         say(f"{stage}: kept {incumbent.name!r}")
         keep = {incumbent.identity(), DEFAULTS.identity()}
         for ident in [i for i in sessions if i not in keep]:

@@ -69,14 +69,15 @@ class Trial:
                 else [dict(p) for p in self.provider_options],
                 "session_options": dict(self.session_options)}
 
-    def with_(self, name: str, **changes: Any) -> "Trial":
-        """This trial with some session options (or `providers`/`provider_options`) changed."""
+    def with_(self, **changes: Any) -> "Trial":
+        """This trial with some session options (or `providers`/`provider_options`) changed, named
+        by how it differs from the defaults."""
         cfg = self.config()
         for k in ("providers", "provider_options"):
             if k in changes:
                 cfg[k] = changes.pop(k)
         cfg["session_options"].update(changes)
-        return Trial.from_config(cfg, name)
+        return Trial.from_config(cfg, describe(cfg))
 
     def identity(self) -> str:
         """What the trial means (its name aside): equal identities run the same configuration."""
@@ -100,6 +101,25 @@ class Trial:
         """Keyword arguments of `InferenceSession` for this trial (all but the model)."""
         return load_config(self.config())
 
+
+
+def describe(config: dict) -> str:
+    """A short name of a configuration: what differs from the defaults ("defaults" if nothing)."""
+    parts = []
+    provs = config.get("providers")
+    if provs is not None:
+        parts.append("providers=" + (provs if isinstance(provs, str) else ",".join(provs)))
+    so, base = _json_session_options(config.get("session_options") or {}), _json_session_options({})
+    if so["intra_op_num_threads"] != base["intra_op_num_threads"]:
+        parts.append(f"intra_op_threads={so['intra_op_num_threads']}")
+    if so["execution_mode"] == "ORT_PARALLEL":
+        parts.append(f"parallel inter_op_threads={so['inter_op_num_threads'] or 'all'}")
+    if so["graph_optimization_level"] != base["graph_optimization_level"]:
+        parts.append(f"opt_level={so['graph_optimization_level']}")
+    parts += [f"{k}={v}" for k, v in sorted(so.items()) if k not in base and v != base.get(k)]
+    for name, opts in zip(provs if isinstance(provs, list) else [], config.get("provider_options") or []):
+        parts += [f"{name} {k}={v}" for k, v in sorted((opts or {}).items())]
+    return ", ".join(parts) or "defaults"
 
 
 def _json_session_options(values: dict) -> dict:

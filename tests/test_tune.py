@@ -284,3 +284,31 @@ def test_bad_configs_are_invalid_argument(cfg, message):
 def test_missing_config_is_no_such_file(tmp_path):
     with pytest.raises(NoSuchFile):
         SessionOptions.from_config(str(tmp_path / "none.json"))
+
+
+def test_stage_whose_variations_all_fail_keeps_the_incumbent(model_path, tmp_path, monkeypatch):
+    def build(model, trial):
+        if trial.identity() != DEFAULTS.identity():
+            raise InvalidArgument("refused")
+        return FakeSession(trial)
+    monkeypatch.setattr(tune_module, "_build_session", build)
+    res = ep_core.tune(model_path, FEEDS, runs=3, cache_dir=tmp_path, progress=False,
+                       measure=fake_measure(lambda t: jitter(1.0)))
+    assert res.best.identity() == DEFAULTS.identity()
+    assert all("InvalidArgument: refused" in r.error for r in res.trials if r.stage != "final")
+    assert [r.stage for r in res.trials if r.times_ms] == ["final"]
+
+
+def test_a_model_whose_defaults_fail_raises(tmp_path, monkeypatch):
+    def build(model, trial):
+        raise InvalidArgument("the model's own error")
+    monkeypatch.setattr(tune_module, "_build_session", build)
+    with pytest.raises(InvalidArgument, match="the model's own error"):
+        ep_core.tune(b"not read", FEEDS, runs=2, cache_dir=tmp_path, progress=False)
+
+
+def test_trial_names_say_how_they_differ_from_the_defaults():
+    t = DEFAULTS.with_(intra_op_num_threads=1).with_(execution_mode="ORT_PARALLEL", inter_op_num_threads=2)
+    assert t.name == "intra_op_threads=1, parallel inter_op_threads=2"
+    c = Trial.make("x", providers=["cuda", "cpu"]).with_(provider_options=[{"use_tf32": True}, {}])
+    assert c.name == "providers=cuda,cpu, cuda use_tf32=True"
