@@ -441,12 +441,15 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
             del sessions[ident]
     # The final round: the choice against the defaults, alternating, defaults preferred on a tie.
     if incumbent.identity() != DEFAULTS.identity():
-        default, chosen = round_("final", [DEFAULTS, incumbent])
-        if select([default, chosen], 0) == 0:
+        final = round_("final", [DEFAULTS, incumbent])
+        all_results += final
+        default, chosen = final
+        if select(final, 0) == 0:
+            say(f"final: {incumbent.name!r} not faster than the defaults beyond the noise")
             incumbent, chosen = DEFAULTS, default
     else:
         default = chosen = round_("final", [DEFAULTS])[0]
-    all_results += [default] if chosen is default else [default, chosen]
+        all_results.append(default)
     result = TuneResult(incumbent, all_results, default, chosen, key)
     try:   # a measured result always (re)writes its cache entry
         directory.mkdir(parents=True, exist_ok=True)

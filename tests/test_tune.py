@@ -152,6 +152,9 @@ def test_tune_final_round_reverts_to_defaults(model_path, tmp_path, fake_session
     res = ep_core.tune(model_path, FEEDS, runs=9, cache_dir=tmp_path, progress=False,
                        measure=fake_measure(latency))
     assert res.best.identity() == DEFAULTS.identity()
+    final = [r for r in res.trials if r.stage == "final"]
+    assert [r.trial.name for r in final] == ["defaults", "intra_op_threads=1"]   # both reported
+    assert res.chosen is res.default and res.speedup == 1.0
 
 
 def test_explicit_trials_and_failed_sessions(model_path, tmp_path, monkeypatch):
