@@ -31,6 +31,7 @@ from .tune_config import DEFAULTS, Trial, cores, load_config, options_from_dict,
 CACHE_ENV = "EP_CORE_TUNE_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/ep_core/tune")
 NOISE_FLOOR = 0.01            # a win must beat the reference by at least 1% of its median as well
+NOISE_Z = 2.0                 # ... and by 2 standard errors of the difference of the medians
 # CUDA provider options worth trying (each alone, turned on); they exist in ep_cuda/provider.py.
 CUDA_OPTIONS = ("use_tf32", "prefer_nhwc", "enable_cuda_graph")
 
@@ -74,9 +75,12 @@ class TrialResult:
 
 
 def noise_ms(reference: TrialResult, candidate: TrialResult) -> float:
-    """How much faster (median) `candidate` must be to count: the larger robust spread of the two,
-    and at least NOISE_FLOOR of the reference's median."""
-    return max(reference.sigma_ms, candidate.sigma_ms, NOISE_FLOOR * reference.median_ms)
+    """How much faster (median) `candidate` must be to count: NOISE_Z standard errors of the
+    difference of the two medians (each 1.2533 sigma / sqrt(runs), sigma the robust spread of one
+    run), and at least NOISE_FLOOR of the reference's median."""
+    se = 1.2533 * float(np.sqrt(reference.sigma_ms ** 2 / max(len(reference.times_ms), 1) +
+                                candidate.sigma_ms ** 2 / max(len(candidate.times_ms), 1)))
+    return max(NOISE_Z * se, NOISE_FLOOR * reference.median_ms)
 
 
 def select(results: Sequence[TrialResult], reference: int = 0) -> int:

@@ -39,8 +39,8 @@ def result(name: str, times, stage: str = "s", error: str = "") -> TrialResult:
 # --- selection ----------------------------------------------------------------------------------
 
 def test_select_prefers_reference_within_noise():
-    ref = result("defaults", [10.0, 10.5, 9.5, 10.2, 9.8])       # robust sigma ~0.44 ms
-    close = result("close", [9.8, 10.3, 9.3, 10.0, 9.6])         # 0.2 ms faster: noise
+    ref = result("defaults", [10.0, 10.5, 9.5, 10.2, 9.8])       # robust sigma ~0.3 ms
+    close = result("close", [9.9, 10.4, 9.4, 10.1, 9.7])         # 0.1 ms faster: noise
     assert select([ref, close], 0) == 0
 
 
@@ -60,8 +60,17 @@ def test_select_noise_floor_is_relative():
 
 def test_select_a_noisy_candidate_must_win_by_its_own_spread():
     ref = result("defaults", [10.0, 10.1, 9.9, 10.0, 10.0])
-    noisy = result("noisy", [5.0, 9.0, 13.0, 1.0, 17.0])          # median 9 but sigma ~5.9
+    noisy = result("noisy", [5.0, 9.0, 13.0, 1.0, 17.0])          # median 9, sigma ~5.9: SE ~3.3
     assert select([ref, noisy], 0) == 0
+
+
+def test_noise_is_standard_errors_of_the_medians_not_the_spread_of_one_run():
+    """A trial twice as fast is a win even when single runs spread widely, given enough runs."""
+    ref = result("defaults", [60.0, 100.0] * 20)                 # sigma of one run ~30 ms
+    fast = result("fast", [30.0, 40.0] * 20)
+    assert ref.sigma_ms > 20 and noise_ms(ref, fast) < 20
+    assert select([ref, fast], 0) == 1
+    assert select([result("d", [60.0, 100.0]), result("f", [30.0, 40.0])], 0) == 0   # 2 runs: no
 
 
 def test_select_falls_back_when_the_reference_failed():
