@@ -3,8 +3,9 @@ run a model fastest on this machine (`ep_core.tune`, `python -m ep_core tune`; d
 
 The search is coordinate descent from the defaults: one stage per knob (provider order, intra-op
 threads, execution mode with inter-op threads, optimization level, provider options), each stage
-timing the current best, the defaults and that knob's variations alternately run by run (so
-machine noise hits them alike), keeping a variation only when its median beats the current best by
+timing the current best, the defaults and that knob's variations alternately in short blocks
+after idle gaps (so machine noise hits them alike, and no trial runs among another's still
+spinning worker threads), keeping a variation only when its median beats the current best by
 more than the measured noise. A last round times the winner against the defaults again. Results
 are cached on disk by (model hash, feed shapes/dtypes, machine, package version, search space): a
 second `tune` with the same key measures nothing.
@@ -32,6 +33,8 @@ CACHE_ENV = "EP_CORE_TUNE_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/ep_core/tune")
 NOISE_FLOOR = 0.01            # a win must beat the reference by at least 1% of its median as well
 NOISE_Z = 2.0                 # ... and by 2 standard errors of the difference of the medians
+SETTLE_S = 0.15               # idle gap before each timed block (spinning worker threads, see below)
+BLOCK_S = 0.05                # a timed block lasts about this long
 # CUDA provider options worth trying (each alone, turned on); they exist in ep_cuda/provider.py.
 CUDA_OPTIONS = ("use_tf32", "prefer_nhwc", "enable_cuda_graph")
 
@@ -98,22 +101,39 @@ def select(results: Sequence[TrialResult], reference: int = 0) -> int:
     return reference
 
 
-def measure_alternating(runners: list[Callable[[], Any]], runs: int, bar: Any = None) -> list[list[float]]:
-    """Per runner, `runs` timings in ms; the runners take turns run by run (round i starts with
-    runner i mod n), after two untimed warm-up runs each."""
-    for _ in range(2):
+def measure_alternating(runners: list[Callable[[], Any]], runs: int, bar: Any = None, *,
+                        settle_s: float = SETTLE_S, block_s: float = BLOCK_S) -> list[list[float]]:
+    """Per runner, `runs` timings in ms. After two untimed warm-up runs each, the runners take
+    turns in blocks (round i starts with runner i mod n). Each block starts after `settle_s` of
+    idle time and its first run is not timed: a multi-threaded configuration's worker threads
+    (BLAS, OpenMP) keep spinning for a while after a run and would slow whichever trial runs
+    next. A block lasts about `block_s` (at least one timed run), so fast models are not
+    dominated by the gaps."""
+    slowest = 0.0
+    for w in range(2):
         for fn in runners:
+            t = time.perf_counter()
             fn()
+            if w:
+                slowest = max(slowest, time.perf_counter() - t)
+    block = max(1, min(runs, int(block_s / max(slowest, 1e-6))))
     times: list[list[float]] = [[] for _ in runners]
     n = len(runners)
-    for i in range(runs):
+    i = 0
+    while len(times[0]) < runs:
+        take = min(block, runs - len(times[0]))
         for j in range(n):
             k = (i + j) % n
-            t = time.perf_counter()
+            if settle_s:
+                time.sleep(settle_s)
             runners[k]()
-            times[k].append((time.perf_counter() - t) * 1e3)
+            for _ in range(take):
+                t = time.perf_counter()
+                runners[k]()
+                times[k].append((time.perf_counter() - t) * 1e3)
         if bar is not None:
-            bar.update()
+            bar.update(take)
+        i += 1
     return times
 
 

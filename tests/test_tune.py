@@ -77,12 +77,16 @@ def test_select_falls_back_when_the_reference_failed():
     assert select([result("defaults", [], error="x"), result("b", [3.0, 3.0])], 0) == 1
 
 
-def test_measure_alternating_rotates_the_order():
+def test_measure_alternating_rotates_the_order_in_blocks():
     calls = []
     runners = [lambda k=k: calls.append(k) for k in range(3)]
-    times = measure_alternating(runners, 3)
+    times = measure_alternating(runners, 3, settle_s=0, block_s=0)     # blocks of one timed run
     assert [len(t) for t in times] == [3, 3, 3]
-    assert calls[6:] == [0, 1, 2, 1, 2, 0, 2, 0, 1]              # after 2 warm-up rounds
+    # after 2 warm-up rounds: each block is an untimed run and a timed one
+    assert calls[6:] == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
+    calls.clear()
+    times = measure_alternating(runners[:2], 5, settle_s=0, block_s=10.0)  # one block of 5 each
+    assert [len(t) for t in times] == [5, 5] and calls[4:] == [0] * 6 + [1] * 6
 
 
 # --- tune with injected timings -----------------------------------------------------------------

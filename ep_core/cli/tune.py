@@ -15,7 +15,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Tune MODEL on this machine: a staged search from the defaults (provider order, "
                     "intra-op threads, execution mode with inter-op threads, optimization level, "
                     "CUDA options where CUDA is available), each stage timing its trials alternately "
-                    "run by run; a trial replaces the current best only when its median is faster by "
+                    "in short blocks after idle gaps; a trial replaces the current best only when its median is faster by "
                     "more than the measured noise. Prints each trial's median and p90. Results are "
                     "cached (--cache-dir, $EP_CORE_TUNE_CACHE, default ~/.cache/ep_core/tune): the "
                     "same model, inputs, machine and version are not measured twice.")
