@@ -263,3 +263,30 @@ def test_python_dash_m_entry_point(tiny):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["op_counts"] == {"MatMul": 1, "Relu": 1}
+
+
+def test_model_no_provider_runs_exits_3(capsys, tmp_path):
+    g = helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="my.domain")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = tmp_path / "noop.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("my.domain", 1)]),
+              path)
+    for sub in ("run", "tune"):
+        code, _, err = run_cli(capsys, sub, str(path))
+        assert code == 3 and "NotImplemented" in err and "Frobnicate" in err
+
+
+def test_kernel_failure_at_run_time_exits_1(capsys, tmp_path):
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "s"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                           helper.make_tensor_value_info("s", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.save(tmp_path / "s.npy", np.array([5, 5], np.int64))
+    code, _, err = run_cli(capsys, "run", str(path), "--input", f"s={tmp_path / 's.npy'}", "--random")
+    assert code == 1 and "run failed: Fail" in err and "Reshape" in err
+    # without --random the missing input is a usage error
+    code, _, err = run_cli(capsys, "run", str(path), "--input", f"s={tmp_path / 's.npy'}")
+    assert code == 2 and "no value for input(s) ['x']" in err

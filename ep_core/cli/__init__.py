@@ -16,6 +16,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from ep_core.errors import EPError
+
 from .common import EXIT_FAIL, EXIT_MODEL, EXIT_OK, EXIT_USAGE, CliError  # noqa: F401 - the codes, for callers
 from . import main_job
 
@@ -93,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         print(f"ep_core {args.command or ''}: error: {e}".replace("  ", " "), file=sys.stderr)
         return e.code
+    except EPError as e:   # a runtime failure no subcommand mapped to a more specific code
+        print(f"ep_core {args.command or ''}: error: {type(e).__name__}: {e}".replace("  ", " "), file=sys.stderr)
+        return EXIT_FAIL
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_FAIL
