@@ -263,8 +263,7 @@ class TuneResult:
             import matplotlib.pyplot as plt
         except ImportError:
             raise ImportError("TuneResult.plot needs matplotlib: pip install matplotlib") from None
-        rows = [r for r in self.trials if r.times_ms]
-        rows += [self.default, self.chosen]
+        rows = [r for r in self.trials if r.times_ms]   # the final round included
         labels = [f"{r.stage}: {r.trial.name}" for r in rows]
         med = [r.median_ms for r in rows]
         err = [r.p90_ms - r.median_ms for r in rows]
