@@ -1,7 +1,7 @@
 """The tuner on the benchmark models: is the chosen configuration at least as fast as the defaults?
 
     python benchmarks/tune_models.py [--models mobilenetv2 lstm ...] [--runs N] [--confirm N]
-                                     [--cache-dir DIR] [--out benchmarks/results]
+                                     [--cache-dir DIR] [--out benchmarks/results] [--merge]
 
 For each model of `benchmarks.models` (built once, cached under benchmarks/.cache/): `ep_core.tune`
 on the model's benchmark feeds (staged search, `--runs` timed runs per trial per stage), then an
@@ -87,18 +87,22 @@ def tune_model(name: str, runs: int, confirm: int, cache_dir: str, budget_s: flo
 def write(rows: list[dict], args: argparse.Namespace, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"tune_models_{DATE}_{machine_tag()}"
-    doc = {"date": DATE, "machine": machine_info(), "runs_per_trial": args.runs, "confirm_blocks": args.confirm,
-           "models": rows, "all_passed": all(r["passed"] for r in rows)}
+    if args.merge and stem.with_suffix(".json").exists():   # keep the other models of earlier runs
+        done = {r["model"] for r in rows}
+        rows = [r for r in json.loads(stem.with_suffix(".json").read_text())["models"]
+                if r["model"] not in done] + rows
+    doc = {"date": DATE, "machine": machine_info(), "models": rows, "all_passed": all(r["passed"] for r in rows)}
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=2))
     lines = [f"# Tuner vs defaults ({DATE}, {doc['machine']['cpu']}, {doc['machine']['cores']} cores)", "",
-             f"`python benchmarks/tune_models.py --runs {args.runs} --confirm {args.confirm} --models "
-             f"{' '.join(r['model'] for r in rows)}`. Re-measured: fresh default and chosen sessions "
+             "`python benchmarks/tune_models.py --runs R --confirm C --models ...` (R, C per model below). "
+             "Re-measured: fresh default and chosen sessions "
              "timed alternately in blocks after idle gaps. pass: chosen median <= default median + noise, "
              "or the defaults were kept (then both columns time the defaults).",
-             "", "| model | chosen | default ms | chosen ms | chosen/default | noise ms | result | tune s | "
-             "second tune |", "|---|---|---:|---:|---:|---:|---|---:|---|"]
+             "", "| model | R, C | chosen | default ms | chosen ms | chosen/default | noise ms | result | tune s | "
+             "second tune |", "|---|---|---|---:|---:|---:|---:|---|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['chosen']} | {r['default_ms']:.3f} | {r['chosen_ms']:.3f} | "
+        lines.append(f"| {r['model']} | {r['runs_per_trial']}, {r['confirm_blocks']} | {r['chosen']} | "
+                     f"{r['default_ms']:.3f} | {r['chosen_ms']:.3f} | "
                      f"{r['ratio_chosen_over_default']:.3f} | {r['noise_ms']:.3f} | "
                      f"{'pass' if r['passed'] else 'FAIL'} | {r['tune_s']:.1f} | "
                      f"{'cache hit' if r['second_tune_cached'] else 'measured'} ({r['second_tune_s']:.3f} s) |")
@@ -119,6 +123,8 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=20.0, help="re-measurement time cap per model")
     ap.add_argument("--cache-dir", default=None, help="tuner cache (default: a fresh temporary folder)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other models of today's result file (runs in several short parts)")
     args = ap.parse_args()
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="ep_core_tune_bench_")
     rows = []
@@ -126,9 +132,10 @@ def main() -> int:
         if M.MODELS[name].missing():
             print(f"skip {name}: needs {M.MODELS[name].missing()}")
             continue
-        rows.append(tune_model(name, args.runs, args.confirm, cache_dir, args.budget_s))
+        row = tune_model(name, args.runs, args.confirm, cache_dir, args.budget_s)
+        rows.append(row | {"runs_per_trial": args.runs, "confirm_blocks": args.confirm})
     stem = write(rows, args, Path(args.out))
-    print(f"wrote {stem}.json and .md; all passed: {all(r['passed'] for r in rows)}")
+    print(f"wrote {stem}.json and .md; all passed (this run): {all(r['passed'] for r in rows)}")
     return 0 if all(r["passed"] for r in rows) else 1
 
 
