@@ -73,7 +73,7 @@ class SessionOptions(_Fields):
         dict). The configuration's providers are not session options: run all of it with
         `ep_core.InferenceSession(model, **load_config(path))` (`from ep_core.tune_config import load_config`)."""
         from .tune_config import load_config
-        return load_config(path_or_config)["sess_options"]
+        return load_config(path_or_config, cls)["sess_options"]
 
 
 class RunOptions(_Fields):

@@ -150,10 +150,10 @@ def _enum(kind: type, name: str, value: Any):
                               f"{[m.name for m in kind]}") from None
 
 
-def options_from_dict(values: dict) -> SessionOptions:
-    """SessionOptions with `values` applied (enum fields by name or number); unknown names and
-    wrong types are InvalidArgument."""
-    opts = SessionOptions()
+def options_from_dict(values: dict, cls: type = SessionOptions) -> SessionOptions:
+    """A `cls` (SessionOptions or a subclass) with `values` applied (enum fields by name or
+    number); unknown names and wrong types are InvalidArgument."""
+    opts = cls()
     for k, v in values.items():
         if k.startswith("_") or not hasattr(opts, k):
             known = sorted(n for n in vars(opts) if not n.startswith("_"))
@@ -189,7 +189,7 @@ def _read_config(path_or_config: Any) -> dict:
     return cfg
 
 
-def load_config(path_or_config: Any) -> dict:
+def load_config(path_or_config: Any, options_class: type = SessionOptions) -> dict:
     """`{"sess_options", "providers", "provider_options"}` from a tuner config (path or dict):
     `ep_core.InferenceSession(model, **load_config(path))` runs the tuned configuration."""
     cfg = _read_config(path_or_config)
@@ -200,7 +200,7 @@ def load_config(path_or_config: Any) -> dict:
     if provider_options is not None and (not isinstance(providers, list) or
                                          len(provider_options) != len(providers)):
         raise InvalidArgument("tuner config provider_options must be a list with one dict per provider")
-    return {"sess_options": options_from_dict(cfg.get("session_options", {})),
+    return {"sess_options": options_from_dict(cfg.get("session_options", {}), options_class),
             "providers": providers, "provider_options": provider_options}
 
 

@@ -274,6 +274,14 @@ def test_from_config_round_trip(tmp_path, model_path):
     assert Trial.from_config(json.loads(path.read_text())).identity() == trial.identity()
 
 
+def test_from_config_on_the_onnxruntime_subclass(tmp_path):
+    from ep_core import onnxruntime as ort
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(DEFAULTS.with_(intra_op_num_threads=1).config()))
+    opts = ort.SessionOptions.from_config(str(path))
+    assert type(opts) is ort.SessionOptions and opts.intra_op_num_threads == 1
+
+
 def test_tune_result_save_loads_back(model_path, tmp_path, fake_sessions):
     res = ep_core.tune(model_path, FEEDS, runs=3, cache_dir=tmp_path, progress=False,
                        measure=fake_measure(lambda t: jitter(7.0 if dict(t.session_options)[
