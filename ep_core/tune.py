@@ -375,8 +375,9 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
     `providers`, `provider_options`, `session_options`, optionally `name`); the defaults are always
     a trial. `cache_dir`: see `cache_dir()`; `use_cache=False` measures even on a cache hit (and
     refreshes the entry). `providers`: the providers whose orders to try (default: every
-    available one; "auto" is tried too where sessions accept it). `measure(runners, runs, bar) -> times per runner` replaces the timing
-    (tests inject timings). Returns a TuneResult; `.save(path)` writes the configuration.
+    available one; "auto" is tried too where sessions accept it). `measure(runners, runs, bar)
+    -> times per runner` replaces the timing (tests inject timings). `log` receives one line per
+    decision. Returns a TuneResult; `.save(path)` writes the configuration.
     """
     if runs < 1:
         raise InvalidArgument(f"tune: runs must be >= 1, got {runs}")
@@ -486,6 +487,7 @@ def tune(model: Any, sample_feeds: dict[str, Any] | None = None, *, runs: int = 
 
 
 def _cache_dir_arg(override: str | os.PathLike | None) -> Path:
+    """`cache_dir()` under another name: inside `tune` its argument `cache_dir` hides the function."""
     return cache_dir(override)
 
 
