@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -259,8 +260,9 @@ def test_optional_subcommand_with_missing_dependency_says_what_to_install(capsys
 
 
 def test_python_dash_m_entry_point(tiny):
+    root = Path(__file__).resolve().parent.parent     # this checkout's ep_core, not an installed one
     proc = subprocess.run([sys.executable, "-m", "ep_core", "inspect", tiny, "--json"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["op_counts"] == {"MatMul": 1, "Relu": 1}
 
