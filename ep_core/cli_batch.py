@@ -30,6 +30,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="rows per model run (default: 64)")
     p.add_argument("--concurrency", type=int, default=1, help="number of actors, one session each")
     p.add_argument("--intra-op-threads", type=int, default=None, help="threads per session")
+    p.add_argument("--num-cpus-per-worker", type=float, default=None,
+                   help="logical CPUs each actor reserves (default: --intra-op-threads or 1)")
     p.add_argument("--num-gpus-per-worker", type=float, default=0,
                    help="GPUs per actor (default: 1 when the providers include cuda)")
     p.add_argument("--input-column", action="append", default=[], metavar="INPUT=COLUMN",
@@ -134,6 +136,7 @@ def run_batch(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, input_columns=inputs,
                       output_columns=_mapping(args.output_column, "--output-column"),
                       concurrency=args.concurrency, num_gpus_per_worker=args.num_gpus_per_worker,
+                      num_cpus_per_worker=args.num_cpus_per_worker,
                       on_bad_row=args.on_bad_row, error_column=args.error_column,
                       id_column=args.id_column, intra_op_threads=args.intra_op_threads)
         out.write_parquet(args.output)

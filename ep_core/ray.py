@@ -11,6 +11,7 @@ Needs the optional extra: `pip install ep-runtime[ray]`.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -112,7 +113,8 @@ def _uses_cuda(providers: Sequence[str]) -> bool:
 def predict(dataset: ray.data.Dataset, model: Any, *, providers: Sequence[str] = ("cpu",),
             batch_size: int = 64, input_columns: dict[str, str] | None = None,
             output_columns: dict[str, str] | None = None, concurrency: int | tuple[int, int] = 1,
-            num_gpus_per_worker: float = 0, sess_options: SessionOptions | None = None,
+            num_gpus_per_worker: float = 0, num_cpus_per_worker: float | None = None,
+            sess_options: SessionOptions | None = None,
             on_bad_row: str = "raise", error_column: str = "error", id_column: str | None = None,
             intra_op_threads: int | None = None, ray_remote_args: dict[str, Any] | None = None
             ) -> ray.data.Dataset:
@@ -132,7 +134,10 @@ def predict(dataset: ray.data.Dataset, model: Any, *, providers: Sequence[str] =
 
     `concurrency` actors each hold one session; `providers` including "cuda" makes them GPU
     actors (`num_gpus_per_worker`, default 1). `intra_op_threads` limits each session (and
-    BLAS/OpenMP in the actor) to that many threads and reserves as many CPUs per actor.
+    BLAS/OpenMP in the actor) to that many threads. Each actor reserves `num_cpus_per_worker`
+    logical CPUs (default: `intra_op_threads` or 1); when the actors reserve every CPU of the
+    cluster, the tasks that read or transform the dataset before `predict` never get one (Ray
+    waits forever): a warning says so.
     `ray_remote_args` go to the actors (e.g. `max_restarts`; Ray Data's default restarts a dead
     actor and retries its batches).
     """
@@ -160,17 +165,37 @@ def predict(dataset: ray.data.Dataset, model: Any, *, providers: Sequence[str] =
         runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
         remote_args["runtime_env"] = runtime_env
     num_gpus = num_gpus_per_worker or (1 if _uses_cuda(providers) else 0)
+    num_cpus = num_cpus_per_worker if num_cpus_per_worker is not None else (intra_op_threads or 1)
     # The model crosses to the actors by reference: one copy in the object store. A top-level
     # ObjectRef argument would be resolved by Ray; inside a list it stays a reference.
     model_ref = ray.put(model_bytes)
+    _warn_if_actors_take_every_cpu(concurrency, num_cpus)
     result = dataset.map_batches(
-        _Predictor, batch_size=batch_size, batch_format="numpy", concurrency=concurrency,
+        _Predictor, batch_size=batch_size, batch_format="numpy", compute=_actor_pool(concurrency),
         fn_constructor_kwargs={"model_ref": [model_ref], "job": job},
-        num_cpus=intra_op_threads or 1, num_gpus=num_gpus or None, **remote_args)
+        num_cpus=num_cpus, num_gpus=num_gpus or None, **remote_args)
     # The caller gets our typed error, not Ray's wrapper around it (the result is a
     # RayTaskError subclass that is also an InvalidArgument/Fail).
     result.context.raise_original_map_exception = True
     return result
+
+
+def _actor_pool(concurrency: int | tuple[int, int]) -> ray.data.ActorPoolStrategy:
+    if isinstance(concurrency, int) and concurrency >= 1:
+        return ray.data.ActorPoolStrategy(size=concurrency)
+    if isinstance(concurrency, tuple) and len(concurrency) == 2 and 1 <= concurrency[0] <= concurrency[1]:
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    raise InvalidArgument(f"concurrency must be a positive int or a (min, max) pair, got {concurrency!r}")
+
+
+def _warn_if_actors_take_every_cpu(concurrency: int | tuple[int, int], num_cpus: float) -> None:
+    actors = concurrency if isinstance(concurrency, int) else concurrency[1]
+    cluster_cpus = ray.cluster_resources().get("CPU", 0)
+    if num_cpus and actors * num_cpus >= cluster_cpus:
+        warnings.warn(f"the {actors} inference actor(s) reserve {actors * num_cpus:g} of the cluster's "
+                      f"{cluster_cpus:g} CPUs: the tasks that read or transform the dataset before "
+                      f"predict will wait for a CPU forever unless the dataset is already materialized; "
+                      f"lower concurrency or num_cpus_per_worker (e.g. 0.5)", RuntimeWarning, stacklevel=3)
 
 
 class _Predictor:

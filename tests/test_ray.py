@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def by_id(rows: list[dict], key: str = "k") -> list[dict]:
     return sorted(rows, key=lambda r: r[key])
 
 
+@pytest.mark.filterwarnings("ignore:the 2 inference actor")  # the rows are materialized already
 def test_outputs_equal_plain_session_and_columns_pass_through():
     x = images(50)
     ds = ray.data.from_items([{"img": x[i], "k": i, "label": f"item-{i}"} for i in range(50)])
@@ -107,6 +109,21 @@ def test_mapping_errors_are_typed_and_early():
         ep_ray.predict(ds, two_io_model(), output_columns={"q": "q"})
     with pytest.raises(InvalidArgument, match="on_bad_row"):
         ep_ray.predict(ds, two_io_model(), on_bad_row="ignore")
+
+
+def test_actors_taking_every_cpu_warn():
+    """Actors holding all CPUs starve the tasks that make the rows (Ray then waits forever)."""
+    with pytest.warns(RuntimeWarning, match="reserve 2 of the cluster's 2 CPUs"):
+        ep_ray.predict(ray.data.range(4), two_io_model(), input_columns={"a": "id", "b": "id"}, concurrency=2)
+    with pytest.warns(RuntimeWarning, match="reserve 2 of"):
+        ep_ray.predict(ray.data.range(4), two_io_model(), input_columns={"a": "id", "b": "id"},
+                       concurrency=(1, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ep_ray.predict(ray.data.range(4), two_io_model(), input_columns={"a": "id", "b": "id"},
+                       concurrency=2, num_cpus_per_worker=0.5)
+    with pytest.raises(InvalidArgument, match="concurrency"):
+        ep_ray.predict(ray.data.range(4), two_io_model(), input_columns={"a": "id", "b": "id"}, concurrency=0)
 
 
 def rows_with_bad_shapes(n: int, bad: set[int]) -> tuple[np.ndarray, list[dict]]:
@@ -257,6 +274,7 @@ class KillOnce(ep_ray._Predictor):
         return super().__call__(batch)
 
 
+@pytest.mark.filterwarnings("ignore:the 2 inference actor")  # the rows are materialized already
 def test_killed_worker_is_restarted_and_every_row_comes_once(tmp_path, monkeypatch):
     from ray import cloudpickle   # Ray pickles with its own copy
     KillOnce.marker, KillOnce.kill_at = str(tmp_path / "killed"), 37
