@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import resource
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -321,4 +324,17 @@ def test_ten_times_the_object_store_streams_through():
         np.add.at(seen, batch["k"], 1)
     assert (seen == 1).all()
     growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    print(f"driver peak RSS {rss_before / 2**20:.0f} MiB before, grew by {growth / 2**20:.0f} MiB")
     assert growth < 300 * 2**20, f"driver peak RSS grew by {growth / 2**20:.0f} MiB"
+
+
+def test_docs_python_block_runs(tmp_path):
+    """docs/ray.md's example, in a fresh process with its own local Ray (RAY_ADDRESS=local keeps
+    it off this module's cluster)."""
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "ray.md").read_text(), re.S)
+    assert len(block) == 1
+    script = tmp_path / "doc_block.py"
+    script.write_text(block[0])
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
