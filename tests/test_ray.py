@@ -129,6 +129,20 @@ def test_actors_taking_every_cpu_warn():
         ep_ray.predict(ray.data.range(4), two_io_model(), input_columns={"a": "id", "b": "id"}, concurrency=0)
 
 
+def test_actor_resources():
+    """cuda in the providers -> GPU actors; intra_op_threads -> BLAS/OpenMP threads in the actor.
+    (Read from Ray's logical plan: executing would wait for a GPU this machine lacks.)"""
+    ids = {"a": "id", "b": "id"}
+    gpu = ep_ray.predict(ray.data.range(4), two_io_model(), input_columns=ids, providers=("cuda", "cpu"),
+                         num_cpus_per_worker=0.5)
+    assert gpu._logical_plan.dag.ray_remote_args == {"num_cpus": 0.5, "num_gpus": 1}
+    cpu = ep_ray.predict(ray.data.range(4), two_io_model(), input_columns=ids, intra_op_threads=1,
+                         ray_remote_args={"max_restarts": 3})
+    args = cpu._logical_plan.dag.ray_remote_args
+    assert args["num_cpus"] == 1 and "num_gpus" not in args and args["max_restarts"] == 3
+    assert args["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
+
+
 def rows_with_bad_shapes(n: int, bad: set[int]) -> tuple[np.ndarray, list[dict]]:
     x = images(n)
     return x, [{"img": x[i] if i not in bad else x[i][:, :8], "k": i} for i in range(n)]
