@@ -1,6 +1,6 @@
 """Batch inference on Ray: rows/s of `ep_core.ray.predict` with 1 and with 2 single-threaded actors.
 
-    python benchmarks/ray_batch.py [--rows 2048] [--batch-size 32] [--repeat 2] [--out benchmarks/results]
+    python benchmarks/ray_batch.py [--rows 2048] [--batch-size 128] [--repeat 2] [--out benchmarks/results]
 
 A local Ray with 2 CPUs; a small CNN (3 conv blocks on 3x64x64 images, about 41 M multiply-adds a
 row, random weights); the images are materialized in the object store first, so the timed job
@@ -93,7 +93,7 @@ def one_run(ds, model: bytes, concurrency: int, batch_size: int, rows: int) -> d
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=2048)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()

@@ -4,7 +4,9 @@ INPUT is a Parquet file or directory (`ray.data.read_parquet`), or a directory o
 (one column, `data`, as `ray.data.read_numpy` names it) or of `.npz` files (one column per array
 name); any filesystem Ray supports (local paths, `s3://`, `gs://`, ...). OUTPUT is a directory of
 Parquet files: the pass-through columns, one column per model output, and with
-`--on-bad-row skip` an error column. Ray prints its progress as the job runs.
+`--on-bad-row skip` an error column; an OUTPUT holding files is refused without `--overwrite`.
+A job that stops (`--on-bad-row raise`) may leave the files of the blocks written before.
+Ray prints its progress as the job runs.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--error-column", default="error")
     p.add_argument("--id-column", default=None, help="column that names rows in error messages")
     p.add_argument("--format", choices=FORMATS, default="auto", help="input format (default: by extension)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty OUTPUT first (default: refuse an OUTPUT that holds files)")
     p.add_argument("--address", default=None,
                    help="Ray cluster address (e.g. auto, ray://host:10001); default: a local Ray")
     p.set_defaults(func=run_batch)
@@ -73,6 +77,21 @@ def _input_files(path: str) -> tuple[list[str], Any]:
         return [root], fs
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     return sorted(i.path for i in infos if i.type == pafs.FileType.File), fs
+
+
+def _prepare_output(path: str, overwrite: bool) -> None:
+    """Refuse to mix results with an earlier job's files (Ray's writer appends), unless told to
+    empty the directory."""
+    import pyarrow.fs as pafs
+    from ep_core.errors import InvalidArgument
+    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        raise InvalidArgument(f"output '{path}' is a file; it must be a directory")
+    if info.type == pafs.FileType.Directory and fs.get_file_info(pafs.FileSelector(root)):
+        if not overwrite:
+            raise InvalidArgument(f"output '{path}' is not empty; pass --overwrite to replace its files")
+        fs.delete_dir_contents(root)
 
 
 def _detect_format(files: list[str], path: str) -> str:
@@ -131,6 +150,7 @@ def run_batch(args: argparse.Namespace) -> int:
             ray.init(address=args.address)
             started = True
         ds, fmt = read_input(args.input, args.format)
+        _prepare_output(args.output, args.overwrite)
         inputs = _default_inputs(args.model, fmt, _mapping(args.input_column, "--input-column"))
         out = predict(ds, args.model, providers=[p.strip() for p in args.providers.split(",") if p.strip()],
                       batch_size=args.batch_size, input_columns=inputs,

@@ -262,7 +262,7 @@ def test_cli_on_npz_bad_rows(tmp_path, capsys):
     argv = ["batch", str(model), str(tmp_path / "in"), str(tmp_path / "out"), "--id-column", "k"]
     assert run_cli(argv) == 2
     assert "error: Fail: row k=2: node 'Gather_0'" in capsys.readouterr().err
-    assert run_cli(argv + ["--on-bad-row", "skip"]) == 0
+    assert run_cli(argv + ["--on-bad-row", "skip", "--overwrite"]) == 0
     out = pq.read_table(tmp_path / "out").to_pydict()
     assert sorted(out["k"]) == [0, 1, 2, 3]
     assert [k for k, e in zip(out["k"], out["error"]) if e] == [2]
@@ -277,6 +277,11 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys):
     model.write_bytes(conv_model().SerializeToString())
     assert run_cli(["batch", str(model), str(tmp_path / "in"), str(tmp_path / "o"), "--input-column", "x"]) == 2
     assert "--input-column takes NAME=COLUMN" in capsys.readouterr().err
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "old.parquet").write_bytes(b"")
+    assert run_cli(["batch", str(model), str(tmp_path / "in"), str(tmp_path / "o")]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "o" / "old.parquet").exists()
 
 
 class KillOnce(ep_ray._Predictor):
