@@ -1,6 +1,7 @@
 """Batch inference on Ray: rows/s of `ep_core.ray.predict` with 1 and with 2 single-threaded actors.
 
-    python benchmarks/ray_batch.py [--rows 2048] [--batch-size 128] [--repeat 2] [--out benchmarks/results]
+    python benchmarks/ray_batch.py [--rows 2048] [--batch-size 128] [--repeat 2] [--idle-load 1.5]
+                                   [--out benchmarks/results]
 
 A local Ray with 2 CPUs; a small CNN (3 conv blocks on 3x64x64 images, about 41 M multiply-adds a
 row, random weights); the images are materialized in the object store first, so the timed job
@@ -23,6 +24,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info, machine_tag  # noqa: E402
+from benchmarks.machine import machine_info, machine_tag, wait_for_idle  # noqa: E402
 
 
 def cnn(seed: int = 0):
@@ -76,7 +78,9 @@ def one_run(ds, model: bytes, concurrency: int, batch_size: int, rows: int) -> d
     from ep_core import ray as ep_ray
     original, ep_ray._Predictor = ep_ray._Predictor, timed_predictor()   # __main__: pickled by value
     try:
-        out = ep_ray.predict(ds, model, batch_size=batch_size, concurrency=concurrency, intra_op_threads=1)
+        with warnings.catch_warnings():    # the rows are materialized: no read task needs a CPU
+            warnings.filterwarnings("ignore", "the .* inference actor", RuntimeWarning)
+            out = ep_ray.predict(ds, model, batch_size=batch_size, concurrency=concurrency, intra_op_threads=1)
         t0 = time.perf_counter()
         seen, first, last = 0, float("inf"), 0.0
         for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
@@ -95,6 +99,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--idle-load", type=float, default=None,
+                    help="before each run, wait until the 1-minute load average is below this")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
 
@@ -112,7 +118,9 @@ def main() -> None:
         runs = []
         for _ in range(args.repeat):
             for concurrency in (1, 2):
-                runs.append(one_run(ds, model, concurrency, args.batch_size, args.rows))
+                load_before = wait_for_idle(args.idle_load)
+                runs.append({**one_run(ds, model, concurrency, args.batch_size, args.rows),
+                             "load_average_before": load_before if load_before is not None else os.getloadavg()[0]})
                 print(json.dumps(runs[-1]))
     finally:
         ray.shutdown()
