@@ -141,7 +141,13 @@ def _default_inputs(model: str, fmt: str, mapping: dict[str, str] | None) -> dic
 
 def run_batch(args: argparse.Namespace) -> int:
     """The `batch` subcommand; returns the exit code (0 done, 2 bad input or bad row)."""
-    import ray
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        print(f"error: the batch subcommand needs Ray Data ({e}): pip install 'ep-runtime[ray]'",
+              file=sys.stderr)
+        return 2
     from ep_core.errors import EPError
     from ep_core.ray import predict
     started = False
