@@ -31,7 +31,7 @@ SUBCOMMANDS: tuple[str, ...] = (
 
 # (module, subcommand name, what to install when an import inside the module fails)
 OPTIONAL: tuple[tuple[str, str, str], ...] = (
-    ("ep_core.cli_batch", "batch", "Ray: pip install 'ray[default]' (the project's batch extra)"),
+    ("ep_core.cli_batch", "batch", "Ray Data: pip install 'ep-runtime[ray]' (or 'ray[data]')"),
     ("ep_core.quantization.cli", "quantize", "the quantization extra's dependencies"),
 )
 
