@@ -15,7 +15,9 @@ Threads split the column tiles, or the row panels when there are few positions (
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -46,6 +48,48 @@ def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
     return [(i, min(total, i + step)) for i in range(0, total, step)]
 
 
+class _Layout(NamedTuple):
+    hq: int                  # phase plane rows, columns
+    wq: int
+    tiles: int               # NR-position tiles of the output grid (oh rows of wq)
+    ldc: int                 # output grid length per channel (tiles * NR)
+    rows: np.ndarray         # (C*KH*KW,) offset of each weight row's input in the planes
+    planes_size: int         # C * sh*sw * hq*wq
+    length: int              # + room for the last tile's reads
+    phases: tuple            # (a, b, t0, t1, u0, u1, r0, c0): phase (a, b) rows [t0, t1) and
+                             # columns [u0, u1) hold input rows r0::sh, columns c0::sw
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+            b0: int, b1: int, e0: int, e1: int, oh: int, ow: int) -> _Layout:
+    """The stride-phase planes of a padded (C, H, W) image and the tap offsets into them
+    (computed once per geometry)."""
+    hp, wp = h + b0 + e0, w + b1 + e1
+    # row a + t*sh of the padded image is row t of phase a: in its phase a tap is again a
+    # shift by whole rows/columns, so every conv is a stride-1 product over (channel, phase)
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    plane = hq * wq
+    taps_y, taps_x = np.arange(kh) * dh, np.arange(kw) * dw
+    rows = ((np.arange(c)[:, None, None] * (sh * sw) + (taps_y % sh)[None, :, None] * sw
+             + (taps_x % sw)[None, None, :]) * plane
+            + (taps_y // sh)[None, :, None] * wq + (taps_x // sw)[None, None, :]).reshape(-1)
+    rows = rows.astype(np.int64)
+    rows.flags.writeable = False
+    tiles = -(-(oh * wq) // NR)
+    ldc = tiles * NR
+    phases = []
+    for a in range(sh):
+        t0, t1 = max(0, -(-(b0 - a) // sh)), min(hq, -(-(h + b0 - a) // sh))
+        for b in range(sw):
+            u0, u1 = max(0, -(-(b1 - b) // sw)), min(wq, -(-(w + b1 - b) // sw))
+            t1_, u1_ = max(t0, t1), max(u0, u1)
+            phases.append((a, b, t0, t1_, u0, u1_, a + t0 * sh - b0, b + u0 * sw - b1))
+    planes_size = c * sh * sw * plane
+    return _Layout(hq, wq, tiles, ldc, rows, planes_size, max(planes_size, ldc + int(rows.max())),
+                   tuple(phases))
+
+
 def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, dilations,
            begin, end, out_shape, bias: np.ndarray | None, residual: np.ndarray | None,
            clamp: tuple[float, float] | None, threads: int, pool) -> np.ndarray:
@@ -59,31 +103,22 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     if kh == kw == 1 and not any(begin) and not any(end) and (sh > 1 or sw > 1):
         x, sh, sw = x[:, :, ::sh, ::sw][:, :, :oh, :ow], 1, 1   # a strided 1x1 conv reads a subsample
     c, h, w = x.shape[1:]
-    hp, wp = h + begin[0] + end[0], w + begin[1] + end[1]
-    # Strides: the padded image as sh*sw phase planes (row a + t*sh of the image is row t of
-    # phase a): in its phase, a tap is again a shift by a whole row/column, so every conv is a
-    # stride-1 product over "channels" (channel, phase).
-    hq, wq = -(-hp // sh), -(-wp // sw)
-    plane = hq * wq
-    taps_y, taps_x = np.arange(kh) * dh, np.arange(kw) * dw
-    rows = ((np.arange(c)[:, None, None] * (sh * sw) + (taps_y % sh)[None, :, None] * sw
-             + (taps_x % sw)[None, None, :]) * plane
-            + (taps_y // sh)[None, :, None] * wq + (taps_x // sw)[None, None, :]).reshape(-1)
-    rows = rows.astype(np.int64)
-    # the output and residual live in the phase grid (row stride wq, ldc positions); the image
-    # is long enough for the last tile's reads past the last position
-    tiles = -(-(oh * wq) // NR)
-    ldc = tiles * NR
-    xq = np.zeros((n, max(c * sh * sw * plane, ldc + int(rows.max()))), dtype=np.float32)
-    if sh == sw == 1:
-        xq[:, :c * plane].reshape(n, c, hq, wq)[:, :, begin[0]:begin[0] + h, begin[1]:begin[1] + w] = x
-    else:
-        xp = np.zeros((n, c, hq * sh, wq * sw), dtype=np.float32)
-        xp[:, :, begin[0]:begin[0] + h, begin[1]:begin[1] + w] = x
-        phases = xq[:, :c * sh * sw * plane].reshape(n, c, sh, sw, hq, wq)
-        for a in range(sh):
-            for b_ in range(sw):
-                phases[:, :, a, b_] = xp[:, :, a::sh, b_::sw]
+    lay = _layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
+                  int(end[1]), oh, ow)
+    hq, wq, tiles, ldc, rows = lay.hq, lay.wq, lay.tiles, lay.ldc, lay.rows
+    # every phase plane: zero borders (the padding), the input's rows/columns of that phase
+    # inside; past the planes only the last tile's dropped positions read (zeros: no stray
+    # NaN or denormal values there)
+    xq = np.empty((n, lay.length), dtype=np.float32)
+    xq[:, lay.planes_size:] = 0
+    planes = xq[:, :lay.planes_size].reshape(n, c, sh, sw, hq, wq)
+    for a, b_, t0, t1, u0, u1, r0, c0 in lay.phases:
+        ph = planes[:, :, a, b_]
+        ph[:, :, :t0] = 0
+        ph[:, :, t1:] = 0
+        ph[:, :, t0:t1, :u0] = 0
+        ph[:, :, t0:t1, u1:] = 0
+        ph[:, :, t0:t1, u0:u1] = x[:, :, r0::sh, c0::sw][:, :, :t1 - t0, :u1 - u0]
     has_bias, has_res = bias is not None, residual is not None
     b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
          else np.zeros(1, dtype=np.float32))

@@ -482,7 +482,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
     ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
-    if _use_implicit(x_shape, w_shape, ks, group, out, cdt) and not (wino and WINOGRAD_OVER_IMPLICIT):
+    if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
+            and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
         wino = "implicit"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, wino)
     k._conv_geometry = (key, geo)
