@@ -90,6 +90,23 @@ def _layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int,
                    tuple(phases))
 
 
+def fill_planes(x: np.ndarray, lay: _Layout, sh: int, sw: int, pad_value: float) -> np.ndarray:
+    """(N, lay.length) float32: each image's stride-phase planes, `pad_value` in the padding,
+    zeros past the planes (only dropped positions read there: no stray NaN or denormals)."""
+    n, c = x.shape[:2]
+    xq = np.empty((n, lay.length), dtype=np.float32)
+    xq[:, lay.planes_size:] = 0
+    planes = xq[:, :lay.planes_size].reshape(n, c, sh, sw, lay.hq, lay.wq)
+    for a, b, t0, t1, u0, u1, r0, c0 in lay.phases:
+        ph = planes[:, :, a, b]
+        ph[:, :, :t0] = pad_value
+        ph[:, :, t1:] = pad_value
+        ph[:, :, t0:t1, :u0] = pad_value
+        ph[:, :, t0:t1, u1:] = pad_value
+        ph[:, :, t0:t1, u0:u1] = x[:, :, r0::sh, c0::sw][:, :, :t1 - t0, :u1 - u0]
+    return xq
+
+
 def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, dilations,
            begin, end, out_shape, bias: np.ndarray | None, residual: np.ndarray | None,
            clamp: tuple[float, float] | None, threads: int, pool) -> np.ndarray:
@@ -106,19 +123,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     lay = _layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
                   int(end[1]), oh, ow)
     hq, wq, tiles, ldc, rows = lay.hq, lay.wq, lay.tiles, lay.ldc, lay.rows
-    # every phase plane: zero borders (the padding), the input's rows/columns of that phase
-    # inside; past the planes only the last tile's dropped positions read (zeros: no stray
-    # NaN or denormal values there)
-    xq = np.empty((n, lay.length), dtype=np.float32)
-    xq[:, lay.planes_size:] = 0
-    planes = xq[:, :lay.planes_size].reshape(n, c, sh, sw, hq, wq)
-    for a, b_, t0, t1, u0, u1, r0, c0 in lay.phases:
-        ph = planes[:, :, a, b_]
-        ph[:, :, :t0] = 0
-        ph[:, :, t1:] = 0
-        ph[:, :, t0:t1, :u0] = 0
-        ph[:, :, t0:t1, u1:] = 0
-        ph[:, :, t0:t1, u0:u1] = x[:, :, r0::sh, c0::sw][:, :, :t1 - t0, :u1 - u0]
+    xq = fill_planes(x, lay, sh, sw, 0.0)
     has_bias, has_res = bias is not None, residual is not None
     b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
          else np.zeros(1, dtype=np.float32))
