@@ -118,8 +118,12 @@ class _DynamicRewriter:
         bias = self.idx.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         if len(node.input) > 2 and node.input[2] and bias is None:
             return False
-        # ConvInteger takes uint8 weights in onnxruntime's CPU provider; int8 is refused there.
-        q, scale, zp = quantize_weight(w, QuantType.QUInt8, self.per_channel, 0, self.reduce_range)
+        # onnxruntime's CPU ConvInteger takes uint8 weights with one zero point: per-channel weights
+        # are symmetric (zero point 128 for every channel), only their scales differ.
+        q, scale, zp = quantize_weight(w, QuantType.QUInt8, self.per_channel, 0, self.reduce_range,
+                                       symmetric=self.per_channel)
+        if zp.ndim:
+            zp = zp[:1].reshape(())
         base = wname.replace(":", "_")
         qw = self.idx.add_initializer(base + "_quantized", q)
         zw = self.idx.add_initializer(base + "_zero_point", zp)

@@ -6,6 +6,8 @@ com.microsoft::MatMulNBits(A, B, scales[, zero_points]) with onnxruntime's layou
 - scales: float (N * k_blocks), row-major over (n, block).
 - zero_points (asymmetric only): uint8 (N * ceil(k_blocks / 2)), two blocks per byte, low nibble
   first, each row of N padded to a whole byte; symmetric omits them (the op's default 8).
+With "Gather" in `op_types_to_quantize`, constant embedding tables (V, D) become
+com.microsoft::GatherBlockQuantized with the same 4-bit packing along D (quantize_axis 1).
 Symmetric blocks map the value of largest magnitude to -8 (the scale carries its sign), so the
 whole 16-level range is used; asymmetric blocks span [min(w, 0), max(w, 0)] over 0..15.
 """
@@ -103,6 +105,12 @@ class MatMulNBitsQuantizer:
         self.block_size, self.is_symmetric, self.accuracy_level = block_size, is_symmetric, accuracy_level
         self.nodes_to_exclude = set(nodes_to_exclude or ())
         self.nodes_to_include = set(nodes_to_include or ())
+        if algo_config is not None and op_types_to_quantize is None:
+            op_types_to_quantize = algo_config.op_types_to_quantize
+        self.op_types = set(op_types_to_quantize or ("MatMul",))
+        unknown = self.op_types - {"MatMul", "Gather"}
+        if unknown:
+            raise InvalidArgument(f"4-bit quantization handles MatMul and Gather, not {sorted(unknown)}")
 
     def process(self) -> None:
         m = self.model.model
@@ -110,7 +118,9 @@ class MatMulNBitsQuantizer:
         idx = GraphIndex(g)
         nodes, used = [], False
         for node in g.node:
-            new = self._convert(node, idx) if self._chosen(node) else None
+            new = None
+            if self._chosen(node):
+                new = self._convert(node, idx) if node.op_type == "MatMul" else self._convert_gather(node, idx)
             nodes.append(new or node)
             used |= new is not None
         del g.node[:]
@@ -121,7 +131,7 @@ class MatMulNBitsQuantizer:
             ensure_opset(m, MS_DOMAIN, 1)
 
     def _chosen(self, node: onnx.NodeProto) -> bool:
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.name in self.nodes_to_exclude:
+        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx") or node.name in self.nodes_to_exclude:
             return False
         return not self.nodes_to_include or node.name in self.nodes_to_include
 
@@ -142,6 +152,24 @@ class MatMulNBitsQuantizer:
                                 name=idx.unique((node.name or node.output[0]) + "_Q4"), **attrs)
 
 
+    def _convert_gather(self, node: onnx.NodeProto, idx: GraphIndex) -> onnx.NodeProto | None:
+        table = idx.constant(node.input[0])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if table is None or table.ndim != 2 or table.dtype != np.float32 or axis != 0 \
+                or table.shape[1] % self.block_size:
+            return None
+        v, d = table.shape
+        packed, scales, zeros = quantize_blocks(np.ascontiguousarray(table.T), self.block_size, self.is_symmetric)
+        base = node.input[0].replace(":", "_")
+        inputs = [idx.add_initializer(base + "_Q4", packed.reshape(v, d // 2)), node.input[1],
+                  idx.add_initializer(base + "_scales", scales.reshape(v, d // self.block_size))]
+        if zeros is not None:
+            inputs.append(idx.add_initializer(base + "_zero_points", zeros.reshape(v, -1)))
+        return helper.make_node("GatherBlockQuantized", inputs, list(node.output), domain=MS_DOMAIN,
+                                name=idx.unique((node.name or node.output[0]) + "_Q4"), gather_axis=0,
+                                quantize_axis=1, block_size=self.block_size, bits=4)
+
+
 class MatMul4BitsQuantizer(MatMulNBitsQuantizer):
     """onnxruntime's older 4-bit entry point: `MatMul4BitsQuantizer(model, block_size=128,
     is_symmetric=False, accuracy_level=None, nodes_to_exclude=None, ...)`."""
@@ -156,8 +184,11 @@ class MatMul4BitsQuantizer(MatMulNBitsQuantizer):
 
 def quantize_matmul_4bits(model: "onnx.ModelProto | str | os.PathLike", block_size: int = 32,
                           is_symmetric: bool = True, accuracy_level: int | None = None,
-                          nodes_to_exclude: Sequence[str] | None = None) -> onnx.ModelProto:
-    """The model with every constant-weight MatMul as a 4-bit MatMulNBits (a new ModelProto)."""
-    q = MatMul4BitsQuantizer(model, block_size, is_symmetric, accuracy_level, nodes_to_exclude)
+                          nodes_to_exclude: Sequence[str] | None = None,
+                          op_types_to_quantize: Sequence[str] = ("MatMul",)) -> onnx.ModelProto:
+    """The model with every constant-weight MatMul as a 4-bit MatMulNBits (and embedding Gathers as
+    GatherBlockQuantized when "Gather" is listed); a new ModelProto."""
+    q = MatMul4BitsQuantizer(model, block_size, is_symmetric, accuracy_level, nodes_to_exclude,
+                             op_types_to_quantize=op_types_to_quantize)
     q.process()
     return q.model.model
