@@ -80,6 +80,10 @@ def quantize_static(model_input: "str | os.PathLike | onnx.ModelProto", model_ou
     activation_type = _enum(activation_type, QuantType, "activation_type")
     weight_type = _enum(weight_type, QuantType, "weight_type")
     calibrate_method = _enum(calibrate_method, CalibrationMethod, "calibrate_method")
+    if activation_type is QuantType.QInt8 and weight_type is QuantType.QUInt8:
+        # No integer kernel (onnxruntime's included) takes int8 activations with uint8 weights.
+        raise InvalidArgument("activation_type QInt8 with weight_type QUInt8 is not supported; "
+                              "use QInt8 weights, or QUInt8 activations")
     extra = dict(extra_options or {})
     model = _with_opset(load_model(model_input), 13)
     plan = plan_static(model, _op_types(op_types_to_quantize, STATIC_OPS), nodes_to_quantize or nodes_to_include,

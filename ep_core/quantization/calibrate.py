@@ -30,7 +30,7 @@ class _AbsHistogram:
 
     def add(self, x: np.ndarray) -> None:
         a = np.abs(x.astype(np.float32, copy=False)).reshape(-1)
-        a = a[np.isfinite(a)]
+        a = a[np.isfinite(a) & (a != 0)]   # zeros are exact in every range: they only skew the search
         if a.size == 0:
             return
         amax = float(a.max())
@@ -94,7 +94,7 @@ class Calibrator:
         self.mins: dict[str, float] = {}
         self.maxs: dict[str, float] = {}
         self.batch_ranges: dict[str, list[tuple[float, float]]] = {}
-        bins = int(self.extra.get("CalibNumBins", 2048 if self.method is CalibrationMethod.Percentile else 512))
+        bins = int(self.extra.get("CalibNumBins", 2048))
         self.hists = {t: _AbsHistogram(bins + bins % 2) for t in self.tensors} \
             if self.method is not CalibrationMethod.MinMax else {}
         self.batches = 0
@@ -153,8 +153,10 @@ class Calibrator:
                         lo, hi = lo + c * (blo - lo), hi + c * (bhi - hi)
             else:
                 h = self.hists[t]
+                # A tensor that is never negative spends all 256 levels on [0, t], else 128 per sign.
+                levels = int(self.extra.get("CalibNumQuantizedBins", 256 if lo >= 0 else 128))
                 thr = (_percentile_threshold(h, float(self.extra.get("CalibPercentile", 99.999)))
-                       if self.method is CalibrationMethod.Percentile else _entropy_threshold(h))
+                       if self.method is CalibrationMethod.Percentile else _entropy_threshold(h, levels))
                 if thr > 0:
                     lo, hi = max(lo, -thr), min(hi, thr)
             ranges[t] = (lo, hi)

@@ -7,6 +7,8 @@ quantized at run time from their own range.
 - MatMul of two activations (attention's Q.K^T and P.V) -> DynamicQuantizeLinear on each side,
   MatMulInteger, Cast, and one Mul by the product of the two scales.
 - Conv with a constant weight -> DynamicQuantizeLinear + ConvInteger + Cast + Mul (+ Add bias).
+- Gather from a constant table (embeddings) -> Gather of the 8-bit table + DequantizeLinear of the
+  gathered rows: the table, often the largest tensor of a language model, is stored in 8 bits.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from .model_edit import (MS_DOMAIN, GraphIndex, ensure_opset, float_dtype_of, re
 from .quant_types import QuantType
 from .weights import quantize_weight
 
-DYNAMIC_OPS = ("MatMul", "Gemm", "Conv")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Conv", "Gather")
 
 
 class _DynamicRewriter:
@@ -146,11 +148,33 @@ class _DynamicRewriter:
         return True
 
 
+    def gather(self, node: onnx.NodeProto) -> bool:
+        table = self.idx.constant(node.input[0])
+        if table is None or table.dtype != np.float32:
+            return False
+        q, s, z = self._table(node.input[0], table)
+        name = node.name or node.output[0]
+        gathered = self.idx.unique(node.output[0] + "_quantized")
+        g = helper.make_node("Gather", [q, node.input[1]], [gathered], name=self.idx.unique(name + "_quant"))
+        g.attribute.extend(node.attribute)
+        self.nodes += [g, helper.make_node("DequantizeLinear", [gathered, s, z], [node.output[0]],
+                                           name=self.idx.unique(name + "_DequantizeLinear"))]
+        return True
+
+    def _table(self, name: str, table: np.ndarray) -> tuple[str, str, str]:
+        """The table per tensor even when per-channel is asked: one DequantizeLinear then serves the
+        gathered rows whatever the Gather's axis and index rank."""
+        q, scale, zp = quantize_weight(table, self.weight_type, False, 0, self.reduce_range)
+        base = name.replace(":", "_")
+        return (self.idx.add_initializer(base + "_quantized", q), self.idx.add_initializer(base + "_scale", scale),
+                self.idx.add_initializer(base + "_zero_point", zp))
+
+
 def quantize_dynamic_model(model: onnx.ModelProto, op_types: set[str], per_channel: bool, reduce_range: bool,
                            weight_type: QuantType, include, exclude, extra_options: dict) -> onnx.ModelProto:
     """Rewrite `model` in place (and return it) with dynamically quantized MatMul / Gemm / Conv."""
     rw = _DynamicRewriter(model, per_channel, reduce_range, weight_type, extra_options)
-    handlers = {"MatMul": rw.matmul, "Gemm": rw.gemm, "Conv": rw.conv}
+    handlers = {"MatMul": rw.matmul, "Gemm": rw.gemm, "Conv": rw.conv, "Gather": rw.gather}
     for node in list(rw.graph.node):
         handler = handlers.get(node.op_type)
         if handler is None or not selected(node, op_types, include, exclude) or not handler(node):

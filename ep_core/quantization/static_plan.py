@@ -20,7 +20,8 @@ POOL_OPS = ("GlobalAveragePool", "AveragePool", "MaxPool")
 # Ops whose output keeps its input's scale and zero point (they move or select values).
 PASS_THROUGH_OPS = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
-STATIC_OPS = WEIGHTED_OPS + BINARY_OPS + POOL_OPS + FUSABLE_ACTIVATIONS + PASS_THROUGH_OPS
+TABLE_OPS = ("Gather",)   # QDQ only: the constant table stored in 8 bits behind a DequantizeLinear
+STATIC_OPS = WEIGHTED_OPS + BINARY_OPS + POOL_OPS + FUSABLE_ACTIVATIONS + PASS_THROUGH_OPS + TABLE_OPS
 
 
 @dataclass

@@ -118,6 +118,11 @@ def _quantize_constants(new: onnx.NodeProto, node: onnx.NodeProto, idx: GraphInd
                 dq_node, out = _dq(idx, bq, bs, bz, 0 if per_axis else None)
                 nodes.append(dq_node)
                 new.input[2] = out
+    elif op == "Gather" and idx.constant(node.input[0]) is not None and idx.constant(node.input[0]).dtype == np.float32:
+        q, s, z, _, _ = weights.quantize(node.input[0], 0, per_channel=False)
+        dq_node, out = _dq(idx, q, s, z, None)
+        nodes.append(dq_node)
+        new.input[0] = out
     elif op in BINARY_OPS:
         for k, i in enumerate(node.input):
             if idx.constant(i) is not None and idx.constant(i).dtype == np.float32:
