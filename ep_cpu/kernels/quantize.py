@@ -1,8 +1,10 @@
 """Quantization: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; int2/4/8/16,
 float8/float4/float6 via ml_dtypes), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul, QLinearConv.
 
-Integer products are accumulated in float64 through the GEMM (exact: |products| < 2**16 and any
-realistic reduction length stays far below 2**53), then requantized with round-half-to-even.
+Integer products go through the float32 GEMM in K-blocks short enough that every partial sum
+stays below 2**24, where float32 holds integers exactly (|a - za| * |b - zb| bounds each product;
+with 8-bit values that is one block up to K ~ 258 worst case, usually far more from the actual
+maxima); blocks are added in float64. Results are requantized with round-half-to-even.
 """
 from __future__ import annotations
 
@@ -163,11 +165,13 @@ class DynamicQuantizeLinear(Kernel):
 
 
 def _shifted(a: np.ndarray, zp: np.ndarray | None, per_row: bool) -> np.ndarray:
-    """a - zp in float64. A 1-D zero point is per row of A (per_row) or per column of B."""
-    af = a.astype(np.float64)
+    """a - zp as exact floats: float32 for inputs of up to 16 bits, float64 above. A 1-D zero
+    point is per row of A (per_row) or per column of B."""
+    wide = np.float32 if a.dtype.itemsize <= 2 else np.float64
+    af = a.astype(wide)
     if zp is None:
         return af
-    z = np.asarray(zp).astype(np.float64)
+    z = np.asarray(zp).astype(wide)
     if z.size == 1:
         return af - z.reshape(())
     if per_row and a.ndim >= 2 and z.ndim == 1:
@@ -175,13 +179,65 @@ def _shifted(a: np.ndarray, zp: np.ndarray | None, per_row: bool) -> np.ndarray:
     return af - z  # per column of B (or an already-broadcastable shape)
 
 
-def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Matmul of float64 holding integers, via gemm when B is one matrix."""
+EXACT_F32 = float(1 << 24)   # float32 holds every integer of magnitude up to this
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Matmul through gemm when B is one matrix."""
     if b.ndim == 2 and a.ndim >= 2:
         return gemm(a, b)
     if a.ndim == 1 and b.ndim == 2:
         return gemm(a[None], b)[0]
     return np.matmul(a, b)
+
+
+def _max_abs(x: np.ndarray) -> float:
+    return float(max(x.max(), -x.min())) if x.size else 0.0
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray, bound_a: float | None = None,
+                     bound_b: float | None = None, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Exact product of float32 arrays holding integers: K-blocks whose partial sums stay below
+    2**24 run in the float32 GEMM; several blocks are summed in float64. `bound_a`/`bound_b` are
+    known bounds of |a| / |b| (measured when omitted); `blocks` are K ranges already known to be
+    short enough (`exact_k_blocks`)."""
+    k = a.shape[-1]
+    if blocks is None:
+        prod = (_max_abs(a) if bound_a is None else bound_a) * (_max_abs(b) if bound_b is None else bound_b)
+        kb = k if prod == 0 else max(1, int((EXACT_F32 - 1) // prod))
+        blocks = [(k0, min(k, k0 + kb)) for k0 in range(0, k, kb)]
+    if len(blocks) <= 1:
+        return _matmul(a, b)
+    acc = None
+    for k0, k1 in blocks:
+        part = _matmul(a[..., k0:k1], b[..., k0:k1, :])
+        acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
+    return acc
+
+
+def exact_k_blocks(b: np.ndarray, bound_a: float) -> list[tuple[int, int]]:
+    """K ranges of a constant integer B (K, N) over which every partial sum of A @ B stays below
+    2**24 when |A| <= bound_a: a block's worst case is bound_a times its largest column sum of |B|,
+    usually far below the product of the two maxima, so one or two blocks cover BERT's K."""
+    k = b.shape[0]
+    if k == 0 or bound_a == 0:
+        return [(0, k)]
+    limit = (EXACT_F32 - 1) / bound_a
+    cum = np.cumsum(np.abs(b, dtype=np.float64), axis=0)
+    blocks, k0, base = [], 0, np.zeros(b.shape[1])
+    while k0 < k:
+        fits = np.nonzero((cum[k0:] - base).max(axis=1) <= limit)[0]
+        k1 = k0 + (int(fits[-1]) + 1 if fits.size else 1)   # column sums only grow along K
+        blocks.append((k0, k1))
+        base, k0 = cum[k1 - 1], k1
+    return blocks
+
+
+def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact matmul of float arrays holding integers (from `_shifted`)."""
+    if a.dtype == np.float32 and b.dtype == np.float32 and b.ndim >= 2:
+        return exact_int_matmul(a, b)
+    return _matmul(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False))
 
 
 @kernel("MatMulInteger")
