@@ -79,6 +79,7 @@ def test_onnxruntime_static_runs_here(cnn_path, tmp_path, fmt, per_channel):
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("block", [16, 32, 128])
 def test_onnxruntime_matmul_nbits_runs_here(tmp_path, symmetric, block):
+    pytest.importorskip("onnx_ir", reason="onnxruntime's MatMulNBitsQuantizer imports onnx_ir (dev extra)")
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer as OrtQuantizer
     q = OrtQuantizer(gpt2_shaped_decoder(d=128, layers=1, vocab=256), block_size=block, is_symmetric=symmetric)
     q.process()
