@@ -58,6 +58,7 @@ def test_dynamic_accuracy_and_onnxruntime_agrees(float_models, tmp_path, model, 
     ops = _op_types(out)
     assert ("ConvInteger" in ops) == (model == "cnn") and "DynamicQuantizeMatMul" in ops
     assert not ops & {"MatMul", "Gemm", "Conv"}
+    assert model != "mlp" or "Add" not in ops      # fc1's bias Add folded into the quantized MatMul
     f32 = accuracy(ours(float_models[model], _test_feeds()))
     y = ours(out, _test_feeds())
     assert abs(accuracy(y) - f32) <= 0.01, (accuracy(y), f32)
@@ -120,6 +121,9 @@ def test_attention_matmuls_of_two_activations(tmp_path):
     y, y32 = ours(out, x), ours(src, x)
     assert np.max(np.abs(y - y32)) < 0.05 * np.max(np.abs(y32))
     np.testing.assert_allclose(y, theirs(out, x), rtol=1e-5, atol=1e-5)
+    quantize_dynamic(src, out, extra_options={"MatMulConstBOnly": True})
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("MatMulInteger") == 0 and ops.count("MatMul") == 2
 
 
 def test_filters_op_types_and_node_names(float_models, tmp_path):

@@ -1,11 +1,13 @@
 """Dynamic (weight-only-calibrated) INT8 quantization: weights quantized once, activations
 quantized at run time from their own range.
 
-- MatMul / Gemm with a constant 2-D weight -> one `com.microsoft::DynamicQuantizeMatMul` (bias
-  folded in): a single node that both onnxruntime and our CPU provider run as one fused kernel,
-  instead of the five-node DynamicQuantizeLinear + MatMulInteger + Cast + Mul + Mul chain.
+- MatMul / Gemm with a constant 2-D weight -> one `com.microsoft::DynamicQuantizeMatMul` (Gemm's
+  bias, or the bias Add that is a MatMul's only reader, folded in): a single node that both
+  onnxruntime and our CPU provider run as one fused kernel, instead of the five-node
+  DynamicQuantizeLinear + MatMulInteger + Cast + Mul + Mul chain.
 - MatMul of two activations (attention's Q.K^T and P.V) -> DynamicQuantizeLinear on each side,
-  MatMulInteger, Cast, and one Mul by the product of the two scales.
+  MatMulInteger, Cast, and one Mul by the product of the two scales (not with the extra option
+  `MatMulConstBOnly`).
 - Conv with a constant weight -> DynamicQuantizeLinear + ConvInteger + Cast + Mul (+ Add bias).
 - Gather from a constant table (embeddings) -> Gather of the 8-bit table + DequantizeLinear of the
   gathered rows: the table, often the largest tensor of a language model, is stored in 8 bits.
@@ -38,6 +40,7 @@ class _DynamicRewriter:
         self.dq_cache: dict[str, tuple[str, str, str]] = {}
         self.nodes: list[onnx.NodeProto] = []
         self.used_ms = False
+        self.folded: set[int] = set()   # bias Adds folded into the node before them
 
     # ------------------------------------------------------------------ helpers
     def is_float(self, name: str) -> bool:
@@ -69,8 +72,9 @@ class _DynamicRewriter:
         if w is not None:
             if w.ndim != 2 or w.dtype != np.float32:
                 return False
-            return self._dqmatmul(node, a, w, None)
-        if not self.is_float(b) or not self.extra.get("MatMulActivations", True):
+            bias, out = self._following_bias(node, w.shape[1])
+            return self._dqmatmul(node, a, w, bias, out)
+        if not self.is_float(b) or self.extra.get("MatMulConstBOnly", False):
             return False
         qa, sa, za = self.dynamic_quantized(a)
         qb, sb, zb = self.dynamic_quantized(b)
@@ -101,13 +105,31 @@ class _DynamicRewriter:
             bias = np.broadcast_to(c.reshape(-1) * np.float32(attrs.get("beta", 1.0)), (w.shape[1],)).astype(np.float32)
         return self._dqmatmul(node, a, w, bias)
 
-    def _dqmatmul(self, node: onnx.NodeProto, a: str, w: np.ndarray, bias: np.ndarray | None) -> bool:
+    def _following_bias(self, node: onnx.NodeProto, n: int) -> tuple[np.ndarray | None, str]:
+        """A bias Add (constant of N values) that is the MatMul's only reader folds into the
+        quantized op's bias input: (bias, output name to write)."""
+        out = node.output[0]
+        readers = self.idx.consumers.get(out, [])
+        if len(readers) != 1 or out in self.idx.graph_outputs or self.extra.get("NoBiasFolding", False):
+            return None, out
+        add = readers[0]
+        if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.input) != 2:
+            return None, out
+        other = add.input[1] if add.input[0] == out else add.input[0]
+        c = self.idx.constant(other)
+        if c is None or c.dtype != np.float32 or c.size != n or c.shape[-1] != n or any(d != 1 for d in c.shape[:-1]):
+            return None, out
+        self.folded.add(id(add))
+        return c.reshape(-1), add.output[0]
+
+    def _dqmatmul(self, node: onnx.NodeProto, a: str, w: np.ndarray, bias: np.ndarray | None,
+                  out: str | None = None) -> bool:
         base = node.input[1].replace(":", "_")
         qw, sw, zw = self.weight(base, w, axis=1)
         inputs = [a, qw, sw, zw]
         if bias is not None:
             inputs.append(self.idx.add_initializer(base + "_bias", bias))
-        self.nodes.append(helper.make_node("DynamicQuantizeMatMul", inputs, [node.output[0]], domain=MS_DOMAIN,
+        self.nodes.append(helper.make_node("DynamicQuantizeMatMul", inputs, [out or node.output[0]], domain=MS_DOMAIN,
                                            name=self.idx.unique((node.name or node.output[0]) + "_quant")))
         self.used_ms = True
         return True
@@ -177,6 +199,8 @@ def quantize_dynamic_model(model: onnx.ModelProto, op_types: set[str], per_chann
     handlers = {"MatMul": rw.matmul, "Gemm": rw.gemm, "Conv": rw.conv, "Gather": rw.gather}
     for node in list(rw.graph.node):
         handler = handlers.get(node.op_type)
+        if id(node) in rw.folded:
+            continue
         if handler is None or not selected(node, op_types, include, exclude) or not handler(node):
             rw.nodes.append(node)
     del rw.graph.node[:]
