@@ -71,3 +71,23 @@ def test_matmul_integer_exact(k):
                     [helper.make_tensor_value_info("Y", TensorProto.INT32, [5, 7])], {"az": np.uint8(0)})
     y = sess.run(None, {"A": a, "B": b})[0]
     np.testing.assert_array_equal(y, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 100), (7, 1000)])
+def test_dynamic_quantize_matmul_constant_path_equals_general_path(shape):
+    """B as a session constant (fast path) and B fed at run time (general path): identical."""
+    rng = np.random.default_rng(3)
+    k, n = shape[-1], 12
+    b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    scale = (rng.random(n) * 0.01 + 0.001).astype(np.float32)
+    zp = rng.integers(-3, 4, n).astype(np.int8)
+    bias = rng.standard_normal(n).astype(np.float32)
+    a = (rng.standard_normal(shape) * 3 + 0.5).astype(np.float32)
+    node = helper.make_node("DynamicQuantizeMatMul", ["A", "B", "bs", "bz", "bias"], ["Y"], domain="com.microsoft")
+    a_in = helper.make_tensor_value_info("A", TensorProto.FLOAT, list(shape))
+    y_out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, list(shape[:-1]) + [n])
+    consts = {"B": b, "bs": scale, "bz": zp, "bias": bias}
+    fast = _session([node], [a_in], [y_out], consts, ms=True).run(None, {"A": a})[0]
+    general = _session([node], [a_in, helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])], [y_out],
+                       {key: v for key, v in consts.items() if key != "B"}, ms=True).run(None, {"A": a, "B": b})[0]
+    np.testing.assert_array_equal(fast, general)
