@@ -3,7 +3,8 @@
     python benchmarks/quantization.py [--models bert_base resnet50] [--repeat N] [--threads N]
                                       [--calib-batches N] [--out benchmarks/results]
 
-BERT-base is quantized dynamically (ep_core.quantization.quantize_dynamic, per-channel weights),
+BERT-base is quantized dynamically (ep_core.quantization.quantize_dynamic, per-channel weights;
+every MatMul, and again with MatMulConstBOnly: the attention MatMuls of two activations in FP32),
 ResNet-50 statically in QDQ format (quant_pre_process, then quantize_static, per-channel, MinMax
 over a few random calibration batches run through our runtime). For each: cosine similarity of the INT8 outputs to
 FP32 (ours, and onnxruntime running the same files), file sizes, and the latency of FP32 and INT8
@@ -69,21 +70,29 @@ class RandomImages:
         return self.batches[self.pos - 1] if self.pos <= len(self.batches) else None
 
 
-def quantize(name: str, src: str, dst: str, calib_batches: int) -> tuple[str, float]:
+def quantize(name: str, src: str, work: Path, calib_batches: int) -> list[tuple[str, str, str, float]]:
+    """[(variant, description, quantized path, seconds)] for one model."""
     from ep_core.quantization import QuantFormat, quant_pre_process, quantize_dynamic, quantize_static
-    t = time.perf_counter()
+    out = []
     if name == "resnet50":
         # onnxruntime's recommended order: pre-process (BatchNormalization folds into Conv, so each
         # Conv + Relu quantizes as one unit), then quantize.
-        pre = dst.replace(".onnx", "_pre.onnx")
+        t = time.perf_counter()
+        pre, dst = str(work / f"{name}_pre.onnx"), str(work / f"{name}_int8.onnx")
         quant_pre_process(src, pre)
         quantize_static(pre, dst, RandomImages(M.feeds(name), calib_batches), quant_format=QuantFormat.QDQ,
                         per_channel=True)
-        kind = f"quant_pre_process + static QDQ, per-channel, MinMax over {calib_batches} random batches"
+        out.append(("int8", f"quant_pre_process + static QDQ, per-channel, MinMax over {calib_batches} "
+                    "random batches", dst, time.perf_counter() - t))
     else:
-        quantize_dynamic(src, dst, per_channel=True)
-        kind = "dynamic, per-channel (DynamicQuantizeMatMul + MatMulInteger)"
-    return kind, time.perf_counter() - t
+        for variant, extra, desc in (("int8", {}, "dynamic, per-channel, every MatMul"),
+                                     ("int8_constb", {"MatMulConstBOnly": True},
+                                      "dynamic, per-channel, MatMulConstBOnly (attention MatMuls in FP32)")):
+            t = time.perf_counter()
+            dst = str(work / f"{name}_{variant}.onnx")
+            quantize_dynamic(src, dst, per_channel=True, extra_options=extra)
+            out.append((variant, desc, dst, time.perf_counter() - t))
+    return out
 
 
 def time_rounds(runs: dict, repeat: int) -> dict:
@@ -101,26 +110,35 @@ def time_rounds(runs: dict, repeat: int) -> dict:
     return {k: float(np.median(v) * 1e3) for k, v in times.items()}
 
 
-def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) -> dict:
+def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) -> list[dict]:
     src = str(M.path(name))
-    dst = str(work / f"{name}_int8.onnx")
-    kind, q_s = quantize(name, src, dst, calib_batches)
+    variants = quantize(name, src, work, calib_batches)
     feeds = M.feeds(name)
-    sessions = {"ours_fp32": _ours(src, threads), "ours_int8": _ours(dst, threads),
-                "ort_fp32": _ort(src, threads), "ort_int8": _ort(dst, threads)}
+    sessions = {"ours_fp32": _ours(src, threads), "ort_fp32": _ort(src, threads)}
+    for variant, _, dst, _ in variants:
+        sessions[f"ours_{variant}"] = _ours(dst, threads)
+        sessions[f"ort_{variant}"] = _ort(dst, threads)
     outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
     lat = time_rounds({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
-    size_f, size_q = os.path.getsize(src), os.path.getsize(dst)
-    return {"model": name, "quantization": kind, "quantize_s": round(q_s, 1),
-            "size_fp32_mb": round(size_f / 1e6, 2), "size_int8_mb": round(size_q / 1e6, 2),
-            "size_ratio": round(size_q / size_f, 3),
-            "cosine_ours_int8_vs_fp32": cosine(outs["ours_int8"], outs["ours_fp32"]),
-            "cosine_ort_int8_vs_fp32": cosine(outs["ort_int8"], outs["ort_fp32"]),
-            "max_abs_ours_int8_vs_ort_int8": float(np.max(np.abs(outs["ours_int8"] - outs["ort_int8"]))),
-            "latency_ms": {k: round(v, 2) for k, v in lat.items()},
-            "ours_int8_over_fp32": round(lat["ours_int8"] / lat["ours_fp32"], 3),
-            "ort_int8_over_fp32": round(lat["ort_int8"] / lat["ort_fp32"], 3),
-            "repeat": repeat, "load_avg_1m_after": round(os.getloadavg()[0], 2)}
+    load = round(os.getloadavg()[0], 2)
+    size_f = os.path.getsize(src)
+    rows = []
+    for variant, desc, dst, q_s in variants:
+        size_q = os.path.getsize(dst)
+        o, r = f"ours_{variant}", f"ort_{variant}"
+        rows.append({"model": name, "variant": variant, "quantization": desc, "quantize_s": round(q_s, 1),
+                     "size_fp32_mb": round(size_f / 1e6, 2), "size_int8_mb": round(size_q / 1e6, 2),
+                     "size_ratio": round(size_q / size_f, 3),
+                     "cosine_ours_int8_vs_fp32": cosine(outs[o], outs["ours_fp32"]),
+                     "cosine_ort_int8_vs_fp32": cosine(outs[r], outs["ort_fp32"]),
+                     "max_abs_ours_int8_vs_ort_int8": float(np.max(np.abs(outs[o] - outs[r]))),
+                     "max_abs_fp32": float(np.max(np.abs(outs["ort_fp32"]))),
+                     "latency_ms": {"ours_fp32": round(lat["ours_fp32"], 2), "ours_int8": round(lat[o], 2),
+                                    "ort_fp32": round(lat["ort_fp32"], 2), "ort_int8": round(lat[r], 2)},
+                     "ours_int8_over_fp32": round(lat[o] / lat["ours_fp32"], 3),
+                     "ort_int8_over_fp32": round(lat[r] / lat["ort_fp32"], 3),
+                     "repeat": repeat, "load_avg_1m_after": load})
+    return rows
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -132,7 +150,7 @@ def markdown(rows: list[dict], info: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat = r["latency_ms"]
-        lines.append(f"| {r['model']} | {r['quantization']} | {r['size_fp32_mb']} | {r['size_int8_mb']} | "
+        lines.append(f"| {r['model']} ({r['variant']}) | {r['quantization']} | {r['size_fp32_mb']} | {r['size_int8_mb']} | "
                      f"{r['size_ratio']} | {r['cosine_ours_int8_vs_fp32']:.5f} | {r['cosine_ort_int8_vs_fp32']:.5f} | "
                      f"{lat['ours_fp32']} | {lat['ours_int8']} | {r['ours_int8_over_fp32']} | {lat['ort_fp32']} | "
                      f"{lat['ort_int8']} | {r['ort_int8_over_fp32']} |")
@@ -153,9 +171,9 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:
-            row = bench(name, args.threads, args.repeat, args.calib_batches, Path(work))
-            print(json.dumps(row))
-            rows.append(row)
+            for row in bench(name, args.threads, args.repeat, args.calib_batches, Path(work)):
+                print(json.dumps(row))
+                rows.append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"quantization_{DATE}_{machine_tag()}"

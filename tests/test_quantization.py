@@ -190,3 +190,22 @@ def test_bad_arguments_are_typed_errors(float_models, tmp_path):
             return [1, 2]
     with pytest.raises(InvalidArgument, match="dict"):
         quantize_static(float_models["mlp"], tmp_path / "o.onnx", NotADict())
+
+
+@pytest.mark.parametrize("fmt", [QuantFormat.QDQ, QuantFormat.QOperator])
+def test_gemm_alpha_beta(tmp_path, fmt):
+    """QGemm scales (acc + C) by alpha: the int32 bias must carry beta / alpha."""
+    from onnx import helper, numpy_helper
+    rng = np.random.default_rng(0)
+    w, c = rng.standard_normal((6, 16)).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W", "C"], ["y"], alpha=0.5, beta=2.0, transB=1)], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 6])],
+                          [numpy_helper.from_array(w, "W"), numpy_helper.from_array(c, "C")])
+    src, out = tmp_path / "g.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    quantize_static(src, out, ListReader([{"x": x}]), quant_format=fmt)
+    y, ref = ours(out, {"x": x}), 0.5 * x @ w.T + 2 * c
+    assert np.max(np.abs(y - ref)) < 0.02 * np.max(np.abs(ref))
+    np.testing.assert_allclose(y, theirs(out, {"x": x}), rtol=0, atol=1e-5)

@@ -88,13 +88,16 @@ class _QOperatorWriter:
             bias = []
             if len(node.input) > 2 and node.input[2]:
                 b = self.idx.constant(node.input[2])
-                if b is None or b.size not in (w_scale.size, 1, b.shape[-1]) or (op == "Conv" and b.ndim != 1):
-                    return False
-                if op == "Gemm" and b.size not in (1, int(self.idx.constant(node.input[1]).shape[weight_axis(node)])):
+                n_out = int(self.idx.constant(node.input[1]).shape[weight_axis(node)])
+                # Conv: one bias per output channel; Gemm: a scalar or one per column (an (M, N)
+                # C cannot become QGemm's per-column int32 bias).
+                if b is None or b.size not in ((n_out,) if op == "Conv" else (1, n_out)) \
+                        or (b.ndim == 2 and b.shape[0] != 1):
                     return False
                 beta = next((a.f for a in attrs if a.name == "beta"), 1.0)
-                n_out = int(self.idx.constant(node.input[1]).shape[weight_axis(node)])
-                bq, _ = quantize_bias(np.broadcast_to(b.reshape(-1) * np.float32(beta), (n_out,)),
+                alpha = next((a.f for a in attrs if a.name == "alpha"), 1.0) if op == "Gemm" else 1.0
+                # QGemm scales (acc + C) by alpha: C carries beta / alpha.
+                bq, _ = quantize_bias(np.broadcast_to(b.reshape(-1) * np.float32(beta / alpha), (n_out,)),
                                       self.plan.params[node.input[0]].scale, w_scale)
                 bias = [self.idx.add_initializer(node.input[2].replace(":", "_") + "_quantized", bq)]
             yq, ys, yz = self.q_output(out)
