@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ep_core
-from ep_cpu.kernels.quantize import EXACT_F32, exact_int_matmul, exact_k_blocks
+from ep_cpu.kernels.quantize import EXACT_F32, _conv_channel_blocks, exact_int_matmul, exact_k_blocks
 
 
 def _session(nodes, inputs, outputs, inits, ms=False):
@@ -56,6 +56,7 @@ def test_dynamic_quantize_matmul_constant_weight_exact():
     q = np.clip(np.rint(a / scale) + zp, 0, 255) - zp
     acc = q.astype(np.int64) @ b.astype(np.int64)
     want = (acc * np.float64(np.float32(scale) * b_scale)).astype(np.float32)
+    assert len(np.unique(want)) > 8 and (want < 255).mean() > 0.9   # spread, hardly saturated
     np.testing.assert_array_equal(y, want)
 
 
@@ -91,3 +92,51 @@ def test_dynamic_quantize_matmul_constant_path_equals_general_path(shape):
     general = _session([node], [a_in, helper.make_tensor_value_info("B", TensorProto.INT8, [k, n])], [y_out],
                        {key: v for key, v in consts.items() if key != "B"}, ms=True).run(None, {"A": a, "B": b})[0]
     np.testing.assert_array_equal(fast, general)
+
+
+def _conv_int64(x, w, pad, group=1):
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = h + 2 * pad - kh + 1, wd + 2 * pad - kw + 1
+    y = np.zeros((n, m, oh, ow), np.int64)
+    mg = m // group
+    for o in range(m):
+        g = o // mg
+        for i in range(oh):
+            for j in range(ow):
+                y[:, o, i, j] = (xp[:, g * cg:(g + 1) * cg, i:i + kh, j:j + kw] * w[o]).sum(axis=(1, 2, 3))
+    return y
+
+
+@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("constant_w", [True, False])
+def test_qlinear_conv_float32_blocks_exact(group, constant_w):
+    """Worst-case uint8 x int8 values and 600 input channels: the float32 conv needs several
+    channel blocks (group 1) or falls back to float64 (group 2); both equal the int64 reference."""
+    rng = np.random.default_rng(4)
+    c, m = 600, 4
+    x = np.where(rng.random((1, c, 4, 4)) < 0.9, 255, 0).astype(np.uint8)
+    w = np.where(rng.random((m, c // group, 3, 3)) < 0.9, 127, -127).astype(np.int8)
+    bias = rng.integers(-1000, 1000, m).astype(np.int32)
+    xs, ws, ys = np.float32(0.02), np.full(m, 0.001, np.float32), np.float32(40.0)
+    xz, wz, yz = np.uint8(0), np.zeros(m, np.int8), np.uint8(128)
+    acc = _conv_int64(x.astype(np.int64), w.astype(np.int64), 1, group) + bias.reshape(1, -1, 1, 1)
+    assert np.abs(acc).max() > EXACT_F32
+    blocks = _conv_channel_blocks(w.astype(np.float32), group)
+    assert (blocks is None) if group == 2 else len(blocks) > 1
+    mult = (np.float64(xs) * ws.astype(np.float64) / np.float64(ys)).astype(np.float32).astype(np.float64)
+    want = np.clip(np.rint(acc * mult.reshape(1, -1, 1, 1)) + 128, 0, 255).astype(np.uint8)
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"],
+                            pads=[1, 1, 1, 1], group=group)
+    consts = {"xs": xs, "xz": xz, "ws": ws, "wz": wz, "ys": ys, "yz": yz, "b": bias}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))]
+    feeds = {"x": x}
+    if constant_w:
+        consts["w"] = w
+    else:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.INT8, list(w.shape)))
+        feeds["w"] = w
+    y = _session([node], inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], consts).run(None, feeds)[0]
+    assert len(np.unique(want)) > 8 and (want < 255).mean() > 0.9   # spread, hardly saturated
+    np.testing.assert_array_equal(y, want)

@@ -264,21 +264,62 @@ class QLinearMatMul(Kernel):
         return quantize(v, zp.reshape(()) if zp.size == 1 else zp, y_zero_point.dtype)
 
 
+def _conv_weight_shifted(w: np.ndarray, w_zero_point) -> np.ndarray:
+    wz = np.asarray(w_zero_point).astype(np.float32)
+    return w.astype(np.float32) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
+
+
+def _conv_channel_blocks(wf: np.ndarray, group: int) -> list[tuple[int, int]] | None:
+    """Input-channel ranges over which the float32 conv of 8-bit values stays exact (|x - xz| <= 255),
+    from each output channel's sum of |w|; None when a grouped conv would need splitting (float64)."""
+    per_channel = np.abs(wf).reshape(wf.shape[0], wf.shape[1], -1).sum(axis=2)   # (M, C/group)
+    if group > 1:
+        return [(0, wf.shape[1])] if 255.0 * per_channel.sum(axis=1).max(initial=0) < EXACT_F32 else None
+    return exact_k_blocks(per_channel.T, 255.0)
+
+
 @kernel("QLinearConv")
 class QLinearConv(Kernel):
+    """The accumulator runs through the float conv paths (im2col + GEMM) in float32, exact: input
+    channels are split into blocks whose worst-case partial sums (255 x the output channel's sum of
+    |w - wz|) stay below 2**24, blocks summed in float64. Constant weights are shifted and their
+    blocks found once."""
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.conv = ConvAttributes.from_node(node)
+        w, wz = ctx.constant_input(3), ctx.constant_input(5)
+        self.wf = self.blocks = None
+        if w is not None and wz is not None and w.dtype.itemsize == 1:
+            self.wf = _conv_weight_shifted(w, wz)
+            self.blocks = _conv_channel_blocks(self.wf, self.conv.group)
+
+    def _accumulate(self, x, x_zero_point, w, w_zero_point, b, geometry) -> np.ndarray:
+        strides, dil, begin, end, out = geometry
+        group = self.conv.group
+        if x.dtype.itemsize == 1 and w.dtype.itemsize == 1:
+            wf, blocks = self.wf, self.blocks
+            if wf is None or wf.shape != w.shape:
+                wf = _conv_weight_shifted(w, w_zero_point)
+                blocks = _conv_channel_blocks(wf, group)
+            if blocks is not None:
+                xf = x.astype(np.float32) - np.float32(np.asarray(x_zero_point).reshape(-1)[0])
+                acc = None
+                for c0, c1 in blocks:
+                    part = conv_nd(xf[:, c0:c1] if len(blocks) > 1 else xf, wf[:, c0:c1] if len(blocks) > 1 else wf,
+                                   group, strides, dil, begin, end, out)
+                    acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
+                if b is not None:
+                    acc += b.astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+                return acc
+        xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
+        wf = _conv_weight_shifted(w, w_zero_point).astype(np.float64)
+        return conv_nd(xf, wf, group, strides, dil, begin, end, out, None if b is None else b.astype(np.float64))
 
     def compute(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
         nd = x.ndim - 2
-        xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
-        wz = np.asarray(w_zero_point).astype(np.float64)
-        wf = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1
-                                     else wz.reshape(()))
         _, strides, dil, begin, end, out = self.conv.geometry(x.shape[2:], w.shape)
-        acc = conv_nd(xf, wf, self.conv.group, strides, dil, begin, end, out,
-                      None if b is None else b.astype(np.float64))
+        acc = self._accumulate(x, x_zero_point, w, w_zero_point, b, (strides, dil, begin, end, out))
         ws = np.asarray(w_scale).astype(np.float64)
         ws = ws.reshape(()) if ws.size == 1 else ws.reshape((1, -1) + (1,) * nd)
         mult = (np.float64(np.asarray(x_scale).reshape(-1)[0]) * ws
