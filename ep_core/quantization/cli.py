@@ -90,9 +90,12 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
 
 
 def run(args: argparse.Namespace, stream=None) -> int:
+    """The subcommand: the report goes to `stream` (stdout), the progress bar to stderr unless a
+    stream is given (then both go there)."""
     from .api import quantize_dynamic, quantize_static
     from .matmul_nbits import MatMul4BitsQuantizer
     from .report import layer_errors, model_size
+    progress_stream = stream or sys.stderr
     stream = stream or sys.stdout
     model_path, out = Path(args.model), Path(args.out)
     if not model_path.is_file():
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace, stream=None) -> int:
     elif args.static:
         reader = DirectoryDataReader(args.static, names)
         sample = reader.load(reader.files[0])
-        update, close = _progress_bar(len(reader), stream)
+        update, close = _progress_bar(len(reader), progress_stream)
         try:
             quantize_static(model, out, reader, quant_format=QuantFormat.from_string(args.format),
                             per_channel=args.per_channel, activation_type=QuantType.from_string(args.activation_type),
