@@ -15,13 +15,13 @@ import numpy as np
 
 from ep_core.errors import InvalidArgument
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm
+from ep_cpu.gemm import gemm, pack_constant
 from ep_cpu.registry import kernel
 
 from .contrib_common import MS, required
 from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
-                       _int_matmul, _shifted, dynamic_quantize_uint8, exact_int_matmul,
+                       _int_matmul, _shifted, dynamic_quantize_uint8,
                        exact_k_blocks, quantize)
 from .rnn import LSTM
 
@@ -60,6 +60,9 @@ class DynamicQuantizeMatMul(Kernel):
         if consts[0] is not None and consts[0].ndim == 2 and consts[1] is not None and (consts[2] is not None or not has_zp):
             self.b32 = np.ascontiguousarray(_shifted(consts[0], _per_column(consts[2]), False), np.float32)
             self.blocks = exact_k_blocks(self.b32, 255.0)   # |q - za| <= 255 for any uint8 A
+            # Each K-block of B packed as a constant float32 B: the FP32 MatMul's compiled path.
+            self.b_parts = [pack_constant(np.ascontiguousarray(self.b32[k0:k1])) or self.b32[k0:k1]
+                            for k0, k1 in self.blocks]
             self.b_scale = _per_column(consts[1]).astype(np.float32)
 
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):
@@ -68,7 +71,10 @@ class DynamicQuantizeMatMul(Kernel):
             acc = _int_matmul(_shifted(qa, a_zp, False), _shifted(b, _per_column(b_zero_point), False))
             return _scaled(acc, a_scale, b_scale, bias)
         qa, a_scale, a_zp = _dynamic_quantize_shifted(a)
-        acc = exact_int_matmul(qa, self.b32, blocks=self.blocks)
+        acc = None
+        for (k0, k1), part_b in zip(self.blocks, self.b_parts):
+            part = gemm(qa if len(self.blocks) == 1 else qa[..., k0:k1], part_b)
+            acc = part if acc is None else (acc.astype(np.float64) if acc.dtype == np.float32 else acc) + part
         mult = np.float32(a_scale) * self.b_scale
         if acc.dtype == np.float32:   # exact integers times a float32: one rounding, as in float64
             y = np.multiply(acc, mult, out=acc)
