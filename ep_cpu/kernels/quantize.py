@@ -8,13 +8,16 @@ maxima); blocks are added in float64. Results are requantized with round-half-to
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes, int_attr, invalid
 from ep_core.types import np_dtype
-from ep_cpu.gemm import gemm
-from ep_cpu.kernels.conv import conv_nd
+from ep_cpu import conv_implicit
+from ep_cpu.gemm import _get_pool, gemm, get_num_threads
+from ep_cpu.kernels.conv import IMPLICIT_MIN_MACS, conv_nd
 from ep_cpu.registry import kernel
 
 try:
@@ -67,10 +70,14 @@ def quantize(v: np.ndarray, zp: np.ndarray | None, out_dt: np.dtype, saturate: b
     """v = x / scale (float); add the zero point, round half-to-even and saturate into out_dt."""
     rng = _int_range(out_dt)
     if rng is not None:
-        r = np.rint(v.astype(np.float64))
+        r = np.rint(v.astype(np.float64, copy=False))   # a new array: the steps below work in place
         if zp is not None:
-            r = r + _to_float(zp, np.float64)
-        return np.clip(r, rng[0], rng[1]).astype(out_dt)
+            z = _to_float(zp, np.float64)
+            if z.shape == () or np.broadcast_shapes(r.shape, z.shape) == r.shape:
+                r += z
+            else:
+                r = r + z
+        return np.clip(r, rng[0], rng[1], out=r).astype(out_dt)
     # float8 / float4 / float6 targets: zero point added in float, then a rounding cast.
     f = v.astype(np.float32)
     if zp is not None:
@@ -289,10 +296,16 @@ class QLinearConv(Kernel):
         super().__init__(node, ctx)
         self.conv = ConvAttributes.from_node(node)
         w, wz = ctx.constant_input(3), ctx.constant_input(5)
-        self.wf = self.blocks = None
+        self.wf = self.blocks = self.implicit = None
         if w is not None and wz is not None and w.dtype.itemsize == 1:
             self.wf = _conv_weight_shifted(w, wz)
             self.blocks = _conv_channel_blocks(self.wf, self.conv.group)
+            # 2-D ungrouped: each channel block's weight packed for the compiled implicit-GEMM
+            # conv that FP32 Conv uses (exact here: every partial sum is a bounded integer).
+            if (self.blocks is not None and self.conv.group == 1 and w.ndim == 4
+                    and conv_implicit.available()):
+                self.implicit = [conv_implicit.pack_weight(np.ascontiguousarray(self.wf[:, c0:c1]))
+                                 for c0, c1 in self.blocks]
 
     def _accumulate(self, x, x_zero_point, w, w_zero_point, b, geometry) -> np.ndarray:
         strides, dil, begin, end, out = geometry
@@ -304,17 +317,39 @@ class QLinearConv(Kernel):
                 blocks = _conv_channel_blocks(wf, group)
             if blocks is not None:
                 xf = x.astype(np.float32) - np.float32(np.asarray(x_zero_point).reshape(-1)[0])
+                if self._implicit_ok(x, w, geometry):
+                    return self._implicit_acc(xf, w.shape[0], b, geometry)
                 acc = None
                 for c0, c1 in blocks:
                     part = conv_nd(xf[:, c0:c1] if len(blocks) > 1 else xf, wf[:, c0:c1] if len(blocks) > 1 else wf,
                                    group, strides, dil, begin, end, out)
                     acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
                 if b is not None:
-                    acc += b.astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2))
+                    acc = np.add(acc, b.astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2)),
+                                 dtype=np.float64)
                 return acc
         xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
         wf = _conv_weight_shifted(w, w_zero_point).astype(np.float64)
         return conv_nd(xf, wf, group, strides, dil, begin, end, out, None if b is None else b.astype(np.float64))
+
+    def _implicit_ok(self, x, w, geometry) -> bool:
+        out = geometry[4]
+        macs = x.shape[0] * w.shape[0] * math.prod(w.shape[1:]) * math.prod(out)
+        return (self.implicit is not None and w.shape == self.wf.shape and x.ndim == 4 and min(out) > 0
+                and macs >= IMPLICIT_MIN_MACS)
+
+    def _implicit_acc(self, xf, m, b, geometry) -> np.ndarray:
+        strides, dil, begin, end, out = geometry
+        ks = list(self.wf.shape[2:])
+        acc = None
+        for (c0, c1), packed in zip(self.blocks, self.implicit):
+            xb = xf if len(self.blocks) == 1 else np.ascontiguousarray(xf[:, c0:c1])
+            part = conv_implicit.conv2d(xb, packed, m, ks, strides, dil, begin, end, out, None, None, None,
+                                        get_num_threads(), _get_pool)
+            acc = part if acc is None else np.add(acc, part, dtype=np.float64)
+        if b is not None:   # float64: a float32 sum with the int32 bias could round
+            acc = np.add(acc, b.astype(np.float64).reshape(1, -1, 1, 1), dtype=np.float64)
+        return acc
 
     def compute(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
         nd = x.ndim - 2
@@ -324,6 +359,7 @@ class QLinearConv(Kernel):
         ws = ws.reshape(()) if ws.size == 1 else ws.reshape((1, -1) + (1,) * nd)
         mult = (np.float64(np.asarray(x_scale).reshape(-1)[0]) * ws
                 / np.float64(np.asarray(y_scale).reshape(-1)[0]))
-        # The combined multiplier is a float32 value, as in onnxruntime's requantization.
-        return quantize(acc * mult.astype(np.float32).astype(np.float64),
+        # The combined multiplier is a float32 value, as in onnxruntime's requantization; the
+        # product is taken in float64 (acc may be float32 holding exact integers).
+        return quantize(np.multiply(acc, mult.astype(np.float32).astype(np.float64), dtype=np.float64),
                         np.asarray(y_zero_point).reshape(()), y_zero_point.dtype)
