@@ -157,7 +157,7 @@ def markdown(rows: list[dict], info: dict) -> str:
                      f"{lat['ours_fp32']} | {lat['ours_int8']} | {r['ours_int8_over_fp32']} | {lat['ort_fp32']} | "
                      f"{lat['ort_int8']} | {r['ort_int8_over_fp32']} |")
     lines += ["", "The 1-minute load average after each model is in the JSON: the machine is shared, so "
-              "absolute figures are noisy; the four sessions of a model were timed in the same rounds."]
+              "absolute figures are noisy; all sessions of a model were timed in the same rounds."]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,6 @@ checked on worst-case values where one float32 GEMM over all of K would round.""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
