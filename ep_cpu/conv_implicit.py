@@ -145,6 +145,10 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
         if workers <= 1:
             conv_in_place(*args, 0, tiles, 0, row_panels)
             continue
+        if mk.parallel_ok():
+            mk.set_threads(workers)
+            mk.conv_in_place_parallel(*args, tiles, row_panels, workers, by_columns)
+            continue
         if by_columns:
             parts = [(j0, j1, 0, row_panels) for j0, j1 in _ranges(tiles, workers)]
         else:

@@ -56,6 +56,10 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     if workers <= 1:
         gemm_panels(*args, 0, row_panels, 0, col_panels)
         return y
+    if mk.parallel_ok():
+        mk.set_threads(workers)
+        mk.gemm_panels_parallel(*args, row_panels, col_panels, workers, by_columns)
+        return y
     if by_columns:
         parts = [(0, row_panels, j0, j1) for j0, j1 in _ranges(col_panels, workers)]
     else:

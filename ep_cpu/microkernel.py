@@ -21,6 +21,9 @@ LLVM from vectorizing copies (measured 0.9 -> 0.1-0.3 ns a value for panel packi
 from __future__ import annotations
 
 
+import os
+import threading
+
 import numpy as np
 
 try:
@@ -39,6 +42,8 @@ PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 cor
 BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
 
 _state = {"checked": False, "available": False}
+_parallel_state: dict = {"checked": False, "ok": False}
+_parallel_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -54,6 +59,35 @@ def available() -> bool:
         _state["available"] = ok
         _state["checked"] = True
     return _state["available"]
+
+
+def parallel_ok() -> bool:
+    """Whether the compiled drivers may run their parts on numba's own threads: only with the
+    TBB threading layer (thread-safe under concurrent sessions and fork-safe; its workers wake
+    in ~2 us where a hand-off to a Python pool thread took ~55 us here). A user's explicit
+    NUMBA_THREADING_LAYER is respected; without TBB the callers use `ep_cpu.gemm`'s pool."""
+    if _parallel_state["checked"]:
+        return _parallel_state["ok"]
+    with _parallel_lock:
+        if not _parallel_state["checked"]:
+            ok = False
+            if numba is not None and available():
+                before = numba.config.THREADING_LAYER
+                if before == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
+                    numba.config.THREADING_LAYER = "tbb"
+                try:
+                    _parallel_probe(np.zeros(2))
+                    ok = numba.threading_layer() == "tbb"
+                except Exception:   # noqa: BLE001 - TBB missing or not loadable: our pool
+                    numba.config.THREADING_LAYER = before
+            _parallel_state["ok"] = ok
+            _parallel_state["checked"] = True
+    return _parallel_state["ok"]
+
+
+def set_threads(n: int) -> None:
+    """The calling thread's numba thread count for the next parallel driver."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def choose_mr(rows: int) -> int:
@@ -422,3 +456,36 @@ if numba is not None:
                 src = u64(oy * wq)
                 for ox in range(ow):
                     yr[u64(ox)] = wide[src + u64(ox)]
+
+    @numba.njit(parallel=True)
+    def _parallel_probe(a):  # pragma: no cover - compiled
+        for i in numba.prange(a.shape[0]):
+            a[i] += 1.0
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def conv_in_place_parallel(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
+                               tiles, row_panels, parts, by_columns):  # pragma: no cover
+        # conv_in_place over `parts` ranges of column tiles (or of row panels) on numba's threads
+        for p in numba.prange(parts):
+            if by_columns:
+                step = (tiles + parts - 1) // parts
+                conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
+                              p * step, min(tiles, (p + 1) * step), 0, row_panels)
+            else:
+                step = (row_panels + parts - 1) // parts
+                conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
+                              0, tiles, p * step, min(row_panels, (p + 1) * step))
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def gemm_panels_parallel(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
+                             row_panels, col_panels, parts, by_columns):  # pragma: no cover
+        # gemm_panels over `parts` ranges of column panels (or of row panels) on numba's threads
+        for p in numba.prange(parts):
+            if by_columns:
+                step = (col_panels + parts - 1) // parts
+                gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, 0,
+                            row_panels, p * step, min(col_panels, (p + 1) * step))
+            else:
+                step = (row_panels + parts - 1) // parts
+                gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
+                            p * step, min(row_panels, (p + 1) * step), 0, col_panels)

@@ -74,6 +74,16 @@ def _build(nodes, inputs, inits, out):
     return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+
+def _threads_via(monkeypatch, split: str) -> str:
+    """"*_pool": the parts go to ep_cpu.gemm's Python pool instead of numba's TBB threads."""
+    if split.endswith("_pool"):
+        monkeypatch.setattr(microkernel, "parallel_ok", lambda: False)
+        return split[:-len("_pool")]
+    if split != "one_thread" and not microkernel.parallel_ok():
+        pytest.skip("numba's TBB threading layer is not loadable here (the pool variant runs)")
+    return split
+
 @pytest.fixture
 def implicit_calls(monkeypatch):
     """Counts the compiled convolutions run; every eligible conv takes the path."""
@@ -90,10 +100,11 @@ def implicit_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("split", ["one_thread", "columns", "rows"])
+@pytest.mark.parametrize("split", ["one_thread", "columns", "rows", "columns_pool", "rows_pool"])
 @pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "silu", "residual_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split):
+    split = _threads_via(monkeypatch, split)
     if split == "columns":     # every panel its own hand-off: the column split runs
         monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
     elif split == "rows":      # the row-panel split (maps with few positions)
