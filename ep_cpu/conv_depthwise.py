@@ -187,9 +187,13 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
     y = np.empty((n, c, oh, ow), dtype=np.float32)
     threads = max(1, min(threads, n * c * oh * ow * kh * kw // PAR_MIN_MACS, c))
     for i in range(n):
-        _run_blocks(microkernel.depthwise_planes, c, threads,
-                    (xc[i], w2, offs, b, np.float32(lo), np.float32(hi), y[i], sh, sw,
-                     int(begin[0]), int(begin[1]), hq, wq), (), pool)
+        args = (xc[i], w2, offs, b, np.float32(lo), np.float32(hi), y[i], sh, sw, int(begin[0]),
+                int(begin[1]), hq, wq)
+        if threads > 1 and microkernel.parallel_ok():
+            microkernel.set_threads(threads)
+            microkernel.depthwise_planes_parallel(*args, threads)
+        else:
+            _run_blocks(microkernel.depthwise_planes, c, threads, args, (), pool)
     return y
 
 

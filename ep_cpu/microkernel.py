@@ -489,3 +489,13 @@ if numba is not None:
                 step = (row_panels + parts - 1) // parts
                 gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
                             p * step, min(row_panels, (p + 1) * step), 0, col_panels)
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,
+                                  parts):  # pragma: no cover - compiled
+        # depthwise_planes over `parts` ranges of channels on numba's threads
+        c = x.shape[0]
+        step = (c + parts - 1) // parts
+        for p in numba.prange(parts):
+            depthwise_planes(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq, p * step,
+                             min(c, (p + 1) * step))

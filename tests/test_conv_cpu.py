@@ -45,16 +45,19 @@ def _conv_model(in_shape, m, ks, strides, pads, dil, fused_relu: bool):
     return model.SerializeToString(), {"x": rng.standard_normal(in_shape).astype(np.float32)}
 
 
-@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc", "tiles"],
+@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc", "tiles", "tiles_pool"],
                          ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc",
-                              "compiled_tiles"])
+                              "compiled_tiles", "compiled_tiles_python_pool"])
 @pytest.mark.parametrize("fused_relu", [False, True], ids=["plain", "fused_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_row_max):
     if isinstance(layout_row_max, str):  # the compiled kernels (numba), forced to one layout
         pytest.importorskip("numba")
-        if layout_row_max == "tiles" and not microkernel.available():
+        if layout_row_max.startswith("tiles") and not microkernel.available():
             pytest.skip("the vector-tile depthwise kernel needs an AVX-512 CPU")
+        if layout_row_max == "tiles_pool":   # threads through ep_cpu.gemm's pool, not TBB
+            monkeypatch.setattr(microkernel, "parallel_ok", lambda: False)
+            layout_row_max = "tiles"
         planes_min = 0 if layout_row_max == "planes" else 1 << 30
         monkeypatch.setattr(conv_depthwise, "TILES_MIN_POSITIONS", 0 if layout_row_max == "tiles" else 1 << 30)
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDE1", planes_min)
