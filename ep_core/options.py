@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import enum
+import json
+import os
 from typing import Any
+
+from .errors import InvalidArgument, NoSuchFile
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -71,8 +75,7 @@ class SessionOptions(_Fields):
     def from_config(cls, path_or_config: Any) -> "SessionOptions":
         """Session options from a tuner configuration (a JSON file `ep_core.tune` wrote, or its
         dict). The configuration's providers are not session options: run all of it with
-        `ep_core.InferenceSession(model, **load_config(path))` (`from ep_core.tune_config import load_config`)."""
-        from .tune_config import load_config
+        `ep_core.InferenceSession(model, **load_config(path))` (`from ep_core.options import load_config`)."""
         return load_config(path_or_config, cls)["sess_options"]
 
 
@@ -96,3 +99,73 @@ class RunOptions(_Fields):
 
     def get_run_config_entry(self, key: str) -> str:
         return self._config[key]
+
+
+# ----------------------------------------------------------------- tuner configurations
+
+def _enum(kind: type, name: str, value: Any):
+    if isinstance(value, str):
+        try:
+            return kind[value]
+        except KeyError:
+            raise InvalidArgument(f"config session option {name}={value!r}: expected one of "
+                                  f"{[m.name for m in kind]}") from None
+    try:
+        return kind(int(value))
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"config session option {name}={value!r}: expected one of "
+                              f"{[m.name for m in kind]}") from None
+
+
+def options_from_dict(values: dict, cls: type | None = None) -> SessionOptions:
+    """A `cls` (SessionOptions or a subclass) with `values` applied (enum fields by name or
+    number); unknown names and wrong types are InvalidArgument."""
+    opts = (cls or SessionOptions)()
+    for k, v in values.items():
+        if k.startswith("_") or not hasattr(opts, k):
+            known = sorted(n for n in vars(opts) if not n.startswith("_"))
+            raise InvalidArgument(f"config session option {k!r} is not a SessionOptions field; known: {known}")
+        if k == "execution_mode":
+            v = _enum(ExecutionMode, k, v)
+        elif k == "graph_optimization_level":
+            v = _enum(GraphOptimizationLevel, k, v)
+        elif isinstance(getattr(opts, k), bool) != isinstance(v, bool) or \
+                (isinstance(getattr(opts, k), int) and not isinstance(v, int)):
+            raise InvalidArgument(f"config session option {k}={v!r}: expected "
+                                  f"{type(getattr(opts, k)).__name__}")
+        setattr(opts, k, v)
+    return opts
+
+
+def _read_config(path_or_config: Any) -> dict:
+    if isinstance(path_or_config, dict):
+        cfg = path_or_config
+    elif not isinstance(path_or_config, (str, os.PathLike)):
+        cfg = None
+    else:
+        try:
+            with open(path_or_config) as f:
+                cfg = json.load(f)
+        except FileNotFoundError:
+            raise NoSuchFile(f"tuner config not found: {path_or_config}") from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise InvalidArgument(f"tuner config {path_or_config}: not readable JSON ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("session_options", {}), dict):
+        raise InvalidArgument(f"tuner config {path_or_config!r}: expected an object with "
+                              f"'session_options', 'providers', 'provider_options'")
+    return cfg
+
+
+def load_config(path_or_config: Any, options_class: type | None = None) -> dict:
+    """`{"sess_options", "providers", "provider_options"}` from a tuner config (path or dict):
+    `ep_core.InferenceSession(model, **load_config(path))` runs the tuned configuration."""
+    cfg = _read_config(path_or_config)
+    providers = cfg.get("providers")
+    provider_options = cfg.get("provider_options")
+    if providers is not None and not isinstance(providers, (str, list)):
+        raise InvalidArgument(f"tuner config providers={providers!r}: expected a list of names")
+    if provider_options is not None and (not isinstance(providers, list) or
+                                         len(provider_options) != len(providers)):
+        raise InvalidArgument("tuner config provider_options must be a list with one dict per provider")
+    return {"sess_options": options_from_dict(cfg.get("session_options", {}), options_class),
+            "providers": providers, "provider_options": provider_options}

@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import InvalidArgument, NoSuchFile
-from .options import ExecutionMode, GraphOptimizationLevel, SessionOptions
+from .options import (ExecutionMode, GraphOptimizationLevel, SessionOptions,  # noqa: F401 - re-exported
+                      load_config, options_from_dict)
 
 CONFIG_FORMAT = "ep_core-tune-config/1"
 
@@ -134,74 +134,6 @@ def _json_session_options(values: dict) -> dict:
             v = v.name
         out[k] = v
     return out
-
-
-def _enum(kind: type, name: str, value: Any):
-    if isinstance(value, str):
-        try:
-            return kind[value]
-        except KeyError:
-            raise InvalidArgument(f"config session option {name}={value!r}: expected one of "
-                                  f"{[m.name for m in kind]}") from None
-    try:
-        return kind(int(value))
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"config session option {name}={value!r}: expected one of "
-                              f"{[m.name for m in kind]}") from None
-
-
-def options_from_dict(values: dict, cls: type = SessionOptions) -> SessionOptions:
-    """A `cls` (SessionOptions or a subclass) with `values` applied (enum fields by name or
-    number); unknown names and wrong types are InvalidArgument."""
-    opts = cls()
-    for k, v in values.items():
-        if k.startswith("_") or not hasattr(opts, k):
-            known = sorted(n for n in vars(opts) if not n.startswith("_"))
-            raise InvalidArgument(f"config session option {k!r} is not a SessionOptions field; known: {known}")
-        if k == "execution_mode":
-            v = _enum(ExecutionMode, k, v)
-        elif k == "graph_optimization_level":
-            v = _enum(GraphOptimizationLevel, k, v)
-        elif isinstance(getattr(opts, k), bool) != isinstance(v, bool) or \
-                (isinstance(getattr(opts, k), int) and not isinstance(v, int)):
-            raise InvalidArgument(f"config session option {k}={v!r}: expected "
-                                  f"{type(getattr(opts, k)).__name__}")
-        setattr(opts, k, v)
-    return opts
-
-
-def _read_config(path_or_config: Any) -> dict:
-    if isinstance(path_or_config, dict):
-        cfg = path_or_config
-    elif not isinstance(path_or_config, (str, os.PathLike)):
-        cfg = None
-    else:
-        try:
-            with open(path_or_config) as f:
-                cfg = json.load(f)
-        except FileNotFoundError:
-            raise NoSuchFile(f"tuner config not found: {path_or_config}") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise InvalidArgument(f"tuner config {path_or_config}: not readable JSON ({e})") from None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("session_options", {}), dict):
-        raise InvalidArgument(f"tuner config {path_or_config!r}: expected an object with "
-                              f"'session_options', 'providers', 'provider_options'")
-    return cfg
-
-
-def load_config(path_or_config: Any, options_class: type = SessionOptions) -> dict:
-    """`{"sess_options", "providers", "provider_options"}` from a tuner config (path or dict):
-    `ep_core.InferenceSession(model, **load_config(path))` runs the tuned configuration."""
-    cfg = _read_config(path_or_config)
-    providers = cfg.get("providers")
-    provider_options = cfg.get("provider_options")
-    if providers is not None and not isinstance(providers, (str, list)):
-        raise InvalidArgument(f"tuner config providers={providers!r}: expected a list of names")
-    if provider_options is not None and (not isinstance(providers, list) or
-                                         len(provider_options) != len(providers)):
-        raise InvalidArgument("tuner config provider_options must be a list with one dict per provider")
-    return {"sess_options": options_from_dict(cfg.get("session_options", {}), options_class),
-            "providers": providers, "provider_options": provider_options}
 
 
 DEFAULTS = Trial.make("defaults")

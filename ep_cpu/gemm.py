@@ -291,14 +291,21 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
 # A constant float32 B (a `PackedB`) multiplies through `ep_cpu.gemm_compiled`'s microkernel
 # where the CPU has AVX-512: about twice OpenBLAS's SGEMM rate on the benchmark machine.
 COMPILED = True
+COMPILED_MIN_MACS = 1 << 18   # a B that is not a constant: from ~0.26M multiply-adds up
 
 
-def _gemm_compiled(a2: np.ndarray, packed: PackedB, m: int, n: int, epi: _Epilogue | None,
-                   y: np.ndarray, threads: int) -> None:
+def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
+                   epi: _Epilogue | None, y: np.ndarray, threads: int) -> None:
     """y = epilogue(a2 @ B): bias per column, residual and a clamp inside the compiled tiles;
-    any other epilogue (alpha, other bias shapes, Gelu, ...) as the usual pass after."""
-    if packed.micro is None:
-        packed.micro = gemm_compiled.pack(packed.unpack())
+    any other epilogue (alpha, other bias shapes, Gelu, ...) as the usual pass after. `packed`:
+    a session constant's PackedB (its microkernel panels made on first use) or panels already
+    packed for this call."""
+    if isinstance(packed, PackedB):
+        if packed.micro is None:
+            packed.micro = gemm_compiled.pack(packed.unpack())
+        panels = packed.micro
+    else:
+        panels = packed
     bias = residual = clamp = None
     fused = epi is None or (epi.clamp is not None
                             and (epi.bias is None or epi.bias.shape == (1, n))
@@ -306,7 +313,7 @@ def _gemm_compiled(a2: np.ndarray, packed: PackedB, m: int, n: int, epi: _Epilog
     if epi is not None and fused:
         bias = None if epi.bias is None else epi.bias.reshape(n)
         residual, clamp = epi.residual, epi.clamp
-    gemm_compiled.matmul(a2, packed.micro, n, bias, residual, clamp, y, threads, _get_pool)
+    gemm_compiled.matmul(a2, panels, n, bias, residual, clamp, y, threads, _get_pool)
     if not fused:
         epi.apply(y, 0, m, 0, n)
 
@@ -387,9 +394,12 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
 
     staged = out_dtype != cdt   # float16 output: compute in a float32 scratch, cast on store
     threads = num_threads or _num_threads
-    if (packed is not None and COMPILED and cdt == np.float32 and not staged and m >= THIN_M
-            and y.flags.c_contiguous and microkernel.available()):
-        _gemm_compiled(a2 if a2.dtype == cdt else a2.astype(cdt), packed, m, n, epi, y, threads)
+    if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
+            and (packed is not None or macs >= COMPILED_MIN_MACS) and microkernel.available()):
+        # a B that is not a session constant is packed for this call (K x N: small next to the
+        # product from COMPILED_MIN_MACS up)
+        bp = packed if packed is not None else gemm_compiled.pack(bt)
+        _gemm_compiled(a2 if a2.dtype == cdt else a2.astype(cdt), bp, m, n, epi, y, threads)
         return y if a.ndim == 2 else y.reshape(*lead, n)
     if (macs < PAR_MIN_MACS or m < THIN_M
             or (BLAS_THREADS and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)

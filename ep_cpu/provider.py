@@ -25,23 +25,32 @@ class _ThreadLimits:
         self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
 
     def limit(self, threads: int) -> "_Limit | nullcontext":
+        from . import microkernel
         if not threads or threads <= 0:
-            return _NO_LIMIT
+            if not microkernel.parallel_ok():
+                return _NO_LIMIT
+            threads = 0   # no intra-op limit, but BLAS still held to one thread (below)
         return _Limit(self, int(threads))
 
     def enter(self, threads: int) -> None:
-        from . import gemm
+        from . import gemm, microkernel
+        # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
+        # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
+        # after each threaded call and took the second core from every parallel conv after it
+        # (ResNet-50 at 2 threads ran no faster than at 1).
+        blas_threads = 1 if microkernel.parallel_ok() else threads
         with self._lock:
             changed = []
             for get, put in gemm.blas_thread_controls():
                 n = get()
-                if n != threads:
+                if n != blas_threads:
                     changed.append((put, n))
-                    put(threads)
+                    put(blas_threads)
             if self._active == 0:
                 self._saved = (gemm.get_num_threads(), changed)
             self._active += 1
-            gemm.set_num_threads(threads)
+            if threads > 0:
+                gemm.set_num_threads(threads)
 
     def exit(self) -> None:
         from . import gemm
