@@ -112,8 +112,9 @@ class _Problem:
     """The nodes, what each provider can run, and the exact total cost of a labeling."""
 
     def __init__(self, graph: Graph, providers: list[ExecutionProvider], measurer: Measurer,
-                 node_seconds: Any = None):
+                 node_seconds: Any = None, copy_seconds: Any = None):
         self.graph, self.providers, self.measurer = graph, providers, measurer
+        self.copy_seconds = copy_seconds or measurer.copy_seconds
         self.nodes = list(graph.nodes)
         index = {id(n): k for k, n in enumerate(self.nodes)}
         self.kdefs: list[dict[int, KernelDef | None]] = [dict() for _ in self.nodes]
@@ -177,7 +178,7 @@ class _Problem:
     def path(self, src: Device, dst: Device, nbytes: int) -> float:
         key = (src, dst, nbytes)
         if key not in self._paths:
-            self._paths[key] = self.measurer.copy_seconds(src, dst, nbytes)
+            self._paths[key] = self.copy_seconds(src, dst, nbytes)
         return self._paths[key]
 
     def copies(self, labels: list[int]) -> list[tuple[_Value, Device, Device, int, float]]:
@@ -281,9 +282,13 @@ def _estimate(node: Node) -> float:
 
 
 def choose_by_cost(graph: Graph, providers: list[ExecutionProvider], options: Any = None,
-                   node_seconds: Any = None, cache: CostCache | None = None) -> CostPartition:
-    """Stage 3 by cost. `node_seconds(node, provider) -> (seconds, source)` replaces measurement
-    (tests inject costs with it); `cache` replaces the on-disk cache of the session's options."""
+                   node_seconds: Any = None, copy_seconds: Any = None,
+                   cache: CostCache | None = None) -> CostPartition:
+    """Stage 3 by cost: returns the assignment of every node and the report; modifies nothing.
+
+    `node_seconds(node, provider) -> (seconds, source)` and `copy_seconds(src, dst, nbytes)`
+    replace measurement (tests inject costs with them); `cache` replaces the on-disk cache named
+    by the session's options."""
     priority = partition(graph, providers)
     types = [p.type for p in providers]
     cache = cache if cache is not None else CostCache(cache_dir(options))
@@ -292,7 +297,7 @@ def choose_by_cost(graph: Graph, providers: list[ExecutionProvider], options: An
         report = PlacementReport("single provider", types, 0.0, 0.0, {}, [], [], 0, 0, 0,
                                  str(cache.path))
         return CostPartition(priority, report)
-    problem = _Problem(graph, providers, measurer, node_seconds)
+    problem = _Problem(graph, providers, measurer, node_seconds, copy_seconds)
     rank = {id(p): k for k, p in enumerate(providers)}
     fixed: dict[str, tuple[float, list[int]]] = {}
     orders = itertools.permutations(providers) if len(providers) <= 4 else [providers]
