@@ -307,3 +307,20 @@ def test_report_text_names_every_node(private_cache):
     text = str(result.report)
     assert "placement by min-cut" in text and all(f"mm{k} (MatMul) -> cpu" in text for k in range(3))
     assert placement_cost.PlacementReport(**result.report.as_dict()).total_ms == result.report.total_ms
+
+
+def test_doc_code_blocks_run(tmp_path):
+    """Every ```python block of docs/placement.md, in order, as one script from the repo root."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "placement.md").read_text()
+    code = "\n".join(m.group(1) for m in re.finditer(r"^```python\n(.*?)^```$", text, re.S | re.M))
+    assert code
+    env = {**__import__("os").environ, "EP_CORE_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "softplus (Softplus) -> " in done.stdout
