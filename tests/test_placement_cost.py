@@ -324,3 +324,26 @@ def test_doc_code_blocks_run(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "softplus (Softplus) -> " in done.stdout
+
+
+def test_control_flow_node_is_estimated_and_its_body_follows_the_order(rng):
+    """An If at the top level is costed by formula; its bodies are placed by provider order and
+    read the outer value wherever the cut put its producer."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["r"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", F32, [2, 3])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["r"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", F32, [2, 3])])
+    model = make_model([helper.make_node("Relu", ["x"], ["r"], name="relu"),
+                        helper.make_node("If", ["c"], ["y"], name="if", then_branch=then_g,
+                                         else_branch=else_g)],
+                       [("x", F32, [2, 3]), ("c", 9, [])], [("y", F32, [2, 3])])
+    options = ep_core.SessionOptions()
+    options.placement = "cost"
+    sess = ep_core.InferenceSession(model, options, providers=["foreign", "cpu"])
+    report = sess.get_placement_report()
+    if_cost = next(n for n in report.nodes if n.node == "if")
+    assert set(if_cost.source.values()) == {"estimated"}
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    for c in (True, False):
+        got = sess.run(None, {"x": x, "c": np.array(c)})[0]
+        np.testing.assert_array_equal(got, np.maximum(x, 0) if c else -np.maximum(x, 0))
