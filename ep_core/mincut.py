@@ -43,7 +43,7 @@ class FlowGraph:
         """(cut value, vertices on the source side). The value is inf when every cut crosses an
         infinite edge. Consumes the capacities (call once)."""
         s, t = self.SOURCE, self.SINK
-        adj, to, cap = self.adj, self.to, self.cap
+        adj, cap = self.adj, self.cap
         total = 0.0
         while True:
             level = self._levels()
