@@ -6,6 +6,7 @@ from .providers import (get_all_providers, get_available_providers, get_register
 from .custom_ops import register_custom_op
 from .optimizer import register_transformer
 from .session import InferenceSession, ModelMetadata, NodeArg
+from .tune import tune
 
 
 def install_as_onnxruntime():
@@ -20,4 +21,4 @@ __all__ = ["InferenceSession", "SessionOptions", "RunOptions", "GraphOptimizatio
            "ExecutionMode", "NodeArg", "ModelMetadata", "errors", "register_provider",
            "get_all_providers", "get_available_providers", "get_registered_ops",
            "register_provider_library", "register_custom_op", "register_transformer",
-           "install_as_onnxruntime"]
+           "install_as_onnxruntime", "tune"]

@@ -70,6 +70,14 @@ class SessionOptions(_Fields):
     def config(self) -> dict[str, str]:
         return dict(self._config)
 
+    @classmethod
+    def from_config(cls, path_or_config: Any) -> "SessionOptions":
+        """Session options from a tuner configuration (a JSON file `ep_core.tune` wrote, or its
+        dict). The configuration's providers are not session options: run all of it with
+        `ep_core.InferenceSession(model, **load_config(path))` (`from ep_core.tune_config import load_config`)."""
+        from .tune_config import load_config
+        return load_config(path_or_config, cls)["sess_options"]
+
 
 class RunOptions(_Fields):
     """Per-run knobs (same attribute names as onnxruntime). `terminate` may be set from another

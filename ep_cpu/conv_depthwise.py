@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from ep_cpu import microkernel
+
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays usable
@@ -163,6 +165,34 @@ def _run_blocks(fn, total: int, threads: int, args_before: tuple, args_after: tu
             f.result()
 
 
+# float32 maps of at least this many output positions run `microkernel.depthwise_planes`
+# (vector tiles, accumulators in registers; measured 1.2-1.6x faster than the kernels below
+# from 32x112x112 down to 384x14x14, slower at 7x7 where the channels-last kernel wins).
+TILES_MIN_POSITIONS = 150
+
+
+def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, threads, pool):
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    oh, ow = out_shape
+    sh, sw, dh, dw = (int(v) for v in (*strides, *dilations))
+    hq, wq = oh + ((kh - 1) * dh) // sh, ow + ((kw - 1) * dw) // sw
+    ty, tx = np.arange(kh) * dh, np.arange(kw) * dw
+    offs = ((((ty % sh)[:, None] * sw + (tx % sw)[None, :]) * (hq * wq) + (ty // sh)[:, None] * wq
+             + (tx // sw)[None, :]).reshape(-1).astype(np.int64))
+    w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
+    b = np.zeros(c, dtype=np.float32) if bias is None else np.ascontiguousarray(bias, dtype=np.float32).reshape(c)
+    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+    xc = np.ascontiguousarray(x)
+    y = np.empty((n, c, oh, ow), dtype=np.float32)
+    threads = max(1, min(threads, n * c * oh * ow * kh * kw // PAR_MIN_MACS, c))
+    for i in range(n):
+        _run_blocks(microkernel.depthwise_planes, c, threads,
+                    (xc[i], w2, offs, b, np.float32(lo), np.float32(hi), y[i], sh, sw,
+                     int(begin[0]), int(begin[1]), hq, wq), (), pool)
+    return y
+
+
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,
                  bias: np.ndarray | None, clamp: tuple[float, float] | None,
                  threads: int, pool) -> np.ndarray:
@@ -173,6 +203,8 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     kh, kw = w.shape[2:]
     oh, ow = out_shape
     dt = x.dtype
+    if dt == np.float32 and oh * ow >= TILES_MIN_POSITIONS and microkernel.available():
+        return _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, threads, pool)
     b = np.zeros(c, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt).reshape(c)
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     args = (int(strides[0]), int(strides[1]), int(dilations[0]), int(dilations[1]),

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import epilogue_jit
+from . import epilogue_jit, vector_math
 
 try:  # ufuncs with out= for the Sigmoid / exact-erf paths; scipy is a runtime dependency
     from scipy.special import erf as _erf, expit as _expit
@@ -103,6 +103,14 @@ def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """
     if x.dtype != np.float32 and _expit is not None:
         return _expit(x) if out is None else _expit(x, out=out)
+    if x.size >= vector_math.FAST_MIN and (out is None or out.flags.c_contiguous) and vector_math.available():
+        if out is None:
+            out = np.array(x, dtype=np.float32, order="C")
+        elif out is not x:
+            np.copyto(out, x)
+        if vector_math.apply(out, "Sigmoid"):   # one compiled pass
+            return out
+        x = out
     with np.errstate(over="ignore"):
         out = np.negative(x, out=out)
         np.exp(out, out=out)
@@ -202,18 +210,28 @@ def _chunked(fn: Callable[[np.ndarray, dict], None]) -> Callable[[np.ndarray, di
     return run
 
 
+def _compiled_first(name: str, fn: Callable[[np.ndarray, dict], None]) -> Callable[[np.ndarray, dict], None]:
+    """`vector_math`'s one compiled pass where it applies (float32, contiguous, large), else fn."""
+    def run(t: np.ndarray, p: dict) -> None:
+        if p.get("approximate", "none") == "none" and vector_math.apply(t, name):
+            return
+        fn(t, p)
+    run.__name__ = run.__qualname__ = f"compiled_or_{fn.__name__}"
+    return run
+
+
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], None]] = {
     "Relu": _relu,
     "Clip": _clip,
-    "Sigmoid": _sigmoid,
+    "Sigmoid": _compiled_first("Sigmoid", _sigmoid),
     "Tanh": lambda t, p: np.tanh(t, out=t),
     "LeakyRelu": _leaky,
-    "Gelu": _chunked(_gelu),
+    "Gelu": _compiled_first("Gelu", _chunked(_gelu)),
     "FastGelu": _chunked(_gelu_tanh),
     "HardSigmoid": _chunked(_hard_sigmoid),
     "HardSwish": _chunked(_hard_swish),
     "Elu": _chunked(_elu),
-    "Silu": _chunked(_silu),
+    "Silu": _compiled_first("Silu", _chunked(_silu)),
 }
 # Positional parameter names, in the order onnxruntime's FusedConv `activation_params` uses.
 _PARAM_ORDER = {"Clip": ("min", "max"), "LeakyRelu": ("alpha",), "HardSigmoid": ("alpha", "beta"),

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 import ep_core
 from ep_core.op_attributes import conv_geometry
-from ep_cpu import conv_depthwise, winograd
+from ep_cpu import conv_depthwise, microkernel, winograd
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -45,14 +45,18 @@ def _conv_model(in_shape, m, ks, strides, pads, dil, fused_relu: bool):
     return model.SerializeToString(), {"x": rng.standard_normal(in_shape).astype(np.float32)}
 
 
-@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc"],
-                         ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc"])
+@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc", "tiles"],
+                         ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc",
+                              "compiled_tiles"])
 @pytest.mark.parametrize("fused_relu", [False, True], ids=["plain", "fused_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_row_max):
     if isinstance(layout_row_max, str):  # the compiled kernels (numba), forced to one layout
         pytest.importorskip("numba")
+        if layout_row_max == "tiles" and not microkernel.available():
+            pytest.skip("the vector-tile depthwise kernel needs an AVX-512 CPU")
         planes_min = 0 if layout_row_max == "planes" else 1 << 30
+        monkeypatch.setattr(conv_depthwise, "TILES_MIN_POSITIONS", 0 if layout_row_max == "tiles" else 1 << 30)
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDE1", planes_min)
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDED", planes_min)
         monkeypatch.setattr(conv_depthwise, "PAR_MIN_MACS", 1)
@@ -131,6 +135,7 @@ def force_winograd(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(winograd, "conv3x3", counting)
+    monkeypatch.setattr(conv, "IMPLICIT", False)   # Winograd is the path where the compiled one is off
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 0)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 0)
     return calls

@@ -73,3 +73,15 @@ def test_scaler_dtypes(dtype, elem):
     (y,), (ry,) = _both(data, {"x": x})
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, ry, rtol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 17])
+def test_argmax_over_classes_equals_numpy(classes):
+    """The class-loop arg-max of LinearClassifier equals np.argmax: ties take the first class,
+    and the first NaN wins."""
+    from ep_cpu.kernels.ml_linear import _argmax_rows
+    rng = np.random.default_rng(classes)
+    st = rng.standard_normal((classes, 1000))
+    st[rng.integers(0, classes, 50), rng.integers(0, 1000, 50)] = np.nan
+    st[:, 7] = 1.0
+    np.testing.assert_array_equal(_argmax_rows(st), st.argmax(axis=0))

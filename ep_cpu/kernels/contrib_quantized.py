@@ -2,8 +2,8 @@
 MatMulIntegerToFloat, MatMulInteger16, QGemm, MatMulNBits, GatherBlockQuantized, the contrib
 QuantizeLinear / DequantizeLinear, QAttention and DynamicQuantizeLSTM.
 
-Integer products go through `quantize._int_matmul` (float64 through the blocked GEMM: exact for
-these ranges), then are scaled as onnxruntime does: one float32 multiplier a_scale * b_scale
+Integer products go through `quantize._int_matmul` (the float32 GEMM in K-blocks short enough to
+stay exact, blocks summed in float64), then are scaled as onnxruntime does: one float32 multiplier a_scale * b_scale
 (per column where B is quantized per column). Dynamically quantized inputs follow
 `quantize.dynamic_quantize_uint8` (DynamicQuantizeLinear's rule, onnxruntime's too).
 Block-quantized weights (MatMulNBits) are dequantized once when they are session constants and
@@ -15,13 +15,14 @@ import numpy as np
 
 from ep_core.errors import InvalidArgument
 from ep_core.kernel import Kernel
-from ep_cpu.gemm import gemm
+from ep_cpu.gemm import gemm, pack_constant
 from ep_cpu.registry import kernel
 
 from .contrib_common import MS, required
 from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
-                       _int_matmul, _shifted, dynamic_quantize_uint8, quantize)
+                       _int_matmul, _shifted, dynamic_quantize_uint8,
+                       exact_k_blocks, quantize)
 from .rnn import LSTM
 
 
@@ -44,12 +45,60 @@ def _scaled(acc: np.ndarray, a_scale, b_scale, bias=None, out_dtype=np.float32) 
 
 @kernel("DynamicQuantizeMatMul", domain=MS)
 class DynamicQuantizeMatMul(Kernel):
-    """A (float) quantized on the fly to uint8, times B (int8/uint8, per-tensor or per-column)."""
+    """A (float) quantized on the fly to uint8, times B (int8/uint8, per-tensor or per-column).
+
+    With B, its scale and zero point session constants (the quantization tools' output), B - zb
+    is kept in float32 with the K-blocks that keep its products exact, and A is quantized straight into float32
+    values q - za: one exact float32 GEMM (in K-blocks where the bound needs them) and a float32
+    epilogue y = acc * (a_scale * b_scale) + bias, the same single rounding as the reference."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        consts = [ctx.constant_input(k) for k in (1, 2, 3)]
+        self.b32 = None
+        has_zp = len(node.inputs) > 3 and bool(node.inputs[3])
+        if consts[0] is not None and consts[0].ndim == 2 and consts[1] is not None and (consts[2] is not None or not has_zp):
+            self.b32 = np.ascontiguousarray(_shifted(consts[0], _per_column(consts[2]), False), np.float32)
+            self.blocks = exact_k_blocks(self.b32, 255.0)   # |q - za| <= 255 for any uint8 A
+            # Each K-block of B packed as a constant float32 B: the FP32 MatMul's compiled path.
+            self.b_parts = [pack_constant(np.ascontiguousarray(self.b32[k0:k1])) or self.b32[k0:k1]
+                            for k0, k1 in self.blocks]
+            self.b_scale = _per_column(consts[1]).astype(np.float32)
 
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):
-        qa, a_scale, a_zp = dynamic_quantize_uint8(a)
-        acc = _int_matmul(_shifted(qa, a_zp, False), _shifted(b, _per_column(b_zero_point), False))
-        return _scaled(acc, a_scale, b_scale, bias)
+        if self.b32 is None or a.shape[-1] != self.b32.shape[0]:
+            qa, a_scale, a_zp = dynamic_quantize_uint8(a)
+            acc = _int_matmul(_shifted(qa, a_zp, False), _shifted(b, _per_column(b_zero_point), False))
+            return _scaled(acc, a_scale, b_scale, bias)
+        qa, a_scale, a_zp = _dynamic_quantize_shifted(a)
+        acc = None
+        for (k0, k1), part_b in zip(self.blocks, self.b_parts):
+            part = gemm(qa if len(self.blocks) == 1 else qa[..., k0:k1], part_b)
+            acc = part if acc is None else (acc.astype(np.float64) if acc.dtype == np.float32 else acc) + part
+        mult = np.float32(a_scale) * self.b_scale
+        if acc.dtype == np.float32:   # exact integers times a float32: one rounding, as in float64
+            y = np.multiply(acc, mult, out=acc)
+        else:
+            y = (acc * mult.astype(np.float64)).astype(np.float32)
+        if bias is not None:
+            y += bias.astype(np.float32, copy=False)
+        return y
+
+
+def _dynamic_quantize_shifted(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
+    """`dynamic_quantize_uint8` giving q - zero_point directly as float32 (the same values)."""
+    xf = x.astype(np.float32, copy=False)
+    lo = min(0.0, float(xf.min())) if xf.size else 0.0
+    hi = max(0.0, float(xf.max())) if xf.size else 0.0
+    scale = np.float32((hi - lo) / 255.0)
+    if scale == 0:
+        return np.zeros(x.shape, np.float32), scale, 0
+    zp = int(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    q = np.divide(xf, scale)
+    np.rint(q, out=q)
+    # clip(q + zp, 0, 255) - zp on integers held exactly in float32: one pass instead of three
+    np.clip(q, np.float32(-zp), np.float32(255 - zp), out=q)
+    return q, scale, zp
 
 
 @kernel("MatMulIntegerToFloat", domain=MS)

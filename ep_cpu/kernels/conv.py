@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import conv_depthwise, epilogue_jit, winograd
+from ep_cpu import conv_depthwise, conv_implicit, epilogue_jit, winograd
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -399,6 +399,46 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) -> bool:
     return min(x_shape[1], w_shape[0]) >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES
 
 
+# 2-D ungrouped float32 convs run as an implicit GEMM with the compiled microkernel of
+# `ep_cpu.conv_implicit` where the CPU has AVX-512 (about twice OpenBLAS's SGEMM rate here, and
+# no im2col matrix); elsewhere im2col + BLAS.
+IMPLICIT = True
+WINOGRAD_OVER_IMPLICIT = False   # 3x3 convs that Winograd takes: Winograd first?
+IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
+
+
+def _use_implicit(x_shape, w_shape, ks, group, out, cdt) -> bool:
+    if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
+        return False
+    macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
+    return macs >= IMPLICIT_MIN_MACS and conv_implicit.available()
+
+
+def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residual, activation,
+                   activation_params) -> np.ndarray:
+    """Conv through `ep_cpu.conv_implicit`: bias, residual and a clamp activation in its tile
+    epilogue; other activations (SiLU, ...) as a pass after."""
+    p = activation_params or {}
+    clamp = epilogue_jit.clamp_bounds(activation, p)
+    packed = implicit_weight(k, w)
+    y = conv_implicit.conv2d(x.astype(np.float32, copy=False), packed, w.shape[0], ks, strides, dil,
+                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool)
+    if clamp is None:
+        ACTIVATIONS[activation](y, p)
+    return y
+
+
+def implicit_weight(k: Kernel, w: np.ndarray) -> np.ndarray:
+    """The packed weight: once at __init__ when W is a session constant, else per call."""
+    cached = getattr(k, "_implicit_w", None)
+    if cached is not None:
+        return cached
+    packed = conv_implicit.pack_weight(w.astype(np.float32, copy=False))
+    if k.ctx.constant_input(1) is not None:
+        k._implicit_w = packed
+    return packed
+
+
 def winograd_weight(k: Kernel, w: np.ndarray, cdt) -> np.ndarray:
     """The transformed weight: computed once and kept on the kernel when W is a session
     constant (Conv and FusedConv do it at __init__), else per call."""
@@ -418,6 +458,9 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
     ks, strides, dil, group, begin, end, out, use_wino = _geometry(k, x.shape, w.shape, cdt)
+    if use_wino == "implicit":
+        return _implicit_conv(k, x, w, b, ks, strides, dil, begin, end, out, residual, activation,
+                              activation_params)
     if use_wino:
         res = None if residual is None else np.broadcast_to(residual, (x.shape[0], w.shape[0], *out))
         return winograd.conv3x3(x.astype(cdt, copy=False), winograd_weight(k, w, cdt),
@@ -431,27 +474,35 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     """(ks, strides, dilations, group, begin, end, out_shape, winograd?) of a conv kernel for
     these shapes, kept on the kernel for the next call with the same shapes (the geometry is
     computed once per shape, not per run)."""
-    key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES)
+    key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, IMPLICIT,
+           WINOGRAD_OVER_IMPLICIT)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
     g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
     ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
+    if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
+            and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
+        wino = "implicit"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, wino)
     k._conv_geometry = (key, geo)
     return geo
 
 
 def prepare_constant_weight(k: Kernel) -> None:
-    """At kernel creation (after `k.conv = ConvAttributes.from_node(node)`): the Winograd
-    transform of a constant weight, if the conv will use it (Conv and FusedConv), so no run
+    """At kernel creation (after `k.conv = ConvAttributes.from_node(node)`): the packed or
+    Winograd-transformed constant weight the conv will use (Conv and FusedConv), so no run
     pays for it."""
     w = k.ctx.constant_input(1)
     if (isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f"
             and k.conv.rank in (None, 2)):
         ks, strides, dil = k.conv.spatial(w.shape)
-        if (WINOGRAD and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
+        implicit = (IMPLICIT and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
+                    and conv_implicit.available())
+        if implicit:
+            implicit_weight(k, w)
+        if (WINOGRAD and (WINOGRAD_OVER_IMPLICIT or not implicit) and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
                 and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
             winograd_weight(k, w, np.dtype(np.float32))

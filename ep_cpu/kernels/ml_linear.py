@@ -155,7 +155,7 @@ class LinearClassifier(Kernel):
         st = coef @ rows.astype(np.float64).T
         if self.intercepts is not None:
             st += self.intercepts.reshape(-1, 1)
-        best = st.argmax(axis=0)
+        best = _argmax_rows(st)
         chosen = (self.label_table.take(best) if len(self.label_table) == st.shape[0]
                   else pick_labels(self.labels, best, self.is_str))
         if kind == "SOFTMAX":
@@ -163,6 +163,27 @@ class LinearClassifier(Kernel):
             np.exp(st, out=st)
             st /= st.sum(axis=0)
         return _label_array(chosen, self.is_str), np.ascontiguousarray(st.T, dtype=np.float32)
+
+
+def _argmax_rows(st: np.ndarray) -> np.ndarray:
+    """np.argmax(st, axis=0) for a few rows (classes) of many columns, one row at a time: numpy's
+    argmax over the strided axis ran at ~0.5 us a column (238 us for (3, 512)). The first NaN
+    wins, as in np.argmax."""
+    if st.shape[0] > 16:
+        return st.argmax(axis=0)
+    best = np.zeros(st.shape[1], dtype=np.int64)
+    top = st[0].copy()
+    top_nan = np.isnan(top)
+    for c in range(1, st.shape[0]):
+        row = st[c]
+        better = (row > top) & ~top_nan
+        row_nan = np.isnan(row)
+        if row_nan.any():
+            better |= row_nan & ~top_nan
+            top_nan |= row_nan
+        best[better] = c
+        np.copyto(top, row, where=better)
+    return best
 
 
 @kernel("LinearRegressor", domain=ML)

@@ -12,6 +12,8 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import PoolAttributes, invalid
+from ep_cpu import pool_jit
+from ep_cpu.gemm import _get_pool, get_num_threads
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
 from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
 from ep_cpu.registry import kernel
@@ -74,11 +76,22 @@ class LpPool(_Pool):
         return (acc ** (1.0 / p)).astype(x.dtype, copy=False)
 
 
+# float32 2-D MaxPool without indices runs `ep_cpu.pool_jit` (compiled, no padded copy)
+COMPILED = True
+
+
 @kernel("MaxPool")
 class MaxPool(_Pool):
     def compute(self, x):
         begin, end, extra, out = self._geometry(x)
         want_idx = len(self.node.outputs) > 1 and bool(self.node.outputs[1])
+        if (COMPILED and not want_idx and x.dtype == np.float32 and x.ndim == 4
+                and min(begin) >= 0 and min(end) >= 0 and min(out) > 0):
+            y = pool_jit.max_pool_2d(x, self.ks, self.strides, self.dil, begin,
+                                     [e + x_ for e, x_ in zip(end, extra)], out,
+                                     get_num_threads(), _get_pool)
+            if y is not None:
+                return y
         # -inf padding; integer inputs go through float64 (exact for int8/uint8).
         cdt = x.dtype if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else (
             np.dtype(np.float64) if x.dtype.kind in "iu" else np.dtype(np.float32))

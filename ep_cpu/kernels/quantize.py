@@ -1,18 +1,23 @@
 """Quantization: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; int2/4/8/16,
 float8/float4/float6 via ml_dtypes), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul, QLinearConv.
 
-Integer products are accumulated in float64 through the GEMM (exact: |products| < 2**16 and any
-realistic reduction length stays far below 2**53), then requantized with round-half-to-even.
+Integer products go through the float32 GEMM in K-blocks short enough that every partial sum
+stays below 2**24, where float32 holds integers exactly (|a - za| * |b - zb| bounds each product;
+with 8-bit values that is one block up to K ~ 258 worst case, usually far more from the actual
+maxima); blocks are added in float64. Results are requantized with round-half-to-even.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes, int_attr, invalid
 from ep_core.types import np_dtype
-from ep_cpu.gemm import gemm
-from ep_cpu.kernels.conv import conv_nd
+from ep_cpu import conv_implicit
+from ep_cpu.gemm import _get_pool, gemm, get_num_threads
+from ep_cpu.kernels.conv import IMPLICIT_MIN_MACS, conv_nd
 from ep_cpu.registry import kernel
 
 try:
@@ -65,10 +70,14 @@ def quantize(v: np.ndarray, zp: np.ndarray | None, out_dt: np.dtype, saturate: b
     """v = x / scale (float); add the zero point, round half-to-even and saturate into out_dt."""
     rng = _int_range(out_dt)
     if rng is not None:
-        r = np.rint(v.astype(np.float64))
+        r = np.rint(v.astype(np.float64, copy=False))   # a new array: the steps below work in place
         if zp is not None:
-            r = r + _to_float(zp, np.float64)
-        return np.clip(r, rng[0], rng[1]).astype(out_dt)
+            z = _to_float(zp, np.float64)
+            if z.shape == () or np.broadcast_shapes(r.shape, z.shape) == r.shape:
+                r += z
+            else:
+                r = r + z
+        return np.clip(r, rng[0], rng[1], out=r).astype(out_dt)
     # float8 / float4 / float6 targets: zero point added in float, then a rounding cast.
     f = v.astype(np.float32)
     if zp is not None:
@@ -163,11 +172,13 @@ class DynamicQuantizeLinear(Kernel):
 
 
 def _shifted(a: np.ndarray, zp: np.ndarray | None, per_row: bool) -> np.ndarray:
-    """a - zp in float64. A 1-D zero point is per row of A (per_row) or per column of B."""
-    af = a.astype(np.float64)
+    """a - zp as exact floats: float32 for inputs of up to 16 bits, float64 above. A 1-D zero
+    point is per row of A (per_row) or per column of B."""
+    wide = np.float32 if a.dtype.itemsize <= 2 else np.float64
+    af = a.astype(wide)
     if zp is None:
         return af
-    z = np.asarray(zp).astype(np.float64)
+    z = np.asarray(zp).astype(wide)
     if z.size == 1:
         return af - z.reshape(())
     if per_row and a.ndim >= 2 and z.ndim == 1:
@@ -175,13 +186,65 @@ def _shifted(a: np.ndarray, zp: np.ndarray | None, per_row: bool) -> np.ndarray:
     return af - z  # per column of B (or an already-broadcastable shape)
 
 
-def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Matmul of float64 holding integers, via gemm when B is one matrix."""
+EXACT_F32 = float(1 << 24)   # float32 holds every integer of magnitude up to this
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Matmul through gemm when B is one matrix."""
     if b.ndim == 2 and a.ndim >= 2:
         return gemm(a, b)
     if a.ndim == 1 and b.ndim == 2:
         return gemm(a[None], b)[0]
     return np.matmul(a, b)
+
+
+def _max_abs(x: np.ndarray) -> float:
+    return float(max(x.max(), -x.min())) if x.size else 0.0
+
+
+def exact_int_matmul(a: np.ndarray, b: np.ndarray, bound_a: float | None = None,
+                     bound_b: float | None = None, blocks: list[tuple[int, int]] | None = None) -> np.ndarray:
+    """Exact product of float32 arrays holding integers: K-blocks whose partial sums stay below
+    2**24 run in the float32 GEMM; several blocks are summed in float64. `bound_a`/`bound_b` are
+    known bounds of |a| / |b| (measured when omitted); `blocks` are K ranges already known to be
+    short enough (`exact_k_blocks`)."""
+    k = a.shape[-1]
+    if blocks is None:
+        prod = (_max_abs(a) if bound_a is None else bound_a) * (_max_abs(b) if bound_b is None else bound_b)
+        kb = k if prod == 0 else max(1, int((EXACT_F32 - 1) // prod))
+        blocks = [(k0, min(k, k0 + kb)) for k0 in range(0, k, kb)]
+    if len(blocks) <= 1:
+        return _matmul(a, b)
+    acc = None
+    for k0, k1 in blocks:
+        part = _matmul(a[..., k0:k1], b[..., k0:k1, :])
+        acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
+    return acc
+
+
+def exact_k_blocks(b: np.ndarray, bound_a: float) -> list[tuple[int, int]]:
+    """K ranges of a constant integer B (K, N) over which every partial sum of A @ B stays below
+    2**24 when |A| <= bound_a: a block's worst case is bound_a times its largest column sum of |B|,
+    usually far below the product of the two maxima, so one or two blocks cover BERT's K."""
+    k = b.shape[0]
+    if k == 0 or bound_a == 0:
+        return [(0, k)]
+    limit = (EXACT_F32 - 1) / bound_a
+    cum = np.cumsum(np.abs(b, dtype=np.float64), axis=0)
+    blocks, k0, base = [], 0, np.zeros(b.shape[1])
+    while k0 < k:
+        fits = np.nonzero((cum[k0:] - base).max(axis=1) <= limit)[0]
+        k1 = k0 + (int(fits[-1]) + 1 if fits.size else 1)   # column sums only grow along K
+        blocks.append((k0, k1))
+        base, k0 = cum[k1 - 1], k1
+    return blocks
+
+
+def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact matmul of float arrays holding integers (from `_shifted`)."""
+    if a.dtype == np.float32 and b.dtype == np.float32 and b.ndim >= 2:
+        return exact_int_matmul(a, b)
+    return _matmul(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False))
 
 
 @kernel("MatMulInteger")
@@ -208,25 +271,95 @@ class QLinearMatMul(Kernel):
         return quantize(v, zp.reshape(()) if zp.size == 1 else zp, y_zero_point.dtype)
 
 
+def _conv_weight_shifted(w: np.ndarray, w_zero_point) -> np.ndarray:
+    wz = np.asarray(w_zero_point).astype(np.float32)
+    return w.astype(np.float32) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
+
+
+def _conv_channel_blocks(wf: np.ndarray, group: int) -> list[tuple[int, int]] | None:
+    """Input-channel ranges over which the float32 conv of 8-bit values stays exact (|x - xz| <= 255),
+    from each output channel's sum of |w|; None when a grouped conv would need splitting (float64)."""
+    per_channel = np.abs(wf).reshape(wf.shape[0], wf.shape[1], -1).sum(axis=2)   # (M, C/group)
+    if group > 1:
+        return [(0, wf.shape[1])] if 255.0 * per_channel.sum(axis=1).max(initial=0) < EXACT_F32 else None
+    return exact_k_blocks(per_channel.T, 255.0)
+
+
 @kernel("QLinearConv")
 class QLinearConv(Kernel):
+    """The accumulator runs through the float conv paths (im2col + GEMM) in float32, exact: input
+    channels are split into blocks whose worst-case partial sums (255 x the output channel's sum of
+    |w - wz|) stay below 2**24, blocks summed in float64. Constant weights are shifted and their
+    blocks found once."""
+
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.conv = ConvAttributes.from_node(node)
+        w, wz = ctx.constant_input(3), ctx.constant_input(5)
+        self.wf = self.blocks = self.implicit = None
+        if w is not None and wz is not None and w.dtype.itemsize == 1:
+            self.wf = _conv_weight_shifted(w, wz)
+            self.blocks = _conv_channel_blocks(self.wf, self.conv.group)
+            # 2-D ungrouped: each channel block's weight packed for the compiled implicit-GEMM
+            # conv that FP32 Conv uses (exact here: every partial sum is a bounded integer).
+            if (self.blocks is not None and self.conv.group == 1 and w.ndim == 4
+                    and conv_implicit.available()):
+                self.implicit = [conv_implicit.pack_weight(np.ascontiguousarray(self.wf[:, c0:c1]))
+                                 for c0, c1 in self.blocks]
+
+    def _accumulate(self, x, x_zero_point, w, w_zero_point, b, geometry) -> np.ndarray:
+        strides, dil, begin, end, out = geometry
+        group = self.conv.group
+        if x.dtype.itemsize == 1 and w.dtype.itemsize == 1:
+            wf, blocks = self.wf, self.blocks
+            if wf is None or wf.shape != w.shape:
+                wf = _conv_weight_shifted(w, w_zero_point)
+                blocks = _conv_channel_blocks(wf, group)
+            if blocks is not None:
+                xf = x.astype(np.float32) - np.float32(np.asarray(x_zero_point).reshape(-1)[0])
+                if self._implicit_ok(x, w, geometry):
+                    return self._implicit_acc(xf, w.shape[0], b, geometry)
+                acc = None
+                for c0, c1 in blocks:
+                    part = conv_nd(xf[:, c0:c1] if len(blocks) > 1 else xf, wf[:, c0:c1] if len(blocks) > 1 else wf,
+                                   group, strides, dil, begin, end, out)
+                    acc = part.astype(np.float64) if acc is None else np.add(acc, part, out=acc)
+                if b is not None:
+                    acc = np.add(acc, b.astype(np.float64).reshape((1, -1) + (1,) * (x.ndim - 2)),
+                                 dtype=np.float64)
+                return acc
+        xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
+        wf = _conv_weight_shifted(w, w_zero_point).astype(np.float64)
+        return conv_nd(xf, wf, group, strides, dil, begin, end, out, None if b is None else b.astype(np.float64))
+
+    def _implicit_ok(self, x, w, geometry) -> bool:
+        out = geometry[4]
+        macs = x.shape[0] * w.shape[0] * math.prod(w.shape[1:]) * math.prod(out)
+        return (self.implicit is not None and w.shape == self.wf.shape and x.ndim == 4 and min(out) > 0
+                and macs >= IMPLICIT_MIN_MACS)
+
+    def _implicit_acc(self, xf, m, b, geometry) -> np.ndarray:
+        strides, dil, begin, end, out = geometry
+        ks = list(self.wf.shape[2:])
+        acc = None
+        for (c0, c1), packed in zip(self.blocks, self.implicit):
+            xb = xf if len(self.blocks) == 1 else np.ascontiguousarray(xf[:, c0:c1])
+            part = conv_implicit.conv2d(xb, packed, m, ks, strides, dil, begin, end, out, None, None, None,
+                                        get_num_threads(), _get_pool)
+            acc = part if acc is None else np.add(acc, part, dtype=np.float64)
+        if b is not None:   # float64: a float32 sum with the int32 bias could round
+            acc = np.add(acc, b.astype(np.float64).reshape(1, -1, 1, 1), dtype=np.float64)
+        return acc
 
     def compute(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
         nd = x.ndim - 2
-        xf = x.astype(np.float64) - np.float64(np.asarray(x_zero_point).reshape(-1)[0])
-        wz = np.asarray(w_zero_point).astype(np.float64)
-        wf = w.astype(np.float64) - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1
-                                     else wz.reshape(()))
         _, strides, dil, begin, end, out = self.conv.geometry(x.shape[2:], w.shape)
-        acc = conv_nd(xf, wf, self.conv.group, strides, dil, begin, end, out,
-                      None if b is None else b.astype(np.float64))
+        acc = self._accumulate(x, x_zero_point, w, w_zero_point, b, (strides, dil, begin, end, out))
         ws = np.asarray(w_scale).astype(np.float64)
         ws = ws.reshape(()) if ws.size == 1 else ws.reshape((1, -1) + (1,) * nd)
         mult = (np.float64(np.asarray(x_scale).reshape(-1)[0]) * ws
                 / np.float64(np.asarray(y_scale).reshape(-1)[0]))
-        # The combined multiplier is a float32 value, as in onnxruntime's requantization.
-        return quantize(acc * mult.astype(np.float32).astype(np.float64),
+        # The combined multiplier is a float32 value, as in onnxruntime's requantization; the
+        # product is taken in float64 (acc may be float32 holding exact integers).
+        return quantize(np.multiply(acc, mult.astype(np.float32).astype(np.float64), dtype=np.float64),
                         np.asarray(y_zero_point).reshape(()), y_zero_point.dtype)

@@ -17,7 +17,8 @@ from ep_core.kernel import Kernel
 from ep_core.types import tensor_shape
 from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
-from ep_cpu.kernels.rnn_jit import SMALL_BATCH, recurrent_matmul
+from ep_cpu import microkernel
+from ep_cpu.kernels.rnn_jit import SMALL_BATCH, PackedRecurrent, recurrent_matmul, with_add
 from ep_cpu.registry import kernel
 
 # name -> (function(x, alpha, beta), default alpha, default beta, uses alpha, uses beta)
@@ -47,6 +48,12 @@ def _activations(names, alphas, betas):
         out.append(lambda x, fn=fn, a=a, b=b: fn(x, a, b))
     return out
 
+
+
+def _blas_matmul(h: np.ndarray, rt: np.ndarray, out: np.ndarray, add: np.ndarray | None = None) -> None:
+    np.matmul(h, rt, out=out)
+    if add is not None:
+        out += add
 
 class _Recurrent(Kernel):
     """Shared driver; subclasses define gates, default activations and `_step`."""
@@ -88,7 +95,12 @@ class _Recurrent(Kernel):
         x_shape = tensor_shape(node.input_types[0]) if node.input_types else None
         batch = x_shape[1 - self.layout] if x_shape and len(x_shape) == 3 else None
         if self.prepared is not None and self._dense_ok(None) and batch != 1:
-            self.jit_matmul = recurrent_matmul(self.prepared[0])
+            rt_all = self.prepared[1][1]
+            if rt_all.dtype == np.float32 and microkernel.available():
+                self.jit_matmul = PackedRecurrent(rt_all)
+            else:
+                jit = recurrent_matmul(self.prepared[0])
+                self.jit_matmul = None if jit is None else with_add(jit)
 
     def _constant_weights(self, ctx) -> tuple:
         """W and R as `_prepare` takes them when both are session constants, else Nones."""
@@ -122,9 +134,9 @@ class _Recurrent(Kernel):
         hist = y if lens is None and self.direction == "forward" else np.empty_like(y)
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
-        mm = np.matmul   # (h, rt, out): BLAS, or the compiled pass for a few rows
-        if (self.jit_matmul is not None and 2 <= batch <= SMALL_BATCH and rt.dtype == y.dtype
-                and rt.flags.c_contiguous):
+        mm = _blas_matmul   # (h, rt, out, add=None): BLAS, or a compiled product for a few rows
+        if (self.jit_matmul is not None and rt.dtype == y.dtype and rt.flags.c_contiguous
+                and (2 <= batch <= SMALL_BATCH or isinstance(self.jit_matmul, PackedRecurrent))):
             mm = self.jit_matmul
         tmp = np.empty_like(h)
         live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
@@ -285,7 +297,7 @@ class GRU(_Recurrent):
         proj[..., 2 * hid:] += rb[..., 2 * hid:]
         return None
 
-    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm=np.matmul):
+    def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm):
         hid = h.shape[-1]
         zr, n = gates[..., :2 * hid], gates[..., 2 * hid:]
         if self.lbr:
@@ -325,10 +337,9 @@ class LSTM(_Recurrent):
         proj += rb
         return None
 
-    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm=np.matmul):
+    def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm):
         hid = h.shape[-1]
-        mm(h, rt, gates)
-        gates += xp
+        mm(h, rt, gates, xp)
         sig, cand = gates[..., :3 * hid], gates[..., 3 * hid:]  # i, o, f | c
         sigmoid(sig, out=sig)
         np.tanh(cand, out=cand)

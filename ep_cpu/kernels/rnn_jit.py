@@ -78,3 +78,40 @@ def recurrent_matmul(dtype: np.dtype) -> Callable | None:
     dt = np.dtype(dtype)
     fn(np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt))   # compile/load
     return fn
+
+
+class PackedRecurrent:
+    """`f(h, rt, out, add=None)`: out[d] = h[d] @ R^T[d] (+ add[d]) for every direction through
+    the compiled microkernel of `ep_cpu.gemm_compiled`, R^T packed once here (the `rt` argument
+    is the same matrix and is not read). float32, C-contiguous (D, B, H), (D, B, N) arrays.
+    An LSTM step of hidden 256 and batch 4: ~15 us where the numba pass above takes ~45."""
+
+    def __init__(self, rt_all: np.ndarray) -> None:
+        from ep_cpu import gemm_compiled, microkernel
+        self._gemm = gemm_compiled
+        self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
+        self.n = rt_all.shape[2]
+        self._none = np.zeros(1, dtype=np.float32)
+        self._modes = (microkernel.store_mode(0, False), microkernel.store_mode(0, True))
+        self._mr = microkernel.choose_mr
+
+    def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
+                 add: np.ndarray | None = None) -> None:
+        rows = h.shape[1]
+        mr = self._mr(rows)
+        inf = np.float32(np.inf)
+        for d, bp in enumerate(self.packs):
+            yd = out[d].reshape(-1)
+            res = self._none if add is None else add[d].reshape(-1)
+            self._gemm.gemm_panels(h[d], bp, self.n, mr, self._none, False, res, add is not None,
+                                   -inf, inf, self._modes[add is not None], yd, 0, -(-rows // mr),
+                                   0, bp.shape[0])
+
+
+def with_add(matmul: Callable) -> Callable:
+    """`f(h, rt, out, add=None)` from a product `matmul(h, rt, out)`."""
+    def run(h, rt, out, add=None):
+        matmul(h, rt, out)
+        if add is not None:
+            out += add
+    return run

@@ -1,0 +1,189 @@
+"""INT8 quantization on real architectures: accuracy, size and latency, ours and onnxruntime's.
+
+    python benchmarks/quantization.py [--models bert_base resnet50] [--repeat N] [--threads N]
+                                      [--calib-batches N] [--out benchmarks/results]
+
+BERT-base is quantized dynamically (ep_core.quantization.quantize_dynamic, per-channel weights;
+every MatMul, and again with MatMulConstBOnly: the attention MatMuls of two activations in FP32),
+ResNet-50 statically (quant_pre_process, then quantize_static in QDQ and in QOperator format,
+per-channel, MinMax over a few random calibration batches run through our runtime). For each: cosine similarity of the INT8 outputs to
+FP32 (ours, and onnxruntime running the same files), file sizes, and the latency of FP32 and INT8
+on our CPU provider and on onnxruntime's, in the same process, timed in alternating rounds so
+machine noise hits all four alike (median). Writes quantization_<date>_<machine>.{json,md}.
+
+Acceptance (issue 17): cosine >= 0.99; INT8 <= 0.3x the FP32 file; INT8 BERT-base on our CPU
+provider <= 1.0x our FP32 latency.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import models as M  # noqa: E402
+from benchmarks.machine import machine_info, machine_tag  # noqa: E402
+
+DATE = datetime.date.today().isoformat()
+
+
+def _ours(path: str, threads: int):
+    import ep_core
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ep_core.InferenceSession(path, opts, providers=["cpu"])
+
+
+def _ort(path: str, threads: int):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+
+class RandomImages:
+    """Calibration batches of random images (the benchmark models have random weights anyway)."""
+
+    def __init__(self, feeds: dict, n: int) -> None:
+        rng = np.random.default_rng(7)
+        self.batches = [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in feeds.items()}
+                        for _ in range(n)]
+        self.pos = 0
+
+    def get_next(self):
+        self.pos += 1
+        return self.batches[self.pos - 1] if self.pos <= len(self.batches) else None
+
+
+def quantize(name: str, src: str, work: Path, calib_batches: int) -> list[tuple[str, str, str, float]]:
+    """[(variant, description, quantized path, seconds)] for one model."""
+    from ep_core.quantization import QuantFormat, quant_pre_process, quantize_dynamic, quantize_static
+    out = []
+    if name == "resnet50":
+        # onnxruntime's recommended order: pre-process (BatchNormalization folds into Conv, so each
+        # Conv + Relu quantizes as one unit), then quantize.
+        pre = str(work / f"{name}_pre.onnx")
+        quant_pre_process(src, pre)
+        for variant, fmt in (("int8", QuantFormat.QDQ), ("int8_qoperator", QuantFormat.QOperator)):
+            t = time.perf_counter()
+            dst = str(work / f"{name}_{variant}.onnx")
+            quantize_static(pre, dst, RandomImages(M.feeds(name), calib_batches), quant_format=fmt,
+                            per_channel=True)
+            out.append((variant, f"quant_pre_process + static {fmt.name}, per-channel, MinMax over "
+                        f"{calib_batches} random batches", dst, time.perf_counter() - t))
+    else:
+        for variant, extra, desc in (("int8", {}, "dynamic, per-channel, every MatMul"),
+                                     ("int8_constb", {"MatMulConstBOnly": True},
+                                      "dynamic, per-channel, MatMulConstBOnly (attention MatMuls in FP32)")):
+            t = time.perf_counter()
+            dst = str(work / f"{name}_{variant}.onnx")
+            quantize_dynamic(src, dst, per_channel=True, extra_options=extra)
+            out.append((variant, desc, dst, time.perf_counter() - t))
+    return out
+
+
+def time_rounds(runs: dict, repeat: int) -> dict:
+    """Each callable once per round, rounds rotating the order; medians in ms."""
+    times = {k: [] for k in runs}
+    keys = list(runs)
+    for fn in runs.values():     # warm-up
+        fn()
+    for r in range(repeat):
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for k in order:
+            t = time.perf_counter()
+            runs[k]()
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+
+
+def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) -> list[dict]:
+    src = str(M.path(name))
+    variants = quantize(name, src, work, calib_batches)
+    feeds = M.feeds(name)
+    sessions = {"ours_fp32": _ours(src, threads), "ort_fp32": _ort(src, threads)}
+    for variant, _, dst, _ in variants:
+        sessions[f"ours_{variant}"] = _ours(dst, threads)
+        sessions[f"ort_{variant}"] = _ort(dst, threads)
+    outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
+    lat = time_rounds({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
+    load = round(os.getloadavg()[0], 2)
+    size_f = os.path.getsize(src)
+    rows = []
+    for variant, desc, dst, q_s in variants:
+        size_q = os.path.getsize(dst)
+        o, r = f"ours_{variant}", f"ort_{variant}"
+        rows.append({"model": name, "variant": variant, "quantization": desc, "quantize_s": round(q_s, 1),
+                     "size_fp32_mb": round(size_f / 1e6, 2), "size_int8_mb": round(size_q / 1e6, 2),
+                     "size_ratio": round(size_q / size_f, 3),
+                     "cosine_ours_int8_vs_fp32": cosine(outs[o], outs["ours_fp32"]),
+                     "cosine_ort_int8_vs_fp32": cosine(outs[r], outs["ort_fp32"]),
+                     "max_abs_ours_int8_vs_ort_int8": float(np.max(np.abs(outs[o] - outs[r]))),
+                     "max_abs_fp32": float(np.max(np.abs(outs["ort_fp32"]))),
+                     "latency_ms": {"ours_fp32": round(lat["ours_fp32"], 2), "ours_int8": round(lat[o], 2),
+                                    "ort_fp32": round(lat["ort_fp32"], 2), "ort_int8": round(lat[r], 2)},
+                     "ours_int8_over_fp32": round(lat[o] / lat["ours_fp32"], 3),
+                     "ort_int8_over_fp32": round(lat[r] / lat["ort_fp32"], 3),
+                     "repeat": repeat, "load_avg_1m_after": load})
+    return rows
+
+
+def markdown(rows: list[dict], info: dict) -> str:
+    lines = [f"# INT8 quantization, {DATE}", "",
+             f"Machine: {info.get('cpu')}, {info.get('threads')} threads, numpy BLAS {info.get('blas')}, "
+             f"onnxruntime {info.get('onnxruntime')}. Latency: median of alternating rounds, ms.", "",
+             "| model | quantization | FP32 MB | INT8 MB | ratio | cosine ours | cosine ort | ours FP32 | ours INT8 "
+             "| ours INT8/FP32 | ort FP32 | ort INT8 | ort INT8/FP32 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lat = r["latency_ms"]
+        lines.append(f"| {r['model']} ({r['variant']}) | {r['quantization']} | {r['size_fp32_mb']} | {r['size_int8_mb']} | "
+                     f"{r['size_ratio']} | {r['cosine_ours_int8_vs_fp32']:.5f} | {r['cosine_ort_int8_vs_fp32']:.5f} | "
+                     f"{lat['ours_fp32']} | {lat['ours_int8']} | {r['ours_int8_over_fp32']} | {lat['ort_fp32']} | "
+                     f"{lat['ort_int8']} | {r['ort_int8_over_fp32']} |")
+    lines += ["", "The 1-minute load average after each model is in the JSON: the machine is shared, so "
+              "absolute figures are noisy; all sessions of a model were timed in the same rounds."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["bert_base", "resnet50"])
+    p.add_argument("--repeat", type=int, default=7)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--calib-batches", type=int, default=3)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    info = machine_info(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models:
+            for row in bench(name, args.threads, args.repeat, args.calib_batches, Path(work)):
+                print(json.dumps(row))
+                rows.append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"quantization_{DATE}_{machine_tag()}"
+    stem.with_suffix(".json").write_text(json.dumps({"date": DATE, "machine": info, "results": rows}, indent=1))
+    stem.with_suffix(".md").write_text(markdown(rows, info))
+    print(f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

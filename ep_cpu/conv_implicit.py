@@ -1,0 +1,161 @@
+"""2-D convolution as an implicit GEMM over the compiled microkernel of `ep_cpu.microkernel`.
+
+OpenBLAS's SGEMM reaches about half of this CPU's peak (Zen 5, AVX-512: ~120 GFLOP/s a core,
+where onnxruntime's MLAS reaches ~230), and im2col writes a matrix nine times the input before
+the GEMM reads it. Here a convolution's weights (M, C*KH*KW) are packed once into row panels,
+and the microkernel reads B straight from the zero-padded image: output (oy, ox) is position
+oy*wq + ox of the image's grid and its input under tap k is at that position plus a fixed
+offset rows[k], so NR consecutive positions are NR consecutive floats (no im2col, no packing).
+Strided convs first split the image into stride-phase planes, in which every tap is again such
+a shift. The wq - ow positions past each output row are computed and dropped in one copy.
+Whole tiles store straight into the output with bias, residual and a clamp (Relu, Clip).
+
+Threads split the column tiles, or the row panels when there are few positions (7x7 maps), on
+`ep_cpu.gemm`'s pool (the kernels are compiled `nogil`). Compiled code is cached on disk.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ep_cpu import microkernel as mk
+from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
+
+
+if mk.numba is not None:
+    conv_in_place = mk.conv_in_place
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr)."""
+    m = w.shape[0]
+    return mk.pack_rows(w.reshape(m, math.prod(w.shape[1:])), choose_mr(m))
+
+
+# Panels per thread hand-off: fewer and one thread runs all (a hand-off costs ~20-60 us).
+PAR_MIN_PANELS = 4
+
+
+def _split_by_columns(tiles: int, row_panels: int) -> bool:
+    """Threads take ranges of column tiles, or of row panels when the map has few positions."""
+    return tiles >= 2 * PAR_MIN_PANELS or tiles >= row_panels
+
+
+def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-total // parts)
+    return [(i, min(total, i + step)) for i in range(0, total, step)]
+
+
+class _Layout(NamedTuple):
+    hq: int                  # phase plane rows, columns
+    wq: int
+    tiles: int               # NR-position tiles of the output grid (oh rows of wq)
+    ldc: int                 # output grid length per channel (tiles * NR)
+    rows: np.ndarray         # (C*KH*KW,) offset of each weight row's input in the planes
+    planes_size: int         # C * sh*sw * hq*wq
+    length: int              # + room for the last tile's reads
+    phases: tuple            # (a, b, t0, t1, u0, u1, r0, c0): phase (a, b) rows [t0, t1) and
+                             # columns [u0, u1) hold input rows r0::sh, columns c0::sw
+
+
+@functools.lru_cache(maxsize=1024)
+def _layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+            b0: int, b1: int, e0: int, e1: int, oh: int, ow: int) -> _Layout:
+    """The stride-phase planes of a padded (C, H, W) image and the tap offsets into them
+    (computed once per geometry)."""
+    hp, wp = h + b0 + e0, w + b1 + e1
+    # row a + t*sh of the padded image is row t of phase a: in its phase a tap is again a
+    # shift by whole rows/columns, so every conv is a stride-1 product over (channel, phase)
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    plane = hq * wq
+    taps_y, taps_x = np.arange(kh) * dh, np.arange(kw) * dw
+    rows = ((np.arange(c)[:, None, None] * (sh * sw) + (taps_y % sh)[None, :, None] * sw
+             + (taps_x % sw)[None, None, :]) * plane
+            + (taps_y // sh)[None, :, None] * wq + (taps_x // sw)[None, None, :]).reshape(-1)
+    rows = rows.astype(np.int64)
+    rows.flags.writeable = False
+    tiles = -(-(oh * wq) // NR)
+    ldc = tiles * NR
+    phases = []
+    for a in range(sh):
+        t0, t1 = max(0, -(-(b0 - a) // sh)), min(hq, -(-(h + b0 - a) // sh))
+        for b in range(sw):
+            u0, u1 = max(0, -(-(b1 - b) // sw)), min(wq, -(-(w + b1 - b) // sw))
+            t1_, u1_ = max(t0, t1), max(u0, u1)
+            phases.append((a, b, t0, t1_, u0, u1_, a + t0 * sh - b0, b + u0 * sw - b1))
+    planes_size = c * sh * sw * plane
+    return _Layout(hq, wq, tiles, ldc, rows, planes_size, max(planes_size, ldc + int(rows.max())),
+                   tuple(phases))
+
+
+def fill_planes(x: np.ndarray, lay: _Layout, sh: int, sw: int, pad_value: float) -> np.ndarray:
+    """(N, lay.length) float32: each image's stride-phase planes, `pad_value` in the padding,
+    zeros past the planes (only dropped positions read there: no stray NaN or denormals)."""
+    n, c = x.shape[:2]
+    xq = np.empty((n, lay.length), dtype=np.float32)
+    xq[:, lay.planes_size:] = 0
+    planes = xq[:, :lay.planes_size].reshape(n, c, sh, sw, lay.hq, lay.wq)
+    for a, b, t0, t1, u0, u1, r0, c0 in lay.phases:
+        ph = planes[:, :, a, b]
+        ph[:, :, :t0] = pad_value
+        ph[:, :, t1:] = pad_value
+        ph[:, :, t0:t1, :u0] = pad_value
+        ph[:, :, t0:t1, u1:] = pad_value
+        ph[:, :, t0:t1, u0:u1] = x[:, :, r0::sh, c0::sw][:, :, :t1 - t0, :u1 - u0]
+    return xq
+
+
+def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, dilations,
+           begin, end, out_shape, bias: np.ndarray | None, residual: np.ndarray | None,
+           clamp: tuple[float, float] | None, threads: int, pool) -> np.ndarray:
+    """2-D convolution (group 1) of float32 x (N, C, H, W) with weights packed by `pack_weight`;
+    returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor."""
+    n = x.shape[0]
+    kh, kw = kernel_shape
+    oh, ow = out_shape
+    sh, sw = int(strides[0]), int(strides[1])
+    dh, dw = int(dilations[0]), int(dilations[1])
+    if kh == kw == 1 and not any(begin) and not any(end) and (sh > 1 or sw > 1):
+        x, sh, sw = x[:, :, ::sh, ::sw][:, :, :oh, :ow], 1, 1   # a strided 1x1 conv reads a subsample
+    c, h, w = x.shape[1:]
+    lay = _layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
+                  int(end[1]), oh, ow)
+    hq, wq, tiles, ldc, rows = lay.hq, lay.wq, lay.tiles, lay.ldc, lay.rows
+    xq = fill_planes(x, lay, sh, sw, 0.0)
+    has_bias, has_res = bias is not None, residual is not None
+    b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
+         else np.zeros(1, dtype=np.float32))
+    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+    mode = mk.store_mode(1 if has_bias else 0, has_res)
+    wide = ldc != oh * ow
+    y = np.empty((n, m * ldc), dtype=np.float32)
+    if has_res:
+        res = np.zeros((n, m, ldc), dtype=np.float32)
+        res[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow] = residual
+        res = res.reshape(n, m * ldc)
+    row_panels = packed_w.shape[0]
+    by_columns = _split_by_columns(tiles, row_panels)
+    workers = max(1, min(threads, (tiles if by_columns else row_panels) // PAR_MIN_PANELS))
+    for i in range(n):
+        r = res[i] if has_res else y[i]
+        args = (xq[i], rows, packed_w, m, ldc, b, has_bias, r, has_res, np.float32(lo),
+                np.float32(hi), mode, y[i])
+        if workers <= 1:
+            conv_in_place(*args, 0, tiles, 0, row_panels)
+            continue
+        if by_columns:
+            parts = [(j0, j1, 0, row_panels) for j0, j1 in _ranges(tiles, workers)]
+        else:
+            parts = [(0, tiles, i0, i1) for i0, i1 in _ranges(row_panels, workers)]
+        # the calling thread takes the first part: one hand-off fewer
+        futs = [pool(workers - 1).submit(conv_in_place, *args, *p) for p in parts[1:]]
+        try:
+            conv_in_place(*args, *parts[0])
+        finally:
+            for f in futs:
+                f.result()
+    if wide:
+        return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
+    return y.reshape(n, m, oh, ow)

@@ -1,0 +1,69 @@
+"""Y = clamp(A @ B + bias + residual) for a constant float32 B through the compiled microkernel.
+
+`ep_cpu.gemm.gemm` takes this path for a `PackedB` (a session constant: MatMul/Gemm weights) when
+the CPU has AVX-512 (`ep_cpu.microkernel.available()`): OpenBLAS's SGEMM runs at about half of
+this CPU's peak, the microkernel near it. B is packed once into column panels of NR columns
+(`pack`); A's rows are packed per call into row panels (a transposing copy of M x K, small next
+to the product). A block of B's panels sized to L2 meets every row panel before the next block,
+so B streams from memory once per call. Bias (one per column), residual and a clamp run on each
+tile while it is in L1; other activations are a pass after (the caller's epilogue).
+
+Threads split B's panels (every thread packs all of A: M x K, cheap) or, with few panels, A's
+row panels; on `ep_cpu.gemm`'s pool, the compiled function releases the GIL.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ep_cpu import microkernel as mk
+from ep_cpu.microkernel import choose_mr
+
+PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
+
+if mk.numba is not None:
+    gemm_panels = mk.gemm_panels
+
+def pack(bt: np.ndarray) -> np.ndarray:
+    """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels."""
+    return mk.pack_columns(np.asarray(bt, dtype=np.float32))
+
+
+def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-total // parts)
+    return [(i, min(total, i + step)) for i in range(0, total, step)]
+
+
+def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
+           residual: np.ndarray | None, clamp: tuple[float, float] | None, y: np.ndarray,
+           threads: int, pool) -> np.ndarray:
+    """y (M, N) = clamp(a @ B + bias + residual) for float32 a (M, K), B packed by `pack`;
+    bias (N,) per column, residual (M, N). `pool(workers)` gives an executor."""
+    m = a.shape[0]
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    mr = choose_mr(m)
+    row_panels, col_panels = -(-m // mr), bp.shape[0]
+    has_bias, has_res = bias is not None, residual is not None
+    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(n) if has_bias else np.zeros(1, np.float32)
+    yf = y.reshape(-1)
+    r = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1) if has_res else yf
+    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+    mode = mk.store_mode(2 if has_bias else 0, has_res)
+    args = (a, bp, n, mr, b, has_bias, r, has_res, np.float32(lo), np.float32(hi), mode, yf)
+    by_columns = col_panels >= 2 * PAR_MIN_PANELS or col_panels >= row_panels
+    workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
+    if workers <= 1:
+        gemm_panels(*args, 0, row_panels, 0, col_panels)
+        return y
+    if by_columns:
+        parts = [(0, row_panels, j0, j1) for j0, j1 in _ranges(col_panels, workers)]
+    else:
+        parts = [(i0, i1, 0, col_panels) for i0, i1 in _ranges(row_panels, workers)]
+    futs = [pool(workers - 1).submit(gemm_panels, *args, *p) for p in parts[1:]]
+    try:
+        gemm_panels(*args, *parts[0])
+    finally:
+        for f in futs:
+            f.result()
+    return y

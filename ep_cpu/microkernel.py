@@ -1,0 +1,424 @@
+"""The register-tiled GEMM microkernel shared by the compiled convolution and GEMM drivers.
+
+`micro8` / `micro12` compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR] over k for one
+tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed column panel (k, NR)
+read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR accumulators stay in
+registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per accumulator and k.
+
+They are written in LLVM IR (`llvm.fma.v16f32`) through numba's `intrinsic`: numba's
+auto-vectorizer does not keep a tile of accumulators in registers, and numba ships LLVM, so no
+compiler is needed on the user's machine. Only for CPUs with AVX-512F (`available()`): with
+AVX2 the 16-float vectors split in two and the accumulators spill.
+
+The compiled drivers that call the microkernel live here too (`conv_in_place` for
+`ep_cpu.conv_implicit`, `gemm_panels` for `ep_cpu.gemm_compiled`): numba's disk cache checks only
+the source file of the function it caches, so a driver in another file would keep a stale
+inlined microkernel after this file changes.
+
+Unsigned indices in the drivers: numba wraps negative signed indices, and that select keeps
+LLVM from vectorizing copies (measured 0.9 -> 0.1-0.3 ns a value for panel packing).
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency; callers keep the BLAS path
+    numba = None
+
+NR = 32          # tile columns: two 16-float vectors
+MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
+KC = 256         # k per microkernel call: the panels' slices stay in L1
+PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2
+BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
+
+_state = {"checked": False, "available": False}
+
+
+def available() -> bool:
+    """numba imports and the host CPU has AVX-512F."""
+    if not _state["checked"]:
+        ok = False
+        if numba is not None:
+            try:
+                import llvmlite.binding as ll
+                ok = bool(ll.get_host_cpu_features().get("avx512f", False))
+            except Exception:   # noqa: BLE001 - feature query failed: keep the BLAS path
+                ok = False
+        _state["available"] = ok
+        _state["checked"] = True
+    return _state["available"]
+
+
+def choose_mr(rows: int) -> int:
+    """Tile rows for a matrix of `rows` rows: 12 (more accumulators) unless 8 wastes fewer
+    padded rows (16, 32, 40 ... channels); 4 for up to 4 rows (a recurrent step's batch: 8
+    accumulators still cover the FMA latency)."""
+    if rows <= 4:
+        return 4
+    waste12 = -(-rows // 12) * 12 - rows
+    waste8 = -(-rows // 8) * 8 - rows
+    return 8 if waste8 < waste12 else 12
+
+
+def pack_rows(a: np.ndarray, mr: int) -> np.ndarray:
+    """(M, K) float32 -> (ceil(M/mr), K, mr) row panels; padded rows are zero."""
+    m, k = a.shape
+    mb = -(-m // mr)
+    padded = np.zeros((mb * mr, k), dtype=np.float32)
+    padded[:m] = a
+    return np.ascontiguousarray(padded.reshape(mb, mr, k).transpose(0, 2, 1))
+
+
+def pack_columns(b: np.ndarray) -> np.ndarray:
+    """(K, N) float32 -> (ceil(N/NR), K, NR) column panels; padded columns are zero."""
+    k, n = b.shape
+    nb = -(-n // NR)
+    padded = np.zeros((k, nb * NR), dtype=np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, nb, NR).transpose(1, 0, 2))
+
+
+# Tile store modes of the microkernel: RAW stores the sums; the others finish the tile:
+# + bias (none / one per row / one per column) + residual, then the clamp [lo, hi].
+RAW = 0
+
+
+def store_mode(bias_kind: int, has_res: bool) -> int:
+    """bias_kind: 0 none, 1 per row (conv channels), 2 per column (GEMM)."""
+    return 1 + 2 * bias_kind + int(has_res)
+
+
+def _make_micro(mr: int, indexed_b: bool = False):
+    """The microkernel for tiles of `mr` rows. With `indexed_b`, row k of B starts at
+    b + b_off + rows[k] (an int64 array of offsets) instead of b + b_off + k*NR: B is then read
+    in place from an image (stride-1 convolution, `ep_cpu.conv_implicit`).
+
+    micro(a, a_off, b, b_off, rows, c, c_off, ldc, k, accumulate, bias, bias_off, res, res_off,
+    lo, hi, mode): C (+)= A x B over k; with mode != RAW the stored tile is
+    clamp(sums + bias + res) (`store_mode`), bias[bias_off + r] per row or bias[bias_off + j]
+    per column, res[res_off + r*ldc + j]. Whole tiles only: every row and column is stored."""
+    i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+    v16 = ir.VectorType(f32, 16)
+
+    @intrinsic
+    def micro(typingctx, a_arr, a_off, b_arr, b_off, rows_arr, c_arr, c_off, ldc, k, accumulate,
+              bias_arr, bias_off, res_arr, res_off, lo, hi, mode):
+        sig = types.void(a_arr, types.int64, b_arr, types.int64, rows_arr, c_arr, types.int64,
+                         types.int64, types.int64, types.int64, bias_arr, types.int64, res_arr,
+                         types.int64, types.float32, types.float32, types.int64)
+
+        def codegen(context, builder, signature, args):
+            (a_v, a_o, b_v, b_o, rows_v, c_v, c_o, ld, kk, acc_flag, bias_v, bias_o, res_v, res_o,
+             lo_v, hi_v, mode_v) = args
+            tys = signature.args
+
+            def data(k_arg, value):
+                return context.make_array(tys[k_arg])(context, builder, value).data
+
+            a = builder.gep(data(0, a_v), [a_o])
+            b = builder.gep(data(2, b_v), [b_o])
+            rows = data(4, rows_v)
+            c = builder.gep(data(5, c_v), [c_o])
+            bias = builder.gep(data(10, bias_v), [bias_o])
+            res = builder.gep(data(12, res_v), [res_o])
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3),
+                                                 "llvm.fma.v16f32")
+            # allocas in the entry block: LLVM promotes them to registers
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * mr)]
+            undef = ir.Constant(v16, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+            def broadcast(scalar):
+                return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
+                                              undef, splat)
+
+            def vec_ptr(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), v16.as_pointer())
+
+            with cgutils.for_range(builder, kk) as loop:
+                if indexed_b:
+                    brow = builder.gep(b, [builder.load(builder.gep(rows, [loop.index]))])
+                else:
+                    brow = builder.gep(b, [builder.mul(loop.index, ir.Constant(i64, NR))])
+                bvec = [builder.load(vec_ptr(brow, ir.Constant(i64, 16 * h)), align=4) for h in range(2)]
+                arow = builder.gep(a, [builder.mul(loop.index, ir.Constant(i64, mr))])
+                for r in range(mr):
+                    sv = broadcast(builder.load(builder.gep(arow, [ir.Constant(i64, r)])))
+                    for h in range(2):
+                        slot = accs[2 * r + h]
+                        builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+            add = builder.icmp_signed("!=", acc_flag, ir.Constant(i64, 0))
+            lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
+            done = builder.append_basic_block("tile_stored")
+            switch = builder.switch(mode_v, done)
+            for mode in range(7):
+                block = builder.append_basic_block(f"store_mode_{mode}")
+                switch.add_case(ir.Constant(i64, mode), block)
+                builder.position_at_end(block)
+                bias_kind, has_res = (mode - 1) // 2, (mode - 1) % 2 == 1
+                for r in range(mr):
+                    row_off = builder.mul(ld, ir.Constant(i64, r))
+                    if mode != RAW and bias_kind == 1:
+                        b_row = broadcast(builder.load(builder.gep(bias, [ir.Constant(i64, r)])))
+                    for h in range(2):
+                        off = builder.add(row_off, ir.Constant(i64, 16 * h))
+                        ptr = vec_ptr(c, off)
+                        v = builder.load(accs[2 * r + h])
+                        v = builder.select(add, builder.fadd(v, builder.load(ptr, align=4)), v)
+                        if mode != RAW:
+                            if bias_kind == 1:
+                                v = builder.fadd(v, b_row)
+                            elif bias_kind == 2:
+                                v = builder.fadd(v, builder.load(vec_ptr(bias, ir.Constant(i64, 16 * h)),
+                                                                 align=4))
+                            if has_res:
+                                v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
+                            # `lo if v < lo else v`: NaN passes, as numpy's clip
+                            v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
+                            v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
+                        builder.store(v, ptr, align=4)
+                builder.branch(done)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+DW_VECTORS = 4                   # depthwise tile: 4 vectors = 64 output positions
+DW_TILE = 16 * DW_VECTORS
+
+
+def _make_depthwise_tile():
+    """dw_tile(x, x_off, offs, taps, w, w_off, y, y_off, bias, lo, hi): y[y_off : + DW_TILE] =
+    clamp(bias + sum_t w[w_off + t] * x[x_off + offs[t] : + DW_TILE]): one channel's tile of a
+    depthwise convolution read in place from its (phase) planes, accumulators in registers."""
+    i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+    v16 = ir.VectorType(f32, 16)
+
+    @intrinsic
+    def dw_tile(typingctx, x_arr, x_off, offs_arr, taps, w_arr, w_off, y_arr, y_off, bias, lo, hi):
+        sig = types.void(x_arr, types.int64, offs_arr, types.int64, w_arr, types.int64, y_arr,
+                         types.int64, types.float32, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            x_v, x_o, offs_v, nt, w_v, w_o, y_v, y_o, bias_v, lo_v, hi_v = args
+            tys = signature.args
+
+            def data(k_arg, value):
+                return context.make_array(tys[k_arg])(context, builder, value).data
+
+            x = builder.gep(data(0, x_v), [x_o])
+            offs = data(2, offs_v)
+            w = builder.gep(data(4, w_v), [w_o])
+            y = builder.gep(data(6, y_v), [y_o])
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3),
+                                                 "llvm.fma.v16f32")
+            undef = ir.Constant(v16, ir.Undefined)
+            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+            def broadcast(scalar):
+                return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
+                                              undef, splat)
+
+            def vec_ptr(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), v16.as_pointer())
+
+            b = broadcast(bias_v)
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(DW_VECTORS)]
+            for slot in accs:
+                builder.store(b, slot)
+            with cgutils.for_range(builder, nt) as loop:
+                src = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
+                wv = broadcast(builder.load(builder.gep(w, [loop.index])))
+                for h, slot in enumerate(accs):
+                    xv = builder.load(vec_ptr(src, ir.Constant(i64, 16 * h)), align=4)
+                    builder.store(builder.call(fma, [wv, xv, builder.load(slot)]), slot)
+            lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
+            for h, slot in enumerate(accs):
+                v = builder.load(slot)
+                v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
+                v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
+                builder.store(v, vec_ptr(y, ir.Constant(i64, 16 * h)), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dw_tile
+
+
+if numba is not None:
+    micro4 = _make_micro(4)
+    micro8 = _make_micro(8)
+    micro12 = _make_micro(12)
+    micro4_indexed = _make_micro(4, indexed_b=True)
+    micro8_indexed = _make_micro(8, indexed_b=True)
+    micro12_indexed = _make_micro(12, indexed_b=True)
+    dw_tile = _make_depthwise_tile()
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def tile_product(ap, a_off, mr, b, b_off, rows, indexed, kdim, c, c_off, ldc, bias, bias_off,
+                     res, res_off, lo, hi, mode):  # pragma: no cover - compiled
+        """C tile (mr x NR at c_off, row stride ldc) = A row panel (kdim, mr) at a_off x B, B a
+        column panel (kdim, NR) at b_off or (indexed) rows b[b_off + rows[k] : + NR]; the last
+        k block stores with `mode` (RAW or a `store_mode`)."""
+        for k0 in range(0, kdim, KC):
+            kc = min(KC, kdim - k0)
+            md = mode if k0 + kc == kdim else RAW
+            if indexed:
+                if mr == 4:
+                    micro4_indexed(ap, a_off + k0 * 4, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
+                                   bias, bias_off, res, res_off, lo, hi, md)
+                elif mr == 8:
+                    micro8_indexed(ap, a_off + k0 * 8, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
+                                   bias, bias_off, res, res_off, lo, hi, md)
+                else:
+                    micro12_indexed(ap, a_off + k0 * 12, b, b_off, rows[k0:], c, c_off, ldc, kc,
+                                    k0, bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 4:
+                micro4(ap, a_off + k0 * 4, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
+                       bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 8:
+                micro8(ap, a_off + k0 * 8, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
+                       bias, bias_off, res, res_off, lo, hi, md)
+            else:
+                micro12(ap, a_off + k0 * 12, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
+                        bias, bias_off, res, res_off, lo, hi, md)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def store_tile(tile, rows, cols, r0, c0, y, ldy, bias, bias_per_row, has_bias, res, has_res,
+                   lo, hi):  # pragma: no cover - compiled
+        """Edge tiles: y[r0+r, c0+u] = clamp(tile[r, u] + bias + res[r0+r, c0+u]) for r < rows,
+        u < cols; y, res flat with row stride ldy; bias per row (conv) or per column (GEMM)."""
+        u64 = np.uint64
+        tf = tile.reshape(tile.size)
+        for r in range(rows):
+            tr = u64(r * NR)
+            yo = u64((r0 + r) * ldy + c0)
+            brow = bias[r0 + r] if (has_bias and bias_per_row) else np.float32(0.0)
+            for u in range(cols):
+                v = tf[tr + u64(u)] + brow
+                if has_bias and not bias_per_row:
+                    v += bias[c0 + u]
+                if has_res:
+                    v += res[yo + u64(u)]
+                v = lo if v < lo else v
+                y[yo + u64(u)] = hi if v > hi else v
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
+                      j0, j1, i0, i1):  # pragma: no cover - compiled
+        # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
+        # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
+        # microkernel reads B straight from the image, NR positions at a time. y and res are
+        # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
+        # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
+        kdim = rows.shape[0]
+        mr = ap.shape[2]
+        tile = np.empty((MR_MAX, NR), dtype=np.float32)
+        block = max(1, BLOCK_POSITIONS // NR)
+        for jb0 in range(j0, j1, block):
+            jb1 = min(j1, jb0 + block)
+            for ib in range(i0, i1):
+                r0 = ib * mr
+                nrows = min(mr, m - r0)
+                for jb in range(jb0, jb1):
+                    p0 = jb * NR
+                    if nrows == mr:
+                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, y,
+                                     r0 * ldc + p0, ldc, bias, r0, res, r0 * ldc + p0, lo, hi, mode)
+                    else:
+                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, tile, 0,
+                                     NR, bias, 0, res, 0, lo, hi, RAW)
+                        store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
+                                   has_res, lo, hi)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
+                    j1):  # pragma: no cover - compiled
+        # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
+        # [i0, i1) of mr rows, column panels [j0, j1). Whole tiles store straight into y with
+        # the epilogue (`mode`); edge tiles go through a scratch tile.
+        u64 = np.uint64
+        m, kdim = a.shape
+        af = a.reshape(a.size)
+        ap = np.empty((i1 - i0, kdim * mr), dtype=np.float32)
+        for ib in range(i0, i1):
+            dst = ap[ib - i0]
+            r0 = ib * mr
+            rows = min(mr, m - r0)
+            for r in range(rows):
+                src = u64((r0 + r) * kdim)
+                for k in range(kdim):
+                    dst[u64(k * mr + r)] = af[src + u64(k)]
+            for r in range(rows, mr):
+                for k in range(kdim):
+                    dst[u64(k * mr + r)] = 0.0
+        tile = np.empty((MR_MAX, NR), dtype=np.float32)
+        no_rows = np.zeros(1, dtype=np.int64)
+        block = max(1, PANEL_BLOCK_BYTES // (kdim * NR * 4))
+        for jb0 in range(j0, j1, block):
+            jb1 = min(j1, jb0 + block)
+            for ib in range(i0, i1):
+                r0 = ib * mr
+                rows = min(mr, m - r0)
+                for jb in range(jb0, jb1):
+                    c0 = jb * NR
+                    cols = min(NR, n - c0)
+                    if rows == mr and cols == NR:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0,
+                                     lo, hi, mode)
+                    else:
+                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
+                                     False, kdim, tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
+                        store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
+                                   has_res, lo, hi)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def depthwise_planes(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq, c0, c1):  # pragma: no cover
+        # One image: x (C, H, W), y (C, oh, ow), w (C, taps) with tap offsets `offs` into a
+        # channel's sh*sw phase planes of hq x wq (the zero-padded image, row a + t*sh of it
+        # being row t of phase a). Per channel the planes are filled in a scratch that stays
+        # in L1/L2 (padding positions are never written, so they stay zero), the tiles run
+        # in place on it into a wide row buffer, and the ow of every wq positions are copied
+        # out. Channels [c0, c1).
+        u64 = np.uint64
+        h, wd = x.shape[1], x.shape[2]
+        oh, ow = y.shape[1], y.shape[2]
+        taps = offs.shape[0]
+        plane = hq * wq
+        ldc = -(-(oh * wq) // DW_TILE) * DW_TILE
+        buf = np.zeros(sh * sw * plane + offs.max() + ldc, dtype=np.float32)
+        wide = np.empty(ldc, dtype=np.float32)
+        for c in range(c0, c1):
+            xc = x[c]
+            for iy in range(h):
+                py = iy + ph
+                if py < 0 or py // sh >= hq:
+                    continue
+                row0 = ((py % sh) * sw) * plane + (py // sh) * wq
+                xr = xc[iy]
+                for b in range(sw):
+                    # padded column b + sw*u is input column b + sw*u - pw
+                    u_lo = max(0, -((b - pw) // sw))
+                    u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
+                    dst = row0 + b * plane
+                    for u in range(u_lo, u_hi):
+                        buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
+            for p0 in range(0, ldc, DW_TILE):
+                dw_tile(buf, p0, offs, taps, w, c * taps, wide, p0, bias[c], lo, hi)
+            yc = y[c]
+            for oy in range(oh):
+                yr = yc[oy]
+                src = u64(oy * wq)
+                for ox in range(ow):
+                    yr[u64(ox)] = wide[src + u64(ox)]

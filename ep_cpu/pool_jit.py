@@ -1,0 +1,78 @@
+"""2-D MaxPool compiled with numba over the stride-phase planes of `ep_cpu.conv_implicit`.
+
+numpy's path reduces one strided window view per kernel offset (25 `maximum` calls for YOLO's
+5x5 SPPF pools, plus a -inf padded copy): on small maps the calls dominate (0.3 ms against
+onnxruntime's 0.015 ms for 128x10x10). Here the image is laid out as conv_implicit lays it out
+for a convolution (-inf in the padding): output (oy, ox) is position oy*wq + ox of a channel's
+grid and tap t reads that position plus a fixed offset, so each tap is one long vectorized
+maximum over a block of positions (of every row at once; the wq - ow positions past a row are
+dropped in one copy). NaN propagates, as in np.maximum. float32; compiled once, cached on disk.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ep_cpu import conv_implicit
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+BLOCK = 2048                  # positions per block: the block of outputs stays in L1
+PAR_MIN_ELEMENTS = 1 << 19    # output values x taps per thread hand-off
+
+
+if numba is not None:
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def max_over_taps(xq, chan, offs, y, c0, c1):  # pragma: no cover - compiled
+        # xq: channel c's planes at c*chan; y (C, L): y[c, p] = max_t xq[c*chan + p + offs[t]]
+        u64 = np.uint64
+        taps = offs.shape[0]
+        length = y.shape[1]
+        for c in range(c0, c1):
+            yr = y[c]
+            base = u64(c * chan)
+            for p0 in range(0, length, BLOCK):
+                p1 = min(length, p0 + BLOCK)
+                src = base + u64(offs[0])
+                for p in range(p0, p1):
+                    yr[u64(p)] = xq[src + u64(p)]
+                for t in range(1, taps):
+                    src = base + u64(offs[t])
+                    for p in range(p0, p1):
+                        v = xq[src + u64(p)]
+                        m = yr[u64(p)]
+                        yr[u64(p)] = v if (v > m or v != v) else m
+
+
+def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, end, out_shape,
+                threads: int, pool) -> np.ndarray | None:
+    """MaxPool of float32 x (N, C, H, W) -> (N, C, OH, OW), `end` padding including ceil_mode's
+    extra; None where numba is missing."""
+    if numba is None:
+        return None
+    n, c, h, w = x.shape
+    oh, ow = out_shape
+    kh, kw = (int(k) for k in kernel_shape)
+    sh, sw = int(strides[0]), int(strides[1])
+    lay = conv_implicit._layout(1, h, w, kh, kw, sh, sw, int(dilations[0]), int(dilations[1]),
+                                int(begin[0]), int(begin[1]), int(end[0]), int(end[1]), oh, ow)
+    planes = conv_implicit.fill_planes(x.reshape(n * c, 1, h, w), lay, sh, sw, -np.inf)
+    grid = oh * lay.wq
+    y = np.empty((n * c, grid), dtype=np.float32)
+    args = (planes.reshape(-1), lay.length, lay.rows, y)
+    count = n * c
+    workers = max(1, min(threads, count, count * grid * kh * kw // PAR_MIN_ELEMENTS))
+    if workers <= 1:
+        max_over_taps(*args, 0, count)
+    else:
+        step = -(-count // workers)
+        parts = [(i, min(count, i + step)) for i in range(0, count, step)]
+        futs = [pool(workers - 1).submit(max_over_taps, *args, *p) for p in parts[1:]]
+        try:
+            max_over_taps(*args, *parts[0])
+        finally:
+            for f in futs:
+                f.result()
+    return np.ascontiguousarray(y.reshape(n, c, oh, lay.wq)[..., :ow])

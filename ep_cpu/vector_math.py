@@ -1,0 +1,141 @@
+"""Element-wise activations in one compiled pass with a vectorized exp: Sigmoid, SiLU, Gelu.
+
+numpy runs these as 4-20 ufunc passes over the tensor (Gelu's erf: ~20), each streaming it
+through memory once it outgrows the cache, and numba cannot vectorize `exp` without Intel's SVML
+(it calls libm's scalar expf). Here exp is written in LLVM IR on 16-float vectors through numba's
+`intrinsic`: x = n ln2 + r with n = rint(x / ln2) and a two-part ln2 (so r is exact to float32),
+exp(r) a degree-6 Taylor polynomial (|r| <= ln2/2: relative error < 2e-7), and 2^n built in the
+exponent bits. Sigmoid = 1 / (1 + exp(-x)), SiLU = x * sigmoid(x), Gelu = x * Phi(x) with
+Abramowitz & Stegun 7.1.26 for erf (absolute error <= 1.5e-7, as `gemm_epilogue.fast_erf`).
+
+float32, C-contiguous arrays, on CPUs with AVX-512F (`ep_cpu.microkernel.available`); callers
+keep their numpy passes elsewhere. The kernels are compiled with `cache=True`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ep_cpu import microkernel
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+SIGMOID, SILU, GELU = 0, 1, 2
+KINDS = {"Sigmoid": SIGMOID, "Silu": SILU, "Gelu": GELU}
+
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+FAST_MIN = 1 << 12   # elements: below this numpy's passes stay in cache and the call costs more
+
+
+def available() -> bool:
+    return numba is not None and microkernel.available()
+
+
+def _vector_exp(builder, x, v16):
+    """exp of a <16 x float> (inputs clamped to [-87.3, 88.7]; NaN stays NaN)."""
+    f32, i32 = ir.FloatType(), ir.IntType(32)
+
+    def const(value):
+        return ir.Constant(v16, [float(np.float32(value))] * 16)
+
+    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]), "llvm.rint.v16f32")
+    lo, hi = const(-87.3), const(88.7)
+    x = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
+    x = builder.select(builder.fcmp_ordered(">", x, hi), hi, x)
+    n = builder.call(rint, [builder.fmul(x, const(1.0 / math.log(2.0)))])
+    # ln2 = 0.693359375 - 2.12194440e-4: the first part has few bits, so n * it is exact
+    r = builder.fsub(x, builder.fmul(n, const(0.693359375)))
+    r = builder.fsub(r, builder.fmul(n, const(-2.12194440e-4)))
+    p = const(1.0 / 720)
+    for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
+        p = builder.fadd(builder.fmul(p, r), const(c))
+    vi32 = ir.VectorType(i32, 16)
+    bits = builder.shl(builder.add(builder.fptosi(n, vi32), ir.Constant(vi32, [127] * 16)),
+                       ir.Constant(vi32, [23] * 16))
+    return builder.fmul(p, builder.bitcast(bits, v16))
+
+
+if numba is not None:
+    @intrinsic
+    def activate16(typingctx, arr, off, kind):
+        """arr[off : off + 16] = activation(arr[off : off + 16]) in place."""
+        sig = types.void(arr, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            arr_v, off_v, kind_v = args
+            v16 = ir.VectorType(ir.FloatType(), 16)
+            data = context.make_array(signature.args[0])(context, builder, arr_v).data
+            ptr = builder.bitcast(builder.gep(data, [off_v]), v16.as_pointer())
+            x = builder.load(ptr, align=4)
+
+            def const(value):
+                return ir.Constant(v16, [float(np.float32(value))] * 16)
+
+            one = const(1.0)
+            done = builder.append_basic_block("activated")
+            switch = builder.switch(kind_v, done)
+            for kind in (SIGMOID, SILU, GELU):
+                block = builder.append_basic_block(f"kind_{kind}")
+                switch.add_case(ir.Constant(ir.IntType(64), kind), block)
+                builder.position_at_end(block)
+                if kind in (SIGMOID, SILU):
+                    e = _vector_exp(builder, builder.fsub(const(0.0), x), v16)
+                    y = builder.fdiv(one, builder.fadd(one, e))
+                    if kind == SILU:
+                        y = builder.fmul(x, y)
+                else:
+                    # u = |x| / sqrt(2); q = 1 - erf(u) = t*poly(t)*exp(-u^2), t = 1/(1 + p u);
+                    # Phi(x) = 1 - q/2 for x >= 0, q/2 below
+                    fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]),
+                                                          "llvm.fabs.v16f32")
+                    u = builder.fmul(builder.call(fabs, [x]), const(1.0 / math.sqrt(2.0)))
+                    t = builder.fdiv(one, builder.fadd(one, builder.fmul(u, const(_ERF_P))))
+                    poly = const(_ERF_A[-1] / 2)
+                    for c in reversed(_ERF_A[:-1]):
+                        poly = builder.fadd(builder.fmul(poly, t), const(c / 2))
+                    half_q = builder.fmul(builder.fmul(poly, t),
+                                          _vector_exp(builder, builder.fsub(const(0.0), builder.fmul(u, u)), v16))
+                    phi = builder.select(builder.fcmp_ordered(">=", x, const(0.0)),
+                                         builder.fsub(one, half_q), half_q)
+                    y = builder.fmul(x, phi)
+                builder.store(y, ptr, align=4)
+                builder.branch(done)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def activate(flat, kind):  # pragma: no cover - compiled
+        """The activation over a flat float32 array in place (the tail through a 16-float pad)."""
+        n = flat.shape[0]
+        full = n - n % 16
+        for off in range(0, full, 16):
+            activate16(flat, off, kind)
+        if full < n:
+            pad = np.zeros(16, dtype=np.float32)
+            for i in range(n - full):
+                pad[i] = flat[full + i]
+            activate16(pad, 0, kind)
+            for i in range(n - full):
+                flat[full + i] = pad[i]
+
+
+def apply(t: np.ndarray, name: str) -> bool:
+    """`name` (Sigmoid, Silu, Gelu) applied to t in place in one compiled pass; False (nothing
+    done) where that does not apply: other dtypes or layouts, small tensors, no AVX-512."""
+    kind = KINDS.get(name)
+    if (kind is None or t.dtype != np.float32 or not t.flags.c_contiguous or t.size < FAST_MIN
+            or not available()):
+        return False
+    activate(t.reshape(-1), kind)
+    return True

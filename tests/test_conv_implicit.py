@@ -1,0 +1,152 @@
+"""The compiled implicit-GEMM convolution (`ep_cpu.conv_implicit`, microkernel in
+`ep_cpu.microkernel`) against onnxruntime and against the im2col + BLAS path, over the shapes
+that exercise its edges: tile rows (8/12) and columns (32) that do not divide the channels and
+positions, padding, strides, dilations, 1x1 and rectangular kernels, batches, thread splits by
+columns and by rows, residual and activation epilogues, non-constant weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import ep_core
+from ep_cpu import conv_implicit, microkernel
+from ep_cpu.kernels import conv
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
+pytestmark = pytest.mark.skipif(not microkernel.available(),
+                                reason="the compiled microkernel needs numba and an AVX-512 CPU")
+
+# (input NCHW, out channels, kernel, strides, pads, dilations)
+SHAPES = [
+    ((1, 16, 14, 14), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((2, 12, 15, 11), 20, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),     # batch, stride 2, odd sizes
+    ((1, 3, 33, 35), 13, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)),      # stem-like, 13 channels
+    ((1, 10, 12, 12), 36, (5, 5), (2, 1), (2, 1, 2, 3), (1, 1)),     # asymmetric pads/strides
+    ((1, 6, 13, 13), 24, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),      # dilation
+    ((2, 5, 7, 7), 7, (3, 2), (1, 2), (0, 1, 1, 0), (2, 1)),         # 3x2 kernel
+    ((1, 64, 7, 7), 100, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),      # 1x1, 49 positions
+    ((1, 40, 20, 20), 17, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),     # 1x1 stride 2
+    ((1, 300, 9, 9), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),      # K = 2700 > one k block
+    ((1, 8, 1, 70), 16, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1)),       # one row
+]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def _model(in_shape, m, ks, strides, pads, dil, epilogue, const_weight=True):
+    c = in_shape[1]
+    rng = np.random.default_rng(sum(in_shape) + m)
+    w = (rng.standard_normal((m, c, *ks)) / np.sqrt(c * np.prod(ks))).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    conv_out = "y" if epilogue == "none" else "c"
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], [conv_out], kernel_shape=list(ks),
+                              strides=list(strides), pads=list(pads), dilations=list(dil))]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))]
+    if epilogue == "relu":
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    elif epilogue == "clip":
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    elif epilogue == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+    elif epilogue == "residual_relu":
+        nodes += [helper.make_node("Add", ["c", "z"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+    inits = [helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel()),
+             helper.make_tensor("lo", TensorProto.FLOAT, [], [-0.5]),
+             helper.make_tensor("hi", TensorProto.FLOAT, [], [0.75])]
+    if const_weight:
+        inits.append(helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()))
+    else:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, list(w.shape)))
+    feeds = {"x": rng.standard_normal(in_shape).astype(np.float32)}
+    if epilogue == "residual_relu":
+        ref = ort.InferenceSession(_build(nodes[:1], inputs, inits, "c"), providers=["CPUExecutionProvider"])
+        z_shape = ref.run(None, {**feeds, **({} if const_weight else {"w": w})})[0].shape
+        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, list(z_shape)))
+        feeds["z"] = rng.standard_normal(z_shape).astype(np.float32)
+    if not const_weight:
+        feeds["w"] = w
+    return _build(nodes, inputs, inits, "y"), feeds
+
+
+def _build(nodes, inputs, inits, out):
+    graph = helper.make_graph(nodes, "conv", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)],
+                              initializer=[i for i in inits if any(i.name in n.input for n in nodes)])
+    return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+@pytest.fixture
+def implicit_calls(monkeypatch):
+    """Counts the compiled convolutions run; every eligible conv takes the path."""
+    calls = []
+    real = conv_implicit.conv2d
+
+    def counting(*args, **kwargs):
+        calls.append(args[1].shape[2])   # tile rows of the packed weight
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(conv_implicit, "conv2d", counting)
+    monkeypatch.setattr(conv, "IMPLICIT", True)
+    monkeypatch.setattr(conv, "IMPLICIT_MIN_MACS", 0)
+    return calls
+
+
+@pytest.mark.parametrize("split", ["one_thread", "columns", "rows"])
+@pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "silu", "residual_relu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
+def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split):
+    if split == "columns":     # every panel its own hand-off: the column split runs
+        monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
+    elif split == "rows":      # the row-panel split (maps with few positions)
+        monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
+        monkeypatch.setattr(conv_implicit, "_split_by_columns", lambda tiles, rows: False)
+    data, feeds = _model(*shape, epilogue=epilogue)
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 1 if split == "one_thread" else 2
+    ours = ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0]
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert implicit_calls == [microkernel.choose_mr(shape[1])]   # the compiled path really ran
+    np.testing.assert_allclose(ours, ref, **TOL)
+
+
+@pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "x".join(map(str, s[0])))
+def test_weight_as_graph_input(implicit_calls, shape):
+    """A non-constant W is packed per run, never reused from an earlier run."""
+    data, feeds = _model(*shape, epilogue="relu", const_weight=False)
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for scale in (1.0, -2.0):
+        run_feeds = dict(feeds, w=feeds["w"] * np.float32(scale))
+        np.testing.assert_allclose(sess.run(None, run_feeds)[0], ref.run(None, run_feeds)[0], **TOL)
+    assert len(implicit_calls) == 2
+
+
+def test_constant_weight_packed_at_session_creation(monkeypatch, implicit_calls):
+    packs = []
+    real = conv_implicit.pack_weight
+    monkeypatch.setattr(conv_implicit, "pack_weight", lambda w: packs.append(w.shape) or real(w))
+    data, feeds = _model(*SHAPES[0], epilogue="relu")
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    assert len(packs) == 1
+    for _ in range(3):
+        sess.run(None, feeds)
+    assert len(packs) == 1 and len(implicit_calls) == 3
+
+
+def test_same_as_blas_path(monkeypatch):
+    """On a ResNet-like block both CPU paths agree (the compiled one and im2col + BLAS)."""
+    data, feeds = _model((1, 64, 28, 28), 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "residual_relu")
+    monkeypatch.setattr(conv, "IMPLICIT", True)
+    fast = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+    monkeypatch.setattr(conv, "IMPLICIT", False)
+    blas = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+    np.testing.assert_allclose(fast, blas, **TOL)   # (the other path is Winograd here)
+
+
+def test_nan_and_inf_propagate(implicit_calls):
+    data, feeds = _model((1, 8, 6, 6), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu")
+    feeds["x"][0, 0, 2, 2] = np.nan
+    feeds["x"][0, 1, 4, 4] = np.inf
+    ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_allclose(np.nan_to_num(ours), np.nan_to_num(ref), **TOL)

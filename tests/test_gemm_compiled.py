@@ -1,0 +1,115 @@
+"""The compiled GEMM (`ep_cpu.gemm_compiled` through `ep_cpu.gemm.gemm` with a packed constant B)
+against numpy in float64: tile edges (rows 8/12, columns 32, k blocks of 256), fused epilogues
+(bias per column, residual, Relu/Clip) and the ones that run as a pass after (alpha, other bias
+shapes, Gelu), thread splits by columns and by rows, `out=`, leading axes of A."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ep_cpu import gemm as G
+from ep_cpu import gemm_compiled, microkernel
+
+pytestmark = pytest.mark.skipif(not microkernel.available(),
+                                reason="the compiled microkernel needs numba and an AVX-512 CPU")
+
+SHAPES = [(4, 16, 16), (13, 300, 70), (128, 768, 96), (37, 20, 33), (200, 513, 64), (24, 1000, 1)]
+
+
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    calls = []
+    real = gemm_compiled.matmul
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gemm_compiled, "matmul", counting)
+    return calls
+
+
+def _ref(a, b, bias=None, residual=None, act=None, alpha=1.0, beta=1.0, params=None):
+    y = alpha * (a.astype(np.float64) @ b.astype(np.float64))
+    if bias is not None:
+        y = y + beta * bias
+    if residual is not None:
+        y = y + residual
+    if act == "Relu":
+        y = np.maximum(y, 0)
+    elif act == "Clip":
+        y = np.clip(y, params["min"], params["max"])
+    elif act == "Gelu":
+        from scipy.special import erf
+        y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+    return y
+
+
+@pytest.mark.parametrize("split", ["one_thread", "columns", "rows"])
+@pytest.mark.parametrize("epilogue", ["none", "bias", "bias_residual_relu", "clip", "column_bias",
+                                      "alpha_beta", "gelu"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, split):
+    m, k, n = shape
+    rng = np.random.default_rng(m * k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    packed = G.pack_b(b, copy=False)
+    kw, ref_kw = {}, {}
+    if epilogue in ("bias", "bias_residual_relu", "alpha_beta"):
+        kw["bias"] = ref_kw["bias"] = rng.standard_normal(n).astype(np.float32)
+    if epilogue == "bias_residual_relu":
+        kw["residual"] = ref_kw["residual"] = rng.standard_normal((m, n)).astype(np.float32)
+        kw["activation"] = ref_kw["act"] = "Relu"
+    if epilogue == "clip":
+        kw["activation"] = ref_kw["act"] = "Clip"
+        kw["activation_params"] = ref_kw["params"] = {"min": -0.5, "max": 1.0}
+    if epilogue == "column_bias":   # (M, 1): not fused, a pass after
+        kw["bias"] = ref_kw["bias"] = rng.standard_normal((m, 1)).astype(np.float32)
+    if epilogue == "alpha_beta":
+        kw["alpha"], kw["beta"] = ref_kw["alpha"], ref_kw["beta"] = 0.5, 2.0
+    if epilogue == "gelu":
+        kw["activation"] = ref_kw["act"] = "Gelu"
+    if split != "one_thread":
+        monkeypatch.setattr(gemm_compiled, "PAR_MIN_PANELS", 1)
+    threads = 1 if split == "one_thread" else 2
+    if split == "rows":
+        # few column panels: threads split the row panels (the n <= 32 shapes); into `out=`
+        monkeypatch.setattr(gemm_compiled, "PAR_MIN_PANELS", 1)
+        y = np.empty((m, n), np.float32)
+        assert G.gemm(a, packed, num_threads=threads, out=y, **kw) is not None
+    else:
+        y = G.gemm(a, packed, num_threads=threads, **kw)
+    expect = _ref(a, b, **ref_kw)
+    tol = 1e-4 * np.sqrt(k)
+    np.testing.assert_allclose(y, expect, rtol=tol, atol=tol)
+    assert y.dtype == np.float32 and y.shape == (m, n)
+    assert len(compiled_calls) == (1 if m >= G.THIN_M else 0)
+
+
+def test_leading_axes_and_packing_once(compiled_calls):
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((64, 40)).astype(np.float32)
+    packed = G.pack_b(b, copy=False)
+    for _ in range(3):
+        a = rng.standard_normal((2, 7, 64)).astype(np.float32)
+        y = G.gemm(a, packed)
+        np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-4)
+        assert y.shape == (2, 7, 40)
+    assert packed.micro is not None and packed.micro.shape == (2, 64, microkernel.NR)
+    assert len(compiled_calls) == 3
+
+
+def test_blas_path_when_switched_off(monkeypatch, compiled_calls):
+    monkeypatch.setattr(G, "COMPILED", False)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((50, 64)).astype(np.float32), rng.standard_normal((64, 48)).astype(np.float32)
+    np.testing.assert_allclose(G.gemm(a, G.pack_b(b, copy=False)), a @ b, rtol=1e-4, atol=1e-4)
+    assert compiled_calls == []
+
+
+def test_nan_propagates(compiled_calls):
+    a = np.ones((16, 32), np.float32)
+    a[3, 5] = np.nan
+    y = G.gemm(a, G.pack_b(np.ones((32, 40), np.float32), copy=False), activation="Relu")
+    assert np.isnan(y[3]).all() and not np.isnan(np.delete(y, 3, axis=0)).any()
