@@ -122,6 +122,31 @@ def bench_model(name: str, repeat: int, idle_load: float) -> dict:
     }
 
 
+def markdown(rows: list[dict], repeat: int, tag: str) -> str:
+    """The results table (from the JSON rows: `markdown(json["models"], json["repeat"], tag)`)."""
+    lines = [f"# providers=\"auto\" vs fixed orders ({tag}, {repeat} runs, median ms)", "",
+             "| model | [slowfast, cpu] | [cpu] | auto | auto vs better fixed | same, fastest runs | "
+             "auto est. | auto's placement is that of | build first / cached (s) | measured first / cached |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m, low = r["median_ms"], r["min_ms"]
+        by_min = low["auto"] / min(low[k] for k in ORDERS)
+        lines.append(f"| {r['model']} {r['shape'][0]}x{r['shape'][1]} | {m['slowfast>cpu']:.2f} | "
+                     f"{m['cpu']:.2f} | {m['auto']:.2f} | {r['auto_vs_best_fixed']:.2f}x "
+                     f"({r['auto_gain_vs_best_fixed_pct']:+.0f}%) | {by_min:.2f}x | {r['auto_estimated_ms']:.2f} | "
+                     f"{', '.join(r['auto_same_placement_as']) or '(its own)'} | "
+                     f"{r['build_s']['auto_first']:.2f} / {r['build_s']['auto_cached']:.2f} | "
+                     f"{r['kernels_measured']['first']} / {r['kernels_measured']['second']} |")
+    lines += ["", "Where auto's placement equals a fixed order's, the difference in time is noise of the "
+              "machine (the same graph runs). \"same, fastest runs\": auto's fastest run over the better "
+              "fixed order's fastest, less sensitive to other work on a shared machine.", "",
+              "auto placements (compute nodes):", ""]
+    for r in rows:
+        chosen = ", ".join(f"{nd}:{p}" for nd, op, p in r["auto_placement"] if not op.startswith("Memcpy"))
+        lines.append(f"- {r['model']}: {chosen}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=30)
@@ -139,25 +164,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"machine": machine_info(), "repeat": args.repeat,
                                                   "models": rows}, indent=1))
-    lines = [f"# providers=\"auto\" vs fixed orders ({machine_tag()}, {args.repeat} runs, median ms)", "",
-             "| model | [slowfast, cpu] | [cpu] | auto | auto vs better fixed | auto est. | "
-             "auto's placement is that of | build first / cached (s) | measured first / cached |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        m = r["median_ms"]
-        lines.append(f"| {r['model']} {r['shape'][0]}x{r['shape'][1]} | {m['slowfast>cpu']:.2f} | "
-                     f"{m['cpu']:.2f} | {m['auto']:.2f} | {r['auto_vs_best_fixed']:.2f}x "
-                     f"({r['auto_gain_vs_best_fixed_pct']:+.0f}%) | {r['auto_estimated_ms']:.2f} | "
-                     f"{', '.join(r['auto_same_placement_as']) or '(its own)'} | "
-                     f"{r['build_s']['auto_first']:.2f} / {r['build_s']['auto_cached']:.2f} | "
-                     f"{r['kernels_measured']['first']} / {r['kernels_measured']['second']} |")
-    lines += ["", "Where auto's placement equals a fixed order's, the difference in time is noise of the "
-              "machine (the same graph runs).", "", "auto placements (compute nodes):", ""]
-    for r in rows:
-        chosen = ", ".join(f"{nd}:{p}" for nd, op, p in r["auto_placement"] if not op.startswith("Memcpy"))
-        lines.append(f"- {r['model']}: {chosen}")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = markdown(rows, args.repeat, machine_tag())
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
