@@ -58,6 +58,9 @@ class SessionOptions(_Fields):
         # ep_core's own: the largest tensor one node may create (0: no limit); a server taking
         # untrusted models sets it so an allocation bomb is refused before anything is allocated.
         self.max_tensor_bytes: int = 0
+        # ep_core's own: "priority" (onnxruntime's greedy rule: providers in the given order) or
+        # "cost" (choose among the given providers by measured cost; docs/placement.md).
+        self.placement: str = "priority"
         self._config: dict[str, str] = {}
         self._sealed = True
 

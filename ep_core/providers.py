@@ -180,6 +180,31 @@ def get_available_providers() -> list[str]:
     return sorted(names, key=lambda n: n == "cpu")
 
 
+AUTO = "auto"
+
+
+def parse_request(providers, provider_options=None) -> tuple[list | None, bool]:
+    """(provider list for `resolve_providers`, choose by cost?) of a session's `providers`.
+
+    `"auto"` (or `["auto"]`) means every available provider (`get_available_providers()`),
+    chosen among by cost; "auto" beside other names, or with provider_options, is refused."""
+    if isinstance(providers, str):
+        providers = [providers]
+    if providers is None:
+        return None, False
+    names = [e[0] if isinstance(e, (tuple, list)) else e for e in providers]
+    if AUTO not in names:
+        return list(providers), False
+    if len(names) != 1:
+        raise InvalidArgument(f"providers={list(names)}: 'auto' stands for every available provider; "
+                              f"give it alone, or list the providers to choose among with "
+                              f"SessionOptions.placement = 'cost'")
+    if provider_options is not None or isinstance(providers[0], (tuple, list)):
+        raise InvalidArgument("providers='auto' takes no provider options; list the providers "
+                              "with their options and set SessionOptions.placement = 'cost'")
+    return get_available_providers(), True
+
+
 def get_registered_ops(provider_name: str) -> list[tuple[str, str, int, int]]:
     """(domain, op_type, since, end) of every kernel the provider registers; needs no hardware."""
     factory = provider_factory(provider_name)

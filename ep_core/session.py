@@ -21,6 +21,7 @@ from .ortvalue import device_of_array
 from .parallel import run_plan
 from .partition import compile_fused, group_fused, partition
 from .placement import Placement, place
+from .placement_cost import PlacementReport, choose_by_cost
 from .provider import Device, ExecutionProvider
 from .rewrite import OptimizerContext
 from .types import type_string
@@ -92,20 +93,28 @@ class Built:
     """What building one graph produced: its placement (graph with copies) and its plan."""
     placement: Placement
     plan: Plan
+    cost_report: PlacementReport | None = None   # set when the partition was chosen by cost
 
 
 def build_graph(graph: Graph, providers: list[ExecutionProvider], options: SessionOptions,
                 opt: OptimizerContext | None, profiler: profiling.Profiler,
                 outer_devices: dict[str, Device] | None = None,
-                outer_constants: dict[str, Any] | None = None) -> Built:
+                outer_constants: dict[str, Any] | None = None, by_cost: bool = False) -> Built:
     """Partition -> level-2/3 rewrites -> group + compile -> placement -> plan, for one graph level.
 
     Control-flow bodies are built the same way when the plan creates their node's kernel, knowing
     where each outer value lives. `opt` is None for a graph that must not be rewritten (an
     ep_core-optimized model). The graph passes the validity check after every stage. A body's
-    kernels see the enclosing graphs' constants (`outer_constants`) as constant inputs."""
+    kernels see the enclosing graphs' constants (`outer_constants`) as constant inputs.
+    `by_cost`: stage 3 chooses by measured cost (`placement_cost`) instead of the provider order
+    (bodies keep the order)."""
+    cost_report = None
     with profiler.phase("partition"):
-        assigned = partition(graph, providers)
+        if by_cost:
+            chosen = choose_by_cost(graph, providers, options)
+            assigned, cost_report = chosen.assigned, chosen.report
+        else:
+            assigned = partition(graph, providers)
     if opt is not None and int(options.graph_optimization_level) >= 2:
         with profiler.phase("optimize_assigned"):
             assigned = rewrite_assigned(graph, assigned, opt)
@@ -121,7 +130,7 @@ def build_graph(graph: Graph, providers: list[ExecutionProvider], options: Sessi
         def make_runner(body: Graph, outer: dict[str, Device], constants: dict[str, Any]):
             return _body_runner(build_graph(body, providers, options, opt, profiler, outer, constants))
         plan = build_plan(placement, providers, options, make_runner, outer_constants)
-    return Built(placement, plan)
+    return Built(placement, plan, cost_report)
 
 
 def _body_runner(built: Built):
@@ -158,7 +167,12 @@ class InferenceSession:
         # Taken before optimizing (folding may drop initializers).
         self._feed_spec = FeedSpec.of(graph)
         self._outputs_vi = list(graph.outputs)
-        self._providers = resolve_providers(providers, provider_options)
+        requested, by_cost = provider_registry.parse_request(providers, provider_options)
+        if self._options.placement not in ("priority", "cost"):
+            raise InvalidArgument(f"SessionOptions.placement is '{self._options.placement}'; "
+                                  f"expected 'priority' or 'cost'")
+        by_cost = by_cost or self._options.placement == "cost"
+        self._providers = resolve_providers(requested, provider_options)
         opt = None
         if not preoptimized:
             opt = OptimizerContext(self._options, self._providers[-1])
@@ -167,8 +181,9 @@ class InferenceSession:
                 rewrite_level1(graph, opt)
             graph.check_valid()
         # 3-7. Partition, level-2/3 rewrites, compile, placement, plan
-        built = build_graph(graph, self._providers, self._options, opt, self._profiler)
+        built = build_graph(graph, self._providers, self._options, opt, self._profiler, by_cost=by_cost)
         self._placement, self._plan = built.placement, built.plan
+        self._cost_report = built.cost_report
         if self._options.optimized_model_filepath:  # offline mode: write what was built
             offline.save_optimized(self._options.optimized_model_filepath, self._model, built.placement,
                                    self._options, self._providers)
@@ -243,13 +258,23 @@ class InferenceSession:
                              {p.key: p.value for p in m.metadata_props})
 
     def get_placement(self) -> dict:
-        """Which provider runs each node, and how many copies the session inserted."""
+        """Which provider runs each node, and how many copies the session inserted. "mode" is
+        "priority" (provider order) or "cost"; "cost" is `get_placement_report().as_dict()` in
+        cost mode (estimated and measured cost per partition, why each node went where it did),
+        else None."""
         pl = self._placement
         return {
             "nodes": [(n.name, n.op_type, pl.assigned[n].provider.type) for n in pl.graph.nodes],
             "copy_nodes": pl.copy_nodes,
             "initializer_copies": pl.initializer_copies,
+            "mode": "cost" if self._cost_report is not None else "priority",
+            "cost": self._cost_report.as_dict() if self._cost_report is not None else None,
         }
+
+    def get_placement_report(self) -> PlacementReport | None:
+        """The cost-model placement report (`str()` of it is a readable table); None when the
+        session placed by provider order."""
+        return self._cost_report
 
     def copy_node_count(self) -> int:
         return self._placement.copy_nodes
