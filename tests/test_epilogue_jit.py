@@ -73,6 +73,7 @@ def test_gemm_uses_it_on_its_tiles(monkeypatch, act):
     calls = []
     real = E.apply
     monkeypatch.setattr(E, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(G, "COMPILED", False)          # the BLAS-tiled path (not the microkernel)
     monkeypatch.setattr(G, "PAR_MIN_MACS", 1)          # our tiles, two threads
     monkeypatch.setattr(G, "BLAS_MIN_K", 1 << 30)
     monkeypatch.setattr(G, "TILE_BYTES", 64 * 1024)
