@@ -125,10 +125,11 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     hq, wq, tiles, ldc, rows = lay.hq, lay.wq, lay.tiles, lay.ldc, lay.rows
     xq = fill_planes(x, lay, sh, sw, 0.0)
     has_bias, has_res = bias is not None, residual is not None
+    # the microkernel always adds a bias in its epilogue: zeros when there is none
     b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
-         else np.zeros(1, dtype=np.float32))
+         else np.zeros(m, dtype=np.float32))
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
-    mode = mk.store_mode(1 if has_bias else 0, has_res)
+    mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
     wide = ldc != oh * ow
     y = np.empty((n, m * ldc), dtype=np.float32)
     if has_res:

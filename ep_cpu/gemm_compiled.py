@@ -21,6 +21,7 @@ from ep_cpu import microkernel as mk
 from ep_cpu.microkernel import choose_mr
 
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
+PAR_MIN_MACS = 1 << 22           # fewer multiply-adds: one thread
 
 if mk.numba is not None:
     gemm_panels = mk.gemm_panels
@@ -45,14 +46,17 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     mr = choose_mr(m)
     row_panels, col_panels = -(-m // mr), bp.shape[0]
     has_bias, has_res = bias is not None, residual is not None
-    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(n) if has_bias else np.zeros(1, np.float32)
+    # the microkernel always adds a bias in its epilogue: zeros when there is none
+    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(n) if has_bias else np.zeros(n, np.float32)
     yf = y.reshape(-1)
     r = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1) if has_res else yf
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
-    mode = mk.store_mode(2 if has_bias else 0, has_res)
+    mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
     args = (a, bp, n, mr, b, has_bias, r, has_res, np.float32(lo), np.float32(hi), mode, yf)
     by_columns = col_panels >= 2 * PAR_MIN_PANELS or col_panels >= row_panels
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
+    if m * a.shape[1] * n < PAR_MIN_MACS:
+        workers = 1   # a classifier head of one image: one thread streams B as fast
     if workers <= 1:
         gemm_panels(*args, 0, row_panels, 0, col_panels)
         return y

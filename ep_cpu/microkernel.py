@@ -119,25 +119,22 @@ def pack_columns(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, nb, NR).transpose(1, 0, 2))
 
 
-# Tile store modes of the microkernel: RAW stores the sums; the others finish the tile:
-# + bias (none / one per row / one per column) + residual, then the clamp [lo, hi].
-RAW = 0
+# Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with
+# + bias, then the clamp [lo, hi]; EPILOGUE_RES also adds the residual before the clamp.
+RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
 
 
-def store_mode(bias_kind: int, has_res: bool) -> int:
-    """bias_kind: 0 none, 1 per row (conv channels), 2 per column (GEMM)."""
-    return 1 + 2 * bias_kind + int(has_res)
-
-
-def _make_micro(mr: int, indexed_b: bool = False):
+def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
     """The microkernel for tiles of `mr` rows. With `indexed_b`, row k of B starts at
     b + b_off + rows[k] (an int64 array of offsets) instead of b + b_off + k*NR: B is then read
-    in place from an image (stride-1 convolution, `ep_cpu.conv_implicit`).
+    in place from an image (convolution, `ep_cpu.conv_implicit`). The bias is one per row
+    (bias[bias_off + r]: conv channels) or one per column (bias[bias_off + j]: GEMM); callers
+    without a bias pass zeros.
 
     micro(a, a_off, b, b_off, rows, c, c_off, ldc, k, accumulate, bias, bias_off, res, res_off,
-    lo, hi, mode): C (+)= A x B over k; with mode != RAW the stored tile is
-    clamp(sums + bias + res) (`store_mode`), bias[bias_off + r] per row or bias[bias_off + j]
-    per column, res[res_off + r*ldc + j]. Whole tiles only: every row and column is stored."""
+    lo, hi, mode): C (+)= A x B over k; with mode EPILOGUE / EPILOGUE_RES the stored tile is
+    clamp(sums + bias (+ res[res_off + r*ldc + j])). Whole tiles only: every row and column is
+    stored. Only the store differs between modes, so the IR stays small (compile time)."""
     i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
     v16 = ir.VectorType(f32, 16)
 
@@ -190,16 +187,17 @@ def _make_micro(mr: int, indexed_b: bool = False):
                         builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
             add = builder.icmp_signed("!=", acc_flag, ir.Constant(i64, 0))
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
+            if not bias_per_row:
+                col_bias = [builder.load(vec_ptr(bias, ir.Constant(i64, 16 * h)), align=4) for h in range(2)]
             done = builder.append_basic_block("tile_stored")
             switch = builder.switch(mode_v, done)
-            for mode in range(7):
+            for mode in (RAW, EPILOGUE, EPILOGUE_RES):
                 block = builder.append_basic_block(f"store_mode_{mode}")
                 switch.add_case(ir.Constant(i64, mode), block)
                 builder.position_at_end(block)
-                bias_kind, has_res = (mode - 1) // 2, (mode - 1) % 2 == 1
                 for r in range(mr):
                     row_off = builder.mul(ld, ir.Constant(i64, r))
-                    if mode != RAW and bias_kind == 1:
+                    if mode != RAW and bias_per_row:
                         b_row = broadcast(builder.load(builder.gep(bias, [ir.Constant(i64, r)])))
                     for h in range(2):
                         off = builder.add(row_off, ir.Constant(i64, 16 * h))
@@ -207,12 +205,8 @@ def _make_micro(mr: int, indexed_b: bool = False):
                         v = builder.load(accs[2 * r + h])
                         v = builder.select(add, builder.fadd(v, builder.load(ptr, align=4)), v)
                         if mode != RAW:
-                            if bias_kind == 1:
-                                v = builder.fadd(v, b_row)
-                            elif bias_kind == 2:
-                                v = builder.fadd(v, builder.load(vec_ptr(bias, ir.Constant(i64, 16 * h)),
-                                                                 align=4))
-                            if has_res:
+                            v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
+                            if mode == EPILOGUE_RES:
                                 v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
                             # `lo if v < lo else v`: NaN passes, as numpy's clip
                             v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
@@ -290,42 +284,48 @@ def _make_depthwise_tile():
 
 
 if numba is not None:
-    micro4 = _make_micro(4)
-    micro8 = _make_micro(8)
-    micro12 = _make_micro(12)
-    micro4_indexed = _make_micro(4, indexed_b=True)
-    micro8_indexed = _make_micro(8, indexed_b=True)
-    micro12_indexed = _make_micro(12, indexed_b=True)
+    conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
+    conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
+    conv_micro12 = _make_micro(12, indexed_b=True, bias_per_row=True)
+    gemm_micro4 = _make_micro(4, indexed_b=False, bias_per_row=False)
+    gemm_micro8 = _make_micro(8, indexed_b=False, bias_per_row=False)
+    gemm_micro12 = _make_micro(12, indexed_b=False, bias_per_row=False)
     dw_tile = _make_depthwise_tile()
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def tile_product(ap, a_off, mr, b, b_off, rows, indexed, kdim, c, c_off, ldc, bias, bias_off,
-                     res, res_off, lo, hi, mode):  # pragma: no cover - compiled
-        """C tile (mr x NR at c_off, row stride ldc) = A row panel (kdim, mr) at a_off x B, B a
-        column panel (kdim, NR) at b_off or (indexed) rows b[b_off + rows[k] : + NR]; the last
-        k block stores with `mode` (RAW or a `store_mode`)."""
+    def conv_tile(ap, a_off, mr, image, p0, rows, kdim, c, c_off, ldc, bias, bias_off, res, res_off,
+                  lo, hi, mode):  # pragma: no cover - compiled
+        """C tile (mr x NR at c_off, row stride ldc) = A row panel (kdim, mr) at a_off x B, B's
+        row k being image[p0 + rows[k] : + NR]; the last k block stores with `mode`."""
         for k0 in range(0, kdim, KC):
             kc = min(KC, kdim - k0)
             md = mode if k0 + kc == kdim else RAW
-            if indexed:
-                if mr == 4:
-                    micro4_indexed(ap, a_off + k0 * 4, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
-                                   bias, bias_off, res, res_off, lo, hi, md)
-                elif mr == 8:
-                    micro8_indexed(ap, a_off + k0 * 8, b, b_off, rows[k0:], c, c_off, ldc, kc, k0,
-                                   bias, bias_off, res, res_off, lo, hi, md)
-                else:
-                    micro12_indexed(ap, a_off + k0 * 12, b, b_off, rows[k0:], c, c_off, ldc, kc,
-                                    k0, bias, bias_off, res, res_off, lo, hi, md)
-            elif mr == 4:
-                micro4(ap, a_off + k0 * 4, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
-                       bias, bias_off, res, res_off, lo, hi, md)
+            if mr == 4:
+                conv_micro4(ap, a_off + k0 * 4, image, p0, rows[k0:], c, c_off, ldc, kc, k0,
+                            bias, bias_off, res, res_off, lo, hi, md)
             elif mr == 8:
-                micro8(ap, a_off + k0 * 8, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
-                       bias, bias_off, res, res_off, lo, hi, md)
+                conv_micro8(ap, a_off + k0 * 8, image, p0, rows[k0:], c, c_off, ldc, kc, k0,
+                            bias, bias_off, res, res_off, lo, hi, md)
             else:
-                micro12(ap, a_off + k0 * 12, b, b_off + k0 * NR, rows, c, c_off, ldc, kc, k0,
-                        bias, bias_off, res, res_off, lo, hi, md)
+                conv_micro12(ap, a_off + k0 * 12, image, p0, rows[k0:], c, c_off, ldc, kc, k0,
+                             bias, bias_off, res, res_off, lo, hi, md)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def gemm_tile(ap, a_off, mr, bp, b_off, no_rows, kdim, c, c_off, ldc, bias, bias_off, res,
+                  res_off, lo, hi, mode):  # pragma: no cover - compiled
+        """C tile = A row panel (kdim, mr) at a_off x the column panel (kdim, NR) at b_off."""
+        for k0 in range(0, kdim, KC):
+            kc = min(KC, kdim - k0)
+            md = mode if k0 + kc == kdim else RAW
+            if mr == 4:
+                gemm_micro4(ap, a_off + k0 * 4, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc, k0,
+                            bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 8:
+                gemm_micro8(ap, a_off + k0 * 8, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc, k0,
+                            bias, bias_off, res, res_off, lo, hi, md)
+            else:
+                gemm_micro12(ap, a_off + k0 * 12, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc,
+                             k0, bias, bias_off, res, res_off, lo, hi, md)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def store_tile(tile, rows, cols, r0, c0, y, ldy, bias, bias_per_row, has_bias, res, has_res,
@@ -347,7 +347,7 @@ if numba is not None:
                 v = lo if v < lo else v
                 y[yo + u64(u)] = hi if v > hi else v
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
                       j0, j1, i0, i1):  # pragma: no cover - compiled
         # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
@@ -367,15 +367,15 @@ if numba is not None:
                 for jb in range(jb0, jb1):
                     p0 = jb * NR
                     if nrows == mr:
-                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, y,
-                                     r0 * ldc + p0, ldc, bias, r0, res, r0 * ldc + p0, lo, hi, mode)
+                        conv_tile(ap, ib * kdim * mr, mr, xf, p0, rows, kdim, y, r0 * ldc + p0, ldc,
+                                  bias, r0, res, r0 * ldc + p0, lo, hi, mode)
                     else:
-                        tile_product(ap, ib * kdim * mr, mr, xf, p0, rows, True, kdim, tile, 0,
-                                     NR, bias, 0, res, 0, lo, hi, RAW)
+                        conv_tile(ap, ib * kdim * mr, mr, xf, p0, rows, kdim, tile, 0, NR, bias, 0,
+                                  res, 0, lo, hi, RAW)
                         store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
                                    has_res, lo, hi)
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
                     j1):  # pragma: no cover - compiled
         # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
@@ -408,12 +408,11 @@ if numba is not None:
                     c0 = jb * NR
                     cols = min(NR, n - c0)
                     if rows == mr and cols == NR:
-                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
-                                     False, kdim, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0,
-                                     lo, hi, mode)
+                        gemm_tile(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows, kdim, y,
+                                  r0 * n + c0, n, bias, c0, res, r0 * n + c0, lo, hi, mode)
                     else:
-                        tile_product(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows,
-                                     False, kdim, tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
+                        gemm_tile(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows, kdim,
+                                  tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
                         store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
                                    has_res, lo, hi)
 

@@ -83,10 +83,12 @@ def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, s
         kw["activation"] = ref_kw["act"] = "Gelu"
     if split != "one_thread":
         monkeypatch.setattr(gemm_compiled, "PAR_MIN_PANELS", 1)
+        monkeypatch.setattr(gemm_compiled, "PAR_MIN_MACS", 0)
     threads = 1 if split == "one_thread" else 2
     if split == "rows":
         # few column panels: threads split the row panels (the n <= 32 shapes); into `out=`
         monkeypatch.setattr(gemm_compiled, "PAR_MIN_PANELS", 1)
+        monkeypatch.setattr(gemm_compiled, "PAR_MIN_MACS", 0)
         y = np.empty((m, n), np.float32)
         assert G.gemm(a, packed, num_threads=threads, out=y, **kw) is not None
     else:

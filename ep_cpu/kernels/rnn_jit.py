@@ -91,8 +91,8 @@ class PackedRecurrent:
         self._gemm = gemm_compiled
         self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
         self.n = rt_all.shape[2]
-        self._none = np.zeros(1, dtype=np.float32)
-        self._modes = (microkernel.store_mode(0, False), microkernel.store_mode(0, True))
+        self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
+        self._modes = (microkernel.EPILOGUE, microkernel.EPILOGUE_RES)
         self._mr = microkernel.choose_mr
 
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
