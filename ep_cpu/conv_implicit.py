@@ -25,9 +25,6 @@ from ep_cpu import microkernel as mk
 from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
 
-if mk.numba is not None:
-    conv_in_place = mk.conv_in_place
-
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr)."""
     m = w.shape[0]
@@ -41,11 +38,6 @@ PAR_MIN_PANELS = 4
 def _split_by_columns(tiles: int, row_panels: int) -> bool:
     """Threads take ranges of column tiles, or of row panels when the map has few positions."""
     return tiles >= 2 * PAR_MIN_PANELS or tiles >= row_panels
-
-
-def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
-    step = -(-total // parts)
-    return [(i, min(total, i + step)) for i in range(0, total, step)]
 
 
 class _Layout(NamedTuple):
@@ -122,7 +114,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     c, h, w = x.shape[1:]
     lay = _layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
                   int(end[1]), oh, ow)
-    hq, wq, tiles, ldc, rows = lay.hq, lay.wq, lay.tiles, lay.ldc, lay.rows
+    wq, tiles, ldc, rows = lay.wq, lay.tiles, lay.ldc, lay.rows
     xq = fill_planes(x, lay, sh, sw, 0.0)
     has_bias, has_res = bias is not None, residual is not None
     # the microkernel always adds a bias in its epilogue: zeros when there is none
@@ -139,28 +131,20 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     row_panels = packed_w.shape[0]
     by_columns = _split_by_columns(tiles, row_panels)
     workers = max(1, min(threads, (tiles if by_columns else row_panels) // PAR_MIN_PANELS))
+    mb, mr = packed_w.shape[0], packed_w.shape[2]
     for i in range(n):
         r = res[i] if has_res else y[i]
-        args = (xq[i], rows, packed_w, m, ldc, b, has_bias, r, has_res, np.float32(lo),
-                np.float32(hi), mode, y[i])
+        # arrays by address (all C-contiguous and alive in this frame): see microkernel.conv_range
+        args = (xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
+                packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, int(has_bias), r.ctypes.data,
+                int(has_res), np.float32(lo), np.float32(hi), mode, y[i].ctypes.data)
         if workers <= 1:
-            conv_in_place(*args, 0, tiles, 0, row_panels)
-            continue
-        if mk.parallel_ok():
+            mk.conv_range().ctypes(*args, 0, tiles, 0, row_panels)
+        elif mk.parallel_ok():
             mk.set_threads(workers)
-            mk.conv_in_place_parallel(*args, tiles, row_panels, workers, by_columns)
-            continue
-        if by_columns:
-            parts = [(j0, j1, 0, row_panels) for j0, j1 in _ranges(tiles, workers)]
+            mk.run_parts(mk.conv_range(), args, tiles, row_panels, workers, by_columns)
         else:
-            parts = [(0, tiles, i0, i1) for i0, i1 in _ranges(row_panels, workers)]
-        # the calling thread takes the first part: one hand-off fewer
-        futs = [pool(workers - 1).submit(conv_in_place, *args, *p) for p in parts[1:]]
-        try:
-            conv_in_place(*args, *parts[0])
-        finally:
-            for f in futs:
-                f.result()
+            mk.run_on_pool(mk.conv_range().ctypes, args, tiles, row_panels, workers, by_columns, pool)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)

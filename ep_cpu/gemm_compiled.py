@@ -23,17 +23,9 @@ from ep_cpu.microkernel import choose_mr
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
 PAR_MIN_MACS = 1 << 22           # fewer multiply-adds: one thread
 
-if mk.numba is not None:
-    gemm_panels = mk.gemm_panels
-
 def pack(bt: np.ndarray) -> np.ndarray:
     """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels."""
     return mk.pack_columns(np.asarray(bt, dtype=np.float32))
-
-
-def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
-    step = -(-total // parts)
-    return [(i, min(total, i + step)) for i in range(0, total, step)]
 
 
 def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
@@ -52,26 +44,19 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     r = np.ascontiguousarray(residual, dtype=np.float32).reshape(-1) if has_res else yf
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
-    args = (a, bp, n, mr, b, has_bias, r, has_res, np.float32(lo), np.float32(hi), mode, yf)
     by_columns = col_panels >= 2 * PAR_MIN_PANELS or col_panels >= row_panels
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
     if m * a.shape[1] * n < PAR_MIN_MACS:
         workers = 1   # a classifier head of one image: one thread streams B as fast
+    # arrays by address (all C-contiguous and alive in this frame): see microkernel.gemm_range
+    args = (a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr, b.ctypes.data,
+            int(has_bias), r.ctypes.data, int(has_res), np.float32(lo), np.float32(hi), mode,
+            yf.ctypes.data)
     if workers <= 1:
-        gemm_panels(*args, 0, row_panels, 0, col_panels)
-        return y
-    if mk.parallel_ok():
+        mk.gemm_range().ctypes(*args, 0, col_panels, 0, row_panels)
+    elif mk.parallel_ok():
         mk.set_threads(workers)
-        mk.gemm_panels_parallel(*args, row_panels, col_panels, workers, by_columns)
-        return y
-    if by_columns:
-        parts = [(0, row_panels, j0, j1) for j0, j1 in _ranges(col_panels, workers)]
+        mk.run_parts(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns)
     else:
-        parts = [(i0, i1, 0, col_panels) for i0, i1 in _ranges(row_panels, workers)]
-    futs = [pool(workers - 1).submit(gemm_panels, *args, *p) for p in parts[1:]]
-    try:
-        gemm_panels(*args, *parts[0])
-    finally:
-        for f in futs:
-            f.result()
+        mk.run_on_pool(mk.gemm_range().ctypes, args, col_panels, row_panels, workers, by_columns, pool)
     return y

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -88,6 +89,22 @@ def parallel_ok() -> bool:
 def set_threads(n: int) -> None:
     """The calling thread's numba thread count for the next parallel driver."""
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def run_on_pool(fn: Callable, args: tuple, cols: int, rows: int, parts: int, by_columns: bool,
+                pool: Callable) -> None:
+    """fn(*args, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on `ep_cpu.gemm`'s
+    Python pool (where numba's TBB layer is not loadable); the calling thread takes the first."""
+    total = cols if by_columns else rows
+    step = -(-total // parts)
+    ranges = [(i, min(total, i + step)) for i in range(0, total, step)]
+    spans = [(c0, c1, 0, rows) if by_columns else (0, cols, c0, c1) for c0, c1 in ranges]
+    futs = [pool(parts - 1).submit(fn, *args, *span) for span in spans[1:]]
+    try:
+        fn(*args, *spans[0])
+    finally:
+        for f in futs:
+            f.result()
 
 
 def choose_mr(rows: int) -> int:
@@ -456,38 +473,84 @@ if numba is not None:
                 for ox in range(ow):
                     yr[u64(ox)] = wide[src + u64(ox)]
 
-    @numba.njit(parallel=True)
+    @numba.njit(parallel=True, cache=True)
     def _parallel_probe(a):  # pragma: no cover - compiled
         for i in numba.prange(a.shape[0]):
             a[i] += 1.0
 
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def conv_in_place_parallel(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                               tiles, row_panels, parts, by_columns):  # pragma: no cover
-        # conv_in_place over `parts` ranges of column tiles (or of row panels) on numba's threads
-        for p in numba.prange(parts):
-            if by_columns:
-                step = (tiles + parts - 1) // parts
-                conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                              p * step, min(tiles, (p + 1) * step), 0, row_panels)
-            else:
-                step = (row_panels + parts - 1) // parts
-                conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                              0, tiles, p * step, min(row_panels, (p + 1) * step))
+    # The drivers as C callbacks over raw addresses: the parallel runners below take them as
+    # first-class functions, so a runner compiles in ~0.3 s (a prange loop that inlined a driver
+    # took 6-8 s to compile, paid by the first session on a machine), and the Python pool calls
+    # them through ctypes, which releases the GIL.
+    I64, F32 = types.int64, types.float32
+    CONV_RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
+                                F32, F32, I64, I64, I64, I64, I64, I64)
+    GEMM_RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, F32, F32,
+                                I64, I64, I64, I64, I64, I64)
+
+    @intrinsic
+    def _f32_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+        return types.CPointer(types.float32)(addr), codegen
+
+    @intrinsic
+    def _i64_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return types.CPointer(types.int64)(addr), codegen
+
+    def _conv_range(xf_at, xf_n, rows_at, kdim, ap_at, mb, mr, m, ldc, bias_at, has_bias, res_at,
+                   has_res, lo, hi, mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """conv_in_place over tiles [j0, j1) and row panels [i0, i1), arrays by address."""
+        conv_in_place(numba.carray(_f32_at(xf_at), (xf_n,)), numba.carray(_i64_at(rows_at), (kdim,)),
+                      numba.carray(_f32_at(ap_at), (mb, kdim, mr)), m, ldc,
+                      numba.carray(_f32_at(bias_at), (m,)), has_bias != 0,
+                      numba.carray(_f32_at(res_at), (m * ldc,)), has_res != 0, lo, hi, mode,
+                      numba.carray(_f32_at(y_at), (m * ldc,)), j0, j1, i0, i1)
+
+    def _gemm_range(a_at, m, kdim, bp_at, nb, n, mr, bias_at, has_bias, res_at, has_res, lo, hi,
+                   mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """gemm_panels over column panels [j0, j1) and row panels [i0, i1), arrays by address."""
+        gemm_panels(numba.carray(_f32_at(a_at), (m, kdim)), numba.carray(_f32_at(bp_at), (nb, kdim, NR)),
+                    n, mr, numba.carray(_f32_at(bias_at), (n,)), has_bias != 0,
+                    numba.carray(_f32_at(res_at), (m * n,)), has_res != 0, lo, hi, mode,
+                    numba.carray(_f32_at(y_at), (m * n,)), i0, i1, j0, j1)
+
+    _callbacks: dict = {}
+    _callbacks_lock = threading.Lock()
+
+    def _callback(name: str):
+        """The C callback of a driver, compiled (or loaded from the disk cache) on first use."""
+        fn = _callbacks.get(name)
+        if fn is None:
+            with _callbacks_lock:
+                fn = _callbacks.get(name)
+                if fn is None:
+                    py, sig = {"conv": (_conv_range, CONV_RANGE_SIG),
+                               "gemm": (_gemm_range, GEMM_RANGE_SIG)}[name]
+                    fn = _callbacks[name] = numba.cfunc(sig, nogil=True, cache=True)(py)
+        return fn
+
+    def conv_range():
+        """C callback: conv_in_place(..., j0, j1, i0, i1) with its arrays by address."""
+        return _callback("conv")
+
+    def gemm_range():
+        """C callback: gemm_panels over column panels [j0, j1), row panels [i0, i1)."""
+        return _callback("gemm")
 
     @numba.njit(nogil=True, cache=True, parallel=True)
-    def gemm_panels_parallel(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
-                             row_panels, col_panels, parts, by_columns):  # pragma: no cover
-        # gemm_panels over `parts` ranges of column panels (or of row panels) on numba's threads
+    def run_parts(fn, args, cols, rows, parts, by_columns):  # pragma: no cover - compiled
+        """fn(*args, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
+        threads; `args` a tuple of the callback's leading arguments."""
         for p in numba.prange(parts):
             if by_columns:
-                step = (col_panels + parts - 1) // parts
-                gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, 0,
-                            row_panels, p * step, min(col_panels, (p + 1) * step))
+                step = (cols + parts - 1) // parts
+                fn(*args, p * step, min(cols, (p + 1) * step), 0, rows)
             else:
-                step = (row_panels + parts - 1) // parts
-                gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
-                            p * step, min(row_panels, (p + 1) * step), 0, col_panels)
+                step = (rows + parts - 1) // parts
+                fn(*args, 0, cols, p * step, min(rows, (p + 1) * step))
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,

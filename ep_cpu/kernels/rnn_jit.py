@@ -88,7 +88,7 @@ class PackedRecurrent:
 
     def __init__(self, rt_all: np.ndarray) -> None:
         from ep_cpu import gemm_compiled, microkernel
-        self._gemm = gemm_compiled
+        self._range = microkernel.gemm_range().ctypes
         self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
         self.n = rt_all.shape[2]
         self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
@@ -101,11 +101,13 @@ class PackedRecurrent:
         mr = self._mr(rows)
         inf = np.float32(np.inf)
         for d, bp in enumerate(self.packs):
-            yd = out[d].reshape(-1)
-            res = self._none if add is None else add[d].reshape(-1)
-            self._gemm.gemm_panels(h[d], bp, self.n, mr, self._none, False, res, add is not None,
-                                   -inf, inf, self._modes[add is not None], yd, 0, -(-rows // mr),
-                                   0, bp.shape[0])
+            hd, yd = h[d], out[d]
+            res = self._none if add is None else add[d]
+            # arrays by address (C-contiguous, alive here): see microkernel.gemm_range
+            self._range(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
+                        self._none.ctypes.data, 0, res.ctypes.data, int(add is not None), -inf, inf,
+                        self._modes[add is not None], yd.ctypes.data, 0, bp.shape[0], 0,
+                        -(-rows // mr))
 
 
 def with_add(matmul: Callable) -> Callable:
