@@ -21,7 +21,8 @@ from ep_cpu import microkernel as mk
 from ep_cpu.microkernel import choose_mr
 
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
-PAR_MIN_MACS = 1 << 22           # fewer multiply-adds: one thread
+PAR_MIN_MACS = 1 << 22           # fewer multiply-adds (and a B under PAR_MIN_WEIGHTS): one thread
+PAR_MIN_WEIGHTS = 1 << 18        # values of B
 
 def pack(bt: np.ndarray) -> np.ndarray:
     """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels."""
@@ -46,8 +47,8 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
     by_columns = col_panels >= 2 * PAR_MIN_PANELS or col_panels >= row_panels
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
-    if m * a.shape[1] * n < PAR_MIN_MACS:
-        workers = 1   # a classifier head of one image: one thread streams B as fast
+    if m * a.shape[1] * n < PAR_MIN_MACS and a.shape[1] * n < PAR_MIN_WEIGHTS:
+        workers = 1   # small products; a decoder step's large B streams faster on every core
     # arrays by address (all C-contiguous and alive in this frame): see microkernel.gemm_range
     args = (a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr, b.ctypes.data,
             int(has_bias), r.ctypes.data, int(has_res), np.float32(lo), np.float32(hi), mode,
