@@ -96,7 +96,7 @@ def one_run(ds, model: bytes, concurrency: int, batch_size: int, rows: int) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--rows", type=int, default=8192)   # enough that an actor's ~4 s start-up does not decide it
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--idle-load", type=float, default=None,
