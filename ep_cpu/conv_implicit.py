@@ -138,13 +138,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
         args = (xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
                 packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, int(has_bias), r.ctypes.data,
                 int(has_res), np.float32(lo), np.float32(hi), mode, y[i].ctypes.data)
-        if workers <= 1:
-            mk.conv_range().ctypes(*args, 0, tiles, 0, row_panels)
-        elif mk.parallel_ok():
-            mk.set_threads(workers)
-            mk.run_parts(mk.conv_range(), args, tiles, row_panels, workers, by_columns)
-        else:
-            mk.run_on_pool(mk.conv_range().ctypes, args, tiles, row_panels, workers, by_columns, pool)
+        mk.run_ranges(mk.conv_range(), args, tiles, row_panels, workers, by_columns, pool)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)

@@ -53,11 +53,5 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     args = (a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr, b.ctypes.data,
             int(has_bias), r.ctypes.data, int(has_res), np.float32(lo), np.float32(hi), mode,
             yf.ctypes.data)
-    if workers <= 1:
-        mk.gemm_range().ctypes(*args, 0, col_panels, 0, row_panels)
-    elif mk.parallel_ok():
-        mk.set_threads(workers)
-        mk.run_parts(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns)
-    else:
-        mk.run_on_pool(mk.gemm_range().ctypes, args, col_panels, row_panels, workers, by_columns, pool)
+    mk.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
     return y

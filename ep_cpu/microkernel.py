@@ -91,15 +91,25 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def run_on_pool(fn: Callable, args: tuple, cols: int, rows: int, parts: int, by_columns: bool,
-                pool: Callable) -> None:
-    """fn(*args, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on `ep_cpu.gemm`'s
-    Python pool (where numba's TBB layer is not loadable); the calling thread takes the first."""
+def run_ranges(callback, args: tuple, cols: int, rows: int, workers: int, by_columns: bool,
+               pool: Callable) -> None:
+    """callback(*args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows): on the calling
+    thread, split into `workers` ranges of columns (or rows) on numba's TBB threads, or on
+    `ep_cpu.gemm`'s Python pool (`pool(workers)`: an executor) where TBB is not loadable (the
+    calling thread takes the first range)."""
+    if workers <= 1:
+        callback.ctypes(*args, 0, cols, 0, rows)
+        return
+    if parallel_ok():
+        set_threads(workers)
+        run_parts(callback, args, cols, rows, workers, by_columns)
+        return
     total = cols if by_columns else rows
-    step = -(-total // parts)
-    ranges = [(i, min(total, i + step)) for i in range(0, total, step)]
-    spans = [(c0, c1, 0, rows) if by_columns else (0, cols, c0, c1) for c0, c1 in ranges]
-    futs = [pool(parts - 1).submit(fn, *args, *span) for span in spans[1:]]
+    step = -(-total // workers)
+    spans = [(c0, min(total, c0 + step), 0, rows) if by_columns else (0, cols, c0, min(total, c0 + step))
+             for c0 in range(0, total, step)]
+    fn = callback.ctypes
+    futs = [pool(workers - 1).submit(fn, *args, *span) for span in spans[1:]]
     try:
         fn(*args, *spans[0])
     finally:
@@ -136,6 +146,35 @@ def pack_columns(b: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, nb, NR).transpose(1, 0, 2))
 
 
+class _VectorIR:
+    """IR helpers of the 16-float kernels: the fma intrinsic, broadcast, vector pointers."""
+
+    def __init__(self, builder) -> None:
+        i32 = ir.IntType(32)
+        self.builder = builder
+        self.v16 = ir.VectorType(ir.FloatType(), 16)
+        self.fma = cgutils.get_or_insert_function(builder.module,
+                                                  ir.FunctionType(self.v16, [self.v16] * 3),
+                                                  "llvm.fma.v16f32")
+        self._undef = ir.Constant(self.v16, ir.Undefined)
+        self._zero_i32 = ir.Constant(i32, 0)
+        self._splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    def broadcast(self, scalar):
+        b = self.builder
+        return b.shuffle_vector(b.insert_element(self._undef, scalar, self._zero_i32), self._undef,
+                                self._splat)
+
+    def ptr(self, base, offset):
+        return self.builder.bitcast(self.builder.gep(base, [offset]), self.v16.as_pointer())
+
+    def clamp(self, v, lo, hi):
+        """`lo if v < lo else v`, then the same for hi: NaN passes, as numpy's clip."""
+        b = self.builder
+        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
+        return b.select(b.fcmp_ordered(">", v, hi), hi, v)
+
+
 # Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with
 # + bias, then the clamp [lo, hi]; EPILOGUE_RES also adds the residual before the clamp.
 RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
@@ -152,7 +191,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
     lo, hi, mode): C (+)= A x B over k; with mode EPILOGUE / EPILOGUE_RES the stored tile is
     clamp(sums + bias (+ res[res_off + r*ldc + j])). Whole tiles only: every row and column is
     stored. Only the store differs between modes, so the IR stays small (compile time)."""
-    i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+    i64, f32 = ir.IntType(64), ir.FloatType()
     v16 = ir.VectorType(f32, 16)
 
     @intrinsic
@@ -176,19 +215,10 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
             c = builder.gep(data(5, c_v), [c_o])
             bias = builder.gep(data(10, bias_v), [bias_o])
             res = builder.gep(data(12, res_v), [res_o])
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3),
-                                                 "llvm.fma.v16f32")
+            vir = _VectorIR(builder)
+            fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
             # allocas in the entry block: LLVM promotes them to registers
             accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * mr)]
-            undef = ir.Constant(v16, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-
-            def broadcast(scalar):
-                return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
-                                              undef, splat)
-
-            def vec_ptr(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), v16.as_pointer())
 
             with cgutils.for_range(builder, kk) as loop:
                 if indexed_b:
@@ -225,9 +255,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                             v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
                             if mode == EPILOGUE_RES:
                                 v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
-                            # `lo if v < lo else v`: NaN passes, as numpy's clip
-                            v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
-                            v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
+                            v = vir.clamp(v, lo_s, hi_s)
                         builder.store(v, ptr, align=4)
                 builder.branch(done)
             builder.position_at_end(done)
@@ -246,7 +274,7 @@ def _make_depthwise_tile():
     """dw_tile(x, x_off, offs, taps, w, w_off, y, y_off, bias, lo, hi): y[y_off : + DW_TILE] =
     clamp(bias + sum_t w[w_off + t] * x[x_off + offs[t] : + DW_TILE]): one channel's tile of a
     depthwise convolution read in place from its (phase) planes, accumulators in registers."""
-    i64, i32, f32 = ir.IntType(64), ir.IntType(32), ir.FloatType()
+    i64, f32 = ir.IntType(64), ir.FloatType()
     v16 = ir.VectorType(f32, 16)
 
     @intrinsic
@@ -265,18 +293,8 @@ def _make_depthwise_tile():
             offs = data(2, offs_v)
             w = builder.gep(data(4, w_v), [w_o])
             y = builder.gep(data(6, y_v), [y_o])
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3),
-                                                 "llvm.fma.v16f32")
-            undef = ir.Constant(v16, ir.Undefined)
-            splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-
-            def broadcast(scalar):
-                return builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
-                                              undef, splat)
-
-            def vec_ptr(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), v16.as_pointer())
-
+            vir = _VectorIR(builder)
+            fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
             b = broadcast(bias_v)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(DW_VECTORS)]
             for slot in accs:
@@ -289,10 +307,8 @@ def _make_depthwise_tile():
                     builder.store(builder.call(fma, [wv, xv, builder.load(slot)]), slot)
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
             for h, slot in enumerate(accs):
-                v = builder.load(slot)
-                v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
-                v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
-                builder.store(v, vec_ptr(y, ir.Constant(i64, 16 * h)), align=4)
+                builder.store(vir.clamp(builder.load(slot), lo_s, hi_s),
+                              vec_ptr(y, ir.Constant(i64, 16 * h)), align=4)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from compiled_threads import threads_via
 from onnx import TensorProto, helper
 
 import ep_core
@@ -75,15 +76,6 @@ def _build(nodes, inputs, inits, out):
 
 
 
-def _threads_via(monkeypatch, split: str) -> str:
-    """"*_pool": the parts go to ep_cpu.gemm's Python pool instead of numba's TBB threads."""
-    if split.endswith("_pool"):
-        monkeypatch.setattr(microkernel, "parallel_ok", lambda: False)
-        return split[:-len("_pool")]
-    if split != "one_thread" and not microkernel.parallel_ok():
-        pytest.skip("numba's TBB threading layer is not loadable here (the pool variant runs)")
-    return split
-
 @pytest.fixture
 def implicit_calls(monkeypatch):
     """Counts the compiled convolutions run; every eligible conv takes the path."""
@@ -104,7 +96,7 @@ def implicit_calls(monkeypatch):
 @pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "silu", "residual_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split):
-    split = _threads_via(monkeypatch, split)
+    split = threads_via(monkeypatch, split)
     if split == "columns":     # every panel its own hand-off: the column split runs
         monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
     elif split == "rows":      # the row-panel split (maps with few positions)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from compiled_threads import threads_via
 
 from ep_cpu import gemm as G
 from ep_cpu import gemm_compiled, microkernel
@@ -16,15 +17,6 @@ pytestmark = pytest.mark.skipif(not microkernel.available(),
 SHAPES = [(4, 16, 16), (13, 300, 70), (128, 768, 96), (37, 20, 33), (200, 513, 64), (24, 1000, 1)]
 
 
-
-def _threads_via(monkeypatch, split: str) -> str:
-    """"*_pool": the parts go to ep_cpu.gemm's Python pool instead of numba's TBB threads."""
-    if split.endswith("_pool"):
-        monkeypatch.setattr(microkernel, "parallel_ok", lambda: False)
-        return split[:-len("_pool")]
-    if split != "one_thread" and not microkernel.parallel_ok():
-        pytest.skip("numba's TBB threading layer is not loadable here (the pool variant runs)")
-    return split
 
 @pytest.fixture
 def compiled_calls(monkeypatch):
@@ -60,7 +52,7 @@ def _ref(a, b, bias=None, residual=None, act=None, alpha=1.0, beta=1.0, params=N
                                       "alpha_beta", "gelu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, split):
-    split = _threads_via(monkeypatch, split)
+    split = threads_via(monkeypatch, split)
     m, k, n = shape
     rng = np.random.default_rng(m * k + n)
     a = rng.standard_normal((m, k)).astype(np.float32)
