@@ -1,7 +1,8 @@
 """Blocked GEMM for the CPU provider, in the manner of MLAS.
 
-`Y = act(alpha * A @ B + beta * bias + residual)`, computed tile by tile; numpy's `matmul`
-(BLAS) is the micro-kernel.
+`Y = act(alpha * A @ B + beta * bias + residual)`. float32 products run the compiled AVX-512
+microkernel of `ep_cpu.gemm_compiled` where the CPU has it (`COMPILED`); otherwise, and for other
+dtypes, the product is computed tile by tile with numpy's `matmul` (BLAS) as the micro-kernel:
 
 * `pack_b(b)` packs a constant right-hand side once at session build: contiguous column panels
   in the compute dtype (float16 weights become float32 once, not per call). Kernels pack the
@@ -218,7 +219,7 @@ class PackedB:
     bounds: list[tuple[int, int]]           # [n0, n1) of each panel
     panels: list[np.ndarray] = field(repr=False)   # (K, n1 - n0), C-contiguous or views of B
     # float32 B in the compiled microkernel's column panels (`gemm_compiled.pack`), made by the
-    # first product that takes the compiled path (decoder steps never do: no copy for them)
+    # first product that takes the compiled path (a second copy of the weight in memory)
     micro: np.ndarray | None = field(default=None, repr=False)
 
     @property

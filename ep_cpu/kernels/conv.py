@@ -457,11 +457,11 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
              activation_params: dict | None = None) -> np.ndarray:
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
-    ks, strides, dil, group, begin, end, out, use_wino = _geometry(k, x.shape, w.shape, cdt)
-    if use_wino == "implicit":
+    ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
+    if path == "implicit":
         return _implicit_conv(k, x, w, b, ks, strides, dil, begin, end, out, residual, activation,
                               activation_params)
-    if use_wino:
+    if path == "winograd":
         res = None if residual is None else np.broadcast_to(residual, (x.shape[0], w.shape[0], *out))
         return winograd.conv3x3(x.astype(cdt, copy=False), winograd_weight(k, w, cdt),
                                 WINOGRAD_TILE, begin, out, b, res, activation, activation_params)
@@ -471,7 +471,7 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
 
 
 def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
-    """(ks, strides, dilations, group, begin, end, out_shape, winograd?) of a conv kernel for
+    """(ks, strides, dilations, group, begin, end, out_shape, path) of a conv kernel for
     these shapes, kept on the kernel for the next call with the same shapes (the geometry is
     computed once per shape, not per run)."""
     key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, IMPLICIT,
@@ -481,11 +481,13 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
         return cached[1]
     g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
     ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
+    # path: "implicit" (compiled implicit GEMM), "winograd" or "im2col" (conv_nd)
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
+    path = "winograd" if wino else "im2col"
     if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
             and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
-        wino = "implicit"
-    geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, wino)
+        path = "implicit"
+    geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)
     k._conv_geometry = (key, geo)
     return geo
 
@@ -502,8 +504,8 @@ def prepare_constant_weight(k: Kernel) -> None:
                     and conv_implicit.available())
         if implicit:
             implicit_weight(k, w)
-        if (WINOGRAD and (WINOGRAD_OVER_IMPLICIT or not implicit) and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
-                and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
+        if (WINOGRAD and (WINOGRAD_OVER_IMPLICIT or not implicit) and ks == [3, 3]
+                and strides == [1, 1] and dil == [1, 1] and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
                 and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
             winograd_weight(k, w, np.dtype(np.float32))
 
