@@ -11,7 +11,8 @@ a shift. The wq - ow positions past each output row are computed and dropped in 
 Whole tiles store straight into the output with bias, residual and a clamp (Relu, Clip).
 
 Threads split the column tiles, or the row panels when there are few positions (7x7 maps), on
-`ep_cpu.gemm`'s pool (the kernels are compiled `nogil`). Compiled code is cached on disk.
+numba's TBB threads, or on `ep_cpu.gemm`'s pool where TBB is not loadable
+(`microkernel.run_ranges`). Compiled code is cached on disk.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _split_by_columns(tiles: int, row_panels: int) -> bool:
     return tiles >= 2 * PAR_MIN_PANELS or tiles >= row_panels
 
 
-class _Layout(NamedTuple):
+class PhaseLayout(NamedTuple):
     hq: int                  # phase plane rows, columns
     wq: int
     tiles: int               # NR-position tiles of the output grid (oh rows of wq)
@@ -53,8 +54,8 @@ class _Layout(NamedTuple):
 
 
 @functools.lru_cache(maxsize=1024)
-def _layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
-            b0: int, b1: int, e0: int, e1: int, oh: int, ow: int) -> _Layout:
+def phase_layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+            b0: int, b1: int, e0: int, e1: int, oh: int, ow: int) -> PhaseLayout:
     """The stride-phase planes of a padded (C, H, W) image and the tap offsets into them
     (computed once per geometry)."""
     hp, wp = h + b0 + e0, w + b1 + e1
@@ -78,11 +79,11 @@ def _layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int,
             t1_, u1_ = max(t0, t1), max(u0, u1)
             phases.append((a, b, t0, t1_, u0, u1_, a + t0 * sh - b0, b + u0 * sw - b1))
     planes_size = c * sh * sw * plane
-    return _Layout(hq, wq, tiles, ldc, rows, planes_size, max(planes_size, ldc + int(rows.max())),
+    return PhaseLayout(hq, wq, tiles, ldc, rows, planes_size, max(planes_size, ldc + int(rows.max())),
                    tuple(phases))
 
 
-def fill_planes(x: np.ndarray, lay: _Layout, sh: int, sw: int, pad_value: float) -> np.ndarray:
+def fill_planes(x: np.ndarray, lay: PhaseLayout, sh: int, sw: int, pad_value: float) -> np.ndarray:
     """(N, lay.length) float32: each image's stride-phase planes, `pad_value` in the padding,
     zeros past the planes (only dropped positions read there: no stray NaN or denormals)."""
     n, c = x.shape[:2]
@@ -112,7 +113,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     if kh == kw == 1 and not any(begin) and not any(end) and (sh > 1 or sw > 1):
         x, sh, sw = x[:, :, ::sh, ::sw][:, :, :oh, :ow], 1, 1   # a strided 1x1 conv reads a subsample
     c, h, w = x.shape[1:]
-    lay = _layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
+    lay = phase_layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
                   int(end[1]), oh, ow)
     wq, tiles, ldc, rows = lay.wq, lay.tiles, lay.ldc, lay.rows
     xq = fill_planes(x, lay, sh, sw, 0.0)

@@ -56,7 +56,7 @@ def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, end, out
     oh, ow = out_shape
     kh, kw = (int(k) for k in kernel_shape)
     sh, sw = int(strides[0]), int(strides[1])
-    lay = conv_implicit._layout(1, h, w, kh, kw, sh, sw, int(dilations[0]), int(dilations[1]),
+    lay = conv_implicit.phase_layout(1, h, w, kh, kw, sh, sw, int(dilations[0]), int(dilations[1]),
                                 int(begin[0]), int(begin[1]), int(end[0]), int(end[1]), oh, ow)
     planes = conv_implicit.fill_planes(x.reshape(n * c, 1, h, w), lay, sh, sw, -np.inf)
     grid = oh * lay.wq
