@@ -152,3 +152,20 @@ class ListReader:
 def digit_batches(n: int = 8, size: int = 64) -> list[dict]:
     xtr = digits()[0]
     return [{"X": xtr[i * size:(i + 1) * size]} for i in range(n)]
+
+
+def ours(path, feeds):
+    """Our CPU session's first output on `feeds`."""
+    import ep_core
+    return ep_core.InferenceSession(str(path), providers=["cpu"]).run(None, feeds)[0]
+
+
+def theirs(path, feeds):
+    """onnxruntime's (the oracle's) first output on `feeds`."""
+    import onnxruntime as ort
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def accuracy(logits) -> float:
+    """Share of the held-out digits classified right."""
+    return float((logits.argmax(axis=1) == digits()[3]).mean())

@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from foreign_provider import FOREIGN, ForeignArray, ForeignTransfer, unwrap
+from foreign_provider import ForeignArray, ForeignProvider, unwrap
 
 from ep_core.kernel import Kernel, KernelRegistry
-from ep_core.provider import DataTransfer, ExecutionProvider
 
 SLOW_SECONDS = 2e-3
 
@@ -49,17 +48,10 @@ class Relu(Kernel):
         return ForeignArray(np.maximum(unwrap(x), 0))
 
 
-class SlowFastProvider(ExecutionProvider):
+class SlowFastProvider(ForeignProvider):
+    """The foreign memory space and its transfers, with this file's kernels."""
     type = "slowfast"
-    device = FOREIGN
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self.transfer = ForeignTransfer()
 
     @classmethod
     def kernel_registry(cls) -> KernelRegistry:
         return registry
-
-    def get_data_transfer(self) -> DataTransfer:
-        return self.transfer

@@ -9,27 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-import ep_core
 from ep_core.errors import InvalidArgument, NoSuchFile
 from ep_core.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                   quantize_dynamic, quantize_static)
-from quantization_models import (ListReader, attention_block, cnn_classifier, digit_batches, digits,
-                                 gpt2_shaped_decoder, mlp_classifier)
+from quantization_models import (ListReader, accuracy, attention_block, cnn_classifier, digit_batches, digits,
+                                 gpt2_shaped_decoder, mlp_classifier, ours, theirs)
 
 ort = pytest.importorskip("onnxruntime")
 MODELS = {"mlp": mlp_classifier, "cnn": cnn_classifier}
-
-
-def ours(path, feeds):
-    return ep_core.InferenceSession(str(path), providers=["cpu"]).run(None, feeds)[0]
-
-
-def theirs(path, feeds):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-
-
-def accuracy(logits) -> float:
-    return float((logits.argmax(axis=1) == digits()[3]).mean())
 
 
 @pytest.fixture(scope="module")
