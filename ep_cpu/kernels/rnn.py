@@ -15,7 +15,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import tensor_shape
-from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
+from ep_cpu.gemm import gemm, get_num_threads, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu import microkernel
 from ep_cpu.kernels.rnn_jit import SMALL_BATCH, PackedRecurrent, recurrent_matmul, with_add
@@ -138,6 +138,12 @@ class _Recurrent(Kernel):
         if (self.jit_matmul is not None and rt.dtype == y.dtype and rt.flags.c_contiguous
                 and (2 <= batch <= SMALL_BATCH or isinstance(self.jit_matmul, PackedRecurrent))):
             mm = self.jit_matmul
+        if lens is None and seq and isinstance(mm, PackedRecurrent):
+            cell = self._compiled_cell(rb_step)
+            if cell is not None and mm.run_sequence(cell[0], np.ascontiguousarray(proj), h, c, hist,
+                                                    cell[1], get_num_threads()):
+                self._finish_dense(dirs, y, y_h, y_c, None, hist, hist[-1], c)
+                return
         tmp = np.empty_like(h)
         live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
         step = self._dense_step
@@ -150,6 +156,15 @@ class _Recurrent(Kernel):
                 hist[t][:, done] = h[:, done]
                 c[:, done] = c_done
             h = hist[t]
+        self._finish_dense(dirs, y, y_h, y_c, live, hist, h, c)
+
+    def _compiled_cell(self, rb_step) -> tuple[str, np.ndarray | None] | None:
+        """(cell kind, bias added to the product) of `PackedRecurrent.run_sequence`, or None
+        where this cell has no compiled step."""
+        return None
+
+    def _finish_dense(self, dirs, y, y_h, y_c, live, hist, h, c) -> None:
+        """y from the per-step states `hist` (reverse directions back in time order), y_h, y_c."""
         if hist is not y:
             for d, (tidx, *_rest) in enumerate(dirs):
                 if live is None or live.all():
@@ -297,6 +312,14 @@ class GRU(_Recurrent):
         proj[..., 2 * hid:] += rb[..., 2 * hid:]
         return None
 
+    def _compiled_cell(self, rb_step):
+        if not self.lbr:
+            return None
+        ndir, _, hid = rb_step.shape
+        bias = np.zeros((ndir, 3 * hid), dtype=np.float32)
+        bias[:, 2 * hid:] = rb_step[:, 0]
+        return "GRU", bias
+
     def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm):
         hid = h.shape[-1]
         zr, n = gates[..., :2 * hid], gates[..., 2 * hid:]
@@ -336,6 +359,9 @@ class LSTM(_Recurrent):
     def _fold_recurrent_bias(self, proj, rb):
         proj += rb
         return None
+
+    def _compiled_cell(self, rb_step):
+        return "LSTM", None
 
     def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm):
         hid = h.shape[-1]
