@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from ep_cpu import native_call
+
 try:
     import numba
     from llvmlite import ir
@@ -102,7 +104,7 @@ def run_ranges(callback, args: tuple, cols: int, rows: int, workers: int, by_col
         return
     if parallel_ok():
         set_threads(workers)
-        run_parts(callback, args, cols, rows, workers, by_columns)
+        native_call.run_parts(callback.address, args, cols, rows, workers, by_columns)
         return
     total = cols if by_columns else rows
     step = -(-total // workers)
@@ -219,7 +221,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
             fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
             # allocas in the entry block: LLVM promotes them to registers. 4-row tiles keep two
             # sets of sums (even and odd k): 8 chains of FMAs do not cover the FMA latency of
-            # two pipes, 16 do (a recurrent step's 4 rows: 130 -> ... GFLOP/s).
+            # two pipes, 16 do (4 rows x 256 x 512 from L2: 119 -> 196 GFLOP/s measured).
             sets = 2 if mr == 4 else 1
             accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None))
                     for _ in range(2 * mr * sets)]
@@ -508,8 +510,8 @@ if numba is not None:
         for i in numba.prange(a.shape[0]):
             a[i] += 1.0
 
-    # The drivers as C callbacks over raw addresses: the parallel runners below take them as
-    # first-class functions, so a runner compiles in ~0.3 s (a prange loop that inlined a driver
+    # The drivers as C callbacks over raw addresses: the parallel runner (`native_call.run_parts`)
+    # calls them by address, so it compiles in ~0.3 s (a prange loop that inlined a driver
     # took 6-8 s to compile, paid by the first session on a machine), and the Python pool calls
     # them through ctypes, which releases the GIL.
     I64, F32 = types.int64, types.float32
@@ -525,7 +527,7 @@ if numba is not None:
         return types.CPointer(types.float32)(addr), codegen
 
     @intrinsic
-    def _i64_at(typingctx, addr):
+    def i64_at(typingctx, addr):
         def codegen(context, builder, signature, args):
             return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
         return types.CPointer(types.int64)(addr), codegen
@@ -533,7 +535,7 @@ if numba is not None:
     def _conv_range(xf_at, xf_n, rows_at, kdim, ap_at, mb, mr, m, ldc, bias_at, has_bias, res_at,
                    has_res, lo, hi, mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1), arrays by address."""
-        conv_in_place(numba.carray(f32_at(xf_at), (xf_n,)), numba.carray(_i64_at(rows_at), (kdim,)),
+        conv_in_place(numba.carray(f32_at(xf_at), (xf_n,)), numba.carray(i64_at(rows_at), (kdim,)),
                       numba.carray(f32_at(ap_at), (mb, kdim, mr)), m, ldc,
                       numba.carray(f32_at(bias_at), (m,)), has_bias != 0,
                       numba.carray(f32_at(res_at), (m * ldc,)), has_res != 0, lo, hi, mode,
@@ -569,18 +571,6 @@ if numba is not None:
     def gemm_range():
         """C callback: gemm_panels over column panels [j0, j1), row panels [i0, i1)."""
         return _callback("gemm")
-
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def run_parts(fn, args, cols, rows, parts, by_columns):  # pragma: no cover - compiled
-        """fn(*args, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
-        threads; `args` a tuple of the callback's leading arguments."""
-        for p in numba.prange(parts):
-            if by_columns:
-                step = (cols + parts - 1) // parts
-                fn(*args, p * step, min(cols, (p + 1) * step), 0, rows)
-            else:
-                step = (rows + parts - 1) // parts
-                fn(*args, 0, cols, p * step, min(rows, (p + 1) * step))
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,

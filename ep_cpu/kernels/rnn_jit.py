@@ -120,8 +120,8 @@ class PackedRecurrent:
         parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
         if parallel:
             microkernel.set_threads(min(threads, proj.shape[1]))
-        _steps_runner(parallel)(self._gemm, vector_math.cell_callback(cell_kind), proj, h0, c, hist,
-                                gates, self.pack_addrs, self.packs[0].shape[0],
+        _steps_runner(parallel)(self._gemm.address, vector_math.cell_callback(cell_kind).address,
+                                proj, h0, c, hist, gates, self.pack_addrs, self.packs[0].shape[0],
                                 self._mr(h0.shape[1]), np.ascontiguousarray(bias, dtype=np.float32),
                                 use_res)
         return True
@@ -151,13 +151,15 @@ def _steps_runner(parallel: bool) -> Callable:
         if not _steps:
             import numba
 
+            from ep_cpu.native_call import call_void
+
             @numba.njit(nogil=True, cache=True, inline="always")
             def one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
                               d):  # pragma: no cover - compiled
                 # Per step: gates = h R^T (+ bias, + proj[t] where use_res) through the
-                # microkernel's `gemm`, then `cell` turns them into hist[t]. gemm and cell are C
-                # callbacks taken as first-class functions, so this loop's compiled code does not
-                # embed theirs. A whole direction at a time: its R^T stays in this core's L2.
+                # microkernel's `gemm`, then `cell` turns them into hist[t]. gemm and cell are
+                # the addresses of C callbacks (`ep_cpu.native_call`). A whole direction at a
+                # time: its R^T stays in this core's L2.
                 seq, ndir, rows, n = proj.shape
                 hid = h0.shape[2]
                 panels = (rows + mr - 1) // mr
@@ -170,9 +172,9 @@ def _steps_runner(parallel: bool) -> Callable:
                 for t in range(seq):
                     hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
                     xp = np.int64(proj[t, d].ctypes.data)
-                    gemm(hp, rows, hid, packs_at[d], nb, n, mr, b, 1, xp if use_res else b,
-                         int(use_res), -inf, inf, mode, g, 0, nb, 0, panels)
-                    cell(g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid)
+                    call_void(gemm, (hp, rows, hid, packs_at[d], nb, n, mr, b, 1, xp if use_res else b,
+                                     int(use_res), -inf, inf, mode, g, 0, nb, 0, panels))
+                    call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
 
             @numba.njit(nogil=True, cache=True)
             def run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,

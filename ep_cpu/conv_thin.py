@@ -1,0 +1,129 @@
+"""Convolutions with a few output positions (a streaming audio model's step, the last maps of
+small inputs) as one GEMM with the positions as rows: Y^T (P x M) = cols^T (P x C*K) @ W^T.
+
+OpenBLAS's SGEMM is slow on such thin products: (258 x 256) @ (256 x 3), a short-time Fourier
+transform as a strided 1-D conv, took 30-40 us on one thread here (~5 GFLOP/s), and numpy's
+im2col around it a few us more. Here one compiled call (`thin_conv`, a C callback) gathers the
+columns through a cached index, runs the microkernel on W^T packed once (a session constant) and
+stores the transposed tile: ~2 us of product plus the call. Bias (one per output channel: a
+column here), residual and a clamp run in the tile store. float32, group 1, AVX-512 CPUs.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ep_cpu import gemm_compiled
+from ep_cpu import microkernel as mk
+
+try:
+    import numba
+    from numba import types
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+MAX_POSITIONS = 16   # output positions up to which this path is taken (one or two tile rows)
+
+
+def available() -> bool:
+    return mk.available()
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """(M, C, *K) float32 weights -> W^T (C*K, M) in the microkernel's column panels."""
+    return gemm_compiled.pack(np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32))
+
+
+if numba is not None:
+    from ep_cpu.native_call import call_void
+
+    I64, F32 = types.int64, types.float32
+    THIN_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
+                          F32, F32, I64)
+
+    def _thin_conv(x_at, x_len, idx_at, p, ck, gemm_at, packed_at, nb, m, mr, bias_at, has_bias,
+                   res_at, has_res, lo, hi, y_at):  # pragma: no cover - compiled
+        # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position
+        x = numba.carray(mk.f32_at(x_at), (x_len,))
+        idx = numba.carray(mk.i64_at(idx_at), (p * ck,))
+        cols = np.empty(p * ck, dtype=np.float32)
+        for i in range(p * ck):
+            j = idx[i]
+            cols[i] = x[j] if j < x_len else np.float32(0.0)
+        yt = np.empty(p * m, dtype=np.float32)
+        res_t = yt
+        if has_res:
+            res = numba.carray(mk.f32_at(res_at), (m * p,))
+            res_t = np.empty(p * m, dtype=np.float32)
+            for c in range(m):
+                for r in range(p):
+                    res_t[r * m + c] = res[c * p + r]
+        bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
+        b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
+        mode = 2 if has_res else 1      # microkernel.EPILOGUE_RES / EPILOGUE
+        call_void(gemm_at, (np.int64(cols.ctypes.data), p, ck, packed_at, nb, m, mr, b_at, has_bias,
+                            np.int64(res_t.ctypes.data), has_res, lo, hi, mode,
+                            np.int64(yt.ctypes.data), 0, nb, 0, (p + mr - 1) // mr))
+        # the buffers went to the callback as addresses: numba frees an array after its last
+        # use in this function, so they are used again here, after the call
+        if cols.size + res_t.size + bias.size == 0:
+            return
+        y = numba.carray(mk.f32_at(y_at), (m * p,))
+        for r in range(p):
+            for c in range(m):
+                y[c * p + r] = yt[r * m + c]
+
+    _compiled: dict = {}
+    _compile_lock = threading.Lock()
+
+    def thin_conv():
+        """C callback: one image's thin conv (arrays by address), compiled or loaded from the
+        disk cache on first use."""
+        fn = _compiled.get("thin")
+        if fn is None:
+            with _compile_lock:
+                fn = _compiled.get("thin")
+                if fn is None:
+                    fn = _compiled["thin"] = numba.cfunc(THIN_SIG, nogil=True, cache=True)(_thin_conv)
+        return fn
+
+
+class PackedWeight:
+    """W^T packed (`pack_weight`) with what every call passes: its address, panel count, M."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.panels = pack_weight(w)
+        self.m = w.shape[0]
+        self.address = self.panels.ctypes.data   # alive as long as this object
+
+
+def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
+         bias: np.ndarray | None, residual: np.ndarray | None,
+         clamp: tuple[float, float], out_shape) -> np.ndarray:
+    """(N, M, *out_shape) = clamp(conv + bias + residual) of float32 x (N, C, *spatial);
+    `rows_index` (index, its address): (P, C*K) int64 flat indices into one image, its size for
+    a padded position (`ep_cpu.kernels.conv` builds and caches it)."""
+    idx, idx_at = rows_index
+    n, (p, ck) = x.shape[0], idx.shape
+    m = packed_w.m
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty((n, m) + tuple(out_shape), dtype=np.float32)
+    res = None if residual is None else np.ascontiguousarray(
+        np.broadcast_to(residual, y.shape), dtype=np.float32)
+    if bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous):
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+    image = x[0].size
+    # arrays by address (C-contiguous and alive in this frame)
+    x_at, y_at = x.ctypes.data, y.ctypes.data
+    res_at = 0 if res is None else res.ctypes.data
+    lead = (image, idx_at, p, ck, mk.gemm_range().address, packed_w.address,
+            packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
+            int(bias is not None))
+    lo, hi = np.float32(clamp[0]), np.float32(clamp[1])
+    fn = thin_conv().ctypes
+    for i in range(n):
+        fn(x_at + 4 * i * image, *lead, (res_at + 4 * i * m * p) if res is not None else 0,
+           int(res is not None), lo, hi, y_at + 4 * i * m * p)
+    return y
