@@ -494,8 +494,12 @@ if numba is not None:
                     u_lo = max(0, -((b - pw) // sw))
                     u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
                     dst = row0 + b * plane
-                    for u in range(u_lo, u_hi):
-                        buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
+                    if sw == 2:   # a constant stride: LLVM vectorizes it with shuffles
+                        for u in range(u_lo, u_hi):
+                            buf[u64(dst + u)] = xr[u64(b + 2 * u - pw)]
+                    else:
+                        for u in range(u_lo, u_hi):
+                            buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
             for p0 in range(0, ldc, DW_TILE):
                 dw_tile(buf, p0, offs, taps, w, c * taps, wide, p0, bias[c], lo, hi)
             yc = y[c]
