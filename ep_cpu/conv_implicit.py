@@ -139,7 +139,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
         args = (xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
                 packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, int(has_bias), r.ctypes.data,
                 int(has_res), np.float32(lo), np.float32(hi), mode, y[i].ctypes.data)
-        mk.run_ranges(mk.conv_range(mr), args, tiles, row_panels, workers, by_columns, pool)
+        mk.run_ranges(mk.conv_range(), args, tiles, row_panels, workers, by_columns, pool)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)

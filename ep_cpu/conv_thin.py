@@ -118,9 +118,8 @@ def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, in
     # arrays by address (C-contiguous and alive in this frame)
     x_at, y_at = x.ctypes.data, y.ctypes.data
     res_at = 0 if res is None else res.ctypes.data
-    mr = mk.choose_mr(p)
-    lead = (image, idx_at, p, ck, mk.gemm_range(mr).address, packed_w.address,
-            packed_w.panels.shape[0], m, mr, 0 if bias is None else bias.ctypes.data,
+    lead = (image, idx_at, p, ck, mk.gemm_range().address, packed_w.address,
+            packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
             int(bias is not None))
     lo, hi = np.float32(clamp[0]), np.float32(clamp[1])
     fn = thin_conv().ctypes

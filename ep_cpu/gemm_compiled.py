@@ -53,5 +53,5 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     args = (a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr, b.ctypes.data,
             int(has_bias), r.ctypes.data, int(has_res), np.float32(lo), np.float32(hi), mode,
             yf.ctypes.data)
-    mk.run_ranges(mk.gemm_range(mr), args, col_panels, row_panels, workers, by_columns, pool)
+    mk.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
     return y

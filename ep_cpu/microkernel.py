@@ -536,58 +536,45 @@ if numba is not None:
             return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
         return types.CPointer(types.int64)(addr), codegen
 
-    def _conv_range_of(tile_rows: int):
-        def _conv_range(xf_at, xf_n, rows_at, kdim, ap_at, mb, mr, m, ldc, bias_at, has_bias,
-                        res_at, has_res, lo, hi, mode, y_at, j0, j1, i0,
-                        i1):  # pragma: no cover - compiled
-            """conv_in_place over tiles [j0, j1) and row panels [i0, i1), arrays by address;
-            `mr` is this callback's `tile_rows` (a constant: one microkernel compiled, not 3)."""
-            conv_in_place(numba.carray(f32_at(xf_at), (xf_n,)), numba.carray(i64_at(rows_at), (kdim,)),
-                          numba.carray(f32_at(ap_at), (mb, kdim, tile_rows)), m, ldc,
-                          numba.carray(f32_at(bias_at), (m,)), has_bias != 0,
-                          numba.carray(f32_at(res_at), (m * ldc,)), has_res != 0, lo, hi, mode,
-                          numba.carray(f32_at(y_at), (m * ldc,)), j0, j1, i0, i1)
-        return _conv_range
+    def _conv_range(xf_at, xf_n, rows_at, kdim, ap_at, mb, mr, m, ldc, bias_at, has_bias, res_at,
+                   has_res, lo, hi, mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """conv_in_place over tiles [j0, j1) and row panels [i0, i1), arrays by address."""
+        conv_in_place(numba.carray(f32_at(xf_at), (xf_n,)), numba.carray(i64_at(rows_at), (kdim,)),
+                      numba.carray(f32_at(ap_at), (mb, kdim, mr)), m, ldc,
+                      numba.carray(f32_at(bias_at), (m,)), has_bias != 0,
+                      numba.carray(f32_at(res_at), (m * ldc,)), has_res != 0, lo, hi, mode,
+                      numba.carray(f32_at(y_at), (m * ldc,)), j0, j1, i0, i1)
 
-    def _gemm_range_of(tile_rows: int):
-        def _gemm_range(a_at, m, kdim, bp_at, nb, n, mr, bias_at, has_bias, res_at, has_res, lo,
-                        hi, mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-            """gemm_panels over column panels [j0, j1) and row panels [i0, i1), arrays by
-            address; `mr` is this callback's `tile_rows`."""
-            gemm_panels(numba.carray(f32_at(a_at), (m, kdim)), numba.carray(f32_at(bp_at), (nb, kdim, NR)),
-                        n, tile_rows, numba.carray(f32_at(bias_at), (n,)), has_bias != 0,
-                        numba.carray(f32_at(res_at), (m * n,)), has_res != 0, lo, hi, mode,
-                        numba.carray(f32_at(y_at), (m * n,)), i0, i1, j0, j1)
-        return _gemm_range
+    def _gemm_range(a_at, m, kdim, bp_at, nb, n, mr, bias_at, has_bias, res_at, has_res, lo, hi,
+                   mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """gemm_panels over column panels [j0, j1) and row panels [i0, i1), arrays by address."""
+        gemm_panels(numba.carray(f32_at(a_at), (m, kdim)), numba.carray(f32_at(bp_at), (nb, kdim, NR)),
+                    n, mr, numba.carray(f32_at(bias_at), (n,)), has_bias != 0,
+                    numba.carray(f32_at(res_at), (m * n,)), has_res != 0, lo, hi, mode,
+                    numba.carray(f32_at(y_at), (m * n,)), i0, i1, j0, j1)
 
     _callbacks: dict = {}
     _callbacks_lock = threading.Lock()
 
-    def _callback(name: str, mr: int):
-        """The C callback of a driver for tiles of `mr` rows, compiled (or loaded from the disk
-        cache, which keys closures by their values) on first use: a model compiles only the tile
-        heights its shapes use (ResNet-50's convs: 8 rows only)."""
-        fn = _callbacks.get((name, mr))
+    def _callback(name: str):
+        """The C callback of a driver, compiled (or loaded from the disk cache) on first use."""
+        fn = _callbacks.get(name)
         if fn is None:
-            if mr not in (4, 8, 12):
-                raise ValueError(f"no microkernel for {mr} tile rows")
             with _callbacks_lock:
-                fn = _callbacks.get((name, mr))
+                fn = _callbacks.get(name)
                 if fn is None:
-                    make, sig = {"conv": (_conv_range_of, CONV_RANGE_SIG),
-                                 "gemm": (_gemm_range_of, GEMM_RANGE_SIG)}[name]
-                    fn = _callbacks[(name, mr)] = numba.cfunc(sig, nogil=True, cache=True)(make(mr))
+                    py, sig = {"conv": (_conv_range, CONV_RANGE_SIG),
+                               "gemm": (_gemm_range, GEMM_RANGE_SIG)}[name]
+                    fn = _callbacks[name] = numba.cfunc(sig, nogil=True, cache=True)(py)
         return fn
 
-    def conv_range(mr: int):
-        """C callback: conv_in_place(..., j0, j1, i0, i1) with its arrays by address, for
-        weights packed in row panels of `mr` (`choose_mr`)."""
-        return _callback("conv", mr)
+    def conv_range():
+        """C callback: conv_in_place(..., j0, j1, i0, i1) with its arrays by address."""
+        return _callback("conv")
 
-    def gemm_range(mr: int):
-        """C callback: gemm_panels over column panels [j0, j1), row panels [i0, i1), A's rows in
-        panels of `mr` (`choose_mr`)."""
-        return _callback("gemm", mr)
+    def gemm_range():
+        """C callback: gemm_panels over column panels [j0, j1), row panels [i0, i1)."""
+        return _callback("gemm")
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,

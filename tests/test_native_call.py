@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not microkernel.available(),
 
 
 def test_check_args_refuses_wrong_types_and_counts():
-    cb = microkernel.gemm_range(8)
+    cb = microkernel.gemm_range()
     ints = tuple(range(11))
     good = ints + (np.float32(0), np.float32(1)) + (0,) * 6
     native_call.check_args(cb, good)
@@ -39,8 +39,8 @@ def test_run_parts_calls_every_range_once(by_columns, parts):
     args = (a.ctypes.data, 37, 70, bp.ctypes.data, bp.shape[0], 101, mr, zeros.ctypes.data, 0,
             y.ctypes.data, 0, np.float32(-np.inf), np.float32(np.inf), microkernel.EPILOGUE,
             y.ctypes.data)
-    native_call.check_args(microkernel.gemm_range(mr), args + (0, 1, 0, 1))
-    native_call.run_parts(microkernel.gemm_range(mr).address, args, bp.shape[0], -(-37 // mr), parts,
+    native_call.check_args(microkernel.gemm_range(), args + (0, 1, 0, 1))
+    native_call.run_parts(microkernel.gemm_range().address, args, bp.shape[0], -(-37 // mr), parts,
                           by_columns)
     np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
 
@@ -68,4 +68,4 @@ def test_callers_build_arguments_of_the_callbacks_types(monkeypatch):
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     conv_implicit.conv2d(x, conv_implicit.pack_weight(w), 8, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1),
                          (9, 9), None, None, None, 1, None)
-    assert seen == [microkernel.gemm_range(12), microkernel.conv_range(8)]
+    assert seen == [microkernel.gemm_range(), microkernel.conv_range()]

@@ -88,7 +88,8 @@ class PackedRecurrent:
 
     def __init__(self, rt_all: np.ndarray) -> None:
         from ep_cpu import gemm_compiled, microkernel
-        self._gemm_range = microkernel.gemm_range
+        self._gemm = microkernel.gemm_range()
+        self._range = self._gemm.ctypes
         self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
         self.pack_addrs = np.array([p.ctypes.data for p in self.packs], dtype=np.int64)
         self.n = rt_all.shape[2]
@@ -119,10 +120,9 @@ class PackedRecurrent:
         parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
         if parallel:
             microkernel.set_threads(min(threads, proj.shape[1]))
-        mr = self._mr(h0.shape[1])
-        _steps_runner(parallel)(self._gemm_range(mr).address, vector_math.cell_callback(cell_kind).address,
+        _steps_runner(parallel)(self._gemm.address, vector_math.cell_callback(cell_kind).address,
                                 proj, h0, c, hist, gates, self.pack_addrs, self.packs[0].shape[0],
-                                mr, np.ascontiguousarray(bias, dtype=np.float32),
+                                self._mr(h0.shape[1]), np.ascontiguousarray(bias, dtype=np.float32),
                                 use_res)
         return True
 
@@ -131,14 +131,14 @@ class PackedRecurrent:
         rows = h.shape[1]
         mr = self._mr(rows)
         inf = np.float32(np.inf)
-        gemm = self._gemm_range(mr).ctypes
         for d, bp in enumerate(self.packs):
             hd, yd = h[d], out[d]
             res = self._none if add is None else add[d]
             # arrays by address (C-contiguous, alive here): see microkernel.gemm_range
-            gemm(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
-                 self._none.ctypes.data, 0, res.ctypes.data, int(add is not None), -inf, inf,
-                 self._modes[add is not None], yd.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
+            self._range(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
+                        self._none.ctypes.data, 0, res.ctypes.data, int(add is not None), -inf, inf,
+                        self._modes[add is not None], yd.ctypes.data, 0, bp.shape[0], 0,
+                        -(-rows // mr))
 
 
 _steps: dict = {}
