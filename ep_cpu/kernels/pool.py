@@ -145,7 +145,13 @@ class GlobalPool(Kernel):
             return np.max(x, axis=axes, keepdims=True) if axes else x.copy()
         cdt = compute_dtype(x.dtype)
         xf = x.astype(cdt, copy=False)
-        if op == "GlobalAveragePool":
+        if op == "GlobalAveragePool" and x.ndim > 2 and xf.flags.c_contiguous and xf.dtype.kind == "f":
+            # one matrix-vector product: numpy's mean over short trailing axes reduces slowly
+            # (MobileNetV2's 1280 x 7 x 7: 31 us, this 5 us)
+            rows = xf.reshape(-1, math.prod(x.shape[2:]))
+            y = (rows @ np.full(rows.shape[1], 1.0 / rows.shape[1], dtype=rows.dtype)).reshape(
+                x.shape[:2] + (1,) * (x.ndim - 2))
+        elif op == "GlobalAveragePool":
             y = np.mean(xf, axis=axes, keepdims=True)
         else:
             p = self.p
