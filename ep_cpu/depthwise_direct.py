@@ -44,9 +44,10 @@ def applies(strides, out_shape) -> bool:
     return all(int(s) in (1, 2) for s in strides) and min(out_shape) > 0
 
 
-def _make_out16(kw_const: int | None):
+def _make_out16(kw_const: int | None, pool_max: bool = False):
     """The output-vector intrinsic; with `kw_const` its taps along a row are unrolled, and
-    vectors whose lanes are all inside the row load without masks."""
+    vectors whose lanes are all inside the row load without masks. `pool_max`: MaxPool instead
+    of the weighted sum (padding reads -inf, NaN propagates; w and bias unused)."""
 
     @intrinsic
     def out16(typingctx, x_arr, x_off, h, w, iy0, ix0, dh, sw, dw, kh, kw, w_arr, w_off, bias,
@@ -89,6 +90,7 @@ def _make_out16(kw_const: int | None):
             vi32 = ir.VectorType(l32, 16)
             iota = ir.Constant(vi32, list(range(16)))
             zero = ir.Constant(v16, [0.0] * 16)
+            padding = ir.Constant(v16, [float("-inf")] * 16) if pool_max else zero
 
             def splat32(v):
                 v = builder.trunc(v, l32)
@@ -103,18 +105,28 @@ def _make_out16(kw_const: int | None):
                 col = builder.add(iota, splat32(first))
                 inside = builder.and_(builder.icmp_signed(">=", col, ir.Constant(vi32, [0] * 16)),
                                       builder.icmp_signed("<", col, splat32(w_v)))
-                return builder.call(masked_load, [ptr, ir.Constant(l32, 4), inside, zero])
+                return builder.call(masked_load, [ptr, ir.Constant(l32, 4), inside, padding])
 
             even = ir.Constant(ir.VectorType(l32, 16), list(range(0, 32, 2)))
 
+            def combine(a, b):
+                if not pool_max:
+                    return builder.fadd(a, b)
+                # the larger, NaN if either is (as np.maximum)
+                bigger = builder.select(builder.fcmp_ordered(">", b, a), b, a)
+                return builder.select(builder.fcmp_unordered("uno", a, b), builder.fadd(a, b), bigger)
+
             def tap(row, wrow, kx, stride2, masked, acc):
                 first = builder.add(ix0_v, builder.mul(kx, dw_v))
-                wv = vir.broadcast(builder.load(builder.gep(wt, [builder.add(wrow, kx)])))
                 if stride2:   # inputs first + 2j: the even lanes of 32
                     v = builder.shuffle_vector(load(row, first, masked),
                                                load(row, builder.add(first, c64(16)), masked), even)
                 else:
                     v = load(row, first, masked)
+                if pool_max:
+                    builder.store(combine(builder.load(acc), v), acc)
+                    return
+                wv = vir.broadcast(builder.load(builder.gep(wt, [builder.add(wrow, kx)])))
                 builder.store(builder.call(vir.fma, [wv, v, builder.load(acc)]), acc)
 
             def taps(stride2, masked):
@@ -143,8 +155,8 @@ def _make_out16(kw_const: int | None):
                                   builder.icmp_signed("<", last, w_v))
             accs = []
             for _ in range(2):
-                acc = [cgutils.alloca_once_value(builder, vir.broadcast(bias_v))]
-                acc += [cgutils.alloca_once_value(builder, zero) for _ in range(1, kw_const or 1)]
+                acc = [cgutils.alloca_once_value(builder, padding if pool_max else vir.broadcast(bias_v))]
+                acc += [cgutils.alloca_once_value(builder, padding) for _ in range(1, kw_const or 1)]
                 accs.append(acc)
             is_s1 = builder.icmp_signed("==", sw_v, c64(1))
             with builder.if_else(is_s1) as (s1, s2):
@@ -159,7 +171,7 @@ def _make_out16(kw_const: int | None):
             for r, acc in enumerate(accs):
                 total = builder.load(acc[0])
                 for more in acc[1:]:
-                    total = builder.fadd(total, builder.load(more))
+                    total = combine(total, builder.load(more))
                 out = vir.clamp(total, vir.broadcast(lo_v), vir.broadcast(hi_v))
                 dst = builder.bitcast(builder.gep(y, [builder.mul(ldy_v, c64(r))]), v16.as_pointer())
                 if r:
@@ -177,6 +189,8 @@ def _make_out16(kw_const: int | None):
 if numba is not None:
     out16 = _make_out16(None)
     out16_k3 = _make_out16(3)
+    max16 = _make_out16(None, pool_max=True)
+    max16_k3 = _make_out16(3, pool_max=True)
 
     def _depthwise_range(x_at, h, w, w_at, taps, bias_at, y_at, oh, ow, sh, sw, dh, dw, ph, pw,
                          kh, kw, lo, hi, c0, c1, r0, r1):  # pragma: no cover - compiled
@@ -200,22 +214,42 @@ if numba is not None:
                               c * taps, bias[c], lo, hi, y, (c * oh + oy) * ow + ox0,
                               min(16, ow - ox0), sh, ow, two)
 
+    def _maxpool_range(x_at, h, w, w_at, taps, bias_at, y_at, oh, ow, sh, sw, dh, dw, ph, pw,
+                       kh, kw, lo, hi, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # the same arguments as _depthwise_range (w and bias unused): MaxPool of channels [c0, c1)
+        x = numba.carray(mk.f32_at(x_at), (c1 * h * w,))
+        none = np.zeros(1, dtype=np.float32)
+        y = numba.carray(mk.f32_at(y_at), (c1 * oh * ow,))
+        for c in range(c0, c1):
+            for oy in range(0, oh, 2):
+                iy0 = oy * sh - ph
+                two = oy + 1 < oh
+                for ox0 in range(0, ow, 16):
+                    if kw == 3:
+                        max16_k3(x, c * h * w, h, w, iy0, ox0 * sw - pw, dh, sw, dw, kh, kw, none, 0,
+                                 np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
+                                 min(16, ow - ox0), sh, ow, two)
+                    else:
+                        max16(x, c * h * w, h, w, iy0, ox0 * sw - pw, dh, sw, dw, kh, kw, none, 0,
+                              np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
+                              min(16, ow - ox0), sh, ow, two)
+
     I64, F32 = types.int64, types.float32
     RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
                            I64, I64, I64, F32, F32, I64, I64, I64, I64)
     _callback: dict = {}
     _callback_lock = threading.Lock()
 
-    def depthwise_range():
-        """C callback over channel ranges [c0, c1) of one image, arrays by address; compiled or
-        loaded from the disk cache on first use."""
-        fn = _callback.get("range")
+    def depthwise_range(pool_max: bool = False):
+        """C callback over channel ranges [c0, c1) of one image, arrays by address (`pool_max`:
+        the MaxPool one); compiled or loaded from the disk cache on first use."""
+        fn = _callback.get(pool_max)
         if fn is None:
             with _callback_lock:
-                fn = _callback.get("range")
+                fn = _callback.get(pool_max)
                 if fn is None:
-                    fn = _callback["range"] = numba.cfunc(RANGE_SIG, nogil=True, cache=True)(
-                        _depthwise_range)
+                    fn = _callback[pool_max] = numba.cfunc(RANGE_SIG, nogil=True, cache=True)(
+                        _maxpool_range if pool_max else _depthwise_range)
         return fn
 
 
@@ -224,17 +258,33 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
                  pool: Callable) -> np.ndarray:
     """Depthwise conv of float32 x (N, C, H, W) with w (C, 1, KH, KW), bias and an optional
     clamp (Relu, Clip; NaN passes it); strides 1 or 2 (`applies`). A new (N, C, OH, OW) array."""
-    n, c, h, wd = x.shape
+    c = x.shape[1]
     kh, kw = w.shape[2:]
-    oh, ow = (int(v) for v in out_shape)
-    x = np.ascontiguousarray(x, dtype=np.float32)
     w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
     b = (np.zeros(c, dtype=np.float32) if bias is None
          else np.ascontiguousarray(bias, dtype=np.float32).reshape(c))
+    return _run(x, w2, b, (kh, kw), strides, dilations, begin, out_shape, clamp, threads, pool,
+                False)
+
+
+def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, out_shape, threads: int,
+                pool: Callable) -> np.ndarray:
+    """MaxPool of float32 x (N, C, H, W) (-inf padding, NaN propagates); strides 1 or 2."""
+    none = np.zeros(1, dtype=np.float32)
+    return _run(x, none, none, tuple(int(k) for k in kernel_shape), strides, dilations, begin,
+                out_shape, None, threads, pool, True)
+
+
+def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, threads, pool,
+         pool_max: bool) -> np.ndarray:
+    n, c, h, wd = x.shape
+    kh, kw = kernel_shape
+    oh, ow = (int(v) for v in out_shape)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     y = np.empty((n, c, oh, ow), dtype=np.float32)
     workers = max(1, min(threads, c, n * c * oh * ow * kh * kw // PAR_MIN_MACS))
-    callback = depthwise_range()
+    callback = depthwise_range(pool_max)
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame)
         args = (x[i].ctypes.data, h, wd, w2.ctypes.data, kh * kw, b.ctypes.data, y[i].ctypes.data,
