@@ -23,7 +23,11 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
-MAX_POSITIONS = 16   # output positions up to which this path is taken (one or two tile rows)
+# Output positions up to which this path is taken: one or a few tile rows (a 7x7 map: 49, where
+# the implicit conv computes 64 positions per row of weights: 1x1 convs 960->320 on 7x7 266 ->
+# 232 us, 160->960 169 -> 135 us)
+MAX_POSITIONS = 64
+PAR_MIN_MACS = 1 << 21   # multiply-adds per thread hand-off
 
 
 def available() -> bool:
@@ -40,11 +44,12 @@ if numba is not None:
 
     I64, F32 = types.int64, types.float32
     THIN_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
-                          F32, F32, I64)
+                          F32, F32, I64, I64, I64, I64, I64)
 
     def _thin_conv(x_at, x_len, idx_at, p, ck, gemm_at, packed_at, nb, m, mr, bias_at, has_bias,
-                   res_at, has_res, lo, hi, y_at):  # pragma: no cover - compiled
-        # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position
+                   res_at, has_res, lo, hi, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position;
+        # output channels of column panels [j0, j1) (threads split them; rows [i0, i1) unused)
         x = numba.carray(mk.f32_at(x_at), (x_len,))
         idx = numba.carray(mk.i64_at(idx_at), (p * ck,))
         cols = np.empty(p * ck, dtype=np.float32)
@@ -64,14 +69,14 @@ if numba is not None:
         mode = 2 if has_res else 1      # microkernel.EPILOGUE_RES / EPILOGUE
         call_void(gemm_at, (np.int64(cols.ctypes.data), p, ck, packed_at, nb, m, mr, b_at, has_bias,
                             np.int64(res_t.ctypes.data), has_res, lo, hi, mode,
-                            np.int64(yt.ctypes.data), 0, nb, 0, (p + mr - 1) // mr))
+                            np.int64(yt.ctypes.data), j0, j1, 0, (p + mr - 1) // mr))
         # the buffers went to the callback as addresses: numba frees an array after its last
         # use in this function, so they are used again here, after the call
         if cols.size + res_t.size + bias.size == 0:
             return
         y = numba.carray(mk.f32_at(y_at), (m * p,))
         for r in range(p):
-            for c in range(m):
+            for c in range(j0 * mk.NR, min(m, j1 * mk.NR)):
                 y[c * p + r] = yt[r * m + c]
 
     _compiled: dict = {}
@@ -100,10 +105,11 @@ class PackedWeight:
 
 def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
          bias: np.ndarray | None, residual: np.ndarray | None,
-         clamp: tuple[float, float], out_shape) -> np.ndarray:
+         clamp: tuple[float, float], out_shape, threads: int = 1, pool=None) -> np.ndarray:
     """(N, M, *out_shape) = clamp(conv + bias + residual) of float32 x (N, C, *spatial);
     `rows_index` (index, its address): (P, C*K) int64 flat indices into one image, its size for
-    a padded position (`ep_cpu.kernels.conv` builds and caches it)."""
+    a padded position (`ep_cpu.kernels.conv` builds and caches it). Threads split the output
+    channels (`pool(workers)`: an executor where numba's TBB threads are not loadable)."""
     idx, idx_at = rows_index
     n, (p, ck) = x.shape[0], idx.shape
     m = packed_w.m
@@ -122,8 +128,10 @@ def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, in
             packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
             int(bias is not None))
     lo, hi = np.float32(clamp[0]), np.float32(clamp[1])
-    fn = thin_conv().ctypes
+    nb = packed_w.panels.shape[0]
+    workers = max(1, min(threads, nb // 2, p * ck * m // PAR_MIN_MACS))
     for i in range(n):
-        fn(x_at + 4 * i * image, *lead, (res_at + 4 * i * m * p) if res is not None else 0,
-           int(res is not None), lo, hi, y_at + 4 * i * m * p)
+        args = (x_at + 4 * i * image, *lead, (res_at + 4 * i * m * p) if res is not None else 0,
+                int(res is not None), lo, hi, y_at + 4 * i * m * p)
+        mk.run_ranges(thin_conv(), args, nb, 1, workers, True, pool)
     return y

@@ -24,7 +24,9 @@ SHAPES = [
     ((1, 32, 3, 3), 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
     ((3, 16, 4, 5), 21, (3, 3), (2, 2), (1, 0, 1, 1), (1, 1)),
     ((1, 8, 6, 6), 13, (3, 3), (1, 1), (0, 1, 0, 0), (2, 2)),   # dilation, asymmetric pads
-    ((1, 8, 4, 4), 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),   # 16 positions: the limit
+    ((1, 8, 4, 4), 30, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    ((1, 96, 7, 7), 70, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),   # a 7x7 map's 1x1 conv
+    ((1, 8, 8, 8), 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),   # 64 positions: the limit
 ]
 
 
@@ -48,7 +50,21 @@ def test_matches_onnxruntime(thin_calls, shape, epilogue, const_weight):
     assert thin_calls, "the thin path was not taken"
 
 
+@pytest.mark.parametrize("split", ["columns", "columns_pool"])
+def test_threads_split_the_output_channels(monkeypatch, thin_calls, split):
+    from compiled_threads import threads_via
+    threads_via(monkeypatch, split)
+    monkeypatch.setattr(conv_thin, "PAR_MIN_MACS", 1)
+    model, feeds = _model((1, 64, 7, 7), 200, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), "residual_relu")
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 2
+    ours = ep_core.InferenceSession(model, opts, providers=["cpu"]).run(None, feeds)[0]
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(ours, want, **TOL)
+    assert thin_calls
+
+
 def test_more_positions_keep_the_other_paths(thin_calls):
-    model, feeds = _model((1, 16, 40), 16, (3,), (1,), (1, 1), (1,), "none")
+    model, feeds = _model((1, 16, 80), 16, (3,), (1,), (1, 1), (1,), "none")
     ep_core.InferenceSession(model, providers=["cpu"]).run(None, feeds)
     assert not thin_calls

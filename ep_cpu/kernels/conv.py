@@ -436,7 +436,8 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
             k._thin_w = packed
     idx = _im2col_rows_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dil), tuple(begin),
                              tuple(out))
-    y = conv_thin.conv(x, packed, idx, b, residual, clamp or (-math.inf, math.inf), out)
+    y = conv_thin.conv(x, packed, idx, b, residual, clamp or (-math.inf, math.inf), out,
+                       get_num_threads(), _get_pool)
     if clamp is None:
         ACTIVATIONS[activation](y, p)
     return y
