@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
 
@@ -152,12 +153,12 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     for i in range(n):
         r = res[i] if has_res else y[i]
         # arrays by address (all C-contiguous and alive in this frame): see microkernel.conv_range
-        tail = (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, int(has_bias), r.ctypes.data,
-                int(has_res), np.float32(lo), np.float32(hi), mode, y[i].ctypes.data)
-        if full_tiles:
-            mk.run_ranges(mk.conv_range(), (xq[i].ctypes.data, xq.shape[1], rows.ctypes.data,
-                                            rows.shape[0]) + tail,
-                          full_tiles, row_panels, workers, by_columns, pool)
+        tail = (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias, r.ctypes.data,
+                has_res, lo, hi, mode, y[i].ctypes.data)
+        if full_tiles:   # microkernel.CONV_ARGS
+            args = native_call.pack(xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
+                                    *tail)
+            mk.run_ranges(mk.conv_range(), args, full_tiles, row_panels, workers, by_columns, pool)
         if full_tiles < tiles:   # in place: the last tile from a zero-padded copy of its columns
             p0 = full_tiles * NR
             last = np.zeros((c, NR), dtype=np.float32)
@@ -165,8 +166,9 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
             last_rows = _tile_rows(c)
             # the callback reads xf[p0 + rows[k]]: xf's address is set p0 floats before `last`
             # (only addresses inside `last` are read)
-            mk.conv_range().ctypes(last.ctypes.data - 4 * p0, p0 + c * NR, last_rows.ctypes.data,
-                                   c, *tail, full_tiles, tiles, 0, row_panels)
+            args = native_call.pack(last.ctypes.data - 4 * p0, p0 + c * NR, last_rows.ctypes.data, c,
+                                    *tail)
+            mk.conv_range().ctypes(args.ctypes.data, full_tiles, tiles, 0, row_panels)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)

@@ -16,10 +16,10 @@ import numpy as np
 
 from ep_cpu import gemm_compiled
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 
 try:
     import numba
-    from numba import types
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
@@ -39,19 +39,26 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
     return gemm_compiled.pack(np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32))
 
 
+# packed arguments of the callback (native_call.pack), in this order
+THIN_ARGS = ("x", "x_len", "index", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
+             "has_bias", "res", "has_res", "lo", "hi", "y")
+
 if numba is not None:
-    from ep_cpu.native_call import call_void
+    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
 
-    I64, F32 = types.int64, types.float32
-    THIN_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
-                          F32, F32, I64, I64, I64, I64, I64)
-
-    def _thin_conv(x_at, x_len, idx_at, p, ck, gemm_at, packed_at, nb, m, mr, bias_at, has_bias,
-                   res_at, has_res, lo, hi, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+    def _thin_conv(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position;
         # output channels of column panels [j0, j1) (threads split them; rows [i0, i1) unused)
-        x = numba.carray(mk.f32_at(x_at), (x_len,))
-        idx = numba.carray(mk.i64_at(idx_at), (p * ck,))
+        a = numba.carray(f64_at(args_at), (17,))
+        x_at, x_len, idx_at, p, ck = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
+                                      np.int64(a[3]), np.int64(a[4]))
+        gemm_at, packed_at, nb, m, mr = (np.int64(a[5]), np.int64(a[6]), np.int64(a[7]),
+                                         np.int64(a[8]), np.int64(a[9]))
+        bias_at, has_bias, res_at, has_res = (np.int64(a[10]), np.int64(a[11]), np.int64(a[12]),
+                                              np.int64(a[13]))
+        y_at = np.int64(a[16])
+        x = numba.carray(f32_at(x_at), (x_len,))
+        idx = numba.carray(i64_at(idx_at), (p * ck,))
         cols = np.empty(p * ck, dtype=np.float32)
         for i in range(p * ck):
             j = idx[i]
@@ -59,7 +66,7 @@ if numba is not None:
         yt = np.empty(p * m, dtype=np.float32)
         res_t = yt
         if has_res:
-            res = numba.carray(mk.f32_at(res_at), (m * p,))
+            res = numba.carray(f32_at(res_at), (m * p,))
             res_t = np.empty(p * m, dtype=np.float32)
             for c in range(m):
                 for r in range(p):
@@ -67,14 +74,16 @@ if numba is not None:
         bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
         b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
         mode = 2 if has_res else 1      # microkernel.EPILOGUE_RES / EPILOGUE
-        call_void(gemm_at, (np.int64(cols.ctypes.data), p, ck, packed_at, nb, m, mr, b_at, has_bias,
-                            np.int64(res_t.ctypes.data), has_res, lo, hi, mode,
-                            np.int64(yt.ctypes.data), j0, j1, 0, (p + mr - 1) // mr))
+        g = np.empty(15, dtype=np.float64)   # microkernel.GEMM_ARGS
+        g[0], g[1], g[2], g[3], g[4], g[5], g[6] = cols.ctypes.data, p, ck, packed_at, nb, m, mr
+        g[7], g[8], g[9], g[10], g[11], g[12] = b_at, has_bias, res_t.ctypes.data, has_res, a[14], a[15]
+        g[13], g[14] = mode, yt.ctypes.data
+        call_void(gemm_at, (np.int64(g.ctypes.data), j0, j1, np.int64(0), (p + mr - 1) // mr))
         # the buffers went to the callback as addresses: numba frees an array after its last
         # use in this function, so they are used again here, after the call
-        if cols.size + res_t.size + bias.size == 0:
+        if cols.size + res_t.size + bias.size + g.size == 0:
             return
-        y = numba.carray(mk.f32_at(y_at), (m * p,))
+        y = numba.carray(f32_at(y_at), (m * p,))
         for r in range(p):
             for c in range(j0 * mk.NR, min(m, j1 * mk.NR)):
                 y[c * p + r] = yt[r * m + c]
@@ -90,7 +99,8 @@ if numba is not None:
             with _compile_lock:
                 fn = _compiled.get("thin")
                 if fn is None:
-                    fn = _compiled["thin"] = numba.cfunc(THIN_SIG, nogil=True, cache=True)(_thin_conv)
+                    fn = _compiled["thin"] = native_call.expect(
+                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(_thin_conv), len(THIN_ARGS))
         return fn
 
 
@@ -126,12 +136,12 @@ def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, in
     res_at = 0 if res is None else res.ctypes.data
     lead = (image, idx_at, p, ck, mk.gemm_range().address, packed_w.address,
             packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
-            int(bias is not None))
-    lo, hi = np.float32(clamp[0]), np.float32(clamp[1])
+            bias is not None)
     nb = packed_w.panels.shape[0]
     workers = max(1, min(threads, nb // 2, p * ck * m // PAR_MIN_MACS))
-    for i in range(n):
-        args = (x_at + 4 * i * image, *lead, (res_at + 4 * i * m * p) if res is not None else 0,
-                int(res is not None), lo, hi, y_at + 4 * i * m * p)
+    for i in range(n):   # THIN_ARGS
+        args = native_call.pack(x_at + 4 * i * image, *lead,
+                                (res_at + 4 * i * m * p) if res is not None else 0,
+                                res is not None, clamp[0], clamp[1], y_at + 4 * i * m * p)
         mk.run_ranges(thin_conv(), args, nb, 1, workers, True, pool)
     return y

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 
 try:
     import numba
@@ -33,6 +34,9 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 PAR_MIN_MACS = 1 << 20   # multiply-adds per thread hand-off
+# packed arguments of the callbacks (native_call.pack), in this order
+DW_ARGS = ("x", "h", "w", "weights", "taps", "bias", "y", "oh", "ow", "sh", "sw", "dh", "dw",
+           "ph", "pw", "kh", "kw", "lo", "hi")
 
 
 def available() -> bool:
@@ -192,14 +196,24 @@ if numba is not None:
     max16 = _make_out16(None, pool_max=True)
     max16_k3 = _make_out16(3, pool_max=True)
 
-    def _depthwise_range(x_at, h, w, w_at, taps, bias_at, y_at, oh, ow, sh, sw, dh, dw, ph, pw,
-                         kh, kw, lo, hi, c0, c1, r0, r1):  # pragma: no cover - compiled
-        # channels [c0, c1) of one image; rows [r0, r1) unused (one range of rows)
-        c_all = c1
-        x = numba.carray(mk.f32_at(x_at), (c_all * h * w,))
-        wt = numba.carray(mk.f32_at(w_at), (c_all * taps,))
-        bias = numba.carray(mk.f32_at(bias_at), (c_all,))
-        y = numba.carray(mk.f32_at(y_at), (c_all * oh * ow,))
+    from ep_cpu.native_call import RANGE_SIG, f32_at, f64_at
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _unpack(args_at):  # pragma: no cover - compiled
+        a = numba.carray(f64_at(args_at), (len(DW_ARGS),))
+        v = [np.int64(a[k]) for k in range(17)]
+        return v, np.float32(a[17]), np.float32(a[18])
+
+    def _depthwise_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # channels [c0, c1) of one image (DW_ARGS packed); rows [r0, r1) unused
+        v, lo, hi = _unpack(args_at)
+        h, w, taps, oh, ow, sh, sw, dh, dw, ph, pw, kh, kw = (v[1], v[2], v[4], v[7], v[8], v[9],
+                                                              v[10], v[11], v[12], v[13], v[14],
+                                                              v[15], v[16])
+        x = numba.carray(f32_at(v[0]), (c1 * h * w,))
+        wt = numba.carray(f32_at(v[3]), (c1 * taps,))
+        bias = numba.carray(f32_at(v[5]), (c1,))
+        y = numba.carray(f32_at(v[6]), (c1 * oh * ow,))
         for c in range(c0, c1):
             for oy in range(0, oh, 2):   # two output rows per call
                 iy0 = oy * sh - ph
@@ -214,12 +228,14 @@ if numba is not None:
                               c * taps, bias[c], lo, hi, y, (c * oh + oy) * ow + ox0,
                               min(16, ow - ox0), sh, ow, two)
 
-    def _maxpool_range(x_at, h, w, w_at, taps, bias_at, y_at, oh, ow, sh, sw, dh, dw, ph, pw,
-                       kh, kw, lo, hi, c0, c1, r0, r1):  # pragma: no cover - compiled
-        # the same arguments as _depthwise_range (w and bias unused): MaxPool of channels [c0, c1)
-        x = numba.carray(mk.f32_at(x_at), (c1 * h * w,))
+    def _maxpool_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # MaxPool of channels [c0, c1): DW_ARGS packed, w and bias unused
+        v, lo, hi = _unpack(args_at)
+        h, w, oh, ow, sh, sw, dh, dw, ph, pw, kh, kw = (v[1], v[2], v[7], v[8], v[9], v[10], v[11],
+                                                        v[12], v[13], v[14], v[15], v[16])
+        x = numba.carray(f32_at(v[0]), (c1 * h * w,))
         none = np.zeros(1, dtype=np.float32)
-        y = numba.carray(mk.f32_at(y_at), (c1 * oh * ow,))
+        y = numba.carray(f32_at(v[6]), (c1 * oh * ow,))
         for c in range(c0, c1):
             for oy in range(0, oh, 2):
                 iy0 = oy * sh - ph
@@ -234,22 +250,21 @@ if numba is not None:
                               np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
                               min(16, ow - ox0), sh, ow, two)
 
-    I64, F32 = types.int64, types.float32
-    RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
-                           I64, I64, I64, F32, F32, I64, I64, I64, I64)
     _callback: dict = {}
     _callback_lock = threading.Lock()
 
     def depthwise_range(pool_max: bool = False):
-        """C callback over channel ranges [c0, c1) of one image, arrays by address (`pool_max`:
-        the MaxPool one); compiled or loaded from the disk cache on first use."""
+        """C callback (native_call.RANGE_SIG) over channel ranges [c0, c1) of one image, its
+        arguments packed in DW_ARGS order (`pool_max`: the MaxPool one); compiled or loaded
+        from the disk cache on first use."""
         fn = _callback.get(pool_max)
         if fn is None:
             with _callback_lock:
                 fn = _callback.get(pool_max)
                 if fn is None:
-                    fn = _callback[pool_max] = numba.cfunc(RANGE_SIG, nogil=True, cache=True)(
-                        _maxpool_range if pool_max else _depthwise_range)
+                    fn = _callback[pool_max] = native_call.expect(
+                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(
+                            _maxpool_range if pool_max else _depthwise_range), len(DW_ARGS))
         return fn
 
 
@@ -286,9 +301,9 @@ def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, th
     workers = max(1, min(threads, c, n * c * oh * ow * kh * kw // PAR_MIN_MACS))
     callback = depthwise_range(pool_max)
     for i in range(n):
-        # arrays by address (C-contiguous and alive in this frame)
-        args = (x[i].ctypes.data, h, wd, w2.ctypes.data, kh * kw, b.ctypes.data, y[i].ctypes.data,
-                oh, ow, int(strides[0]), int(strides[1]), int(dilations[0]), int(dilations[1]),
-                int(begin[0]), int(begin[1]), kh, kw, np.float32(lo), np.float32(hi))
+        # arrays by address (C-contiguous and alive in this frame), in DW_ARGS order
+        args = native_call.pack(x[i].ctypes.data, h, wd, w2.ctypes.data, kh * kw, b.ctypes.data,
+                                y[i].ctypes.data, oh, ow, strides[0], strides[1], dilations[0],
+                                dilations[1], begin[0], begin[1], kh, kw, lo, hi)
         mk.run_ranges(callback, args, c, 1, workers, True, pool)
     return y

@@ -128,17 +128,18 @@ class PackedRecurrent:
 
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
                  add: np.ndarray | None = None) -> None:
+        from ep_cpu.native_call import pack
         rows = h.shape[1]
         mr = self._mr(rows)
-        inf = np.float32(np.inf)
+        inf = np.inf
         for d, bp in enumerate(self.packs):
             hd, yd = h[d], out[d]
             res = self._none if add is None else add[d]
-            # arrays by address (C-contiguous, alive here): see microkernel.gemm_range
-            self._range(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
-                        self._none.ctypes.data, 0, res.ctypes.data, int(add is not None), -inf, inf,
-                        self._modes[add is not None], yd.ctypes.data, 0, bp.shape[0], 0,
-                        -(-rows // mr))
+            # arrays by address (C-contiguous, alive here), in microkernel.GEMM_ARGS order
+            args = pack(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
+                        self._none.ctypes.data, 0, res.ctypes.data, add is not None, -inf, inf,
+                        self._modes[add is not None], yd.ctypes.data)
+            self._range(args.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
 
 
 _steps: dict = {}
@@ -163,18 +164,25 @@ def _steps_runner(parallel: bool) -> Callable:
                 seq, ndir, rows, n = proj.shape
                 hid = h0.shape[2]
                 panels = (rows + mr - 1) // mr
-                inf = np.float32(np.inf)
-                mode = 2 if use_res else 1      # microkernel.EPILOGUE_RES / EPILOGUE
                 # addresses as the C callbacks take them
                 g = np.int64(gates[d].ctypes.data)
                 b = np.int64(bias[d].ctypes.data)
                 cd = np.int64(c[d].ctypes.data)
+                # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
+                args = np.empty(15, dtype=np.float64)
+                args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
+                args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
+                args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
+                args_at = np.int64(args.ctypes.data)
                 for t in range(seq):
                     hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
                     xp = np.int64(proj[t, d].ctypes.data)
-                    call_void(gemm, (hp, rows, hid, packs_at[d], nb, n, mr, b, 1, xp if use_res else b,
-                                     int(use_res), -inf, inf, mode, g, 0, nb, 0, panels))
+                    args[0] = hp
+                    args[9] = xp if use_res else b
+                    call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
                     call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
+                if args.size == 0:   # args went to the callback by address: alive until here
+                    return
 
             @numba.njit(nogil=True, cache=True)
             def run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
