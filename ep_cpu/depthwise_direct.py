@@ -195,6 +195,7 @@ if numba is not None:
     out16_k3 = _make_out16(3)
     max16 = _make_out16(None, pool_max=True)
     max16_k3 = _make_out16(3, pool_max=True)
+    max16_k5 = _make_out16(5, pool_max=True)   # YOLO's SPPF pools
 
     from ep_cpu.native_call import RANGE_SIG, f32_at, f64_at
 
@@ -243,6 +244,10 @@ if numba is not None:
                 for ox0 in range(0, ow, 16):
                     if kw == 3:
                         max16_k3(x, c * h * w, h, w, iy0, ox0 * sw - pw, dh, sw, dw, kh, kw, none, 0,
+                                 np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
+                                 min(16, ow - ox0), sh, ow, two)
+                    elif kw == 5:
+                        max16_k5(x, c * h * w, h, w, iy0, ox0 * sw - pw, dh, sw, dw, kh, kw, none, 0,
                                  np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
                                  min(16, ow - ox0), sh, ow, two)
                     else:

@@ -77,15 +77,15 @@ class LpPool(_Pool):
 
 
 # float32 2-D MaxPool without indices runs compiled: `ep_cpu.depthwise_direct` (masked vectors
-# from the input) for 3-wide kernels and stride 2, where it measured faster (ResNet-50's 3x3/2 on
-# 64x112x112: 199 vs 427 us), else `ep_cpu.pool_jit` (phase planes; YOLO's 5x5/1 on 20x20: 246
-# vs 363 us)
+# from the input) for 3- and 5-wide kernels (unrolled there) and stride 2, where it measured
+# faster (ResNet-50's 3x3/2 on 64x112x112: 211 vs 407 us; YOLO's 5x5/1 on 128x10x10: 38 vs 63),
+# else `ep_cpu.pool_jit` (phase planes)
 COMPILED = True
 
 
 def _direct_pool(ks, strides, out) -> bool:
     return (depthwise_direct.available() and depthwise_direct.applies(strides, out)
-            and (int(ks[-1]) == 3 or int(strides[-1]) == 2))
+            and (int(ks[-1]) in (3, 5) or int(strides[-1]) == 2))
 
 
 @kernel("MaxPool")
