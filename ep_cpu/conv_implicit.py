@@ -111,9 +111,12 @@ def fill_planes(x: np.ndarray, lay: PhaseLayout, sh: int, sw: int, pad_value: fl
 
 def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, dilations,
            begin, end, out_shape, bias: np.ndarray | None, residual: np.ndarray | None,
-           clamp: tuple[float, float] | None, threads: int, pool) -> np.ndarray:
+           clamp: tuple[float, float] | None, threads: int, pool,
+           activation: tuple[int, int] = (0, 0)) -> np.ndarray:
     """2-D convolution (group 1) of float32 x (N, C, H, W) with weights packed by `pack_weight`;
-    returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor."""
+    returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor.
+    `activation` (callback address, kind): run on each tile as it is finished
+    (`vector_math.tile_callback`: SiLU, Sigmoid, Gelu, Tanh), not as a pass over the output."""
     n = x.shape[0]
     kh, kw = kernel_shape
     oh, ow = out_shape
@@ -154,7 +157,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
         r = res[i] if has_res else y[i]
         # arrays by address (all C-contiguous and alive in this frame): see microkernel.conv_range
         tail = (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias, r.ctypes.data,
-                has_res, lo, hi, mode, y[i].ctypes.data)
+                has_res, lo, hi, mode, y[i].ctypes.data, *activation)
         if full_tiles:   # microkernel.CONV_ARGS
             args = native_call.pack(xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
                                     *tail)

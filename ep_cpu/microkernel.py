@@ -335,6 +335,8 @@ def _make_depthwise_tile():
 
 
 if numba is not None:
+    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
+
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
     conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
     conv_micro12 = _make_micro(12, indexed_b=True, bias_per_row=True)
@@ -400,12 +402,15 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                      j0, j1, i0, i1):  # pragma: no cover - compiled
+                      act, act_kind, j0, j1, i0, i1):  # pragma: no cover - compiled
         # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
         # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
         # microkernel reads B straight from the image, NR positions at a time. y and res are
         # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
         # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
+        # `act` (a callback address, 0: none) runs on each finished tile while it is in L1:
+        # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`).
+        y_at = np.int64(y.ctypes.data)
         kdim = rows.shape[0]
         mr = ap.shape[2]
         tile = np.empty((MR_MAX, NR), dtype=np.float32)
@@ -425,6 +430,8 @@ if numba is not None:
                                   res, 0, lo, hi, RAW)
                         store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
                                    has_res, lo, hi)
+                    if act != 0:
+                        call_void(act, (y_at + 4 * (r0 * ldc + p0), nrows, np.int64(NR), ldc, act_kind))
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
@@ -520,17 +527,15 @@ if numba is not None:
     # calls them by address, so it compiles in ~0.3 s (a prange loop that inlined a driver
     # took 6-8 s to compile, paid by the first session on a machine), and the Python pool calls
     # them through ctypes, which releases the GIL.
-    from ep_cpu.native_call import RANGE_SIG, f32_at, f64_at, i64_at
-
     # packed arguments (native_call.pack) of the two callbacks, in this order
     CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
-                 "res", "has_res", "lo", "hi", "mode", "y")
+                 "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
                  "lo", "hi", "mode", "y")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (17,))
+        a = numba.carray(f64_at(args_at), (19,))
         xf_n, kdim, mb, mr, m, ldc = (np.int64(a[1]), np.int64(a[3]), np.int64(a[5]),
                                       np.int64(a[6]), np.int64(a[7]), np.int64(a[8]))
         conv_in_place(numba.carray(f32_at(np.int64(a[0])), (xf_n,)),
@@ -539,7 +544,8 @@ if numba is not None:
                       numba.carray(f32_at(np.int64(a[9])), (m,)), a[10] != 0,
                       numba.carray(f32_at(np.int64(a[11])), (m * ldc,)), a[12] != 0,
                       np.float32(a[13]), np.float32(a[14]), np.int64(a[15]),
-                      numba.carray(f32_at(np.int64(a[16])), (m * ldc,)), j0, j1, i0, i1)
+                      numba.carray(f32_at(np.int64(a[16])), (m * ldc,)), np.int64(a[17]),
+                      np.int64(a[18]), j0, j1, i0, i1)
 
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed."""

@@ -60,13 +60,31 @@ def _vector_exp(builder, x, v16):
     # ln2 = 0.693359375 - 2.12194440e-4: the first part has few bits, so n * it is exact
     r = builder.fsub(x, builder.fmul(n, const(0.693359375)))
     r = builder.fsub(r, builder.fmul(n, const(-2.12194440e-4)))
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
     p = const(1.0 / 720)
-    for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
-        p = builder.fadd(builder.fmul(p, r), const(c))
+    for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):   # Horner steps as fused multiply-adds
+        p = builder.call(fma, [p, r, const(c)])
     vi32 = ir.VectorType(i32, 16)
     bits = builder.shl(builder.add(builder.fptosi(n, vi32), ir.Constant(vi32, [127] * 16)),
                        ir.Constant(vi32, [23] * 16))
     return builder.fmul(p, builder.bitcast(bits, v16))
+
+
+def _reciprocal(builder, d, v16):
+    """1 / d of a <16 x float>: AVX-512's 14-bit estimate and one Newton step (relative error
+    ~2^-28 before rounding; vdivps has a quarter of its throughput). 1/0 = inf, 1/inf = 0 as
+    the estimate gives them; NaN stays NaN."""
+    rcp = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v16, [v16, v16, ir.IntType(16)]), "llvm.x86.avx512.rcp14.ps.512")
+    r = builder.call(rcp, [d, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1)])
+    two = ir.Constant(v16, [2.0] * 16)
+    refined = builder.fmul(r, builder.fsub(two, builder.fmul(d, r)))
+    # the Newton step turns the estimate's exact 0 (d = inf) and inf (d = 0) into NaN: keep them
+    vi32 = ir.VectorType(ir.IntType(32), 16)
+    exp_bits = builder.and_(builder.bitcast(r, vi32), ir.Constant(vi32, [0x7F800000] * 16))
+    special = builder.or_(builder.icmp_unsigned("==", exp_bits, ir.Constant(vi32, [0x7F800000] * 16)),
+                          builder.icmp_unsigned("==", exp_bits, ir.Constant(vi32, [0] * 16)))
+    return builder.select(special, r, refined)
 
 
 def _vector_tanh(builder, x, v16):
@@ -78,7 +96,7 @@ def _vector_tanh(builder, x, v16):
     a = builder.call(fabs, [x])
     e = _vector_exp(builder, builder.fmul(a, const(-2.0)), v16)
     one = const(1.0)
-    big = builder.fdiv(builder.fsub(one, e), builder.fadd(one, e))
+    big = builder.fmul(builder.fsub(one, e), _reciprocal(builder, builder.fadd(one, e), v16))
     x2 = builder.fmul(a, a)
     p = const(_TANH_TAYLOR[-1])
     for c in reversed(_TANH_TAYLOR[:-1]):
@@ -117,7 +135,7 @@ if numba is not None:
                     y = _vector_tanh(builder, x, v16)
                 elif kind in (SIGMOID, SILU):
                     e = _vector_exp(builder, builder.fsub(const(0.0), x), v16)
-                    y = builder.fdiv(one, builder.fadd(one, e))
+                    y = _reciprocal(builder, builder.fadd(one, e), v16)
                     if kind == SILU:
                         y = builder.fmul(x, y)
                 else:
@@ -126,7 +144,7 @@ if numba is not None:
                     fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]),
                                                           "llvm.fabs.v16f32")
                     u = builder.fmul(builder.call(fabs, [x]), const(1.0 / math.sqrt(2.0)))
-                    t = builder.fdiv(one, builder.fadd(one, builder.fmul(u, const(_ERF_P))))
+                    t = _reciprocal(builder, builder.fadd(one, builder.fmul(u, const(_ERF_P))), v16)
                     poly = const(_ERF_A[-1] / 2)
                     for c in reversed(_ERF_A[:-1]):
                         poly = builder.fadd(builder.fmul(poly, t), const(c / 2))
@@ -216,7 +234,24 @@ if numba is not None:
                   numba.carray(f32_at(h_prev_at), (rows * hid,)),
                   numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid)
 
+    TILE_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def _activate_tile(at, rows, cols, ld, kind):  # pragma: no cover - compiled
+        # the activation over `rows` rows of `cols` values (a multiple of 16), row stride `ld`
+        t = numba.carray(microkernel.f32_at(at), ((rows - 1) * ld + cols,))
+        for r in range(rows):
+            for j in range(0, cols, 16):
+                activate16(t, r * ld + j, kind)
+
     _cells: dict = {}
+
+    def tile_callback():
+        """C callback `act(tile, rows, cols, ld, kind)`: a KINDS activation in place over a
+        tile just stored by a compiled driver (float32 by address, cols a multiple of 16)."""
+        fn = _cells.get("tile")
+        if fn is None:
+            fn = _cells["tile"] = numba.cfunc(TILE_SIG, nogil=True, cache=True)(_activate_tile)
+        return fn
 
     def cell_callback(kind: str):
         """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid)` (float32 arrays by

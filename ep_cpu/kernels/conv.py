@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import conv_depthwise, conv_implicit, conv_thin, epilogue_jit, winograd
+from ep_cpu import conv_depthwise, conv_implicit, conv_thin, epilogue_jit, vector_math, winograd
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -450,9 +450,13 @@ def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residu
     p = activation_params or {}
     clamp = epilogue_jit.clamp_bounds(activation, p)
     packed = implicit_weight(k, w)
+    # SiLU, Sigmoid, Gelu (exact), Tanh on each tile while it is in L1 (no pass over the output)
+    kind = vector_math.KINDS.get(activation) if clamp is None else None
+    fused = kind is not None and p.get("approximate", "none") == "none" and vector_math.available()
+    act = (vector_math.tile_callback().address, kind) if fused else (0, 0)
     y = conv_implicit.conv2d(x.astype(np.float32, copy=False), packed, w.shape[0], ks, strides, dil,
-                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool)
-    if clamp is None:
+                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool, act)
+    if clamp is None and not fused:
         ACTIVATIONS[activation](y, p)
     return y
 
