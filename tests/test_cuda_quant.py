@@ -237,6 +237,16 @@ def test_quantize_declines_blocked_and_mixed_precision():
         assert kdef is None or not kdef.factory.supports(node)
 
 
+def test_integer_matmul_declines_per_batch_zero_points(backend):
+    """A zero point per batch of a 3-D B goes to the CPU provider; (1, N) stays on the device."""
+    from ep_cuda.testing import cuda_kernel_def, make_model, node_of
+    a, b = ints((2, 3, 8), U8, 1), ints((2, 8, 5), S8, 2)
+    per_batch = node_of(make_model("MatMulInteger", [a, b, zp(U8, 1), ints((2, 1, 5), S8, 3)], opset=13))
+    assert not cuda_kernel_def(per_batch).factory.supports(per_batch)
+    with forced(backend, "dp4a"):
+        check("MatMulInteger", [a, b, zp(U8, 1), ints((1, 5), S8, 3)], opset=13, backend=backend)
+
+
 # ---------------------------------------------------------------- MatMulNBits
 def _nbits_inputs(m_shape, k, n, bits, block, zkind, bias, dtype, seed=0):
     rng = np.random.default_rng(seed)

@@ -75,7 +75,7 @@ def _stride(p: Any, n: int, what: str) -> int:
     """0 for a scalar parameter, 1 for one value per row / column (n of them)."""
     if p is None or p.size == 1:
         return 0
-    if p.ndim == 1 and p.shape[0] == n:
+    if p.size == n and p.shape[-1] == n:   # (n,) or (1, ..., 1, n)
         return 1
     raise NotImplementedError(f"{what} of shape {tuple(p.shape)}: expected a scalar or {n} values")
 
@@ -181,6 +181,18 @@ def _ints_ok(node, positions) -> bool:
     return all(dtype_in(input_dtype(node, k), I8) for k in positions if has_input(node, k))
 
 
+def _vectors(node, positions) -> bool:
+    """Whether these inputs (scales, zero points) are scalars or 1-D where their rank is known:
+    other layouts (e.g. per-batch zero points of a 3-D B) go to the CPU provider."""
+    from ep_core.types import tensor_shape
+    for k in positions:
+        if has_input(node, k) and k < len(node.input_types):
+            shape = tensor_shape(node.input_types[k])
+            if shape is not None and len(shape) > 1 and any(d != 1 for d in shape[:-1]):
+                return False
+    return True
+
+
 @kernel("MatMulInteger", since=10)
 class MatMulInteger(_IntMatMul):
     """int32 (A - a_zero_point) @ (B - b_zero_point); zero points scalar, per row of A, per
@@ -189,7 +201,7 @@ class MatMulInteger(_IntMatMul):
     @classmethod
     def supports(cls, node) -> bool:
         return _ints_ok(node, (0, 1)) and input_dtype(node, 0) is not None \
-            and input_dtype(node, 1) is not None
+            and input_dtype(node, 1) is not None and _vectors(node, (2, 3))
 
     def forward(self, a, b, a_zero_point=None, b_zero_point=None):
         return int_matmul(a, self.weight(b), np.int32, QEpilogue(MODE_INT32, a_zero_point, b_zero_point))
@@ -204,7 +216,7 @@ class QLinearMatMul(_IntMatMul):
     def supports(cls, node) -> bool:
         f32 = np.dtype(np.float32)
         return (_ints_ok(node, (0, 3)) and dtype_in(node.output_dtypes[0] if node.output_dtypes else None, I8)
-                and all(input_dtype(node, k) == f32 for k in (1, 4, 6)))
+                and all(input_dtype(node, k) == f32 for k in (1, 4, 6)) and _vectors(node, (1, 2, 4, 5, 6, 7)))
 
     def forward(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
         e = QEpilogue(MODE_QMATMUL, a_zero_point, b_zero_point, a_scale, b_scale, y_scale, y_zero_point)
@@ -219,7 +231,7 @@ class MatMulIntegerToFloat(_IntMatMul):
     def supports(cls, node) -> bool:
         f32 = np.dtype(np.float32)
         return _ints_ok(node, (0, 1)) and all(input_dtype(node, k) == f32 for k in (2, 3)) \
-            and (not has_input(node, 6) or input_dtype(node, 6) == f32)
+            and (not has_input(node, 6) or input_dtype(node, 6) == f32) and _vectors(node, (2, 3, 4, 5, 6))
 
     def forward(self, a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
         if a_scale.size != 1 or (a_zero_point is not None and a_zero_point.size != 1):
@@ -237,7 +249,7 @@ class DynamicQuantizeMatMul(_IntMatMul):
     def supports(cls, node) -> bool:
         f32 = np.dtype(np.float32)
         return input_dtype(node, 0) == f32 and _ints_ok(node, (1,)) and input_dtype(node, 2) == f32 \
-            and (not has_input(node, 4) or input_dtype(node, 4) == f32)
+            and (not has_input(node, 4) or input_dtype(node, 4) == f32) and _vectors(node, (2, 3, 4))
 
     def forward(self, a, b, b_scale, b_zero_point=None, bias=None):
         qa, a_scale, a_zp = dynamic_quantize(a)
@@ -257,7 +269,8 @@ class QLinearConv(CudaKernel):
     @classmethod
     def supports(cls, node) -> bool:
         return _rank_ok(node) and _ints_ok(node, (0, 3)) and input_dtype(node, 0) is not None \
-            and dtype_in(node.output_dtypes[0] if node.output_dtypes else None, I8)
+            and dtype_in(node.output_dtypes[0] if node.output_dtypes else None, I8) \
+            and _vectors(node, (1, 2, 4, 5, 6, 7, 8))
 
     def forward(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
         nd = x.ndim - 2
