@@ -108,6 +108,7 @@ struct QArgs {
   i64 ytype;   // 0 int32, 1 uint8, 2 int8, 3 float32
   i64 za_st, zb_st, srow_st, scol_st, ys_st, yz_st;
   i64 row_bst;
+  i64 real_half;  // mode 1: the real value rounds to float16 (float16 scales), else to float32
 };
 
 template <typename T> __device__ __forceinline__ int zp_at(const T* z, i64 i) {
@@ -203,7 +204,8 @@ __device__ __forceinline__ void q_store(void* Y, i64 off, const QArgs& q, int v,
   const double ysc = (double)ys[j * q.ys_st];
   double r;
   if (q.mode == 1) {
-    const float real = (float)((double)v * s2);  // the real value in the scales' precision
+    const double prod = (double)v * s2;          // the real value in the scales' precision
+    const float real = q.real_half ? h2f(d2h(prod)) : (float)prod;
     r = rint((double)real / ysc);
   } else {
     if (bias) v += reinterpret_cast<const int*>(bias)[rid];

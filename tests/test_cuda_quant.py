@@ -93,6 +93,16 @@ def test_qlinear_matmul(backend, variant, shapes, ta, tb, ty, per_column):
     assert got.dtype == ty and (got.size < 8 or len(np.unique(got)) > 2)   # not saturated into a constant
 
 
+@pytest.mark.parametrize("per_column", [False, True])
+def test_qlinear_matmul_float16_scales(backend, per_column):
+    """float16 scales (opset 21): the real value rounds to float16 before the division, as on the CPU."""
+    ins = _qlinear_inputs((6, 45), (45, 30), U8, S8, U8, per_column, seed=5)
+    for k in (1, 4, 6):
+        ins[k] = ins[k].astype(np.float16)
+    with forced(backend, "imma"):
+        check("QLinearMatMul", ins, opset=21, backend=backend)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("tb", [U8, S8])
 @pytest.mark.parametrize("per_column", [False, True])

@@ -69,6 +69,7 @@ class QEpilogue:
     yz: Any = None      # output zero point per column (or scalar)
     bias: Any = None    # int32 per row (QLinearConv) or float32 per column (float mode)
     row_bst: int = 0    # per-row parameters of batch z start at z * row_bst (conv groups)
+    real_half: bool = False   # QLinearMatMul with float16 scales: the real value rounds to float16
 
 
 def _stride(p: Any, n: int, what: str) -> int:
@@ -83,6 +84,9 @@ def _stride(p: Any, n: int, what: str) -> int:
 def _params(e: QEpilogue, rows: int, cols: int) -> tuple[list, np.ndarray]:
     """Kernel pointer arguments and the QArgs blob."""
     def flat(p):
+        if p is not None and p.dtype == np.float16:   # scales: float16 widens exactly
+            from .elementwise import cast
+            p = cast(p, np.float32)
         return None if p is None else contiguous(p).reshape(-1)
     ptrs = [flat(e.za), flat(e.zb), flat(e.srow), flat(e.scol), flat(e.ys), flat(e.yz), flat(e.bias)]
     return ptrs, [_stride(e.za, rows, "a_zero_point"), _stride(e.zb, cols, "b_zero_point"),
@@ -110,7 +114,7 @@ def launch_qgemm(kind: str, a: Any, b: Any, y: Any, e: QEpilogue, fields: dict, 
     if smem > (48 << 10) and getattr(fn, "max_dynamic_shared_size_bytes", 0) < smem:
         fn.max_dynamic_shared_size_bytes = smem
     ptrs, strides = _params(e, rows, cols)
-    q = blob([e.mode, YTYPE[np.dtype(y.dtype)], *strides, e.row_bst])
+    q = blob([e.mode, YTYPE[np.dtype(y.dtype)], *strides, e.row_bst, int(e.real_half)])
     tiles = -(-fields["M"] // bm) * -(-fields["N"] // bn)
     grid = (min(tiles, (1 << 31) - 1), min(fields["batches"], 65535))
     fn(grid, (threads,), (a, b, y, *ptrs, q, pack_args(**fields)), shared_mem=smem)
@@ -214,12 +218,14 @@ class QLinearMatMul(_IntMatMul):
 
     @classmethod
     def supports(cls, node) -> bool:
-        f32 = np.dtype(np.float32)
+        scales = {input_dtype(node, k) for k in (1, 4, 6)}
         return (_ints_ok(node, (0, 3)) and dtype_in(node.output_dtypes[0] if node.output_dtypes else None, I8)
-                and all(input_dtype(node, k) == f32 for k in (1, 4, 6)) and _vectors(node, (1, 2, 4, 5, 6, 7)))
+                and len(scales) == 1 and dtype_in(scales.pop(), (np.float32, np.float16))
+                and _vectors(node, (1, 2, 4, 5, 6, 7)))
 
     def forward(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
-        e = QEpilogue(MODE_QMATMUL, a_zero_point, b_zero_point, a_scale, b_scale, y_scale, y_zero_point)
+        e = QEpilogue(MODE_QMATMUL, a_zero_point, b_zero_point, a_scale, b_scale, y_scale, y_zero_point,
+                      real_half=a_scale.dtype == np.float16)
         return int_matmul(a, self.weight(b), y_zero_point.dtype, e)
 
 
