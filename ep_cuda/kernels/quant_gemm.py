@@ -22,8 +22,8 @@ from ..launch import (CudaKernel, blob, broadcast_strides, collapse, contiguous,
 from ..registry import kernel
 from .conv import _flat_spatial, _rank_ok, as3d
 from .gemm import _aligned, _device_limits, _ptr, pack_args
-from .quant import MS, dtype_in, has_input, input_dtype
-from .quant import dynamic_quantize
+from .elementwise import cast
+from .quant import MS, dtype_in, dynamic_quantize, has_input, input_dtype
 
 I8 = (np.uint8, np.int8)
 # variant -> (struct, BM, BN, threads, stages); mirrors quant_core.cuh
@@ -81,11 +81,10 @@ def _stride(p: Any, n: int, what: str) -> int:
     raise NotImplementedError(f"{what} of shape {tuple(p.shape)}: expected a scalar or {n} values")
 
 
-def _params(e: QEpilogue, rows: int, cols: int) -> tuple[list, np.ndarray]:
-    """Kernel pointer arguments and the QArgs blob."""
+def _params(e: QEpilogue, rows: int, cols: int) -> tuple[list, list[int]]:
+    """Kernel pointer arguments and the parameter strides of the QArgs blob."""
     def flat(p):
         if p is not None and p.dtype == np.float16:   # scales: float16 widens exactly
-            from .elementwise import cast
             p = cast(p, np.float32)
         return None if p is None else contiguous(p).reshape(-1)
     ptrs = [flat(e.za), flat(e.zb), flat(e.srow), flat(e.scol), flat(e.ys), flat(e.yz), flat(e.bias)]
