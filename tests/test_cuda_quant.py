@@ -1,9 +1,9 @@
 """The CUDA provider's integer / quantization kernels (kernels_cu/quant*.cu) against the CPU
 provider, one node at a time: odd shapes (M, N, K off the tiles, K not a multiple of 4), zero
 points 0 and not 0, uint8 and int8 operands, per-tensor and per-channel parameters. Integer
-outputs must be equal bit for bit. The emulator runs each GEMM main loop (dp4a and the int8
-tensor-core tiling with its software MMA) by forcing the variant; on a GPU (`cuda` marker) the
-device picks as in production."""
+outputs must be equal bit for bit. Each GEMM main loop is forced in turn: dp4a and the int8
+tensor-core tiles (on the emulator with its software MMA, on a GPU (`cuda` marker) with
+mma.sync)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +30,9 @@ def zp(dtype, value, n=None, seed=7):
 
 
 def forced(backend, variant):
-    """The integer GEMM variant to run: forced on the emulator, the device's choice on a GPU."""
-    return using(Settings(force={"qgemm": variant})) if backend == "emu" else using(Settings())
+    """Run the integer GEMM's `variant` (on a GPU below sm_80 the provider runs dp4a whatever is
+    asked: its tensor-core kernels are built for sm_80+)."""
+    return using(Settings(force={"qgemm": variant}))
 
 
 # (A shape, B shape): M, N, K off the 64/128 tiles; K = 37 and 5 not multiples of 4; batches
