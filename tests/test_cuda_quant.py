@@ -169,6 +169,22 @@ def test_qlinear_conv(backend, variant, case, tx, tw, per_channel):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("case", [0, 1, 3, 5, 7])
+@pytest.mark.parametrize("tx, tw", [(U8, U8), (U8, S8), (S8, S8)])
+@pytest.mark.parametrize("zero_points", ["none", "scalar", "per_channel"])
+def test_conv_integer(backend, variant, case, tx, tw, zero_points):
+    xs, ws, attrs = CONV[case]
+    x, w = ints(xs, tx, 1), ints(ws, tw, 2)
+    ins = [x, w]
+    if zero_points == "scalar":
+        ins += [zp(tx, 100 if tx == U8 else -4), zp(tw, 128 if tw == U8 else 3)]
+    elif zero_points == "per_channel":
+        ins += [zp(tx, 7 if tx == U8 else 0), ints((ws[0],), tw, 3)]
+    with forced(backend, variant):
+        check("ConvInteger", ins, attrs, opset=13, backend=backend)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_qlinear_conv_zero_point_fills_padding(backend, variant):
     """Padding must read the input's zero point (x - xz = 0): an all-zero-point image with a
     large zero point gives y = saturate(rint(bias * scale) + yz) everywhere, borders included."""

@@ -1,5 +1,6 @@
 """Integer matrix products (kernels_cu/quant_gemm.cu, quant_core.cuh): MatMulInteger,
-QLinearMatMul, QLinearConv and the contrib MatMulIntegerToFloat / DynamicQuantizeMatMul.
+QLinearMatMul, QLinearConv, ConvInteger and the contrib MatMulIntegerToFloat /
+DynamicQuantizeMatMul.
 
 uint8/int8 operands, int32 accumulation, zero points (scalar, per row of A, per column of B)
 applied exactly in the epilogue, which also requantizes (QLinear*) or scales to float32. Main
@@ -262,14 +263,51 @@ class DynamicQuantizeMatMul(_IntMatMul):
         return int_matmul(qa, self.weight(b), np.float32, e)
 
 
-@kernel("QLinearConv", since=10)
-class QLinearConv(CudaKernel):
-    """Implicit-GEMM integer convolution, 1-D to 3-D, groups, per-channel weight scales and
-    zero points, int32 bias; padding reads the input's zero point."""
+def int_conv(conv: ConvAttributes, x: Any, w: Any, out_dtype, e: QEpilogue, op: str) -> Any:
+    """Integer convolution of 8-bit x (N, C, *spatial) and w (M, C/group, *kernel) through the
+    implicit-GEMM engine: per group, W (M/G x C/G*kernel) @ im2col(x); e.za / e.srow per output
+    channel (its row_bst is set here), e.zb the input's scalar zero point (also the padding)."""
+    nd = x.ndim - 2
+    ks, strides, dil, begin, _, outs = conv.geometry(list(x.shape[2:]), w.shape)
+    group = conv.group
+    N, C, M = x.shape[0], x.shape[1], w.shape[0]
+    if C != w.shape[1] * group or M % group:
+        raise ValueError(f"{op}: input channels {C}, weight {tuple(w.shape)}, group {group}")
+    if e.zb is not None and e.zb.size != 1:
+        raise NotImplementedError(f"{op}: the input's zero point must be a scalar")
+    if e.za is not None and e.za.size not in (1, M):
+        raise NotImplementedError(f"{op}: w_zero_point of {e.za.size} values, {M} channels")
+    y = empty((N, M, *outs), out_dtype)
+    if y.size == 0:
+        return y
+    cpg, mpg = C // group, M // group
+    P, ksp = int(np.prod(outs)), int(np.prod(ks))
+    Kd = cpg * ksp
+    wk = contiguous(w)
+    xs, ys = list(elem_strides(x)), list(elem_strides(y))
+    fields = dict(M=mpg, N=N * P, K=Kd, batches=group, bshape=[group], a_bst=[mpg * Kd],
+                  b_bst=[cpg * xs[1]], c_bst=[0], r_bst=[0], y_bst=[mpg * ys[1]], sam=Kd, sak=1,
+                  a_vec=int(Kd % 16 == 0 and _aligned(wk, 16)), b_vec=0, jdiv=P,
+                  y_m=ys[1], y_jo=ys[0], y_ji=_flat_spatial(y.shape, ys),
+                  cv_cpg=cpg, cv_tapmajor=0, cv_ksp=ksp, cv_khw=int(np.prod(as3d(ks, 1)[1:])),
+                  cv_k=as3d(ks, 1), cv_out=as3d(outs, 1), cv_in=as3d(x.shape[2:], 1),
+                  cv_stride=as3d(strides, 1), cv_pad=as3d(begin, 0), cv_dil=as3d(dil, 1),
+                  cv_xn=xs[0], cv_xc=xs[1], cv_xs=[0] * (3 - nd) + xs[2:])
+    e.row_bst = mpg
+    launch_qgemm("qconv", wk, x, y, e, fields, M, 1)
+    return y
 
+
+class _IntConv(CudaKernel):
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.conv = ConvAttributes.from_node(node)
+
+
+@kernel("QLinearConv", since=10)
+class QLinearConv(_IntConv):
+    """Implicit-GEMM integer convolution, 1-D to 3-D, groups, per-channel weight scales and
+    zero points, int32 bias, requantized; padding reads the input's zero point."""
 
     @classmethod
     def supports(cls, node) -> bool:
@@ -278,35 +316,24 @@ class QLinearConv(CudaKernel):
             and _vectors(node, (1, 2, 4, 5, 6, 7, 8))
 
     def forward(self, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None):
-        nd = x.ndim - 2
-        ks, strides, dil, begin, _, outs = self.conv.geometry(list(x.shape[2:]), w.shape)
-        group = self.conv.group
-        N, C, M = x.shape[0], x.shape[1], w.shape[0]
-        if C != w.shape[1] * group or M % group:
-            raise ValueError(f"QLinearConv: input channels {C}, weight {tuple(w.shape)}, group {group}")
-        for what, p in (("x_scale", x_scale), ("x_zero_point", x_zero_point), ("y_scale", y_scale),
-                        ("y_zero_point", y_zero_point)):
-            if p is not None and p.size != 1:
+        for what, p in (("x_scale", x_scale), ("y_scale", y_scale), ("y_zero_point", y_zero_point)):
+            if p.size != 1:
                 raise NotImplementedError(f"QLinearConv: {what} must be a scalar")
-        y = empty((N, M, *outs), y_zero_point.dtype)
-        if y.size == 0:
-            return y
-        cpg, mpg = C // group, M // group
-        P, ksp = int(np.prod(outs)), int(np.prod(ks))
-        Kd = cpg * ksp
-        wk = contiguous(w)
-        xs, ys = list(elem_strides(x)), list(elem_strides(y))
-        fields = dict(M=mpg, N=N * P, K=Kd, batches=group, bshape=[group], a_bst=[mpg * Kd],
-                      b_bst=[cpg * xs[1]], c_bst=[0], r_bst=[0], y_bst=[mpg * ys[1]], sam=Kd, sak=1,
-                      a_vec=int(Kd % 16 == 0 and _aligned(wk, 16)), b_vec=0, jdiv=P,
-                      y_m=ys[1], y_jo=ys[0], y_ji=_flat_spatial(y.shape, ys),
-                      cv_cpg=cpg, cv_tapmajor=0, cv_ksp=ksp, cv_khw=int(np.prod(as3d(ks, 1)[1:])),
-                      cv_k=as3d(ks, 1), cv_out=as3d(outs, 1), cv_in=as3d(x.shape[2:], 1),
-                      cv_stride=as3d(strides, 1), cv_pad=as3d(begin, 0), cv_dil=as3d(dil, 1),
-                      cv_xn=xs[0], cv_xc=xs[1], cv_xs=[0] * (3 - nd) + xs[2:])
-        if w_zero_point is not None and w_zero_point.size not in (1, M):
-            raise NotImplementedError(f"QLinearConv: w_zero_point of {w_zero_point.size} values, {M} channels")
         e = QEpilogue(MODE_QCONV, w_zero_point, x_zero_point, w_scale, x_scale, y_scale, y_zero_point,
-                      bias=b, row_bst=mpg)
-        launch_qgemm("qconv", wk, x, y, e, fields, M, 1)
-        return y
+                      bias=b)
+        return int_conv(self.conv, x, w, y_zero_point.dtype, e, "QLinearConv")
+
+
+@kernel("ConvInteger", since=10)
+class ConvInteger(_IntConv):
+    """int32 convolution of (x - x_zero_point) and (w - w_zero_point), w's zero point scalar or
+    per output channel (what quantize_dynamic writes for Conv)."""
+
+    @classmethod
+    def supports(cls, node) -> bool:
+        return _rank_ok(node) and _ints_ok(node, (0, 1)) and input_dtype(node, 0) is not None \
+            and input_dtype(node, 1) is not None and _vectors(node, (2, 3))
+
+    def forward(self, x, w, x_zero_point=None, w_zero_point=None):
+        return int_conv(self.conv, x, w, np.int32, QEpilogue(MODE_INT32, w_zero_point, x_zero_point),
+                        "ConvInteger")
