@@ -104,11 +104,14 @@ struct QImmaBig { static constexpr int BM = 128, BN = 128, WM = 2, WN = 4, THREA
 // z * row_bst + m (conv groups), per-column ones by the column j; a stride of 0 broadcasts.
 struct QArgs {
   i64 mode;    // 0: int32 acc; 1: QLinearMatMul requantization; 2: QLinearConv (+ int32 bias)
-               // requantization; 3: float acc * (srow * scol) (+ float bias per column)
+               // requantization; 3: float acc * (srow * scol) (+ float bias per column);
+               // 4 / 5: QGemm, (acc + int32 bias) * alpha * srow * scol as float32 / requantized
   i64 ytype;   // 0 int32, 1 uint8, 2 int8, 3 float32
   i64 za_st, zb_st, srow_st, scol_st, ys_st, yz_st;
   i64 row_bst;
   i64 real_half;  // mode 1: the real value rounds to float16 (float16 scales), else to float32
+  i64 bias_st;    // bias per column (1) or one value (0), modes 3-5
+  i64 alpha_bits; // QGemm's alpha, float32 bits
 };
 
 template <typename T> __device__ __forceinline__ int zp_at(const T* z, i64 i) {
@@ -197,19 +200,28 @@ __device__ __forceinline__ void q_store(void* Y, i64 off, const QArgs& q, int v,
   if (q.mode == 3) {
     const float mult = srow[rid * q.srow_st] * scol[j * q.scol_st];
     float y = (float)((double)v * (double)mult);
-    if (bias) y += reinterpret_cast<const float*>(bias)[j];
+    if (bias) y += reinterpret_cast<const float*>(bias)[j * q.bias_st];
     reinterpret_cast<float*>(Y)[off] = y;
     return;
   }
-  const double ysc = (double)ys[j * q.ys_st];
   double r;
-  if (q.mode == 1) {
+  if (q.mode >= 4) {  // QGemm: float32 multiplier (alpha * a_scale) * b_scale [/ y_scale]
+    if (bias) v += reinterpret_cast<const int*>(bias)[j * q.bias_st];
+    float mult = (__uint_as_float((unsigned int)q.alpha_bits) * srow[rid * q.srow_st]) * scol[j * q.scol_st];
+    if (q.mode == 4) {
+      reinterpret_cast<float*>(Y)[off] = (float)((double)v * (double)mult);
+      return;
+    }
+    mult = mult / ys[j * q.ys_st];
+    r = rint((double)v * (double)mult);
+  } else if (q.mode == 1) {
+    const double ysc = (double)ys[j * q.ys_st];
     const double prod = (double)v * s2;          // the real value in the scales' precision
     const float real = q.real_half ? h2f(d2h(prod)) : (float)prod;
     r = rint((double)real / ysc);
   } else {
     if (bias) v += reinterpret_cast<const int*>(bias)[rid];
-    const float mult = (float)(s2 / ysc);        // one float32 multiplier per output channel
+    const float mult = (float)(s2 / (double)ys[j * q.ys_st]);   // one float32 multiplier per channel
     r = rint((double)v * (double)mult);
   }
   const i64 zi = j * q.yz_st;

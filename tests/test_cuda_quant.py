@@ -120,6 +120,28 @@ def test_matmul_integer_to_float(backend, variant, tb, per_column, bias):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ta, tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
+@pytest.mark.parametrize("c", ["none", "scalar", "column"])
+@pytest.mark.parametrize("out", ["float", U8, S8])
+@pytest.mark.parametrize("per_column", [False, True])
+def test_qgemm(backend, variant, ta, tb, c, out, per_column):
+    rng = np.random.default_rng(6)
+    m, k, n = 13, 67, 35
+    a = ints((k, m) if ta else (m, k), U8, 1)
+    b = ints((n, k) if tb else (k, n), S8, 2)
+    b_scale = (rng.uniform(0.001, 0.01, n) if per_column else np.array(0.004)).astype(np.float32)
+    b_zp = (ints((n,), S8, 5) // 8 if per_column else zp(S8, 2)).astype(S8)
+    bias = {"none": None, "scalar": np.array([37], np.int32),
+            "column": rng.integers(-3000, 3000, n).astype(np.int32)}[c]
+    ins = [a, np.array(0.02, np.float32), zp(U8, 128), b, b_scale, b_zp, bias]
+    if out != "float":
+        ins += [np.array(0.02 * 0.005 * np.sqrt(k) * 30, np.float32), zp(out, 128 if out == U8 else 0)]
+    attrs = {"alpha": 0.75, "transA": ta, "transB": tb}
+    with forced(backend, variant):
+        check("QGemm", ins, attrs, domain=MS, backend=backend, consts=(3, 4, 5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("tb", [U8, S8])
 @pytest.mark.parametrize("per_column", [False, True])
 @pytest.mark.parametrize("a_shape", [(4, 70), (3, 5, 33), (2, 0, 8)])

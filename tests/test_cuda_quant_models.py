@@ -18,8 +18,9 @@ from ep_cuda.testing import session_provider
 from quantization_models import (ListReader, attention_block, cnn_classifier, digit_batches, digits,
                                  gpt2_shaped_decoder, mlp_classifier)
 
-QUANT_OPS = {"MatMulInteger", "QLinearMatMul", "QLinearConv", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
-             "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulNBits"}
+QUANT_OPS = {"MatMulInteger", "QLinearMatMul", "QLinearConv", "ConvInteger", "QGemm", "QuantizeLinear",
+             "DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+             "MatMulNBits"}
 
 
 def _run(path, feeds, providers):
@@ -71,7 +72,7 @@ def test_static_int8_cnn(backend, tmp_path, fmt):
     # (float32 sums in another order: one quantization step may differ, so compare the logits loosely)
     on_cuda = _compare(out, _feeds(), backend, rtol=0, atol=0.05 if fmt is QuantFormat.QDQ else 1e-5)
     if fmt is QuantFormat.QOperator:
-        assert {"QLinearConv", "QuantizeLinear"} <= on_cuda
+        assert {"QLinearConv", "QGemm", "QuantizeLinear"} <= on_cuda
     else:
         assert {"QuantizeLinear", "DequantizeLinear"} <= on_cuda
 

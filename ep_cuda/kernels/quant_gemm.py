@@ -35,7 +35,7 @@ loader.declare("quant_gemm", [f"{k}_{fam}_k<{ctype(a)}, {ctype(b)}, {v[0]}>"
                               for fam, v in ((n.split(":")[0].replace("imma", "tc"), v)
                                              for n, v in QCFG.items())])
 QBK, QSTR = 64, 80
-MODE_INT32, MODE_QMATMUL, MODE_QCONV, MODE_FLOAT = 0, 1, 2, 3
+MODE_INT32, MODE_QMATMUL, MODE_QCONV, MODE_FLOAT, MODE_QGEMM_FLOAT, MODE_QGEMM = 0, 1, 2, 3, 4, 5
 YTYPE = {np.dtype(np.int32): 0, np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.float32): 3}
 
 
@@ -71,6 +71,7 @@ class QEpilogue:
     bias: Any = None    # int32 per row (QLinearConv) or float32 per column (float mode)
     row_bst: int = 0    # per-row parameters of batch z start at z * row_bst (conv groups)
     real_half: bool = False   # QLinearMatMul with float16 scales: the real value rounds to float16
+    alpha: float = 1.0        # QGemm
 
 
 def _stride(p: Any, n: int, what: str) -> int:
@@ -114,7 +115,10 @@ def launch_qgemm(kind: str, a: Any, b: Any, y: Any, e: QEpilogue, fields: dict, 
     if smem > (48 << 10) and getattr(fn, "max_dynamic_shared_size_bytes", 0) < smem:
         fn.max_dynamic_shared_size_bytes = smem
     ptrs, strides = _params(e, rows, cols)
-    q = blob([e.mode, YTYPE[np.dtype(y.dtype)], *strides, e.row_bst, int(e.real_half)])
+    bias_st = 0 if e.bias is None or e.bias.size == 1 else 1
+    alpha_bits = int(np.float32(e.alpha).view(np.uint32))
+    q = blob([e.mode, YTYPE[np.dtype(y.dtype)], *strides, e.row_bst, int(e.real_half), bias_st,
+              alpha_bits])
     tiles = -(-fields["M"] // bm) * -(-fields["N"] // bn)
     grid = (min(tiles, (1 << 31) - 1), min(fields["batches"], 65535))
     fn(grid, (threads,), (a, b, y, *ptrs, q, pack_args(**fields)), shared_mem=smem)
@@ -244,6 +248,46 @@ class MatMulIntegerToFloat(_IntMatMul):
             raise ValueError("MatMulIntegerToFloat: a_scale and a_zero_point must be scalars")
         e = QEpilogue(MODE_FLOAT, a_zero_point, b_zero_point, a_scale, b_scale, bias=bias)
         return int_matmul(a, self.weight(b), np.float32, e)
+
+
+@kernel("QGemm", domain=MS)
+class QGemm(_IntMatMul):
+    """alpha * a_scale * b_scale * ((A - a_zp) op (B - b_zp) + C) with C an int32 bias (scalar or
+    per column), as float32, or requantized with y_scale / y_zero_point; op transposes per
+    transA / transB (strides: no copies)."""
+    B_INPUT = 3
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        self.alpha = float(self.attr("alpha", 1.0))
+        self.trans_a = bool(self.attr("transA", 0))
+        self.trans_b = bool(self.attr("transB", 0))
+
+    @classmethod
+    def supports(cls, node) -> bool:
+        f32 = np.dtype(np.float32)
+        quantized = has_input(node, 7)
+        return (_ints_ok(node, (0, 3)) and input_dtype(node, 0) is not None
+                and all(input_dtype(node, k) == f32 for k in (1, 4) + ((7,) if quantized else ()))
+                and (not quantized or dtype_in(input_dtype(node, 8), I8))
+                and (not has_input(node, 6) or input_dtype(node, 6) == np.dtype(np.int32))
+                and _vectors(node, (1, 2, 4, 5, 6, 7, 8)))
+
+    def weight(self, b):
+        return super().weight(b.T if self.trans_b else b)
+
+    def forward(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None,
+                y_zero_point=None):
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"QGemm: A and B must be 2-D, got {tuple(a.shape)} and {tuple(b.shape)}")
+        n = b.shape[0] if self.trans_b else b.shape[1]
+        if c is not None and c.size not in (1, n):
+            raise NotImplementedError(f"QGemm: C of shape {tuple(c.shape)} (a scalar or {n} values)")
+        mode = MODE_QGEMM if y_scale is not None else MODE_QGEMM_FLOAT
+        e = QEpilogue(mode, a_zero_point, b_zero_point, a_scale, b_scale, y_scale, y_zero_point,
+                      bias=c, alpha=self.alpha)
+        out = y_zero_point.dtype if y_scale is not None else np.float32
+        return int_matmul(a.T if self.trans_a else a, self.weight(b), out, e)
 
 
 @kernel("DynamicQuantizeMatMul", domain=MS)
