@@ -92,7 +92,7 @@ def test_quantized_model_in_cuda_graphs(backend, tmp_path, how):
     want = _run(out, _feeds(16), ["cpu"])[1]
     before = dict(compiled.GRAPH_STATS)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # the QOperator CNN splits into two regions around Reshape
+        warnings.simplefilter("ignore")   # the QOperator CNN is captured as two regions (a warning says so)
         sess = ep_core.InferenceSession(str(out), providers=[(prov, {"enable_cuda_graph": 1}), "cpu"])
     for _ in range(3):
         np.testing.assert_allclose(sess.run(None, _feeds(16))[0], want, rtol=1e-5, atol=1e-5)
