@@ -3,6 +3,7 @@
     python benchmarks/cuda_verify.py env      --out DIR   # driver, CuPy, compute capability; fails without a usable GPU
     python benchmarks/cuda_verify.py compile  --out DIR   # every kernel file compiled once, in parallel (warm cache)
     python benchmarks/cuda_verify.py gemm     --out DIR   # our GEMM vs cupy.matmul: fp32 / TF32 / fp16
+    python benchmarks/cuda_verify.py int8     --out DIR   # int8 GEMM (IMMA / dp4a) vs our FP32 GEMM, BERT shapes
     python benchmarks/cuda_verify.py big      --out DIR   # tensors of more than 2**31 elements
     python benchmarks/cuda_verify.py models   --out DIR   # ResNet-50, MobileNetV2, BERT-base, GPT-2 step vs CPU
     python benchmarks/cuda_verify.py sanitize --out DIR   # kernels for compute-sanitizer (called under it)
@@ -148,6 +149,67 @@ def gemm(args: argparse.Namespace) -> dict:
             rows.append({"mode": mode, "shape": name, "batch": batch, "m": m, "n": n, "k": k,
                          "rel_err": err, "ours_ms": t_ours, "cublas_ms": t_cublas, "ok": good})
             print(rows[-1], flush=True)
+    return {"ok": ok, "rows": rows}
+
+
+# BERT-base's GEMMs (tokens = batch x 128): QKV, attention output, FFN in, FFN out
+INT8_SHAPES = [("qkv", 768, 2304), ("attn_out", 768, 768), ("ffn_in", 768, 3072), ("ffn_out", 3072, 768)]
+INT8_TOKENS = (128, 1024, 4096)
+
+
+@step
+def int8(args: argparse.Namespace) -> dict:
+    """The integer GEMM (ep_cuda/kernels/quant_gemm.py) on BERT-base shapes: uint8 activations x
+    int8 weights (a K-major constant, as MatMulInteger keeps it) -> int32, each main loop (the
+    device's default, IMMA 64x64 / 128x128, dp4a) checked exactly against a float64 product and
+    timed against our FP32 GEMM on the same shape; plus the whole DynamicQuantizeMatMul path
+    (dynamic quantization + int8 GEMM + float epilogue) against FP32 MatMul."""
+    import cupy
+
+    from benchmarks.cuda_common import cuda_time
+    from ep_cuda.kernels.gemm import matmul
+    from ep_cuda.kernels.quant_gemm import MODE_FLOAT, QEpilogue, choose, int_matmul
+    from ep_cuda.kernels.quant import dynamic_quantize
+    from ep_cuda.launch import Settings, using
+
+    rng = np.random.default_rng(0)
+    rows, ok = [], True
+    variants = ["imma", "imma:big", "dp4a"] if int(cupy.cuda.Device(0).compute_capability) >= 80 else ["dp4a"]
+    for tokens in INT8_TOKENS:
+        for name, k, n in INT8_SHAPES:
+            a = cupy.asarray(rng.integers(0, 256, (tokens, k)).astype(np.uint8))
+            w_nk = cupy.asarray(rng.integers(-128, 128, (n, k)).astype(np.int8))   # K-major weight
+            b = w_nk.T
+            za, zb = cupy.asarray(np.uint8(131)), cupy.asarray(np.int8(0))
+            ref = cupy.matmul(a.astype(cupy.float64) - 131.0, b.astype(cupy.float64))
+            af, bf = a.astype(cupy.float32), cupy.ascontiguousarray(b.astype(cupy.float32))
+            t_fp32 = cuda_time(lambda: matmul(af, bf), reps=10, budget_s=0.5)
+            rec: dict[str, Any] = {"tokens": tokens, "gemm": name, "m": tokens, "k": k, "n": n,
+                                   "default": choose(tokens, n, 1), "fp32_ms": round(t_fp32, 4)}
+            good = True
+            for v in variants:
+                with using(Settings(force={"qgemm": v})):
+                    y = int_matmul(a, b, np.int32, QEpilogue(za=za, zb=zb))
+                    exact = bool(cupy.all(y.astype(cupy.float64) == ref))
+                    t = cuda_time(lambda: int_matmul(a, b, np.int32, QEpilogue(za=za, zb=zb)),
+                                  reps=10, budget_s=0.5)
+                good &= exact
+                rec[f"{v}_ms"] = round(t, 4)
+                rec[f"{v}_exact"] = exact
+                rec[f"{v}_tops"] = round(2 * tokens * k * n / t / 1e9, 1)
+                rec[f"{v}_vs_fp32"] = round(t / t_fp32, 3)
+            x = cupy.asarray(rng.standard_normal((tokens, k)).astype(np.float32))
+            b_scale = cupy.asarray(np.full(n, 0.01, np.float32))
+
+            def dqmm():
+                qa, s, z = dynamic_quantize(x)
+                return int_matmul(qa, b, np.float32, QEpilogue(MODE_FLOAT, z, zb, s, b_scale))
+            t_dq = cuda_time(dqmm, reps=10, budget_s=0.5)
+            rec.update(dynamic_quantize_matmul_ms=round(t_dq, 4), dqmm_vs_fp32=round(t_dq / t_fp32, 3),
+                       ok=good)
+            ok &= good
+            rows.append(rec)
+            print(rec, flush=True)
     return {"ok": ok, "rows": rows}
 
 

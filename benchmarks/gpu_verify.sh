@@ -15,6 +15,8 @@
 #   session_tests  pytest -m cuda on the session and fusion tests (CUDA-graph captures asserted)
 #   node_cases     every onnx node case through sessions ['cuda','cpu'] == CPU-only pass list
 #   gemm           our GEMM vs cupy.matmul: fp32/TF32/fp16, square, ragged, misaligned, 70 000-batch
+#   int8           the integer GEMM (IMMA / dp4a) on BERT-base shapes: exact, and timed vs our FP32
+#                  GEMM; DynamicQuantizeMatMul (quantize + int8 GEMM + epilogue) vs FP32 MatMul
 #   big            tensors of more than 2**31 elements
 #   models         ResNet-50, MobileNetV2, BERT-base, GPT-2 step vs the CPU provider
 #   sanitizer      compute-sanitizer memcheck + racecheck on the tensor-core GEMM, NHWC fp16 conv,
@@ -84,6 +86,7 @@ step session_tests 60 "$PY" -m pytest -q -p no:cacheprovider -m cuda --junitxml=
 step node_cases 100 "$PY" -m ep_cuda.conformance --sessions --backend gpu --quiet $NODE_ARGS \
   --json "$RES/node_cases.json"
 step gemm 40 "$PY" benchmarks/cuda_verify.py gemm --out "$RES"
+step int8 40 "$PY" benchmarks/cuda_verify.py int8 --out "$RES"
 step big 40 "$PY" benchmarks/cuda_verify.py big --out "$RES"
 step models 90 "$PY" benchmarks/cuda_verify.py models --out "$RES"
 if command -v compute-sanitizer > /dev/null 2>&1; then

@@ -9,7 +9,9 @@ each `kernels_cu/<file>.cu` with all of its name expressions and the runtime's N
 * to PTX for compute_90 as well, for the files with architecture-specific code
   (`__CUDA_ARCH__` guards: the cp.async / tensor-core paths of gemm.cu and conv.cu);
 * to SASS (CUBIN, i.e. through ptxas) for sm_75 and sm_90, one instantiation per (kernel,
-  element type) of those files: NVRTC alone passes inline PTX through unchecked, ptxas does not.
+  element type) of those files: NVRTC alone passes inline PTX through unchecked, ptxas does not
+  (plus the SASS_EXTRA instantiations: each int8 mma.sync type pair for sm_80 and sm_90, and
+  all of quant.cu for sm_75 and sm_90).
 
 With `--cupy`, every file is compiled the way the provider compiles it at run time, through
 CuPy's `RawModule` path (its option assembly with the CUDA header lookup, then NVRTC to SASS), for
@@ -33,6 +35,11 @@ import kernels_cu
 from . import loader
 
 CHUNK = 12   # expressions per NVRTC program when a file is split across jobs
+# Instantiations that also go through ptxas, beyond one per (kernel, element type): the integer
+# GEMM's mma.sync PTX differs per operand type pair, so each pair is checked for sm_80 and sm_90.
+# quant.cu (no arch-specific code, cheap) goes through ptxas whole, for sm_75 and sm_90.
+SASS_EXTRA = {"quant_gemm": ((80, 90), re.compile(r"^qgemm_tc_k<.*, QImma>$")),
+              "quant": ((75, 90), re.compile(r"."))}
 
 
 def _nvrtc():
@@ -119,6 +126,11 @@ def plan(files: list[str], manifest: dict[str, list[str]], archs: list[str] | No
             for sm in (75, 90):
                 if sm in have:
                     jobs.append((f, f"sm_{sm}", sass_subset(exprs)))
+        if sass and not archs and f in SASS_EXTRA:
+            sms, pattern = SASS_EXTRA[f]
+            extra = [e for e in exprs if pattern.search(e)]
+            jobs += [(f, f"sm_{sm}", extra[k:k + CHUNK]) for sm in sms if sm in have
+                     for k in range(0, len(extra), CHUNK)]
     return jobs
 
 

@@ -107,6 +107,22 @@ inline float __uint_as_float(unsigned int v) { float f; std::memcpy(&f, &v, 4); 
 inline unsigned int __float_as_uint(float v) { unsigned int u; std::memcpy(&u, &v, 4); return u; }
 inline double __longlong_as_double(unsigned long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 
+// dp4a: c + the dot product of the four bytes of a and b, each operand's bytes signed or unsigned;
+// the sum wraps at 32 bits as the hardware's does.
+inline int emu_dp4a(unsigned int a, unsigned int b, int c, bool sa, bool sb) {
+  unsigned int s = (unsigned int)c;
+  for (int q = 0; q < 4; ++q) {
+    const unsigned int x = (a >> (8 * q)) & 0xffu, y = (b >> (8 * q)) & 0xffu;
+    const int xv = sa ? (int)(signed char)x : (int)x, yv = sb ? (int)(signed char)y : (int)y;
+    s += (unsigned int)(xv * yv);
+  }
+  return (int)s;
+}
+inline int __dp4a(int a, int b, int c) { return emu_dp4a((unsigned int)a, (unsigned int)b, c, true, true); }
+inline unsigned int __dp4a(unsigned int a, unsigned int b, unsigned int c) {
+  return (unsigned int)emu_dp4a(a, b, (int)c, false, false);
+}
+
 // cuLaunchKernel semantics: args[i] points at the bytes of parameter i.
 template <typename... P, std::size_t... I>
 void emu_call(void (*k)(P...), void** args, std::index_sequence<I...>) {
