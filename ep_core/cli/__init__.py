@@ -27,6 +27,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "ep_core.cli.profile",
     "ep_core.cli.inspect",
     "ep_core.cli.tune",
+    "ep_core.cli.warmup",
 )
 
 # (module, subcommand name, what to install when an import inside the module fails)

@@ -3,8 +3,8 @@
 A step multiplies a few rows of H (the batch, per direction) by the whole R^T (1 MB for an LSTM of
 hidden 256). OpenBLAS's sgemm packs R^T on every call and needs ~60 us for 4 rows where one pass
 over R^T that updates all rows at once needs ~35 us (measured on the 2-core EPYC of
-benchmarks/README.md). numba is imported only when a recurrent kernel is built, and the compiled
-code is cached on disk (`cache=True`): the first session on a machine pays the compile once.
+benchmarks/README.md). The compiled code is cached on disk (`cache=True`): the first session on a
+machine pays the compile once.
 """
 from __future__ import annotations
 
@@ -142,64 +142,63 @@ class PackedRecurrent:
             self._range(args.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
 
 
-_steps: dict = {}
+try:
+    import numba
+
+    from ep_cpu.native_call import call_void
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+if numba is not None:
+    # module-level functions: numba's disk cache keeps them across processes (functions defined
+    # inside a function were recompiled by every process: ~2 s for the first recurrent session)
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                       d):  # pragma: no cover - compiled
+        # Per step: gates = h R^T (+ bias, + proj[t] where use_res) through the microkernel's
+        # `gemm`, then `cell` turns them into hist[t]. gemm and cell are the addresses of C
+        # callbacks (`ep_cpu.native_call`). A whole direction at a time: its R^T stays in this
+        # core's L2.
+        seq, ndir, rows, n = proj.shape
+        hid = h0.shape[2]
+        panels = (rows + mr - 1) // mr
+        # addresses as the C callbacks take them
+        g = np.int64(gates[d].ctypes.data)
+        b = np.int64(bias[d].ctypes.data)
+        cd = np.int64(c[d].ctypes.data)
+        # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
+        args = np.empty(15, dtype=np.float64)
+        args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
+        args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
+        args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
+        args_at = np.int64(args.ctypes.data)
+        for t in range(seq):
+            hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
+            xp = np.int64(proj[t, d].ctypes.data)
+            args[0] = hp
+            args[9] = xp if use_res else b
+            call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
+            call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
+        if args.size == 0:   # args went to the callback by address: alive until here
+            return
+
+    @numba.njit(nogil=True, cache=True)
+    def _run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                   use_res):  # pragma: no cover - compiled
+        for d in range(proj.shape[1]):
+            _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def _run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                            use_res):  # pragma: no cover - compiled
+        for d in numba.prange(proj.shape[1]):
+            _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
 
 
 def _steps_runner(parallel: bool) -> Callable:
-    """The compiled time loop (compiled, or loaded from the disk cache, once per process):
-    directions one after the other, or (`parallel`) on numba's threads."""
-    with _lock:
-        if not _steps:
-            import numba
-
-            from ep_cpu.native_call import call_void
-
-            @numba.njit(nogil=True, cache=True, inline="always")
-            def one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
-                              d):  # pragma: no cover - compiled
-                # Per step: gates = h R^T (+ bias, + proj[t] where use_res) through the
-                # microkernel's `gemm`, then `cell` turns them into hist[t]. gemm and cell are
-                # the addresses of C callbacks (`ep_cpu.native_call`). A whole direction at a
-                # time: its R^T stays in this core's L2.
-                seq, ndir, rows, n = proj.shape
-                hid = h0.shape[2]
-                panels = (rows + mr - 1) // mr
-                # addresses as the C callbacks take them
-                g = np.int64(gates[d].ctypes.data)
-                b = np.int64(bias[d].ctypes.data)
-                cd = np.int64(c[d].ctypes.data)
-                # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
-                args = np.empty(15, dtype=np.float64)
-                args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
-                args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
-                args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
-                args_at = np.int64(args.ctypes.data)
-                for t in range(seq):
-                    hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
-                    xp = np.int64(proj[t, d].ctypes.data)
-                    args[0] = hp
-                    args[9] = xp if use_res else b
-                    call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
-                    call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
-                if args.size == 0:   # args went to the callback by address: alive until here
-                    return
-
-            @numba.njit(nogil=True, cache=True)
-            def run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
-                          use_res):  # pragma: no cover - compiled
-                for d in range(proj.shape[1]):
-                    one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
-                                  use_res, d)
-
-            @numba.njit(nogil=True, cache=True, parallel=True)
-            def run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
-                                   use_res):  # pragma: no cover - compiled
-                for d in numba.prange(proj.shape[1]):
-                    one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
-                                  use_res, d)
-
-            _steps[False], _steps[True] = run_steps, run_steps_parallel
-    return _steps[parallel]
+    """The compiled time loop: directions one after the other, or (`parallel`) on numba's
+    threads."""
+    return _run_steps_parallel if parallel else _run_steps
 
 
 def with_add(matmul: Callable) -> Callable:
