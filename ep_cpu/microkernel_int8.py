@@ -1,0 +1,411 @@
+"""The int8 GEMM microkernel (AVX-512 VNNI) and its driver: u8 activations x s8 weights -> int32,
+finished in the tile as int32 (MatMulInteger) or float32 = acc * a_scale * w_scale[col] + bias.
+
+`vpdpbusd` adds to each 32-bit lane the four products of 4 unsigned bytes of one operand and 4
+signed bytes of the other: exact (the non-saturating form wraps only past int32, i.e. beyond
+K ~ 65k of 8-bit values). A tile of MR rows x NR=32 columns keeps 2*MR accumulators of 16 int32
+in registers, as `ep_cpu.microkernel` does for float32; per step of 4 k, one int32 word of A per
+row (its 4 bytes) is broadcast and two B vectors (32 columns x 4 bytes) are read.
+
+Layouts. B (K, N) is packed once per session (`pack_weight`): column panels of NR columns, each
+(ceil(K/4), NR, 4) bytes, k padded with zeros. A is quantized or copied per call into row panels
+(ceil(K/4), MR, 4) bytes (`pack_rows_u8`, `quantize_pack`). Zero points never enter the inner
+loop; with c = b - b_zero_point,
+
+    sum_k (a - za) c  =  sum_k a b' + d[j] * rowsum(a) - za * colsum(c)
+
+where b' = c (d = 0) when c fits in int8 (symmetric int8 weights: the usual case) and otherwise
+b' = b - 128 for uint8 B or b for int8 B, d[j] = c - b' per column. The epilogue adds
+rows[i] * d[j] + colterm[j] (colterm = -za * colsum(c), per call) and, in FLOAT mode, converts to
+float32 and multiplies by mult[j] = a_scale * w_scale[j] (float32, one rounding as the unfused
+Cast -> Mul) and adds bias[j]: no int32 tensor is materialised. int8 A is shifted into uint8 by
+flipping its sign bit (a + 128), its zero point with it.
+
+Only with AVX-512 VNNI (`available()`); callers keep their float32 path otherwise. The driver is
+a numba cfunc over raw addresses run by `ep_cpu.microkernel.run_ranges` (numba's TBB threads or
+`ep_cpu.gemm`'s pool).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ep_cpu import microkernel as mk
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency; callers keep the float path
+    numba = None
+
+NR = 32                     # tile columns: two vectors of 16 int32 lanes
+MR_MAX = 12
+PANEL_BLOCK_BYTES = 512 * 1024   # B panels per block of the driver: half of a Zen 5 core's L2
+RAW_INT32, SCALED_FLOAT = 0, 1  # tile store modes: corrected int32, or float32 scaled + bias
+
+_state = {"checked": False, "available": False}
+
+
+def available() -> bool:
+    """numba, AVX-512F/BW and AVX-512 VNNI on the host CPU."""
+    if not _state["checked"]:
+        ok = False
+        if numba is not None and mk.available():
+            try:
+                import llvmlite.binding as ll
+                f = ll.get_host_cpu_features()
+                ok = bool(f.get("avx512vnni", False) and f.get("avx512bw", False))
+            except Exception:   # noqa: BLE001 - feature query failed: keep the float path
+                ok = False
+        _state["available"] = ok
+        _state["checked"] = True
+    return _state["available"]
+
+
+def choose_mr(rows: int) -> int:
+    return mk.choose_mr(rows)
+
+
+@dataclass
+class PackedWeight:
+    """A constant (K, N) 8-bit B with its zero point, packed for the microkernel."""
+    k: int
+    n: int
+    panels: np.ndarray    # (NB, ceil(K/4) * NR * 4) int8
+    d: np.ndarray         # (NB * NR,) int32: c - b' per column (zeros in the usual case)
+    colsum: np.ndarray    # (NB * NR,) int64: sum over k of c = b - zero point
+    uses_rows: bool       # whether d is non-zero (the row sums of A are needed)
+
+
+def pack_weight(b: np.ndarray, zero_point: np.ndarray | None) -> PackedWeight:
+    """(K, N) int8/uint8 B and its zero point (None, scalar or one per column)."""
+    k, n = b.shape
+    zp = np.zeros(n, np.int64) if zero_point is None else \
+        np.broadcast_to(np.asarray(zero_point, np.int64).reshape(-1), (n,))
+    c = b.astype(np.int64) - zp
+    if c.size == 0 or (c.min() >= -128 and c.max() <= 127):
+        bq, d = c, np.zeros(n, np.int64)
+    elif b.dtype == np.uint8:
+        bq, d = b.astype(np.int64) - 128, 128 - zp
+    else:
+        bq, d = b.astype(np.int64), -zp
+    nb, k4 = -(-n // NR), -(-k // 4)
+    padded = np.zeros((k4 * 4, nb * NR), np.int8)
+    padded[:k, :n] = bq
+    # (k4, 4, nb, NR) -> (nb, k4, NR, 4): 4 consecutive k of a column are one int32 lane
+    panels = padded.reshape(k4, 4, nb, NR).transpose(2, 0, 3, 1).reshape(nb, k4 * NR * 4)
+    col_d = np.zeros(nb * NR, np.int32)
+    col_d[:n] = d
+    colsum = np.zeros(nb * NR, np.int64)
+    colsum[:n] = c.sum(axis=0)
+    return PackedWeight(k, n, np.ascontiguousarray(panels), col_d, colsum, bool(np.any(d)))
+
+
+def pack_rows_u8(a: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M, K) uint8 or int8 A -> (row panels (MB, ceil(K/4) * mr * 4) uint8, row sums (MB * mr,)
+    int32); int8 values are shifted into uint8 (+128, the caller adds 128 to the zero point)."""
+    m, k = a.shape
+    mb, k4 = -(-m // mr), -(-k // 4)
+    ap = np.empty((mb, k4 * mr * 4), np.uint8)
+    rows = np.empty(mb * mr, np.int32)
+    _pack_u8(np.ascontiguousarray(a).view(np.uint8), a.dtype == np.int8, mr, ap, rows)
+    return ap, rows
+
+
+def quantize_pack(x: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray, np.float32, int]:
+    """DynamicQuantizeLinear of float32 (M, K) x (`quantize.dynamic_quantize_uint8`'s rule) straight
+    into row panels: (panels, row sums, scale, zero point)."""
+    m, k = x.shape
+    xf = np.ascontiguousarray(x, dtype=np.float32)
+    lo = min(0.0, float(xf.min())) if xf.size else 0.0
+    hi = max(0.0, float(xf.max())) if xf.size else 0.0
+    scale = np.float32((hi - lo) / 255.0)
+    mb, k4 = -(-m // mr), -(-k // 4)
+    ap = np.empty((mb, k4 * mr * 4), np.uint8)
+    rows = np.empty(mb * mr, np.int32)
+    if scale == 0:
+        ap[:] = 0
+        rows[:] = 0
+        return ap, rows, scale, 0
+    zp = int(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
+    return ap, rows, scale, zp
+
+
+PAR_MIN_PANELS = 2
+PAR_MIN_MACS = 1 << 23
+
+
+def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_point: int,
+           mult: np.ndarray | None, bias: np.ndarray | None, y: np.ndarray, threads: int,
+           pool) -> np.ndarray:
+    """y (M, N) = (A - za) @ (B - zb) as int32 (mult None, y int32) or as float32 times mult (N,)
+    plus bias (N,) (y float32), A packed by `pack_rows_u8` / `quantize_pack` with choose_mr(m)."""
+    n, nb = w.n, w.panels.shape[0]
+    mr = choose_mr(m)
+    k4 = -(-w.k // 4)
+    colterm = (-int(a_zero_point) * w.colsum).astype(np.int32)   # wraps as the int32 result does
+    if mult is None:
+        mode, mv, bv = RAW_INT32, _zeros_f32(nb * NR), _zeros_f32(nb * NR)
+    else:
+        mode = SCALED_FLOAT
+        mv = np.zeros(nb * NR, np.float32)
+        mv[:n] = mult
+        bv = np.zeros(nb * NR, np.float32)
+        if bias is not None:
+            bv[:n] = bias
+    row_panels = ap.shape[0]
+    by_columns = nb >= 2 * PAR_MIN_PANELS or nb >= row_panels
+    workers = max(1, min(threads, (nb if by_columns else row_panels) // PAR_MIN_PANELS))
+    if m * w.k * n < PAR_MIN_MACS:
+        workers = 1
+    yf = y.reshape(-1)
+    args = (ap.ctypes.data, row_panels, k4, w.panels.ctypes.data, nb, m, n, mr, rows.ctypes.data,
+            w.d.ctypes.data, colterm.ctypes.data, mv.ctypes.data, bv.ctypes.data, mode, yf.ctypes.data)
+    mk.run_ranges(gemm_i8_range(), args, nb, row_panels, workers, by_columns, pool)
+    return y
+
+
+_zero_cache: dict = {}
+
+
+def _zeros_f32(n: int) -> np.ndarray:
+    z = _zero_cache.get(n)
+    if z is None:
+        z = _zero_cache[n] = np.zeros(n, np.float32)
+    return z
+
+
+def _make_micro_i8(mr: int):
+    """micro(a, a_off, b, b_off, k4, c, c_off, ldc, rows, rows_off, d, colterm, mult, bias,
+    col_off, mode): the tile C[0:mr, 0:NR] (row stride ldc, int32 words) of A's row panel
+    (k4, mr) int32 words at a_off times B's column panel (k4, NR) words at b_off, corrected with
+    rows[rows_off + r] * d[col_off + j] + colterm[col_off + j], stored as int32 (RAW_INT32) or
+    as float32 * mult[col_off + j] + bias[col_off + j] (SCALED_FLOAT). Whole tiles only."""
+    i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+    v16i, v16f = ir.VectorType(i32, 16), ir.VectorType(f32, 16)
+
+    @intrinsic
+    def micro(typingctx, a_arr, a_off, b_arr, b_off, k4, c_arr, c_off, ldc, rows_arr, rows_off,
+              d_arr, ct_arr, mult_arr, bias_arr, col_off, mode):
+        sig = types.void(a_arr, types.int64, b_arr, types.int64, types.int64, c_arr, types.int64,
+                         types.int64, rows_arr, types.int64, d_arr, ct_arr, mult_arr, bias_arr,
+                         types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            (a_v, a_o, b_v, b_o, kk, c_v, c_o, ld, rows_v, rows_o, d_v, ct_v, mult_v, bias_v,
+             col_o, mode_v) = args
+            tys = signature.args
+
+            def data(k_arg, value):
+                return context.make_array(tys[k_arg])(context, builder, value).data
+
+            dpbusd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16i, [v16i] * 3),
+                                                    "llvm.x86.avx512.vpdpbusd.512")
+            a = builder.gep(data(0, a_v), [a_o])
+            b = builder.gep(data(2, b_v), [b_o])
+            c = builder.gep(data(5, c_v), [c_o])
+            rows = builder.gep(data(8, rows_v), [rows_o])
+            d = builder.gep(data(10, d_v), [col_o])
+            ct = builder.gep(data(11, ct_v), [col_o])
+            mult = builder.gep(data(12, mult_v), [col_o])
+            bias = builder.gep(data(13, bias_v), [col_o])
+            undef = ir.Constant(v16i, ir.Undefined)
+            splat = ir.Constant(v16i, [0] * 16)
+
+            def broadcast(scalar, vec_undef=undef):
+                return builder.shuffle_vector(builder.insert_element(vec_undef, scalar, ir.Constant(i32, 0)),
+                                              vec_undef, splat)
+
+            def vptr(base, offset, vt=v16i):
+                return builder.bitcast(builder.gep(base, [ir.Constant(i64, offset)] if isinstance(offset, int)
+                                                   else [offset]), vt.as_pointer())
+
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16i, None)) for _ in range(2 * mr)]
+            with cgutils.for_range(builder, kk) as loop:
+                brow = builder.gep(b, [builder.mul(loop.index, ir.Constant(i64, NR))])
+                bvec = [builder.load(vptr(brow, 16 * h), align=4) for h in range(2)]
+                arow = builder.gep(a, [builder.mul(loop.index, ir.Constant(i64, mr))])
+                for r in range(mr):
+                    av = broadcast(builder.load(builder.gep(arow, [ir.Constant(i64, r)])))
+                    for h in range(2):
+                        slot = accs[2 * r + h]
+                        builder.store(builder.call(dpbusd, [builder.load(slot), av, bvec[h]]), slot)
+            dv = [builder.load(vptr(d, 16 * h), align=4) for h in range(2)]
+            cv = [builder.load(vptr(ct, 16 * h), align=4) for h in range(2)]
+            done = builder.append_basic_block("tile_stored")
+            switch = builder.switch(mode_v, done)
+            for mode in (RAW_INT32, SCALED_FLOAT):
+                block = builder.append_basic_block(f"store_mode_{mode}")
+                switch.add_case(ir.Constant(i64, mode), block)
+                builder.position_at_end(block)
+                if mode == SCALED_FLOAT:
+                    mv = [builder.load(vptr(mult, 16 * h, v16f), align=4) for h in range(2)]
+                    bv = [builder.load(vptr(bias, 16 * h, v16f), align=4) for h in range(2)]
+                for r in range(mr):
+                    rv = broadcast(builder.load(builder.gep(rows, [ir.Constant(i64, r)])))
+                    row_off = builder.mul(ld, ir.Constant(i64, r))
+                    for h in range(2):
+                        v = builder.load(accs[2 * r + h])
+                        v = builder.add(builder.add(v, builder.mul(rv, dv[h])), cv[h])
+                        off = builder.add(row_off, ir.Constant(i64, 16 * h))
+                        if mode == RAW_INT32:
+                            builder.store(v, vptr(c, off), align=4)
+                        else:
+                            f = builder.fadd(builder.fmul(builder.sitofp(v, v16f), mv[h]), bv[h])
+                            builder.store(f, vptr(c, off, v16f), align=4)
+                builder.branch(done)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+if numba is not None:
+    micro4 = _make_micro_i8(4)
+    micro8 = _make_micro_i8(8)
+    micro12 = _make_micro_i8(12)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _store_row(row, r, mr, dst):  # pragma: no cover - compiled
+        # one row's k4 words (4 bytes of k each) into its slot of a row panel (k4, mr) of words
+        u64 = np.uint64
+        words = row.view(np.uint32)
+        for j in range(words.shape[0]):
+            dst[u64(j * mr + r)] = words[u64(j)]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def _pack_u8(a, signed, mr, ap, rows):  # pragma: no cover - compiled
+        # a (M, K) bytes (uint8 view of uint8 or int8 data) -> ap (MB, k4*mr*4), rows (MB*mr,)
+        u64 = np.uint64
+        m, k = a.shape
+        k4 = (k + 3) // 4
+        flip = np.uint8(128) if signed else np.uint8(0)
+        row = np.zeros(k4 * 4, dtype=np.uint8)   # padding k stays 0
+        for ib in range(ap.shape[0]):
+            dst = ap[ib].view(np.uint32)
+            for r in range(mr):
+                i = ib * mr + r
+                s = 0
+                if i < m:
+                    src = a[i]
+                    for kk in range(k):
+                        v = src[u64(kk)] ^ flip
+                        s += np.int32(v)
+                        row[u64(kk)] = v
+                else:
+                    row[:] = 0
+                _store_row(row, r, mr, dst)
+                rows[i] = s
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def _quantize_pack(x, scale, zp, mr, ap, rows):  # pragma: no cover - compiled
+        # q = clip(rint(x / scale) + zp, 0, 255) in float32 (DynamicQuantizeLinear), packed.
+        # rint as (v + 1.5 * 2**23) - 1.5 * 2**23: round half to even for |v| < 2**22, and any
+        # larger |v| is clipped anyway; it vectorizes where a rint call does not.
+        u64 = np.uint64
+        m, k = x.shape
+        k4 = (k + 3) // 4
+        magic = np.float32(12582912.0)
+        lo, hi = np.float32(0.0), np.float32(255.0)
+        row = np.zeros(k4 * 4, dtype=np.uint8)
+        for ib in range(ap.shape[0]):
+            dst = ap[ib].view(np.uint32)
+            for r in range(mr):
+                i = ib * mr + r
+                s = 0
+                if i < m:
+                    src = x[i]
+                    for kk in range(k):
+                        q = ((src[u64(kk)] / scale + magic) - magic) + zp
+                        q = max(lo, min(hi, q))
+                        v = np.uint8(np.int32(q))
+                        s += np.int32(v)
+                        row[u64(kk)] = v
+                else:
+                    row[:] = 0
+                _store_row(row, r, mr, dst)
+                rows[i] = s
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _tile(ap, a_off, mr, bp, b_off, k4, c, c_off, ldc, rows, rows_off, d, ct, mult, bias,
+              col_off, mode):  # pragma: no cover - compiled
+        if mr == 4:
+            micro4(ap, a_off, bp, b_off, k4, c, c_off, ldc, rows, rows_off, d, ct, mult, bias, col_off, mode)
+        elif mr == 8:
+            micro8(ap, a_off, bp, b_off, k4, c, c_off, ldc, rows, rows_off, d, ct, mult, bias, col_off, mode)
+        else:
+            micro12(ap, a_off, bp, b_off, k4, c, c_off, ldc, rows, rows_off, d, ct, mult, bias, col_off,
+                    mode)
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def gemm_i8_panels(ap, bp, m, n, k4, mr, rows, d, ct, mult, bias, mode, y, i0, i1, j0,
+                       j1):  # pragma: no cover - compiled
+        # ap (MB, k4*mr) and bp (NB, k4*NR) int32 words; y (M*N) int32 words (float32 bits in
+        # SCALED_FLOAT mode). Whole tiles store in place; edge tiles through a scratch tile.
+        u64 = np.uint64
+        tile = np.empty(MR_MAX * NR, dtype=np.int32)
+        block = max(1, PANEL_BLOCK_BYTES // (k4 * NR * 4))
+        for jb0 in range(j0, j1, block):
+            jb1 = min(j1, jb0 + block)
+            for ib in range(i0, i1):
+                r0 = ib * mr
+                nrows = min(mr, m - r0)
+                for jb in range(jb0, jb1):
+                    c0 = jb * NR
+                    cols = min(NR, n - c0)
+                    if nrows == mr and cols == NR:
+                        _tile(ap, ib * k4 * mr, mr, bp, jb * k4 * NR, k4, y, r0 * n + c0, n, rows, r0,
+                              d, ct, mult, bias, c0, mode)
+                    else:
+                        _tile(ap, ib * k4 * mr, mr, bp, jb * k4 * NR, k4, tile, 0, NR, rows, r0,
+                              d, ct, mult, bias, c0, mode)
+                        for r in range(nrows):
+                            dst = u64((r0 + r) * n + c0)
+                            src = u64(r * NR)
+                            for u in range(cols):
+                                y[dst + u64(u)] = tile[src + u64(u)]
+
+    @intrinsic
+    def _i32_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.IntType(32).as_pointer())
+        return types.CPointer(types.int32)(addr), codegen
+
+    @intrinsic
+    def _f32_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+        return types.CPointer(types.float32)(addr), codegen
+
+    I64 = types.int64
+    GEMM_I8_RANGE_SIG = types.void(*([I64] * 19))
+
+    def _gemm_i8_range(ap_at, mb, k4, bp_at, nb, m, n, mr, rows_at, d_at, ct_at, mult_at, bias_at,
+                       mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """gemm_i8_panels over column panels [j0, j1) and row panels [i0, i1), arrays by address."""
+        gemm_i8_panels(numba.carray(_i32_at(ap_at), (mb * k4 * mr,)),
+                       numba.carray(_i32_at(bp_at), (nb * k4 * NR,)), m, n, k4, mr,
+                       numba.carray(_i32_at(rows_at), (mb * mr,)),
+                       numba.carray(_i32_at(d_at), (nb * NR,)), numba.carray(_i32_at(ct_at), (nb * NR,)),
+                       numba.carray(_f32_at(mult_at), (nb * NR,)), numba.carray(_f32_at(bias_at), (nb * NR,)),
+                       mode, numba.carray(_i32_at(y_at), (m * n,)), i0, i1, j0, j1)
+
+    _callback: list = []
+    _callback_lock = threading.Lock()
+
+    def gemm_i8_range():
+        """C callback: gemm_i8_panels(..., j0, j1, i0, i1) with its arrays by address (compiled
+        or loaded from numba's disk cache on first use)."""
+        if not _callback:
+            with _callback_lock:
+                if not _callback:
+                    _callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_range))
+        return _callback[0]
