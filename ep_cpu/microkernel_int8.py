@@ -171,6 +171,37 @@ def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_poi
     return y
 
 
+def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point: int,
+                   mult: float | None, threads: int, pool) -> np.ndarray:
+    """(batch, M, K) x (batch, K, N) 8-bit operands, both per call (attention's products of two
+    activations), scalar zero points: int32 (mult None) or float32 times mult. B's matrices are
+    packed here; the batch is split over the threads."""
+    batch, m, k = a.shape
+    n = b.shape[2]
+    mr = choose_mr(m)
+    mb, nb, k4 = -(-m // mr), -(-n // NR), -(-k // 4)
+    za = int(a_zero_point) + (128 if a.dtype == np.int8 else 0)
+    ap = np.empty((batch, mb, k4 * mr * 4), np.uint8)
+    rows = np.empty((batch, mb * mr), np.int32)
+    bp = np.empty((batch, nb, k4 * NR * 4), np.uint8)
+    colterm = np.empty((batch, nb * NR), np.int32)
+    # B' = B - 128 for uint8 B (its int8 bits: b ^ 0x80), B itself for int8; c = B - zb = B' + d
+    d = (128 if b.dtype == np.uint8 else 0) - int(b_zero_point)
+    _pack_batch(np.ascontiguousarray(a).view(np.uint8), a.dtype == np.int8, mr, ap, rows,
+                np.ascontiguousarray(b).view(np.uint8), b.dtype == np.uint8, d, za, bp, colterm)
+    dv = np.full(nb * NR, d, np.int32)
+    if mult is None:
+        mode, mv, y = RAW_INT32, _zeros_f32(nb * NR), np.empty((batch, m, n), np.int32)
+    else:
+        mode, mv, y = SCALED_FLOAT, np.full(nb * NR, mult, np.float32), np.empty((batch, m, n), np.float32)
+    workers = max(1, min(threads, batch)) if batch * m * n * k >= PAR_MIN_MACS else 1
+    args = (ap.ctypes.data, mb, k4, bp.ctypes.data, nb, m, n, mr, rows.ctypes.data, dv.ctypes.data,
+            colterm.ctypes.data, mv.ctypes.data, _zeros_f32(nb * NR).ctypes.data, mode,
+            y.ctypes.data)
+    mk.run_ranges(gemm_i8_batch_range(), args, batch, 1, workers, True, pool)
+    return y
+
+
 _zero_cache: dict = {}
 
 
@@ -306,6 +337,16 @@ if numba is not None:
                 rows[i] = s
 
     @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def quantize_u8(x, scale, zp, out):  # pragma: no cover - compiled
+        """out = clip(rint(x / scale) + zp, 0, 255) as uint8, x and out flat, in one pass (the
+        rint as in `_quantize_pack`)."""
+        magic = np.float32(12582912.0)
+        lo, hi = np.float32(0.0), np.float32(255.0)
+        for i in range(x.shape[0]):
+            q = ((x[i] / scale + magic) - magic) + zp
+            out[i] = np.uint8(np.int32(max(lo, min(hi, q))))
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
     def _quantize_pack(x, scale, zp, mr, ap, rows):  # pragma: no cover - compiled
         # q = clip(rint(x / scale) + zp, 0, 255) in float32 (DynamicQuantizeLinear), packed.
         # rint as (v + 1.5 * 2**23) - 1.5 * 2**23: round half to even for |v| < 2**22, and any
@@ -333,6 +374,35 @@ if numba is not None:
                     row[:] = 0
                 _store_row(row, r, mr, dst)
                 rows[i] = s
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def _pack_batch(a, a_signed, mr, ap, rows, b, b_unsigned, d, za, bp, colterm):  # pragma: no cover
+        # a (batch, M, K), b (batch, K, N) bytes -> row panels / row sums of each A, column
+        # panels of each B' (B' = B ^ 0x80 for uint8 B) and colterm = -za * colsum(B' + d)
+        # Sums: the stored int8 bits w have the value (w ^ 0x80) - 128, and w ^ 0x80 is the
+        # uint8 B itself or int8 B's bits flipped: colsum(B') = sum(that) - 128 K.
+        u64 = np.uint64
+        batch, k, n = b.shape
+        k4 = (k + 3) // 4
+        flip = np.uint8(128) if b_unsigned else np.uint8(0)
+        unflip = np.uint8(0) if b_unsigned else np.uint8(128)
+        sums = np.empty(n, dtype=np.int32)
+        for t in range(batch):
+            _pack_u8(a[t], a_signed, mr, ap[t], rows[t])
+            bt, ct = b[t], colterm[t]
+            dst = bp[t].reshape(bp.shape[1] * bp.shape[2])
+            dst[:] = 0
+            sums[:] = 0
+            for g in range(k4):
+                for q in range(min(4, k - 4 * g)):
+                    src = bt[4 * g + q]
+                    for j in range(n):
+                        v = src[u64(j)]
+                        dst[u64((j // NR) * k4 * NR * 4 + g * NR * 4 + (j % NR) * 4 + q)] = v ^ flip
+                        sums[u64(j)] += np.int32(v ^ unflip)
+            ct[:] = 0
+            for j in range(n):
+                ct[u64(j)] = np.int32(-za) * (sums[u64(j)] - np.int32(128 * k) + np.int32(k * d))
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def _tile(ap, a_off, mr, bp, b_off, k4, c, c_off, ldc, rows, rows_off, d, ct, mult, bias,
@@ -397,6 +467,32 @@ if numba is not None:
                        numba.carray(_i32_at(d_at), (nb * NR,)), numba.carray(_i32_at(ct_at), (nb * NR,)),
                        numba.carray(_f32_at(mult_at), (nb * NR,)), numba.carray(_f32_at(bias_at), (nb * NR,)),
                        mode, numba.carray(_i32_at(y_at), (m * n,)), i0, i1, j0, j1)
+
+    def _gemm_i8_batch_range(ap_at, mb, k4, bp_at, nb, m, n, mr, rows_at, d_at, ct_at, mult_at,
+                             bias_at, mode, y_at, t0, t1, i0, i1):  # pragma: no cover - compiled
+        """Matrices [t0, t1) of a batch: each A's panels, B's panels, row sums, colterm and Y
+        follow the previous one's; d, mult and bias are shared."""
+        a_words, b_words, y_size = mb * k4 * mr, nb * k4 * NR, m * n
+        for t in range(t0, t1):
+            gemm_i8_panels(numba.carray(_i32_at(ap_at + 4 * t * a_words), (a_words,)),
+                           numba.carray(_i32_at(bp_at + 4 * t * b_words), (b_words,)), m, n, k4, mr,
+                           numba.carray(_i32_at(rows_at + 4 * t * mb * mr), (mb * mr,)),
+                           numba.carray(_i32_at(d_at), (nb * NR,)),
+                           numba.carray(_i32_at(ct_at + 4 * t * nb * NR), (nb * NR,)),
+                           numba.carray(_f32_at(mult_at), (nb * NR,)),
+                           numba.carray(_f32_at(bias_at), (nb * NR,)), mode,
+                           numba.carray(_i32_at(y_at + 4 * t * y_size), (y_size,)), 0, mb, 0, nb)
+
+    _batch_callback: list = []
+
+    def gemm_i8_batch_range():
+        """C callback: matrices [t0, t1) of `matmul_batched`'s batch (the trailing i0, i1 unused)."""
+        if not _batch_callback:
+            with _callback_lock:
+                if not _batch_callback:
+                    _batch_callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(
+                        _gemm_i8_batch_range))
+        return _batch_callback[0]
 
     _callback: list = []
     _callback_lock = threading.Lock()

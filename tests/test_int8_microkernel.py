@@ -186,3 +186,54 @@ def test_float_ops_same_as_the_float32_path(rng, int8_calls, monkeypatch, op):
     slow = _ours(model, feeds)
     assert len(int8_calls) == calls, "with VNNI reported missing, the float32 path runs"
     np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- both operands per call
+@needs_vnni
+@pytest.mark.parametrize("batch,m,k,n", [((1,), 5, 7, 3), ((2, 3), 13, 64, 40), ((12,), 33, 5, 70)])
+@pytest.mark.parametrize("a_type,b_type", [(np.uint8, np.uint8), (np.int8, np.int8), (np.uint8, np.int8)])
+def test_batched_exact_int32(rng, batch, m, k, n, a_type, b_type):
+    from ep_cpu.kernels.quantize import int8_batched_matmul
+    a, b = _ints(rng, a_type, *batch, m, k), _ints(rng, b_type, *batch, k, n)
+    za, zb = _ints(rng, a_type), _ints(rng, b_type)
+    y = int8_batched_matmul(a, b, za, zb)
+    assert y is not None and y.dtype == np.int32 and y.shape == batch + (m, n)
+    np.testing.assert_array_equal(y, _reference(a, za, b, zb))
+    f = int8_batched_matmul(a, b, za, zb, mult=0.01)
+    np.testing.assert_array_equal(f, _reference(a, za, b, zb).astype(np.float32) * np.float32(0.01))
+
+
+@needs_vnni
+def test_attention_products_run_batched(rng, int8_calls, monkeypatch):
+    """MatMulInteger / MatMulIntegerToFloat of two activations (no constant B) take the batched
+    path (not `matmul`), with the same results as the float32 path."""
+    batched = []
+    real = mi.matmul_batched
+    monkeypatch.setattr(mi, "matmul_batched", lambda *a, **kw: batched.append(1) or real(*a, **kw))
+    a, b = _ints(rng, np.uint8, 1, 4, 16, 8), _ints(rng, np.uint8, 1, 4, 8, 16)
+    ins = [("a", a), ("b", b), ("sa", np.float32(0.02)), ("sb", np.float32(0.03)),
+           ("za", np.uint8(120)), ("zb", np.uint8(3))]
+    model, feeds = _model("MatMulIntegerToFloat", ins, ("sa", "sb", "za", "zb"), TensorProto.FLOAT,
+                          "com.microsoft")
+    fast = _ours(model, feeds)
+    model_i, feeds_i = _model("MatMulInteger", [ins[0], ins[1], ins[4], ins[5]], ("za", "zb"), TensorProto.INT32)
+    exact = _ours(model_i, feeds_i)
+    assert len(batched) == 2 and not int8_calls
+    np.testing.assert_array_equal(exact, _reference(a, 120, b, 3))
+    monkeypatch.setitem(mi._state, "available", False)
+    monkeypatch.setitem(mi._state, "checked", True)
+    np.testing.assert_allclose(fast, _ours(model, feeds), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(mi.numba is None, reason="numba missing")
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (2, 12, 17, 9)])
+def test_dynamic_quantize_linear_compiled_pass(rng, shape):
+    """DynamicQuantizeLinear's compiled pass gives numpy's rint(x / scale) + zp, clipped."""
+    from ep_cpu.kernels.quantize import dynamic_quantize_uint8
+    x = rng.standard_normal(shape).astype(np.float32) * 4
+    q, scale, zp = dynamic_quantize_uint8(x)
+    expect = np.clip(np.rint(x / scale) + np.float32(zp), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(q, expect)
+    halfway = (np.arange(-255, 256, dtype=np.float32) / 2)
+    q, scale, zp = dynamic_quantize_uint8(halfway)
+    np.testing.assert_array_equal(q, np.clip(np.rint(halfway / scale) + np.float32(zp), 0, 255).astype(np.uint8))

@@ -24,7 +24,7 @@ from ep_cpu.registry import kernel
 from .contrib_common import MS, required
 from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
-                       Int8Weight, _int_matmul, _shifted, dynamic_quantize_uint8,
+                       Int8Weight, _int_matmul, int8_batched_matmul, _shifted, dynamic_quantize_uint8,
                        exact_k_blocks, quantize)
 from .rnn import LSTM
 
@@ -140,6 +140,11 @@ class MatMulIntegerToFloat(Kernel):
                 and (bias is None or (bias.dtype == np.float32 and bias.shape == (self.int8.n,)))):
             mult = np.float32(np.asarray(a_scale).reshape(-1)[0]) * self.b_scale
             return self.int8.matmul(a, a_zero_point, mult, bias)
+        if bias is None and a_scale.dtype == np.float32 and np.size(b_scale) == 1 and b_scale.dtype == np.float32:
+            mult = np.float32(np.asarray(a_scale).reshape(-1)[0]) * np.float32(np.asarray(b_scale).reshape(-1)[0])
+            y = int8_batched_matmul(a, b, a_zero_point, b_zero_point, float(mult))
+            if y is not None:
+                return y
         acc = _int_matmul(_shifted(a, _per_column(a_zero_point), False),
                           _shifted(b, _per_column(b_zero_point), False))
         return _scaled(acc, a_scale, b_scale, bias, a_scale.dtype)

@@ -156,13 +156,17 @@ class DequantizeLinear(_QuantizeBase):
 def dynamic_quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
     """DynamicQuantizeLinear's rule (onnxruntime's for every dynamically quantized input):
     a uint8 range spanning [min(x, 0), max(x, 0)]; returns (q, scale, zero point)."""
-    xf = x.astype(np.float32)
+    xf = x.astype(np.float32, copy=False)
     lo = min(0.0, float(xf.min())) if xf.size else 0.0
     hi = max(0.0, float(xf.max())) if xf.size else 0.0
     scale = np.float32((hi - lo) / 255.0)
     if scale == 0:
         return np.zeros(x.shape, dtype=np.uint8), scale, np.uint8(0)
     zp = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    if microkernel_int8.numba is not None and np.isfinite(scale) and xf.flags.c_contiguous:
+        q = np.empty(x.shape, np.uint8)   # one compiled pass instead of five numpy ones
+        microkernel_int8.quantize_u8(xf.reshape(-1), scale, np.float32(zp), q.reshape(-1))
+        return q, scale, zp
     return np.clip(np.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8), scale, zp
 
 
@@ -306,6 +310,26 @@ class Int8Weight:
         return self._run(ap, rows, m, zp, mult, bias, x.shape[:-1] + (self.n,), np.float32)
 
 
+def int8_batched_matmul(a: np.ndarray, b: np.ndarray, a_zero_point, b_zero_point,
+                        mult: float | None = None) -> np.ndarray | None:
+    """(A - za) @ (B - zb) of two 8-bit tensors given per call (attention's products) in the int8
+    microkernel: int32, or float32 times `mult`. None where it does not apply (no VNNI, 1-D
+    operands, batch axes that differ (broadcasting), zero points that are not scalars)."""
+    if not (a.dtype in _BYTE_TYPES and b.dtype in _BYTE_TYPES and a.ndim >= 2 and b.ndim >= 2
+            and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-2] and a.size and b.size
+            and microkernel_int8.available()):
+        return None
+    for zp, x in ((a_zero_point, a), (b_zero_point, b)):
+        if zp is not None and (np.size(zp) != 1 or np.asarray(zp).dtype != x.dtype):
+            return None
+    za = 0 if a_zero_point is None else int(np.asarray(a_zero_point).reshape(-1)[0])
+    zb = 0 if b_zero_point is None else int(np.asarray(b_zero_point).reshape(-1)[0])
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    y = microkernel_int8.matmul_batched(a.reshape(-1, m, k), b.reshape(-1, k, n), za, zb, mult,
+                                        get_num_threads(), _get_pool)
+    return y.reshape(a.shape[:-1] + (n,))
+
+
 class _ConstantInt8B(Kernel):
     """MatMulInteger / QLinearMatMul: B (input `b_index`) and its zero point (`zp_index`) packed
     once when they are constants."""
@@ -325,6 +349,9 @@ class MatMulInteger(_ConstantInt8B):
     def compute(self, a, b, a_zero_point=None, b_zero_point=None):
         if self.int8 is not None and self.int8.accepts(a, a_zero_point):
             return self.int8.matmul(a, a_zero_point)
+        y = int8_batched_matmul(a, b, a_zero_point, b_zero_point)
+        if y is not None:
+            return y
         y = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
         return np.rint(y).astype(np.int32)
 
