@@ -9,7 +9,9 @@ ResNet-50 statically (quant_pre_process, then quantize_static in QDQ and in QOpe
 per-channel, MinMax over a few random calibration batches run through our runtime). For each: cosine similarity of the INT8 outputs to
 FP32 (ours, and onnxruntime running the same files), file sizes, and the latency of FP32 and INT8
 on our CPU provider and on onnxruntime's, in the same process, timed in alternating rounds so
-machine noise hits all four alike (median). Writes quantization_<date>_<machine>.{json,md}.
+machine noise hits all four alike (median; the INT8/FP32 ratios also per round, min/median/max).
+Writes quantization_<date>_<machine>.{json,md}; rows of models not re-run are kept from an
+existing file of the same day and machine.
 
 Acceptance (issue 17): cosine >= 0.99; INT8 <= 0.3x the FP32 file; INT8 BERT-base on our CPU
 provider <= 1.0x our FP32 latency.
@@ -98,7 +100,7 @@ def quantize(name: str, src: str, work: Path, calib_batches: int) -> list[tuple[
 
 
 def time_rounds(runs: dict, repeat: int) -> dict:
-    """Each callable once per round, rounds rotating the order; medians in ms."""
+    """Each callable once per round, rounds rotating the order; times per round in ms."""
     times = {k: [] for k in runs}
     keys = list(runs)
     for fn in runs.values():     # warm-up
@@ -109,7 +111,13 @@ def time_rounds(runs: dict, repeat: int) -> dict:
             t = time.perf_counter()
             runs[k]()
             times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()}
+    return {k: np.asarray(v) * 1e3 for k, v in times.items()}
+
+
+def _ratio_spread(num: np.ndarray, den: np.ndarray) -> list[float]:
+    """[min, median, max] over rounds of num / den timed in the same round."""
+    r = num / den
+    return [round(float(r.min()), 3), round(float(np.median(r)), 3), round(float(r.max()), 3)]
 
 
 def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) -> list[dict]:
@@ -121,7 +129,8 @@ def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) 
         sessions[f"ours_{variant}"] = _ours(dst, threads)
         sessions[f"ort_{variant}"] = _ort(dst, threads)
     outs = {k: s.run(None, feeds)[0] for k, s in sessions.items()}
-    lat = time_rounds({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
+    per_round = time_rounds({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
+    lat = {k: float(np.median(v)) for k, v in per_round.items()}
     load = round(os.getloadavg()[0], 2)
     size_f = os.path.getsize(src)
     rows = []
@@ -139,8 +148,17 @@ def bench(name: str, threads: int, repeat: int, calib_batches: int, work: Path) 
                                     "ort_fp32": round(lat["ort_fp32"], 2), "ort_int8": round(lat[r], 2)},
                      "ours_int8_over_fp32": round(lat[o] / lat["ours_fp32"], 3),
                      "ort_int8_over_fp32": round(lat[r] / lat["ort_fp32"], 3),
+                     "ours_int8_over_fp32_per_round_min_median_max":
+                         _ratio_spread(per_round[o], per_round["ours_fp32"]),
+                     "ort_int8_over_fp32_per_round_min_median_max":
+                         _ratio_spread(per_round[r], per_round["ort_fp32"]),
                      "repeat": repeat, "load_avg_1m_after": load})
     return rows
+
+
+def _spread(row: dict, who: str) -> str:
+    s = row.get(f"{who}_int8_over_fp32_per_round_min_median_max")
+    return f" ({s[0]}-{s[2]})" if s else ""
 
 
 def markdown(rows: list[dict], info: dict) -> str:
@@ -148,14 +166,14 @@ def markdown(rows: list[dict], info: dict) -> str:
              f"Machine: {info.get('cpu')}, {info.get('threads')} threads, numpy BLAS {info.get('blas')}, "
              f"onnxruntime {info.get('onnxruntime')}. Latency: median of alternating rounds, ms.", "",
              "| model | quantization | FP32 MB | INT8 MB | ratio | cosine ours | cosine ort | ours FP32 | ours INT8 "
-             "| ours INT8/FP32 | ort FP32 | ort INT8 | ort INT8/FP32 |",
+             "| ours INT8/FP32 (rounds: min-max) | ort FP32 | ort INT8 | ort INT8/FP32 (rounds: min-max) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lat = r["latency_ms"]
         lines.append(f"| {r['model']} ({r['variant']}) | {r['quantization']} | {r['size_fp32_mb']} | {r['size_int8_mb']} | "
                      f"{r['size_ratio']} | {r['cosine_ours_int8_vs_fp32']:.5f} | {r['cosine_ort_int8_vs_fp32']:.5f} | "
-                     f"{lat['ours_fp32']} | {lat['ours_int8']} | {r['ours_int8_over_fp32']} | {lat['ort_fp32']} | "
-                     f"{lat['ort_int8']} | {r['ort_int8_over_fp32']} |")
+                     f"{lat['ours_fp32']} | {lat['ours_int8']} | {r['ours_int8_over_fp32']}{_spread(r, 'ours')} | "
+                     f"{lat['ort_fp32']} | {lat['ort_int8']} | {r['ort_int8_over_fp32']}{_spread(r, 'ort')} |")
     lines += ["", "The 1-minute load average after each model is in the JSON: the machine is shared, so "
               "absolute figures are noisy; all sessions of a model were timed in the same rounds."]
     return "\n".join(lines) + "\n"
@@ -179,6 +197,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"quantization_{DATE}_{machine_tag()}"
+    if stem.with_suffix(".json").exists():   # keep the rows of models not re-run today
+        ran = {r["model"] for r in rows}
+        old = json.loads(stem.with_suffix(".json").read_text()).get("results", [])
+        rows = [r for r in old if r.get("model") not in ran] + rows
     stem.with_suffix(".json").write_text(json.dumps({"date": DATE, "machine": info, "results": rows}, indent=1))
     stem.with_suffix(".md").write_text(markdown(rows, info))
     print(f"wrote {stem}.json and .md")
