@@ -152,7 +152,8 @@ class FuseDynamicQuantizeMatMul(Rewrite):
                 continue
             ins = list(node.inputs) + [""] * (7 - len(node.inputs))
             dql = _quantized_by(ed, ins[0])
-            if dql is None or ins[2] != dql.outputs[1] or (ins[4] and ins[4] != dql.outputs[2]):
+            # its zero point too: without one the product was taken as if it were 0
+            if dql is None or ins[2] != dql.outputs[1] or not ins[4] or ins[4] != dql.outputs[2]:
                 continue
             if any(ed.is_output(o) or any(u is not node for u in ed.consumers(o)) for o in _outputs(dql)):
                 continue

@@ -171,8 +171,23 @@ def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_poi
     yf = y.reshape(-1)
     args = (ap.ctypes.data, row_panels, k4, w.panels.ctypes.data, nb, m, n, mr, rows.ctypes.data,
             w.d.ctypes.data, colterm.ctypes.data, mv.ctypes.data, bv.ctypes.data, mode, yf.ctypes.data)
-    mk.run_ranges(gemm_i8_range(), args, nb, row_panels, workers, by_columns, pool)
+    _run(gemm_i8_range(), args, nb if by_columns else row_panels, nb, row_panels, workers, by_columns, pool)
     return y
+
+
+PARTS_PER_WORKER = 4   # TBB balances parts between the threads: one thread's stall (a shared
+                       # machine) costs a part, not half of the product
+
+
+def _run(callback, args, count, cols, rows, workers, by_columns, pool) -> None:
+    """`mk.run_ranges`, split finer on numba's TBB threads (A is packed once, so a part costs
+    only its own tiles)."""
+    if workers > 1 and mk.parallel_ok():
+        mk.set_threads(workers)
+        mk.run_parts(callback, args, cols, rows, max(workers, min(count, PARTS_PER_WORKER * workers)),
+                     by_columns)
+        return
+    mk.run_ranges(callback, args, cols, rows, workers, by_columns, pool)
 
 
 def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point: int,
@@ -206,7 +221,7 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point
     args = (ap.ctypes.data, mb, k4, bp.ctypes.data, nb, m, n, mr, rows.ctypes.data, dv.ctypes.data,
             colterm.ctypes.data, mv.ctypes.data, _zeros_f32(nb * NR).ctypes.data, mode,
             y.ctypes.data)
-    mk.run_ranges(gemm_i8_batch_range(), args, batch, 1, workers, True, pool)
+    _run(gemm_i8_batch_range(), args, batch, batch, 1, workers, True, pool)
     return y
 
 

@@ -138,6 +138,16 @@ def test_zero_point_not_the_quantizers(rng):
     _unfused(m, _feeds(rng, (3, K)))
 
 
+def test_product_without_the_quantizers_zero_point(rng):
+    """MatMulInteger without A's zero point (taken as 0): a MatMulIntegerToFloat without one,
+    never a DynamicQuantizeMatMul (which would subtract the quantizer's zero point)."""
+    nodes = _chain(bias=False)
+    nodes[1] = helper.make_node("MatMulInteger", ["xq", "w"], ["mm"])
+    m = model(nodes, [("x", F32, [3, K])], [("y", F32, [3, N])], _weights(rng))
+    _, after = compare(m, _feeds(rng, (3, K)), rtol=0, atol=0)
+    assert sorted(after) == ["DynamicQuantizeLinear", "MatMulIntegerToFloat"]
+
+
 def test_cast_to_another_type_or_product_read_elsewhere(rng):
     nodes = _chain(bias=False)
     m = model(nodes, [("x", F32, [3, K])], [("y", F32, [3, N]), ("mm", TensorProto.INT32, [3, N])],
