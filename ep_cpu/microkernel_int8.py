@@ -175,7 +175,7 @@ def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_poi
     return y
 
 
-PARTS_PER_WORKER = 4   # TBB balances parts between the threads: one thread's stall (a shared
+PARTS_PER_WORKER = 2   # TBB balances parts between the threads: one thread's stall (a shared
                        # machine) costs a part, not half of the product
 
 

@@ -4,7 +4,6 @@ DynamicQuantizeMatMul with a constant B) against numpy / onnxruntime, taking tha
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
