@@ -80,6 +80,7 @@ class PackedWeight:
     d: np.ndarray         # (NB * NR,) int32: c - b' per column (zeros in the usual case)
     colsum: np.ndarray    # (NB * NR,) int64: sum over k of c = b - zero point
     uses_rows: bool       # whether d is non-zero (the row sums of A are needed)
+    colsum32: np.ndarray  # colsum wrapped to int32 (the epilogue's arithmetic)
 
 
 def pack_weight(b: np.ndarray, zero_point: np.ndarray | None) -> PackedWeight:
@@ -103,7 +104,8 @@ def pack_weight(b: np.ndarray, zero_point: np.ndarray | None) -> PackedWeight:
     col_d[:n] = d
     colsum = np.zeros(nb * NR, np.int64)
     colsum[:n] = c.sum(axis=0)
-    return PackedWeight(k, n, np.ascontiguousarray(panels), col_d, colsum, bool(np.any(d)))
+    return PackedWeight(k, n, np.ascontiguousarray(panels), col_d, colsum, bool(np.any(d)),
+                        colsum.astype(np.int32))
 
 
 def pack_rows_u8(a: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +138,8 @@ def quantize_pack(x: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray, np.fl
         ap[:] = 0
         rows[:] = 0
         return ap, rows, scale, 0
-    zp = int(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    # round() is half to even as np.rint; the quotient is float32's, as DynamicQuantizeLinear's
+    zp = min(255, max(0, round(float(np.float32(0 - lo) / scale))))
     _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
     return ap, rows, scale, zp
 
@@ -153,26 +156,38 @@ def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_poi
     n, nb = w.n, w.panels.shape[0]
     mr = choose_mr(m)
     k4 = -(-w.k // 4)
-    colterm = (-int(a_zero_point) * w.colsum).astype(np.int32)   # wraps as the int32 result does
+    colterm = w.colsum32 * np.int32(-int(a_zero_point))   # int32: wraps as the result does
     if mult is None:
         mode, mv, bv = RAW_INT32, _zeros_f32(nb * NR), _zeros_f32(nb * NR)
     else:
-        mode = SCALED_FLOAT
-        mv = np.zeros(nb * NR, np.float32)
-        mv[:n] = mult
-        bv = np.zeros(nb * NR, np.float32)
-        if bias is not None:
-            bv[:n] = bias
+        mode, mv = SCALED_FLOAT, _padded(mult, nb * NR)
+        bv = _zeros_f32(nb * NR) if bias is None else _padded(bias, nb * NR)
     row_panels = ap.shape[0]
     by_columns = nb >= 2 * PAR_MIN_PANELS or nb >= row_panels
     workers = max(1, min(threads, (nb if by_columns else row_panels) // PAR_MIN_PANELS))
     if m * w.k * n < PAR_MIN_MACS:
         workers = 1
     yf = y.reshape(-1)
-    args = (ap.ctypes.data, row_panels, k4, w.panels.ctypes.data, nb, m, n, mr, rows.ctypes.data,
-            w.d.ctypes.data, colterm.ctypes.data, mv.ctypes.data, bv.ctypes.data, mode, yf.ctypes.data)
-    _run(gemm_i8_range(), args, nb if by_columns else row_panels, nb, row_panels, workers, by_columns, pool)
+    params = _params(ap, row_panels, k4, w.panels, nb, m, n, mr, rows, w.d, colterm, mv, bv, mode, yf)
+    _run(gemm_i8_range(), (params.ctypes.data,), nb if by_columns else row_panels, nb, row_panels,
+         workers, by_columns, pool)
     return y
+
+
+def _padded(v: np.ndarray, size: int) -> np.ndarray:
+    """A per-column float32 vector padded with zeros to whole panels (as is when it already is)."""
+    v = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+    if v.size == size:
+        return v
+    out = np.zeros(size, np.float32)
+    out[:v.size] = v
+    return out
+
+
+def _params(*values) -> np.ndarray:
+    """The callbacks' parameters as one int64 array: arrays by address (C-contiguous, kept alive
+    by the caller for the call), the rest as they are."""
+    return np.array([v.ctypes.data if isinstance(v, np.ndarray) else v for v in values], np.int64)
 
 
 PARTS_PER_WORKER = 2   # TBB balances parts between the threads: one thread's stall (a shared
@@ -218,10 +233,8 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point
     else:
         mode, mv, y = SCALED_FLOAT, np.full(nb * NR, mult, np.float32), np.empty((batch, m, n), np.float32)
     workers = max(1, min(threads, batch)) if batch * m * n * k >= PAR_MIN_MACS else 1
-    args = (ap.ctypes.data, mb, k4, bp.ctypes.data, nb, m, n, mr, rows.ctypes.data, dv.ctypes.data,
-            colterm.ctypes.data, mv.ctypes.data, _zeros_f32(nb * NR).ctypes.data, mode,
-            y.ctypes.data)
-    _run(gemm_i8_batch_range(), args, batch, batch, 1, workers, True, pool)
+    params = _params(ap, mb, k4, bp, nb, m, n, mr, rows, dv, colterm, mv, _zeros_f32(nb * NR), mode, y)
+    _run(gemm_i8_batch_range(), (params.ctypes.data,), batch, batch, 1, workers, True, pool)
     return y
 
 
@@ -504,12 +517,23 @@ if numba is not None:
             return builder.inttoptr(args[0], ir.FloatType().as_pointer())
         return types.CPointer(types.float32)(addr), codegen
 
-    I64 = types.int64
-    GEMM_I8_RANGE_SIG = types.void(*([I64] * 19))
+    @intrinsic
+    def _i64_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return types.CPointer(types.int64)(addr), codegen
 
-    def _gemm_i8_range(ap_at, mb, k4, bp_at, nb, m, n, mr, rows_at, d_at, ct_at, mult_at, bias_at,
-                       mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """gemm_i8_panels over column panels [j0, j1) and row panels [i0, i1), arrays by address."""
+    I64 = types.int64
+    # The callbacks take their 15 parameters as one int64 array (`_params`) by address: a call
+    # through ctypes costs ~0.8 us an argument (19 of them: ~16 us, 73 calls in BERT-base).
+    GEMM_I8_RANGE_SIG = types.void(I64, I64, I64, I64, I64)
+
+    def _gemm_i8_range(params_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """gemm_i8_panels over column panels [j0, j1) and row panels [i0, i1), its arrays by address
+        in the parameters (ap, mb, k4, bp, nb, m, n, mr, rows, d, colterm, mult, bias, mode, y)."""
+        p = numba.carray(_i64_at(params_at), (15,))
+        ap_at, mb, k4, bp_at, nb, m, n, mr = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        rows_at, d_at, ct_at, mult_at, bias_at, mode, y_at = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
         gemm_i8_panels(numba.carray(_i32_at(ap_at), (mb * k4 * mr,)),
                        numba.carray(_i32_at(bp_at), (nb * k4 * NR,)), m, n, k4, mr,
                        numba.carray(_i32_at(rows_at), (mb * mr,)),
@@ -517,10 +541,12 @@ if numba is not None:
                        numba.carray(_f32_at(mult_at), (nb * NR,)), numba.carray(_f32_at(bias_at), (nb * NR,)),
                        mode, numba.carray(_i32_at(y_at), (m * n,)), i0, i1, j0, j1)
 
-    def _gemm_i8_batch_range(ap_at, mb, k4, bp_at, nb, m, n, mr, rows_at, d_at, ct_at, mult_at,
-                             bias_at, mode, y_at, t0, t1, i0, i1):  # pragma: no cover - compiled
+    def _gemm_i8_batch_range(params_at, t0, t1, i0, i1):  # pragma: no cover - compiled
         """Matrices [t0, t1) of a batch: each A's panels, B's panels, row sums, colterm and Y
-        follow the previous one's; d, mult and bias are shared."""
+        follow the previous one's; d, mult and bias are shared. Parameters as `_gemm_i8_range`."""
+        p = numba.carray(_i64_at(params_at), (15,))
+        ap_at, mb, k4, bp_at, nb, m, n, mr = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        rows_at, d_at, ct_at, mult_at, bias_at, mode, y_at = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
         a_words, b_words, y_size = mb * k4 * mr, nb * k4 * NR, m * n
         for t in range(t0, t1):
             gemm_i8_panels(numba.carray(_i32_at(ap_at + 4 * t * a_words), (a_words,)),
