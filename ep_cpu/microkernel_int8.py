@@ -123,9 +123,13 @@ def pack_rows_u8(a: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray]:
     return ap, rows
 
 
-def quantize_pack(x: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray, np.float32, int]:
+PAR_QUANTIZE_MIN = 1 << 18   # values of A from which its quantization is split over the threads
+
+
+def quantize_pack(x: np.ndarray, mr: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray, np.float32, int]:
     """DynamicQuantizeLinear of float32 (M, K) x (`quantize.dynamic_quantize_uint8`'s rule) straight
-    into row panels: (panels, row sums, scale, zero point)."""
+    into row panels: (panels, row sums, scale, zero point). Large A: row panels split over
+    `threads` of numba's TBB threads (where it loads)."""
     m, k = x.shape
     xf = np.ascontiguousarray(x, dtype=np.float32)
     lo = min(0.0, float(xf.min())) if xf.size else 0.0
@@ -140,7 +144,14 @@ def quantize_pack(x: np.ndarray, mr: int) -> tuple[np.ndarray, np.ndarray, np.fl
         return ap, rows, scale, 0
     # round() is half to even as np.rint; the quotient is float32's, as DynamicQuantizeLinear's
     zp = min(255, max(0, round(float(np.float32(0 - lo) / scale))))
-    _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
+    workers = min(threads, mb)
+    if workers > 1 and xf.size >= PAR_QUANTIZE_MIN and mk.parallel_ok():
+        consts = np.array([scale, zp], np.float32)
+        params = _params(xf, m, k, mr, ap, rows, consts)
+        mk.set_threads(workers)
+        mk.run_parts(quantize_range(), (params.ctypes.data,), 1, mb, workers, False)
+    else:
+        _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
     return ap, rows, scale, zp
 
 
@@ -523,6 +534,12 @@ if numba is not None:
             return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
         return types.CPointer(types.int64)(addr), codegen
 
+    @intrinsic
+    def _u8_at(typingctx, addr):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        return types.CPointer(types.uint8)(addr), codegen
+
     I64 = types.int64
     # The callbacks take their 15 parameters as one int64 array (`_params`) by address: a call
     # through ctypes costs ~0.8 us an argument (19 of them: ~16 us, 73 calls in BERT-base).
@@ -558,6 +575,21 @@ if numba is not None:
                            numba.carray(_f32_at(bias_at), (nb * NR,)), mode,
                            numba.carray(_i32_at(y_at + 4 * t * y_size), (y_size,)), 0, mb, 0, nb)
 
+    def _quantize_range(params_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """_quantize_pack of row panels [i0, i1); parameters (x, m, k, mr, ap, rows, [scale, zp])
+        by address, as `_gemm_i8_range`'s."""
+        p = numba.carray(_i64_at(params_at), (7,))
+        m, k, mr = p[1], p[2], p[3]
+        mb, k4 = (m + mr - 1) // mr, (k + 3) // 4
+        i1 = min(i1, mb)
+        if i1 > i0:
+            r0, r1 = min(m, i0 * mr), min(m, i1 * mr)
+            consts = numba.carray(_f32_at(p[6]), (2,))
+            x = numba.carray(_f32_at(p[0] + 4 * r0 * k), (r1 - r0, k))
+            ap = numba.carray(_u8_at(p[4] + i0 * k4 * mr * 4), (i1 - i0, k4 * mr * 4))
+            rows = numba.carray(_i32_at(p[5] + 4 * i0 * mr), ((i1 - i0) * mr,))
+            _quantize_pack(x, consts[0], consts[1], mr, ap, rows)
+
     _batch_callback: list = []
 
     def gemm_i8_batch_range():
@@ -568,6 +600,17 @@ if numba is not None:
                     _batch_callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(
                         _gemm_i8_batch_range))
         return _batch_callback[0]
+
+    _quantize_callback: list = []
+
+    def quantize_range():
+        """C callback: quantize_pack's compiled pass over row panels [i0, i1)."""
+        if not _quantize_callback:
+            with _callback_lock:
+                if not _quantize_callback:
+                    _quantize_callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(
+                        _quantize_range))
+        return _quantize_callback[0]
 
     _callback: list = []
     _callback_lock = threading.Lock()

@@ -236,3 +236,16 @@ def test_dynamic_quantize_linear_compiled_pass(rng, shape):
     halfway = (np.arange(-255, 256, dtype=np.float32) / 2)
     q, scale, zp = dynamic_quantize_uint8(halfway)
     np.testing.assert_array_equal(q, np.clip(np.rint(halfway / scale) + np.float32(zp), 0, 255).astype(np.uint8))
+
+
+@needs_vnni
+@pytest.mark.parametrize("m,k", [(300, 1000), (1024, 257)])
+def test_quantize_pack_over_threads_is_the_same(rng, m, k):
+    """Large A: its quantization split over the threads gives the one-thread panels."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    mr = mi.choose_mr(m)
+    one = mi.quantize_pack(x, mr, 1)
+    two = mi.quantize_pack(x, mr, 2)
+    assert x.size >= mi.PAR_QUANTIZE_MIN
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

@@ -305,7 +305,8 @@ class Int8Weight:
         scaled by x_scale * b_scale (float32) plus bias: DynamicQuantizeMatMul in one pass each."""
         x2 = x.reshape(-1, self.k)
         m = x2.shape[0]
-        ap, rows, scale, zp = microkernel_int8.quantize_pack(x2, microkernel_int8.choose_mr(max(m, 1)))
+        ap, rows, scale, zp = microkernel_int8.quantize_pack(x2, microkernel_int8.choose_mr(max(m, 1)),
+                                                             get_num_threads())
         mult = np.float32(scale) * b_scale
         return self._run(ap, rows, m, zp, mult, bias, x.shape[:-1] + (self.n,), np.float32)
 
