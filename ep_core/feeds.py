@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,10 @@ class FeedSpec:
         """Inputs that must be fed (those not backed by an initializer)."""
         return [v for v in self.inputs if v.name not in self.initializers]
 
+    @functools.cached_property
+    def required_names(self) -> frozenset[str]:
+        return frozenset(v.name for v in self.required)
+
     @property
     def overridable(self) -> list[ValueInfo]:
         return [v for v in self.inputs if v.name in self.initializers and v.name not in self.constants]
@@ -64,6 +69,22 @@ def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = fro
     if not isinstance(input_feed, dict):
         raise InvalidArgument(f"input_feed must be a dict of name -> value, got {type(input_feed).__name__}")
     declared = spec.declared
+    if input_feed.keys() != spec.required_names:   # else: exactly the required inputs, checked below
+        _check_names(input_feed, spec)
+    feeds = {}
+    for name, value in input_feed.items():
+        d = declared[name]
+        if d.kind == "tensor_type" and name in on_device:
+            check_device_feed(name, value, d)
+        elif d.kind == "tensor_type":
+            value = check_tensor_feed(name, value, d)
+        feeds[name] = value
+    return feeds
+
+
+def _check_names(input_feed: dict, spec: FeedSpec) -> None:
+    """Every name a declared input, no constant fed, every required input fed."""
+    declared = spec.declared
     unknown = [n for n in input_feed if n not in declared]
     if unknown:
         raise InvalidArgument(f"invalid feed name(s) {unknown}; the model's inputs are "
@@ -76,15 +97,6 @@ def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = fro
     missing = [n for n in required if n not in input_feed]
     if missing:
         raise InvalidArgument(f"missing feed(s) for required input(s) {missing}")
-    feeds = {}
-    for name, value in input_feed.items():
-        d = declared[name]
-        if d.kind == "tensor_type" and name in on_device:
-            check_device_feed(name, value, d)
-        elif d.kind == "tensor_type":
-            value = check_tensor_feed(name, value, d)
-        feeds[name] = value
-    return feeds
 
 
 def check_tensor_feed(name: str, value: Any, declared: DeclaredInput) -> np.ndarray:

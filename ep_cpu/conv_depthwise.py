@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ep_cpu import microkernel
+from ep_cpu import depthwise_direct, microkernel
 
 try:
     import numba
@@ -197,6 +197,22 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
     return y
 
 
+# `depthwise_direct` (masked vectors read from the input, no planes) where it measured faster
+# than the kernels below (1 thread, 3x3, MobileNetV2's shapes): every stride-2 map with rows of
+# 9+ outputs (96x112x112: 277 vs 548 us; 576x14x14: 70 vs 73), stride-1 maps of 9-32 columns
+# (384x14x14: 64 vs 107 us; 192x28x28: 111 vs 122); not 56x56 and up at stride 1 (258 vs 208 us)
+# nor 7x7 (83 vs 74).
+DIRECT_MIN_COLUMNS = 9
+DIRECT_MAX_COLUMNS_STRIDE1 = 32
+
+
+def _direct(strides, out_shape) -> bool:
+    ow = int(out_shape[1])
+    if not depthwise_direct.applies(strides, out_shape) or ow < DIRECT_MIN_COLUMNS:
+        return False
+    return int(strides[1]) == 2 or ow <= DIRECT_MAX_COLUMNS_STRIDE1
+
+
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,
                  bias: np.ndarray | None, clamp: tuple[float, float] | None,
                  threads: int, pool) -> np.ndarray:
@@ -207,6 +223,9 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     kh, kw = w.shape[2:]
     oh, ow = out_shape
     dt = x.dtype
+    if dt == np.float32 and _direct(strides, out_shape) and depthwise_direct.available():
+        return depthwise_direct.depthwise_2d(x, w, strides, dilations, begin, out_shape, bias, clamp,
+                                             threads, pool)
     if dt == np.float32 and oh * ow >= TILES_MIN_POSITIONS and microkernel.available():
         return _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, threads, pool)
     b = np.zeros(c, dtype=dt) if bias is None else np.ascontiguousarray(bias, dtype=dt).reshape(c)

@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
 
@@ -83,6 +84,14 @@ def phase_layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh:
                    tuple(phases))
 
 
+@functools.lru_cache(maxsize=256)
+def _tile_rows(c: int) -> np.ndarray:
+    """Row offsets of a (C, NR) buffer of one tile's columns."""
+    rows = np.arange(c, dtype=np.int64) * NR
+    rows.flags.writeable = False
+    return rows
+
+
 def fill_planes(x: np.ndarray, lay: PhaseLayout, sh: int, sw: int, pad_value: float) -> np.ndarray:
     """(N, lay.length) float32: each image's stride-phase planes, `pad_value` in the padding,
     zeros past the planes (only dropped positions read there: no stray NaN or denormals)."""
@@ -102,9 +111,12 @@ def fill_planes(x: np.ndarray, lay: PhaseLayout, sh: int, sw: int, pad_value: fl
 
 def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, dilations,
            begin, end, out_shape, bias: np.ndarray | None, residual: np.ndarray | None,
-           clamp: tuple[float, float] | None, threads: int, pool) -> np.ndarray:
+           clamp: tuple[float, float] | None, threads: int, pool,
+           activation: tuple[int, int] = (0, 0)) -> np.ndarray:
     """2-D convolution (group 1) of float32 x (N, C, H, W) with weights packed by `pack_weight`;
-    returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor."""
+    returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor.
+    `activation` (callback address, kind): run on each tile as it is finished
+    (`vector_math.tile_callback`: SiLU, Sigmoid, Gelu, Tanh), not as a pass over the output."""
     n = x.shape[0]
     kh, kw = kernel_shape
     oh, ow = out_shape
@@ -116,7 +128,12 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     lay = phase_layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
                   int(end[1]), oh, ow)
     wq, tiles, ldc, rows = lay.wq, lay.tiles, lay.ldc, lay.rows
-    xq = fill_planes(x, lay, sh, sw, 0.0)
+    # A 1x1 stride-1 conv without padding reads x itself (its planes are x): no copy of the
+    # input, except the last tile's columns where they would be read past the end of x
+    in_place = (kh == kw == 1 and sh == sw == 1 and not any(begin) and not any(end)
+                and x.dtype == np.float32 and x.flags.c_contiguous)
+    xq = x.reshape(n, c * h * w) if in_place else fill_planes(x, lay, sh, sw, 0.0)
+    full_tiles = (h * w) // NR if in_place else tiles
     has_bias, has_res = bias is not None, residual is not None
     # the microkernel always adds a bias in its epilogue: zeros when there is none
     b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
@@ -125,7 +142,10 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
     wide = ldc != oh * ow
     y = np.empty((n, m * ldc), dtype=np.float32)
-    if has_res:
+    if has_res and not wide and wq == ow and residual.shape == (n, m, oh, ow) \
+            and residual.dtype == np.float32 and residual.flags.c_contiguous:
+        res = residual.reshape(n, m * ldc)   # already the output grid's layout: read in place
+    elif has_res:
         res = np.zeros((n, m, ldc), dtype=np.float32)
         res[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow] = residual
         res = res.reshape(n, m * ldc)
@@ -136,10 +156,22 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     for i in range(n):
         r = res[i] if has_res else y[i]
         # arrays by address (all C-contiguous and alive in this frame): see microkernel.conv_range
-        args = (xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
-                packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, int(has_bias), r.ctypes.data,
-                int(has_res), np.float32(lo), np.float32(hi), mode, y[i].ctypes.data)
-        mk.run_ranges(mk.conv_range(), args, tiles, row_panels, workers, by_columns, pool)
+        tail = (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias, r.ctypes.data,
+                has_res, lo, hi, mode, y[i].ctypes.data, *activation)
+        if full_tiles:   # microkernel.CONV_ARGS
+            args = native_call.pack(xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
+                                    *tail)
+            mk.run_ranges(mk.conv_range(), args, full_tiles, row_panels, workers, by_columns, pool)
+        if full_tiles < tiles:   # in place: the last tile from a zero-padded copy of its columns
+            p0 = full_tiles * NR
+            last = np.zeros((c, NR), dtype=np.float32)
+            last[:, :h * w - p0] = xq[i].reshape(c, h * w)[:, p0:]
+            last_rows = _tile_rows(c)
+            # the callback reads xf[p0 + rows[k]]: xf's address is set p0 floats before `last`
+            # (only addresses inside `last` are read)
+            args = native_call.pack(last.ctypes.data - 4 * p0, p0 + c * NR, last_rows.ctypes.data, c,
+                                    *tail)
+            mk.conv_range().ctypes(args.ctypes.data, full_tiles, tiles, 0, row_panels)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)

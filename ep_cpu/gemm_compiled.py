@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 from ep_cpu.microkernel import choose_mr
 
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
@@ -49,9 +50,9 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
     if m * a.shape[1] * n < PAR_MIN_MACS and a.shape[1] * n < PAR_MIN_WEIGHTS:
         workers = 1   # small products; a decoder step's large B streams faster on every core
-    # arrays by address (all C-contiguous and alive in this frame): see microkernel.gemm_range
-    args = (a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr, b.ctypes.data,
-            int(has_bias), r.ctypes.data, int(has_res), np.float32(lo), np.float32(hi), mode,
-            yf.ctypes.data)
+    # arrays by address (all C-contiguous and alive in this frame): see microkernel.GEMM_ARGS
+    args = native_call.pack(a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr,
+                            b.ctypes.data, has_bias, r.ctypes.data, has_res, lo, hi, mode,
+                            yf.ctypes.data)
     mk.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
     return y

@@ -27,6 +27,8 @@ from typing import Callable
 
 import numpy as np
 
+from ep_cpu import native_call
+
 try:
     import numba
     from llvmlite import ir
@@ -91,27 +93,29 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
-def run_ranges(callback, args: tuple, cols: int, rows: int, workers: int, by_columns: bool,
+def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, by_columns: bool,
                pool: Callable) -> None:
-    """callback(*args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows): on the calling
-    thread, split into `workers` ranges of columns (or rows) on numba's TBB threads, or on
-    `ep_cpu.gemm`'s Python pool (`pool(workers)`: an executor) where TBB is not loadable (the
-    calling thread takes the first range)."""
+    """callback(args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows), `args` its
+    packed arguments (`native_call.pack`): on the calling thread, split into `workers` ranges of
+    columns (or rows) on numba's TBB threads, or on `ep_cpu.gemm`'s Python pool
+    (`pool(workers)`: an executor) where TBB is not loadable (the calling thread takes the first
+    range)."""
+    at = args.ctypes.data
     if workers <= 1:
-        callback.ctypes(*args, 0, cols, 0, rows)
+        callback.ctypes(at, 0, cols, 0, rows)
         return
     if parallel_ok():
         set_threads(workers)
-        run_parts(callback, args, cols, rows, workers, by_columns)
+        native_call.run_parts(callback.address, at, cols, rows, workers, by_columns)
         return
     total = cols if by_columns else rows
     step = -(-total // workers)
     spans = [(c0, min(total, c0 + step), 0, rows) if by_columns else (0, cols, c0, min(total, c0 + step))
              for c0 in range(0, total, step)]
     fn = callback.ctypes
-    futs = [pool(workers - 1).submit(fn, *args, *span) for span in spans[1:]]
+    futs = [pool(workers - 1).submit(fn, at, *span) for span in spans[1:]]
     try:
-        fn(*args, *spans[0])
+        fn(at, *spans[0])
     finally:
         for f in futs:
             f.result()
@@ -217,21 +221,35 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
             res = builder.gep(data(12, res_v), [res_o])
             vir = _VectorIR(builder)
             fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
-            # allocas in the entry block: LLVM promotes them to registers
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(2 * mr)]
+            # allocas in the entry block: LLVM promotes them to registers. 4-row tiles keep two
+            # sets of sums (even and odd k): 8 chains of FMAs do not cover the FMA latency of
+            # two pipes, 16 do (4 rows x 256 x 512 from L2: 119 -> 196 GFLOP/s measured).
+            sets = 2 if mr == 4 else 1
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None))
+                    for _ in range(2 * mr * sets)]
 
-            with cgutils.for_range(builder, kk) as loop:
+            def k_step(kidx, acc_set):
                 if indexed_b:
-                    brow = builder.gep(b, [builder.load(builder.gep(rows, [loop.index]))])
+                    brow = builder.gep(b, [builder.load(builder.gep(rows, [kidx]))])
                 else:
-                    brow = builder.gep(b, [builder.mul(loop.index, ir.Constant(i64, NR))])
+                    brow = builder.gep(b, [builder.mul(kidx, ir.Constant(i64, NR))])
                 bvec = [builder.load(vec_ptr(brow, ir.Constant(i64, 16 * h)), align=4) for h in range(2)]
-                arow = builder.gep(a, [builder.mul(loop.index, ir.Constant(i64, mr))])
+                arow = builder.gep(a, [builder.mul(kidx, ir.Constant(i64, mr))])
                 for r in range(mr):
                     sv = broadcast(builder.load(builder.gep(arow, [ir.Constant(i64, r)])))
                     for h in range(2):
-                        slot = accs[2 * r + h]
+                        slot = accs[acc_set * 2 * mr + 2 * r + h]
                         builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+
+            with cgutils.for_range(builder, builder.sdiv(kk, ir.Constant(i64, sets))) as loop:
+                for s in range(sets):
+                    k_step(builder.add(builder.mul(loop.index, ir.Constant(i64, sets)), ir.Constant(i64, s)), s)
+            if sets == 2:
+                odd = builder.icmp_signed("!=", builder.and_(kk, ir.Constant(i64, 1)), ir.Constant(i64, 0))
+                with builder.if_then(odd):
+                    k_step(builder.sub(kk, ir.Constant(i64, 1)), 0)
+                for slot, other in zip(accs[:2 * mr], accs[2 * mr:]):
+                    builder.store(builder.fadd(builder.load(slot), builder.load(other)), slot)
             add = builder.icmp_signed("!=", acc_flag, ir.Constant(i64, 0))
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
             if not bias_per_row:
@@ -317,6 +335,8 @@ def _make_depthwise_tile():
 
 
 if numba is not None:
+    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
+
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
     conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
     conv_micro12 = _make_micro(12, indexed_b=True, bias_per_row=True)
@@ -382,12 +402,15 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                      j0, j1, i0, i1):  # pragma: no cover - compiled
+                      act, act_kind, j0, j1, i0, i1):  # pragma: no cover - compiled
         # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
         # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
         # microkernel reads B straight from the image, NR positions at a time. y and res are
         # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
         # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
+        # `act` (a callback address, 0: none) runs on each finished tile while it is in L1:
+        # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`).
+        y_at = np.int64(y.ctypes.data)
         kdim = rows.shape[0]
         mr = ap.shape[2]
         tile = np.empty((MR_MAX, NR), dtype=np.float32)
@@ -407,6 +430,8 @@ if numba is not None:
                                   res, 0, lo, hi, RAW)
                         store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
                                    has_res, lo, hi)
+                    if act != 0:
+                        call_void(act, (y_at + 4 * (r0 * ldc + p0), nrows, np.int64(NR), ldc, act_kind))
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
@@ -478,8 +503,12 @@ if numba is not None:
                     u_lo = max(0, -((b - pw) // sw))
                     u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
                     dst = row0 + b * plane
-                    for u in range(u_lo, u_hi):
-                        buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
+                    if sw == 2:   # a constant stride: LLVM vectorizes it with shuffles
+                        for u in range(u_lo, u_hi):
+                            buf[u64(dst + u)] = xr[u64(b + 2 * u - pw)]
+                    else:
+                        for u in range(u_lo, u_hi):
+                            buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
             for p0 in range(0, ldc, DW_TILE):
                 dw_tile(buf, p0, offs, taps, w, c * taps, wide, p0, bias[c], lo, hi)
             yc = y[c]
@@ -494,44 +523,40 @@ if numba is not None:
         for i in numba.prange(a.shape[0]):
             a[i] += 1.0
 
-    # The drivers as C callbacks over raw addresses: the parallel runners below take them as
-    # first-class functions, so a runner compiles in ~0.3 s (a prange loop that inlined a driver
+    # The drivers as C callbacks over raw addresses: the parallel runner (`native_call.run_parts`)
+    # calls them by address, so it compiles in ~0.3 s (a prange loop that inlined a driver
     # took 6-8 s to compile, paid by the first session on a machine), and the Python pool calls
     # them through ctypes, which releases the GIL.
-    I64, F32 = types.int64, types.float32
-    CONV_RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64,
-                                F32, F32, I64, I64, I64, I64, I64, I64)
-    GEMM_RANGE_SIG = types.void(I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, I64, F32, F32,
-                                I64, I64, I64, I64, I64, I64)
+    # packed arguments (native_call.pack) of the two callbacks, in this order
+    CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
+                 "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind")
+    GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
+                 "lo", "hi", "mode", "y")
 
-    @intrinsic
-    def _f32_at(typingctx, addr):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], ir.FloatType().as_pointer())
-        return types.CPointer(types.float32)(addr), codegen
+    def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
+        a = numba.carray(f64_at(args_at), (19,))
+        xf_n, kdim, mb, mr, m, ldc = (np.int64(a[1]), np.int64(a[3]), np.int64(a[5]),
+                                      np.int64(a[6]), np.int64(a[7]), np.int64(a[8]))
+        conv_in_place(numba.carray(f32_at(np.int64(a[0])), (xf_n,)),
+                      numba.carray(i64_at(np.int64(a[2])), (kdim,)),
+                      numba.carray(f32_at(np.int64(a[4])), (mb, kdim, mr)), m, ldc,
+                      numba.carray(f32_at(np.int64(a[9])), (m,)), a[10] != 0,
+                      numba.carray(f32_at(np.int64(a[11])), (m * ldc,)), a[12] != 0,
+                      np.float32(a[13]), np.float32(a[14]), np.int64(a[15]),
+                      numba.carray(f32_at(np.int64(a[16])), (m * ldc,)), np.int64(a[17]),
+                      np.int64(a[18]), j0, j1, i0, i1)
 
-    @intrinsic
-    def _i64_at(typingctx, addr):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
-        return types.CPointer(types.int64)(addr), codegen
-
-    def _conv_range(xf_at, xf_n, rows_at, kdim, ap_at, mb, mr, m, ldc, bias_at, has_bias, res_at,
-                   has_res, lo, hi, mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """conv_in_place over tiles [j0, j1) and row panels [i0, i1), arrays by address."""
-        conv_in_place(numba.carray(_f32_at(xf_at), (xf_n,)), numba.carray(_i64_at(rows_at), (kdim,)),
-                      numba.carray(_f32_at(ap_at), (mb, kdim, mr)), m, ldc,
-                      numba.carray(_f32_at(bias_at), (m,)), has_bias != 0,
-                      numba.carray(_f32_at(res_at), (m * ldc,)), has_res != 0, lo, hi, mode,
-                      numba.carray(_f32_at(y_at), (m * ldc,)), j0, j1, i0, i1)
-
-    def _gemm_range(a_at, m, kdim, bp_at, nb, n, mr, bias_at, has_bias, res_at, has_res, lo, hi,
-                   mode, y_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """gemm_panels over column panels [j0, j1) and row panels [i0, i1), arrays by address."""
-        gemm_panels(numba.carray(_f32_at(a_at), (m, kdim)), numba.carray(_f32_at(bp_at), (nb, kdim, NR)),
-                    n, mr, numba.carray(_f32_at(bias_at), (n,)), has_bias != 0,
-                    numba.carray(_f32_at(res_at), (m * n,)), has_res != 0, lo, hi, mode,
-                    numba.carray(_f32_at(y_at), (m * n,)), i0, i1, j0, j1)
+    def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed."""
+        a = numba.carray(f64_at(args_at), (15,))
+        m, kdim, nb, n = np.int64(a[1]), np.int64(a[2]), np.int64(a[4]), np.int64(a[5])
+        gemm_panels(numba.carray(f32_at(np.int64(a[0])), (m, kdim)),
+                    numba.carray(f32_at(np.int64(a[3])), (nb, kdim, NR)), n, np.int64(a[6]),
+                    numba.carray(f32_at(np.int64(a[7])), (n,)), a[8] != 0,
+                    numba.carray(f32_at(np.int64(a[9])), (m * n,)), a[10] != 0,
+                    np.float32(a[11]), np.float32(a[12]), np.int64(a[13]),
+                    numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1)
 
     _callbacks: dict = {}
     _callbacks_lock = threading.Lock()
@@ -543,30 +568,21 @@ if numba is not None:
             with _callbacks_lock:
                 fn = _callbacks.get(name)
                 if fn is None:
-                    py, sig = {"conv": (_conv_range, CONV_RANGE_SIG),
-                               "gemm": (_gemm_range, GEMM_RANGE_SIG)}[name]
-                    fn = _callbacks[name] = numba.cfunc(sig, nogil=True, cache=True)(py)
+                    py, count = {"conv": (_conv_range, len(CONV_ARGS)),
+                                 "gemm": (_gemm_range, len(GEMM_ARGS))}[name]
+                    fn = _callbacks[name] = native_call.expect(
+                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(py), count)
         return fn
 
     def conv_range():
-        """C callback: conv_in_place(..., j0, j1, i0, i1) with its arrays by address."""
+        """C callback (native_call.RANGE_SIG): conv_in_place over tiles [j0, j1), row panels
+        [i0, i1), its arguments packed in CONV_ARGS order."""
         return _callback("conv")
 
     def gemm_range():
-        """C callback: gemm_panels over column panels [j0, j1), row panels [i0, i1)."""
+        """C callback (native_call.RANGE_SIG): gemm_panels over column panels [j0, j1), row
+        panels [i0, i1), its arguments packed in GEMM_ARGS order."""
         return _callback("gemm")
-
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def run_parts(fn, args, cols, rows, parts, by_columns):  # pragma: no cover - compiled
-        """fn(*args, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
-        threads; `args` a tuple of the callback's leading arguments."""
-        for p in numba.prange(parts):
-            if by_columns:
-                step = (cols + parts - 1) // parts
-                fn(*args, p * step, min(cols, (p + 1) * step), 0, rows)
-            else:
-                step = (rows + parts - 1) // parts
-                fn(*args, 0, cols, p * step, min(rows, (p + 1) * step))
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,

@@ -25,7 +25,7 @@ class _ThreadLimits:
         self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
 
     def limit(self, threads: int) -> "_Limit | nullcontext":
-        from . import microkernel
+        gemm, microkernel = _modules()
         if not threads or threads <= 0:
             if not microkernel.parallel_ok():
                 return _NO_LIMIT
@@ -33,7 +33,7 @@ class _ThreadLimits:
         return _Limit(self, int(threads))
 
     def enter(self, threads: int) -> None:
-        from . import gemm, microkernel
+        gemm, microkernel = _modules()
         # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
         # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
         # after each threaded call and took the second core from every parallel conv after it
@@ -49,19 +49,32 @@ class _ThreadLimits:
             if self._active == 0:
                 self._saved = (gemm.get_num_threads(), changed)
             self._active += 1
-            if threads > 0:
+            if threads > 0 and threads != gemm.get_num_threads():
                 gemm.set_num_threads(threads)
 
     def exit(self) -> None:
-        from . import gemm
+        gemm, _ = _modules()
         with self._lock:
             self._active -= 1
             if self._active == 0 and self._saved is not None:
                 gemm_threads, changed = self._saved
-                gemm.set_num_threads(gemm_threads)
+                if gemm_threads != gemm.get_num_threads():
+                    gemm.set_num_threads(gemm_threads)
                 for put, n in changed:
                     put(n)
                 self._saved = None
+
+
+_imported: list = []
+
+
+def _modules() -> tuple:
+    """(ep_cpu.gemm, ep_cpu.microkernel), imported on the first run (numba with them), then
+    kept: an import statement per run cost ~1 us."""
+    if not _imported:
+        from . import gemm, microkernel
+        _imported[:] = [gemm, microkernel]
+    return _imported[0], _imported[1]
 
 
 class _Limit:

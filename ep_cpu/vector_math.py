@@ -1,4 +1,5 @@
-"""Element-wise activations in one compiled pass with a vectorized exp: Sigmoid, SiLU, Gelu.
+"""Element-wise activations in one compiled pass with a vectorized exp: Sigmoid, SiLU, Gelu, Tanh,
+and the LSTM/GRU cell updates of a recurrent time step.
 
 numpy runs these as 4-20 ufunc passes over the tensor (Gelu's erf: ~20), each streaming it
 through memory once it outgrows the cache, and numba cannot vectorize `exp` without Intel's SVML
@@ -7,6 +8,8 @@ through memory once it outgrows the cache, and numba cannot vectorize `exp` with
 exp(r) a degree-6 Taylor polynomial (|r| <= ln2/2: relative error < 2e-7), and 2^n built in the
 exponent bits. Sigmoid = 1 / (1 + exp(-x)), SiLU = x * sigmoid(x), Gelu = x * Phi(x) with
 Abramowitz & Stegun 7.1.26 for erf (absolute error <= 1.5e-7, as `gemm_epilogue.fast_erf`).
+Tanh = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), and its Taylor series to x^11 below
+|x| = 0.3, where 1 - e would cancel (relative error <= 3e-7 everywhere).
 
 float32, C-contiguous arrays, on CPUs with AVX-512F (`ep_cpu.microkernel.available`); callers
 keep their numpy passes elsewhere. The kernels are compiled with `cache=True`.
@@ -28,8 +31,10 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
-SIGMOID, SILU, GELU = 0, 1, 2
-KINDS = {"Sigmoid": SIGMOID, "Silu": SILU, "Gelu": GELU}
+SIGMOID, SILU, GELU, TANH = 0, 1, 2, 3
+KINDS = {"Sigmoid": SIGMOID, "Silu": SILU, "Gelu": GELU, "Tanh": TANH}
+# tanh's Taylor coefficients of x^3 .. x^11 (the series' error below |x| = 0.3: < 6e-10)
+_TANH_TAYLOR = (-1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925)
 
 _ERF_P = 0.3275911
 _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
@@ -55,13 +60,52 @@ def _vector_exp(builder, x, v16):
     # ln2 = 0.693359375 - 2.12194440e-4: the first part has few bits, so n * it is exact
     r = builder.fsub(x, builder.fmul(n, const(0.693359375)))
     r = builder.fsub(r, builder.fmul(n, const(-2.12194440e-4)))
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
     p = const(1.0 / 720)
-    for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):
-        p = builder.fadd(builder.fmul(p, r), const(c))
+    for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):   # Horner steps as fused multiply-adds
+        p = builder.call(fma, [p, r, const(c)])
     vi32 = ir.VectorType(i32, 16)
     bits = builder.shl(builder.add(builder.fptosi(n, vi32), ir.Constant(vi32, [127] * 16)),
                        ir.Constant(vi32, [23] * 16))
     return builder.fmul(p, builder.bitcast(bits, v16))
+
+
+def _reciprocal(builder, d, v16):
+    """1 / d of a <16 x float>: AVX-512's 14-bit estimate and one Newton step (relative error
+    ~2^-28 before rounding; vdivps has a quarter of its throughput). 1/0 = inf, 1/inf = 0 as
+    the estimate gives them; NaN stays NaN."""
+    rcp = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v16, [v16, v16, ir.IntType(16)]), "llvm.x86.avx512.rcp14.ps.512")
+    r = builder.call(rcp, [d, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1)])
+    two = ir.Constant(v16, [2.0] * 16)
+    refined = builder.fmul(r, builder.fsub(two, builder.fmul(d, r)))
+    # the Newton step turns the estimate's exact 0 (d = inf) and inf (d = 0) into NaN: keep them
+    vi32 = ir.VectorType(ir.IntType(32), 16)
+    exp_bits = builder.and_(builder.bitcast(r, vi32), ir.Constant(vi32, [0x7F800000] * 16))
+    special = builder.or_(builder.icmp_unsigned("==", exp_bits, ir.Constant(vi32, [0x7F800000] * 16)),
+                          builder.icmp_unsigned("==", exp_bits, ir.Constant(vi32, [0] * 16)))
+    return builder.select(special, r, refined)
+
+
+def _vector_tanh(builder, x, v16):
+    """tanh of a <16 x float> (NaN stays NaN)."""
+    def const(value):
+        return ir.Constant(v16, [float(np.float32(value))] * 16)
+
+    fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]), "llvm.fabs.v16f32")
+    a = builder.call(fabs, [x])
+    e = _vector_exp(builder, builder.fmul(a, const(-2.0)), v16)
+    one = const(1.0)
+    big = builder.fmul(builder.fsub(one, e), _reciprocal(builder, builder.fadd(one, e), v16))
+    x2 = builder.fmul(a, a)
+    p = const(_TANH_TAYLOR[-1])
+    for c in reversed(_TANH_TAYLOR[:-1]):
+        p = builder.fadd(builder.fmul(p, x2), const(c))
+    small = builder.fadd(a, builder.fmul(builder.fmul(a, x2), p))
+    t = builder.select(builder.fcmp_unordered("<", a, const(0.3)), small, big)
+    vi32 = ir.VectorType(ir.IntType(32), 16)
+    sign = builder.and_(builder.bitcast(x, vi32), ir.Constant(vi32, [-(1 << 31)] * 16))
+    return builder.bitcast(builder.or_(builder.bitcast(t, vi32), sign), v16)
 
 
 if numba is not None:
@@ -83,13 +127,15 @@ if numba is not None:
             one = const(1.0)
             done = builder.append_basic_block("activated")
             switch = builder.switch(kind_v, done)
-            for kind in (SIGMOID, SILU, GELU):
+            for kind in (SIGMOID, SILU, GELU, TANH):
                 block = builder.append_basic_block(f"kind_{kind}")
                 switch.add_case(ir.Constant(ir.IntType(64), kind), block)
                 builder.position_at_end(block)
-                if kind in (SIGMOID, SILU):
+                if kind == TANH:
+                    y = _vector_tanh(builder, x, v16)
+                elif kind in (SIGMOID, SILU):
                     e = _vector_exp(builder, builder.fsub(const(0.0), x), v16)
-                    y = builder.fdiv(one, builder.fadd(one, e))
+                    y = _reciprocal(builder, builder.fadd(one, e), v16)
                     if kind == SILU:
                         y = builder.fmul(x, y)
                 else:
@@ -98,7 +144,7 @@ if numba is not None:
                     fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16]),
                                                           "llvm.fabs.v16f32")
                     u = builder.fmul(builder.call(fabs, [x]), const(1.0 / math.sqrt(2.0)))
-                    t = builder.fdiv(one, builder.fadd(one, builder.fmul(u, const(_ERF_P))))
+                    t = _reciprocal(builder, builder.fadd(one, builder.fmul(u, const(_ERF_P))), v16)
                     poly = const(_ERF_A[-1] / 2)
                     for c in reversed(_ERF_A[:-1]):
                         poly = builder.fadd(builder.fmul(poly, t), const(c / 2))
@@ -130,8 +176,97 @@ if numba is not None:
                 flat[full + i] = pad[i]
 
 
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _lstm_cell(gates, c, h_out, rows, hid):  # pragma: no cover - compiled
+        # gates (rows, 4 hid): pre-activations of i, o, f, c~ with the input projection and the
+        # biases in; c (rows, hid) in place; h_out = o * tanh(c). hid a multiple of 16.
+        for b in range(rows):
+            g0 = b * 4 * hid
+            for j in range(0, hid, 16):
+                gi, go, gf, gc = g0 + j, g0 + hid + j, g0 + 2 * hid + j, g0 + 3 * hid + j
+                activate16(gates, gi, SIGMOID)
+                activate16(gates, go, SIGMOID)
+                activate16(gates, gf, SIGMOID)
+                activate16(gates, gc, TANH)
+                cb = b * hid + j
+                for k in range(16):
+                    c[cb + k] = gates[gf + k] * c[cb + k] + gates[gi + k] * gates[gc + k]
+                    h_out[cb + k] = c[cb + k]
+                activate16(h_out, cb, TANH)
+                for k in range(16):
+                    h_out[cb + k] *= gates[go + k]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _gru_cell(gates, xp, h_prev, h_out, rows, hid):  # pragma: no cover - compiled
+        # linear_before_reset: gates (rows, 3 hid) = h_prev R^T with the recurrent bias of the
+        # candidate in; xp the input projection with the other biases in.
+        # z, r = sigmoid(gates + xp); n = tanh(xp_n + r * gates_n); h_out = n + z (h_prev - n)
+        for b in range(rows):
+            g0 = b * 3 * hid
+            for j in range(0, hid, 16):
+                gz, gr, gn = g0 + j, g0 + hid + j, g0 + 2 * hid + j
+                for k in range(16):
+                    gates[gz + k] += xp[gz + k]
+                    gates[gr + k] += xp[gr + k]
+                activate16(gates, gz, SIGMOID)
+                activate16(gates, gr, SIGMOID)
+                for k in range(16):
+                    gates[gn + k] = xp[gn + k] + gates[gr + k] * gates[gn + k]
+                activate16(gates, gn, TANH)
+                hb = b * hid + j
+                for k in range(16):
+                    n = gates[gn + k]
+                    h_out[hb + k] = n + gates[gz + k] * (h_prev[hb + k] - n)
+
+    CELL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
+                          types.int64, types.int64)
+
+    def _lstm_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid):  # pragma: no cover
+        f32_at = microkernel.f32_at
+        _lstm_cell(numba.carray(f32_at(gates_at), (rows * 4 * hid,)),
+                   numba.carray(f32_at(c_at), (rows * hid,)),
+                   numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid)
+
+    def _gru_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid):  # pragma: no cover
+        f32_at = microkernel.f32_at
+        _gru_cell(numba.carray(f32_at(gates_at), (rows * 3 * hid,)),
+                  numba.carray(f32_at(xp_at), (rows * 3 * hid,)),
+                  numba.carray(f32_at(h_prev_at), (rows * hid,)),
+                  numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid)
+
+    TILE_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def _activate_tile(at, rows, cols, ld, kind):  # pragma: no cover - compiled
+        # the activation over `rows` rows of `cols` values (a multiple of 16), row stride `ld`
+        t = numba.carray(microkernel.f32_at(at), ((rows - 1) * ld + cols,))
+        for r in range(rows):
+            for j in range(0, cols, 16):
+                activate16(t, r * ld + j, kind)
+
+    _cells: dict = {}
+
+    def tile_callback():
+        """C callback `act(tile, rows, cols, ld, kind)`: a KINDS activation in place over a
+        tile just stored by a compiled driver (float32 by address, cols a multiple of 16)."""
+        fn = _cells.get("tile")
+        if fn is None:
+            fn = _cells["tile"] = numba.cfunc(TILE_SIG, nogil=True, cache=True)(_activate_tile)
+        return fn
+
+    def cell_callback(kind: str):
+        """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid)` (float32 arrays by
+        address, C-contiguous, hid a multiple of 16) of one recurrent time step after its
+        product: "LSTM" (gates hold the input projection already; c updated in place) or "GRU"
+        (linear_before_reset; c unused). Compiled, or loaded from the disk cache, on first use."""
+        fn = _cells.get(kind)
+        if fn is None:
+            py = {"LSTM": _lstm_cell_at, "GRU": _gru_cell_at}[kind]
+            fn = _cells[kind] = numba.cfunc(CELL_SIG, nogil=True, cache=True)(py)
+        return fn
+
+
 def apply(t: np.ndarray, name: str) -> bool:
-    """`name` (Sigmoid, Silu, Gelu) applied to t in place in one compiled pass; False (nothing
+    """`name` (Sigmoid, Silu, Gelu, Tanh) applied to t in place in one compiled pass; False (nothing
     done) where that does not apply: other dtypes or layouts, small tensors, no AVX-512."""
     kind = KINDS.get(name)
     if (kind is None or t.dtype != np.float32 or not t.flags.c_contiguous or t.size < FAST_MIN

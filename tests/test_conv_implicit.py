@@ -11,7 +11,7 @@ from compiled_threads import threads_via
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_implicit, microkernel
+from ep_cpu import conv_implicit, conv_thin, microkernel
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -89,6 +89,7 @@ def implicit_calls(monkeypatch):
     monkeypatch.setattr(conv_implicit, "conv2d", counting)
     monkeypatch.setattr(conv, "IMPLICIT", True)
     monkeypatch.setattr(conv, "IMPLICIT_MIN_MACS", 0)
+    monkeypatch.setattr(conv_thin, "MAX_POSITIONS", 0)   # a few positions: tests/test_conv_thin.py
     return calls
 
 

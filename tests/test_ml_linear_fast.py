@@ -85,3 +85,49 @@ def test_argmax_over_classes_equals_numpy(classes):
     st[rng.integers(0, classes, 50), rng.integers(0, 1000, 50)] = np.nan
     st[:, 7] = 1.0
     np.testing.assert_array_equal(_argmax_rows(st), st.argmax(axis=0))
+
+
+@pytest.mark.parametrize("kind", ["SOFTMAX", "NONE"])
+@pytest.mark.parametrize("classes", [2, 3, 9])
+def test_compiled_linear_scores_equal_the_numpy_path(monkeypatch, kind, classes):
+    """`ml_jit.linear_scores` against the numpy path on rows with ties, NaN and inf: the same
+    labels, the same NaN rows, scores at float64-then-float32 rounding."""
+    from ep_cpu import ml_jit
+    from ep_cpu.kernels import ml_linear
+    if not ml_jit.available():
+        pytest.skip("needs numba")
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(64, 6)).astype(np.float32)
+    x[3] = np.nan
+    x[5, 2] = np.inf
+    x[7] = 0.0
+    coef = rng.normal(size=(classes, 6))
+    coef[1] = coef[0]                      # ties: the first class wins
+    k = ml_linear.LinearClassifier.__new__(ml_linear.LinearClassifier)
+    k.labels, k.is_str = list(range(classes)), False
+    k.intercepts = np.zeros(classes)
+    k.label_table = np.arange(classes)
+    lab, sc = k._multi_class(x, coef, kind)
+    monkeypatch.setattr(ml_jit, "available", lambda: False)
+    with np.errstate(all="ignore"):   # inf - inf in the numpy path (a run sets this too)
+        rlab, rsc = k._multi_class(x, coef, kind)
+    np.testing.assert_array_equal(lab, rlab)
+    np.testing.assert_array_equal(np.isnan(sc), np.isnan(rsc))
+    np.testing.assert_allclose(sc, rsc, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm", ["MAX", "L1", "L2"])
+def test_compiled_normalizer_nan_and_zero_rows(monkeypatch, norm):
+    from ep_cpu import ml_jit
+    from ep_cpu.kernels import ml
+    if not ml_jit.available():
+        pytest.skip("needs numba")
+    x = np.random.default_rng(1).normal(size=(6, 5)).astype(np.float32)
+    x[1] = 0.0
+    x[2, 3] = np.nan
+    x[4] = -1.0
+    k = ml.Normalizer.__new__(ml.Normalizer)
+    k.norm = norm
+    y = k.compute(x)
+    monkeypatch.setattr(ml_jit, "available", lambda: False)
+    np.testing.assert_array_equal(y, k.compute(x))

@@ -1,5 +1,6 @@
-"""The compiled 2-D MaxPool (`ep_cpu.pool_jit`) against onnxruntime and against the numpy path
-(NaN handling): strides, dilations, asymmetric pads, ceil_mode, batches, thread splits."""
+"""The compiled 2-D MaxPools (`ep_cpu.pool_jit`'s phase planes, `ep_cpu.depthwise_direct`'s masked
+vectors) against onnxruntime and against the numpy path (NaN handling): strides, dilations,
+asymmetric pads, ceil_mode, batches, thread splits."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import pool_jit
+from ep_cpu import depthwise_direct, pool_jit
 from ep_cpu.kernels import pool
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -36,9 +37,17 @@ def compiled_calls(monkeypatch):
     if pool_jit.numba is None:
         pytest.skip("numba missing")
     calls = []
-    real = pool_jit.max_pool_2d
-    monkeypatch.setattr(pool_jit, "max_pool_2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for module in (pool_jit, depthwise_direct):
+        real = module.max_pool_2d
+        monkeypatch.setattr(module, "max_pool_2d",
+                            lambda *a, real=real, name=module.__name__, **k: calls.append(name) or real(*a, **k))
     return calls
+
+
+def test_both_compiled_kernels_are_covered():
+    """CASES run both: 3-wide kernels and stride 2 take the masked vectors, the rest the planes."""
+    taken = {pool._direct_pool(c[1], c[2], (5, 5)) for c in CASES}
+    assert taken == {True, False} or not depthwise_direct.available()
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1,4 +1,4 @@
-"""The compiled Sigmoid/SiLU/Gelu of `ep_cpu.vector_math` (vectorized exp in LLVM IR) against
+"""The compiled Sigmoid/SiLU/Gelu/Tanh of `ep_cpu.vector_math` (vectorized exp in LLVM IR) against
 float64 references, with NaN/inf, signed zeros, tails shorter than a vector, and the numpy
 fallback for layouts it does not take."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ REFS = {
     "Sigmoid": lambda x: 1 / (1 + np.exp(-x)),
     "Silu": lambda x: x / (1 + np.exp(-x)),
     "Gelu": lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+    "Tanh": np.tanh,
 }
 
 
@@ -39,7 +40,16 @@ def test_not_taken_where_it_does_not_apply():
     assert not vm.apply(x[:, ::2], "Silu")          # strided
     assert not vm.apply(x.astype(np.float64), "Silu")
     assert not vm.apply(np.ones(16, np.float32), "Silu")   # below FAST_MIN
-    assert not vm.apply(x, "Tanh")
+    assert not vm.apply(x, "Relu")
+
+
+def test_tanh_relative_error_near_zero_and_at_the_switch():
+    # the Taylor branch below |x| = 0.3 and the exp branch above: relative error, not only absolute
+    x = np.concatenate([np.geomspace(1e-30, 20, 20000), [0.2999999, 0.3, 0.3000001]]).astype(np.float32)
+    x = np.concatenate([x, -x])
+    y = x.copy()
+    assert vm.apply(y, "Tanh")
+    np.testing.assert_allclose(y, np.tanh(x.astype(np.float64)), rtol=4e-7, atol=0)
 
 
 @pytest.mark.parametrize("name", ["Sigmoid", "Silu", "Gelu"])

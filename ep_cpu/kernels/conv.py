@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import conv_depthwise, conv_implicit, epilogue_jit, winograd
+from ep_cpu import conv_depthwise, conv_implicit, conv_thin, epilogue_jit, vector_math, winograd
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -171,6 +171,16 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
 
 
 SMALL_IM2COL = 1 << 16   # column-matrix elements up to which im2col is one cached-index gather
+
+
+@functools.lru_cache(maxsize=256)
+def _im2col_rows_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
+                       out_shape: tuple) -> np.ndarray:
+    """`_im2col_index` transposed: (prod(out), C * prod(ks)), rows of the thin conv's GEMM, and
+    its address (the cache keeps the array alive)."""
+    idx = np.ascontiguousarray(_im2col_index(in_shape, ks, strides, dilations, begin, out_shape).T)
+    idx.flags.writeable = False
+    return idx, idx.ctypes.data
 
 
 @functools.lru_cache(maxsize=256)
@@ -414,6 +424,25 @@ def _use_implicit(x_shape, w_shape, ks, group, out, cdt) -> bool:
     return macs >= IMPLICIT_MIN_MACS and conv_implicit.available()
 
 
+def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activation,
+               activation_params) -> np.ndarray:
+    """Conv through `ep_cpu.conv_thin` (a few output positions: the positions as GEMM rows)."""
+    p = activation_params or {}
+    clamp = epilogue_jit.clamp_bounds(activation, p)
+    packed = getattr(k, "_thin_w", None)
+    if packed is None:
+        packed = conv_thin.PackedWeight(w)
+        if k.ctx.constant_input(1) is not None:
+            k._thin_w = packed
+    idx = _im2col_rows_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dil), tuple(begin),
+                             tuple(out))
+    y = conv_thin.conv(x, packed, idx, b, residual, clamp or (-math.inf, math.inf), out,
+                       get_num_threads(), _get_pool)
+    if clamp is None:
+        ACTIVATIONS[activation](y, p)
+    return y
+
+
 def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residual, activation,
                    activation_params) -> np.ndarray:
     """Conv through `ep_cpu.conv_implicit`: bias, residual and a clamp activation in its tile
@@ -421,9 +450,13 @@ def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residu
     p = activation_params or {}
     clamp = epilogue_jit.clamp_bounds(activation, p)
     packed = implicit_weight(k, w)
+    # SiLU, Sigmoid, Gelu (exact), Tanh on each tile while it is in L1 (no pass over the output)
+    kind = vector_math.KINDS.get(activation) if clamp is None else None
+    fused = kind is not None and p.get("approximate", "none") == "none" and vector_math.available()
+    act = (vector_math.tile_callback().address, kind) if fused else (0, 0)
     y = conv_implicit.conv2d(x.astype(np.float32, copy=False), packed, w.shape[0], ks, strides, dil,
-                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool)
-    if clamp is None:
+                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool, act)
+    if clamp is None and not fused:
         ACTIVATIONS[activation](y, p)
     return y
 
@@ -458,6 +491,9 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
+    if path == "thin":
+        return _thin_conv(k, x, w, b, ks, strides, dil, begin, out, residual, activation,
+                          activation_params)
     if path == "implicit":
         return _implicit_conv(k, x, w, b, ks, strides, dil, begin, end, out, residual, activation,
                               activation_params)
@@ -481,12 +517,18 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
         return cached[1]
     g = k.conv.geometry(x_shape[2:], w_shape)   # k.conv: ConvAttributes parsed in __init__
     ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
-    # path: "implicit" (compiled implicit GEMM), "winograd" or "im2col" (conv_nd)
+    # path: "thin" (positions as GEMM rows), "implicit" (compiled implicit GEMM), "winograd"
+    # or "im2col" (conv_nd)
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
     path = "winograd" if wino else "im2col"
     if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
             and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
         path = "implicit"
+    if (path != "winograd" and group == 1 and cdt == np.float32
+            and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS
+            and x_shape[1] * math.prod(ks) * math.prod(out) <= SMALL_IM2COL and x_shape[0] <= 4
+            and conv_thin.available()):
+        path = "thin"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)
     k._conv_geometry = (key, geo)
     return geo

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ep_core.kernel import Kernel
+from ep_cpu import ml_jit
 from ep_cpu.registry import kernel
 
 ML = "ai.onnx.ml"
@@ -246,6 +247,9 @@ class Normalizer(Kernel):
     def compute(self, x):
         x = np.asarray(x)
         rows = x.reshape(1, -1) if x.ndim == 1 else x.reshape(-1, x.shape[-1])
+        if (rows.dtype in (np.float32, np.float64) and rows.flags.c_contiguous and rows.shape[1]
+                and self.norm in ml_jit.NORMS and ml_jit.available()):
+            return ml_jit.normalize(rows, ml_jit.NORMS[self.norm]).reshape(x.shape)
         r = rows.astype(np.float64)
         if self.norm == "MAX":
             div = _row_reduce(r, np.maximum)
@@ -305,7 +309,11 @@ class Scaler(Kernel):
         self.scale = np.asarray(self.attr("scale", [1.0]), dtype=np.float32)
 
     def compute(self, x):
-        y = np.subtract(np.asarray(x), self.offset, dtype=np.float32)
+        x = np.asarray(x)
+        if (x.dtype == np.float32 and x.ndim == 2 and x.flags.c_contiguous and ml_jit.available()
+                and self.offset.size in (1, x.shape[1]) and self.scale.size in (1, x.shape[1])):
+            return ml_jit.scaler(x, self.offset, self.scale)
+        y = np.subtract(x, self.offset, dtype=np.float32)
         y *= self.scale
         return y
 

@@ -151,6 +151,34 @@ def apply_plans(x: np.ndarray, plans: dict[int, AxisPlan], extrapolation: float)
     return contiguous(y.astype(x.dtype, copy=False))
 
 
+def _integer_repeats(shape: tuple, plans: dict[int, AxisPlan]) -> dict[int, int] | None:
+    """{axis: k} when every planned axis is a nearest resize that repeats each input element k
+    times in order (a nearest upsample by an integer factor: idx[o] = o // k), else None."""
+    reps = {}
+    for a, p in plans.items():
+        n, out = shape[a], p.idx.shape[0]
+        if p.w is not None or p.outside is not None or n == 0 or out % n:
+            return None
+        k = out // n
+        if not np.array_equal(p.idx[:, 0], np.arange(out) // k):
+            return None
+        reps[a] = k
+    return reps or None
+
+
+def _repeat(x: np.ndarray, reps: dict[int, int]) -> np.ndarray:
+    """x with each element repeated reps[a] times along axis a, as one broadcast copy (numpy's
+    take along an axis gathers element by element: a 2x upsample of 256x10x10 took ~0.2 ms)."""
+    src_shape, dst_shape = [], []
+    for a, n in enumerate(x.shape):
+        k = reps.get(a, 1)
+        src_shape += [n, 1]
+        dst_shape += [n, k]
+    y = np.empty([n * k for n, k in zip(dst_shape[::2], dst_shape[1::2])], dtype=x.dtype)
+    y.reshape(dst_shape)[...] = x.reshape(src_shape)
+    return y
+
+
 def _round_half_up(v: float) -> int:
     return int(np.floor(v + 0.5))
 
@@ -233,14 +261,23 @@ class Resize(Kernel):
         else:
             raise bad_data(self, "one of 'scales' or 'sizes' must be given")
         check_resize(self, x, axes, out_sizes, self.mode)
-        plans = {}
-        for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
-            if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
-                    "tf_crop_and_resize", "tf_half_pixel_for_nearest"):
-                continue  # identity axis
-            plans[a] = plan_axis(x.shape[a], o, sc, rr, self.mode, self.coord_mode,
-                                 self.nearest_mode, self.cubic_a, self.exclude_outside,
-                                 self.antialias)
+        key = (x.shape, tuple(axes), tuple(out_sizes), tuple(scl), tuple(rois))
+        cached = self.__dict__.get("_plans")
+        if cached is not None and cached[0] == key:
+            plans, repeats = cached[1]
+        else:   # the plans of a shape are computed once, not per run
+            plans = {}
+            for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
+                if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
+                        "tf_crop_and_resize", "tf_half_pixel_for_nearest"):
+                    continue  # identity axis
+                plans[a] = plan_axis(x.shape[a], o, sc, rr, self.mode, self.coord_mode,
+                                     self.nearest_mode, self.cubic_a, self.exclude_outside,
+                                     self.antialias)
+            repeats = _integer_repeats(x.shape, plans)
+            self._plans = (key, (plans, repeats))
+        if repeats is not None:
+            return _repeat(x, repeats)
         return apply_plans(x, plans, self.extrapolation)
 
 

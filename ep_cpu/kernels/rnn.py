@@ -15,7 +15,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import tensor_shape
-from ep_cpu.gemm import gemm, pack_b, single_threaded_blas
+from ep_cpu.gemm import gemm, get_num_threads, pack_b, single_threaded_blas
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu import microkernel
 from ep_cpu.kernels.rnn_jit import SMALL_BATCH, PackedRecurrent, recurrent_matmul, with_add
@@ -90,15 +90,16 @@ class _Recurrent(Kernel):
             self.prepared = (cdt, self._prepare(w, r, b, cdt))
         # The compiled H @ R^T for the dense path's small batches (compiled, or loaded from the
         # disk cache, here at session build rather than in the first run).
-        # A batch of one is a GEMV, as fast in BLAS: numba is not even imported for it.
+        # A batch of one is a GEMV, as fast in BLAS: the numba pass is not even compiled for it
+        # (the microkernel's compiled time loop takes every batch).
         self.jit_matmul = None
         x_shape = tensor_shape(node.input_types[0]) if node.input_types else None
         batch = x_shape[1 - self.layout] if x_shape and len(x_shape) == 3 else None
-        if self.prepared is not None and self._dense_ok(None) and batch != 1:
+        if self.prepared is not None and self._dense_ok(None):
             rt_all = self.prepared[1][1]
             if rt_all.dtype == np.float32 and microkernel.available():
                 self.jit_matmul = PackedRecurrent(rt_all)
-            else:
+            elif batch != 1:
                 jit = recurrent_matmul(self.prepared[0])
                 self.jit_matmul = None if jit is None else with_add(jit)
 
@@ -134,10 +135,17 @@ class _Recurrent(Kernel):
         hist = y if lens is None and self.direction == "forward" else np.empty_like(y)
         rb_step = self._fold_recurrent_bias(proj, rb)
         gates = np.empty(proj.shape[1:], dtype=y.dtype)
+        jit = self.jit_matmul if rt.dtype == y.dtype and rt.flags.c_contiguous else None
+        if lens is None and seq and isinstance(jit, PackedRecurrent):
+            # every step in one compiled loop (any batch)
+            cell = self._compiled_cell(rb_step)
+            if cell is not None and jit.run_sequence(cell[0], np.ascontiguousarray(proj), h, c, hist,
+                                                     cell[1], get_num_threads()):
+                self._finish_dense(dirs, y, y_h, y_c, None, hist, hist[-1], c)
+                return
         mm = _blas_matmul   # (h, rt, out, add=None): BLAS, or a compiled product for a few rows
-        if (self.jit_matmul is not None and rt.dtype == y.dtype and rt.flags.c_contiguous
-                and (2 <= batch <= SMALL_BATCH or isinstance(self.jit_matmul, PackedRecurrent))):
-            mm = self.jit_matmul
+        if jit is not None and (2 <= batch <= SMALL_BATCH or (batch >= 2 and isinstance(jit, PackedRecurrent))):
+            mm = jit
         tmp = np.empty_like(h)
         live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
         step = self._dense_step
@@ -150,6 +158,15 @@ class _Recurrent(Kernel):
                 hist[t][:, done] = h[:, done]
                 c[:, done] = c_done
             h = hist[t]
+        self._finish_dense(dirs, y, y_h, y_c, live, hist, h, c)
+
+    def _compiled_cell(self, rb_step) -> tuple[str, np.ndarray | None] | None:
+        """(cell kind, bias added to the product) of `PackedRecurrent.run_sequence`, or None
+        where this cell has no compiled step."""
+        return None
+
+    def _finish_dense(self, dirs, y, y_h, y_c, live, hist, h, c) -> None:
+        """y from the per-step states `hist` (reverse directions back in time order), y_h, y_c."""
         if hist is not y:
             for d, (tidx, *_rest) in enumerate(dirs):
                 if live is None or live.all():
@@ -297,6 +314,14 @@ class GRU(_Recurrent):
         proj[..., 2 * hid:] += rb[..., 2 * hid:]
         return None
 
+    def _compiled_cell(self, rb_step):
+        if not self.lbr:
+            return None
+        ndir, _, hid = rb_step.shape
+        bias = np.zeros((ndir, 3 * hid), dtype=np.float32)
+        bias[:, 2 * hid:] = rb_step[:, 0]
+        return "GRU", bias
+
     def _dense_step(self, xp, h, c, rt, rbh, gates, tmp, h_out, mm):
         hid = h.shape[-1]
         zr, n = gates[..., :2 * hid], gates[..., 2 * hid:]
@@ -336,6 +361,9 @@ class LSTM(_Recurrent):
     def _fold_recurrent_bias(self, proj, rb):
         proj += rb
         return None
+
+    def _compiled_cell(self, rb_step):
+        return "LSTM", None
 
     def _dense_step(self, xp, h, c, rt, rb, gates, tmp, h_out, mm):
         hid = h.shape[-1]

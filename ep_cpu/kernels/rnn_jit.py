@@ -88,26 +88,118 @@ class PackedRecurrent:
 
     def __init__(self, rt_all: np.ndarray) -> None:
         from ep_cpu import gemm_compiled, microkernel
-        self._range = microkernel.gemm_range().ctypes
+        self._gemm = microkernel.gemm_range()
+        self._range = self._gemm.ctypes
         self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
+        self.pack_addrs = np.array([p.ctypes.data for p in self.packs], dtype=np.int64)
         self.n = rt_all.shape[2]
         self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
         self._modes = (microkernel.EPILOGUE, microkernel.EPILOGUE_RES)
         self._mr = microkernel.choose_mr
 
+    def run_sequence(self, cell_kind: str, proj: np.ndarray, h0: np.ndarray, c: np.ndarray,
+                     hist: np.ndarray, bias: np.ndarray | None, threads: int = 1) -> bool:
+        """Every time step in one compiled loop: hist[t] (seq, D, B, H) from proj (seq, D, B,
+        G*H, the input projection with the additive biases in), the initial h0 (D, B, H) and c
+        (D, B, H, the LSTM's cell state, updated in place). `bias` (D, G*H) is added to the
+        product (the GRU's candidate bias, inside the reset gate); None for the LSTM, whose
+        projection is added in the product's tile store instead. False (nothing done) where
+        the compiled cell does not apply: hidden size not a multiple of 16, other layouts.
+        `threads` > 1 runs the directions of a bidirectional layer side by side."""
+        from ep_cpu import microkernel, vector_math
+        hid = h0.shape[-1]
+        arrays = (proj, h0, c, hist)
+        if (hid % 16 or not vector_math.available()
+                or any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays)):
+            return False
+        gates = np.empty(proj.shape[1:], dtype=np.float32)
+        use_res = bias is None
+        if bias is None:
+            bias = np.zeros((proj.shape[1], self.n), dtype=np.float32)
+        # bidirectional: one direction per thread (no hand-off between them until the end)
+        parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
+        if parallel:
+            microkernel.set_threads(min(threads, proj.shape[1]))
+        _steps_runner(parallel)(self._gemm.address, vector_math.cell_callback(cell_kind).address,
+                                proj, h0, c, hist, gates, self.pack_addrs, self.packs[0].shape[0],
+                                self._mr(h0.shape[1]), np.ascontiguousarray(bias, dtype=np.float32),
+                                use_res)
+        return True
+
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
                  add: np.ndarray | None = None) -> None:
+        from ep_cpu.native_call import pack
         rows = h.shape[1]
         mr = self._mr(rows)
-        inf = np.float32(np.inf)
+        inf = np.inf
         for d, bp in enumerate(self.packs):
             hd, yd = h[d], out[d]
             res = self._none if add is None else add[d]
-            # arrays by address (C-contiguous, alive here): see microkernel.gemm_range
-            self._range(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
-                        self._none.ctypes.data, 0, res.ctypes.data, int(add is not None), -inf, inf,
-                        self._modes[add is not None], yd.ctypes.data, 0, bp.shape[0], 0,
-                        -(-rows // mr))
+            # arrays by address (C-contiguous, alive here), in microkernel.GEMM_ARGS order
+            args = pack(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
+                        self._none.ctypes.data, 0, res.ctypes.data, add is not None, -inf, inf,
+                        self._modes[add is not None], yd.ctypes.data)
+            self._range(args.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
+
+
+_steps: dict = {}
+
+
+def _steps_runner(parallel: bool) -> Callable:
+    """The compiled time loop (compiled, or loaded from the disk cache, once per process):
+    directions one after the other, or (`parallel`) on numba's threads."""
+    with _lock:
+        if not _steps:
+            import numba
+
+            from ep_cpu.native_call import call_void
+
+            @numba.njit(nogil=True, cache=True, inline="always")
+            def one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                              d):  # pragma: no cover - compiled
+                # Per step: gates = h R^T (+ bias, + proj[t] where use_res) through the
+                # microkernel's `gemm`, then `cell` turns them into hist[t]. gemm and cell are
+                # the addresses of C callbacks (`ep_cpu.native_call`). A whole direction at a
+                # time: its R^T stays in this core's L2.
+                seq, ndir, rows, n = proj.shape
+                hid = h0.shape[2]
+                panels = (rows + mr - 1) // mr
+                # addresses as the C callbacks take them
+                g = np.int64(gates[d].ctypes.data)
+                b = np.int64(bias[d].ctypes.data)
+                cd = np.int64(c[d].ctypes.data)
+                # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
+                args = np.empty(15, dtype=np.float64)
+                args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
+                args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
+                args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
+                args_at = np.int64(args.ctypes.data)
+                for t in range(seq):
+                    hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
+                    xp = np.int64(proj[t, d].ctypes.data)
+                    args[0] = hp
+                    args[9] = xp if use_res else b
+                    call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
+                    call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
+                if args.size == 0:   # args went to the callback by address: alive until here
+                    return
+
+            @numba.njit(nogil=True, cache=True)
+            def run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                          use_res):  # pragma: no cover - compiled
+                for d in range(proj.shape[1]):
+                    one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                                  use_res, d)
+
+            @numba.njit(nogil=True, cache=True, parallel=True)
+            def run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                                   use_res):  # pragma: no cover - compiled
+                for d in numba.prange(proj.shape[1]):
+                    one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                                  use_res, d)
+
+            _steps[False], _steps[True] = run_steps, run_steps_parallel
+    return _steps[parallel]
 
 
 def with_add(matmul: Callable) -> Callable:

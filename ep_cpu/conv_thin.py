@@ -1,0 +1,147 @@
+"""Convolutions with a few output positions (a streaming audio model's step, the last maps of
+small inputs) as one GEMM with the positions as rows: Y^T (P x M) = cols^T (P x C*K) @ W^T.
+
+OpenBLAS's SGEMM is slow on such thin products: (258 x 256) @ (256 x 3), a short-time Fourier
+transform as a strided 1-D conv, took 30-40 us on one thread here (~5 GFLOP/s), and numpy's
+im2col around it a few us more. Here one compiled call (`thin_conv`, a C callback) gathers the
+columns through a cached index, runs the microkernel on W^T packed once (a session constant) and
+stores the transposed tile: ~2 us of product plus the call. Bias (one per output channel: a
+column here), residual and a clamp run in the tile store. float32, group 1, AVX-512 CPUs.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ep_cpu import gemm_compiled
+from ep_cpu import microkernel as mk
+from ep_cpu import native_call
+
+try:
+    import numba
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+# Output positions up to which this path is taken: one or a few tile rows (a 7x7 map: 49, where
+# the implicit conv computes 64 positions per row of weights: 1x1 convs 960->320 on 7x7 266 ->
+# 232 us, 160->960 169 -> 135 us)
+MAX_POSITIONS = 64
+PAR_MIN_MACS = 1 << 21   # multiply-adds per thread hand-off
+
+
+def available() -> bool:
+    return mk.available()
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """(M, C, *K) float32 weights -> W^T (C*K, M) in the microkernel's column panels."""
+    return gemm_compiled.pack(np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32))
+
+
+# packed arguments of the callback (native_call.pack), in this order
+THIN_ARGS = ("x", "x_len", "index", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
+             "has_bias", "res", "has_res", "lo", "hi", "y")
+
+if numba is not None:
+    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
+
+    def _thin_conv(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position;
+        # output channels of column panels [j0, j1) (threads split them; rows [i0, i1) unused)
+        a = numba.carray(f64_at(args_at), (17,))
+        x_at, x_len, idx_at, p, ck = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
+                                      np.int64(a[3]), np.int64(a[4]))
+        gemm_at, packed_at, nb, m, mr = (np.int64(a[5]), np.int64(a[6]), np.int64(a[7]),
+                                         np.int64(a[8]), np.int64(a[9]))
+        bias_at, has_bias, res_at, has_res = (np.int64(a[10]), np.int64(a[11]), np.int64(a[12]),
+                                              np.int64(a[13]))
+        y_at = np.int64(a[16])
+        x = numba.carray(f32_at(x_at), (x_len,))
+        idx = numba.carray(i64_at(idx_at), (p * ck,))
+        cols = np.empty(p * ck, dtype=np.float32)
+        for i in range(p * ck):
+            j = idx[i]
+            cols[i] = x[j] if j < x_len else np.float32(0.0)
+        yt = np.empty(p * m, dtype=np.float32)
+        res_t = yt
+        if has_res:
+            res = numba.carray(f32_at(res_at), (m * p,))
+            res_t = np.empty(p * m, dtype=np.float32)
+            for c in range(m):
+                for r in range(p):
+                    res_t[r * m + c] = res[c * p + r]
+        bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
+        b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
+        mode = 2 if has_res else 1      # microkernel.EPILOGUE_RES / EPILOGUE
+        g = np.empty(15, dtype=np.float64)   # microkernel.GEMM_ARGS
+        g[0], g[1], g[2], g[3], g[4], g[5], g[6] = cols.ctypes.data, p, ck, packed_at, nb, m, mr
+        g[7], g[8], g[9], g[10], g[11], g[12] = b_at, has_bias, res_t.ctypes.data, has_res, a[14], a[15]
+        g[13], g[14] = mode, yt.ctypes.data
+        call_void(gemm_at, (np.int64(g.ctypes.data), j0, j1, np.int64(0), (p + mr - 1) // mr))
+        # the buffers went to the callback as addresses: numba frees an array after its last
+        # use in this function, so they are used again here, after the call
+        if cols.size + res_t.size + bias.size + g.size == 0:
+            return
+        y = numba.carray(f32_at(y_at), (m * p,))
+        for r in range(p):
+            for c in range(j0 * mk.NR, min(m, j1 * mk.NR)):
+                y[c * p + r] = yt[r * m + c]
+
+    _compiled: dict = {}
+    _compile_lock = threading.Lock()
+
+    def thin_conv():
+        """C callback: one image's thin conv (arrays by address), compiled or loaded from the
+        disk cache on first use."""
+        fn = _compiled.get("thin")
+        if fn is None:
+            with _compile_lock:
+                fn = _compiled.get("thin")
+                if fn is None:
+                    fn = _compiled["thin"] = native_call.expect(
+                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(_thin_conv), len(THIN_ARGS))
+        return fn
+
+
+class PackedWeight:
+    """W^T packed (`pack_weight`) with what every call passes: its address, panel count, M."""
+
+    def __init__(self, w: np.ndarray) -> None:
+        self.panels = pack_weight(w)
+        self.m = w.shape[0]
+        self.address = self.panels.ctypes.data   # alive as long as this object
+
+
+def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
+         bias: np.ndarray | None, residual: np.ndarray | None,
+         clamp: tuple[float, float], out_shape, threads: int = 1, pool=None) -> np.ndarray:
+    """(N, M, *out_shape) = clamp(conv + bias + residual) of float32 x (N, C, *spatial);
+    `rows_index` (index, its address): (P, C*K) int64 flat indices into one image, its size for
+    a padded position (`ep_cpu.kernels.conv` builds and caches it). Threads split the output
+    channels (`pool(workers)`: an executor where numba's TBB threads are not loadable)."""
+    idx, idx_at = rows_index
+    n, (p, ck) = x.shape[0], idx.shape
+    m = packed_w.m
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty((n, m) + tuple(out_shape), dtype=np.float32)
+    res = None if residual is None else np.ascontiguousarray(
+        np.broadcast_to(residual, y.shape), dtype=np.float32)
+    if bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous):
+        bias = np.ascontiguousarray(bias, dtype=np.float32)
+    image = x[0].size
+    # arrays by address (C-contiguous and alive in this frame)
+    x_at, y_at = x.ctypes.data, y.ctypes.data
+    res_at = 0 if res is None else res.ctypes.data
+    lead = (image, idx_at, p, ck, mk.gemm_range().address, packed_w.address,
+            packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
+            bias is not None)
+    nb = packed_w.panels.shape[0]
+    workers = max(1, min(threads, nb // 2, p * ck * m // PAR_MIN_MACS))
+    for i in range(n):   # THIN_ARGS
+        args = native_call.pack(x_at + 4 * i * image, *lead,
+                                (res_at + 4 * i * m * p) if res is not None else 0,
+                                res is not None, clamp[0], clamp[1], y_at + 4 * i * m * p)
+        mk.run_ranges(thin_conv(), args, nb, 1, workers, True, pool)
+    return y

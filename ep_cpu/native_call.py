@@ -1,0 +1,95 @@
+"""Compiled C callbacks over ranges, their packed arguments, and the parallel runner over them.
+
+The compiled drivers (`ep_cpu.microkernel`'s conv and GEMM, `ep_cpu.conv_thin`,
+`ep_cpu.depthwise_direct`) are numba `cfunc`s with one signature, `RANGE_SIG`:
+
+    void fn(int64 args, int64 c0, int64 c1, int64 r0, int64 r1)
+
+`args` is the address of a float64 array of the driver's leading arguments (`pack`): sizes,
+flags and array addresses are integers below 2^53 and floats are float32 values, all exact in
+float64. One signature means one compiled runner (`run_parts`: numba compiles a function once
+per argument types, ~1.5 s each for a parallel one, paid by the first session on a machine),
+and a 5-argument ctypes call (~1 us; 19 arguments took ~3 us). Callbacks travel into jitted code
+as their integer `address` (`call_void`): a cfunc object passed as a first-class function cost
+~15 us per call in numba's argument typing, and a caller compiled this way does not embed the
+callee's code, so its disk-cached machine code stays valid when the callee's source changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+_ARG_COUNTS: dict[int, int] = {}
+
+
+def pack(*values) -> np.ndarray:
+    """A driver's leading arguments as the float64 array whose address it takes."""
+    return np.array(values, dtype=np.float64)
+
+
+def expect(callback, count: int):
+    """Record that `callback` reads `count` packed arguments (checked by `check_args`)."""
+    _ARG_COUNTS[callback.address] = count
+    return callback
+
+
+def check_args(callback, args: np.ndarray) -> None:
+    """TypeError unless `args` is a float64 array of as many values as `callback` reads."""
+    want = _ARG_COUNTS.get(callback.address)
+    if not isinstance(args, np.ndarray) or args.dtype != np.float64 or args.ndim != 1:
+        raise TypeError("packed arguments must be a 1-D float64 array (native_call.pack)")
+    if want is not None and args.size != want:
+        raise TypeError(f"{args.size} packed arguments for a callback that reads {want}")
+
+
+if numba is not None:
+    RANGE_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
+
+    def _pointer_intrinsic(llvm_type, numba_type):
+        @intrinsic
+        def at(typingctx, addr):
+            def codegen(context, builder, signature, args):
+                return builder.inttoptr(args[0], llvm_type.as_pointer())
+            return types.CPointer(numba_type)(addr), codegen
+        return at
+
+    f32_at = _pointer_intrinsic(ir.FloatType(), types.float32)
+    f64_at = _pointer_intrinsic(ir.DoubleType(), types.float64)
+    i64_at = _pointer_intrinsic(ir.IntType(64), types.int64)
+
+    @intrinsic
+    def call_void(typingctx, addr, args):
+        """void fn(*args) for the C function at integer address `addr`, the C types taken from
+        the numba types of `args` (int64 for RANGE_SIG callbacks)."""
+        if not isinstance(args, types.BaseTuple):
+            return None
+        sig = types.void(types.int64, args)
+
+        def codegen(context, builder, signature, llargs):
+            address, tup = llargs
+            arg_types = signature.args[1].types
+            fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in arg_types])
+            fn = builder.inttoptr(address, fnty.as_pointer())
+            builder.call(fn, [builder.extract_value(tup, i) for i in range(len(arg_types))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def run_parts(fn_addr, args_at, cols, rows, parts, by_columns):  # pragma: no cover - compiled
+        """fn(args_at, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
+        threads."""
+        for p in numba.prange(parts):
+            if by_columns:
+                step = (cols + parts - 1) // parts
+                call_void(fn_addr, (args_at, p * step, min(cols, (p + 1) * step), np.int64(0), rows))
+            else:
+                step = (rows + parts - 1) // parts
+                call_void(fn_addr, (args_at, np.int64(0), cols, p * step, min(rows, (p + 1) * step)))
