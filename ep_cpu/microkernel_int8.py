@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ep_cpu import microkernel as mk
+from ep_cpu import native_call
 
 try:
     import numba
@@ -146,10 +147,9 @@ def quantize_pack(x: np.ndarray, mr: int, threads: int = 1) -> tuple[np.ndarray,
     zp = min(255, max(0, round(float(np.float32(0 - lo) / scale))))
     workers = min(threads, mb)
     if workers > 1 and xf.size >= PAR_QUANTIZE_MIN and mk.parallel_ok():
-        consts = np.array([scale, zp], np.float32)
-        params = _params(xf, m, k, mr, ap, rows, consts)
+        params = _params(xf, m, k, mr, ap, rows, scale, zp)
         mk.set_threads(workers)
-        mk.run_parts(quantize_range(), (params.ctypes.data,), 1, mb, workers, False)
+        native_call.run_parts(quantize_range().address, params.ctypes.data, 1, mb, workers, False)
     else:
         _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
     return ap, rows, scale, zp
@@ -180,7 +180,7 @@ def matmul(ap: np.ndarray, rows: np.ndarray, m: int, w: PackedWeight, a_zero_poi
         workers = 1
     yf = y.reshape(-1)
     params = _params(ap, row_panels, k4, w.panels, nb, m, n, mr, rows, w.d, colterm, mv, bv, mode, yf)
-    _run(gemm_i8_range(), (params.ctypes.data,), nb if by_columns else row_panels, nb, row_panels,
+    _run(gemm_i8_range(), params, nb if by_columns else row_panels, nb, row_panels,
          workers, by_columns, pool)
     return y
 
@@ -196,9 +196,9 @@ def _padded(v: np.ndarray, size: int) -> np.ndarray:
 
 
 def _params(*values) -> np.ndarray:
-    """The callbacks' parameters as one int64 array: arrays by address (C-contiguous, kept alive
-    by the caller for the call), the rest as they are."""
-    return np.array([v.ctypes.data if isinstance(v, np.ndarray) else v for v in values], np.int64)
+    """The callbacks' packed parameters (`native_call.pack`): arrays by address (C-contiguous,
+    kept alive by the caller for the call), the rest as they are."""
+    return native_call.pack(*[v.ctypes.data if isinstance(v, np.ndarray) else v for v in values])
 
 
 PARTS_PER_WORKER = 2   # TBB balances parts between the threads: one thread's stall (a shared
@@ -210,8 +210,8 @@ def _run(callback, args, count, cols, rows, workers, by_columns, pool) -> None:
     only its own tiles)."""
     if workers > 1 and mk.parallel_ok():
         mk.set_threads(workers)
-        mk.run_parts(callback, args, cols, rows, max(workers, min(count, PARTS_PER_WORKER * workers)),
-                     by_columns)
+        native_call.run_parts(callback.address, args.ctypes.data, cols, rows,
+                              max(workers, min(count, PARTS_PER_WORKER * workers)), by_columns)
         return
     mk.run_ranges(callback, args, cols, rows, workers, by_columns, pool)
 
@@ -245,7 +245,7 @@ def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point
         mode, mv, y = SCALED_FLOAT, np.full(nb * NR, mult, np.float32), np.empty((batch, m, n), np.float32)
     workers = max(1, min(threads, batch)) if batch * m * n * k >= PAR_MIN_MACS else 1
     params = _params(ap, mb, k4, bp, nb, m, n, mr, rows, dv, colterm, mv, _zeros_f32(nb * NR), mode, y)
-    _run(gemm_i8_batch_range(), (params.ctypes.data,), batch, batch, 1, workers, True, pool)
+    _run(gemm_i8_batch_range(), params, batch, batch, 1, workers, True, pool)
     return y
 
 
@@ -523,34 +523,28 @@ if numba is not None:
         return types.CPointer(types.int32)(addr), codegen
 
     @intrinsic
-    def _f32_at(typingctx, addr):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], ir.FloatType().as_pointer())
-        return types.CPointer(types.float32)(addr), codegen
-
-    @intrinsic
-    def _i64_at(typingctx, addr):
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], ir.IntType(64).as_pointer())
-        return types.CPointer(types.int64)(addr), codegen
-
-    @intrinsic
     def _u8_at(typingctx, addr):
         def codegen(context, builder, signature, args):
             return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
         return types.CPointer(types.uint8)(addr), codegen
 
-    I64 = types.int64
-    # The callbacks take their 15 parameters as one int64 array (`_params`) by address: a call
-    # through ctypes costs ~0.8 us an argument (19 of them: ~16 us, 73 calls in BERT-base).
-    GEMM_I8_RANGE_SIG = types.void(I64, I64, I64, I64, I64)
+    _f32_at, _f64_at = native_call.f32_at, native_call.f64_at
+
+    # The callbacks have native_call's one signature, RANGE_SIG (params, c0, c1, r0, r1), their
+    # parameters packed (`_params`): a 5-argument ctypes call, and the one compiled runner.
+    GEMM_I8_RANGE_SIG = native_call.RANGE_SIG
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def _int(p, i):  # pragma: no cover - compiled
+        return np.int64(p[i])
 
     def _gemm_i8_range(params_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_i8_panels over column panels [j0, j1) and row panels [i0, i1), its arrays by address
         in the parameters (ap, mb, k4, bp, nb, m, n, mr, rows, d, colterm, mult, bias, mode, y)."""
-        p = numba.carray(_i64_at(params_at), (15,))
-        ap_at, mb, k4, bp_at, nb, m, n, mr = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
-        rows_at, d_at, ct_at, mult_at, bias_at, mode, y_at = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
+        p = numba.carray(_f64_at(params_at), (15,))
+        ap_at, mb, k4, bp_at, nb = _int(p, 0), _int(p, 1), _int(p, 2), _int(p, 3), _int(p, 4)
+        m, n, mr, rows_at, d_at = _int(p, 5), _int(p, 6), _int(p, 7), _int(p, 8), _int(p, 9)
+        ct_at, mult_at, bias_at, mode, y_at = _int(p, 10), _int(p, 11), _int(p, 12), _int(p, 13), _int(p, 14)
         gemm_i8_panels(numba.carray(_i32_at(ap_at), (mb * k4 * mr,)),
                        numba.carray(_i32_at(bp_at), (nb * k4 * NR,)), m, n, k4, mr,
                        numba.carray(_i32_at(rows_at), (mb * mr,)),
@@ -561,9 +555,10 @@ if numba is not None:
     def _gemm_i8_batch_range(params_at, t0, t1, i0, i1):  # pragma: no cover - compiled
         """Matrices [t0, t1) of a batch: each A's panels, B's panels, row sums, colterm and Y
         follow the previous one's; d, mult and bias are shared. Parameters as `_gemm_i8_range`."""
-        p = numba.carray(_i64_at(params_at), (15,))
-        ap_at, mb, k4, bp_at, nb, m, n, mr = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
-        rows_at, d_at, ct_at, mult_at, bias_at, mode, y_at = p[8], p[9], p[10], p[11], p[12], p[13], p[14]
+        p = numba.carray(_f64_at(params_at), (15,))
+        ap_at, mb, k4, bp_at, nb = _int(p, 0), _int(p, 1), _int(p, 2), _int(p, 3), _int(p, 4)
+        m, n, mr, rows_at, d_at = _int(p, 5), _int(p, 6), _int(p, 7), _int(p, 8), _int(p, 9)
+        ct_at, mult_at, bias_at, mode, y_at = _int(p, 10), _int(p, 11), _int(p, 12), _int(p, 13), _int(p, 14)
         a_words, b_words, y_size = mb * k4 * mr, nb * k4 * NR, m * n
         for t in range(t0, t1):
             gemm_i8_panels(numba.carray(_i32_at(ap_at + 4 * t * a_words), (a_words,)),
@@ -576,19 +571,19 @@ if numba is not None:
                            numba.carray(_i32_at(y_at + 4 * t * y_size), (y_size,)), 0, mb, 0, nb)
 
     def _quantize_range(params_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """_quantize_pack of row panels [i0, i1); parameters (x, m, k, mr, ap, rows, [scale, zp])
-        by address, as `_gemm_i8_range`'s."""
-        p = numba.carray(_i64_at(params_at), (7,))
-        m, k, mr = p[1], p[2], p[3]
+        """_quantize_pack of row panels [i0, i1); packed parameters (x, m, k, mr, ap, rows,
+        scale, zero point)."""
+        p = numba.carray(_f64_at(params_at), (8,))
+        x_at, m, k, mr, ap_at, rows_at = _int(p, 0), _int(p, 1), _int(p, 2), _int(p, 3), _int(p, 4), _int(p, 5)
+        scale, zp = np.float32(p[6]), np.float32(p[7])
         mb, k4 = (m + mr - 1) // mr, (k + 3) // 4
         i1 = min(i1, mb)
         if i1 > i0:
             r0, r1 = min(m, i0 * mr), min(m, i1 * mr)
-            consts = numba.carray(_f32_at(p[6]), (2,))
-            x = numba.carray(_f32_at(p[0] + 4 * r0 * k), (r1 - r0, k))
-            ap = numba.carray(_u8_at(p[4] + i0 * k4 * mr * 4), (i1 - i0, k4 * mr * 4))
-            rows = numba.carray(_i32_at(p[5] + 4 * i0 * mr), ((i1 - i0) * mr,))
-            _quantize_pack(x, consts[0], consts[1], mr, ap, rows)
+            x = numba.carray(_f32_at(x_at + 4 * r0 * k), (r1 - r0, k))
+            ap = numba.carray(_u8_at(ap_at + i0 * k4 * mr * 4), (i1 - i0, k4 * mr * 4))
+            rows = numba.carray(_i32_at(rows_at + 4 * i0 * mr), ((i1 - i0) * mr,))
+            _quantize_pack(x, scale, zp, mr, ap, rows)
 
     _batch_callback: list = []
 
@@ -597,8 +592,8 @@ if numba is not None:
         if not _batch_callback:
             with _callback_lock:
                 if not _batch_callback:
-                    _batch_callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(
-                        _gemm_i8_batch_range))
+                    _batch_callback.append(native_call.expect(numba.cfunc(
+                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_batch_range), 15))
         return _batch_callback[0]
 
     _quantize_callback: list = []
@@ -608,8 +603,8 @@ if numba is not None:
         if not _quantize_callback:
             with _callback_lock:
                 if not _quantize_callback:
-                    _quantize_callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(
-                        _quantize_range))
+                    _quantize_callback.append(native_call.expect(numba.cfunc(
+                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_quantize_range), 8))
         return _quantize_callback[0]
 
     _callback: list = []
@@ -621,5 +616,6 @@ if numba is not None:
         if not _callback:
             with _callback_lock:
                 if not _callback:
-                    _callback.append(numba.cfunc(GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_range))
+                    _callback.append(native_call.expect(numba.cfunc(
+                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_range), 15))
         return _callback[0]
