@@ -25,6 +25,7 @@ from typing import Any
 from . import rewrites_affine as a
 from . import rewrites_basic as b
 from . import rewrites_fusion as f
+from . import rewrites_quant as q
 from . import rewrites_transformer as t
 from .graph import Graph, Node
 from .graph_edit import refresh_implicit_inputs
@@ -57,6 +58,8 @@ def builtin_rewrites() -> list[type[Rewrite]]:
         b.CommonSubexpressionElimination,
         b.EliminateDeadNodes,
         # Level 2: extended fusions into com.ep_core ops (checked against the provider's kernels).
+        q.FuseMatMulIntegerToFloat,  # dynamic quantization's integer MatMul chains; first, so
+        q.FuseDynamicQuantizeMatMul,  # their bias Add stays theirs
         t.FuseGelu,
         t.FuseFastGelu,
         t.FuseLayerNormalization,

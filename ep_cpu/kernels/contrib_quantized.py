@@ -2,8 +2,11 @@
 MatMulIntegerToFloat, MatMulInteger16, QGemm, MatMulNBits, GatherBlockQuantized, the contrib
 QuantizeLinear / DequantizeLinear, QAttention and DynamicQuantizeLSTM.
 
-Integer products go through `quantize._int_matmul` (the float32 GEMM in K-blocks short enough to
-stay exact, blocks summed in float64), then are scaled as onnxruntime does: one float32 multiplier a_scale * b_scale
+Integer products with a constant 8-bit B run in the int8 VNNI microkernel where the CPU has it
+(`quantize.Int8Weight`: B packed once, the scaling and bias in the tile's epilogue, and for
+DynamicQuantizeMatMul A quantized straight into the kernel's panels); otherwise they go through
+`quantize._int_matmul` (the float32 GEMM in K-blocks short enough to stay exact, blocks summed
+in float64), then are scaled as onnxruntime does: one float32 multiplier a_scale * b_scale
 (per column where B is quantized per column). Dynamically quantized inputs follow
 `quantize.dynamic_quantize_uint8` (DynamicQuantizeLinear's rule, onnxruntime's too).
 Block-quantized weights (MatMulNBits) are dequantized once when they are session constants and
@@ -21,7 +24,7 @@ from ep_cpu.registry import kernel
 from .contrib_common import MS, required
 from .contrib_attention import Attention
 from .quantize import (DequantizeLinear as _OnnxDequantizeLinear, QuantizeLinear as _OnnxQuantizeLinear,
-                       _int_matmul, _shifted, dynamic_quantize_uint8,
+                       Int8Weight, _int_matmul, int8_batched_matmul, _shifted, dynamic_quantize_uint8,
                        exact_k_blocks, quantize)
 from .rnn import LSTM
 
@@ -32,6 +35,11 @@ def _per_column(p: np.ndarray | None) -> np.ndarray | None:
         return None
     p = np.asarray(p)
     return p.reshape(()) if p.size == 1 else p
+
+
+def _n_of(b: np.ndarray | None) -> int:
+    """Columns of a 2-D B (-1 otherwise: no per-column size matches)."""
+    return b.shape[1] if b is not None and b.ndim == 2 else -1
 
 
 def _scaled(acc: np.ndarray, a_scale, b_scale, bias=None, out_dtype=np.float32) -> np.ndarray:
@@ -57,7 +65,12 @@ class DynamicQuantizeMatMul(Kernel):
         consts = [ctx.constant_input(k) for k in (1, 2, 3)]
         self.b32 = None
         has_zp = len(node.inputs) > 3 and bool(node.inputs[3])
-        if consts[0] is not None and consts[0].ndim == 2 and consts[1] is not None and (consts[2] is not None or not has_zp):
+        self.int8 = None
+        if consts[1] is not None and consts[1].dtype == np.float32 and consts[1].size in (1, _n_of(consts[0])):
+            self.int8 = Int8Weight.make(consts[0], consts[2], has_zp)
+        if self.int8 is not None:
+            self.b_scale = np.broadcast_to(consts[1].reshape(-1), (self.int8.n,)).astype(np.float32)
+        elif consts[0] is not None and consts[0].ndim == 2 and consts[1] is not None and (consts[2] is not None or not has_zp):
             self.b32 = np.ascontiguousarray(_shifted(consts[0], _per_column(consts[2]), False), np.float32)
             self.blocks = exact_k_blocks(self.b32, 255.0)   # |q - za| <= 255 for any uint8 A
             # Each K-block of B packed as a constant float32 B: the FP32 MatMul's compiled path.
@@ -66,6 +79,9 @@ class DynamicQuantizeMatMul(Kernel):
             self.b_scale = _per_column(consts[1]).astype(np.float32)
 
     def compute(self, a, b, b_scale, b_zero_point=None, bias=None):
+        if (self.int8 is not None and a.dtype == np.float32 and a.ndim >= 1 and a.shape[-1] == self.int8.k
+                and (bias is None or (bias.dtype == np.float32 and bias.shape == (self.int8.n,)))):
+            return self.int8.dynamic_matmul(a, self.b_scale, bias)
         if self.b32 is None or a.shape[-1] != self.b32.shape[0]:
             qa, a_scale, a_zp = dynamic_quantize_uint8(a)
             acc = _int_matmul(_shifted(qa, a_zp, False), _shifted(b, _per_column(b_zero_point), False))
@@ -103,11 +119,32 @@ def _dynamic_quantize_shifted(x: np.ndarray) -> tuple[np.ndarray, np.float32, in
 
 @kernel("MatMulIntegerToFloat", domain=MS)
 class MatMulIntegerToFloat(Kernel):
-    """(A - a_zero_point) @ (B - b_zero_point) * a_scale * b_scale + bias, in the scales' type."""
+    """(A - a_zero_point) @ (B - b_zero_point) * a_scale * b_scale + bias, in the scales' type.
+    With a constant 8-bit B and float32 scales: the int8 microkernel, scaled in its tiles by
+    the float32 a_scale * b_scale (one rounding, as the unfused Cast -> Mul)."""
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        has_zp = len(node.inputs) > 5 and bool(node.inputs[5])
+        b, b_scale = ctx.constant_input(1), ctx.constant_input(3)
+        self.int8 = None
+        if b_scale is not None and b_scale.dtype == np.float32 and b_scale.size in (1, _n_of(b)):
+            self.int8 = Int8Weight.make(b, ctx.constant_input(5), has_zp)
+        if self.int8 is not None:
+            self.b_scale = np.broadcast_to(b_scale.reshape(-1), (self.int8.n,)).astype(np.float32)
 
     def compute(self, a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
         if np.size(a_scale) != 1 or (a_zero_point is not None and np.size(a_zero_point) != 1):
             raise InvalidArgument(f"{self.node.describe()}: a_scale and a_zero_point must be scalars")
+        if (self.int8 is not None and a_scale.dtype == np.float32 and self.int8.accepts(a, a_zero_point)
+                and (bias is None or (bias.dtype == np.float32 and bias.shape == (self.int8.n,)))):
+            mult = np.float32(np.asarray(a_scale).reshape(-1)[0]) * self.b_scale
+            return self.int8.matmul(a, a_zero_point, mult, bias)
+        if bias is None and a_scale.dtype == np.float32 and np.size(b_scale) == 1 and b_scale.dtype == np.float32:
+            mult = np.float32(np.asarray(a_scale).reshape(-1)[0]) * np.float32(np.asarray(b_scale).reshape(-1)[0])
+            y = int8_batched_matmul(a, b, a_zero_point, b_zero_point, float(mult))
+            if y is not None:
+                return y
         acc = _int_matmul(_shifted(a, _per_column(a_zero_point), False),
                           _shifted(b, _per_column(b_zero_point), False))
         return _scaled(acc, a_scale, b_scale, bias, a_scale.dtype)

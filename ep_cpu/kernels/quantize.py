@@ -1,7 +1,9 @@
 """Quantization: QuantizeLinear / DequantizeLinear (per-tensor, per-axis, blocked; int2/4/8/16,
 float8/float4/float6 via ml_dtypes), DynamicQuantizeLinear, MatMulInteger, QLinearMatMul, QLinearConv.
 
-Integer products go through the float32 GEMM in K-blocks short enough that every partial sum
+With a constant 2-D 8-bit B on a CPU with AVX-512 VNNI, integer products run in the int8
+microkernel (`ep_cpu.microkernel_int8`: u8 x s8 -> int32, exact, B packed once per session;
+`Int8Weight`). Otherwise they go through the float32 GEMM in K-blocks short enough that every partial sum
 stays below 2**24, where float32 holds integers exactly (|a - za| * |b - zb| bounds each product;
 with 8-bit values that is one block up to K ~ 258 worst case, usually far more from the actual
 maxima); blocks are added in float64. Results are requantized with round-half-to-even.
@@ -15,7 +17,7 @@ import numpy as np
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes, int_attr, invalid
 from ep_core.types import np_dtype
-from ep_cpu import conv_implicit
+from ep_cpu import conv_implicit, microkernel_int8
 from ep_cpu.gemm import _get_pool, gemm, get_num_threads
 from ep_cpu.kernels.conv import IMPLICIT_MIN_MACS, conv_nd
 from ep_cpu.registry import kernel
@@ -154,13 +156,17 @@ class DequantizeLinear(_QuantizeBase):
 def dynamic_quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
     """DynamicQuantizeLinear's rule (onnxruntime's for every dynamically quantized input):
     a uint8 range spanning [min(x, 0), max(x, 0)]; returns (q, scale, zero point)."""
-    xf = x.astype(np.float32)
+    xf = x.astype(np.float32, copy=False)
     lo = min(0.0, float(xf.min())) if xf.size else 0.0
     hi = max(0.0, float(xf.max())) if xf.size else 0.0
     scale = np.float32((hi - lo) / 255.0)
     if scale == 0:
         return np.zeros(x.shape, dtype=np.uint8), scale, np.uint8(0)
     zp = np.uint8(np.clip(np.rint(np.float32(0 - lo) / scale), 0, 255))
+    if microkernel_int8.numba is not None and np.isfinite(scale) and xf.flags.c_contiguous:
+        q = np.empty(x.shape, np.uint8)   # one compiled pass instead of five numpy ones
+        microkernel_int8.quantize_u8(xf.reshape(-1), scale, np.float32(zp), q.reshape(-1))
+        return q, scale, zp
     return np.clip(np.rint(xf / scale) + np.float32(zp), 0, 255).astype(np.uint8), scale, zp
 
 
@@ -247,17 +253,119 @@ def _int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _matmul(a.astype(np.float64, copy=False), b.astype(np.float64, copy=False))
 
 
+_BYTE_TYPES = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+class Int8Weight:
+    """A constant (K, N) int8/uint8 B with its zero point packed for the VNNI microkernel; the
+    products (A - a_zero_point) @ (B - b_zero_point) of 8-bit A (any rank, scalar zero point)
+    as exact int32 or as float32 scaled per column (+ bias) in the tile."""
+
+    def __init__(self, b: np.ndarray, zero_point: np.ndarray | None) -> None:
+        self.k, self.n = b.shape
+        self.packed = microkernel_int8.pack_weight(b, zero_point)
+
+    @staticmethod
+    def make(b: np.ndarray | None, zero_point: np.ndarray | None, has_zero_point: bool) -> "Int8Weight | None":
+        """The packed weight when the microkernel applies: VNNI, B a 2-D 8-bit constant and its
+        zero point a constant scalar or (N,) vector of B's type (or absent); else None."""
+        if b is None or b.ndim != 2 or b.dtype not in _BYTE_TYPES or b.size == 0 \
+                or not microkernel_int8.available():
+            return None
+        if has_zero_point and (zero_point is None or zero_point.dtype != b.dtype
+                               or zero_point.size not in (1, b.shape[1]) or zero_point.ndim > 1):
+            return None
+        return Int8Weight(b, zero_point if has_zero_point else None)
+
+    def accepts(self, a: np.ndarray, a_zero_point) -> bool:
+        return (a.dtype in _BYTE_TYPES and a.ndim >= 1 and a.shape[-1] == self.k
+                and (a_zero_point is None or (np.size(a_zero_point) == 1 and a_zero_point.dtype == a.dtype)))
+
+    def _run(self, ap, rows, m, za, mult, bias, out_shape, dtype) -> np.ndarray:
+        y = np.empty((m, self.n), dtype)
+        if m:
+            microkernel_int8.matmul(ap, rows, m, self.packed, za, mult, bias, y.view(np.int32),
+                                    get_num_threads(), _get_pool)
+        return y.reshape(out_shape)
+
+    def matmul(self, a: np.ndarray, a_zero_point=None, mult: np.ndarray | None = None,
+               bias: np.ndarray | None = None) -> np.ndarray:
+        """int32 (A - za) @ (B - zb) (mult None), else float32 that times mult (N,) plus bias (N,)."""
+        a2 = a.reshape(-1, self.k)
+        m = a2.shape[0]
+        za = 0 if a_zero_point is None else int(np.asarray(a_zero_point).reshape(-1)[0])
+        if a.dtype == np.int8:
+            za += 128   # the packing shifts int8 values into uint8
+        ap, rows = microkernel_int8.pack_rows_u8(a2, microkernel_int8.choose_mr(max(m, 1)))
+        return self._run(ap, rows, m, za, mult, bias, a.shape[:-1] + (self.n,),
+                         np.int32 if mult is None else np.float32)
+
+    def dynamic_matmul(self, x: np.ndarray, b_scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """float32 x quantized to uint8 on the fly (DynamicQuantizeLinear's rule), times B,
+        scaled by x_scale * b_scale (float32) plus bias: DynamicQuantizeMatMul in one pass each."""
+        x2 = x.reshape(-1, self.k)
+        m = x2.shape[0]
+        ap, rows, scale, zp = microkernel_int8.quantize_pack(x2, microkernel_int8.choose_mr(max(m, 1)),
+                                                             get_num_threads())
+        mult = np.float32(scale) * b_scale
+        return self._run(ap, rows, m, zp, mult, bias, x.shape[:-1] + (self.n,), np.float32)
+
+
+def int8_batched_matmul(a: np.ndarray, b: np.ndarray, a_zero_point, b_zero_point,
+                        mult: float | None = None) -> np.ndarray | None:
+    """(A - za) @ (B - zb) of two 8-bit tensors given per call (attention's products) in the int8
+    microkernel: int32, or float32 times `mult`. None where it does not apply (no VNNI, 1-D
+    operands, batch axes that differ (broadcasting), zero points that are not scalars)."""
+    if not (a.dtype in _BYTE_TYPES and b.dtype in _BYTE_TYPES and a.ndim >= 2 and b.ndim >= 2
+            and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-2] and a.size and b.size
+            and microkernel_int8.available()):
+        return None
+    for zp, x in ((a_zero_point, a), (b_zero_point, b)):
+        if zp is not None and (np.size(zp) != 1 or np.asarray(zp).dtype != x.dtype):
+            return None
+    za = 0 if a_zero_point is None else int(np.asarray(a_zero_point).reshape(-1)[0])
+    zb = 0 if b_zero_point is None else int(np.asarray(b_zero_point).reshape(-1)[0])
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    y = microkernel_int8.matmul_batched(a.reshape(-1, m, k), b.reshape(-1, k, n), za, zb, mult,
+                                        get_num_threads(), _get_pool)
+    return y.reshape(a.shape[:-1] + (n,))
+
+
+class _ConstantInt8B(Kernel):
+    """MatMulInteger / QLinearMatMul: B (input `b_index`) and its zero point (`zp_index`) packed
+    once when they are constants."""
+    b_index = zp_index = 1
+
+    def __init__(self, node, ctx):
+        super().__init__(node, ctx)
+        has_zp = len(node.inputs) > self.zp_index and bool(node.inputs[self.zp_index])
+        self.int8 = Int8Weight.make(ctx.constant_input(self.b_index), ctx.constant_input(self.zp_index)
+                                    if has_zp else None, has_zp)
+
+
 @kernel("MatMulInteger")
-class MatMulInteger(Kernel):
+class MatMulInteger(_ConstantInt8B):
+    b_index, zp_index = 1, 3
+
     def compute(self, a, b, a_zero_point=None, b_zero_point=None):
+        if self.int8 is not None and self.int8.accepts(a, a_zero_point):
+            return self.int8.matmul(a, a_zero_point)
+        y = int8_batched_matmul(a, b, a_zero_point, b_zero_point)
+        if y is not None:
+            return y
         y = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
         return np.rint(y).astype(np.int32)
 
 
 @kernel("QLinearMatMul")
-class QLinearMatMul(Kernel):
+class QLinearMatMul(_ConstantInt8B):
+    b_index, zp_index = 3, 5
+
     def compute(self, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
-        acc = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
+        if self.int8 is not None and self.int8.accepts(a, a_zero_point):
+            acc = self.int8.matmul(a, a_zero_point).astype(np.float64)
+        else:
+            acc = _int_matmul(_shifted(a, a_zero_point, True), _shifted(b, b_zero_point, False))
         sdt = a_scale.dtype if a_scale.dtype.kind == "f" else np.dtype(np.float32)
         a_s = np.asarray(a_scale).astype(np.float64)
         b_s = np.asarray(b_scale).astype(np.float64)
