@@ -316,7 +316,9 @@ def write_results(rows: list[dict], info: dict, profiles: list[dict], out_dir: P
     lines = [f"# CPU provider vs onnxruntime CPU ({DATE})", "",
              f"Machine: {info['cpu']} ({info['cores']} cores), threads {info['threads']}, "
              f"numpy {info['numpy']} ({info['blas']}, OPENBLAS_CORETYPE="
-             f"{info.get('openblas_coretype_env')}), onnxruntime {info['onnxruntime']}.", "",
+             f"{info.get('openblas_coretype_env')}), onnxruntime {info['onnxruntime']}; effective cores "
+             f"at the start {info.get('effective_cores')} (`benchmarks/machine.py`: below the core "
+             f"count, the VM's vCPUs share host cores and 2-thread figures measure that too).", "",
              "Median latency; the two runtimes alternate in blocks of runs in one process.", "",
              "| model | category | params (M) | nodes | ours (ms) | onnxruntime (ms) | ours/ort | max rel. error |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
