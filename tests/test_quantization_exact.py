@@ -139,3 +139,21 @@ def test_qlinear_conv_float32_blocks_exact(group, constant_w):
     y = _session([node], inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], consts).run(None, feeds)[0]
     assert len(np.unique(want)) > 8 and (want < 255).mean() > 0.9   # spread, hardly saturated
     np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("dtype,elem", [(np.uint8, TensorProto.UINT8), (np.int8, TensorProto.INT8)])
+def test_quantize_linear_of_a_scalar_matches_onnxruntime(dtype, elem):
+    """A 0-d input (np.rint gives a scalar there, which cannot take `out=`)."""
+    ort = pytest.importorskip("onnxruntime")
+    node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
+    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", elem, [])],
+                              initializer=[helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+                                           helper.make_tensor("z", elem, [], [3])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    for value in (2.26, -100.0, 1e9):
+        feeds = {"x": np.array(value, np.float32)}
+        ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+        want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        assert ours.shape == () and ours.dtype == dtype
+        np.testing.assert_array_equal(ours, want)

@@ -72,7 +72,10 @@ def quantize(v: np.ndarray, zp: np.ndarray | None, out_dt: np.dtype, saturate: b
     """v = x / scale (float); add the zero point, round half-to-even and saturate into out_dt."""
     rng = _int_range(out_dt)
     if rng is not None:
-        r = np.rint(v.astype(np.float64, copy=False))   # a new array: the steps below work in place
+        # a new array (also for a 0-d input, where np.rint returns a scalar): the steps below
+        # work in place
+        r = np.array(v, dtype=np.float64)
+        np.rint(r, out=r)
         if zp is not None:
             z = _to_float(zp, np.float64)
             if z.shape == () or np.broadcast_shapes(r.shape, z.shape) == r.shape:
