@@ -155,23 +155,27 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     mb, mr = packed_w.shape[0], packed_w.shape[2]
     for i in range(n):
         r = res[i] if has_res else y[i]
-        # arrays by address (all C-contiguous and alive in this frame): see microkernel.conv_range
-        tail = (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias, r.ctypes.data,
-                has_res, lo, hi, mode, y[i].ctypes.data, *activation)
-        if full_tiles:   # microkernel.CONV_ARGS
+
+        def outputs(p0: int) -> tuple:   # microkernel.CONV_ARGS after the input's four
+            # arrays by address (all C-contiguous and alive in this frame), shifted to position p0
+            return (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias,
+                    r.ctypes.data + 4 * p0, has_res, lo, hi, mode, y[i].ctypes.data + 4 * p0,
+                    *activation)
+
+        if full_tiles:
             args = native_call.pack(xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
-                                    *tail)
+                                    *outputs(0))
             mk.run_ranges(mk.conv_range(), args, full_tiles, row_panels, workers, by_columns, pool)
-        if full_tiles < tiles:   # in place: the last tile from a zero-padded copy of its columns
+        if full_tiles < tiles:
+            # in place: the last tile reads a zero-padded copy of its columns, as tile 0 of the
+            # outputs shifted to its position (so its row panels split over threads too)
             p0 = full_tiles * NR
             last = np.zeros((c, NR), dtype=np.float32)
             last[:, :h * w - p0] = xq[i].reshape(c, h * w)[:, p0:]
             last_rows = _tile_rows(c)
-            # the callback reads xf[p0 + rows[k]]: xf's address is set p0 floats before `last`
-            # (only addresses inside `last` are read)
-            args = native_call.pack(last.ctypes.data - 4 * p0, p0 + c * NR, last_rows.ctypes.data, c,
-                                    *tail)
-            mk.conv_range().ctypes(args.ctypes.data, full_tiles, tiles, 0, row_panels)
+            args = native_call.pack(last.ctypes.data, c * NR, last_rows.ctypes.data, c, *outputs(p0))
+            mk.run_ranges(mk.conv_range(), args, 1, row_panels,
+                          max(1, min(threads, row_panels // PAR_MIN_PANELS)), False, pool)
     if wide:
         return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
     return y.reshape(n, m, oh, ow)
