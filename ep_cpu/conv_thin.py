@@ -10,7 +10,6 @@ column here), residual and a clamp run in the tile store. float32, group 1, AVX-
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 
@@ -44,7 +43,7 @@ THIN_ARGS = ("x", "x_len", "index", "p", "ck", "gemm", "packed_w", "nb", "m", "m
              "has_bias", "res", "has_res", "lo", "hi", "y")
 
 if numba is not None:
-    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
+    from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
 
     def _thin_conv(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position;
@@ -88,20 +87,10 @@ if numba is not None:
             for c in range(j0 * mk.NR, min(m, j1 * mk.NR)):
                 y[c * p + r] = yt[r * m + c]
 
-    _compiled: dict = {}
-    _compile_lock = threading.Lock()
-
     def thin_conv():
-        """C callback: one image's thin conv (arrays by address), compiled or loaded from the
-        disk cache on first use."""
-        fn = _compiled.get("thin")
-        if fn is None:
-            with _compile_lock:
-                fn = _compiled.get("thin")
-                if fn is None:
-                    fn = _compiled["thin"] = native_call.expect(
-                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(_thin_conv), len(THIN_ARGS))
-        return fn
+        """C callback (native_call.RANGE_SIG): one image's thin conv, its arguments packed in
+        THIN_ARGS order; compiled or loaded from the disk cache on first use."""
+        return native_call.callback(_thin_conv, len(THIN_ARGS))
 
 
 class PackedWeight:

@@ -16,7 +16,6 @@ callback (`depthwise_range`) run by `microkernel.run_ranges` over channel ranges
 from __future__ import annotations
 
 import math
-import threading
 from typing import Callable
 
 import numpy as np
@@ -197,7 +196,7 @@ if numba is not None:
     max16_k3 = _make_out16(3, pool_max=True)
     max16_k5 = _make_out16(5, pool_max=True)   # YOLO's SPPF pools
 
-    from ep_cpu.native_call import RANGE_SIG, f32_at, f64_at
+    from ep_cpu.native_call import f32_at, f64_at
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def _unpack(args_at):  # pragma: no cover - compiled
@@ -255,22 +254,11 @@ if numba is not None:
                               np.float32(0.0), lo, hi, y, (c * oh + oy) * ow + ox0,
                               min(16, ow - ox0), sh, ow, two)
 
-    _callback: dict = {}
-    _callback_lock = threading.Lock()
-
     def depthwise_range(pool_max: bool = False):
         """C callback (native_call.RANGE_SIG) over channel ranges [c0, c1) of one image, its
         arguments packed in DW_ARGS order (`pool_max`: the MaxPool one); compiled or loaded
         from the disk cache on first use."""
-        fn = _callback.get(pool_max)
-        if fn is None:
-            with _callback_lock:
-                fn = _callback.get(pool_max)
-                if fn is None:
-                    fn = _callback[pool_max] = native_call.expect(
-                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(
-                            _maxpool_range if pool_max else _depthwise_range), len(DW_ARGS))
-        return fn
+        return native_call.callback(_maxpool_range if pool_max else _depthwise_range, len(DW_ARGS))
 
 
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,

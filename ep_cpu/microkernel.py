@@ -335,7 +335,7 @@ def _make_depthwise_tile():
 
 
 if numba is not None:
-    from ep_cpu.native_call import RANGE_SIG, call_void, f32_at, f64_at, i64_at
+    from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
 
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
     conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
@@ -558,31 +558,15 @@ if numba is not None:
                     np.float32(a[11]), np.float32(a[12]), np.int64(a[13]),
                     numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1)
 
-    _callbacks: dict = {}
-    _callbacks_lock = threading.Lock()
-
-    def _callback(name: str):
-        """The C callback of a driver, compiled (or loaded from the disk cache) on first use."""
-        fn = _callbacks.get(name)
-        if fn is None:
-            with _callbacks_lock:
-                fn = _callbacks.get(name)
-                if fn is None:
-                    py, count = {"conv": (_conv_range, len(CONV_ARGS)),
-                                 "gemm": (_gemm_range, len(GEMM_ARGS))}[name]
-                    fn = _callbacks[name] = native_call.expect(
-                        numba.cfunc(RANGE_SIG, nogil=True, cache=True)(py), count)
-        return fn
-
     def conv_range():
         """C callback (native_call.RANGE_SIG): conv_in_place over tiles [j0, j1), row panels
         [i0, i1), its arguments packed in CONV_ARGS order."""
-        return _callback("conv")
+        return native_call.callback(_conv_range, len(CONV_ARGS))
 
     def gemm_range():
         """C callback (native_call.RANGE_SIG): gemm_panels over column panels [j0, j1), row
         panels [i0, i1), its arguments packed in GEMM_ARGS order."""
-        return _callback("gemm")
+        return native_call.callback(_gemm_range, len(GEMM_ARGS))
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,

@@ -27,7 +27,6 @@ a numba cfunc over raw addresses run by `ep_cpu.microkernel.run_ranges` (numba's
 """
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -585,37 +584,15 @@ if numba is not None:
             rows = numba.carray(_i32_at(rows_at + 4 * i0 * mr), ((i1 - i0) * mr,))
             _quantize_pack(x, scale, zp, mr, ap, rows)
 
-    _batch_callback: list = []
-
     def gemm_i8_batch_range():
         """C callback: matrices [t0, t1) of `matmul_batched`'s batch (the trailing i0, i1 unused)."""
-        if not _batch_callback:
-            with _callback_lock:
-                if not _batch_callback:
-                    _batch_callback.append(native_call.expect(numba.cfunc(
-                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_batch_range), 15))
-        return _batch_callback[0]
-
-    _quantize_callback: list = []
+        return native_call.callback(_gemm_i8_batch_range, 15, GEMM_I8_RANGE_SIG)
 
     def quantize_range():
         """C callback: quantize_pack's compiled pass over row panels [i0, i1)."""
-        if not _quantize_callback:
-            with _callback_lock:
-                if not _quantize_callback:
-                    _quantize_callback.append(native_call.expect(numba.cfunc(
-                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_quantize_range), 8))
-        return _quantize_callback[0]
-
-    _callback: list = []
-    _callback_lock = threading.Lock()
+        return native_call.callback(_quantize_range, 8, GEMM_I8_RANGE_SIG)
 
     def gemm_i8_range():
         """C callback: gemm_i8_panels(..., j0, j1, i0, i1) with its arrays by address (compiled
         or loaded from numba's disk cache on first use)."""
-        if not _callback:
-            with _callback_lock:
-                if not _callback:
-                    _callback.append(native_call.expect(numba.cfunc(
-                        GEMM_I8_RANGE_SIG, nogil=True, cache=True)(_gemm_i8_range), 15))
-        return _callback[0]
+        return native_call.callback(_gemm_i8_range, 15, GEMM_I8_RANGE_SIG)

@@ -16,6 +16,8 @@ callee's code, so its disk-cached machine code stays valid when the callee's sou
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 try:
@@ -27,6 +29,8 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 _ARG_COUNTS: dict[int, int] = {}
+_COMPILED: dict = {}
+_COMPILE_LOCK = threading.Lock()
 
 
 def pack(*values) -> np.ndarray:
@@ -38,6 +42,22 @@ def expect(callback, count: int):
     """Record that `callback` reads `count` packed arguments (checked by `check_args`)."""
     _ARG_COUNTS[callback.address] = count
     return callback
+
+
+def callback(py_function, count: int | None = None, sig=None):
+    """The numba C callback of a module-level Python function, compiled (or loaded from the disk
+    cache) on first use and kept: `sig` RANGE_SIG unless given; `count` packed arguments it
+    reads (checked by `check_args`)."""
+    fn = _COMPILED.get(py_function)
+    if fn is None:
+        with _COMPILE_LOCK:
+            fn = _COMPILED.get(py_function)
+            if fn is None:
+                fn = numba.cfunc(RANGE_SIG if sig is None else sig, nogil=True, cache=True)(py_function)
+                if count is not None:
+                    expect(fn, count)
+                _COMPILED[py_function] = fn
+    return fn
 
 
 def check_args(callback, args: np.ndarray) -> None:

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ep_cpu import microkernel
+from ep_cpu import microkernel, native_call
 
 try:
     import numba
@@ -243,26 +243,17 @@ if numba is not None:
             for j in range(0, cols, 16):
                 activate16(t, r * ld + j, kind)
 
-    _cells: dict = {}
-
     def tile_callback():
         """C callback `act(tile, rows, cols, ld, kind)`: a KINDS activation in place over a
         tile just stored by a compiled driver (float32 by address, cols a multiple of 16)."""
-        fn = _cells.get("tile")
-        if fn is None:
-            fn = _cells["tile"] = numba.cfunc(TILE_SIG, nogil=True, cache=True)(_activate_tile)
-        return fn
+        return native_call.callback(_activate_tile, sig=TILE_SIG)
 
     def cell_callback(kind: str):
         """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid)` (float32 arrays by
         address, C-contiguous, hid a multiple of 16) of one recurrent time step after its
         product: "LSTM" (gates hold the input projection already; c updated in place) or "GRU"
         (linear_before_reset; c unused). Compiled, or loaded from the disk cache, on first use."""
-        fn = _cells.get(kind)
-        if fn is None:
-            py = {"LSTM": _lstm_cell_at, "GRU": _gru_cell_at}[kind]
-            fn = _cells[kind] = numba.cfunc(CELL_SIG, nogil=True, cache=True)(py)
-        return fn
+        return native_call.callback({"LSTM": _lstm_cell_at, "GRU": _gru_cell_at}[kind], sig=CELL_SIG)
 
 
 def apply(t: np.ndarray, name: str) -> bool:
