@@ -120,10 +120,10 @@ class PackedRecurrent:
         parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
         if parallel:
             microkernel.set_threads(min(threads, proj.shape[1]))
-        _steps_runner(parallel)(self._gemm.address, vector_math.cell_callback(cell_kind).address,
-                                proj, h0, c, hist, gates, self.pack_addrs, self.packs[0].shape[0],
-                                self._mr(h0.shape[1]), np.ascontiguousarray(bias, dtype=np.float32),
-                                use_res)
+        run = _run_steps_parallel if parallel else _run_steps
+        run(self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c, hist,
+            gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]),
+            np.ascontiguousarray(bias, dtype=np.float32), use_res)
         return True
 
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
@@ -193,12 +193,6 @@ if numba is not None:
                             use_res):  # pragma: no cover - compiled
         for d in numba.prange(proj.shape[1]):
             _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
-
-
-def _steps_runner(parallel: bool) -> Callable:
-    """The compiled time loop: directions one after the other, or (`parallel`) on numba's
-    threads."""
-    return _run_steps_parallel if parallel else _run_steps
 
 
 def with_add(matmul: Callable) -> Callable:
