@@ -10,6 +10,7 @@ column here), residual and a clamp run in the tile store. float32, group 1, AVX-
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -102,35 +103,57 @@ class PackedWeight:
         self.address = self.panels.ctypes.data   # alive as long as this object
 
 
+class ThinConv:
+    """One conv's call for one input shape: its packed arguments (THIN_ARGS) filled once, so a
+    run only allocates y and writes the input and output addresses (a streaming model's step
+    runs six such convs: the per-call Python work was ~8 us of each ~13)."""
+
+    def __init__(self, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
+                 bias: np.ndarray | None, clamp: tuple[float, float], x_shape: tuple,
+                 out_shape: tuple, threads: int = 1) -> None:
+        idx, idx_at = rows_index
+        p, ck = idx.shape
+        m = packed_w.m
+        self.bias = bias   # the array this plan was made for (`ep_cpu.kernels.conv` checks it)
+        self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        self._keep = (packed_w, idx)   # addresses in the template
+        self.x_shape, self.threads = tuple(x_shape), threads
+        self.y_shape = (x_shape[0], m) + tuple(out_shape)
+        self.image, self.out_size = math.prod(x_shape[1:]), m * p
+        self.panels = packed_w.panels.shape[0]
+        self.workers = max(1, min(threads, self.panels // 2, p * ck * m // PAR_MIN_MACS))
+        self.template = native_call.pack(
+            0, self.image, idx_at, p, ck, mk.gemm_range().address, packed_w.address, self.panels,
+            m, mk.choose_mr(p), 0 if bias is None else native_call.address(self._bias32),
+            bias is not None, 0, 0, clamp[0], clamp[1], 0)
+
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None,
+                 pool=None) -> np.ndarray:
+        """(N, M, *out) = clamp(conv(x) + bias + residual); x float32 of `x_shape`."""
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.empty(self.y_shape, dtype=np.float32)
+        args = self.template.copy()
+        x_at, y_at = native_call.address(x), native_call.address(y)
+        res = None
+        if residual is not None:
+            res = np.ascontiguousarray(np.broadcast_to(residual, y.shape), dtype=np.float32)
+            res_at, args[13] = native_call.address(res), 1
+        fn = thin_conv()
+        for i in range(self.y_shape[0]):
+            args[0], args[16] = x_at + 4 * i * self.image, y_at + 4 * i * self.out_size
+            if res is not None:
+                args[12] = res_at + 4 * i * self.out_size
+            mk.run_ranges(fn, args, self.panels, 1, self.workers, True, pool)
+        return y
+
+
 def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
          bias: np.ndarray | None, residual: np.ndarray | None,
          clamp: tuple[float, float], out_shape, threads: int = 1, pool=None) -> np.ndarray:
     """(N, M, *out_shape) = clamp(conv + bias + residual) of float32 x (N, C, *spatial);
     `rows_index` (index, its address): (P, C*K) int64 flat indices into one image, its size for
     a padded position (`ep_cpu.kernels.conv` builds and caches it). Threads split the output
-    channels (`pool(workers)`: an executor where numba's TBB threads are not loadable)."""
-    idx, idx_at = rows_index
-    n, (p, ck) = x.shape[0], idx.shape
-    m = packed_w.m
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-    y = np.empty((n, m) + tuple(out_shape), dtype=np.float32)
-    res = None if residual is None else np.ascontiguousarray(
-        np.broadcast_to(residual, y.shape), dtype=np.float32)
-    if bias is not None and (bias.dtype != np.float32 or not bias.flags.c_contiguous):
-        bias = np.ascontiguousarray(bias, dtype=np.float32)
-    image = x[0].size
-    # arrays by address (C-contiguous and alive in this frame)
-    x_at, y_at = x.ctypes.data, y.ctypes.data
-    res_at = 0 if res is None else res.ctypes.data
-    lead = (image, idx_at, p, ck, mk.gemm_range().address, packed_w.address,
-            packed_w.panels.shape[0], m, mk.choose_mr(p), 0 if bias is None else bias.ctypes.data,
-            bias is not None)
-    nb = packed_w.panels.shape[0]
-    workers = max(1, min(threads, nb // 2, p * ck * m // PAR_MIN_MACS))
-    for i in range(n):   # THIN_ARGS
-        args = native_call.pack(x_at + 4 * i * image, *lead,
-                                (res_at + 4 * i * m * p) if res is not None else 0,
-                                res is not None, clamp[0], clamp[1], y_at + 4 * i * m * p)
-        mk.run_ranges(thin_conv(), args, nb, 1, workers, True, pool)
-    return y
+    channels (`pool(workers)`: an executor where numba's TBB threads are not loadable). A
+    caller that runs the same shapes again keeps a `ThinConv` instead."""
+    return ThinConv(packed_w, rows_index, bias, clamp, x.shape, out_shape, threads)(x, residual, pool)

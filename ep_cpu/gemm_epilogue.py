@@ -95,13 +95,17 @@ def _gelu_tanh(t: np.ndarray, p: dict) -> None:
     t *= 0.5
 
 
+SMALL_EXPIT = 768   # below this many values scipy's expit (one ufunc call) is the fastest:
+                    # 0.3 us for 16 values where the four-call numpy path took 2.5
+
+
 def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Logistic sigmoid of a float array into `out` (new array if None; may be x itself).
 
     float32 goes through numpy's exp, about twice as fast as scipy's expit (measured 21 vs 50 us
     on 6K values, 3.1 vs 6.1 ms on 1M); exp(-x) overflowing for x < -88 gives the exact limit 0.
     """
-    if x.dtype != np.float32 and _expit is not None:
+    if _expit is not None and (x.dtype != np.float32 or x.size < SMALL_EXPIT):
         return _expit(x) if out is None else _expit(x, out=out)
     if x.size >= vector_math.FAST_MIN and (out is None or out.flags.c_contiguous) and vector_math.available():
         if out is None:

@@ -100,7 +100,7 @@ def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, b
     columns (or rows) on numba's TBB threads, or on `ep_cpu.gemm`'s Python pool
     (`pool(workers)`: an executor) where TBB is not loadable (the calling thread takes the first
     range)."""
-    at = args.ctypes.data
+    at = native_call.address(args)
     if workers <= 1:
         callback.ctypes(at, 0, cols, 0, rows)
         return

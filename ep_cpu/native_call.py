@@ -16,6 +16,7 @@ callee's code, so its disk-cached machine code stays valid when the callee's sou
 """
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -31,6 +32,20 @@ except ImportError:  # pragma: no cover - numba is a dependency
 _ARG_COUNTS: dict[int, int] = {}
 _COMPILED: dict = {}
 _COMPILE_LOCK = threading.Lock()
+
+
+_char_view = ctypes.c_char.from_buffer
+_address_of = ctypes.addressof
+
+
+def address(a: np.ndarray) -> int:
+    """The address of a C-contiguous array's first element: ~0.3 us where `a.ctypes.data`
+    takes ~1 us (it builds a ctypes helper object each time; a conv of a streaming model reads
+    four). Read-only and empty arrays take the slow path."""
+    try:
+        return _address_of(_char_view(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
 
 
 def pack(*values) -> np.ndarray:

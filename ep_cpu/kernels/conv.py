@@ -429,15 +429,21 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
     """Conv through `ep_cpu.conv_thin` (a few output positions: the positions as GEMM rows)."""
     p = activation_params or {}
     clamp = epilogue_jit.clamp_bounds(activation, p)
-    packed = getattr(k, "_thin_w", None)
-    if packed is None:
-        packed = conv_thin.PackedWeight(w)
-        if k.ctx.constant_input(1) is not None:
-            k._thin_w = packed
-    idx = _im2col_rows_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dil), tuple(begin),
-                             tuple(out))
-    y = conv_thin.conv(x, packed, idx, b, residual, clamp or (-math.inf, math.inf), out,
-                       get_num_threads(), _get_pool)
+    threads = get_num_threads()
+    plan = k.__dict__.get("_thin_plan")
+    if plan is None or plan.x_shape != x.shape or plan.bias is not b or plan.threads != threads:
+        packed = getattr(k, "_thin_w", None)
+        if packed is None:
+            packed = conv_thin.PackedWeight(w)
+            if k.ctx.constant_input(1) is not None:
+                k._thin_w = packed
+        idx = _im2col_rows_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dil),
+                                 tuple(begin), tuple(out))
+        plan = conv_thin.ThinConv(packed, idx, b, clamp or (-math.inf, math.inf), x.shape, out,
+                                  threads)
+        if k.ctx.constant_input(1) is not None:   # one plan per kernel: the last shape seen
+            k._thin_plan = plan
+    y = plan(x, residual, _get_pool)
     if clamp is None:
         ACTIVATIONS[activation](y, p)
     return y

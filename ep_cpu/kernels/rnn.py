@@ -112,8 +112,12 @@ class _Recurrent(Kernel):
 
     def _dense_ok(self, p) -> bool:
         """Dense path applies: gated cell, default activations, no clip (peepholes: see LSTM)."""
-        return (self.n_gates > 1 and self.clip is None
+        ok = self.__dict__.get("_dense_attrs_ok")
+        if ok is None:   # attributes only: decided once
+            ok = self._dense_attrs_ok = (
+                self.n_gates > 1 and self.clip is None
                 and self.act_names == [a.lower() for a in self.default_acts] * self.num_dir)
+        return ok
 
     def _run_dense(self, dirs, y, y_h, y_c, lens: np.ndarray | None, rt: np.ndarray,
                    rb: np.ndarray) -> None:
@@ -134,7 +138,6 @@ class _Recurrent(Kernel):
         # forward over full lengths: the states go straight into y
         hist = y if lens is None and self.direction == "forward" else np.empty_like(y)
         rb_step = self._fold_recurrent_bias(proj, rb)
-        gates = np.empty(proj.shape[1:], dtype=y.dtype)
         jit = self.jit_matmul if rt.dtype == y.dtype and rt.flags.c_contiguous else None
         if lens is None and seq and isinstance(jit, PackedRecurrent):
             # every step in one compiled loop (any batch)
@@ -146,18 +149,22 @@ class _Recurrent(Kernel):
         mm = _blas_matmul   # (h, rt, out, add=None): BLAS, or a compiled product for a few rows
         if jit is not None and (2 <= batch <= SMALL_BATCH or (batch >= 2 and isinstance(jit, PackedRecurrent))):
             mm = jit
+        gates = np.empty(proj.shape[1:], dtype=y.dtype)
         tmp = np.empty_like(h)
         live = None if lens is None else np.arange(seq)[:, None] < lens[None, :]    # (seq, B)
         step = self._dense_step
-        for t in range(seq):
-            done = None if live is None or live[t].all() else np.flatnonzero(~live[t])
-            if done is not None:
-                c_done = c[:, done].copy()
-            step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
-            if done is not None:   # rows past their length carry their state unchanged
-                hist[t][:, done] = h[:, done]
-                c[:, done] = c_done
-            h = hist[t]
+        # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
+        # when another process holds a core), so the recurrence runs on one thread.
+        with single_threaded_blas():
+            for t in range(seq):
+                done = None if live is None or live[t].all() else np.flatnonzero(~live[t])
+                if done is not None:
+                    c_done = c[:, done].copy()
+                step(proj[t], h, c, rt, rb_step, gates, tmp, hist[t], mm)
+                if done is not None:   # rows past their length carry their state unchanged
+                    hist[t][:, done] = h[:, done]
+                    c[:, done] = c_done
+                h = hist[t]
         self._finish_dense(dirs, y, y_h, y_c, live, hist, h, c)
 
     def _compiled_cell(self, rb_step) -> tuple[str, np.ndarray | None] | None:
@@ -246,12 +253,10 @@ class _Recurrent(Kernel):
             c = np.zeros((batch, hid), dtype=cdt) if initial_c is None else initial_c[d].astype(cdt)
             pd = None if p is None else p[d].astype(cdt)
             dirs.append((tidx, proj, h, c, rt, rb, pd))
-        # Per-step products are tiny: threaded BLAS only adds wake-up latency (10x slower
-        # when another process holds a core), so the recurrence runs on one thread.
-        with single_threaded_blas():
-            if dense:
-                self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all)
-            else:
+        if dense:
+            self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all)
+        else:
+            with single_threaded_blas():
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):
                     for t in range(seq):
                         h_new, c_new = self._step(proj[t], h, c, rt, rb, pd, self.acts[d], hid)

@@ -13,6 +13,8 @@ from typing import Callable
 
 import numpy as np
 
+from ep_cpu import gemm_compiled, microkernel, vector_math
+
 SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
 
 _lock = threading.Lock()
@@ -87,7 +89,6 @@ class PackedRecurrent:
     An LSTM step of hidden 256 and batch 4: ~15 us where the numba pass above takes ~45."""
 
     def __init__(self, rt_all: np.ndarray) -> None:
-        from ep_cpu import gemm_compiled, microkernel
         self._gemm = microkernel.gemm_range()
         self._range = self._gemm.ctypes
         self.packs = [gemm_compiled.pack(rt_all[d]) for d in range(rt_all.shape[0])]
@@ -96,6 +97,7 @@ class PackedRecurrent:
         self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
         self._modes = (microkernel.EPILOGUE, microkernel.EPILOGUE_RES)
         self._mr = microkernel.choose_mr
+        self._no_bias: dict[int, np.ndarray] = {}   # zeros per direction count
 
     def run_sequence(self, cell_kind: str, proj: np.ndarray, h0: np.ndarray, c: np.ndarray,
                      hist: np.ndarray, bias: np.ndarray | None, threads: int = 1) -> bool:
@@ -106,16 +108,18 @@ class PackedRecurrent:
         projection is added in the product's tile store instead. False (nothing done) where
         the compiled cell does not apply: hidden size not a multiple of 16, other layouts.
         `threads` > 1 runs the directions of a bidirectional layer side by side."""
-        from ep_cpu import microkernel, vector_math
         hid = h0.shape[-1]
-        arrays = (proj, h0, c, hist)
-        if (hid % 16 or not vector_math.available()
-                or any(a.dtype != np.float32 or not a.flags.c_contiguous for a in arrays)):
+        f32 = np.float32
+        if (hid % 16 or not vector_math.available() or proj.dtype != f32 or h0.dtype != f32
+                or c.dtype != f32 or hist.dtype != f32 or not (proj.flags.c_contiguous
+                and h0.flags.c_contiguous and c.flags.c_contiguous and hist.flags.c_contiguous)):
             return False
         gates = np.empty(proj.shape[1:], dtype=np.float32)
         use_res = bias is None
-        if bias is None:
-            bias = np.zeros((proj.shape[1], self.n), dtype=np.float32)
+        if bias is None:   # a constant of this layer's shape (only read)
+            bias = self._no_bias.get(proj.shape[1])
+            if bias is None:
+                bias = self._no_bias[proj.shape[1]] = np.zeros((proj.shape[1], self.n), dtype=f32)
         # bidirectional: one direction per thread (no hand-off between them until the end)
         parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
         if parallel:
