@@ -33,6 +33,10 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
     return mk.pack_rows(w.reshape(m, math.prod(w.shape[1:])), choose_mr(m))
 
 
+# 1x1 convs over maps of up to this many positions (not a multiple of 16) copy their input to
+# 64-byte aligned channel rows: 0-9% faster on MobileNetV2's 7x7 and 14x14 maps (1 thread)
+ALIGN_MAX_POSITIONS = 1024
+
 # Panels per thread hand-off: fewer and one thread runs all (a hand-off costs ~20-60 us).
 PAR_MIN_PANELS = 4
 
@@ -85,9 +89,9 @@ def phase_layout(c: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh:
 
 
 @functools.lru_cache(maxsize=256)
-def _tile_rows(c: int) -> np.ndarray:
-    """Row offsets of a (C, NR) buffer of one tile's columns."""
-    rows = np.arange(c, dtype=np.int64) * NR
+def _tile_rows(c: int, stride: int = NR) -> np.ndarray:
+    """Row offsets of a (C, stride) buffer: one tile's columns, or a small map's channels."""
+    rows = np.arange(c, dtype=np.int64) * stride
     rows.flags.writeable = False
     return rows
 
@@ -132,8 +136,16 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     # input, except the last tile's columns where they would be read past the end of x
     in_place = (kh == kw == 1 and sh == sw == 1 and not any(begin) and not any(end)
                 and x.dtype == np.float32 and x.flags.c_contiguous)
-    xq = x.reshape(n, c * h * w) if in_place else fill_planes(x, lay, sh, sw, 0.0)
-    full_tiles = (h * w) // NR if in_place else tiles
+    if in_place and (h * w) % 16 and h * w <= ALIGN_MAX_POSITIONS:
+        # rows of h*w floats start off a 64-byte line, and every B load of the microkernel
+        # straddles two: channels copied to rows of ldc floats (960->160 on 7x7 118 -> 100 us)
+        xq = np.empty((n, c, ldc), dtype=np.float32)
+        xq[:, :, h * w:] = 0
+        xq[:, :, :h * w] = x.reshape(n, c, h * w)
+        xq, rows, in_place, full_tiles = xq.reshape(n, c * ldc), _tile_rows(c, ldc), False, tiles
+    else:
+        xq = x.reshape(n, c * h * w) if in_place else fill_planes(x, lay, sh, sw, 0.0)
+        full_tiles = (h * w) // NR if in_place else tiles
     has_bias, has_res = bias is not None, residual is not None
     # the microkernel always adds a bias in its epilogue: zeros when there is none
     b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias

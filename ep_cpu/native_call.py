@@ -98,6 +98,7 @@ if numba is not None:
     f32_at = _pointer_intrinsic(ir.FloatType(), types.float32)
     f64_at = _pointer_intrinsic(ir.DoubleType(), types.float64)
     i64_at = _pointer_intrinsic(ir.IntType(64), types.int64)
+    u16_at = _pointer_intrinsic(ir.IntType(16), types.uint16)
 
     @intrinsic
     def call_void(typingctx, addr, args):

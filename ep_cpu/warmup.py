@@ -44,7 +44,7 @@ def probes() -> list[Probe]:
               {"x": (1, 8, 24, 24)}, {"w": _w(rng, 16, 8, 3, 3), "b": _w(rng, 16), "w2": _w(rng, 16, 16, 3, 3)}),
         Probe("conv_thin", "few-position convs (positions as GEMM rows)",
               [node("Conv", ["x", "w"], ["y"], strides=[64])], {"x": (1, 1, 192)}, {"w": _w(rng, 40, 1, 64)}),
-        Probe("depthwise", "depthwise convs: masked vectors and phase planes",
+        Probe("depthwise", "depthwise convs: masked row vectors (stride 2), flat planes (stride 1)",
               [node("Conv", ["x", "w"], ["a"], group=16, strides=[2, 2], pads=[1, 1, 1, 1]),
                node("Conv", ["x", "w"], ["b"], group=16, pads=[1, 1, 1, 1]),
                node("Conv", ["a", "w"], ["c"], group=16, strides=[2, 2], pads=[1, 1, 1, 1])],

@@ -299,18 +299,20 @@ def test_kernel_failure_at_run_time_exits_1(capsys, tmp_path):
 def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatch):
     """`warmup` runs one model per compiled CPU path; each probe's path is really taken (the
     compiled entry points are counted), so the cache it fills is the one sessions load."""
-    from ep_cpu import conv_implicit, conv_thin, depthwise_direct, microkernel, ml_jit, warmup
+    from ep_cpu import conv_implicit, conv_thin, depthwise_direct, depthwise_flat, microkernel, ml_jit, warmup
     from ep_cpu.kernels import rnn_jit
     if not microkernel.available():
         pytest.skip("the compiled kernels need numba and an AVX-512 CPU")
     hits = []
     for module, name in ((conv_implicit, "conv2d"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
-                         (depthwise_direct, "max_pool_2d"), (rnn_jit.PackedRecurrent, "run_sequence"),
+                         (depthwise_flat, "depthwise_2d"), (depthwise_direct, "max_pool_2d"), (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
-        real = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: hits.append(name) or real(*a, **k))
+        real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
+        monkeypatch.setattr(module, name, lambda *a, real=real, label=label, **k: hits.append(label) or real(*a, **k))
     code, out, _ = run_cli(capsys, "warmup", "--json")
     assert code == 0
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
-    assert {"conv2d", "__call__", "depthwise_2d", "max_pool_2d", "run_sequence", "linear_scores"} <= set(hits)
+    assert {"conv_implicit.conv2d", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
+            "depthwise_flat.depthwise_2d", "depthwise_direct.max_pool_2d", "PackedRecurrent.run_sequence",
+            "ml_jit.linear_scores"} <= set(hits)

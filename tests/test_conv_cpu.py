@@ -63,6 +63,7 @@ def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_ro
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDE1", planes_min)
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDED", planes_min)
         monkeypatch.setattr(conv_depthwise, "PAR_MIN_MACS", 1)
+        monkeypatch.setattr(conv_depthwise, "FLAT", False)   # tests/test_depthwise_flat.py
     else:
         monkeypatch.setattr(conv, "DW_COMPILED", False)
         monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)

@@ -1,0 +1,202 @@
+"""Stride-1 depthwise convolution over a channel's whole output plane as flat 16-float vectors.
+
+Where the output keeps the input's width (stride 1, the usual "same" padding), output position
+p = oy*W + ox of a channel reads its input under tap (ky, kx) at p + (ky*dh - ph)*W + kx*dw - pw:
+one shift per tap for the whole plane. So 16 consecutive positions, across row ends, are one
+vector load at that shift, masked where a lane's row or column falls in the padding (the masks
+depend only on the geometry: a table of 16-bit masks per tap and vector, made once). Each output
+vector is `taps` fused multiply-adds; four vectors at a time keep four chains in flight. No
+lane is wasted on short rows: a 7x7 map is 49 lanes of 64, where the row-wise kernel of
+`ep_cpu.depthwise_direct` fills 7 of every 16 (MobileNetV2's 960x7x7 3x3 depthwise: 85 us
+there and in the channels-last kernel, onnxruntime 22).
+
+Written in LLVM IR through numba's `intrinsic` (`llvm.masked.load/store`, `llvm.fma`); float32,
+AVX-512F CPUs (`available`). The driver is a C callback (`flat_range`) over channel ranges.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import numpy as np
+
+from ep_cpu import microkernel as mk
+from ep_cpu import native_call
+
+try:
+    import numba
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except ImportError:  # pragma: no cover - numba is a dependency
+    numba = None
+
+GROUP = 4                # output vectors per call (independent FMA chains)
+PAR_MIN_MACS = 1 << 20   # multiply-adds per thread hand-off
+# packed arguments of the callback (native_call.pack), in this order
+FLAT_ARGS = ("x", "plane_in", "w", "taps", "bias", "y", "plane_out", "shifts", "masks", "groups",
+             "lo", "hi")
+
+
+def available() -> bool:
+    return numba is not None and mk.available()
+
+
+def applies(x_shape, kernel_shape, strides, dilations, begin, out_shape) -> bool:
+    """Stride 1 with the output as wide as the input (so every tap is one flat shift)."""
+    return (all(int(s) == 1 for s in strides) and len(out_shape) == 2 and min(out_shape) > 0
+            and int(out_shape[1]) == int(x_shape[3]))
+
+
+@functools.lru_cache(maxsize=256)
+def geometry(h: int, w: int, kh: int, kw: int, dh: int, dw: int, ph: int, pw: int,
+             oh: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(shifts (taps,) int64, masks (taps + 1, vectors) uint16, groups): tap t of output lane p
+    reads input p + shifts[t] where bit p % 16 of masks[t, p // 16] is set; the last row of
+    masks is the store mask (p < oh*w); vectors is a whole number of GROUPs."""
+    positions = oh * w
+    vectors = -(-positions // (16 * GROUP)) * GROUP
+    p = np.arange(vectors * 16)
+    oy, ox = p // w, p % w
+    taps = kh * kw
+    shifts = np.empty(taps, dtype=np.int64)
+    bits = np.zeros((taps + 1, vectors * 16), dtype=bool)
+    for ky in range(kh):
+        for kx in range(kw):
+            t = ky * kw + kx
+            iy, ix = oy + ky * dh - ph, ox + kx * dw - pw
+            shifts[t] = (ky * dh - ph) * w + kx * dw - pw
+            bits[t] = (p < positions) & (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+    bits[taps] = p < positions
+    masks = np.packbits(bits.reshape(taps + 1, vectors, 2, 8), axis=-1, bitorder="little")
+    masks = np.ascontiguousarray(masks.reshape(taps + 1, vectors, 2)).view(np.uint16)
+    masks = masks.reshape(taps + 1, vectors).copy()
+    shifts.flags.writeable = False
+    masks.flags.writeable = False
+    return shifts, masks, vectors // GROUP
+
+
+def _make_group():
+
+    @intrinsic
+    def out_group(typingctx, x_arr, x_off, shifts_arr, masks_arr, v0, vectors, taps, w_arr, w_off,
+                  bias, lo, hi, y_arr, y_off):
+        """y[y_off + 16j + lane] = clamp(bias + sum over taps t of w[w_off + t] *
+        x[x_off + 16j + lane + shifts[t]]) for the GROUP vectors j of output vectors v0.., lanes
+        masked by masks[t * vectors + v0 + j] (loads) and masks[taps * vectors + v0 + j]
+        (store); masked-off lanes are not read or written."""
+        i64 = types.int64
+        sig = types.void(x_arr, i64, shifts_arr, masks_arr, i64, i64, i64, w_arr, i64,
+                         types.float32, types.float32, types.float32, y_arr, i64)
+
+        def codegen(context, builder, signature, args):
+            (x_v, x_o, sh_v, m_v, v0_v, nv_v, taps_v, w_v, w_o, bias_v, lo_v, hi_v, y_v,
+             y_o) = args
+            tys = signature.args
+            vir = mk._VectorIR(builder)
+            v16 = vir.v16
+            l64, l32, l16 = ir.IntType(64), ir.IntType(32), ir.IntType(16)
+            mask_t = ir.VectorType(ir.IntType(1), 16)
+            masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(v16, [v16.as_pointer(), l32, mask_t, v16]),
+                "llvm.masked.load.v16f32.p0v16f32")
+            masked_store = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [v16, v16.as_pointer(), l32, mask_t]),
+                "llvm.masked.store.v16f32.p0v16f32")
+
+            def data(k, value):
+                return context.make_array(tys[k])(context, builder, value).data
+
+            def c64(v):
+                return ir.Constant(l64, v)
+
+            x = builder.gep(data(0, x_v), [x_o])
+            shifts = data(2, sh_v)
+            masks = builder.gep(data(3, m_v), [v0_v])
+            wt = builder.gep(data(7, w_v), [w_o])
+            y = builder.gep(data(12, y_v), [y_o])
+            zero = ir.Constant(v16, [0.0] * 16)
+
+            def lane_mask(row, j):
+                bits = builder.load(builder.gep(masks, [builder.add(builder.mul(row, nv_v), c64(j))]))
+                return builder.bitcast(builder.trunc(bits, l16) if bits.type != l16 else bits, mask_t)
+
+            accs = [cgutils.alloca_once_value(builder, vir.broadcast(bias_v)) for _ in range(GROUP)]
+            with cgutils.for_range(builder, taps_v) as loop:
+                t = loop.index
+                wv = vir.broadcast(builder.load(builder.gep(wt, [t])))
+                base = builder.gep(x, [builder.load(builder.gep(shifts, [t]))])
+                for j in range(GROUP):
+                    ptr = vir.ptr(base, c64(16 * j))
+                    v = builder.call(masked_load, [ptr, ir.Constant(l32, 4), lane_mask(t, j), zero])
+                    builder.store(builder.call(vir.fma, [wv, v, builder.load(accs[j])]), accs[j])
+            lo_s, hi_s = vir.broadcast(lo_v), vir.broadcast(hi_v)
+            for j in range(GROUP):
+                out = vir.clamp(builder.load(accs[j]), lo_s, hi_s)
+                builder.call(masked_store, [out, vir.ptr(y, c64(16 * j)), ir.Constant(l32, 4),
+                                            lane_mask(taps_v, j)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return out_group
+
+
+if numba is not None:
+    out_group = _make_group()
+
+    from ep_cpu.native_call import f32_at, f64_at, i64_at, u16_at
+
+    def _flat_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # channels [c0, c1) of one image (FLAT_ARGS packed); rows [r0, r1) unused
+        a = numba.carray(f64_at(args_at), (12,))
+        plane_in, taps, plane_out = np.int64(a[1]), np.int64(a[3]), np.int64(a[6])
+        groups = np.int64(a[9])
+        vectors = groups * GROUP
+        x = numba.carray(f32_at(np.int64(a[0])), (c1 * plane_in,))
+        wt = numba.carray(f32_at(np.int64(a[2])), (c1 * taps,))
+        bias = numba.carray(f32_at(np.int64(a[4])), (c1,))
+        y = numba.carray(f32_at(np.int64(a[5])), (c1 * plane_out,))
+        shifts = numba.carray(i64_at(np.int64(a[7])), (taps,))
+        masks = numba.carray(u16_at(np.int64(a[8])), ((taps + 1) * vectors,))
+        lo, hi = np.float32(a[10]), np.float32(a[11])
+        for c in range(c0, c1):
+            for g in range(groups):
+                v0 = g * GROUP
+                out_group(x, c * plane_in + 16 * v0, shifts, masks, v0, vectors, taps, wt, c * taps,
+                          bias[c], lo, hi, y, c * plane_out + 16 * v0)
+
+    def flat_range():
+        """C callback (native_call.RANGE_SIG) over channel ranges [c0, c1) of one image, its
+        arguments packed in FLAT_ARGS order; compiled or loaded from the disk cache on first use."""
+        return native_call.callback(_flat_range, len(FLAT_ARGS))
+
+
+def depthwise_2d(x: np.ndarray, w: np.ndarray, dilations, begin, out_shape,
+                 bias: np.ndarray | None, clamp: tuple[float, float] | None, threads: int,
+                 pool: Callable) -> np.ndarray:
+    """Stride-1 depthwise conv of float32 x (N, C, H, W) with w (C, 1, KH, KW), bias and an
+    optional clamp (Relu, Clip; NaN passes it), the output as wide as x (`applies`). A new
+    (N, C, OH, W) array."""
+    n, c, h, wd = x.shape
+    kh, kw = w.shape[2:]
+    oh, ow = (int(v) for v in out_shape)
+    shifts, masks, groups = geometry(h, wd, kh, kw, int(dilations[0]), int(dilations[1]),
+                                     int(begin[0]), int(begin[1]), oh)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
+    b = (np.zeros(c, dtype=np.float32) if bias is None
+         else np.ascontiguousarray(bias, dtype=np.float32).reshape(c))
+    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+    # the last group's masked-off lanes reach past the plane: never read, never written
+    y = np.empty((n, c, oh, ow), dtype=np.float32)
+    workers = max(1, min(threads, c, n * c * oh * ow * kh * kw // PAR_MIN_MACS))
+    at = native_call.address
+    for i in range(n):
+        # arrays by address (C-contiguous and alive in this frame), in FLAT_ARGS order
+        args = native_call.pack(at(x[i]), h * wd, at(w2), kh * kw, at(b), at(y[i]), oh * ow,
+                                shifts.ctypes.data, masks.ctypes.data, groups, lo, hi)
+        mk.run_ranges(flat_range(), args, c, 1, workers, True, pool)
+    return y
