@@ -167,16 +167,26 @@ def _integer_repeats(shape: tuple, plans: dict[int, AxisPlan]) -> dict[int, int]
 
 
 def _repeat(x: np.ndarray, reps: dict[int, int]) -> np.ndarray:
-    """x with each element repeated reps[a] times along axis a, as one broadcast copy (numpy's
-    take along an axis gathers element by element: a 2x upsample of 256x10x10 took ~0.2 ms)."""
-    src_shape, dst_shape = [], []
-    for a, n in enumerate(x.shape):
-        k = reps.get(a, 1)
-        src_shape += [n, 1]
-        dst_shape += [n, k]
-    y = np.empty([n * k for n, k in zip(dst_shape[::2], dst_shape[1::2])], dtype=x.dtype)
-    y.reshape(dst_shape)[...] = x.reshape(src_shape)
-    return y
+    """x with each element repeated reps[a] times along axis a. numpy's take along an axis
+    gathers element by element (a 2x upsample of 256x10x10 took ~0.2 ms), and a broadcast copy
+    is slow when its innermost run is short (2 elements: ~1.4 ns an element). So: np.repeat for
+    the outer axes (runs of whole rows); the last axis, where np.repeat copies 4-byte runs, as
+    64-bit pairs for a factor of 2 on 4-byte types (v * (2^32 + 1) = (v, v)), else a broadcast.
+    YOLOv8's 2x upsample of 256x10x10: 140 -> ~25 us (onnxruntime 16)."""
+    last = x.ndim - 1
+    k = reps.get(last, 1)
+    if k == 2 and x.dtype.itemsize == 4:
+        pairs = np.ascontiguousarray(x).view(np.uint32).astype(np.uint64)
+        pairs *= np.uint64(0x100000001)
+        x = pairs.view(x.dtype).reshape(x.shape[:-1] + (2 * x.shape[-1],))
+    elif k != 1:
+        y = np.empty(x.shape[:-1] + (x.shape[-1], k), dtype=x.dtype)
+        y[...] = x[..., None]
+        x = y.reshape(x.shape[:-1] + (k * x.shape[-1],))
+    for a in sorted(reps):
+        if a != last and reps[a] != 1:
+            x = np.repeat(x, reps[a], axis=a)
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
 
 
 def _round_half_up(v: float) -> int:
@@ -221,8 +231,15 @@ class Resize(Kernel):
         self.antialias = bool(self.attr("antialias", 0))
         self.axes = self.attr("axes")
         self.policy = self.attr("keep_aspect_ratio_policy", "stretch")
+        self._sizes_constant = all(ctx.constant_input(i) is not None
+                                   for i in range(1, len(node.inputs)) if node.inputs[i])
 
     def compute(self, x, *rest):
+        if self._sizes_constant:   # roi, scales, sizes all session constants: planned per shape
+            cached = self.__dict__.get("_plans")
+            if cached is not None and cached[0][0] == x.shape and cached[0][1] == x.dtype:
+                plans, repeats = cached[1]
+                return _repeat(x, repeats) if repeats is not None else apply_plans(x, plans, self.extrapolation)
         if self.node.since_version < 11:
             roi, scales, sizes = None, rest[0] if rest else None, None
         else:
@@ -260,12 +277,12 @@ class Resize(Kernel):
             out_sizes = [int(v) for v in lens]
         else:
             raise bad_data(self, "one of 'scales' or 'sizes' must be given")
-        check_resize(self, x, axes, out_sizes, self.mode)
-        key = (x.shape, tuple(axes), tuple(out_sizes), tuple(scl), tuple(rois))
+        key = (x.shape, x.dtype, tuple(axes), tuple(out_sizes), tuple(scl), tuple(rois))
         cached = self.__dict__.get("_plans")
         if cached is not None and cached[0] == key:
             plans, repeats = cached[1]
-        else:   # the plans of a shape are computed once, not per run
+        else:   # the plans of a shape are checked and computed once, not per run
+            check_resize(self, x, axes, out_sizes, self.mode)
             plans = {}
             for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
                 if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
