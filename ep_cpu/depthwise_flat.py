@@ -10,6 +10,10 @@ lane is wasted on short rows: a 7x7 map is 49 lanes of 64, where the row-wise ke
 `ep_cpu.depthwise_direct` fills 7 of every 16 (MobileNetV2's 960x7x7 3x3 depthwise: 85 us
 there and in the channels-last kernel, onnxruntime 22).
 
+Stride 2 (the output half as wide as the input) splits each channel into its four stride-phase
+planes first, in a scratch buffer that stays in cache (a vectorized even/odd copy), in which
+every tap is again one flat shift.
+
 Written in LLVM IR through numba's `intrinsic` (`llvm.masked.load/store`, `llvm.fma`); float32,
 AVX-512F CPUs (`available`). The driver is a C callback (`flat_range`) over channel ranges.
 """
@@ -36,8 +40,8 @@ except ImportError:  # pragma: no cover - numba is a dependency
 GROUP = 4                # output vectors per call (independent FMA chains)
 PAR_MIN_MACS = 1 << 20   # multiply-adds per thread hand-off
 # packed arguments of the callback (native_call.pack), in this order
-FLAT_ARGS = ("x", "plane_in", "w", "taps", "bias", "y", "plane_out", "shifts", "masks", "groups",
-             "lo", "hi")
+FLAT_ARGS = ("x", "h", "w", "stride", "weights", "taps", "bias", "y", "plane_out", "shifts",
+             "masks", "groups", "lo", "hi")
 
 
 def available() -> bool:
@@ -45,29 +49,37 @@ def available() -> bool:
 
 
 def applies(x_shape, kernel_shape, strides, dilations, begin, out_shape) -> bool:
-    """Stride 1 with the output as wide as the input (so every tap is one flat shift)."""
-    return (all(int(s) == 1 for s in strides) and len(out_shape) == 2 and min(out_shape) > 0
-            and int(out_shape[1]) == int(x_shape[3]))
+    """Stride 1 with the output as wide as the input, or stride 2 with it as wide as the input's
+    stride-phase planes (so every tap is one flat shift)."""
+    if len(out_shape) != 2 or min(out_shape) <= 0 or len(strides) != 2:
+        return False
+    s = int(strides[0])
+    return s in (1, 2) and int(strides[1]) == s and int(out_shape[1]) == -(-int(x_shape[3]) // s)
 
 
 @functools.lru_cache(maxsize=256)
-def geometry(h: int, w: int, kh: int, kw: int, dh: int, dw: int, ph: int, pw: int,
-             oh: int) -> tuple[np.ndarray, np.ndarray, int]:
+def geometry(h: int, w: int, kh: int, kw: int, dh: int, dw: int, ph: int, pw: int, oh: int,
+             stride: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """(shifts (taps,) int64, masks (taps + 1, vectors) uint16, groups): tap t of output lane p
-    reads input p + shifts[t] where bit p % 16 of masks[t, p // 16] is set; the last row of
-    masks is the store mask (p < oh*w); vectors is a whole number of GROUPs."""
-    positions = oh * w
+    reads input p + shifts[t] (stride 2: of the four phase planes, (2*2, hq, wq) per channel)
+    where bit p % 16 of masks[t, p // 16] is set; the last row of masks is the store mask
+    (p < oh*ow); vectors is a whole number of GROUPs."""
+    ow = -(-w // stride)
+    hq = -(-h // stride)
+    positions = oh * ow
     vectors = -(-positions // (16 * GROUP)) * GROUP
     p = np.arange(vectors * 16)
-    oy, ox = p // w, p % w
+    oy, ox = p // ow, p % ow
     taps = kh * kw
     shifts = np.empty(taps, dtype=np.int64)
     bits = np.zeros((taps + 1, vectors * 16), dtype=bool)
     for ky in range(kh):
         for kx in range(kw):
             t = ky * kw + kx
-            iy, ix = oy + ky * dh - ph, ox + kx * dw - pw
-            shifts[t] = (ky * dh - ph) * w + kx * dw - pw
+            iy, ix = stride * oy + ky * dh - ph, stride * ox + kx * dw - pw
+            oy_, ox_ = ky * dh - ph, kx * dw - pw    # the tap's offset in input rows, columns
+            a, b = oy_ % stride, ox_ % stride          # its phase plane, and offset in it
+            shifts[t] = ((a * stride + b) * hq + (oy_ - a) // stride) * ow + (ox_ - b) // stride
             bits[t] = (p < positions) & (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
     bits[taps] = p < positions
     masks = np.packbits(bits.reshape(taps + 1, vectors, 2, 8), axis=-1, bitorder="little")
@@ -149,24 +161,49 @@ if numba is not None:
 
     from ep_cpu.native_call import f32_at, f64_at, i64_at, u16_at
 
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _phase_planes(x, x_off, h, w, hq, wq, out):  # pragma: no cover - compiled
+        # one channel x[x_off : + h*w] -> out (2, 2, hq, wq): plane (a, b) row i = input row
+        # 2i + a, columns b::2 (an even/odd split LLVM vectorizes with shuffles)
+        u64 = np.uint64
+        plane = hq * wq
+        half = w >> 1
+        for i in range(h):
+            src = u64(x_off + i * w)
+            d0 = u64(2 * (i & 1) * plane + (i >> 1) * wq)
+            d1 = d0 + u64(plane)
+            for j in range(half):
+                out[d0 + u64(j)] = x[src + u64(2 * j)]
+                out[d1 + u64(j)] = x[src + u64(2 * j + 1)]
+            if w & 1:
+                out[d0 + u64(half)] = x[src + u64(w - 1)]
+
     def _flat_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # channels [c0, c1) of one image (FLAT_ARGS packed); rows [r0, r1) unused
-        a = numba.carray(f64_at(args_at), (12,))
-        plane_in, taps, plane_out = np.int64(a[1]), np.int64(a[3]), np.int64(a[6])
-        groups = np.int64(a[9])
+        a = numba.carray(f64_at(args_at), (14,))
+        h, w, stride = np.int64(a[1]), np.int64(a[2]), np.int64(a[3])
+        taps, plane_out, groups = np.int64(a[5]), np.int64(a[8]), np.int64(a[11])
         vectors = groups * GROUP
-        x = numba.carray(f32_at(np.int64(a[0])), (c1 * plane_in,))
-        wt = numba.carray(f32_at(np.int64(a[2])), (c1 * taps,))
-        bias = numba.carray(f32_at(np.int64(a[4])), (c1,))
-        y = numba.carray(f32_at(np.int64(a[5])), (c1 * plane_out,))
-        shifts = numba.carray(i64_at(np.int64(a[7])), (taps,))
-        masks = numba.carray(u16_at(np.int64(a[8])), ((taps + 1) * vectors,))
-        lo, hi = np.float32(a[10]), np.float32(a[11])
+        x = numba.carray(f32_at(np.int64(a[0])), (c1 * h * w,))
+        wt = numba.carray(f32_at(np.int64(a[4])), (c1 * taps,))
+        bias = numba.carray(f32_at(np.int64(a[6])), (c1,))
+        y = numba.carray(f32_at(np.int64(a[7])), (c1 * plane_out,))
+        shifts = numba.carray(i64_at(np.int64(a[9])), (taps,))
+        masks = numba.carray(u16_at(np.int64(a[10])), ((taps + 1) * vectors,))
+        lo, hi = np.float32(a[12]), np.float32(a[13])
+        hq, wq = (h + stride - 1) // stride, (w + stride - 1) // stride
+        planes = np.empty(4 * hq * wq if stride == 2 else 1, dtype=np.float32)
         for c in range(c0, c1):
+            if stride == 2:
+                _phase_planes(x, c * h * w, h, w, hq, wq, planes)
             for g in range(groups):
                 v0 = g * GROUP
-                out_group(x, c * plane_in + 16 * v0, shifts, masks, v0, vectors, taps, wt, c * taps,
-                          bias[c], lo, hi, y, c * plane_out + 16 * v0)
+                if stride == 2:
+                    out_group(planes, 16 * v0, shifts, masks, v0, vectors, taps, wt, c * taps,
+                              bias[c], lo, hi, y, c * plane_out + 16 * v0)
+                else:
+                    out_group(x, c * h * w + 16 * v0, shifts, masks, v0, vectors, taps, wt,
+                              c * taps, bias[c], lo, hi, y, c * plane_out + 16 * v0)
 
     def flat_range():
         """C callback (native_call.RANGE_SIG) over channel ranges [c0, c1) of one image, its
@@ -174,17 +211,18 @@ if numba is not None:
         return native_call.callback(_flat_range, len(FLAT_ARGS))
 
 
-def depthwise_2d(x: np.ndarray, w: np.ndarray, dilations, begin, out_shape,
+def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,
                  bias: np.ndarray | None, clamp: tuple[float, float] | None, threads: int,
                  pool: Callable) -> np.ndarray:
-    """Stride-1 depthwise conv of float32 x (N, C, H, W) with w (C, 1, KH, KW), bias and an
-    optional clamp (Relu, Clip; NaN passes it), the output as wide as x (`applies`). A new
-    (N, C, OH, W) array."""
+    """Depthwise conv of float32 x (N, C, H, W) with w (C, 1, KH, KW), bias and an optional
+    clamp (Relu, Clip; NaN passes it), strides 1 or 2 with the output as wide as x or its
+    phase planes (`applies`). A new (N, C, OH, OW) array."""
     n, c, h, wd = x.shape
     kh, kw = w.shape[2:]
     oh, ow = (int(v) for v in out_shape)
+    stride = int(strides[0])
     shifts, masks, groups = geometry(h, wd, kh, kw, int(dilations[0]), int(dilations[1]),
-                                     int(begin[0]), int(begin[1]), oh)
+                                     int(begin[0]), int(begin[1]), oh, stride)
     x = np.ascontiguousarray(x, dtype=np.float32)
     w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
     b = (np.zeros(c, dtype=np.float32) if bias is None
@@ -196,7 +234,7 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, dilations, begin, out_shape,
     at = native_call.address
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame), in FLAT_ARGS order
-        args = native_call.pack(at(x[i]), h * wd, at(w2), kh * kw, at(b), at(y[i]), oh * ow,
-                                shifts.ctypes.data, masks.ctypes.data, groups, lo, hi)
+        args = native_call.pack(at(x[i]), h, wd, stride, at(w2), kh * kw, at(b), at(y[i]),
+                                oh * ow, shifts.ctypes.data, masks.ctypes.data, groups, lo, hi)
         mk.run_ranges(flat_range(), args, c, 1, workers, True, pool)
     return y

@@ -15,8 +15,15 @@ from ep_cpu.kernels.conv import conv_nd
 
 pytestmark = pytest.mark.skipif(not depthwise_flat.available(), reason="needs numba and an AVX-512 CPU")
 
-# (N, C, H, W, kh, kw, dilations, pads (top, left, bottom, right)): stride 1, output as wide as W
+# (N, C, H, W, kh, kw, dilations, pads (top, left, bottom, right)[, stride]): stride 1 with the
+# output as wide as W, stride 2 with it ceil(W / 2) wide
 CASES = [
+    (1, 3, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1), 2),    # 14 -> 7: MobileNetV2's last stride 2
+    (2, 5, 112, 112, 3, 3, (1, 1), (1, 1, 1, 1), 2),
+    (1, 4, 15, 13, 3, 3, (1, 1), (1, 1, 1, 1), 2),    # odd sizes: phase planes of unequal size
+    (1, 3, 20, 20, 5, 5, (1, 1), (2, 2, 2, 2), 2),
+    (1, 2, 12, 12, 3, 3, (1, 1), (0, 1, 1, 1), 2),    # asymmetric rows
+    (1, 2, 9, 9, 3, 3, (2, 2), (2, 2, 2, 2), 2),      # dilation
     (1, 3, 7, 7, 3, 3, (1, 1), (1, 1, 1, 1)),       # 49 lanes: one group, masked tail
     (2, 17, 14, 14, 3, 3, (1, 1), (1, 1, 1, 1)),
     (1, 5, 28, 28, 5, 5, (1, 1), (2, 2, 2, 2)),
@@ -30,34 +37,40 @@ CASES = [
 ]
 
 
-def _reference(x, w, b, dil, pads, out, clamp):
-    y = conv_nd(x.astype(np.float64), w.astype(np.float64), x.shape[1], [1, 1], list(dil),
+def _reference(x, w, b, dil, pads, out, clamp, stride=1):
+    y = conv_nd(x.astype(np.float64), w.astype(np.float64), x.shape[1], [stride, stride], list(dil),
                 list(pads[:2]), list(pads[2:]), list(out), b.astype(np.float64))
     return np.clip(y, *clamp) if clamp else y
 
 
-def _out(h, wd, kh, kw, dil, pads):
-    return (h + pads[0] + pads[2] - dil[0] * (kh - 1), wd + pads[1] + pads[3] - dil[1] * (kw - 1))
+def _out(h, wd, kh, kw, dil, pads, stride=1):
+    return ((h + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) // stride + 1,
+            (wd + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) // stride + 1)
 
 
 @pytest.mark.parametrize("clamp", [None, (0.0, 6.0)])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])))
 def test_matches_float64_reference(case, clamp):
-    n, c, h, wd, kh, kw, dil, pads = case
+    n, c, h, wd, kh, kw, dil, pads, *rest = case
+    stride = rest[0] if rest else 1
     rng = np.random.default_rng(sum(case[:6]))
     x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
     w = rng.standard_normal((c, 1, kh, kw)).astype(np.float32)
     b = rng.standard_normal(c).astype(np.float32)
-    out = _out(h, wd, kh, kw, dil, pads)
-    assert depthwise_flat.applies(x.shape, (kh, kw), (1, 1), dil, pads[:2], out)
+    out = _out(h, wd, kh, kw, dil, pads, stride)
+    assert depthwise_flat.applies(x.shape, (kh, kw), (stride, stride), dil, pads[:2], out)
     for threads in (1, 2):
-        y = depthwise_flat.depthwise_2d(x, w, dil, pads[:2], out, b, clamp, threads, _get_pool)
-        np.testing.assert_allclose(y, _reference(x, w, b, dil, pads, out, clamp), rtol=1e-5, atol=1e-5)
+        y = depthwise_flat.depthwise_2d(x, w, (stride, stride), dil, pads[:2], out, b, clamp, threads,
+                                        _get_pool)
+        np.testing.assert_allclose(y, _reference(x, w, b, dil, pads, out, clamp, stride),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_other_geometries_are_not_taken():
-    assert not depthwise_flat.applies((1, 4, 14, 14), (3, 3), (2, 2), (1, 1), (1, 1), (7, 7))
+    assert not depthwise_flat.applies((1, 4, 14, 14), (3, 3), (2, 1), (1, 1), (1, 1), (7, 14))
     assert not depthwise_flat.applies((1, 4, 14, 14), (3, 3), (1, 1), (1, 1), (0, 0), (12, 12))
+    assert not depthwise_flat.applies((1, 4, 14, 14), (3, 3), (2, 2), (1, 1), (0, 0), (6, 6))
+    assert not depthwise_flat.applies((1, 4, 14, 14), (3, 3), (3, 3), (1, 1), (1, 1), (5, 5))
 
 
 def test_masks_cover_exactly_the_inputs_inside():
@@ -73,7 +86,7 @@ def test_nan_and_inf_reach_only_their_outputs():
     x[0, 0, 4, 20] = np.nan
     x[0, 1, 0, 0] = np.inf
     w = np.ones((2, 1, 3, 3), np.float32)
-    y = depthwise_flat.depthwise_2d(x, w, (1, 1), (1, 1), (10, 40), None, None, 1, _get_pool)
+    y = depthwise_flat.depthwise_2d(x, w, (1, 1), (1, 1), (1, 1), (10, 40), None, None, 1, _get_pool)
     assert np.isnan(y[0, 0, 3:6, 19:22]).all() and np.isnan(y[0, 0]).sum() == 9
     assert np.isposinf(y[0, 1, :2, :2]).all() and np.isinf(y[0, 1]).sum() == 4
 
@@ -81,7 +94,7 @@ def test_nan_and_inf_reach_only_their_outputs():
 def test_model_depthwise_convs_take_it(monkeypatch):
     calls = []
     real = depthwise_flat.depthwise_2d
-    monkeypatch.setattr(depthwise_flat, "depthwise_2d", lambda *a: calls.append(a[4]) or real(*a))
+    monkeypatch.setattr(depthwise_flat, "depthwise_2d", lambda *a: calls.append(a[5]) or real(*a))
     ort = pytest.importorskip("onnxruntime")
     rng = np.random.default_rng(0)
     w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
