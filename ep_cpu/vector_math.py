@@ -57,28 +57,34 @@ def _vector_exp(builder, x, v16):
     x = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
     x = builder.select(builder.fcmp_ordered(">", x, hi), hi, x)
     n = builder.call(rint, [builder.fmul(x, const(1.0 / math.log(2.0)))])
-    # ln2 = 0.693359375 - 2.12194440e-4: the first part has few bits, so n * it is exact
-    r = builder.fsub(x, builder.fmul(n, const(0.693359375)))
-    r = builder.fsub(r, builder.fmul(n, const(-2.12194440e-4)))
     fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v16, [v16] * 3), "llvm.fma.v16f32")
+    # r = x - n ln2, ln2 = 0.693359375 - 2.12194440e-4 (the first part has few bits), as two
+    # fused multiply-adds
+    r = builder.call(fma, [n, const(-0.693359375), x])
+    r = builder.call(fma, [n, const(2.12194440e-4), r])
     p = const(1.0 / 720)
     for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):   # Horner steps as fused multiply-adds
         p = builder.call(fma, [p, r, const(c)])
-    vi32 = ir.VectorType(i32, 16)
-    bits = builder.shl(builder.add(builder.fptosi(n, vi32), ir.Constant(vi32, [127] * 16)),
-                       ir.Constant(vi32, [23] * 16))
-    return builder.fmul(p, builder.bitcast(bits, v16))
+    # p * 2^n in one instruction (vscalefps; n is already an integer)
+    scalef = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(v16, [v16, v16, v16, ir.IntType(16), i32]),
+        "llvm.x86.avx512.mask.scalef.ps.512")
+    return builder.call(scalef, [p, n, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1),
+                                 ir.Constant(i32, 4)])
 
 
-def _reciprocal(builder, d, v16):
+def _reciprocal(builder, d, v16, special: bool = True):
     """1 / d of a <16 x float>: AVX-512's 14-bit estimate and one Newton step (relative error
     ~2^-28 before rounding; vdivps has a quarter of its throughput). 1/0 = inf, 1/inf = 0 as
-    the estimate gives them; NaN stays NaN."""
+    the estimate gives them; NaN stays NaN. `special=False` where d is finite and >= 1 (1 +
+    exp(...) with a clamped exp): 0 and inf need no fix-up there."""
     rcp = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(v16, [v16, v16, ir.IntType(16)]), "llvm.x86.avx512.rcp14.ps.512")
     r = builder.call(rcp, [d, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1)])
     two = ir.Constant(v16, [2.0] * 16)
     refined = builder.fmul(r, builder.fsub(two, builder.fmul(d, r)))
+    if not special:
+        return refined
     # the Newton step turns the estimate's exact 0 (d = inf) and inf (d = 0) into NaN: keep them
     vi32 = ir.VectorType(ir.IntType(32), 16)
     exp_bits = builder.and_(builder.bitcast(r, vi32), ir.Constant(vi32, [0x7F800000] * 16))
@@ -96,7 +102,7 @@ def _vector_tanh(builder, x, v16):
     a = builder.call(fabs, [x])
     e = _vector_exp(builder, builder.fmul(a, const(-2.0)), v16)
     one = const(1.0)
-    big = builder.fmul(builder.fsub(one, e), _reciprocal(builder, builder.fadd(one, e), v16))
+    big = builder.fmul(builder.fsub(one, e), _reciprocal(builder, builder.fadd(one, e), v16, False))
     x2 = builder.fmul(a, a)
     p = const(_TANH_TAYLOR[-1])
     for c in reversed(_TANH_TAYLOR[:-1]):
@@ -135,9 +141,12 @@ if numba is not None:
                     y = _vector_tanh(builder, x, v16)
                 elif kind in (SIGMOID, SILU):
                     e = _vector_exp(builder, builder.fsub(const(0.0), x), v16)
-                    y = _reciprocal(builder, builder.fadd(one, e), v16)
+                    y = _reciprocal(builder, builder.fadd(one, e), v16, False)
                     if kind == SILU:
-                        y = builder.fmul(x, y)
+                        # x * sigmoid(x) is -inf * 0 = NaN at x = -inf in numpy and
+                        # onnxruntime; here sigmoid(-inf) is a tiny 1/exp(88.7), not 0
+                        y = builder.select(builder.fcmp_ordered("==", x, const(-math.inf)),
+                                           const(math.nan), builder.fmul(x, y))
                 else:
                     # u = |x| / sqrt(2); q = 1 - erf(u) = t*poly(t)*exp(-u^2), t = 1/(1 + p u);
                     # Phi(x) = 1 - q/2 for x >= 0, q/2 below
