@@ -154,3 +154,28 @@ def test_nan_and_inf_propagate(implicit_calls):
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
     np.testing.assert_allclose(np.nan_to_num(ours), np.nan_to_num(ref), **TOL)
+
+
+@pytest.mark.parametrize("geometry", [
+    # C, H, W, k, stride, pad (begin = end), dilation
+    (3, 320, 320, 3, 2, 1, 1), (2, 17, 15, 3, 2, 0, 1), (4, 15, 16, 5, 2, 2, 1), (3, 224, 224, 7, 2, 3, 1),
+    (3, 9, 11, 3, 1, 0, 1), (2, 12, 12, 3, 1, 1, 2), (2, 13, 13, 3, 3, 1, 1),
+])
+@pytest.mark.parametrize("pad_value", [0.0, -np.inf])
+def test_phase_planes_hold_the_padded_image(geometry, pad_value):
+    """`fill_planes` (compiled for column strides 1 and 2, numpy otherwise): plane (a, b) row t,
+    column u is the padded image's row a + t*sh, column b + u*sw."""
+    c, h, w, k, s, p, d = geometry
+    rng = np.random.default_rng(h + w)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    o = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n in (h, w)]
+    lay = conv_implicit.phase_layout(c, h, w, k, k, s, s, d, d, p, p, p, p, *o)
+    got = conv_implicit.fill_planes(x, lay, s, s, pad_value)
+    padded = np.full((2, c, h + 2 * p + s * lay.hq, w + 2 * p + s * lay.wq), pad_value, np.float32)
+    padded[:, :, p:p + h, p:p + w] = x
+    planes = got[:, :lay.planes_size].reshape(2, c, s, s, lay.hq, lay.wq)
+    for a in range(s):
+        for b in range(s):
+            want = padded[:, :, a::s, b::s][:, :, :lay.hq, :lay.wq]
+            np.testing.assert_array_equal(planes[:, :, a, b], want)
+    assert not got[:, lay.planes_size:].any()
