@@ -221,14 +221,16 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     for i in range(n):
         r = res[i] if has_res else y[i]
 
+        at = native_call.address
+        w_at, b_at, r_at, y_at = at(packed_w), at(b), at(r), at(y[i])
+
         def outputs(p0: int) -> tuple:   # microkernel.CONV_ARGS after the input's four
             # arrays by address (all C-contiguous and alive in this frame), shifted to position p0
-            return (packed_w.ctypes.data, mb, mr, m, ldc, b.ctypes.data, has_bias,
-                    r.ctypes.data + 4 * p0, has_res, lo, hi, mode, y[i].ctypes.data + 4 * p0,
-                    *activation)
+            return (w_at, mb, mr, m, ldc, b_at, has_bias, r_at + 4 * p0, has_res, lo, hi, mode,
+                    y_at + 4 * p0, *activation)
 
         if full_tiles:
-            args = native_call.pack(xq[i].ctypes.data, xq.shape[1], rows.ctypes.data, rows.shape[0],
+            args = native_call.pack(at(xq[i]), xq.shape[1], rows.ctypes.data, rows.shape[0],
                                     *outputs(0))
             mk.run_ranges(mk.conv_range(), args, full_tiles, row_panels, workers, by_columns, pool)
         if full_tiles < tiles:
@@ -238,7 +240,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
             last = np.zeros((c, NR), dtype=np.float32)
             last[:, :h * w - p0] = xq[i].reshape(c, h * w)[:, p0:]
             last_rows = _tile_rows(c)
-            args = native_call.pack(last.ctypes.data, c * NR, last_rows.ctypes.data, c, *outputs(p0))
+            args = native_call.pack(at(last), c * NR, last_rows.ctypes.data, c, *outputs(p0))
             mk.run_ranges(mk.conv_range(), args, 1, row_panels,
                           max(1, min(threads, row_panels // PAR_MIN_PANELS)), False, pool)
     if wide:
