@@ -111,6 +111,7 @@ class Plan:
     schedule: Any = None            # the parallel executor's dependency schedule, made on first use
     straight: dict[bool, Any] = field(default_factory=dict)  # checked? -> generated straight-line run
     pruned: dict[tuple, list[Step]] = field(default_factory=dict)  # fetch slots -> steps they need
+    slot_template: list | None = None   # the constants in their slots, copied by every run
 
     def steps_for(self, fetch_slots: list[int]) -> list[Step]:
         """Only the steps the fetches depend on (RunOptions.only_execute_path_to_fetches)."""
@@ -131,9 +132,13 @@ class Plan:
 
     def initial_slots(self, feeds: dict[str, Any]) -> list[Any]:
         """A fresh slot table holding the constants and the feeds."""
-        slots: list[Any] = [None] * self.n_slots
-        for s, v in self.constants.items():
-            slots[s] = v
+        template = self.slot_template
+        if template is None:   # made on first use: `constants` is complete once planned
+            template = [None] * self.n_slots
+            for s, v in self.constants.items():
+                template[s] = v
+            self.slot_template = template
+        slots = template.copy()
         for name, value in feeds.items():
             s = self.slot_of.get(name)
             if s is not None:
