@@ -42,10 +42,12 @@ def address(a: np.ndarray) -> int:
     """The address of a C-contiguous array's first element: ~0.3 us where `a.ctypes.data`
     takes ~1 us (it builds a ctypes helper object each time; a conv of a streaming model reads
     four). Read-only and empty arrays take the slow path."""
-    try:
-        return _address_of(_char_view(a))
-    except (TypeError, ValueError, BufferError):
-        return a.ctypes.data
+    if a.flags.writeable:   # (a read-only array raised below: ~1 us)
+        try:
+            return _address_of(_char_view(a))
+        except (TypeError, ValueError, BufferError):
+            pass
+    return a.ctypes.data
 
 
 def pack(*values) -> np.ndarray:
