@@ -72,13 +72,7 @@ def _make_out16(kw_const: int | None, pool_max: bool = False):
             vir = mk._VectorIR(builder)
             v16 = vir.v16
             l64, l32 = ir.IntType(64), ir.IntType(32)
-            mask_t = ir.VectorType(ir.IntType(1), 16)
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16, [v16.as_pointer(), l32, mask_t, v16]),
-                "llvm.masked.load.v16f32.p0v16f32")
-            masked_store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [v16, v16.as_pointer(), l32, mask_t]),
-                "llvm.masked.store.v16f32.p0v16f32")
+            masked_load, masked_store = vir.masked_load(), vir.masked_store()
 
             def data(k, value):
                 return context.make_array(tys[k])(context, builder, value).data

@@ -109,14 +109,9 @@ def _make_group():
             tys = signature.args
             vir = mk._VectorIR(builder)
             v16 = vir.v16
-            l64, l32, l16 = ir.IntType(64), ir.IntType(32), ir.IntType(16)
+            l64, l32 = ir.IntType(64), ir.IntType(32)
             mask_t = ir.VectorType(ir.IntType(1), 16)
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(v16, [v16.as_pointer(), l32, mask_t, v16]),
-                "llvm.masked.load.v16f32.p0v16f32")
-            masked_store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [v16, v16.as_pointer(), l32, mask_t]),
-                "llvm.masked.store.v16f32.p0v16f32")
+            masked_load, masked_store = vir.masked_load(), vir.masked_store()
 
             def data(k, value):
                 return context.make_array(tys[k])(context, builder, value).data
@@ -133,7 +128,7 @@ def _make_group():
 
             def lane_mask(row, j):
                 bits = builder.load(builder.gep(masks, [builder.add(builder.mul(row, nv_v), c64(j))]))
-                return builder.bitcast(builder.trunc(bits, l16) if bits.type != l16 else bits, mask_t)
+                return builder.bitcast(bits, mask_t)   # i16 -> <16 x i1>, bit j = lane j
 
             accs = [cgutils.alloca_once_value(builder, vir.broadcast(bias_v)) for _ in range(GROUP)]
             with cgutils.for_range(builder, taps_v) as loop:

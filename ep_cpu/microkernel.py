@@ -164,6 +164,21 @@ class _VectorIR:
         self._zero_i32 = ir.Constant(i32, 0)
         self._splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
 
+    def masked_load(self):
+        """llvm.masked.load of 16 floats: (pointer, align, <16 x i1> mask, passthrough)."""
+        v16, mask_t = self.v16, ir.VectorType(ir.IntType(1), 16)
+        return cgutils.get_or_insert_function(
+            self.builder.module, ir.FunctionType(v16, [v16.as_pointer(), ir.IntType(32), mask_t, v16]),
+            "llvm.masked.load.v16f32.p0v16f32")
+
+    def masked_store(self):
+        """llvm.masked.store of 16 floats: (value, pointer, align, <16 x i1> mask)."""
+        v16, mask_t = self.v16, ir.VectorType(ir.IntType(1), 16)
+        return cgutils.get_or_insert_function(
+            self.builder.module,
+            ir.FunctionType(ir.VoidType(), [v16, v16.as_pointer(), ir.IntType(32), mask_t]),
+            "llvm.masked.store.v16f32.p0v16f32")
+
     def broadcast(self, scalar):
         b = self.builder
         return b.shuffle_vector(b.insert_element(self._undef, scalar, self._zero_i32), self._undef,

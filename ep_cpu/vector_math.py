@@ -47,7 +47,7 @@ def available() -> bool:
 
 def _vector_exp(builder, x, v16):
     """exp of a <16 x float> (inputs clamped to [-87.3, 88.7]; NaN stays NaN)."""
-    f32, i32 = ir.FloatType(), ir.IntType(32)
+    i32 = ir.IntType(32)
 
     def const(value):
         return ir.Constant(v16, [float(np.float32(value))] * 16)
