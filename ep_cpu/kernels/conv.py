@@ -430,7 +430,7 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
     p = activation_params or {}
     clamp = epilogue_jit.clamp_bounds(activation, p)
     threads = get_num_threads()
-    plan = k.__dict__.get("_thin_plan")
+    plan = k.__dict__.get("_thin_plan", (None,))[0]
     if plan is None or plan.x_shape != x.shape or plan.bias is not b or plan.threads != threads:
         packed = getattr(k, "_thin_w", None)
         if packed is None:
@@ -441,9 +441,10 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
                                  tuple(begin), tuple(out))
         plan = conv_thin.ThinConv(packed, idx, b, clamp or (-math.inf, math.inf), x.shape, out,
                                   threads)
-        if k.ctx.constant_input(1) is not None:   # one plan per kernel: the last shape seen
-            k._thin_plan = plan
-            k._thin_plan_whole = clamp is not None or activation is None   # no pass after it
+        if k.ctx.constant_input(1) is not None:
+            # one plan per kernel, the last shape seen; and whether it is the whole conv (no
+            # activation pass after it): `run_conv` then calls it straight away
+            k._thin_plan = (plan, clamp is not None or activation is None)
     y = plan(x, residual, _get_pool)
     if clamp is None:
         ACTIVATIONS[activation](y, p)
@@ -497,9 +498,9 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
              activation_params: dict | None = None) -> np.ndarray:
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
-    plan = k.__dict__.get("_thin_plan")
-    if (plan is not None and residual is None and plan.x_shape == x.shape and plan.bias is b
-            and k._thin_plan_whole and plan.threads == get_num_threads() and x.dtype == np.float32):
+    plan, whole = k.__dict__.get("_thin_plan", (None, False))
+    if (whole and residual is None and plan.x_shape == x.shape and plan.bias is b
+            and plan.threads == get_num_threads() and x.dtype == np.float32):
         return plan(x, None, _get_pool)   # a streaming model's step: the same call again
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
     if path == "thin":
