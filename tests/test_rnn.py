@@ -167,22 +167,24 @@ def test_compiled_recurrent_product_matches_matmul(dtype, ndir, rows, hid, n):
     np.testing.assert_allclose(out, np.matmul(h.astype(np.float64), rt), rtol=tol, atol=tol * hid)
 
 
+@pytest.mark.parametrize("op,attrs", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
 @pytest.mark.parametrize("batch", [1, 13])
-def test_forward_lstm_runs_the_short_path(batch, monkeypatch):
-    """A forward LSTM with constant weights (a streaming step: batch 1) goes straight to the
-    projection and the compiled time loop (`LSTM._forward_compiled`), outputs as the general
-    path's and onnxruntime's."""
+def test_forward_layer_runs_the_short_path(op, attrs, batch, monkeypatch):
+    """A forward LSTM / GRU (linear_before_reset) with constant weights (a streaming step: batch
+    1) goes straight to the projection and the compiled time loop (`_forward_compiled`),
+    outputs as the general path's and onnxruntime's."""
     from ep_cpu import microkernel
     from ep_cpu.kernels import rnn
     if not microkernel.available():
         pytest.skip("the compiled time loop needs numba and an AVX-512 CPU")
     results = []
-    original = rnn.LSTM._forward_compiled
-    monkeypatch.setattr(rnn.LSTM, "_forward_compiled",
+    original = rnn._Recurrent._forward_compiled
+    monkeypatch.setattr(rnn._Recurrent, "_forward_compiled",
                         lambda self, *a: results.append(original(self, *a)) or results[-1])
-    model, feeds = _model("LSTM", "forward", {}, False, True, False, HID=32, BATCH=batch)
+    model, feeds = _model(op, "forward", dict(attrs), False, True, False, HID=32, BATCH=batch)
     ours = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert len(ours) == len(ref)
     for name, o, r in zip(("Y", "Y_h", "Y_c"), ours, ref):
-        np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=f"{op} {name}")
     assert len(results) == 1 and results[0] is not None

@@ -110,6 +110,52 @@ class _Recurrent(Kernel):
     def _clip(self, x):
         return np.clip(x, -self.clip, self.clip) if self.clip is not None else x
 
+    def _forward_compiled_ok(self) -> bool:
+        """A forward layer the compiled time loop runs with constant weights: decided once."""
+        ok = self.__dict__.get("_forward_ok")
+        if ok is None:
+            ok = self._forward_ok = (
+                self.direction == "forward" and self.layout == 0 and self.prepared is not None
+                and self.prepared[0] == np.float32 and self._dense_ok(None)
+                and isinstance(self.jit_matmul, PackedRecurrent)
+                and self._compiled_cell(np.zeros((1, 1, self.prepared[1][1].shape[1]), np.float32))
+                is not None)
+        return ok
+
+    def _forward_compiled(self, x, initial_h, initial_c=None) -> tuple | None:
+        """One projection, then the compiled time loop (`PackedRecurrent.run_sequence`), with
+        nothing around them: a streaming model's one-step LSTM spent ~25 us in the general
+        path's Python around the same two calls (~6 us). None where the loop does not apply."""
+        fast = self.__dict__.get("_forward_weights")
+        if fast is None:   # W^T (packed, and plain); the biases folded as the dense path folds them
+            per_dir, _, rb_all = self.prepared[1]
+            wt, wb_in = per_dir[0][:2]
+            proj_bias = np.array(wb_in, dtype=np.float32).reshape(1, 1, -1)
+            kind, step_bias = self._compiled_cell(self._fold_recurrent_bias(proj_bias, rb_all[:1]))
+            fast = self._forward_weights = (wt, np.ascontiguousarray(wt.unpack(), dtype=np.float32),
+                                            proj_bias.reshape(1, -1), kind, step_bias)
+        wt, w_t, bias, kind, step_bias = fast
+        seq, batch, _ = x.shape
+        if seq == 0:
+            return None
+        hid = w_t.shape[1] // self.n_gates
+        if seq * batch <= 32:   # a few rows: one BLAS call
+            proj = np.matmul(x.reshape(seq * batch, -1), w_t)
+            proj += bias
+        else:   # the microkernel with the bias in its tile store (400x512 @ 512x1024: 1.9 ms, BLAS 3.6)
+            proj = gemm(x.reshape(seq * batch, -1), wt, bias)
+        y = np.empty((seq, 1, batch, hid), dtype=np.float32)
+        h0 = (np.zeros((1, batch, hid), dtype=np.float32) if initial_h is None
+              else np.ascontiguousarray(initial_h, dtype=np.float32))
+        # the LSTM's cell state is updated in place: a copy of the initial one, returned as Y_c
+        c = (np.zeros((1, batch, hid), dtype=np.float32) if initial_c is None
+             else np.array(initial_c, dtype=np.float32, order="C"))
+        if (h0.shape != (1, batch, hid) or c.shape != (1, batch, hid)
+                or not self.jit_matmul.run_sequence(kind, proj.reshape(seq, 1, batch, -1), h0, c, y,
+                                                    step_bias)):
+            return None
+        return (y, y[-1].copy(), c)[:max(1, len(self.node.outputs))]
+
     def _dense_ok(self, p) -> bool:
         """Dense path applies: gated cell, default activations, no clip (peepholes: see LSTM)."""
         ok = self.__dict__.get("_dense_attrs_ok")
@@ -296,6 +342,10 @@ class GRU(_Recurrent):
         self.lbr = bool(self.attr("linear_before_reset", 0))
 
     def compute(self, x, w, r, b=None, sequence_lens=None, initial_h=None):
+        if sequence_lens is None and x.dtype == np.float32 and self._forward_compiled_ok():
+            out = self._forward_compiled(x, initial_h)
+            if out is not None:
+                return out
         return self.run(x, w, r, b, sequence_lens, initial_h)[:2][:max(1, len(self.node.outputs))]
 
     def _step(self, xp, h, c, rt, rb, p, acts, hid):
@@ -363,48 +413,6 @@ class LSTM(_Recurrent):
             if out is not None:
                 return out
         return self.run(x, w, r, b, sequence_lens, initial_h, initial_c, p)
-
-    def _forward_compiled_ok(self) -> bool:
-        """A forward layer the compiled time loop runs with constant weights: decided once."""
-        ok = self.__dict__.get("_forward_ok")
-        if ok is None:
-            ok = self._forward_ok = (
-                self.direction == "forward" and self.layout == 0 and self.prepared is not None
-                and self.prepared[0] == np.float32 and self._dense_ok(None)
-                and isinstance(self.jit_matmul, PackedRecurrent))
-        return ok
-
-    def _forward_compiled(self, x, initial_h, initial_c) -> tuple | None:
-        """One projection, then the compiled time loop (`PackedRecurrent.run_sequence`), with
-        nothing around them: a streaming model's one-step LSTM spent ~25 us in the general
-        path's Python around the same two calls (~6 us). None where the loop does not apply."""
-        fast = self.__dict__.get("_forward_weights")
-        if fast is None:   # W^T (packed, and plain) and both biases summed (purely additive)
-            per_dir, _, rb_all = self.prepared[1]
-            wt, wb_in = per_dir[0][:2]
-            fast = self._forward_weights = (wt, np.ascontiguousarray(wt.unpack(), dtype=np.float32),
-                                            (wb_in + rb_all[0]).astype(np.float32))
-        wt, w_t, bias = fast
-        seq, batch, _ = x.shape
-        if seq == 0:
-            return None
-        hid = w_t.shape[1] // 4
-        if seq * batch <= 32:   # a few rows: one BLAS call
-            proj = np.matmul(x.reshape(seq * batch, -1), w_t)
-            proj += bias
-        else:   # the microkernel with the bias in its tile store (400x512 @ 512x1024: 1.9 ms, BLAS 3.6)
-            proj = gemm(x.reshape(seq * batch, -1), wt, bias)
-        y = np.empty((seq, 1, batch, hid), dtype=np.float32)
-        h0 = (np.zeros((1, batch, hid), dtype=np.float32) if initial_h is None
-              else np.ascontiguousarray(initial_h, dtype=np.float32))
-        # the cell state is updated in place: a copy of the initial one, returned as Y_c
-        c = (np.zeros((1, batch, hid), dtype=np.float32) if initial_c is None
-             else np.array(initial_c, dtype=np.float32, order="C"))
-        if (h0.shape != (1, batch, hid) or c.shape != (1, batch, hid)
-                or not self.jit_matmul.run_sequence("LSTM", proj.reshape(seq, 1, batch, 4 * hid),
-                                                    h0, c, y, None)):
-            return None
-        return (y, y[-1].copy(), c)[:max(1, len(self.node.outputs))]
 
     def _dense_ok(self, p) -> bool:
         return (super()._dense_ok(p) and not self.input_forget
