@@ -24,12 +24,12 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
+from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
-from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
@@ -195,7 +195,7 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
         xq = np.empty((n, c, ldc), dtype=np.float32)
         xq[:, :, h * w:] = 0
         xq[:, :, :h * w] = x.reshape(n, c, h * w)
-        xq, rows, in_place, full_tiles = xq.reshape(n, c * ldc), _tile_rows(c, ldc), False, tiles
+        xq, rows, full_tiles = xq.reshape(n, c * ldc), _tile_rows(c, ldc), tiles
     else:
         xq = x.reshape(n, c * h * w) if in_place else fill_planes(x, lay, sh, sw, 0.0)
         full_tiles = (h * w) // NR if in_place else tiles
@@ -218,11 +218,11 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     by_columns = _split_by_columns(tiles, row_panels)
     workers = max(1, min(threads, (tiles if by_columns else row_panels) // PAR_MIN_PANELS))
     mb, mr = packed_w.shape[0], packed_w.shape[2]
+    at = native_call.address
+    w_at, b_at = at(packed_w), at(b)
     for i in range(n):
         r = res[i] if has_res else y[i]
-
-        at = native_call.address
-        w_at, b_at, r_at, y_at = at(packed_w), at(b), at(r), at(y[i])
+        r_at, y_at = at(r), at(y[i])
 
         def outputs(p0: int) -> tuple:   # microkernel.CONV_ARGS after the input's four
             # arrays by address (all C-contiguous and alive in this frame), shifted to position p0

@@ -159,7 +159,10 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def _phase_planes(x, x_off, h, w, hq, wq, out):  # pragma: no cover - compiled
         # one channel x[x_off : + h*w] -> out (2, 2, hq, wq): plane (a, b) row i = input row
-        # 2i + a, columns b::2 (an even/odd split LLVM vectorizes with shuffles)
+        # 2i + a, columns b::2 (an even/odd split LLVM vectorizes with shuffles). The conv's
+        # `conv_implicit._fill_planes` splits the same way but also writes padding; a compiled
+        # caller keeps a copy of what it calls from another file (numba's cache checks only
+        # the caller's file), hence this one beside its caller.
         u64 = np.uint64
         plane = hq * wq
         half = w >> 1

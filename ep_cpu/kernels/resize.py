@@ -235,11 +235,18 @@ class Resize(Kernel):
                                    for i in range(1, len(node.inputs)) if node.inputs[i])
 
     def compute(self, x, *rest):
-        if self._sizes_constant:   # roi, scales, sizes all session constants: planned per shape
-            cached = self.__dict__.get("_plans")
-            if cached is not None and cached[0][0] == x.shape and cached[0][1] == x.dtype:
-                plans, repeats = cached[1]
-                return _repeat(x, repeats) if repeats is not None else apply_plans(x, plans, self.extrapolation)
+        plans, repeats = self._planned(x, rest)
+        if repeats is not None:
+            return _repeat(x, repeats)
+        return apply_plans(x, plans, self.extrapolation)
+
+    def _planned(self, x, rest) -> tuple:
+        """(per-axis plans, integer repeats or None) for x: checked and computed once per input
+        shape and sizes, kept on the kernel; with roi, scales and sizes all session constants the
+        input shape alone finds them."""
+        cached = self.__dict__.get("_plans")
+        if self._sizes_constant and cached is not None and cached[0][:2] == (x.shape, x.dtype):
+            return cached[1]
         if self.node.since_version < 11:
             roi, scales, sizes = None, rest[0] if rest else None, None
         else:
@@ -278,24 +285,20 @@ class Resize(Kernel):
         else:
             raise bad_data(self, "one of 'scales' or 'sizes' must be given")
         key = (x.shape, x.dtype, tuple(axes), tuple(out_sizes), tuple(scl), tuple(rois))
-        cached = self.__dict__.get("_plans")
         if cached is not None and cached[0] == key:
-            plans, repeats = cached[1]
-        else:   # the plans of a shape are checked and computed once, not per run
-            check_resize(self, x, axes, out_sizes, self.mode)
-            plans = {}
-            for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
-                if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
-                        "tf_crop_and_resize", "tf_half_pixel_for_nearest"):
-                    continue  # identity axis
-                plans[a] = plan_axis(x.shape[a], o, sc, rr, self.mode, self.coord_mode,
-                                     self.nearest_mode, self.cubic_a, self.exclude_outside,
-                                     self.antialias)
-            repeats = _integer_repeats(x.shape, plans)
-            self._plans = (key, (plans, repeats))
-        if repeats is not None:
-            return _repeat(x, repeats)
-        return apply_plans(x, plans, self.extrapolation)
+            return cached[1]
+        check_resize(self, x, axes, out_sizes, self.mode)
+        plans = {}
+        for a, o, sc, rr in zip(axes, out_sizes, scl, rois):
+            if o == x.shape[a] and sc == 1.0 and self.coord_mode not in (
+                    "tf_crop_and_resize", "tf_half_pixel_for_nearest"):
+                continue  # identity axis
+            plans[a] = plan_axis(x.shape[a], o, sc, rr, self.mode, self.coord_mode,
+                                 self.nearest_mode, self.cubic_a, self.exclude_outside,
+                                 self.antialias)
+        planned = (plans, _integer_repeats(x.shape, plans))
+        self._plans = (key, planned)
+        return planned
 
 
 @kernel("Upsample")
