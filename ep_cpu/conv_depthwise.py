@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ep_cpu import depthwise_direct, depthwise_flat, microkernel
+from ep_cpu import depthwise_direct, depthwise_flat, depthwise_tiles, microkernel
 
 try:
     import numba
@@ -165,7 +165,7 @@ def _run_blocks(fn, total: int, threads: int, args_before: tuple, args_after: tu
             f.result()
 
 
-# float32 maps of at least this many output positions run `microkernel.depthwise_planes`
+# float32 maps of at least this many output positions run `depthwise_tiles.depthwise_planes`
 # (vector tiles, accumulators in registers; measured 1.2-1.6x faster than the kernels below
 # from 32x112x112 down to 384x14x14, slower at 7x7 where the channels-last kernel wins).
 TILES_MIN_POSITIONS = 150
@@ -185,15 +185,15 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     xc = np.ascontiguousarray(x)
     y = np.empty((n, c, oh, ow), dtype=np.float32)
-    threads = max(1, min(threads, n * c * oh * ow * kh * kw // PAR_MIN_MACS, c))
+    threads = microkernel.workers_for(threads, c, n * c * oh * ow * kh * kw)
     for i in range(n):
         args = (xc[i], w2, offs, b, np.float32(lo), np.float32(hi), y[i], sh, sw, int(begin[0]),
                 int(begin[1]), hq, wq)
         if threads > 1 and microkernel.parallel_ok():
             microkernel.set_threads(threads)
-            microkernel.depthwise_planes_parallel(*args, threads)
+            depthwise_tiles.depthwise_planes_parallel(*args, threads)
         else:
-            _run_blocks(microkernel.depthwise_planes, c, threads, args, (), pool)
+            _run_blocks(depthwise_tiles.depthwise_planes, c, threads, args, (), pool)
     return y
 
 

@@ -3,9 +3,11 @@ small inputs) as one GEMM with the positions as rows: Y^T (P x M) = cols^T (P x 
 
 OpenBLAS's SGEMM is slow on such thin products: (258 x 256) @ (256 x 3), a short-time Fourier
 transform as a strided 1-D conv, took 30-40 us on one thread here (~5 GFLOP/s), and numpy's
-im2col around it a few us more. Here one compiled call (`thin_conv`, a C callback) gathers the
-columns through a cached index, runs the microkernel on W^T packed once (a session constant) and
-stores the transposed tile: ~2 us of product plus the call. Bias (one per output channel: a
+im2col around it a few us more. Here one compiled call (`thin_conv`, a C callback) gathers A's
+row panels straight from the image by per-tap offsets (a 1x1 conv's runs of positions copied as
+they are: MobileNetV2's 960->160 on 7x7 spent ~40 us of 125 in an index gather and a second
+packing pass, now ~15 us over the bare product), runs the microkernel on W^T packed once (a
+session constant) and stores the transposed tile: ~2 us of product plus the call for the STFT. Bias (one per output channel: a
 column here), residual and a clamp run in the tile store. float32, group 1, AVX-512 CPUs.
 """
 from __future__ import annotations
@@ -40,43 +42,64 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 
 
 # packed arguments of the callback (native_call.pack), in this order
-THIN_ARGS = ("x", "x_len", "index", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
-             "has_bias", "res", "has_res", "lo", "hi", "y")
+THIN_ARGS = ("x", "x_len", "offsets", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
+             "has_bias", "res", "has_res", "lo", "hi", "y", "taps", "plane", "plain")
 
 if numba is not None:
     from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
 
     def _thin_conv(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        # x: one image (x_len values); idx (p, ck) indices into it, x_len = a padded position;
-        # output channels of column panels [j0, j1) (threads split them; rows [i0, i1) unused)
-        a = numba.carray(f64_at(args_at), (17,))
-        x_at, x_len, idx_at, p, ck = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
-                                      np.int64(a[3]), np.int64(a[4]))
+        # x: one image (x_len values, channels of `plane` values); output channels of column
+        # panels [j0, j1) (threads split them; rows [i0, i1) unused)
+        a = numba.carray(f64_at(args_at), (20,))
+        x_at, x_len, offs_at, p, ck = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
+                                       np.int64(a[3]), np.int64(a[4]))
         gemm_at, packed_at, nb, m, mr = (np.int64(a[5]), np.int64(a[6]), np.int64(a[7]),
                                          np.int64(a[8]), np.int64(a[9]))
         bias_at, has_bias, res_at, has_res = (np.int64(a[10]), np.int64(a[11]), np.int64(a[12]),
                                               np.int64(a[13]))
-        y_at = np.int64(a[16])
+        y_at, taps, plane, plain = np.int64(a[16]), np.int64(a[17]), np.int64(a[18]), a[19] != 0
         x = numba.carray(f32_at(x_at), (x_len,))
-        idx = numba.carray(i64_at(idx_at), (p * ck,))
-        cols = np.empty(p * ck, dtype=np.float32)
-        for i in range(p * ck):
-            j = idx[i]
-            cols[i] = x[j] if j < x_len else np.float32(0.0)
+        # A's row panels straight from the image: row p, column (c, t) reads x[c * plane +
+        # offs[t, p]] (`tap_offsets`; negative: padding, 0); `plain` (a 1x1 conv of stride 1):
+        # offs[0, p] = p, a channel's run of positions copied as it is
+        u64 = np.uint64
+        nbp = (p + mr - 1) // mr
+        pp = nbp * mr
+        offs = numba.carray(i64_at(offs_at), (taps * pp,))
+        ap = np.empty(nbp * ck * mr, dtype=np.float32)
+        for ib in range(nbp):
+            p0 = ib * mr
+            rows = min(mr, p - p0)
+            for k in range(ck):
+                o = u64((ib * ck + k) * mr)
+                c = k // taps
+                if plain:
+                    src = u64(c * plane + p0)
+                    for r in range(rows):
+                        ap[o + u64(r)] = x[src + u64(r)]
+                    for r in range(rows, mr):
+                        ap[o + u64(r)] = np.float32(0.0)
+                else:
+                    base, to = c * plane, (k - c * taps) * pp + p0
+                    for r in range(mr):
+                        j = offs[to + r]
+                        v = x[u64(base + max(j, 0))]
+                        ap[o + u64(r)] = v if j >= 0 else np.float32(0.0)
         yt = np.empty(p * m, dtype=np.float32)
         bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
         b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
         lo, hi = np.float32(a[14]), np.float32(a[15])
-        g = np.empty(15, dtype=np.float64)   # microkernel.GEMM_ARGS, mode EPILOGUE
-        g[0], g[1], g[2], g[3], g[4], g[5], g[6] = cols.ctypes.data, p, ck, packed_at, nb, m, mr
+        g = np.empty(16, dtype=np.float64)   # microkernel.GEMM_ARGS, mode EPILOGUE, A packed
+        g[0], g[1], g[2], g[3], g[4], g[5], g[6] = ap.ctypes.data, p, ck, packed_at, nb, m, mr
         g[7], g[8], g[9], g[10] = b_at, has_bias, b_at, 0
         # with a residual the clamp follows its addition, in the store below
         g[11], g[12] = (-np.inf, np.inf) if has_res else (a[14], a[15])
-        g[13], g[14] = 1, yt.ctypes.data
+        g[13], g[14], g[15] = 1, yt.ctypes.data, 1
         call_void(gemm_at, (np.int64(g.ctypes.data), j0, j1, np.int64(0), (p + mr - 1) // mr))
         # the buffers went to the callback as addresses: numba frees an array after its last
         # use in this function, so they are used again here, after the call
-        if cols.size + bias.size + g.size == 0:
+        if ap.size + bias.size + g.size == 0:
             return
         # y (M, P) from yt (P, M): channel by channel, contiguous writes; the P rows of yt
         # that a channel reads stay in L1 for the next (row by row, every write touched another
@@ -102,6 +125,24 @@ if numba is not None:
         return native_call.callback(_thin_conv, len(THIN_ARGS))
 
 
+def tap_offsets(idx: np.ndarray, channels: int, pad: int, rows: int) -> tuple[np.ndarray, bool]:
+    """(P, C*K) gather indices into an image of `channels` planes (`pad`: a padded position) ->
+    per tap and position the offset within a channel's plane (K, rows), -1 for padding and for
+    positions past P; and whether it is a plain 1x1 conv of stride 1 (offsets 0..P-1). The
+    index must repeat its first channel's taps plane by plane (an im2col index does)."""
+    p, ck = idx.shape
+    taps, plane = ck // channels, pad // channels
+    first = idx[:, :taps].T
+    offs = np.full((taps, rows), -1, dtype=np.int64)
+    offs[:, :p] = np.where(first == pad, -1, first)
+    shifted = offs[:, None, :p] + plane * np.arange(channels)[None, :, None]
+    expect = np.where(offs[:, None, :p] < 0, pad, shifted).transpose(2, 1, 0).reshape(p, ck)
+    if not np.array_equal(expect, idx):
+        raise ValueError("conv_thin: the gather index does not repeat per channel")
+    plain = taps == 1 and plane == p and np.array_equal(offs[0, :p], np.arange(p))
+    return offs, bool(plain)
+
+
 class PackedWeight:
     """W^T packed (`pack_weight`) with what every call passes: its address, panel count, M."""
 
@@ -119,21 +160,24 @@ class ThinConv:
     def __init__(self, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
                  bias: np.ndarray | None, clamp: tuple[float, float], x_shape: tuple,
                  out_shape: tuple, threads: int = 1) -> None:
-        idx, idx_at = rows_index
+        idx = rows_index[0]
         p, ck = idx.shape
-        m = packed_w.m
+        m, mr = packed_w.m, mk.choose_mr(p)
         self.bias = bias   # the array this plan was made for (`ep_cpu.kernels.conv` checks it)
         self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
-        self._keep = (packed_w, idx)   # addresses in the template
         self.x_shape, self.threads = tuple(x_shape), threads
+        self.image = math.prod(x_shape[1:])
+        offs, plain = tap_offsets(idx, x_shape[1], self.image, -(-p // mr) * mr)
+        self._keep = (packed_w, offs)   # addresses in the template
         self.y_shape = (x_shape[0], m) + tuple(out_shape)
-        self.image, self.out_size = math.prod(x_shape[1:]), m * p
+        self.out_size = m * p
         self.panels = packed_w.panels.shape[0]
         self.workers = max(1, min(threads, self.panels // 2, p * ck * m // PAR_MIN_MACS))
         self.template = native_call.pack(
-            0, self.image, idx_at, p, ck, mk.gemm_range().address, packed_w.address, self.panels,
-            m, mk.choose_mr(p), 0 if bias is None else native_call.address(self._bias32),
-            bias is not None, 0, 0, clamp[0], clamp[1], 0)
+            0, self.image, offs.ctypes.data, p, ck, mk.gemm_range().address, packed_w.address,
+            self.panels, m, mr, 0 if bias is None else native_call.address(self._bias32),
+            bias is not None, 0, 0, clamp[0], clamp[1], 0, offs.shape[0], self.image // x_shape[1],
+            plain)
 
     def __call__(self, x: np.ndarray, residual: np.ndarray | None = None,
                  pool=None) -> np.ndarray:

@@ -6,7 +6,7 @@ Stride 1 reads the 16 inputs with one vector load, stride 2 with two loads and a
 shuffle; loads are masked where a lane falls in the zero padding (masked-off lanes are never
 read), rows of the padding are skipped, and the last vector of a row is a masked store. So there
 is no padded copy, no phase planes and no copy-out: the per-channel copies of
-`microkernel.depthwise_planes` cost more than its taps on MobileNetV2's 7x7-56x56 maps (its
+`depthwise_tiles.depthwise_planes` cost more than its taps on MobileNetV2's 7x7-56x56 maps (its
 depthwise layers ran at 5-20 GMAC/s there).
 
 Written in LLVM IR through numba's `intrinsic` (`llvm.masked.load`, `llvm.fma`); float32, strides
@@ -32,7 +32,6 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
-PAR_MIN_MACS = 1 << 20   # multiply-adds per thread hand-off
 # packed arguments of the callbacks (native_call.pack), in this order
 DW_ARGS = ("x", "h", "w", "weights", "taps", "bias", "y", "oh", "ow", "sh", "sw", "dh", "dw",
            "ph", "pw", "kh", "kw", "lo", "hi")
@@ -285,7 +284,7 @@ def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, th
     x = np.ascontiguousarray(x, dtype=np.float32)
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     y = np.empty((n, c, oh, ow), dtype=np.float32)
-    workers = max(1, min(threads, c, n * c * oh * ow * kh * kw // PAR_MIN_MACS))
+    workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
     callback = depthwise_range(pool_max)
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame), in DW_ARGS order

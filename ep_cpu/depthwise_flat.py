@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 GROUP = 4                # output vectors per call (independent FMA chains)
-PAR_MIN_MACS = 1 << 20   # multiply-adds per thread hand-off
 # packed arguments of the callback (native_call.pack), in this order
 FLAT_ARGS = ("x", "h", "w", "stride", "weights", "taps", "bias", "y", "plane_out", "shifts",
              "masks", "groups", "lo", "hi")
@@ -228,7 +227,7 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     # the last group's masked-off lanes reach past the plane: never read, never written
     y = np.empty((n, c, oh, ow), dtype=np.float32)
-    workers = max(1, min(threads, c, n * c * oh * ow * kh * kw // PAR_MIN_MACS))
+    workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
     at = native_call.address
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame), in FLAT_ARGS order

@@ -88,6 +88,20 @@ def parallel_ok() -> bool:
     return _parallel_state["ok"]
 
 
+# Multiply-adds that pay for a thread hand-off: a TBB worker wakes in ~2 us, a task on the Python
+# pool in ~20-60 us (MobileNetV2's 3x3 depthwise on 960x7x7, 423K multiply-adds: 37 -> 30 us on
+# two TBB threads; 192x28x28 stride 2, 339K: 77 -> 54 us)
+HANDOFF_MACS_TBB = 1 << 17
+HANDOFF_MACS_POOL = 1 << 20
+
+
+def workers_for(threads: int, parts: int, macs: int) -> int:
+    """Threads (of at most `threads`) for `macs` multiply-adds in `parts` independent pieces:
+    one per hand-off's worth of work (TBB's or the pool's, whichever `run_ranges` will use)."""
+    per = HANDOFF_MACS_TBB if parallel_ok() else HANDOFF_MACS_POOL
+    return max(1, min(threads, parts, macs // per))
+
+
 def set_threads(n: int) -> None:
     """The calling thread's numba thread count for the next parallel driver."""
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
@@ -299,56 +313,6 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
     return micro
 
 
-DW_VECTORS = 4                   # depthwise tile: 4 vectors = 64 output positions
-DW_TILE = 16 * DW_VECTORS
-
-
-def _make_depthwise_tile():
-    """dw_tile(x, x_off, offs, taps, w, w_off, y, y_off, bias, lo, hi): y[y_off : + DW_TILE] =
-    clamp(bias + sum_t w[w_off + t] * x[x_off + offs[t] : + DW_TILE]): one channel's tile of a
-    depthwise convolution read in place from its (phase) planes, accumulators in registers."""
-    i64, f32 = ir.IntType(64), ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
-
-    @intrinsic
-    def dw_tile(typingctx, x_arr, x_off, offs_arr, taps, w_arr, w_off, y_arr, y_off, bias, lo, hi):
-        sig = types.void(x_arr, types.int64, offs_arr, types.int64, w_arr, types.int64, y_arr,
-                         types.int64, types.float32, types.float32, types.float32)
-
-        def codegen(context, builder, signature, args):
-            x_v, x_o, offs_v, nt, w_v, w_o, y_v, y_o, bias_v, lo_v, hi_v = args
-            tys = signature.args
-
-            def data(k_arg, value):
-                return context.make_array(tys[k_arg])(context, builder, value).data
-
-            x = builder.gep(data(0, x_v), [x_o])
-            offs = data(2, offs_v)
-            w = builder.gep(data(4, w_v), [w_o])
-            y = builder.gep(data(6, y_v), [y_o])
-            vir = _VectorIR(builder)
-            fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
-            b = broadcast(bias_v)
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(DW_VECTORS)]
-            for slot in accs:
-                builder.store(b, slot)
-            with cgutils.for_range(builder, nt) as loop:
-                src = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
-                wv = broadcast(builder.load(builder.gep(w, [loop.index])))
-                for h, slot in enumerate(accs):
-                    xv = builder.load(vec_ptr(src, ir.Constant(i64, 16 * h)), align=4)
-                    builder.store(builder.call(fma, [wv, xv, builder.load(slot)]), slot)
-            lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
-            for h, slot in enumerate(accs):
-                builder.store(vir.clamp(builder.load(slot), lo_s, hi_s),
-                              vec_ptr(y, ir.Constant(i64, 16 * h)), align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return dw_tile
-
-
 if numba is not None:
     from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
 
@@ -358,7 +322,6 @@ if numba is not None:
     gemm_micro4 = _make_micro(4, indexed_b=False, bias_per_row=False)
     gemm_micro8 = _make_micro(8, indexed_b=False, bias_per_row=False)
     gemm_micro12 = _make_micro(12, indexed_b=False, bias_per_row=False)
-    dw_tile = _make_depthwise_tile()
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_tile(ap, a_off, mr, image, p0, rows, kdim, c, c_off, ldc, bias, bias_off, res, res_off,
@@ -449,11 +412,8 @@ if numba is not None:
                         call_void(act, (y_at + 4 * (r0 * ldc + p0), nrows, np.int64(NR), ldc, act_kind))
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def gemm_panels(a, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y, i0, i1, j0,
-                    j1):  # pragma: no cover - compiled
-        # a (M, K) C-contiguous; bp (NB, K, NR) packed B; y, res (M * N) flat; row panels
-        # [i0, i1) of mr rows, column panels [j0, j1). Whole tiles store straight into y with
-        # the epilogue (`mode`); edge tiles go through a scratch tile.
+    def pack_row_panels(a, mr, i0, i1):  # pragma: no cover - compiled
+        # row panels [i0, i1) of a (M, K) as (i1 - i0, K * mr): panel row k holds a[r0:r0+mr, k]
         u64 = np.uint64
         m, kdim = a.shape
         af = a.reshape(a.size)
@@ -469,6 +429,15 @@ if numba is not None:
             for r in range(rows, mr):
                 for k in range(kdim):
                     dst[u64(k * mr + r)] = 0.0
+        return ap
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def gemm_panels(ap, first, m, kdim, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
+                    i0, i1, j0, j1):  # pragma: no cover - compiled
+        # ap: A's row panels (`pack_row_panels`), ap[ib - first] being panel ib; bp (NB, K, NR)
+        # packed B; y, res (M * N) flat; row panels [i0, i1) of mr rows, column panels [j0, j1).
+        # Whole tiles store straight into y with the epilogue (`mode`); edge tiles go through a
+        # scratch tile.
         tile = np.empty((MR_MAX, NR), dtype=np.float32)
         no_rows = np.zeros(1, dtype=np.int64)
         block = max(1, PANEL_BLOCK_BYTES // (kdim * NR * 4))
@@ -477,61 +446,18 @@ if numba is not None:
             for ib in range(i0, i1):
                 r0 = ib * mr
                 rows = min(mr, m - r0)
+                a_off = (ib - first) * kdim * mr
                 for jb in range(jb0, jb1):
                     c0 = jb * NR
                     cols = min(NR, n - c0)
                     if rows == mr and cols == NR:
-                        gemm_tile(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows, kdim, y,
-                                  r0 * n + c0, n, bias, c0, res, r0 * n + c0, lo, hi, mode)
+                        gemm_tile(ap, a_off, mr, bp, jb * kdim * NR, no_rows, kdim, y, r0 * n + c0, n,
+                                  bias, c0, res, r0 * n + c0, lo, hi, mode)
                     else:
-                        gemm_tile(ap, (ib - i0) * kdim * mr, mr, bp, jb * kdim * NR, no_rows, kdim,
-                                  tile, 0, NR, bias, 0, res, 0, lo, hi, RAW)
+                        gemm_tile(ap, a_off, mr, bp, jb * kdim * NR, no_rows, kdim, tile, 0, NR, bias,
+                                  0, res, 0, lo, hi, RAW)
                         store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res,
                                    has_res, lo, hi)
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def depthwise_planes(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq, c0, c1):  # pragma: no cover
-        # One image: x (C, H, W), y (C, oh, ow), w (C, taps) with tap offsets `offs` into a
-        # channel's sh*sw phase planes of hq x wq (the zero-padded image, row a + t*sh of it
-        # being row t of phase a). Per channel the planes are filled in a scratch that stays
-        # in L1/L2 (padding positions are never written, so they stay zero), the tiles run
-        # in place on it into a wide row buffer, and the ow of every wq positions are copied
-        # out. Channels [c0, c1).
-        u64 = np.uint64
-        h, wd = x.shape[1], x.shape[2]
-        oh, ow = y.shape[1], y.shape[2]
-        taps = offs.shape[0]
-        plane = hq * wq
-        ldc = -(-(oh * wq) // DW_TILE) * DW_TILE
-        buf = np.zeros(sh * sw * plane + offs.max() + ldc, dtype=np.float32)
-        wide = np.empty(ldc, dtype=np.float32)
-        for c in range(c0, c1):
-            xc = x[c]
-            for iy in range(h):
-                py = iy + ph
-                if py < 0 or py // sh >= hq:
-                    continue
-                row0 = ((py % sh) * sw) * plane + (py // sh) * wq
-                xr = xc[iy]
-                for b in range(sw):
-                    # padded column b + sw*u is input column b + sw*u - pw
-                    u_lo = max(0, -((b - pw) // sw))
-                    u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
-                    dst = row0 + b * plane
-                    if sw == 2:   # a constant stride: LLVM vectorizes it with shuffles
-                        for u in range(u_lo, u_hi):
-                            buf[u64(dst + u)] = xr[u64(b + 2 * u - pw)]
-                    else:
-                        for u in range(u_lo, u_hi):
-                            buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
-            for p0 in range(0, ldc, DW_TILE):
-                dw_tile(buf, p0, offs, taps, w, c * taps, wide, p0, bias[c], lo, hi)
-            yc = y[c]
-            for oy in range(oh):
-                yr = yc[oy]
-                src = u64(oy * wq)
-                for ox in range(ow):
-                    yr[u64(ox)] = wide[src + u64(ox)]
 
     @numba.njit(parallel=True, cache=True)
     def _parallel_probe(a):  # pragma: no cover - compiled
@@ -546,7 +472,7 @@ if numba is not None:
     CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
                  "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
-                 "lo", "hi", "mode", "y")
+                 "lo", "hi", "mode", "y", "a_packed")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
@@ -563,11 +489,17 @@ if numba is not None:
                       np.int64(a[18]), j0, j1, i0, i1)
 
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (15,))
-        m, kdim, nb, n = np.int64(a[1]), np.int64(a[2]), np.int64(a[4]), np.int64(a[5])
-        gemm_panels(numba.carray(f32_at(np.int64(a[0])), (m, kdim)),
-                    numba.carray(f32_at(np.int64(a[3])), (nb, kdim, NR)), n, np.int64(a[6]),
+        """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed. A
+        is (M, K) row-major, or with a_packed already its row panels (`pack_row_panels`)."""
+        a = numba.carray(f64_at(args_at), (16,))
+        m, kdim, nb, n, mr = np.int64(a[1]), np.int64(a[2]), np.int64(a[4]), np.int64(a[5]), np.int64(a[6])
+        if a[15] != 0:
+            ap = numba.carray(f32_at(np.int64(a[0])), (i1, kdim * mr))
+            first = np.int64(0)
+        else:
+            ap = pack_row_panels(numba.carray(f32_at(np.int64(a[0])), (m, kdim)), mr, i0, i1)
+            first = i0
+        gemm_panels(ap, first, m, kdim, numba.carray(f32_at(np.int64(a[3])), (nb, kdim, NR)), n, mr,
                     numba.carray(f32_at(np.int64(a[7])), (n,)), a[8] != 0,
                     numba.carray(f32_at(np.int64(a[9])), (m * n,)), a[10] != 0,
                     np.float32(a[11]), np.float32(a[12]), np.int64(a[13]),
@@ -582,13 +514,3 @@ if numba is not None:
         """C callback (native_call.RANGE_SIG): gemm_panels over column panels [j0, j1), row
         panels [i0, i1), its arguments packed in GEMM_ARGS order."""
         return native_call.callback(_gemm_range, len(GEMM_ARGS))
-
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def depthwise_planes_parallel(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq,
-                                  parts):  # pragma: no cover - compiled
-        # depthwise_planes over `parts` ranges of channels on numba's threads
-        c = x.shape[0]
-        step = (c + parts - 1) // parts
-        for p in numba.prange(parts):
-            depthwise_planes(x, w, offs, bias, lo, hi, y, sh, sw, ph, pw, hq, wq, p * step,
-                             min(c, (p + 1) * step))

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_depthwise, depthwise_direct
+from ep_cpu import conv_depthwise, depthwise_direct, microkernel
 from ep_cpu.gemm import _get_pool
 from ep_cpu.kernels.conv import conv_nd
 
@@ -40,7 +40,10 @@ def _reference(x, w, b, strides, dil, pads, out, clamp):
 
 @pytest.mark.parametrize("clamp", [None, (0.0, 6.0)])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"_s{c[6][0]}{c[6][1]}")
-def test_matches_float64_reference(case, clamp):
+def test_matches_float64_reference(monkeypatch, case, clamp):
+    # every map splits over two threads (TBB's or the pool's), however small
+    monkeypatch.setattr(microkernel, "HANDOFF_MACS_TBB", 1)
+    monkeypatch.setattr(microkernel, "HANDOFF_MACS_POOL", 1)
     n, c, h, wd, kh, kw, strides, dil, pads = case
     rng = np.random.default_rng(sum(case[:6]))
     x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
