@@ -200,10 +200,9 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
 # Stride 1 with the output as wide as the input: `depthwise_flat` (whole planes as flat masked
 # vectors), measured faster than every kernel below on MobileNetV2's shapes (1 thread, 3x3:
 # 960x7x7 27 vs 84 us, 384x14x14 37 vs 62, 192x28x28 59 vs 106, 144x56x56 149 vs 203,
-# 32x112x112 137 vs 175). Stride 2 from 512 output positions (it splits each channel into phase
-# planes first: 96x112x112 266 vs 391 us, 144x56x56 145 vs 187; 192x28x28 87 vs 76).
+# 32x112x112 137 vs 175). Stride 2 too (each channel split into phase planes first, vectorized:
+# 96x112x112 266 vs 391 us, 576x14x14 39 vs 65, 192x28x28 43 vs 71, 960x14x14 56 vs 138).
 FLAT = True
-FLAT_MIN_POSITIONS_STRIDE2 = 512
 
 # `depthwise_direct` (masked vectors read from the input, no planes) where it measured faster
 # than the kernels below (1 thread, 3x3, MobileNetV2's shapes): every stride-2 map with rows of
@@ -233,7 +232,6 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     dt = x.dtype
     if (dt == np.float32 and FLAT and depthwise_flat.applies(x.shape, (kh, kw), strides, dilations,
                                                              begin, out_shape)
-            and (int(strides[0]) == 1 or oh * ow >= FLAT_MIN_POSITIONS_STRIDE2)
             and depthwise_flat.available()):
         return depthwise_flat.depthwise_2d(x, w, strides, dilations, begin, out_shape, bias, clamp,
                                            threads, pool)

@@ -150,30 +150,73 @@ def _make_group():
     return out_group
 
 
+def _make_split():
+
+    @intrinsic
+    def split_pairs(typingctx, x_arr, x_off, n, out_arr, d0, d1):
+        """Up to 32 values x[x_off : + n]: the even ones to out[d0 :], the odd ones to out[d1 :]
+        (two masked loads, two shuffles, two masked stores; masked-off lanes not touched)."""
+        i64 = types.int64
+        sig = types.void(x_arr, i64, i64, out_arr, i64, i64)
+
+        def codegen(context, builder, signature, args):
+            x_v, x_o, n_v, o_v, d0_v, d1_v = args
+            tys = signature.args
+            vir = mk._VectorIR(builder)
+            l64, l32 = ir.IntType(64), ir.IntType(32)
+            mask_t = ir.VectorType(ir.IntType(1), 16)
+            masked_load, masked_store = vir.masked_load(), vir.masked_store()
+            x = builder.gep(context.make_array(tys[0])(context, builder, x_v).data, [x_o])
+            out = context.make_array(tys[3])(context, builder, o_v).data
+
+            def c64(v):
+                return ir.Constant(l64, v)
+
+            def first(count):   # lanes [0, count) of 16, count in [0, 16]
+                bits = builder.sub(builder.shl(c64(1), count), c64(1))
+                return builder.bitcast(builder.trunc(bits, ir.IntType(16)), mask_t)
+
+            sixteen = c64(16)
+            n_lo = builder.select(builder.icmp_signed("<", n_v, sixteen), n_v, sixteen)
+            n_hi = builder.select(builder.icmp_signed(">", n_v, sixteen), builder.sub(n_v, sixteen), c64(0))
+            zero = ir.Constant(vir.v16, [0.0] * 16)
+            align = ir.Constant(l32, 4)
+            lo = builder.call(masked_load, [vir.ptr(x, c64(0)), align, first(n_lo), zero])
+            hi = builder.call(masked_load, [vir.ptr(x, sixteen), align, first(n_hi), zero])
+            even = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(l32, 16), list(range(0, 32, 2))))
+            odd = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(l32, 16), list(range(1, 32, 2))))
+            n_even = builder.ashr(builder.add(n_v, c64(1)), c64(1))
+            builder.call(masked_store, [even, vir.ptr(out, d0_v), align, first(n_even)])
+            builder.call(masked_store, [odd, vir.ptr(out, d1_v), align, first(builder.ashr(n_v, c64(1)))])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return split_pairs
+
+
 if numba is not None:
     out_group = _make_group()
+    split_pairs = _make_split()
 
     from ep_cpu.native_call import f32_at, f64_at, i64_at, u16_at
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def _phase_planes(x, x_off, h, w, hq, wq, out):  # pragma: no cover - compiled
         # one channel x[x_off : + h*w] -> out (2, 2, hq, wq): plane (a, b) row i = input row
-        # 2i + a, columns b::2 (an even/odd split LLVM vectorizes with shuffles). The conv's
-        # `conv_implicit._fill_planes` splits the same way but also writes padding; a compiled
-        # caller keeps a copy of what it calls from another file (numba's cache checks only
-        # the caller's file), hence this one beside its caller.
-        u64 = np.uint64
+        # 2i + a, columns b::2: 32 columns at a time through `split_pairs` (the scalar split
+        # LLVM made of a 7-column loop took ~55 ns of a 14x14 channel's ~80)
         plane = hq * wq
-        half = w >> 1
+        if w <= 32:   # one call a row, its lane masks computed once
+            for i in range(h):
+                d0 = 2 * (i & 1) * plane + (i >> 1) * wq
+                split_pairs(x, x_off + i * w, w, out, d0, d0 + plane)
+            return
         for i in range(h):
-            src = u64(x_off + i * w)
-            d0 = u64(2 * (i & 1) * plane + (i >> 1) * wq)
-            d1 = d0 + u64(plane)
-            for j in range(half):
-                out[d0 + u64(j)] = x[src + u64(2 * j)]
-                out[d1 + u64(j)] = x[src + u64(2 * j + 1)]
-            if w & 1:
-                out[d0 + u64(half)] = x[src + u64(w - 1)]
+            src = x_off + i * w
+            d0 = 2 * (i & 1) * plane + (i >> 1) * wq
+            for j0 in range(0, w, 32):
+                split_pairs(x, src + j0, min(32, w - j0), out, d0 + (j0 >> 1), d0 + plane + (j0 >> 1))
 
     def _flat_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # channels [c0, c1) of one image (FLAT_ARGS packed); rows [r0, r1) unused
@@ -189,15 +232,21 @@ if numba is not None:
         masks = numba.carray(u16_at(np.int64(a[10])), ((taps + 1) * vectors,))
         lo, hi = np.float32(a[12]), np.float32(a[13])
         hq, wq = (h + stride - 1) // stride, (w + stride - 1) // stride
-        planes = np.empty(4 * hq * wq if stride == 2 else 1, dtype=np.float32)
+        # stride 2: two plane buffers, channel c+1 split while channel c's taps read the other
+        # (its loads straight after the split's stores stalled: 576x14x14 50 -> 20 us without)
+        size = 4 * hq * wq if stride == 2 else 1
+        planes = np.empty(2 * size, dtype=np.float32)
+        if stride == 2 and c0 < c1:
+            _phase_planes(x, c0 * h * w, h, w, hq, wq, planes)
         for c in range(c0, c1):
-            if stride == 2:
-                _phase_planes(x, c * h * w, h, w, hq, wq, planes)
+            cur = (c - c0) & 1
+            if stride == 2 and c + 1 < c1:
+                _phase_planes(x, (c + 1) * h * w, h, w, hq, wq, planes[(1 - cur) * size:])
             for g in range(groups):
                 v0 = g * GROUP
                 if stride == 2:
-                    out_group(planes, 16 * v0, shifts, masks, v0, vectors, taps, wt, c * taps,
-                              bias[c], lo, hi, y, c * plane_out + 16 * v0)
+                    out_group(planes, cur * size + 16 * v0, shifts, masks, v0, vectors, taps, wt,
+                              c * taps, bias[c], lo, hi, y, c * plane_out + 16 * v0)
                 else:
                     out_group(x, c * h * w + 16 * v0, shifts, masks, v0, vectors, taps, wt,
                               c * taps, bias[c], lo, hi, y, c * plane_out + 16 * v0)
