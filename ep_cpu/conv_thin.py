@@ -7,8 +7,10 @@ im2col around it a few us more. Here one compiled call (`thin_conv`, a C callbac
 row panels straight from the image by per-tap offsets (a 1x1 conv's runs of positions copied as
 they are: MobileNetV2's 960->160 on 7x7 spent ~40 us of 125 in an index gather and a second
 packing pass, now ~15 us over the bare product), runs the microkernel on W^T packed once (a
-session constant) and stores the transposed tile: ~2 us of product plus the call for the STFT. Bias (one per output channel: a
-column here), residual and a clamp run in the tile store. float32, group 1, AVX-512 CPUs.
+session constant) and stores each tile transposed with the epilogue (`ep_cpu.tile_transpose`:
+in registers, where a scalar pass over a transposed scratch spent 1-2 cycles a value): ~2 us of
+product plus the call for the STFT. Bias (one per output channel: a column here), residual and
+a clamp run in that store. float32, group 1, AVX-512 CPUs.
 """
 from __future__ import annotations
 
@@ -27,13 +29,16 @@ except ImportError:  # pragma: no cover - numba is a dependency
 
 # Output positions up to which this path is taken: one or a few tile rows (a 7x7 map: 49, where
 # the implicit conv computes 64 positions per row of weights: 1x1 convs 960->320 on 7x7 266 ->
-# 232 us, 160->960 169 -> 135 us)
+# 232 us, 160->960 169 -> 135 us; ResNet-50's 2048->512 on 7x7 814 -> 638 us, 3x3 512->512 2182
+# -> 1980). On 14x14 maps (196) it measured level with the implicit conv for 1x1 convs and
+# slower for 3x3 (its gather) and shallow products (its transposed store).
 MAX_POSITIONS = 64
 PAR_MIN_MACS = 1 << 21   # multiply-adds per thread hand-off
 
 
 def available() -> bool:
     return mk.available()
+
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
@@ -61,7 +66,7 @@ if numba is not None:
         y_at, taps, plane, plain = np.int64(a[16]), np.int64(a[17]), np.int64(a[18]), a[19] != 0
         x = numba.carray(f32_at(x_at), (x_len,))
         # A's row panels straight from the image: row p, column (c, t) reads x[c * plane +
-        # offs[t, p]] (`tap_offsets`; negative: padding, 0); `plain` (a 1x1 conv of stride 1):
+        # offs[t, p]] (`padded_offsets`; negative: padding, 0); `plain` (a 1x1 conv of stride 1):
         # offs[0, p] = p, a channel's run of positions copied as it is
         u64 = np.uint64
         nbp = (p + mr - 1) // mr
@@ -86,38 +91,19 @@ if numba is not None:
                         j = offs[to + r]
                         v = x[u64(base + max(j, 0))]
                         ap[o + u64(r)] = v if j >= 0 else np.float32(0.0)
-        yt = np.empty(p * m, dtype=np.float32)
         bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
         b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
-        lo, hi = np.float32(a[14]), np.float32(a[15])
-        g = np.empty(16, dtype=np.float64)   # microkernel.GEMM_ARGS, mode EPILOGUE, A packed
+        # microkernel.GEMM_ARGS: A packed, y (M, P) written transposed with the epilogue (bias,
+        # residual in y's layout, clamp) as each tile leaves the scratch
+        g = np.empty(17, dtype=np.float64)
         g[0], g[1], g[2], g[3], g[4], g[5], g[6] = ap.ctypes.data, p, ck, packed_at, nb, m, mr
-        g[7], g[8], g[9], g[10] = b_at, has_bias, b_at, 0
-        # with a residual the clamp follows its addition, in the store below
-        g[11], g[12] = (-np.inf, np.inf) if has_res else (a[14], a[15])
-        g[13], g[14], g[15] = 1, yt.ctypes.data, 1
+        g[7], g[8], g[9], g[10] = b_at, has_bias, res_at if has_res else b_at, has_res
+        g[11], g[12], g[13], g[14], g[15], g[16] = a[14], a[15], 1, y_at, 1, 1
         call_void(gemm_at, (np.int64(g.ctypes.data), j0, j1, np.int64(0), (p + mr - 1) // mr))
         # the buffers went to the callback as addresses: numba frees an array after its last
         # use in this function, so they are used again here, after the call
         if ap.size + bias.size + g.size == 0:
             return
-        # y (M, P) from yt (P, M): channel by channel, contiguous writes; the P rows of yt
-        # that a channel reads stay in L1 for the next (row by row, every write touched another
-        # line: with a residual transposed the same way, ResNet-50's 512->2048 on 7x7 took
-        # 1.4 ms, 0.65 without it)
-        y = numba.carray(f32_at(y_at), (m * p,))
-        c0, c1 = j0 * mk.NR, min(m, j1 * mk.NR)
-        if has_res:
-            res = numba.carray(f32_at(res_at), (m * p,))
-            for c in range(c0, c1):
-                for r in range(p):
-                    v = yt[r * m + c] + res[c * p + r]
-                    v = lo if v < lo else v
-                    y[c * p + r] = hi if v > hi else v
-        else:
-            for c in range(c0, c1):
-                for r in range(p):
-                    y[c * p + r] = yt[r * m + c]
 
     def thin_conv():
         """C callback (native_call.RANGE_SIG): one image's thin conv, its arguments packed in
@@ -125,22 +111,13 @@ if numba is not None:
         return native_call.callback(_thin_conv, len(THIN_ARGS))
 
 
-def tap_offsets(idx: np.ndarray, channels: int, pad: int, rows: int) -> tuple[np.ndarray, bool]:
-    """(P, C*K) gather indices into an image of `channels` planes (`pad`: a padded position) ->
-    per tap and position the offset within a channel's plane (K, rows), -1 for padding and for
-    positions past P; and whether it is a plain 1x1 conv of stride 1 (offsets 0..P-1). The
-    index must repeat its first channel's taps plane by plane (an im2col index does)."""
-    p, ck = idx.shape
-    taps, plane = ck // channels, pad // channels
-    first = idx[:, :taps].T
+def padded_offsets(offsets: np.ndarray, rows: int) -> tuple[np.ndarray, bool]:
+    """Tap offsets (K, P) (`ep_cpu.kernels.conv._tap_offsets`) -> (K, rows), -1 past P; and
+    whether they are a plain 1x1 conv of stride 1 (offsets 0..P-1)."""
+    taps, p = offsets.shape
     offs = np.full((taps, rows), -1, dtype=np.int64)
-    offs[:, :p] = np.where(first == pad, -1, first)
-    shifted = offs[:, None, :p] + plane * np.arange(channels)[None, :, None]
-    expect = np.where(offs[:, None, :p] < 0, pad, shifted).transpose(2, 1, 0).reshape(p, ck)
-    if not np.array_equal(expect, idx):
-        raise ValueError("conv_thin: the gather index does not repeat per channel")
-    plain = taps == 1 and plane == p and np.array_equal(offs[0, :p], np.arange(p))
-    return offs, bool(plain)
+    offs[:, :p] = offsets
+    return offs, bool(taps == 1 and np.array_equal(offsets[0], np.arange(p)))
 
 
 class PackedWeight:
@@ -157,17 +134,16 @@ class ThinConv:
     run only allocates y and writes the input and output addresses (a streaming model's step
     runs six such convs: the per-call Python work was ~8 us of each ~13)."""
 
-    def __init__(self, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
-                 bias: np.ndarray | None, clamp: tuple[float, float], x_shape: tuple,
-                 out_shape: tuple, threads: int = 1) -> None:
-        idx = rows_index[0]
-        p, ck = idx.shape
+    def __init__(self, packed_w: PackedWeight, offsets: np.ndarray, bias: np.ndarray | None,
+                 clamp: tuple[float, float], x_shape: tuple, out_shape: tuple,
+                 threads: int = 1) -> None:
+        p, ck = offsets.shape[1], x_shape[1] * offsets.shape[0]
         m, mr = packed_w.m, mk.choose_mr(p)
         self.bias = bias   # the array this plan was made for (`ep_cpu.kernels.conv` checks it)
         self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.x_shape, self.threads = tuple(x_shape), threads
         self.image = math.prod(x_shape[1:])
-        offs, plain = tap_offsets(idx, x_shape[1], self.image, -(-p // mr) * mr)
+        offs, plain = padded_offsets(offsets, -(-p // mr) * mr)
         self._keep = (packed_w, offs)   # addresses in the template
         self.y_shape = (x_shape[0], m) + tuple(out_shape)
         self.out_size = m * p
@@ -200,12 +176,12 @@ class ThinConv:
         return y
 
 
-def conv(x: np.ndarray, packed_w: PackedWeight, rows_index: tuple[np.ndarray, int],
-         bias: np.ndarray | None, residual: np.ndarray | None,
-         clamp: tuple[float, float], out_shape, threads: int = 1, pool=None) -> np.ndarray:
+def conv(x: np.ndarray, packed_w: PackedWeight, offsets: np.ndarray, bias: np.ndarray | None,
+         residual: np.ndarray | None, clamp: tuple[float, float], out_shape, threads: int = 1,
+         pool=None) -> np.ndarray:
     """(N, M, *out_shape) = clamp(conv + bias + residual) of float32 x (N, C, *spatial);
-    `rows_index` (index, its address): (P, C*K) int64 flat indices into one image, its size for
-    a padded position (`ep_cpu.kernels.conv` builds and caches it). Threads split the output
-    channels (`pool(workers)`: an executor where numba's TBB threads are not loadable). A
-    caller that runs the same shapes again keeps a `ThinConv` instead."""
-    return ThinConv(packed_w, rows_index, bias, clamp, x.shape, out_shape, threads)(x, residual, pool)
+    `offsets` (taps, positions): the input read within a channel's plane, -1 for padding
+    (`ep_cpu.kernels.conv._tap_offsets`). Threads split the output channels (`pool(workers)`:
+    an executor where numba's TBB threads are not loadable). A caller that runs the same shapes
+    again keeps a `ThinConv` instead."""
+    return ThinConv(packed_w, offsets, bias, clamp, x.shape, out_shape, threads)(x, residual, pool)

@@ -315,6 +315,8 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
 
 if numba is not None:
     from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
+    # (its IR helpers are this module's `_VectorIR`: imported once they exist)
+    from ep_cpu.tile_transpose import store_transposed
 
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
     conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
@@ -435,7 +437,7 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def gemm_panels(ap, first, m, kdim, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
-                    i0, i1, j0, j1):  # pragma: no cover - compiled
+                    i0, i1, j0, j1, transposed):  # pragma: no cover - compiled
         # ap: A's row panels (`pack_row_panels`), ap[ib - first] being panel ib; bp (NB, K, NR)
         # packed B; y, res (M * N) flat; row panels [i0, i1) of mr rows, column panels [j0, j1).
         # Whole tiles. Where A's row panels fit in L2 (a few rows: a thin conv, a decoder
@@ -446,11 +448,15 @@ if numba is not None:
         # row panel of the block, the sums waiting in y between k blocks; so A is no longer
         # re-read per block of column panels (2048^3: 62 -> 85 GMAC/s). The last k block stores
         # with the epilogue (`mode`). Edge tiles (a last partial row or column panel) run whole k
-        # through a scratch tile.
-        tile = np.empty((MR_MAX, NR), dtype=np.float32)
+        # through a scratch tile. `transposed`: y (N, M), y[j, i] = C[i, j] (a thin conv's output
+        # channels by positions): every tile whole k through the scratch tile, stored transposed.
+        tile = np.empty(MR_MAX * NR, dtype=np.float32)
         no_rows = np.zeros(1, dtype=np.int64)
-        i_full, j_full = max(i0, min(i1, m // mr)), max(j0, min(j1, n // NR))
-        rows_outer = (i1 - i0) * mr * kdim * 4 <= PANEL_BLOCK_BYTES
+        if transposed:
+            i_full, j_full = i1, j1
+        else:
+            i_full, j_full = max(i0, min(i1, m // mr)), max(j0, min(j1, n // NR))
+        rows_outer = transposed or (i1 - i0) * mr * kdim * 4 <= PANEL_BLOCK_BYTES
         if rows_outer:   # a row panel's A reused over a block of column panels
             k_block, rows_block = kdim, max(1, i_full - i0)
             cols_block = max(1, PANEL_BLOCK_BYTES // (kdim * NR * 4))
@@ -470,9 +476,16 @@ if numba is not None:
                         else:
                             ib, jb = ib0 + t % n_i, jb0 + t // n_i
                         r0, c0 = ib * mr, jb * NR
+                        dst, at, ld = (tile, 0, NR) if transposed else (y, r0 * n + c0, n)
                         gemm_tile(ap, ((ib - first) * kdim + k0) * mr, mr, bp, (jb * kdim + k0) * NR,
-                                  no_rows, kc, y, r0 * n + c0, n, bias, c0, res, r0 * n + c0, lo, hi,
-                                  md, k0)
+                                  no_rows, kc, dst, at, ld, bias, c0, res, r0 * n + c0, lo, hi,
+                                  RAW if transposed else md, k0)
+                        for h in range(2 if transposed else 0):
+                            cols = min(16, n - c0 - 16 * h)
+                            if cols > 0:
+                                store_transposed(tile, 16 * h, min(mr, m - r0), cols, y,
+                                                 (c0 + 16 * h) * m + r0, m, bias, c0 + 16 * h,
+                                                 np.int64(has_bias), res, np.int64(has_res), lo, hi)
         for ib in range(i0, i1):
             r0 = ib * mr
             rows = min(mr, m - r0)
@@ -496,7 +509,7 @@ if numba is not None:
     CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
                  "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
-                 "lo", "hi", "mode", "y", "a_packed")
+                 "lo", "hi", "mode", "y", "a_packed", "y_transposed")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
@@ -514,8 +527,9 @@ if numba is not None:
 
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed. A
-        is (M, K) row-major, or with a_packed already its row panels (`pack_row_panels`)."""
-        a = numba.carray(f64_at(args_at), (16,))
+        is (M, K) row-major, or with a_packed already its row panels (`pack_row_panels`); with
+        y_transposed y is (N, M)."""
+        a = numba.carray(f64_at(args_at), (17,))
         m, kdim, nb, n, mr = np.int64(a[1]), np.int64(a[2]), np.int64(a[4]), np.int64(a[5]), np.int64(a[6])
         if a[15] != 0:
             ap = numba.carray(f32_at(np.int64(a[0])), (i1, kdim * mr))
@@ -527,7 +541,7 @@ if numba is not None:
                     numba.carray(f32_at(np.int64(a[7])), (n,)), a[8] != 0,
                     numba.carray(f32_at(np.int64(a[9])), (m * n,)), a[10] != 0,
                     np.float32(a[11]), np.float32(a[12]), np.int64(a[13]),
-                    numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1)
+                    numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1, a[16] != 0)
 
     def conv_range():
         """C callback (native_call.RANGE_SIG): conv_in_place over tiles [j0, j1), row panels

@@ -23,7 +23,7 @@ def test_pack_is_exact_for_addresses_sizes_and_float32_bounds():
 def test_check_args_refuses_wrong_counts_and_types():
     cb = microkernel.gemm_range()
     native_call.check_args(cb, native_call.pack(*range(len(microkernel.GEMM_ARGS))))
-    with pytest.raises(TypeError, match="reads 15"):
+    with pytest.raises(TypeError, match=f"reads {len(microkernel.GEMM_ARGS)}"):
         native_call.check_args(cb, native_call.pack(*range(14)))
     with pytest.raises(TypeError, match="float64"):
         native_call.check_args(cb, np.arange(15))
@@ -42,7 +42,7 @@ def test_run_parts_calls_every_range_once(by_columns, parts):
     mr = microkernel.choose_mr(37)
     args = native_call.pack(a.ctypes.data, 37, 70, bp.ctypes.data, bp.shape[0], 101, mr,
                             zeros.ctypes.data, 0, y.ctypes.data, 0, -np.inf, np.inf,
-                            microkernel.EPILOGUE, y.ctypes.data)
+                            microkernel.EPILOGUE, y.ctypes.data, 0, 0)
     native_call.check_args(microkernel.gemm_range(), args)
     native_call.run_parts(microkernel.gemm_range().address, args.ctypes.data, bp.shape[0],
                           -(-37 // mr), parts, by_columns)
@@ -53,7 +53,7 @@ def test_callers_build_arguments_the_callbacks_read(monkeypatch):
     """gemm_compiled.matmul, conv_implicit.conv2d, conv_thin.conv and depthwise_direct hand
     run_ranges packed arguments of the count their callback reads."""
     from ep_cpu import conv_implicit, conv_thin, depthwise_direct
-    from ep_cpu.kernels.conv import _im2col_rows_index
+    from ep_cpu.kernels.conv import _tap_offsets
     seen = []
     real = microkernel.run_ranges
 
@@ -73,8 +73,8 @@ def test_callers_build_arguments_the_callbacks_read(monkeypatch):
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     conv_implicit.conv2d(x, conv_implicit.pack_weight(w), 8, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1),
                          (9, 9), None, None, None, 1, None)
-    idx = _im2col_rows_index((3, 9, 9), (3, 3), (4, 4), (1, 1), (0, 0), (2, 2))
-    conv_thin.conv(x, conv_thin.PackedWeight(w), idx, None, None, (-np.inf, np.inf), (2, 2))
+    offs = _tap_offsets((9, 9), (3, 3), (4, 4), (1, 1), (0, 0), (2, 2))
+    conv_thin.conv(x, conv_thin.PackedWeight(w), offs, None, None, (-np.inf, np.inf), (2, 2))
     depthwise_direct.depthwise_2d(x, w[:3, :1], (1, 1), (1, 1), (1, 1), (9, 9), None, None, 1, None)
     depthwise_direct.max_pool_2d(x, (3, 3), (2, 2), (1, 1), (1, 1), (5, 5), 1, None)
     assert seen == [microkernel.gemm_range(), microkernel.conv_range(), conv_thin.thin_conv(),

@@ -174,13 +174,14 @@ SMALL_IM2COL = 1 << 16   # column-matrix elements up to which im2col is one cach
 
 
 @functools.lru_cache(maxsize=256)
-def _im2col_rows_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
-                       out_shape: tuple) -> np.ndarray:
-    """`_im2col_index` transposed: (prod(out), C * prod(ks)), rows of the thin conv's GEMM, and
-    its address (the cache keeps the array alive)."""
-    idx = np.ascontiguousarray(_im2col_index(in_shape, ks, strides, dilations, begin, out_shape).T)
-    idx.flags.writeable = False
-    return idx, idx.ctypes.data
+def _tap_offsets(spatial: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
+                 out_shape: tuple) -> np.ndarray:
+    """(prod(ks), prod(out)): per kernel tap and output position, the offset read within one
+    channel's plane, -1 in the padding (the thin conv's gather: `conv_thin.ThinConv`)."""
+    idx = _im2col_index((1,) + tuple(spatial), ks, strides, dilations, begin, out_shape)
+    offs = np.where(idx == math.prod(spatial), -1, idx).astype(np.int64)
+    offs.flags.writeable = False
+    return offs
 
 
 @functools.lru_cache(maxsize=256)
@@ -437,9 +438,9 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
             packed = conv_thin.PackedWeight(w)
             if k.ctx.constant_input(1) is not None:
                 k._thin_w = packed
-        idx = _im2col_rows_index(tuple(x.shape[1:]), tuple(ks), tuple(strides), tuple(dil),
-                                 tuple(begin), tuple(out))
-        plan = conv_thin.ThinConv(packed, idx, b, clamp or (-math.inf, math.inf), x.shape, out,
+        offs = _tap_offsets(tuple(x.shape[2:]), tuple(ks), tuple(strides), tuple(dil),
+                            tuple(begin), tuple(out))
+        plan = conv_thin.ThinConv(packed, offs, b, clamp or (-math.inf, math.inf), x.shape, out,
                                   threads)
         if k.ctx.constant_input(1) is not None:
             # one plan per kernel, the last shape seen; and whether it is the whole conv (no
@@ -537,8 +538,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
             and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
-            and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS
-            and x_shape[1] * math.prod(ks) * math.prod(out) <= SMALL_IM2COL and x_shape[0] <= 4
+            and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS and x_shape[0] <= 4
             and conv_thin.available()):
         path = "thin"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)

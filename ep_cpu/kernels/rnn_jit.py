@@ -142,7 +142,7 @@ class PackedRecurrent:
             # arrays by address (C-contiguous, alive here), in microkernel.GEMM_ARGS order
             args = pack(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
                         self._none.ctypes.data, 0, res.ctypes.data, add is not None, -inf, inf,
-                        self._modes[add is not None], yd.ctypes.data, 0)
+                        self._modes[add is not None], yd.ctypes.data, 0, 0)
             self._range(args.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
 
 
@@ -171,7 +171,7 @@ if numba is not None:
         b = np.int64(bias[d].ctypes.data)
         cd = np.int64(c[d].ctypes.data)
         # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
-        args = np.zeros(16, dtype=np.float64)   # a_packed 0: A row-major
+        args = np.zeros(17, dtype=np.float64)   # A row-major, y not transposed
         args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
         args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
         args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
