@@ -150,9 +150,9 @@ class Flatten(Kernel):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         if not 0 <= axis <= x.ndim:
             raise ValueError(f"Flatten axis {self.axis} out of range")
-        outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-        inner = int(np.prod(x.shape[axis:], dtype=np.int64))
-        return x.reshape(outer, inner)
+        # math.prod of the shape's ints: np.prod took 3-5 us, ~40 right after a model's
+        # weights streamed through the caches
+        return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 @kernel("Squeeze")
