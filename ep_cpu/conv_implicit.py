@@ -189,9 +189,12 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     # input, except the last tile's columns where they would be read past the end of x
     in_place = (kh == kw == 1 and sh == sw == 1 and not any(begin) and not any(end)
                 and x.dtype == np.float32 and x.flags.c_contiguous)
-    if in_place and (h * w) % 16 and h * w <= ALIGN_MAX_POSITIONS:
+    if in_place and (h * w) % 16 and h * w <= ALIGN_MAX_POSITIONS and m >= c:
         # rows of h*w floats start off a 64-byte line, and every B load of the microkernel
-        # straddles two: channels copied to rows of ldc floats (960->160 on 7x7 118 -> 100 us)
+        # straddles two: channels copied to rows of ldc floats where each row is read by many
+        # output rows (64->384 on 14x14 75 -> 70 us; 960->160 on 7x7 118 -> 100 us before the
+        # thin path took it); with fewer outputs than inputs the copy costs more than it saves
+        # (1024->256 on 14x14 635 vs 579 us in place)
         xq = np.empty((n, c, ldc), dtype=np.float32)
         xq[:, :, h * w:] = 0
         xq[:, :, :h * w] = x.reshape(n, c, h * w)
