@@ -210,6 +210,8 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
     wide = ldc != oh * ow
     y = np.empty((n, m * ldc), dtype=np.float32)
+    # the grid's extra positions are dropped inside the callback, block by block, into `out`
+    out = np.empty((n, m, oh, ow), dtype=np.float32) if wide else None
     if has_res and not wide and wq == ow and residual.shape == (n, m, oh, ow) \
             and residual.dtype == np.float32 and residual.flags.c_contiguous:
         res = residual.reshape(n, m * ldc)   # already the output grid's layout: read in place
@@ -226,11 +228,12 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     for i in range(n):
         r = res[i] if has_res else y[i]
         r_at, y_at = at(r), at(y[i])
+        out_at = at(out[i]) if wide else 0
 
         def outputs(p0: int) -> tuple:   # microkernel.CONV_ARGS after the input's four
             # arrays by address (all C-contiguous and alive in this frame), shifted to position p0
             return (w_at, mb, mr, m, ldc, b_at, has_bias, r_at + 4 * p0, has_res, lo, hi, mode,
-                    y_at + 4 * p0, *activation)
+                    y_at + 4 * p0, *activation, out_at, oh, ow, wq, p0)
 
         if full_tiles:
             args = native_call.pack(at(xq[i]), xq.shape[1], rows.ctypes.data, rows.shape[0],
@@ -246,6 +249,4 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
             args = native_call.pack(at(last), c * NR, last_rows.ctypes.data, c, *outputs(p0))
             mk.run_ranges(mk.conv_range(), args, 1, row_panels,
                           max(1, min(threads, row_panels // PAR_MIN_PANELS)), False, pool)
-    if wide:
-        return np.ascontiguousarray(y.reshape(n, m, ldc)[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow])
-    return y.reshape(n, m, oh, ow)
+    return out if wide else y.reshape(n, m, oh, ow)

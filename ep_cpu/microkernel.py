@@ -383,15 +383,34 @@ if numba is not None:
                 y[yo + u64(u)] = hi if v > hi else v
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def crop_rows(y, ldc, out, oh, ow, wq, r0, nrows, p0, p1, shift):  # pragma: no cover - compiled
+        # out (M, oh, ow) flat from the grid y (M, ldc), rows [r0, r0 + nrows), the grid's
+        # positions [p0, p1) (y's element 0 is grid position `shift`): each grid row's first ow
+        # positions, copied while the tiles that wrote them are in cache
+        u64 = np.uint64
+        p1 = min(p1, oh * wq)
+        if p1 <= p0:
+            return
+        plane = oh * ow
+        for oy in range(p0 // wq, (p1 - 1) // wq + 1):
+            x0, x1 = max(p0 - oy * wq, 0), min(p1 - oy * wq, ow)
+            for r in range(r0, r0 + nrows):
+                src, dst = u64(r * ldc + oy * wq - shift), u64(r * plane + oy * ow)
+                for ox in range(x0, x1):
+                    out[dst + u64(ox)] = y[src + u64(ox)]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                      act, act_kind, j0, j1, i0, i1):  # pragma: no cover - compiled
+                      act, act_kind, j0, j1, i0, i1, out, oh, ow, wq, shift):  # pragma: no cover - compiled
         # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
         # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
         # microkernel reads B straight from the image, NR positions at a time. y and res are
         # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
         # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
         # `act` (a callback address, 0: none) runs on each finished tile while it is in L1:
-        # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`).
+        # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`). With `out`
+        # not empty, each row panel's block of tiles is then cropped into out (M, oh, ow)
+        # (`crop_rows`; y's element 0 being grid position `shift`).
         y_at = np.int64(y.ctypes.data)
         kdim = rows.shape[0]
         mr = ap.shape[2]
@@ -414,6 +433,9 @@ if numba is not None:
                                    has_res, lo, hi)
                     if act != 0:
                         call_void(act, (y_at + 4 * (r0 * ldc + p0), nrows, np.int64(NR), ldc, act_kind))
+                if out.size:
+                    crop_rows(y, ldc, out, oh, ow, wq, r0, nrows, jb0 * NR + shift, jb1 * NR + shift,
+                              shift)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def pack_row_panels(a, mr, i0, i1):  # pragma: no cover - compiled
@@ -507,15 +529,19 @@ if numba is not None:
     # them through ctypes, which releases the GIL.
     # packed arguments (native_call.pack) of the two callbacks, in this order
     CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
-                 "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind")
+                 "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind", "out", "oh", "ow",
+                 "wq", "shift")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
                  "lo", "hi", "mode", "y", "a_packed", "y_transposed")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (19,))
+        a = numba.carray(f64_at(args_at), (24,))
         xf_n, kdim, mb, mr, m, ldc = (np.int64(a[1]), np.int64(a[3]), np.int64(a[5]),
                                       np.int64(a[6]), np.int64(a[7]), np.int64(a[8]))
+        oh, ow = np.int64(a[20]), np.int64(a[21])
+        # `out` (a[19], 0: no crop) as an array of M * oh * ow values, or none
+        out = numba.carray(f32_at(np.int64(a[19])), (m * oh * ow if a[19] != 0 else 0,))
         conv_in_place(numba.carray(f32_at(np.int64(a[0])), (xf_n,)),
                       numba.carray(i64_at(np.int64(a[2])), (kdim,)),
                       numba.carray(f32_at(np.int64(a[4])), (mb, kdim, mr)), m, ldc,
@@ -523,7 +549,7 @@ if numba is not None:
                       numba.carray(f32_at(np.int64(a[11])), (m * ldc,)), a[12] != 0,
                       np.float32(a[13]), np.float32(a[14]), np.int64(a[15]),
                       numba.carray(f32_at(np.int64(a[16])), (m * ldc,)), np.int64(a[17]),
-                      np.int64(a[18]), j0, j1, i0, i1)
+                      np.int64(a[18]), j0, j1, i0, i1, out, oh, ow, np.int64(a[22]), np.int64(a[23]))
 
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed. A
