@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - numba is a dependency
 GROUP = 4                # output vectors per call (independent FMA chains)
 # packed arguments of the callback (native_call.pack), in this order
 FLAT_ARGS = ("x", "h", "w", "stride", "weights", "taps", "bias", "y", "plane_out", "shifts",
-             "masks", "groups", "lo", "hi")
+             "masks", "groups", "lo", "hi", "pool_max")
 
 
 def available() -> bool:
@@ -89,7 +89,7 @@ def geometry(h: int, w: int, kh: int, kw: int, dh: int, dw: int, ph: int, pw: in
     return shifts, masks, vectors // GROUP
 
 
-def _make_group():
+def _make_group(pool_max: bool = False):
 
     @intrinsic
     def out_group(typingctx, x_arr, x_off, shifts_arr, masks_arr, v0, vectors, taps, w_arr, w_off,
@@ -97,7 +97,8 @@ def _make_group():
         """y[y_off + 16j + lane] = clamp(bias + sum over taps t of w[w_off + t] *
         x[x_off + 16j + lane + shifts[t]]) for the GROUP vectors j of output vectors v0.., lanes
         masked by masks[t * vectors + v0 + j] (loads) and masks[taps * vectors + v0 + j]
-        (store); masked-off lanes are not read or written."""
+        (store); masked-off lanes are not read or written. `pool_max`: the largest of the
+        taps instead (-inf where a tap is masked off, NaN if any is NaN; w, bias unused)."""
         i64 = types.int64
         sig = types.void(x_arr, i64, shifts_arr, masks_arr, i64, i64, i64, w_arr, i64,
                          types.float32, types.float32, types.float32, y_arr, i64)
@@ -129,15 +130,24 @@ def _make_group():
                 bits = builder.load(builder.gep(masks, [builder.add(builder.mul(row, nv_v), c64(j))]))
                 return builder.bitcast(bits, mask_t)   # i16 -> <16 x i1>, bit j = lane j
 
-            accs = [cgutils.alloca_once_value(builder, vir.broadcast(bias_v)) for _ in range(GROUP)]
+            fill = ir.Constant(v16, [float("-inf")] * 16) if pool_max else zero
+            accs = [cgutils.alloca_once_value(builder, fill if pool_max else vir.broadcast(bias_v))
+                    for _ in range(GROUP)]
             with cgutils.for_range(builder, taps_v) as loop:
                 t = loop.index
                 wv = vir.broadcast(builder.load(builder.gep(wt, [t])))
                 base = builder.gep(x, [builder.load(builder.gep(shifts, [t]))])
                 for j in range(GROUP):
                     ptr = vir.ptr(base, c64(16 * j))
-                    v = builder.call(masked_load, [ptr, ir.Constant(l32, 4), lane_mask(t, j), zero])
-                    builder.store(builder.call(vir.fma, [wv, v, builder.load(accs[j])]), accs[j])
+                    v = builder.call(masked_load, [ptr, ir.Constant(l32, 4), lane_mask(t, j), fill])
+                    acc = builder.load(accs[j])
+                    if pool_max:   # the larger, NaN if either is (as np.maximum)
+                        bigger = builder.select(builder.fcmp_ordered(">", v, acc), v, acc)
+                        acc = builder.select(builder.fcmp_unordered("uno", acc, v),
+                                             builder.fadd(acc, v), bigger)
+                    else:
+                        acc = builder.call(vir.fma, [wv, v, acc])
+                    builder.store(acc, accs[j])
             lo_s, hi_s = vir.broadcast(lo_v), vir.broadcast(hi_v)
             for j in range(GROUP):
                 out = vir.clamp(builder.load(accs[j]), lo_s, hi_s)
@@ -197,6 +207,7 @@ def _make_split():
 
 if numba is not None:
     out_group = _make_group()
+    max_group = _make_group(pool_max=True)
     split_pairs = _make_split()
 
     from ep_cpu.native_call import f32_at, f64_at, i64_at, u16_at
@@ -220,7 +231,7 @@ if numba is not None:
 
     def _flat_range(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # channels [c0, c1) of one image (FLAT_ARGS packed); rows [r0, r1) unused
-        a = numba.carray(f64_at(args_at), (14,))
+        a = numba.carray(f64_at(args_at), (15,))
         h, w, stride = np.int64(a[1]), np.int64(a[2]), np.int64(a[3])
         taps, plane_out, groups = np.int64(a[5]), np.int64(a[8]), np.int64(a[11])
         vectors = groups * GROUP
@@ -244,12 +255,13 @@ if numba is not None:
                 _phase_planes(x, (c + 1) * h * w, h, w, hq, wq, planes[(1 - cur) * size:])
             for g in range(groups):
                 v0 = g * GROUP
-                if stride == 2:
-                    out_group(planes, cur * size + 16 * v0, shifts, masks, v0, vectors, taps, wt,
-                              c * taps, bias[c], lo, hi, y, c * plane_out + 16 * v0)
+                src, off = (planes, cur * size + 16 * v0) if stride == 2 else (x, c * h * w + 16 * v0)
+                if a[14] != 0:   # MaxPool
+                    max_group(src, off, shifts, masks, v0, vectors, taps, wt, 0, np.float32(0.0), lo,
+                              hi, y, c * plane_out + 16 * v0)
                 else:
-                    out_group(x, c * h * w + 16 * v0, shifts, masks, v0, vectors, taps, wt,
-                              c * taps, bias[c], lo, hi, y, c * plane_out + 16 * v0)
+                    out_group(src, off, shifts, masks, v0, vectors, taps, wt, c * taps, bias[c], lo,
+                              hi, y, c * plane_out + 16 * v0)
 
     def flat_range():
         """C callback (native_call.RANGE_SIG) over channel ranges [c0, c1) of one image, its
@@ -263,16 +275,34 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     """Depthwise conv of float32 x (N, C, H, W) with w (C, 1, KH, KW), bias and an optional
     clamp (Relu, Clip; NaN passes it), strides 1 or 2 with the output as wide as x or its
     phase planes (`applies`). A new (N, C, OH, OW) array."""
-    n, c, h, wd = x.shape
+    c = x.shape[1]
     kh, kw = w.shape[2:]
+    w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
+    b = (np.zeros(c, dtype=np.float32) if bias is None
+         else np.ascontiguousarray(bias, dtype=np.float32).reshape(c))
+    return _run(x, w2, b, (kh, kw), strides, dilations, begin, out_shape, clamp, threads, pool,
+                False)
+
+
+def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, out_shape, threads: int,
+                pool: Callable) -> np.ndarray:
+    """MaxPool of float32 x (N, C, H, W) (-inf padding, NaN propagates), same geometries as
+    `depthwise_2d` (`applies`). A new (N, C, OH, OW) array."""
+    kh, kw = (int(k) for k in kernel_shape)
+    none = np.zeros(max(1, x.shape[1] * kh * kw), dtype=np.float32)   # weights, bias: not read
+    return _run(x, none, none, (kh, kw), strides, dilations, begin, out_shape, None, threads,
+                pool, True)
+
+
+def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, threads, pool,
+         pool_max: bool) -> np.ndarray:
+    n, c, h, wd = x.shape
+    kh, kw = kernel_shape
     oh, ow = (int(v) for v in out_shape)
     stride = int(strides[0])
     shifts, masks, groups = geometry(h, wd, kh, kw, int(dilations[0]), int(dilations[1]),
                                      int(begin[0]), int(begin[1]), oh, stride)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
-    b = (np.zeros(c, dtype=np.float32) if bias is None
-         else np.ascontiguousarray(bias, dtype=np.float32).reshape(c))
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     # the last group's masked-off lanes reach past the plane: never read, never written
     y = np.empty((n, c, oh, ow), dtype=np.float32)
@@ -281,6 +311,7 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame), in FLAT_ARGS order
         args = native_call.pack(at(x[i]), h, wd, stride, at(w2), kh * kw, at(b), at(y[i]),
-                                oh * ow, shifts.ctypes.data, masks.ctypes.data, groups, lo, hi)
+                                oh * ow, shifts.ctypes.data, masks.ctypes.data, groups, lo, hi,
+                                pool_max)
         mk.run_ranges(flat_range(), args, c, 1, workers, True, pool)
     return y

@@ -305,7 +305,8 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
         pytest.skip("the compiled kernels need numba and an AVX-512 CPU")
     hits = []
     for module, name in ((conv_implicit, "conv2d"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
-                         (depthwise_flat, "depthwise_2d"), (depthwise_direct, "max_pool_2d"), (rnn_jit.PackedRecurrent, "run_sequence"),
+                         (depthwise_flat, "depthwise_2d"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
+                         (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
         real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
         monkeypatch.setattr(module, name, lambda *a, real=real, label=label, **k: hits.append(label) or real(*a, **k))
@@ -314,5 +315,6 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
     assert {"conv_implicit.conv2d", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
-            "depthwise_flat.depthwise_2d", "depthwise_direct.max_pool_2d", "PackedRecurrent.run_sequence",
+            "depthwise_flat.depthwise_2d", "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d",
+            "PackedRecurrent.run_sequence",
             "ml_jit.linear_scores"} <= set(hits)

@@ -1,6 +1,6 @@
-"""The compiled 2-D MaxPools (`ep_cpu.pool_jit`'s phase planes, `ep_cpu.depthwise_direct`'s masked
-vectors) against onnxruntime and against the numpy path (NaN handling): strides, dilations,
-asymmetric pads, ceil_mode, batches, thread splits."""
+"""The compiled 2-D MaxPools (`ep_cpu.depthwise_flat`'s flat planes, `ep_cpu.pool_jit`'s phase
+planes, `ep_cpu.depthwise_direct`'s masked vectors) against onnxruntime and against the numpy path
+(NaN handling): strides, dilations, asymmetric pads, ceil_mode, batches, thread splits."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import depthwise_direct, pool_jit
+from ep_cpu import depthwise_direct, depthwise_flat, microkernel, pool_jit
 from ep_cpu.kernels import pool
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -37,23 +37,34 @@ def compiled_calls(monkeypatch):
     if pool_jit.numba is None:
         pytest.skip("numba missing")
     calls = []
-    for module in (pool_jit, depthwise_direct):
+    for module in (pool_jit, depthwise_direct, depthwise_flat):
         real = module.max_pool_2d
         monkeypatch.setattr(module, "max_pool_2d",
                             lambda *a, real=real, name=module.__name__, **k: calls.append(name) or real(*a, **k))
     return calls
 
 
-def test_both_compiled_kernels_are_covered():
-    """CASES run both: 3-wide kernels and stride 2 take the masked vectors, the rest the planes."""
-    taken = {pool._direct_pool(c[1], c[2], (5, 5)) for c in CASES}
-    assert taken == {True, False} or not depthwise_direct.available()
+def _route(case) -> str:
+    shape, ks, strides, pads, dil, ceil = case
+    out = [(shape[2 + i] + pads[i] + pads[2 + i] - dil[i] * (ks[i] - 1) - 1 + (strides[i] - 1) * ceil)
+           // strides[i] + 1 for i in range(2)]
+    if depthwise_flat.applies(shape, ks, strides, dil, pads[:2], out):
+        return "flat"
+    return "direct" if pool._direct_pool(ks, strides, out) else "planes"
+
+
+def test_every_compiled_kernel_is_covered():
+    """CASES run all three: outputs as wide as the input (or its phase planes) the flat planes,
+    other 3-wide kernels the masked vectors, the rest the phase planes."""
+    assert {_route(c) for c in CASES} == {"flat", "direct", "planes"} or not depthwise_direct.available()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1][0]}{c[1][1]}_c{c[5]}")
 def test_matches_onnxruntime(monkeypatch, compiled_calls, case, threads):
     monkeypatch.setattr(pool_jit, "PAR_MIN_ELEMENTS", 1)   # the split runs with 2 threads
+    monkeypatch.setattr(microkernel, "HANDOFF_MACS_TBB", 1)
+    monkeypatch.setattr(microkernel, "HANDOFF_MACS_POOL", 1)
     data = _model(*case)
     x = np.random.default_rng(len(case[0])).standard_normal(case[0]).astype(np.float32)
     opts = ep_core.SessionOptions()

@@ -12,7 +12,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import PoolAttributes, invalid
-from ep_cpu import depthwise_direct, pool_jit
+from ep_cpu import depthwise_direct, depthwise_flat, pool_jit
 from ep_cpu.gemm import _get_pool, get_num_threads
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
 from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
@@ -76,11 +76,13 @@ class LpPool(_Pool):
         return (acc ** (1.0 / p)).astype(x.dtype, copy=False)
 
 
-# float32 2-D MaxPool without indices runs compiled: `ep_cpu.depthwise_direct` (masked vectors
-# from the input) for 3- and 5-wide kernels (unrolled there) and stride 2, where it measured
-# faster (ResNet-50's 3x3/2 on 64x112x112: 211 vs 407 us; YOLO's 5x5/1 on 128x10x10: 38 vs 63),
-# else `ep_cpu.pool_jit` (phase planes)
+# float32 2-D MaxPool without indices runs compiled: `ep_cpu.depthwise_flat` where the output
+# keeps the input's width (stride 1) or its phase planes' (stride 2): ResNet-50's 3x3/2 on
+# 64x112x112 231 -> 192 us, YOLO's 5x5/1 on 128x10x10 52 -> 41, on 256x20x20 230 -> 143; other
+# 3- and 5-wide kernels and stride 2 `ep_cpu.depthwise_direct` (masked vectors from the input;
+# 211 vs 407 us for ResNet's pool before the flat planes), else `ep_cpu.pool_jit` (phase planes)
 COMPILED = True
+FLAT = True   # the flat planes first (a switch for benchmarks and tests)
 
 
 def _direct_pool(ks, strides, out) -> bool:
@@ -95,6 +97,10 @@ class MaxPool(_Pool):
         want_idx = len(self.node.outputs) > 1 and bool(self.node.outputs[1])
         if (COMPILED and not want_idx and x.dtype == np.float32 and x.ndim == 4
                 and min(begin) >= 0 and min(end) >= 0 and min(out) > 0):
+            if (FLAT and depthwise_flat.available() and len(self.ks) == 2
+                    and depthwise_flat.applies(x.shape, self.ks, self.strides, self.dil, begin, out)):
+                return depthwise_flat.max_pool_2d(x, self.ks, self.strides, self.dil, begin, out,
+                                                  get_num_threads(), _get_pool)
             if _direct_pool(self.ks, self.strides, out):
                 return depthwise_direct.max_pool_2d(x, self.ks, self.strides, self.dil, begin, out,
                                                     get_num_threads(), _get_pool)
