@@ -7,7 +7,8 @@ and the microkernel reads B straight from the zero-padded image: output (oy, ox)
 oy*wq + ox of the image's grid and its input under tap k is at that position plus a fixed
 offset rows[k], so NR consecutive positions are NR consecutive floats (no im2col, no packing).
 Strided convs first split the image into stride-phase planes, in which every tap is again such
-a shift. The wq - ow positions past each output row are computed and dropped in one copy.
+a shift. The wq - ow positions past each output row are computed and dropped in the callback,
+block by block, while they are in cache.
 Whole tiles store straight into the output with bias, residual and a clamp (Relu, Clip).
 
 Threads split the column tiles, or the row panels when there are few positions (7x7 maps), on
@@ -173,80 +174,128 @@ def conv2d(x: np.ndarray, packed_w: np.ndarray, m: int, kernel_shape, strides, d
     """2-D convolution (group 1) of float32 x (N, C, H, W) with weights packed by `pack_weight`;
     returns (N, M, OH, OW) = clamp(conv + bias + residual). `pool(workers)` gives an executor.
     `activation` (callback address, kind): run on each tile as it is finished
-    (`vector_math.tile_callback`: SiLU, Sigmoid, Gelu, Tanh), not as a pass over the output."""
-    n = x.shape[0]
-    kh, kw = kernel_shape
-    oh, ow = out_shape
-    sh, sw = int(strides[0]), int(strides[1])
-    dh, dw = int(dilations[0]), int(dilations[1])
-    if kh == kw == 1 and not any(begin) and not any(end) and (sh > 1 or sw > 1):
-        x, sh, sw = x[:, :, ::sh, ::sw][:, :, :oh, :ow], 1, 1   # a strided 1x1 conv reads a subsample
-    c, h, w = x.shape[1:]
-    lay = phase_layout(c, h, w, kh, kw, sh, sw, dh, dw, int(begin[0]), int(begin[1]), int(end[0]),
-                  int(end[1]), oh, ow)
-    wq, tiles, ldc, rows = lay.wq, lay.tiles, lay.ldc, lay.rows
-    # A 1x1 stride-1 conv without padding reads x itself (its planes are x): no copy of the
-    # input, except the last tile's columns where they would be read past the end of x
-    in_place = (kh == kw == 1 and sh == sw == 1 and not any(begin) and not any(end)
-                and x.dtype == np.float32 and x.flags.c_contiguous)
-    if in_place and (h * w) % 16 and h * w <= ALIGN_MAX_POSITIONS and m >= c:
+    (`vector_math.tile_callback`: SiLU, Sigmoid, Gelu, Tanh), not as a pass over the output.
+    A caller that runs the same shapes again keeps an `ImplicitConv` instead."""
+    plan = ImplicitConv(packed_w, m, x.shape, kernel_shape, strides, dilations, begin, end,
+                        out_shape, bias, residual is not None, clamp, threads, activation)
+    return plan(x, residual, pool)
+
+
+class ImplicitConv:
+    """One conv's call for one input shape, bias, thread count and epilogue: the layout, the
+    input's treatment, the thread split and the packed arguments (CONV_ARGS) decided once, so
+    a run allocates its outputs, prepares the input and writes five addresses (all of it per
+    call took ~11-13 us, against a few us of Python now; MobileNetV2 runs 52 convs)."""
+
+    def __init__(self, packed_w: np.ndarray, m: int, x_shape: tuple, kernel_shape, strides,
+                 dilations, begin, end, out_shape, bias: np.ndarray | None, has_res: bool,
+                 clamp: tuple[float, float] | None, threads: int,
+                 activation: tuple[int, int] = (0, 0)) -> None:
+        n, c, h, w = (int(v) for v in x_shape)
+        kh, kw = (int(v) for v in kernel_shape)
+        oh, ow = (int(v) for v in out_shape)
+        sh, sw = int(strides[0]), int(strides[1])
+        dh, dw = int(dilations[0]), int(dilations[1])
+        pads = [int(v) for v in (begin[0], begin[1], end[0], end[1])]
+        self.x_shape, self.bias, self.threads, self.has_res = tuple(x_shape), bias, threads, has_res
+        self.activation, self.clamp = tuple(activation), clamp
+        # a strided 1x1 conv without padding reads a subsample of x (into planes)
+        self.subsample = kh == kw == 1 and not any(pads) and (sh > 1 or sw > 1)
+        if self.subsample:
+            self.steps, h, w, sh, sw = (sh, sw), oh, ow, 1, 1
+        lay = phase_layout(c, h, w, kh, kw, sh, sw, dh, dw, *pads, oh, ow)
+        self.lay, self.sh, self.sw = lay, sh, sw
+        # A 1x1 stride-1 conv without padding reads x itself (its planes are x): no copy of the
+        # input, except the last tile's columns where they would be read past the end of x
+        in_place = kh == kw == 1 and sh == sw == 1 and not any(pads) and not self.subsample
         # rows of h*w floats start off a 64-byte line, and every B load of the microkernel
         # straddles two: channels copied to rows of ldc floats where each row is read by many
         # output rows (64->384 on 14x14 75 -> 70 us; 960->160 on 7x7 118 -> 100 us before the
         # thin path took it); with fewer outputs than inputs the copy costs more than it saves
         # (1024->256 on 14x14 635 vs 579 us in place)
-        xq = np.empty((n, c, ldc), dtype=np.float32)
-        xq[:, :, h * w:] = 0
-        xq[:, :, :h * w] = x.reshape(n, c, h * w)
-        xq, rows, full_tiles = xq.reshape(n, c * ldc), _tile_rows(c, ldc), tiles
-    else:
-        xq = x.reshape(n, c * h * w) if in_place else fill_planes(x, lay, sh, sw, 0.0)
-        full_tiles = (h * w) // NR if in_place else tiles
-    has_bias, has_res = bias is not None, residual is not None
-    # the microkernel always adds a bias in its epilogue: zeros when there is none
-    b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if has_bias
-         else np.zeros(m, dtype=np.float32))
-    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
-    mode = mk.EPILOGUE_RES if has_res else mk.EPILOGUE
-    wide = ldc != oh * ow
-    y = np.empty((n, m * ldc), dtype=np.float32)
-    # the grid's extra positions are dropped inside the callback, block by block, into `out`
-    out = np.empty((n, m, oh, ow), dtype=np.float32) if wide else None
-    if has_res and not wide and wq == ow and residual.shape == (n, m, oh, ow) \
-            and residual.dtype == np.float32 and residual.flags.c_contiguous:
-        res = residual.reshape(n, m * ldc)   # already the output grid's layout: read in place
-    elif has_res:
-        res = np.zeros((n, m, ldc), dtype=np.float32)
-        res[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow] = residual
-        res = res.reshape(n, m * ldc)
-    row_panels = packed_w.shape[0]
-    by_columns = _split_by_columns(tiles, row_panels)
-    workers = max(1, min(threads, (tiles if by_columns else row_panels) // PAR_MIN_PANELS))
-    mb, mr = packed_w.shape[0], packed_w.shape[2]
-    at = native_call.address
-    w_at, b_at = at(packed_w), at(b)
-    for i in range(n):
-        r = res[i] if has_res else y[i]
-        r_at, y_at = at(r), at(y[i])
-        out_at = at(out[i]) if wide else 0
+        self.align = in_place and (h * w) % 16 and h * w <= ALIGN_MAX_POSITIONS and m >= c
+        self.in_place = in_place and not self.align
+        tiles, ldc = lay.tiles, lay.ldc
+        self.full_tiles = (h * w) // NR if self.in_place else tiles
+        self.tiles, self.ldc, self.m, self.c, self.hw = tiles, ldc, m, c, h * w
+        rows = _tile_rows(c, ldc) if self.align else lay.rows
+        self.xq_len = c * ldc if self.align else (c * h * w if self.in_place else lay.length)
+        # the microkernel always adds a bias in its epilogue: zeros when there is none
+        self._b = (np.ascontiguousarray(bias, dtype=np.float32).reshape(m) if bias is not None
+                   else np.zeros(m, dtype=np.float32))
+        lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+        self.wide = ldc != oh * ow
+        self.res_in_place = not self.wide and lay.wq == ow
+        self.y_shape, self.out_shape = (n, m * ldc), (n, m, oh, ow)
+        row_panels = packed_w.shape[0]
+        self.by_columns = _split_by_columns(tiles, row_panels)
+        self.row_panels = row_panels
+        self.workers = max(1, min(threads, (tiles if self.by_columns else row_panels) // PAR_MIN_PANELS))
+        self.last_workers = max(1, min(threads, row_panels // PAR_MIN_PANELS))
+        at = native_call.address
+        self._keep = (packed_w, rows)   # addresses in the templates
+        # microkernel.CONV_ARGS; per call: xf (0), res (11), y (16), out (19)
+        outputs = (at(packed_w), packed_w.shape[0], packed_w.shape[2], m, ldc, at(self._b),
+                   bias is not None, 0, has_res, lo, hi, mk.EPILOGUE_RES if has_res else mk.EPILOGUE,
+                   0, *activation, 0, oh, ow, lay.wq)
+        self.template = native_call.pack(0, self.xq_len, rows.ctypes.data, rows.shape[0], *outputs, 0)
+        last_rows = _tile_rows(c)
+        self._keep_last = last_rows
+        self.last_template = native_call.pack(0, c * NR, last_rows.ctypes.data, c, *outputs,
+                                              self.full_tiles * NR)
 
-        def outputs(p0: int) -> tuple:   # microkernel.CONV_ARGS after the input's four
-            # arrays by address (all C-contiguous and alive in this frame), shifted to position p0
-            return (w_at, mb, mr, m, ldc, b_at, has_bias, r_at + 4 * p0, has_res, lo, hi, mode,
-                    y_at + 4 * p0, *activation, out_at, oh, ow, wq, p0)
+    def _input(self, x: np.ndarray) -> np.ndarray:
+        """(N, xq_len): x as the callback reads it (itself, aligned rows, or its planes)."""
+        n, c = x.shape[:2]
+        if self.subsample:
+            oh, ow = self.out_shape[2:]
+            return fill_planes(x[:, :, ::self.steps[0], ::self.steps[1]][:, :, :oh, :ow], self.lay,
+                               1, 1, 0.0)
+        if self.align:
+            xq = np.empty((n, c, self.ldc), dtype=np.float32)
+            xq[:, :, self.hw:] = 0
+            xq[:, :, :self.hw] = x.reshape(n, c, self.hw)
+            return xq.reshape(n, c * self.ldc)
+        if self.in_place:
+            return x.reshape(n, c * self.hw)
+        return fill_planes(x, self.lay, self.sh, self.sw, 0.0)
 
-        if full_tiles:
-            args = native_call.pack(at(xq[i]), xq.shape[1], rows.ctypes.data, rows.shape[0],
-                                    *outputs(0))
-            mk.run_ranges(mk.conv_range(), args, full_tiles, row_panels, workers, by_columns, pool)
-        if full_tiles < tiles:
-            # in place: the last tile reads a zero-padded copy of its columns, as tile 0 of the
-            # outputs shifted to its position (so its row panels split over threads too)
-            p0 = full_tiles * NR
-            last = np.zeros((c, NR), dtype=np.float32)
-            last[:, :h * w - p0] = xq[i].reshape(c, h * w)[:, p0:]
-            last_rows = _tile_rows(c)
-            args = native_call.pack(at(last), c * NR, last_rows.ctypes.data, c, *outputs(p0))
-            mk.run_ranges(mk.conv_range(), args, 1, row_panels,
-                          max(1, min(threads, row_panels // PAR_MIN_PANELS)), False, pool)
-    return out if wide else y.reshape(n, m, oh, ow)
+    def __call__(self, x: np.ndarray, residual: np.ndarray | None = None, pool=None) -> np.ndarray:
+        """(N, M, OH, OW) = clamp(conv(x) + bias + residual); x float32 of `x_shape`, a residual
+        exactly when the plan was made with `has_res`."""
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        n, m, ldc = x.shape[0], self.m, self.ldc
+        xq = self._input(x)
+        y = np.empty(self.y_shape, dtype=np.float32)
+        out = np.empty(self.out_shape, dtype=np.float32) if self.wide else None
+        res = None
+        if residual is not None:
+            if (self.res_in_place and residual.shape == self.out_shape and residual.dtype == np.float32
+                    and residual.flags.c_contiguous):
+                res = residual.reshape(n, m * ldc)   # already the output grid's layout
+            else:
+                oh, ow, wq = self.out_shape[2], self.out_shape[3], self.lay.wq
+                res = np.zeros((n, m, ldc), dtype=np.float32)
+                res[:, :, :oh * wq].reshape(n, m, oh, wq)[..., :ow] = residual
+                res = res.reshape(n, m * ldc)
+        at = native_call.address
+        fn = mk.conv_range()
+        for i in range(n):
+            r_at, y_at = at(res[i] if res is not None else y[i]), at(y[i])
+            out_at = at(out[i]) if out is not None else 0
+            if self.full_tiles:
+                args = self.template.copy()
+                args[0], args[11], args[16], args[19] = at(xq[i]), r_at, y_at, out_at
+                mk.run_ranges(fn, args, self.full_tiles, self.row_panels, self.workers,
+                              self.by_columns, pool)
+            if self.full_tiles < self.tiles:
+                # in place: the last tile reads a zero-padded copy of its columns, as tile 0 of
+                # the outputs shifted to its position (so its row panels split over threads too)
+                p0 = self.full_tiles * NR
+                last = np.zeros((self.c, NR), dtype=np.float32)
+                last[:, :self.hw - p0] = xq[i].reshape(self.c, self.hw)[:, p0:]
+                args = self.last_template.copy()
+                args[0], args[11], args[16], args[19] = at(last), r_at + 4 * p0, y_at + 4 * p0, out_at
+                mk.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
+        return out if out is not None else y.reshape(self.out_shape)

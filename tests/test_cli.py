@@ -304,7 +304,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     if not microkernel.available():
         pytest.skip("the compiled kernels need numba and an AVX-512 CPU")
     hits = []
-    for module, name in ((conv_implicit, "conv2d"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
+    for module, name in ((conv_implicit.ImplicitConv, "__call__"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
                          (depthwise_flat, "depthwise_2d"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
                          (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
@@ -314,7 +314,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     assert code == 0
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
-    assert {"conv_implicit.conv2d", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
+    assert {"ImplicitConv.__call__", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
             "depthwise_flat.depthwise_2d", "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d",
             "PackedRecurrent.run_sequence",
             "ml_jit.linear_scores"} <= set(hits)

@@ -81,13 +81,13 @@ def _build(nodes, inputs, inits, out):
 def implicit_calls(monkeypatch):
     """Counts the compiled convolutions run; every eligible conv takes the path."""
     calls = []
-    real = conv_implicit.conv2d
+    real = conv_implicit.ImplicitConv.__call__
 
-    def counting(*args, **kwargs):
-        calls.append(args[1].shape[2])   # tile rows of the packed weight
-        return real(*args, **kwargs)
+    def counting(self, *args, **kwargs):
+        calls.append(self._keep[0].shape[2])   # tile rows of the packed weight
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(conv_implicit, "conv2d", counting)
+    monkeypatch.setattr(conv_implicit.ImplicitConv, "__call__", counting)
     monkeypatch.setattr(conv, "IMPLICIT", True)
     monkeypatch.setattr(conv, "IMPLICIT_MIN_MACS", 0)
     monkeypatch.setattr(conv_thin, "MAX_POSITIONS", 0)   # a few positions: tests/test_conv_thin.py

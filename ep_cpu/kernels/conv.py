@@ -463,8 +463,15 @@ def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residu
     kind = vector_math.KINDS.get(activation) if clamp is None else None
     fused = kind is not None and p.get("approximate", "none") == "none" and vector_math.available()
     act = (vector_math.tile_callback().address, kind) if fused else (0, 0)
-    y = conv_implicit.conv2d(x.astype(np.float32, copy=False), packed, w.shape[0], ks, strides, dil,
-                             begin, end, out, b, residual, clamp, get_num_threads(), _get_pool, act)
+    threads = get_num_threads()
+    plan = k.__dict__.get("_implicit_plan")
+    if (plan is None or plan.x_shape != x.shape or plan.bias is not b or plan.threads != threads
+            or plan.has_res != (residual is not None) or plan.activation != act):
+        plan = conv_implicit.ImplicitConv(packed, w.shape[0], x.shape, ks, strides, dil, begin, end,
+                                          out, b, residual is not None, clamp, threads, act)
+        if k.ctx.constant_input(1) is not None:
+            k._implicit_plan = plan   # one per kernel: the last shape seen
+    y = plan(x, residual, _get_pool)
     if clamp is None and not fused:
         ACTIVATIONS[activation](y, p)
     return y
