@@ -296,22 +296,46 @@ def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, out_shap
 
 def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, threads, pool,
          pool_max: bool) -> np.ndarray:
-    n, c, h, wd = x.shape
-    kh, kw = kernel_shape
-    oh, ow = (int(v) for v in out_shape)
-    stride = int(strides[0])
-    shifts, masks, groups = geometry(h, wd, kh, kw, int(dilations[0]), int(dilations[1]),
-                                     int(begin[0]), int(begin[1]), oh, stride)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    lo, hi = (-math.inf, math.inf) if clamp is None else clamp
-    # the last group's masked-off lanes reach past the plane: never read, never written
-    y = np.empty((n, c, oh, ow), dtype=np.float32)
-    workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
-    at = native_call.address
-    for i in range(n):
-        # arrays by address (C-contiguous and alive in this frame), in FLAT_ARGS order
-        args = native_call.pack(at(x[i]), h, wd, stride, at(w2), kh * kw, at(b), at(y[i]),
-                                oh * ow, shifts.ctypes.data, masks.ctypes.data, groups, lo, hi,
-                                pool_max)
-        mk.run_ranges(flat_range(), args, c, 1, workers, True, pool)
-    return y
+    return FlatPlan(x.shape, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp,
+                    threads, pool_max)(x, pool)
+
+
+class FlatPlan:
+    """One depthwise conv's (or MaxPool's) call for one input shape: geometry, thread count and
+    packed arguments (FLAT_ARGS) decided once, so a run allocates y and writes two addresses
+    an image (the rest took ~10 us of a 7x7 map's ~30). w2 (C, taps) and b (C,) float32,
+    C-contiguous, kept; `bias` is the array the plan was made for (its caller checks it)."""
+
+    def __init__(self, x_shape: tuple, w2: np.ndarray, b: np.ndarray, kernel_shape, strides,
+                 dilations, begin, out_shape, clamp: tuple[float, float] | None, threads: int,
+                 pool_max: bool = False, bias: np.ndarray | None = None) -> None:
+        n, c, h, wd = (int(v) for v in x_shape)
+        kh, kw = (int(v) for v in kernel_shape)
+        oh, ow = (int(v) for v in out_shape)
+        stride = int(strides[0])
+        shifts, masks, groups = geometry(h, wd, kh, kw, int(dilations[0]), int(dilations[1]),
+                                         int(begin[0]), int(begin[1]), oh, stride)
+        lo, hi = (-math.inf, math.inf) if clamp is None else clamp
+        self.x_shape, self.threads, self.bias = tuple(x_shape), threads, bias
+        self.y_shape = (n, c, oh, ow)
+        self.image, self.out_size = c * h * wd, c * oh * ow
+        self.workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
+        self._keep = (w2, b, shifts, masks)   # addresses in the template
+        at = native_call.address
+        # the last group's masked-off lanes reach past the plane: never read, never written
+        self.template = native_call.pack(0, h, wd, stride, at(w2), kh * kw, at(b), 0, oh * ow,
+                                         shifts.ctypes.data, masks.ctypes.data, groups, lo, hi,
+                                         pool_max)
+
+    def __call__(self, x: np.ndarray, pool: Callable) -> np.ndarray:
+        """A new (N, C, OH, OW) array from float32 x of `x_shape`."""
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        y = np.empty(self.y_shape, dtype=np.float32)
+        x_at, y_at = native_call.address(x), native_call.address(y)
+        fn = flat_range()
+        for i in range(self.y_shape[0]):
+            args = self.template.copy()
+            args[0], args[7] = x_at + 4 * i * self.image, y_at + 4 * i * self.out_size
+            mk.run_ranges(fn, args, self.y_shape[1], 1, self.workers, True, pool)
+        return y

@@ -305,7 +305,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
         pytest.skip("the compiled kernels need numba and an AVX-512 CPU")
     hits = []
     for module, name in ((conv_implicit.ImplicitConv, "__call__"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
-                         (depthwise_flat, "depthwise_2d"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
+                         (depthwise_flat.FlatPlan, "__call__"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
                          (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
         real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
@@ -315,6 +315,6 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
     assert {"ImplicitConv.__call__", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
-            "depthwise_flat.depthwise_2d", "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d",
+            "FlatPlan.__call__", "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d",
             "PackedRecurrent.run_sequence",
             "ml_jit.linear_scores"} <= set(hits)

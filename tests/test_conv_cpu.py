@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 import ep_core
 from ep_core.op_attributes import conv_geometry
 from ep_cpu import conv_depthwise, microkernel, winograd
-from ep_cpu.kernels import conv
+from ep_cpu.kernels import conv, conv_depthwise_numpy
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
 
@@ -66,8 +66,8 @@ def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_ro
         monkeypatch.setattr(conv_depthwise, "FLAT", False)   # tests/test_depthwise_flat.py
     else:
         monkeypatch.setattr(conv, "DW_COMPILED", False)
-        monkeypatch.setattr(conv, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
-    monkeypatch.setattr(conv, "DW_PAR_MIN", 0)        # also run the channel blocks on threads
+        monkeypatch.setattr(conv_depthwise_numpy, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)
+    monkeypatch.setattr(conv_depthwise_numpy, "DW_PAR_MIN", 0)        # also run the channel blocks on threads
     data, feeds = _conv_model(*shape, fused_relu=fused_relu)
     ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]

@@ -8,58 +8,20 @@ variant conv kernels.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import conv_depthwise, conv_implicit, conv_thin, epilogue_jit, vector_math, winograd
+from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, vector_math,
+                    winograd)
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
+from ep_cpu.kernels import conv_depthwise_numpy
+from ep_cpu.kernels.conv_geometry import compute_dtype, pad_spatial, window_view  # noqa: F401 - shared
 from ep_cpu.registry import kernel
-
-
-# ----------------------------------------------------------------------------- geometry
-
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Accumulation dtype: float64 stays, everything narrower computes in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
-
-def pad_spatial(x: np.ndarray, begin, end, value=0) -> np.ndarray:
-    """Pad the trailing len(begin) axes (negative pads crop)."""
-    if not any(begin) and not any(end):
-        return x
-    nd = len(begin)
-    lead = x.ndim - nd
-    src, dst, shape = [slice(None)] * lead, [slice(None)] * lead, list(x.shape[:lead])
-    for i in range(nd):
-        n = x.shape[lead + i]
-        size = n + begin[i] + end[i]
-        shape.append(max(size, 0))
-        s0 = max(0, -begin[i])
-        s1 = n - max(0, -end[i])
-        src.append(slice(s0, max(s1, s0)))
-        d0 = max(0, begin[i])
-        dst.append(slice(d0, d0 + max(s1 - s0, 0)))
-    out = np.full(shape, value, dtype=x.dtype)
-    out[tuple(dst)] = x[tuple(src)]
-    return out
-
-
-def window_view(xp: np.ndarray, kernel_shape, strides, dilations, out_shape) -> np.ndarray:
-    """Read-only view (..., *out_shape, *kernel_shape) of the windows of the padded input."""
-    nd = len(kernel_shape)
-    lead = xp.ndim - nd
-    st = xp.strides
-    shape = tuple(xp.shape[:lead]) + tuple(out_shape) + tuple(kernel_shape)
-    strides_ = (tuple(st[:lead]) + tuple(st[lead + i] * strides[i] for i in range(nd))
-                + tuple(st[lead + i] * dilations[i] for i in range(nd)))
-    return as_strided(xp, shape=shape, strides=strides_, writeable=False)
 
 
 # ----------------------------------------------------------------------------- conv core
@@ -97,11 +59,11 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
             y = _depthwise_compiled(x, w, strides, dilations, begin, o2, bias, res, activation,
                                     activation_params)
             return y.reshape(n, m, *out_shape)
-        y = _depthwise_2d(x, w, strides, dilations, begin, end, [1, *out_shape] if nd == 1 else out_shape,
+        y = conv_depthwise_numpy.depthwise_2d(x, w, strides, dilations, begin, end, [1, *out_shape] if nd == 1 else out_shape,
                           bias, res, activation, activation_params)
         return y.reshape(n, m, *out_shape)
     if group > 1 and cg == 1 and kprod > 1:
-        y = _depthwise(x, w, group, strides, dilations, begin, end, out_shape)
+        y = conv_depthwise_numpy.depthwise_nd(x, w, group, strides, dilations, begin, end, out_shape)
         if bias is not None:
             y += bias.astype(dt, copy=False).reshape((1, m) + (1,) * nd)
         if residual is not None:
@@ -216,25 +178,6 @@ def _im2col_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, 
 SMALL_CONV_MACS = BLAS_PAR_MIN_MACS   # below: np.matmul + in-place epilogue instead of `gemm`
 
 
-def _depthwise(x, w, group, strides, dilations, begin, end, out_shape):
-    """Groups of one input channel, any rank: accumulate one strided window per kernel offset.
-
-    Fallback for 3-D and up; 1-D/2-D use `_depthwise_2d`."""
-    n, c = x.shape[:2]
-    m = w.shape[0]
-    mult = m // group
-    ks = list(w.shape[2:])
-    xp = pad_spatial(x, begin, end)
-    view = window_view(xp, ks, strides, dilations, out_shape)  # (N, C, *O, *K)
-    y = np.zeros((n, c, mult) + tuple(out_shape), dtype=x.dtype)
-    wr = w.reshape(c, mult, -1)
-    bshape = (1, c, mult) + (1,) * len(ks)
-    for k, idx in enumerate(itertools.product(*[range(kk) for kk in ks])):
-        win = view[(Ellipsis,) + idx][:, :, None]  # (N, C, 1, *O)
-        y += wr[:, :, k].reshape(bshape) * win
-    return y.reshape(n, m, *out_shape)
-
-
 # Depthwise 2-D convs run the compiled kernels of `ep_cpu.conv_depthwise` (numba) when it is
 # importable: 2-3x faster than the numpy taps below on MobileNetV2's layers (benchmarks/README.md).
 DW_COMPILED = True
@@ -253,139 +196,6 @@ def _depthwise_compiled(x, w, strides, dilations, begin, out_shape, bias, residu
         y += residual.astype(y.dtype, copy=False)
     if activation is not None and clamp is None:
         ACTIVATIONS[activation](y, p)
-    return y
-
-
-# Channels per block: a block's padded input, accumulator and scratch stay in cache across the
-# taps. Measured on MobileNetV2's shapes: 2 MB blocks beat 64 KB-1 MB ones (ufunc call overhead
-# per block) and one whole-tensor block (memory traffic) alike.
-DW_BLOCK_BYTES = 2 * 1024 * 1024
-DW_PAR_MIN = 1 << 21   # fewer output elements x taps than this: one thread (hand-off ~50 us)
-# Output row length (oh x padded width) below which the taps run channels-last. Measured on
-# MobileNetV2's depthwise layers: rows of 56-840 values run 18-30% faster channels-last
-# (14x14 and 7x7 maps: 11.5 vs 14.1 ms summed), rows of 3K+ values 20-80% slower.
-DW_CHANNELS_LAST_MAX_ROW = 1024
-
-
-def _phase_range(a: int, s: int, pb: int, size: int, length: int) -> tuple[int, int, int]:
-    """Rows t in [t0, t1) of polyphase a (padded index a + t*s) that hold input data; input
-    starts at row a + t0*s - pb."""
-    t0 = max(0, -((a - pb) // s))          # ceil((pb - a) / s)
-    t1 = min(length, -((a - pb - size) // s))  # ceil((size + pb - a) / s)
-    return t0, max(t0, t1), a + t0 * s - pb
-
-
-def _depthwise_2d(x, w, strides, dilations, begin, end, out_shape, bias=None, residual=None,
-                  activation=None, activation_params=None) -> np.ndarray:
-    """Depthwise 2-D conv (N, C, H, W) with w (C, 1, kh, kw) and fused epilogue.
-
-    Flat offsets: each channel's (polyphase component of the) padded image is one contiguous
-    row of hq*wq values, and kernel tap (i, j) is the constant shift ri*wq + rj along it, so every
-    tap is one multiply-add ufunc over long contiguous rows instead of a strided 2-D window.
-    Stride s splits the padded image into s*s polyphase components (padded row a + t*s is row t
-    of phase a), which turns the strided conv into stride-1 shifts. Columns past the output
-    width are computed and dropped. Channels go in cache-sized blocks, spread over threads
-    (numpy's ufuncs release the GIL). Small images run each block channels-last, so a tap is
-    one long run of channels instead of many short image rows."""
-    n, c, hin, win_ = x.shape
-    kh, kw = w.shape[2:]
-    sh, sw = strides
-    dh, dw = dilations
-    oh, ow = out_shape
-    taps = [(i, j) for i in range(kh) for j in range(kw)]
-    # Per tap: its phase and its shift inside the phase.
-    rows = {i: divmod(i * dh, sh) for i in range(kh)}   # i -> (ri, a)
-    cols = {j: divmod(j * dw, sw) for j in range(kw)}   # j -> (rj, b)
-    hq = oh + max(r for r, _ in rows.values())
-    wq = ow + max(r for r, _ in cols.values())
-    spare = 1 if wq > ow else 0            # one extra row absorbs the last shifted row's overrun
-    plen = (hq + spare) * wq
-    phases = sorted({(rows[i][1], cols[j][1]) for i, j in taps})
-    pidx = {p: k for k, p in enumerate(phases)}
-    length = oh * wq
-    dt = x.dtype
-    wr = w.reshape(c, kh * kw)
-    y = np.empty((n, c, oh, ow), dtype=dt)
-    b1 = None if bias is None else bias.astype(dt, copy=False).reshape(1, c, 1, 1)
-    res = None if residual is None else np.broadcast_to(residual.astype(dt, copy=False), y.shape)
-    isz = dt.itemsize
-    per_ch = n * (len(phases) * plen + 2 * length) * isz
-    nblk = -(-c * per_ch // DW_BLOCK_BYTES)
-    threads = get_num_threads() if n * c * length * len(taps) >= DW_PAR_MIN else 1
-    nblk = min(c, -(-nblk // threads) * threads)  # whole rounds: no thread idles on the last block
-    blk = -(-c // nblk)
-    blocks = [(c0, min(c, c0 + blk)) for c0 in range(0, c, blk)]
-    ranges = {}
-    for a, b in phases:
-        ranges[a, b] = (_phase_range(a, sh, begin[0], hin, hq), _phase_range(b, sw, begin[1], win_, wq))
-
-    # Short rows (small images) make numpy's per-row loop overhead dominate the NCHW taps;
-    # channels-last keeps each tap one long contiguous run of a block's channels.
-    channels_last = length < DW_CHANNELS_LAST_MAX_ROW
-
-    def run(c0: int, c1: int) -> None:
-        cc = c1 - c0
-        if channels_last:
-            ph2d = np.zeros((len(phases), n, hq + spare, wq, cc), dtype=dt)
-        else:
-            ph2d = np.zeros((len(phases), n, cc, hq + spare, wq), dtype=dt)
-        for (a, b), k in pidx.items():
-            (t0, t1, r0), (u0, u1, q0) = ranges[a, b]
-            if t1 > t0 and u1 > u0:
-                src = x[:, c0:c1, r0:r0 + (t1 - t0 - 1) * sh + 1:sh, q0:q0 + (u1 - u0 - 1) * sw + 1:sw]
-                if channels_last:
-                    ph2d[k, :, t0:t1, u0:u1] = src.transpose(0, 2, 3, 1)
-                else:
-                    ph2d[k, :, :, t0:t1, u0:u1] = src
-        if channels_last:
-            ph = ph2d.reshape(len(phases), n, plen, cc)
-            acc = np.empty((n, length, cc), dtype=dt)
-            wts = np.ascontiguousarray(wr[c0:c1].T)   # (taps, cc)
-        else:
-            ph = ph2d.reshape(len(phases), n, cc, plen)  # contiguous: a view
-            acc = np.empty((n, cc, length), dtype=dt)
-            wts = wr[c0:c1].T.reshape(len(taps), 1, cc, 1)
-        tmp = np.empty_like(acc)
-        for k, (i, j) in enumerate(taps):
-            (ri, a), (rj, b) = rows[i], cols[j]
-            off = ri * wq + rj
-            if channels_last:
-                src = ph[pidx[a, b], :, off:off + length]
-            else:
-                src = ph[pidx[a, b], :, :, off:off + length]
-            if k == 0:
-                np.multiply(src, wts[k], out=acc)
-            else:
-                np.multiply(src, wts[k], out=tmp)
-                acc += tmp
-        out = y[:, c0:c1]
-        if channels_last:
-            np.copyto(out, acc.reshape(n, oh, wq, cc)[:, :, :ow].transpose(0, 3, 1, 2))
-        else:
-            np.copyto(out, acc.reshape(n, cc, oh, wq)[:, :, :, :ow])
-        if b1 is not None:
-            out += b1[:, c0:c1]
-        if res is not None:
-            out += res[:, c0:c1]
-        if activation is not None:
-            ACTIVATIONS[activation](out, activation_params or {})
-
-    threads = min(threads, len(blocks))
-    if threads > 1:
-        queue = iter(blocks)   # shared; next() on it is atomic under the GIL
-
-        def drain() -> None:
-            for c0, c1 in queue:
-                run(c0, c1)
-        futs = [_get_pool(threads - 1).submit(drain) for _ in range(threads - 1)]
-        try:
-            drain()   # the calling thread takes blocks too
-        finally:
-            for f in futs:
-                f.result()
-    else:
-        for c0, c1 in blocks:
-            run(c0, c1)
     return y
 
 
@@ -510,7 +320,25 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     if (whole and residual is None and plan.x_shape == x.shape and plan.bias is b
             and plan.threads == get_num_threads() and x.dtype == np.float32):
         return plan(x, None, _get_pool)   # a streaming model's step: the same call again
+    flat = k.__dict__.get("_flat_plan")
+    if (flat is not None and residual is None and flat.x_shape == x.shape and flat.bias is b
+            and flat.threads == get_num_threads() and x.dtype == np.float32):
+        return flat(x, _get_pool)         # a depthwise conv run again
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
+    if (path == "im2col" and residual is None and DW_COMPILED and conv_depthwise.FLAT
+            and cdt == np.float32 and x.dtype == np.float32 and len(ks) == 2 and group > 1
+            and group == x.shape[1] == w.shape[0] and w.shape[1] == 1 and math.prod(ks) > 1
+            and k.ctx.constant_input(1) is not None and depthwise_flat.available()
+            and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out)):
+        clamp = epilogue_jit.clamp_bounds(activation, activation_params or {}) if activation else None
+        if activation is None or clamp is not None:
+            c = x.shape[1]
+            b32 = (np.zeros(c, np.float32) if b is None
+                   else np.ascontiguousarray(b, dtype=np.float32).reshape(c))
+            k._flat_plan = depthwise_flat.FlatPlan(
+                x.shape, np.ascontiguousarray(w.reshape(c, -1), dtype=np.float32), b32, ks, strides,
+                dil, begin, out, clamp, get_num_threads(), bias=b)
+            return k._flat_plan(x, _get_pool)
     if path == "thin":
         return _thin_conv(k, x, w, b, ks, strides, dil, begin, out, residual, activation,
                           activation_params)
