@@ -44,7 +44,6 @@ def available() -> bool:
     return mk.available()
 
 
-
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """(M, C, *K) float32 weights -> W^T (C*K, M) in the microkernel's column panels."""
     return gemm_compiled.pack(np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32))
@@ -53,6 +52,7 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 # packed arguments of the callback (native_call.pack), in this order
 THIN_ARGS = ("x", "x_len", "offsets", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
              "has_bias", "res", "has_res", "lo", "hi", "y", "taps", "plane", "plain")
+
 
 def _make_row_copies():
     """The two copies that build a row of A's panels (`width` <= 16 lanes, zeros where nothing

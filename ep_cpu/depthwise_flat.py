@@ -1,4 +1,4 @@
-"""Stride-1 depthwise convolution over a channel's whole output plane as flat 16-float vectors.
+"""Depthwise convolution over a channel's whole output plane as flat 16-float vectors.
 
 Where the output keeps the input's width (stride 1, the usual "same" padding), output position
 p = oy*W + ox of a channel reads its input under tap (ky, kx) at p + (ky*dh - ph)*W + kx*dw - pw:
@@ -12,7 +12,8 @@ there and in the channels-last kernel, onnxruntime 22).
 
 Stride 2 (the output half as wide as the input) splits each channel into its four stride-phase
 planes first, in a scratch buffer that stays in cache (a vectorized even/odd copy), in which
-every tap is again one flat shift.
+every tap is again one flat shift. MaxPool of the same geometries runs the same way, with a
+NaN-propagating max over -inf padding in place of the multiply-adds (`max_pool_2d`).
 
 Written in LLVM IR through numba's `intrinsic` (`llvm.masked.load/store`, `llvm.fma`); float32,
 AVX-512F CPUs (`available`). The driver is a C callback (`flat_range`) over channel ranges.

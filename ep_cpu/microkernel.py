@@ -406,7 +406,7 @@ if numba is not None:
         # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
         # microkernel reads B straight from the image, NR positions at a time. y and res are
         # (M, ldc) flat in that grid (the wp - ow positions of each row past the output are
-        # computed and dropped by the caller); tiles [j0, j1) of positions, row panels [i0, i1).
+        # computed, then dropped); tiles [j0, j1) of positions, row panels [i0, i1).
         # `act` (a callback address, 0: none) runs on each finished tile while it is in L1:
         # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`). With `out`
         # not empty, each row panel's block of tiles is then cropped into out (M, oh, ow)
