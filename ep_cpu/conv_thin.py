@@ -63,13 +63,7 @@ def _make_row_copies():
     gather_run(x, base, offs, o_off, width, out, dst): out[dst + r] = x[base + offs[o_off + r]]
     where that offset is >= 0, else 0 (llvm.masked.gather)."""
     l64, l32 = ir.IntType(64), ir.IntType(32)
-    mask_t = ir.VectorType(ir.IntType(1), 16)
     v16i64 = ir.VectorType(l64, 16)
-
-    def first(builder, count):   # lanes [0, count), count in [0, 16]
-        one = ir.Constant(l64, 1)
-        bits = builder.sub(builder.shl(one, count), one)
-        return builder.bitcast(builder.trunc(bits, ir.IntType(16)), mask_t)
 
     @intrinsic
     def load_run(typingctx, x_arr, src, rows, width, out_arr, dst):
@@ -79,13 +73,12 @@ def _make_row_copies():
             x_v, src_v, rows_v, width_v, out_v, dst_v = args
             tys = signature.args
             vir = mk._VectorIR(builder)
-            x = builder.gep(context.make_array(tys[0])(context, builder, x_v).data, [src_v])
-            out = builder.gep(context.make_array(tys[4])(context, builder, out_v).data, [dst_v])
+            x, out = vir.data(context, tys[0], x_v, src_v), vir.data(context, tys[4], out_v, dst_v)
             align, zero = ir.Constant(l32, 4), ir.Constant(vir.v16, [0.0] * 16)
-            v = builder.call(vir.masked_load(), [vir.ptr(x, ir.Constant(l64, 0)), align,
-                                                 first(builder, rows_v), zero])
-            builder.call(vir.masked_store(), [v, vir.ptr(out, ir.Constant(l64, 0)), align,
-                                              first(builder, width_v)])
+            v = builder.call(vir.masked_load(), [vir.ptr(x, vir.i64(0)), align,
+                                                 vir.first_lanes(rows_v), zero])
+            builder.call(vir.masked_store(), [v, vir.ptr(out, vir.i64(0)), align,
+                                              vir.first_lanes(width_v)])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -99,11 +92,10 @@ def _make_row_copies():
             x_v, base_v, offs_v, o_v, width_v, out_v, dst_v = args
             tys = signature.args
             vir = mk._VectorIR(builder)
-            x = builder.gep(context.make_array(tys[0])(context, builder, x_v).data, [base_v])
-            offs = builder.gep(context.make_array(tys[2])(context, builder, offs_v).data, [o_v])
-            out = builder.gep(context.make_array(tys[5])(context, builder, out_v).data, [dst_v])
-            align = ir.Constant(l32, 4)
-            lanes = first(builder, width_v)
+            x, offs = vir.data(context, tys[0], x_v, base_v), vir.data(context, tys[2], offs_v, o_v)
+            out = vir.data(context, tys[5], out_v, dst_v)
+            mask_t, align = vir.mask_t, ir.Constant(l32, 4)
+            lanes = vir.first_lanes(width_v)
             load_i64 = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(v16i64, [v16i64.as_pointer(), l32, mask_t, v16i64]),
                 "llvm.masked.load.v16i64.p0v16i64")
@@ -121,7 +113,7 @@ def _make_row_copies():
                 builder.module, ir.FunctionType(vir.v16, [ptr_t, l32, mask_t, vir.v16]),
                 "llvm.masked.gather.v16f32.v16p0f32")
             v = builder.call(gather, [ptrs, align, valid, ir.Constant(vir.v16, [0.0] * 16)])
-            builder.call(vir.masked_store(), [v, vir.ptr(out, ir.Constant(l64, 0)), align, lanes])
+            builder.call(vir.masked_store(), [v, vir.ptr(out, vir.i64(0)), align, lanes])
             return context.get_dummy_value()
 
         return sig, codegen

@@ -109,22 +109,11 @@ def _make_group(pool_max: bool = False):
              y_o) = args
             tys = signature.args
             vir = mk._VectorIR(builder)
-            v16 = vir.v16
-            l64, l32 = ir.IntType(64), ir.IntType(32)
-            mask_t = ir.VectorType(ir.IntType(1), 16)
+            v16, c64, mask_t, l32 = vir.v16, vir.i64, vir.mask_t, ir.IntType(32)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
-
-            def data(k, value):
-                return context.make_array(tys[k])(context, builder, value).data
-
-            def c64(v):
-                return ir.Constant(l64, v)
-
-            x = builder.gep(data(0, x_v), [x_o])
-            shifts = data(2, sh_v)
-            masks = builder.gep(data(3, m_v), [v0_v])
-            wt = builder.gep(data(7, w_v), [w_o])
-            y = builder.gep(data(12, y_v), [y_o])
+            x, shifts = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[2], sh_v)
+            masks = vir.data(context, tys[3], m_v, v0_v)
+            wt, y = vir.data(context, tys[7], w_v, w_o), vir.data(context, tys[12], y_v, y_o)
             zero = ir.Constant(v16, [0.0] * 16)
 
             def lane_mask(row, j):
@@ -174,18 +163,9 @@ def _make_split():
             x_v, x_o, n_v, o_v, d0_v, d1_v = args
             tys = signature.args
             vir = mk._VectorIR(builder)
-            l64, l32 = ir.IntType(64), ir.IntType(32)
-            mask_t = ir.VectorType(ir.IntType(1), 16)
+            c64, first, l32 = vir.i64, vir.first_lanes, ir.IntType(32)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
-            x = builder.gep(context.make_array(tys[0])(context, builder, x_v).data, [x_o])
-            out = context.make_array(tys[3])(context, builder, o_v).data
-
-            def c64(v):
-                return ir.Constant(l64, v)
-
-            def first(count):   # lanes [0, count) of 16, count in [0, 16]
-                bits = builder.sub(builder.shl(c64(1), count), c64(1))
-                return builder.bitcast(builder.trunc(bits, ir.IntType(16)), mask_t)
+            x, out = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[3], o_v)
 
             sixteen = c64(16)
             n_lo = builder.select(builder.icmp_signed("<", n_v, sixteen), n_v, sixteen)
@@ -281,8 +261,8 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     w2 = np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32)
     b = (np.zeros(c, dtype=np.float32) if bias is None
          else np.ascontiguousarray(bias, dtype=np.float32).reshape(c))
-    return _run(x, w2, b, (kh, kw), strides, dilations, begin, out_shape, clamp, threads, pool,
-                False)
+    return FlatPlan(x.shape, w2, b, (kh, kw), strides, dilations, begin, out_shape, clamp,
+                    threads)(x, pool)
 
 
 def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, out_shape, threads: int,
@@ -291,14 +271,8 @@ def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, out_shap
     `depthwise_2d` (`applies`). A new (N, C, OH, OW) array."""
     kh, kw = (int(k) for k in kernel_shape)
     none = np.zeros(max(1, x.shape[1] * kh * kw), dtype=np.float32)   # weights, bias: not read
-    return _run(x, none, none, (kh, kw), strides, dilations, begin, out_shape, None, threads,
-                pool, True)
-
-
-def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, threads, pool,
-         pool_max: bool) -> np.ndarray:
-    return FlatPlan(x.shape, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp,
-                    threads, pool_max)(x, pool)
+    return FlatPlan(x.shape, none, none, (kh, kw), strides, dilations, begin, out_shape, None,
+                    threads, pool_max=True)(x, pool)
 
 
 class FlatPlan:

@@ -174,9 +174,24 @@ class _VectorIR:
         self.fma = cgutils.get_or_insert_function(builder.module,
                                                   ir.FunctionType(self.v16, [self.v16] * 3),
                                                   "llvm.fma.v16f32")
+        self.mask_t = ir.VectorType(ir.IntType(1), 16)
         self._undef = ir.Constant(self.v16, ir.Undefined)
         self._zero_i32 = ir.Constant(i32, 0)
         self._splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
+
+    @staticmethod
+    def i64(value: int):
+        return ir.Constant(ir.IntType(64), value)
+
+    def data(self, context, ty, value, offset=None):
+        """Pointer to element `offset` (0: the first) of an array argument of numba type `ty`."""
+        ptr = context.make_array(ty)(context, self.builder, value).data
+        return ptr if offset is None else self.builder.gep(ptr, [offset])
+
+    def first_lanes(self, count):
+        """<16 x i1> mask of lanes [0, count) for an int64 count in [0, 16]."""
+        b, one = self.builder, self.i64(1)
+        return b.bitcast(b.trunc(b.sub(b.shl(one, count), one), ir.IntType(16)), self.mask_t)
 
     def masked_load(self):
         """llvm.masked.load of 16 floats: (pointer, align, <16 x i1> mask, passthrough)."""

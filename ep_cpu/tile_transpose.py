@@ -45,26 +45,16 @@ def _make_store_transposed():
              hi_v) = args
             tys = signature.args
             vir = mk._VectorIR(builder)
-            l64, l32 = ir.IntType(64), ir.IntType(32)
-            mask_t = ir.VectorType(ir.IntType(1), 16)
+            c64, mask_t, align = vir.i64, vir.mask_t, ir.Constant(ir.IntType(32), 4)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
-
-            def data(k, value):
-                return context.make_array(tys[k])(context, builder, value).data
-
-            def c64(v):
-                return ir.Constant(l64, v)
-
-            tile = builder.gep(data(0, t_v), [t_o])
-            y = builder.gep(data(4, y_v), [y_o])
-            bias = builder.gep(data(7, b_v), [b_o])
-            res = builder.gep(data(10, r_v), [y_o])
+            tile = vir.data(context, tys[0], t_v, t_o)
+            y = vir.data(context, tys[4], y_v, y_o)
+            bias = vir.data(context, tys[7], b_v, b_o)
+            res = vir.data(context, tys[10], r_v, y_o)
             zero = ir.Constant(vir.v16, [0.0] * 16)
-            align = ir.Constant(l32, 4)
             none = ir.Constant(mask_t, [0] * 16)
             every = ir.Constant(mask_t, [1] * 16)
-            lanes = builder.bitcast(builder.trunc(builder.sub(builder.shl(c64(1), rows_v), c64(1)),
-                                                  ir.IntType(16)), mask_t)
+            lanes = vir.first_lanes(rows_v)
             res_lanes = builder.select(builder.icmp_signed("!=", hr_v, c64(0)), lanes, none)
             vecs = []
             for r in range(16):
@@ -73,7 +63,7 @@ def _make_store_transposed():
                                                        zero]))
             block = 8
             while block:
-                low, high = (ir.Constant(ir.VectorType(l32, 16), m) for m in _butterfly_masks(block))
+                low, high = (ir.Constant(ir.VectorType(ir.IntType(32), 16), m) for m in _butterfly_masks(block))
                 for i in range(16):
                     if not i & block:
                         a, b = vecs[i], vecs[i + block]

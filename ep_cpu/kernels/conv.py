@@ -287,6 +287,25 @@ def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residu
     return y
 
 
+def _flat_depthwise_plan(k: Kernel, x, w, b, ks, strides, dil, group, begin, out, activation,
+                         activation_params) -> depthwise_flat.FlatPlan | None:
+    """A float32 2-D depthwise conv with a constant weight and a clamp or no activation, of a
+    geometry `depthwise_flat` takes: its plan for this input shape (kept on the kernel by
+    `run_conv`); else None."""
+    if not (DW_COMPILED and conv_depthwise.FLAT and len(ks) == 2 and group > 1
+            and group == x.shape[1] == w.shape[0] and w.shape[1] == 1 and math.prod(ks) > 1
+            and k.ctx.constant_input(1) is not None and depthwise_flat.available()
+            and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out)):
+        return None
+    clamp = epilogue_jit.clamp_bounds(activation, activation_params or {}) if activation else None
+    if activation is not None and clamp is None:
+        return None
+    c = x.shape[1]
+    b32 = np.zeros(c, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(c)
+    return depthwise_flat.FlatPlan(x.shape, np.ascontiguousarray(w.reshape(c, -1), dtype=np.float32),
+                                   b32, ks, strides, dil, begin, out, clamp, get_num_threads(), bias=b)
+
+
 def implicit_weight(k: Kernel, w: np.ndarray) -> np.ndarray:
     """The packed weight: once at __init__ when W is a session constant, else per call."""
     cached = getattr(k, "_implicit_w", None)
@@ -325,20 +344,12 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
             and flat.threads == get_num_threads() and x.dtype == np.float32):
         return flat(x, _get_pool)         # a depthwise conv run again
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
-    if (path == "im2col" and residual is None and DW_COMPILED and conv_depthwise.FLAT
-            and cdt == np.float32 and x.dtype == np.float32 and len(ks) == 2 and group > 1
-            and group == x.shape[1] == w.shape[0] and w.shape[1] == 1 and math.prod(ks) > 1
-            and k.ctx.constant_input(1) is not None and depthwise_flat.available()
-            and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out)):
-        clamp = epilogue_jit.clamp_bounds(activation, activation_params or {}) if activation else None
-        if activation is None or clamp is not None:
-            c = x.shape[1]
-            b32 = (np.zeros(c, np.float32) if b is None
-                   else np.ascontiguousarray(b, dtype=np.float32).reshape(c))
-            k._flat_plan = depthwise_flat.FlatPlan(
-                x.shape, np.ascontiguousarray(w.reshape(c, -1), dtype=np.float32), b32, ks, strides,
-                dil, begin, out, clamp, get_num_threads(), bias=b)
-            return k._flat_plan(x, _get_pool)
+    if path == "im2col" and residual is None and cdt == np.float32 and x.dtype == np.float32:
+        flat = _flat_depthwise_plan(k, x, w, b, ks, strides, dil, group, begin, out, activation,
+                                    activation_params)
+        if flat is not None:
+            k._flat_plan = flat
+            return flat(x, _get_pool)
     if path == "thin":
         return _thin_conv(k, x, w, b, ks, strides, dil, begin, out, residual, activation,
                           activation_params)
