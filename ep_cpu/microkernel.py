@@ -40,28 +40,46 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers keep th
 
 NR = 32          # tile columns: two 16-float vectors
 MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
-KC = 256         # k per microkernel call: the panels' slices stay in L1
-PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2
+PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2 (Zen 3: all of it)
 BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
 
-_state = {"checked": False, "available": False}
+_state = {"checked": False, "available": False, "wide": False}
 _parallel_state: dict = {"checked": False, "ok": False}
 _parallel_lock = threading.Lock()
 
 
+def _check_cpu() -> None:
+    ok = wide = False
+    if numba is not None:
+        try:
+            import llvmlite.binding as ll
+            features = ll.get_host_cpu_features()
+            wide = bool(features.get("avx512f", False))
+            ok = wide or bool(features.get("avx2", False) and features.get("fma", False))
+        except Exception:   # noqa: BLE001 - feature query failed: keep the BLAS path
+            ok = wide = False
+    _state.update(available=ok, wide=wide, checked=True)
+
+
 def available() -> bool:
-    """numba imports and the host CPU has AVX-512F."""
+    """numba imports and the host CPU has AVX2 and FMA (or AVX-512F). The kernels are written
+    on 16-float vectors; LLVM splits them in two where registers hold 8 (AVX2)."""
     if not _state["checked"]:
-        ok = False
-        if numba is not None:
-            try:
-                import llvmlite.binding as ll
-                ok = bool(ll.get_host_cpu_features().get("avx512f", False))
-            except Exception:   # noqa: BLE001 - feature query failed: keep the BLAS path
-                ok = False
-        _state["available"] = ok
-        _state["checked"] = True
+        _check_cpu()
     return _state["available"]
+
+
+def wide() -> bool:
+    """The host CPU has AVX-512F: 32 registers of 16 floats (tile shapes and the instructions
+    only AVX-512 has depend on it)."""
+    if not _state["checked"]:
+        _check_cpu()
+    return _state["wide"]
+
+
+# k per microkernel call: the panels' slices stay in L1 (AVX2's passes read them twice or four
+# times; Zen 3's L1 holds 32 KB)
+KC = 256 if wide() else 128
 
 
 def parallel_ok() -> bool:
@@ -137,10 +155,12 @@ def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, b
 
 def choose_mr(rows: int) -> int:
     """Tile rows for a matrix of `rows` rows: 12 (more accumulators) unless 8 wastes fewer
-    padded rows (16, 32, 40 ... channels); 4 for up to 4 rows (a recurrent step's batch: 8
+    padded rows (16, 32, 40 ... channels; AVX-512 only); 4 for up to 4 rows (a recurrent step's batch: 8
     accumulators still cover the FMA latency)."""
     if rows <= 4:
         return 4
+    if not wide():   # AVX2 runs 8 rows as passes of 4 (8 accumulators: FMA-latency bound)
+        return 8 if rows <= 8 else 12
     waste12 = -(-rows // 12) * 12 - rows
     waste8 = -(-rows // 8) * 8 - rows
     return 8 if waste8 < waste12 else 12
@@ -228,6 +248,18 @@ class _VectorIR:
 RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
 
 
+def _passes(mr: int) -> list[tuple[int, int, int, int]]:
+    """The tile's (first row, rows, first vector, vectors) passes over k. AVX-512: the whole
+    tile at once (2*mr of its 32 registers). AVX2 has 16 registers of 8 floats: a 32-column
+    tile would need 4*mr accumulators, so it runs in passes of at most 6 rows x 16 columns (12
+    accumulators, 2 of B, 1 broadcast), each pass over all of k (the panels' k-slices, 12 and
+    32 KB at KC = 256, stay in L1/L2)."""
+    if wide():
+        return [(0, mr, 0, 2)]
+    rows = 6 if mr % 6 == 0 else 4
+    return [(r0, min(rows, mr - r0), v0, 2) for r0 in range(0, mr, rows) for v0 in (0, 2)]
+
+
 def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
     """The microkernel for tiles of `mr` rows. With `indexed_b`, row k of B starts at
     b + b_off + rows[k] (an int64 array of offsets) instead of b + b_off + k*NR: B is then read
@@ -238,9 +270,12 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
     micro(a, a_off, b, b_off, rows, c, c_off, ldc, k, accumulate, bias, bias_off, res, res_off,
     lo, hi, mode): C (+)= A x B over k; with mode EPILOGUE / EPILOGUE_RES the stored tile is
     clamp(sums + bias (+ res[res_off + r*ldc + j])). Whole tiles only: every row and column is
-    stored. Only the store differs between modes, so the IR stays small (compile time)."""
+    stored. Only the store differs between modes, so the IR stays small (compile time).
+    Vectors of 16 floats with AVX-512, 8 with AVX2 (`_passes`)."""
     i64, f32 = ir.IntType(64), ir.FloatType()
-    v16 = ir.VectorType(f32, 16)
+    width = 16 if wide() else 8     # floats per vector
+    vec = ir.VectorType(f32, width)
+    passes = _passes(mr)
 
     @intrinsic
     def micro(typingctx, a_arr, a_off, b_arr, b_off, rows_arr, c_arr, c_off, ldc, k, accumulate,
@@ -257,70 +292,88 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
             def data(k_arg, value):
                 return context.make_array(tys[k_arg])(context, builder, value).data
 
+            def const(value):
+                return ir.Constant(i64, value)
+
             a = builder.gep(data(0, a_v), [a_o])
             b = builder.gep(data(2, b_v), [b_o])
             rows = data(4, rows_v)
             c = builder.gep(data(5, c_v), [c_o])
             bias = builder.gep(data(10, bias_v), [bias_o])
             res = builder.gep(data(12, res_v), [res_o])
-            vir = _VectorIR(builder)
-            fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
-            # allocas in the entry block: LLVM promotes them to registers. 4-row tiles keep two
-            # sets of sums (even and odd k): 8 chains of FMAs do not cover the FMA latency of
-            # two pipes, 16 do (4 rows x 256 x 512 from L2: 119 -> 196 GFLOP/s measured).
-            sets = 2 if mr == 4 else 1
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None))
-                    for _ in range(2 * mr * sets)]
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                                 f"llvm.fma.v{width}f32")
+            undef, zero_i32 = ir.Constant(vec, ir.Undefined), ir.Constant(ir.IntType(32), 0)
+            splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
 
-            def k_step(kidx, acc_set):
-                if indexed_b:
-                    brow = builder.gep(b, [builder.load(builder.gep(rows, [kidx]))])
-                else:
-                    brow = builder.gep(b, [builder.mul(kidx, ir.Constant(i64, NR))])
-                bvec = [builder.load(vec_ptr(brow, ir.Constant(i64, 16 * h)), align=4) for h in range(2)]
-                arow = builder.gep(a, [builder.mul(kidx, ir.Constant(i64, mr))])
-                for r in range(mr):
-                    sv = broadcast(builder.load(builder.gep(arow, [ir.Constant(i64, r)])))
-                    for h in range(2):
-                        slot = accs[acc_set * 2 * mr + 2 * r + h]
-                        builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+            def broadcast(scalar):
+                return builder.shuffle_vector(builder.insert_element(undef, scalar, zero_i32), undef, splat)
 
-            with cgutils.for_range(builder, builder.sdiv(kk, ir.Constant(i64, sets))) as loop:
-                for s in range(sets):
-                    k_step(builder.add(builder.mul(loop.index, ir.Constant(i64, sets)), ir.Constant(i64, s)), s)
-            if sets == 2:
-                odd = builder.icmp_signed("!=", builder.and_(kk, ir.Constant(i64, 1)), ir.Constant(i64, 0))
-                with builder.if_then(odd):
-                    k_step(builder.sub(kk, ir.Constant(i64, 1)), 0)
-                for slot, other in zip(accs[:2 * mr], accs[2 * mr:]):
-                    builder.store(builder.fadd(builder.load(slot), builder.load(other)), slot)
-            add = builder.icmp_signed("!=", acc_flag, ir.Constant(i64, 0))
+            def vec_ptr(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+            add = builder.icmp_signed("!=", acc_flag, const(0))
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
-            if not bias_per_row:
-                col_bias = [builder.load(vec_ptr(bias, ir.Constant(i64, 16 * h)), align=4) for h in range(2)]
-            done = builder.append_basic_block("tile_stored")
-            switch = builder.switch(mode_v, done)
-            for mode in (RAW, EPILOGUE, EPILOGUE_RES):
-                block = builder.append_basic_block(f"store_mode_{mode}")
-                switch.add_case(ir.Constant(i64, mode), block)
-                builder.position_at_end(block)
-                for r in range(mr):
-                    row_off = builder.mul(ld, ir.Constant(i64, r))
-                    if mode != RAW and bias_per_row:
-                        b_row = broadcast(builder.load(builder.gep(bias, [ir.Constant(i64, r)])))
-                    for h in range(2):
-                        off = builder.add(row_off, ir.Constant(i64, 16 * h))
-                        ptr = vec_ptr(c, off)
-                        v = builder.load(accs[2 * r + h])
-                        v = builder.select(add, builder.fadd(v, builder.load(ptr, align=4)), v)
-                        if mode != RAW:
-                            v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
-                            if mode == EPILOGUE_RES:
-                                v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
-                            v = vir.clamp(v, lo_s, hi_s)
-                        builder.store(v, ptr, align=4)
-                builder.branch(done)
-            builder.position_at_end(done)
+            for r_first, n_rows, v_first, n_vecs in passes:
+                # allocas in the entry block: LLVM promotes them to registers. AVX-512's 4-row
+                # tiles keep two sets of sums (even and odd k): 8 chains of FMAs do not cover
+                # the FMA latency of two pipes, 16 do (4 x 256 x 512 from L2: 119 -> 196
+                # GFLOP/s measured)
+                sets = 2 if mr == 4 and width == 16 else 1
+                accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
+                        for _ in range(n_vecs * n_rows * sets)]
+
+                def k_step(kidx, acc_set):
+                    if indexed_b:
+                        brow = builder.gep(b, [builder.load(builder.gep(rows, [kidx]))])
+                    else:
+                        brow = builder.gep(b, [builder.mul(kidx, const(NR))])
+                    bvec = [builder.load(vec_ptr(brow, const(width * (v_first + h))), align=4)
+                            for h in range(n_vecs)]
+                    arow = builder.gep(a, [builder.mul(kidx, const(mr))])
+                    for r in range(n_rows):
+                        sv = broadcast(builder.load(builder.gep(arow, [const(r_first + r)])))
+                        for h in range(n_vecs):
+                            slot = accs[(acc_set * n_rows + r) * n_vecs + h]
+                            builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+
+                with cgutils.for_range(builder, builder.sdiv(kk, const(sets))) as loop:
+                    for s in range(sets):
+                        k_step(builder.add(builder.mul(loop.index, const(sets)), const(s)), s)
+                if sets == 2:
+                    odd = builder.icmp_signed("!=", builder.and_(kk, const(1)), const(0))
+                    with builder.if_then(odd):
+                        k_step(builder.sub(kk, const(1)), 0)
+                    half = n_rows * n_vecs
+                    for slot, other in zip(accs[:half], accs[half:]):
+                        builder.store(builder.fadd(builder.load(slot), builder.load(other)), slot)
+                if not bias_per_row:
+                    col_bias = [builder.load(vec_ptr(bias, const(width * (v_first + h))), align=4)
+                                for h in range(n_vecs)]
+                done = builder.append_basic_block("tile_stored")
+                switch = builder.switch(mode_v, done)
+                for mode in (RAW, EPILOGUE, EPILOGUE_RES):
+                    block = builder.append_basic_block(f"store_mode_{mode}")
+                    switch.add_case(ir.Constant(i64, mode), block)
+                    builder.position_at_end(block)
+                    for r in range(n_rows):
+                        row_off = builder.mul(ld, const(r_first + r))
+                        if mode != RAW and bias_per_row:
+                            b_row = broadcast(builder.load(builder.gep(bias, [const(r_first + r)])))
+                        for h in range(n_vecs):
+                            off = builder.add(row_off, const(width * (v_first + h)))
+                            ptr = vec_ptr(c, off)
+                            v = builder.load(accs[r * n_vecs + h])
+                            v = builder.select(add, builder.fadd(v, builder.load(ptr, align=4)), v)
+                            if mode != RAW:
+                                v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
+                                if mode == EPILOGUE_RES:
+                                    v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
+                                v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
+                                v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
+                            builder.store(v, ptr, align=4)
+                    builder.branch(done)
+                builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen

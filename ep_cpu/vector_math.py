@@ -11,8 +11,9 @@ Abramowitz & Stegun 7.1.26 for erf (absolute error <= 1.5e-7, as `gemm_epilogue.
 Tanh = sign(x) (1 - e) / (1 + e) with e = exp(-2|x|), and its Taylor series to x^11 below
 |x| = 0.3, where 1 - e would cancel (relative error <= 3e-7 everywhere).
 
-float32, C-contiguous arrays, on CPUs with AVX-512F (`ep_cpu.microkernel.available`); callers
-keep their numpy passes elsewhere. The kernels are compiled with `cache=True`.
+float32, C-contiguous arrays, on CPUs with AVX2 and FMA (`ep_cpu.microkernel.available`; with
+AVX-512 2^n is one `vscalefps` and 1/d a 14-bit estimate and a Newton step); callers keep their
+numpy passes elsewhere. The kernels are compiled with `cache=True`.
 """
 from __future__ import annotations
 
@@ -65,12 +66,23 @@ def _vector_exp(builder, x, v16):
     p = const(1.0 / 720)
     for c in (1.0 / 120, 1.0 / 24, 1.0 / 6, 0.5, 1.0, 1.0):   # Horner steps as fused multiply-adds
         p = builder.call(fma, [p, r, const(c)])
-    # p * 2^n in one instruction (vscalefps; n is already an integer)
-    scalef = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(v16, [v16, v16, v16, ir.IntType(16), i32]),
-        "llvm.x86.avx512.mask.scalef.ps.512")
-    return builder.call(scalef, [p, n, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1),
-                                 ir.Constant(i32, 4)])
+    if microkernel.wide():   # p * 2^n in one instruction (vscalefps; n is already an integer)
+        scalef = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(v16, [v16, v16, v16, ir.IntType(16), i32]),
+            "llvm.x86.avx512.mask.scalef.ps.512")
+        return builder.call(scalef, [p, n, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1),
+                                     ir.Constant(i32, 4)])
+    # elsewhere 2^n in the exponent bits, as two factors: n is in [-126, 128] and 2^128 is not a
+    # float (n1 = n >> 1 and n - n1 both lie in [-63, 64])
+    vi32 = ir.VectorType(i32, 16)
+    ni = builder.fptosi(n, vi32)
+    n1 = builder.ashr(ni, ir.Constant(vi32, [1] * 16))
+
+    def power_of_two(e):
+        return builder.bitcast(builder.shl(builder.add(e, ir.Constant(vi32, [127] * 16)),
+                                           ir.Constant(vi32, [23] * 16)), v16)
+
+    return builder.fmul(builder.fmul(p, power_of_two(n1)), power_of_two(builder.sub(ni, n1)))
 
 
 def _reciprocal(builder, d, v16, special: bool = True):
@@ -78,6 +90,8 @@ def _reciprocal(builder, d, v16, special: bool = True):
     ~2^-28 before rounding; vdivps has a quarter of its throughput). 1/0 = inf, 1/inf = 0 as
     the estimate gives them; NaN stays NaN. `special=False` where d is finite and >= 1 (1 +
     exp(...) with a clamped exp): 0 and inf need no fix-up there."""
+    if not microkernel.wide():   # no 14-bit estimate without AVX-512: divide (exact)
+        return builder.fdiv(ir.Constant(v16, [1.0] * 16), d)
     rcp = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(v16, [v16, v16, ir.IntType(16)]), "llvm.x86.avx512.rcp14.ps.512")
     r = builder.call(rcp, [d, ir.Constant(v16, [0.0] * 16), ir.Constant(ir.IntType(16), -1)])
@@ -267,7 +281,7 @@ if numba is not None:
 
 def apply(t: np.ndarray, name: str) -> bool:
     """`name` (Sigmoid, Silu, Gelu, Tanh) applied to t in place in one compiled pass; False (nothing
-    done) where that does not apply: other dtypes or layouts, small tensors, no AVX-512."""
+    done) where that does not apply: other dtypes or layouts, small tensors, no AVX2."""
     kind = KINDS.get(name)
     if (kind is None or t.dtype != np.float32 or not t.flags.c_contiguous or t.size < FAST_MIN
             or not available()):
