@@ -299,13 +299,15 @@ def test_kernel_failure_at_run_time_exits_1(capsys, tmp_path):
 def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatch):
     """`warmup` runs one model per compiled CPU path; each probe's path is really taken (the
     compiled entry points are counted), so the cache it fills is the one sessions load."""
-    from ep_cpu import conv_implicit, conv_thin, depthwise_direct, depthwise_flat, microkernel, ml_jit, warmup
+    from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_direct, depthwise_flat,
+                        microkernel, ml_jit, pool_jit, warmup)
     from ep_cpu.kernels import rnn_jit
     if not microkernel.available():
-        pytest.skip("the compiled kernels need numba and an AVX-512 CPU")
+        pytest.skip("the compiled kernels need numba and an AVX2 or AVX-512 CPU")
     hits = []
     for module, name in ((conv_implicit.ImplicitConv, "__call__"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
                          (depthwise_flat.FlatPlan, "__call__"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
+                         (conv_depthwise, "_depthwise_tiles"), (pool_jit, "max_pool_2d"),
                          (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
         real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
@@ -314,7 +316,10 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     assert code == 0
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
-    assert {"ImplicitConv.__call__", "ThinConv.__call__", "depthwise_direct.depthwise_2d",
-            "FlatPlan.__call__", "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d",
-            "PackedRecurrent.run_sequence",
-            "ml_jit.linear_scores"} <= set(hits)
+    # the masked-vector depthwise and pooling kernels are AVX-512's; AVX2 CPUs take the tiles
+    # and the phase-plane pool
+    per_cpu = ({"depthwise_direct.depthwise_2d", "FlatPlan.__call__", "depthwise_direct.max_pool_2d",
+                "depthwise_flat.max_pool_2d"} if microkernel.wide()
+               else {"conv_depthwise._depthwise_tiles", "pool_jit.max_pool_2d"})
+    assert {"ImplicitConv.__call__", "ThinConv.__call__", "PackedRecurrent.run_sequence",
+            "ml_jit.linear_scores"} | per_cpu <= set(hits)
