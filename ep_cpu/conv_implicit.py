@@ -25,12 +25,17 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
-from ep_cpu.microkernel import NR, available, choose_mr  # noqa: F401 - available: re-exported
+from ep_cpu.microkernel import NR, choose_mr
 
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
+
+
+def available() -> bool:
+    """Where the tiles beat im2col + BLAS (`microkernel.beats_blas`)."""
+    return mk.beats_blas()
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:

@@ -281,7 +281,7 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
     if cdt != b.dtype:
         return pack_b(b, trans_b)
     bt = b.T if trans_b else b
-    if b.size >= PACK_MIN and cdt == np.float32 and COMPILED and microkernel.available():
+    if b.size >= PACK_MIN and cdt == np.float32 and COMPILED and microkernel.beats_blas():
         return pack_b(b, trans_b, copy=False)   # the compiled path packs it on first use
     if b.size < PACK_MIN or (bt.flags.c_contiguous
                              and _panel_width(bt.shape[0], bt.shape[1], b.itemsize) == bt.shape[1]):
@@ -396,7 +396,7 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     staged = out_dtype != cdt   # float16 output: compute in a float32 scratch, cast on store
     threads = num_threads or _num_threads
     if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
-            and (packed is not None or macs >= COMPILED_MIN_MACS) and microkernel.available()):
+            and (packed is not None or macs >= COMPILED_MIN_MACS) and microkernel.beats_blas()):
         # a B that is not a session constant is packed for this call (K x N: small next to the
         # product from COMPILED_MIN_MACS up)
         bp = packed if packed is not None else gemm_compiled.pack(bt)

@@ -77,6 +77,15 @@ def wide() -> bool:
     return _state["wide"]
 
 
+def beats_blas() -> bool:
+    """Whether the compiled GEMM and convolution tiles outrun the BLAS path: with AVX-512 (about
+    twice OpenBLAS's SGEMM on Zen 5). With AVX2 OpenBLAS's own kernel is the faster one (Zen 3,
+    1 thread: ResNet-50 ~150 ms through im2col + BLAS, 210-240 through the tiles; BERT-base
+    ~360 against 420-450); the thin convs (`ep_cpu.conv_thin`: a few positions, where BLAS's
+    GEMM is slow), the recurrent, element-wise and depthwise kernels still pay there."""
+    return wide()
+
+
 # k per microkernel call: the panels' slices stay in L1 (AVX2's passes read them twice or four
 # times; Zen 3's L1 holds 32 KB)
 KC = 256 if wide() else 128

@@ -16,7 +16,14 @@ from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
 pytestmark = pytest.mark.skipif(not microkernel.available(),
-                                reason="the compiled microkernel needs numba and an AVX-512 CPU")
+                                reason="the compiled microkernel needs numba and an AVX2 or AVX-512 CPU")
+
+
+@pytest.fixture(autouse=True)
+def _tiles_over_blas(monkeypatch):
+    """The convolution goes through the tiles on AVX2 CPUs too (there BLAS is the faster route by
+    default, `microkernel.beats_blas`), so these kernels are checked on every CPU they run on."""
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: True)
 
 # (input NCHW, out channels, kernel, strides, pads, dilations)
 SHAPES = [
