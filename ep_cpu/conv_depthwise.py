@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ep_cpu import depthwise_direct, depthwise_flat, depthwise_tiles, microkernel
+from ep_cpu import depthwise_direct, depthwise_flat, depthwise_tiles, microkernel, native_call
 
 try:
     import numba
@@ -185,12 +185,12 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     xc = np.ascontiguousarray(x)
     y = np.empty((n, c, oh, ow), dtype=np.float32)
-    threads = microkernel.workers_for(threads, c, n * c * oh * ow * kh * kw)
+    threads = native_call.workers_for(threads, c, n * c * oh * ow * kh * kw)
     for i in range(n):
         args = (xc[i], w2, offs, b, np.float32(lo), np.float32(hi), y[i], sh, sw, int(begin[0]),
                 int(begin[1]), hq, wq)
-        if threads > 1 and microkernel.parallel_ok():
-            microkernel.set_threads(threads)
+        if threads > 1 and native_call.parallel_ok():
+            native_call.set_threads(threads)
             depthwise_tiles.depthwise_planes_parallel(*args, threads)
         else:
             _run_blocks(depthwise_tiles.depthwise_planes, c, threads, args, (), pool)

@@ -13,7 +13,7 @@ Whole tiles store straight into the output with bias, residual and a clamp (Relu
 
 Threads split the column tiles, or the row panels when there are few positions (7x7 maps), on
 numba's TBB threads, or on `ep_cpu.gemm`'s pool where TBB is not loadable
-(`microkernel.run_ranges`). Compiled code is cached on disk.
+(`native_call.run_ranges`). Compiled code is cached on disk.
 """
 from __future__ import annotations
 
@@ -292,7 +292,7 @@ class ImplicitConv:
             if self.full_tiles:
                 args = self.template.copy()
                 args[0], args[11], args[16], args[19] = at(xq[i]), r_at, y_at, out_at
-                mk.run_ranges(fn, args, self.full_tiles, self.row_panels, self.workers,
+                native_call.run_ranges(fn, args, self.full_tiles, self.row_panels, self.workers,
                               self.by_columns, pool)
             if self.full_tiles < self.tiles:
                 # in place: the last tile reads a zero-padded copy of its columns, as tile 0 of
@@ -302,5 +302,5 @@ class ImplicitConv:
                 last[:, :self.hw - p0] = xq[i].reshape(self.c, self.hw)[:, p0:]
                 args = self.last_template.copy()
                 args[0], args[11], args[16], args[19] = at(last), r_at + 4 * p0, y_at + 4 * p0, out_at
-                mk.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
+                native_call.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
         return out if out is not None else y.reshape(self.out_shape)

@@ -236,7 +236,7 @@ class ThinConv:
             args[0], args[16] = x_at + 4 * i * self.image, y_at + 4 * i * self.out_size
             if res is not None:
                 args[12] = res_at + 4 * i * self.out_size
-            mk.run_ranges(fn, args, self.panels, 1, self.workers, True, pool)
+            native_call.run_ranges(fn, args, self.panels, 1, self.workers, True, pool)
         return y
 
 

@@ -11,7 +11,7 @@ depthwise layers ran at 5-20 GMAC/s there).
 
 Written in LLVM IR through numba's `intrinsic` (`llvm.masked.load`, `llvm.fma`); float32, strides
 1 and 2, any kernel size, dilation and padding; AVX-512F CPUs (`available`). The driver is a C
-callback (`depthwise_range`) run by `microkernel.run_ranges` over channel ranges.
+callback (`depthwise_range`) run by `native_call.run_ranges` over channel ranges.
 """
 from __future__ import annotations
 
@@ -286,12 +286,12 @@ def _run(x, w2, b, kernel_shape, strides, dilations, begin, out_shape, clamp, th
     x = np.ascontiguousarray(x, dtype=np.float32)
     lo, hi = (-math.inf, math.inf) if clamp is None else clamp
     y = np.empty((n, c, oh, ow), dtype=np.float32)
-    workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
+    workers = native_call.workers_for(threads, c, n * c * oh * ow * kh * kw)
     callback = depthwise_range(pool_max)
     for i in range(n):
         # arrays by address (C-contiguous and alive in this frame), in DW_ARGS order
         args = native_call.pack(x[i].ctypes.data, h, wd, w2.ctypes.data, kh * kw, b.ctypes.data,
                                 y[i].ctypes.data, oh, ow, strides[0], strides[1], dilations[0],
                                 dilations[1], begin[0], begin[1], kh, kw, lo, hi)
-        mk.run_ranges(callback, args, c, 1, workers, True, pool)
+        native_call.run_ranges(callback, args, c, 1, workers, True, pool)
     return y

@@ -296,7 +296,7 @@ class FlatPlan:
         self.x_shape, self.threads, self.bias = tuple(x_shape), threads, bias
         self.y_shape = (n, c, oh, ow)
         self.image, self.out_size = c * h * wd, c * oh * ow
-        self.workers = mk.workers_for(threads, c, n * c * oh * ow * kh * kw)
+        self.workers = native_call.workers_for(threads, c, n * c * oh * ow * kh * kw)
         self._keep = (w2, b, shifts, masks)   # addresses in the template
         at = native_call.address
         # the last group's masked-off lanes reach past the plane: never read, never written
@@ -314,5 +314,5 @@ class FlatPlan:
         for i in range(self.y_shape[0]):
             args = self.template.copy()
             args[0], args[7] = x_at + 4 * i * self.image, y_at + 4 * i * self.out_size
-            mk.run_ranges(fn, args, self.y_shape[1], 1, self.workers, True, pool)
+            native_call.run_ranges(fn, args, self.y_shape[1], 1, self.workers, True, pool)
         return y

@@ -54,5 +54,5 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     args = native_call.pack(a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr,
                             b.ctypes.data, has_bias, r.ctypes.data, has_res, lo, hi, mode,
                             yf.ctypes.data, 0, 0)
-    mk.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
+    native_call.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
     return y

@@ -22,7 +22,7 @@ Cast -> Mul) and adds bias[j]: no int32 tensor is materialised. int8 A is shifte
 flipping its sign bit (a + 128), its zero point with it.
 
 Only with AVX-512 VNNI (`available()`); callers keep their float32 path otherwise. The driver is
-a numba cfunc over raw addresses run by `ep_cpu.microkernel.run_ranges` (numba's TBB threads or
+a numba cfunc over raw addresses run by `ep_cpu.native_call.run_ranges` (numba's TBB threads or
 `ep_cpu.gemm`'s pool).
 """
 from __future__ import annotations
@@ -145,9 +145,9 @@ def quantize_pack(x: np.ndarray, mr: int, threads: int = 1) -> tuple[np.ndarray,
     # round() is half to even as np.rint; the quotient is float32's, as DynamicQuantizeLinear's
     zp = min(255, max(0, round(float(np.float32(0 - lo) / scale))))
     workers = min(threads, mb)
-    if workers > 1 and xf.size >= PAR_QUANTIZE_MIN and mk.parallel_ok():
+    if workers > 1 and xf.size >= PAR_QUANTIZE_MIN and native_call.parallel_ok():
         params = _params(xf, m, k, mr, ap, rows, scale, zp)
-        mk.set_threads(workers)
+        native_call.set_threads(workers)
         native_call.run_parts(quantize_range().address, params.ctypes.data, 1, mb, workers, False)
     else:
         _quantize_pack(xf, scale, np.float32(zp), mr, ap, rows)
@@ -205,14 +205,14 @@ PARTS_PER_WORKER = 2   # TBB balances parts between the threads: one thread's st
 
 
 def _run(callback, args, count, cols, rows, workers, by_columns, pool) -> None:
-    """`mk.run_ranges`, split finer on numba's TBB threads (A is packed once, so a part costs
+    """`native_call.run_ranges`, split finer on numba's TBB threads (A is packed once, so a part costs
     only its own tiles)."""
-    if workers > 1 and mk.parallel_ok():
-        mk.set_threads(workers)
+    if workers > 1 and native_call.parallel_ok():
+        native_call.set_threads(workers)
         native_call.run_parts(callback.address, args.ctypes.data, cols, rows,
                               max(workers, min(count, PARTS_PER_WORKER * workers)), by_columns)
         return
-    mk.run_ranges(callback, args, cols, rows, workers, by_columns, pool)
+    native_call.run_ranges(callback, args, cols, rows, workers, by_columns, pool)
 
 
 def matmul_batched(a: np.ndarray, b: np.ndarray, a_zero_point: int, b_zero_point: int,

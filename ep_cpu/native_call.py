@@ -17,7 +17,9 @@ callee's code, so its disk-cached machine code stays valid when the callee's sou
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -131,3 +133,92 @@ if numba is not None:
             else:
                 step = (rows + parts - 1) // parts
                 call_void(fn_addr, (args_at, np.int64(0), cols, p * step, min(rows, (p + 1) * step)))
+
+
+# --- threads for the callbacks ------------------------------------------------------------------
+
+_parallel_state: dict = {"checked": False, "ok": False}
+_parallel_lock = threading.Lock()
+
+
+def _kernels_run_here() -> bool:
+    from ep_cpu import microkernel   # (imports this module)
+    return microkernel.available()
+
+
+if numba is not None:
+    @numba.njit(parallel=True, cache=True)
+    def _parallel_probe(a):  # pragma: no cover - compiled
+        for i in numba.prange(a.shape[0]):
+            a[i] += 1.0
+
+
+def parallel_ok() -> bool:
+    """Whether the compiled drivers may run their parts on numba's own threads: only with the
+    TBB threading layer (thread-safe under concurrent sessions and fork-safe; its workers wake
+    in ~2 us where a hand-off to a Python pool thread took ~55 us here). A user's explicit
+    NUMBA_THREADING_LAYER is respected; without TBB the callers use `ep_cpu.gemm`'s pool."""
+    if _parallel_state["checked"]:
+        return _parallel_state["ok"]
+    with _parallel_lock:
+        if not _parallel_state["checked"]:
+            ok = False
+            if numba is not None and _kernels_run_here():
+                before = numba.config.THREADING_LAYER
+                if before == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
+                    numba.config.THREADING_LAYER = "tbb"
+                try:
+                    _parallel_probe(np.zeros(2))
+                    ok = numba.threading_layer() == "tbb"
+                except Exception:   # noqa: BLE001 - TBB missing or not loadable: our pool
+                    numba.config.THREADING_LAYER = before
+            _parallel_state["ok"] = ok
+            _parallel_state["checked"] = True
+    return _parallel_state["ok"]
+
+
+# Multiply-adds that pay for a thread hand-off: a TBB worker wakes in ~2 us, a task on the Python
+# pool in ~20-60 us (MobileNetV2's 3x3 depthwise on 960x7x7, 423K multiply-adds: 37 -> 30 us on
+# two TBB threads; 192x28x28 stride 2, 339K: 77 -> 54 us)
+HANDOFF_MACS_TBB = 1 << 17
+HANDOFF_MACS_POOL = 1 << 20
+
+
+def workers_for(threads: int, parts: int, macs: int) -> int:
+    """Threads (of at most `threads`) for `macs` multiply-adds in `parts` independent pieces:
+    one per hand-off's worth of work (TBB's or the pool's, whichever `run_ranges` will use)."""
+    per = HANDOFF_MACS_TBB if parallel_ok() else HANDOFF_MACS_POOL
+    return max(1, min(threads, parts, macs // per))
+
+
+def set_threads(n: int) -> None:
+    """The calling thread's numba thread count for the next parallel driver."""
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
+def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, by_columns: bool,
+               pool: Callable) -> None:
+    """callback(args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows), `args` its
+    packed arguments (`pack`): on the calling thread, split into `workers` ranges of
+    columns (or rows) on numba's TBB threads, or on `ep_cpu.gemm`'s Python pool
+    (`pool(workers)`: an executor) where TBB is not loadable (the calling thread takes the first
+    range)."""
+    at = address(args)
+    if workers <= 1:
+        callback.ctypes(at, 0, cols, 0, rows)
+        return
+    if parallel_ok():
+        set_threads(workers)
+        run_parts(callback.address, at, cols, rows, workers, by_columns)
+        return
+    total = cols if by_columns else rows
+    step = -(-total // workers)
+    spans = [(c0, min(total, c0 + step), 0, rows) if by_columns else (0, cols, c0, min(total, c0 + step))
+             for c0 in range(0, total, step)]
+    fn = callback.ctypes
+    futs = [pool(workers - 1).submit(fn, at, *span) for span in spans[1:]]
+    try:
+        fn(at, *spans[0])
+    finally:
+        for f in futs:
+            f.result()

@@ -25,22 +25,22 @@ class _ThreadLimits:
         self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
 
     def limit(self, threads: int) -> "_Limit | nullcontext":
-        gemm, microkernel = _modules()
+        gemm, microkernel, native_call = _modules()
         if not threads or threads <= 0:
-            if not (microkernel.parallel_ok() and microkernel.beats_blas()):
+            if not (native_call.parallel_ok() and microkernel.beats_blas()):
                 return _NO_LIMIT
             threads = 0   # no intra-op limit, but BLAS still held to one thread (below)
         return _Limit(self, int(threads))
 
     def enter(self, threads: int) -> None:
-        gemm, microkernel = _modules()
+        gemm, microkernel, native_call = _modules()
         # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
         # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
         # after each threaded call and took the second core from every parallel conv after it
         # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products
         # (AVX2: `microkernel.beats_blas`) it gets the threads (held to one, ResNet-50 ran no
         # faster at 2 threads than at 1 there either).
-        blas_threads = 1 if microkernel.parallel_ok() and microkernel.beats_blas() else threads
+        blas_threads = 1 if native_call.parallel_ok() and microkernel.beats_blas() else threads
         with self._lock:
             changed = []
             for get, put in gemm.blas_thread_controls():
@@ -55,7 +55,7 @@ class _ThreadLimits:
                 gemm.set_num_threads(threads)
 
     def exit(self) -> None:
-        gemm, _ = _modules()
+        gemm = _modules()[0]
         with self._lock:
             self._active -= 1
             if self._active == 0 and self._saved is not None:
@@ -71,12 +71,12 @@ _imported: list = []
 
 
 def _modules() -> tuple:
-    """(ep_cpu.gemm, ep_cpu.microkernel), imported on the first run (numba with them), then
-    kept: an import statement per run cost ~1 us."""
+    """(ep_cpu.gemm, ep_cpu.microkernel, ep_cpu.native_call), imported on the first run (numba
+    with them), then kept: an import statement per run cost ~1 us."""
     if not _imported:
-        from . import gemm, microkernel
-        _imported[:] = [gemm, microkernel]
-    return _imported[0], _imported[1]
+        from . import gemm, microkernel, native_call
+        _imported[:] = [gemm, microkernel, native_call]
+    return _imported[0], _imported[1], _imported[2]
 
 
 class _Limit:

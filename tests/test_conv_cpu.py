@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 import ep_core
 from ep_core.op_attributes import conv_geometry
-from ep_cpu import conv_depthwise, microkernel, winograd
+from ep_cpu import conv_depthwise, microkernel, native_call, winograd
 from ep_cpu.kernels import conv, conv_depthwise_numpy
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -56,7 +56,7 @@ def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_ro
         if layout_row_max.startswith("tiles") and not microkernel.available():
             pytest.skip("the vector-tile depthwise kernel needs an AVX-512 CPU")
         if layout_row_max == "tiles_pool":   # threads through ep_cpu.gemm's pool, not TBB
-            monkeypatch.setattr(microkernel, "parallel_ok", lambda: False)
+            monkeypatch.setattr(native_call, "parallel_ok", lambda: False)
             layout_row_max = "tiles"
         planes_min = 0 if layout_row_max == "planes" else 1 << 30
         monkeypatch.setattr(conv_depthwise, "TILES_MIN_POSITIONS", 0 if layout_row_max == "tiles" else 1 << 30)

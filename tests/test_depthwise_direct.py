@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_depthwise, depthwise_direct, microkernel
+from ep_cpu import conv_depthwise, depthwise_direct, native_call
 from ep_cpu.gemm import _get_pool
 from ep_cpu.kernels.conv import conv_nd
 
@@ -42,8 +42,8 @@ def _reference(x, w, b, strides, dil, pads, out, clamp):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"_s{c[6][0]}{c[6][1]}")
 def test_matches_float64_reference(monkeypatch, case, clamp):
     # every map splits over two threads (TBB's or the pool's), however small
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_TBB", 1)
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_POOL", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_TBB", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_POOL", 1)
     n, c, h, wd, kh, kw, strides, dil, pads = case
     rng = np.random.default_rng(sum(case[:6]))
     x = rng.standard_normal((n, c, h, wd)).astype(np.float32)

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_depthwise, depthwise_flat, microkernel
+from ep_cpu import conv_depthwise, depthwise_flat, native_call
 from ep_cpu.gemm import _get_pool
 from ep_cpu.kernels.conv import conv_nd
 
@@ -52,8 +52,8 @@ def _out(h, wd, kh, kw, dil, pads, stride=1):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])))
 def test_matches_float64_reference(monkeypatch, case, clamp):
     # every map splits over two threads (TBB's or the pool's), however small
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_TBB", 1)
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_POOL", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_TBB", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_POOL", 1)
     n, c, h, wd, kh, kw, dil, pads, *rest = case
     stride = rest[0] if rest else 1
     rng = np.random.default_rng(sum(case[:6]))

@@ -55,14 +55,14 @@ def test_callers_build_arguments_the_callbacks_read(monkeypatch):
     from ep_cpu import conv_implicit, conv_thin, depthwise_direct
     from ep_cpu.kernels.conv import _tap_offsets
     seen = []
-    real = microkernel.run_ranges
+    real = native_call.run_ranges
 
     def checking(callback, args, cols, rows, workers, by_columns, pool):
         native_call.check_args(callback, args)
         seen.append(callback)
         return real(callback, args, cols, rows, workers, by_columns, pool)
 
-    monkeypatch.setattr(microkernel, "run_ranges", checking)
+    monkeypatch.setattr(native_call, "run_ranges", checking)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((20, 30)).astype(np.float32)
     b = rng.standard_normal((30, 40)).astype(np.float32)

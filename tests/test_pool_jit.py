@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import depthwise_direct, depthwise_flat, microkernel, pool_jit
+from ep_cpu import depthwise_direct, depthwise_flat, native_call, pool_jit
 from ep_cpu.kernels import pool
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -63,8 +63,8 @@ def test_every_compiled_kernel_is_covered():
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[0])) + f"_k{c[1][0]}{c[1][1]}_c{c[5]}")
 def test_matches_onnxruntime(monkeypatch, compiled_calls, case, threads):
     monkeypatch.setattr(pool_jit, "PAR_MIN_ELEMENTS", 1)   # the split runs with 2 threads
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_TBB", 1)
-    monkeypatch.setattr(microkernel, "HANDOFF_MACS_POOL", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_TBB", 1)
+    monkeypatch.setattr(native_call, "HANDOFF_MACS_POOL", 1)
     data = _model(*case)
     x = np.random.default_rng(len(case[0])).standard_normal(case[0]).astype(np.float32)
     opts = ep_core.SessionOptions()

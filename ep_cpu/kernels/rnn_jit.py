@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ep_cpu import gemm_compiled, microkernel, vector_math
+from ep_cpu import gemm_compiled, microkernel, native_call, vector_math
 
 SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
 
@@ -121,9 +121,9 @@ class PackedRecurrent:
             if bias is None:
                 bias = self._no_bias[proj.shape[1]] = np.zeros((proj.shape[1], self.n), dtype=f32)
         # bidirectional: one direction per thread (no hand-off between them until the end)
-        parallel = proj.shape[1] > 1 and threads > 1 and microkernel.parallel_ok()
+        parallel = proj.shape[1] > 1 and threads > 1 and native_call.parallel_ok()
         if parallel:
-            microkernel.set_threads(min(threads, proj.shape[1]))
+            native_call.set_threads(min(threads, proj.shape[1]))
         run = _run_steps_parallel if parallel else _run_steps
         run(self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c, hist,
             gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]),
