@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ep_cpu import microkernel, native_call
+from ep_cpu import native_call
 
 
 def threads_via(monkeypatch, split: str) -> str:
