@@ -10,7 +10,8 @@ packing pass, now ~15 us over the bare product), runs the microkernel on W^T pac
 session constant) and stores each tile transposed with the epilogue (`ep_cpu.tile_transpose`:
 in registers, where a scalar pass over a transposed scratch spent 1-2 cycles a value): ~2 us of
 product plus the call for the STFT. Bias (one per output channel: a column here), residual and
-a clamp run in that store. float32, group 1, AVX-512 CPUs.
+a clamp run in that store. float32, group 1, AVX2 or AVX-512 CPUs (on AVX2 too: VAD's six
+convs 265 against 378 us a step through BLAS, 7x7 maps equal at 1 thread and 25-40% faster at 2).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Depthwise convolution tiles over a channel's zero-padded stride-phase planes: the kernel
 `ep_cpu.conv_depthwise` runs for the map sizes `depthwise_flat` and `depthwise_direct` leave
 (`depthwise_planes`: per channel, the planes filled in an L1/L2 scratch and 64-position tiles
-read in place from them). float32, AVX-512 CPUs (`ep_cpu.microkernel.available`)."""
+read in place from them). float32, AVX2 or AVX-512 CPUs (`ep_cpu.microkernel.available`)."""
 from __future__ import annotations
 
 import numpy as np

@@ -290,7 +290,8 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
 
 
 # A constant float32 B (a `PackedB`) multiplies through `ep_cpu.gemm_compiled`'s microkernel
-# where the CPU has AVX-512: about twice OpenBLAS's SGEMM rate on the benchmark machine.
+# where the CPU has AVX-512 (`microkernel.beats_blas`): about twice OpenBLAS's SGEMM rate on the
+# benchmark machine; with AVX2 OpenBLAS is the faster one.
 COMPILED = True
 COMPILED_MIN_MACS = 1 << 18   # a B that is not a constant: from ~0.26M multiply-adds up
 

@@ -1,7 +1,7 @@
 """Y = clamp(A @ B + bias + residual) for a constant float32 B through the compiled microkernel.
 
 `ep_cpu.gemm.gemm` takes this path for a `PackedB` (a session constant: MatMul/Gemm weights) when
-the CPU has AVX-512 (`ep_cpu.microkernel.available()`): OpenBLAS's SGEMM runs at about half of
+the CPU has AVX-512 (`ep_cpu.microkernel.beats_blas()`): OpenBLAS's SGEMM runs at about half of
 this CPU's peak, the microkernel near it. B is packed once into column panels of NR columns
 (`pack`); A's rows are packed per call into row panels (a transposing copy of M x K, small next
 to the product). A block of B's panels sized to L2 meets every row panel before the next block,

@@ -5,7 +5,8 @@ the residual and a clamp, and stored with a lane mask. The scalar loop this repl
 cycles a value; ResNet-50's 256->1024 1x1 on 14x14 stored 200K values a run that way (~550 us of
 a ~1.1 ms conv).
 
-Written in LLVM IR through numba's `intrinsic`; float32, AVX-512 CPUs (`microkernel.available`).
+Written in LLVM IR through numba's `intrinsic`; float32, AVX2 or AVX-512 CPUs
+(`microkernel.available`).
 """
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) -> bool:
 
 # 2-D ungrouped float32 convs run as an implicit GEMM with the compiled microkernel of
 # `ep_cpu.conv_implicit` where the CPU has AVX-512 (about twice OpenBLAS's SGEMM rate here, and
-# no im2col matrix); elsewhere im2col + BLAS.
+# no im2col matrix: `conv_implicit.available`); elsewhere im2col + BLAS or Winograd.
 IMPLICIT = True
 WINOGRAD_OVER_IMPLICIT = False   # 3x3 convs that Winograd takes: Winograd first?
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
