@@ -171,8 +171,12 @@ class _VectorIR:
         return self.builder.bitcast(self.builder.gep(base, [offset]), self.v16.as_pointer())
 
     def clamp(self, v, lo, hi):
-        """`lo if v < lo else v`, then the same for hi: NaN passes, as numpy's clip."""
-        b = self.builder
+        return self.clamp_with(self.builder, v, lo, hi)
+
+    @staticmethod
+    def clamp_with(b, v, lo, hi):
+        """`lo if v < lo else v`, then the same for hi (vectors of any width): NaN passes, as
+        numpy's clip."""
         v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
         return b.select(b.fcmp_ordered(">", v, hi), hi, v)
 
@@ -303,8 +307,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                                 v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
                                 if mode == EPILOGUE_RES:
                                     v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
-                                v = builder.select(builder.fcmp_ordered("<", v, lo_s), lo_s, v)
-                                v = builder.select(builder.fcmp_ordered(">", v, hi_s), hi_s, v)
+                                v = _VectorIR.clamp_with(builder, v, lo_s, hi_s)
                             builder.store(v, ptr, align=4)
                     builder.branch(done)
                 builder.position_at_end(done)
