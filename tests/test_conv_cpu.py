@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 import ep_core
 from ep_core.op_attributes import conv_geometry
-from ep_cpu import conv_depthwise, microkernel, native_call, winograd
+from ep_cpu import conv_depthwise, microkernel, native_call, winograd, winograd_jit
 from ep_cpu.kernels import conv, conv_depthwise_numpy
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -145,15 +145,35 @@ def force_winograd(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("tile", [4, 2], ids=["F4x4", "F2x2"])
+@pytest.mark.parametrize("impl", [(4, "compiled"), (4, "bands_threads"), (4, "numpy"), (2, "numpy")],
+                         ids=["F4x4", "F4x4_bands_threads", "F4x4_numpy", "F2x2"])
 @pytest.mark.parametrize("epilogue", ["none", "relu", "clip", "residual_relu"])
 @pytest.mark.parametrize("shape", WINO_SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_{s[3]}")
-def test_winograd_matches_onnxruntime(monkeypatch, force_winograd, shape, epilogue, tile):
+def test_winograd_matches_onnxruntime(monkeypatch, force_winograd, shape, epilogue, impl):
+    """F(4x4) through the compiled transforms (one band; one-tile bands with the channels split
+    between two threads) and through numpy, F(2x2) through numpy."""
+    tile, how = impl
     monkeypatch.setattr(conv, "WINOGRAD_TILE", tile)
+    monkeypatch.setattr(winograd, "COMPILED", how != "numpy")
+    ranges = []
+    if how == "bands_threads":
+        monkeypatch.setattr(winograd, "BAND_BYTES", 1)
+        monkeypatch.setattr(winograd, "BAND_MIN_TILES", 1)
+        monkeypatch.setattr(winograd, "SPLIT_MIN", 0)
+        monkeypatch.setattr(winograd, "SPLIT_MAX_CHANNELS", 1 << 30)
+        real_input = winograd_jit.input_tiles
+        monkeypatch.setattr(winograd_jit, "input_tiles",
+                            lambda *a: ranges.append((a[3], a[4], a[-2], a[-1])) or real_input(*a))
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 2 if how == "bands_threads" else 1
     data, feeds = _wino_model(*shape, epilogue=epilogue, const_weight=True)
-    ours = ep_core.InferenceSession(data, providers=["cpu"]).run(None, feeds)[0]
+    ours = ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert force_winograd and set(force_winograd) == {tile}   # the path under test really ran
+    if how == "bands_threads":   # one band per tile row; channels split where there are two
+        channels = shape[0][1]
+        assert {t1 - t0 for t0, t1, _, _ in ranges} == {1}
+        assert any(c1 - c0 < channels for _, _, c0, c1 in ranges) == (channels > 1)
     np.testing.assert_allclose(ours, ref, **WINO_TOL)
 
 

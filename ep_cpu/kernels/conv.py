@@ -200,24 +200,27 @@ def _depthwise_compiled(x, w, strides, dilations, begin, out_shape, bias, residu
 
 
 # Winograd F(4x4,3x3) (`ep_cpu.winograd`) for 3x3 stride-1 ungrouped float32 convs with at least
-# this many input and output channels and output tiles (4x4, all images). Measured against
-# im2col (2 threads, minimum of 40 alternating runs; the machine was loaded): 64ch 56x56 0.84x
-# the time, 128ch 28x28 0.68x, 256ch 14x14 (16 tiles) ~1.0x, 512ch 7x7 5x slower (36 transformed
-# weight matrices streamed for 4 tiles), 32ch 56x56 1.15x slower. F(2x2,3x3) never won.
+# this many input and output channels and output tiles (4x4, all images) per intra-op thread.
+# With the compiled transforms, against im2col (AVX2 host, interleaved runs): at 1 thread 256ch
+# 14x14 (16 tiles) 0.80x the time, 128ch 20x20 0.72x, 64ch 20x20 0.75x, 128ch 14x14 0.97x,
+# 256ch 10x10 (9 tiles) 1.23x; at 2 threads 16-25 tiles measured level or slower (BLAS's threads
+# split im2col's one product better than the 36 thin ones), 49 and more faster. 512ch 7x7 was
+# 1.5-5x slower (36 transformed weight matrices streamed for 4 tiles). F(2x2,3x3) never won.
 WINOGRAD = True
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_TILES = 49
+WINOGRAD_MIN_TILES = 16      # per thread
 WINOGRAD_TILE = 4
 
 
-def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) -> bool:
+def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads: int = 1) -> bool:
     if not WINOGRAD or len(ks) != 2 or cdt != np.float32 or group != 1:
         return False
     if list(ks) != [3, 3] or list(strides) != [1, 1] or list(dil) != [1, 1]:
         return False
     m = WINOGRAD_TILE
     tiles = x_shape[0] * -(-out[0] // m) * -(-out[1] // m)
-    return min(x_shape[1], w_shape[0]) >= WINOGRAD_MIN_CHANNELS and tiles >= WINOGRAD_MIN_TILES
+    return (min(x_shape[1], w_shape[0]) >= WINOGRAD_MIN_CHANNELS
+            and tiles >= WINOGRAD_MIN_TILES * max(1, threads))
 
 
 # 2-D ungrouped float32 convs run as an implicit GEMM with the compiled microkernel of
@@ -359,7 +362,8 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     if path == "winograd":
         res = None if residual is None else np.broadcast_to(residual, (x.shape[0], w.shape[0], *out))
         return winograd.conv3x3(x.astype(cdt, copy=False), winograd_weight(k, w, cdt),
-                                WINOGRAD_TILE, begin, out, b, res, activation, activation_params)
+                                WINOGRAD_TILE, begin, out, b, res, activation, activation_params,
+                                get_num_threads(), _get_pool)
     return conv_nd(x.astype(cdt, copy=False), w.astype(cdt, copy=False), group, strides, dil,
                    begin, end, out, None if b is None else b.astype(cdt, copy=False),
                    residual, activation, activation_params)
@@ -369,8 +373,9 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     """(ks, strides, dilations, group, begin, end, out_shape, path) of a conv kernel for
     these shapes, kept on the kernel for the next call with the same shapes (the geometry is
     computed once per shape, not per run)."""
-    key = (x_shape, w_shape, cdt, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES, IMPLICIT,
-           WINOGRAD_OVER_IMPLICIT)
+    threads = get_num_threads()
+    key = (x_shape, w_shape, cdt, threads, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES,
+           IMPLICIT, WINOGRAD_OVER_IMPLICIT)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -378,7 +383,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     ks, strides, dil, group, out = g.kernel_shape, g.strides, g.dilations, k.conv.group, g.output_shape
     # path: "thin" (positions as GEMM rows), "implicit" (compiled implicit GEMM), "winograd"
     # or "im2col" (conv_nd)
-    wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt) and min(out) > 0
+    wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads) and min(out) > 0
     path = "winograd" if wino else "im2col"
     if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
             and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
