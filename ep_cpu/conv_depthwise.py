@@ -220,6 +220,19 @@ def _direct(strides, out_shape) -> bool:
     return int(strides[1]) == 2 or ow <= DIRECT_MAX_COLUMNS_STRIDE1
 
 
+def compile_kernels() -> None:
+    """Compile (or load from the disk cache) the float32 kernels `depthwise_2d` picks on this
+    CPU, one and two threads, on small maps (an `ep_cpu.jit_tier` build)."""
+    from ep_cpu.gemm import _get_pool
+    rng = np.random.default_rng(0)
+    for c, hw, s in ((32, 32, 1), (32, 32, 2), (8, 5, 1)):   # tiles / flat / direct; channels-last
+        x = rng.standard_normal((1, c, hw, hw)).astype(np.float32)
+        w = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+        out = (-(-hw // s),) * 2
+        for threads in (1, 2):
+            depthwise_2d(x, w, (s, s), (1, 1), (1, 1), out, None, (0.0, 6.0), threads, _get_pool)
+
+
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_shape,
                  bias: np.ndarray | None, clamp: tuple[float, float] | None,
                  threads: int, pool) -> np.ndarray:

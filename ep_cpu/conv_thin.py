@@ -45,6 +45,14 @@ def available() -> bool:
     return mk.available()
 
 
+def compile_kernels() -> None:
+    """Compile (or load from the disk cache) the callbacks a thin conv runs: its own, the
+    microkernel's and the parallel runner (an `ep_cpu.jit_tier` build)."""
+    mk.gemm_range()
+    thin_conv()
+    native_call.compile_runner()
+
+
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """(M, C, *K) float32 weights -> W^T (C*K, M) in the microkernel's column panels."""
     return gemm_compiled.pack(np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32))

@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from ep_cpu import jit_tier
+
 FAST_MIN = 1 << 14   # elements: smaller outputs stay in cache between numpy's passes
 FLOATS = (np.dtype(np.float32),)
 
@@ -134,6 +136,8 @@ def apply(t: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
             return False
     if residual is not None and (residual.shape != (m, n) or residual.dtype != t.dtype
                                  or not residual.flags.c_contiguous):
+        return False
+    if not jit_tier.ready("epilogue", _compiled):
         return False
     fn = _compiled()
     if fn is None:

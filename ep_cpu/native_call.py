@@ -196,6 +196,13 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
+def compile_runner() -> None:
+    """Compile (or load) `run_parts` for the one signature `run_ranges` calls it with, and the
+    threading-layer probe: for `ep_cpu.jit_tier` builds of kernels that run on it."""
+    if numba is not None and parallel_ok():
+        run_parts.compile((types.int64,) * 5 + (types.boolean,))
+
+
 def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, by_columns: bool,
                pool: Callable) -> None:
     """callback(args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows), `args` its

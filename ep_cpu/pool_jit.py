@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ep_cpu import conv_implicit
+from ep_cpu import conv_implicit, jit_tier
 
 try:
     import numba
@@ -46,12 +46,23 @@ if numba is not None:
                         yr[u64(p)] = v if (v > m or v != v) else m
 
 
+def _compile_kernels() -> None:
+    """Compile (or load) the plane fill and the tap maximum: an `ep_cpu.jit_tier` build."""
+    _max_pool_2d(np.zeros((1, 1, 6, 6), np.float32), (3, 3), (2, 2), (1, 1), (1, 1), (1, 1),
+                 (3, 3), 1, None)
+
+
 def max_pool_2d(x: np.ndarray, kernel_shape, strides, dilations, begin, end, out_shape,
                 threads: int, pool) -> np.ndarray | None:
     """MaxPool of float32 x (N, C, H, W) -> (N, C, OH, OW), `end` padding including ceil_mode's
-    extra; None where numba is missing."""
-    if numba is None:
+    extra; None where numba is missing or its kernels are still compiling (`ep_cpu.jit_tier`)."""
+    if numba is None or not jit_tier.ready("max_pool", _compile_kernels):
         return None
+    return _max_pool_2d(x, kernel_shape, strides, dilations, begin, end, out_shape, threads, pool)
+
+
+def _max_pool_2d(x, kernel_shape, strides, dilations, begin, end, out_shape, threads,
+                 pool) -> np.ndarray:
     n, c, h, w = x.shape
     oh, ow = out_shape
     kh, kw = (int(k) for k in kernel_shape)

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ep_cpu import epilogue_jit
+from ep_cpu import epilogue_jit, jit_tier
 from ep_cpu.gemm import ACTIVATIONS
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
@@ -111,14 +111,18 @@ COMPILED = True           # F(4x4,3x3) float32 through ep_cpu.winograd_jit
 _jit_module: list = []
 
 
+def _import_jit() -> None:
+    from ep_cpu import winograd_jit
+    _jit_module.append(winograd_jit if winograd_jit.numba is not None else None)
+
+
 def _jit():
-    """ep_cpu.winograd_jit, imported on the first Winograd conv (its kernels compile, or load from
-    numba's disk cache, on import: models without such a conv never pay for that), or None
-    without numba."""
-    if not _jit_module:
-        from ep_cpu import winograd_jit
-        _jit_module.append(winograd_jit if winograd_jit.numba is not None else None)
-    return _jit_module[0]
+    """ep_cpu.winograd_jit once it is imported (its kernels compile, or load from numba's disk
+    cache, on import: an `ep_cpu.jit_tier` build on the first Winograd conv, so models without
+    one never pay for it); None before, or without numba."""
+    if not _jit_module and not jit_tier.ready("winograd", _import_jit):
+        return None
+    return _jit_module[0] if _jit_module else None
 
 BAND_BYTES = 1 << 20      # a band's transformed input V (36 x C x tiles floats) up to ~L2 size
 BAND_MIN_TILES = 8        # ... but at least this many tiles per band: the product's N

@@ -1,3 +1,4 @@
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -8,6 +9,11 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message="provider 'cuda' is not available")
+
+# Compiled kernels compile on the calling thread (`ep_cpu.jit_tier`): a test that checks which
+# path ran, or compares it with an oracle, always exercises the compiled one. Subprocesses the
+# tests start inherit it; tests/test_jit_tier.py checks the background mode.
+os.environ.setdefault("EP_CPU_JIT", "sync")
 
 # onnxruntime is the tests' oracle. On x86 CPUs without VNNI (AVX2, or AVX-512 before Cascade
 # Lake) its default u8 x s8 products saturate their 16-bit pair sums (vpmaddubsw), so its int8

@@ -14,8 +14,8 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, vector_math,
-                    winograd)
+from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, jit_tier,
+                    vector_math, winograd)
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -55,7 +55,8 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
         if res is not None and nd == 1:
             res = np.broadcast_to(res, (n, m, *out_shape)).reshape(n, m, 1, *out_shape)
         o2 = [1, *out_shape] if nd == 1 else out_shape
-        if DW_COMPILED and conv_depthwise.AVAILABLE:
+        if (DW_COMPILED and conv_depthwise.AVAILABLE
+                and jit_tier.ready("depthwise", conv_depthwise.compile_kernels)):
             y = _depthwise_compiled(x, w, strides, dilations, begin, o2, bias, res, activation,
                                     activation_params)
             return y.reshape(n, m, *out_shape)
@@ -374,8 +375,10 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     these shapes, kept on the kernel for the next call with the same shapes (the geometry is
     computed once per shape, not per run)."""
     threads = get_num_threads()
-    key = (x_shape, w_shape, cdt, threads, WINOGRAD, WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_TILES,
-           IMPLICIT, WINOGRAD_OVER_IMPLICIT)
+    # jit_tier.generation: a compiled path whose kernels were still compiling is chosen again
+    # once a build finishes
+    key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
+           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -390,7 +393,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
             and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS and x_shape[0] <= 4
-            and conv_thin.available()):
+            and conv_thin.available() and jit_tier.ready("conv_thin", conv_thin.compile_kernels)):
         path = "thin"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)
     k._conv_geometry = (key, geo)

@@ -1,0 +1,115 @@
+"""Tiered compilation: a compiled kernel missing from numba's disk cache compiles on a background
+thread while its callers run their numpy/BLAS path.
+
+numba compiles a kernel on first use and caches the machine code on disk. On a machine (or a
+fresh container) whose cache is empty, the first ResNet-50 run compiled for ~16 s before
+returning (thin convs' microkernel ~5 s, Winograd's transforms ~4 s, ...), 5x a warm first
+session. Now the first caller of a kernel family asks `ready(name, build)`: `build` (compile, or
+load from the cache: milliseconds) runs on one background thread, the caller waits up to
+`WAIT_S` for it, which a cache load meets, and otherwise takes its fallback path this time.
+Later calls only look whether it has finished. LLVM releases the GIL while it optimizes, so
+the run goes on beside the compile.
+
+Where a caller keeps a path decision (a conv's geometry, a plan on its kernel) it keys it
+with `generation`, bumped whenever a build finishes, so the decision is taken again then.
+
+`EP_CPU_JIT=sync` (the test suite sets it; benchmarks of steady state may) compiles on the
+calling thread instead: the first call waits and the compiled path is always the one taken.
+`wait()` blocks until every requested build has finished (warm-up, benchmarks). A build that
+fails is reported once as a RuntimeWarning and its callers keep their fallback path.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from typing import Any, Callable
+
+WAIT_S = 0.25          # a disk-cache load of a kernel family takes ~5-100 ms
+generation = 0         # builds finished so far (callers key cached path choices with it)
+
+_builds: dict[str, "_Build"] = {}
+_lock = threading.RLock()   # (a build may ask for another family: re-entrant in sync mode)
+_queue: list["_Build"] = []
+_wake = threading.Condition(_lock)
+_worker: threading.Thread | None = None
+
+
+class _Build:
+    __slots__ = ("name", "fn", "done", "ok")
+
+    def __init__(self, name: str, fn: Callable[[], Any]) -> None:
+        self.name, self.fn, self.done, self.ok = name, fn, threading.Event(), False
+
+
+def sync() -> bool:
+    """Whether builds run on the calling thread (EP_CPU_JIT=sync)."""
+    return os.environ.get("EP_CPU_JIT", "").strip().lower() == "sync"
+
+
+def ready(name: str, build: Callable[[], Any]) -> bool:
+    """Whether kernel family `name` is compiled (or loaded) and may run now. The first request
+    starts `build` (it compiles every kernel of the family, e.g. by calling them on tiny
+    inputs); called by any thread, cheap once it has finished."""
+    b = _builds.get(name)
+    if b is not None and b.done.is_set():
+        return b.ok
+    if sync():
+        with _lock:
+            b = _builds.get(name)
+            if b is None or not b.done.is_set():
+                b = _builds[name] = _Build(name, build)
+                _run(b)
+        return b.ok
+    first = False
+    with _lock:
+        b = _builds.get(name)
+        if b is None:
+            b = _builds[name] = _Build(name, build)
+            _queue.append(b)
+            _start_worker()
+            _wake.notify()
+            first = True
+    return b.done.wait(WAIT_S) and b.ok if first else (b.done.is_set() and b.ok)
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until every requested build has finished; False if `timeout` ran out first."""
+    for b in list(_builds.values()):
+        if not b.done.wait(timeout):
+            return False
+    return True
+
+
+def _run(b: _Build) -> None:
+    global generation
+    try:
+        b.fn()
+        b.ok = True
+    except Exception as e:  # noqa: BLE001 - the callers' fallback path runs instead
+        if sync():
+            b.done.set()
+            generation += 1
+            raise
+        warnings.warn(f"ep_cpu: compiling {b.name} failed ({type(e).__name__}: {e}); its "
+                      f"numpy path runs instead", RuntimeWarning, stacklevel=2)
+    b.done.set()
+    generation += 1
+
+
+def _start_worker() -> None:
+    global _worker
+    if _worker is None or not _worker.is_alive():
+        # A daemon: a process that ends before its builds finish does not wait for them (numba
+        # writes each cache file whole, so nothing half-written stays behind).
+        _worker = threading.Thread(target=_serve, name="ep_cpu_jit", daemon=True)
+        _worker.start()
+
+
+def _serve() -> None:
+    while True:
+        with _lock:
+            while not _queue:
+                _wake.wait()
+            b = _queue.pop(0)
+        _run(b)

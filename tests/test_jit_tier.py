@@ -1,0 +1,96 @@
+"""Tiered compilation (`ep_cpu.jit_tier`): kernels missing from the disk cache compile on a
+background thread while their callers take the fallback path; path choices follow once built."""
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ep_core
+from ep_cpu import conv_thin, jit_tier, microkernel
+
+
+@pytest.fixture
+def background(monkeypatch):
+    """Background mode (the suite runs with EP_CPU_JIT=sync) with a build table of its own."""
+    monkeypatch.setenv("EP_CPU_JIT", "")
+    monkeypatch.setattr(jit_tier, "_builds", {})
+    monkeypatch.setattr(jit_tier, "WAIT_S", 0.05)
+
+
+def test_slow_build_runs_in_the_background(background):
+    gate, calls = threading.Event(), []
+    before = jit_tier.generation
+
+    def build():
+        gate.wait(10)
+        calls.append(threading.current_thread().name)
+
+    assert not jit_tier.ready("slow", build)        # still compiling: the caller falls back
+    assert not jit_tier.ready("slow", build)        # asked again: no second build, no wait
+    gate.set()
+    assert jit_tier.wait(10)
+    assert jit_tier.ready("slow", build)
+    assert calls == ["ep_cpu_jit"] and jit_tier.generation > before
+
+
+def test_quick_build_is_ready_at_once(background):
+    calls = []
+    assert jit_tier.ready("quick", lambda: calls.append(1))   # a cache load: within WAIT_S
+    assert jit_tier.ready("quick", lambda: calls.append(2)) and calls == [1]
+
+
+def test_failed_build_warns_and_keeps_the_fallback(background):
+    def build():
+        raise RuntimeError("no compiler today")
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        jit_tier.ready("broken", build)
+        jit_tier.wait(10)
+    assert not jit_tier.ready("broken", build)
+    assert any("compiling broken failed" in str(w.message) for w in seen)
+
+
+def test_sync_mode_builds_on_the_caller_and_raises(monkeypatch):
+    monkeypatch.setenv("EP_CPU_JIT", "sync")
+    monkeypatch.setattr(jit_tier, "_builds", {})
+    names = []
+    assert jit_tier.ready("inline", lambda: names.append(threading.current_thread().name))
+    assert names == [threading.current_thread().name]
+    with pytest.raises(ValueError):
+        jit_tier.ready("bad", lambda: (_ for _ in ()).throw(ValueError("x")))
+
+
+@pytest.mark.skipif(not conv_thin.available(), reason="the thin conv needs AVX2 + FMA or AVX-512 (none here)")
+def test_conv_takes_the_thin_path_once_it_is_built(background, monkeypatch):
+    """A 3-position conv (the thin path's case) runs through im2col + BLAS while its kernels
+    compile, then through the thin conv; both match onnxruntime."""
+    gate = threading.Event()
+    real = conv_thin.compile_kernels
+    monkeypatch.setattr(conv_thin, "compile_kernels", lambda: (gate.wait(10), real()))
+    assert microkernel.available()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 16, 3)).astype(np.float32)
+    w = rng.standard_normal((8, 16, 1)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[numpy_helper.from_array(w, "w")])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    paths = []
+    real_conv = conv_thin.ThinConv.__call__
+    monkeypatch.setattr(conv_thin.ThinConv, "__call__",
+                        lambda self, *a, **k: paths.append("thin") or real_conv(self, *a, **k))
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+    assert paths == []                      # compiling: im2col + BLAS
+    gate.set()
+    assert jit_tier.wait(60)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
+    assert paths == ["thin"]                # built: the geometry was chosen again
