@@ -33,9 +33,22 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 
-def available() -> bool:
-    """Where the tiles beat im2col + BLAS (`microkernel.beats_blas`)."""
-    return mk.beats_blas()
+def available(threads: int = 1) -> bool:
+    """Where the tiles beat im2col + BLAS at `threads` intra-op threads
+    (`microkernel.convs_beat_blas`)."""
+    return mk.convs_beat_blas(threads)
+
+
+def compile_kernels() -> None:
+    """Compile (or load from the disk cache) what an implicit conv runs: the microkernel's conv
+    driver, the stride-phase plane fill and the parallel runner (an `ep_cpu.jit_tier` build)."""
+    mk.conv_range()
+    native_call.compile_runner()
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    for s in (1, 2):
+        out = (-(-6 // s),) * 2
+        conv2d(x, pack_weight(np.ones((4, 2, 3, 3), np.float32)), 4, (3, 3), (s, s), (1, 1),
+               (1, 1), (1, 1), out, None, None, None, 1, None)
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:

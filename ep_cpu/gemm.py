@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import gemm_compiled, microkernel
+from . import gemm_compiled, jit_tier, microkernel
 from .epilogue_jit import clamp_bounds
 from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # noqa: F401
                             _as_2d_operand, _Epilogue, fast_erf)
@@ -159,6 +159,21 @@ class _SingleThreadedBlas:
                 for put, n in self._saved:
                     put(n)
 
+    def raise_to(self, threads: int) -> list[tuple[Callable[[int], Any], int]]:
+        """BLAS libraries below `threads` set to it for one call (where the session holds BLAS
+        to one thread while numba's threads run the convs, a GEMM BLAS runs threaded still);
+        returns the (set, count before) to restore after the call. Nothing while some thread
+        runs BLAS single-threaded here (our own tiles are running)."""
+        changed: list = []
+        with self._lock:
+            if self._depth == 0:
+                for get, put in self._controllers():
+                    n = get()
+                    if n < threads:
+                        changed.append((put, n))
+                        put(threads)
+        return changed
+
 
 _blas_single = _SingleThreadedBlas()
 
@@ -281,7 +296,8 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
     if cdt != b.dtype:
         return pack_b(b, trans_b)
     bt = b.T if trans_b else b
-    if b.size >= PACK_MIN and cdt == np.float32 and COMPILED and microkernel.beats_blas():
+    if (b.size >= PACK_MIN and cdt == np.float32 and COMPILED
+            and (microkernel.beats_blas() or microkernel.convs_beat_blas(_num_threads))):
         return pack_b(b, trans_b, copy=False)   # the compiled path packs it on first use
     if b.size < PACK_MIN or (bt.flags.c_contiguous
                              and _panel_width(bt.shape[0], bt.shape[1], b.itemsize) == bt.shape[1]):
@@ -396,8 +412,14 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
 
     staged = out_dtype != cdt   # float16 output: compute in a float32 scratch, cast on store
     threads = num_threads or _num_threads
+    # The tiles take the products where they beat BLAS; with AVX2 from two threads, where BLAS is
+    # held to one thread (`ep_cpu.provider`), the GEMV-like ones with a constant B too (GPT-2's
+    # decoder step: 42 -> 33 ms a step against a one-thread BLAS).
     if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
-            and (packed is not None or macs >= COMPILED_MIN_MACS) and microkernel.beats_blas()):
+            and (packed is not None or macs >= COMPILED_MIN_MACS)
+            and (microkernel.beats_blas() or (m < THIN_M and packed is not None and threads > 1
+                                              and microkernel.convs_beat_blas(threads)))
+            and jit_tier.ready("gemm", gemm_compiled.compile_kernels)):
         # a B that is not a session constant is packed for this call (K x N: small next to the
         # product from COMPILED_MIN_MACS up)
         bp = packed if packed is not None else gemm_compiled.pack(bt)
@@ -425,6 +447,11 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         # threads: two cores stream the weights ~15% faster.
         single = macs >= TINY_MACS and (threads == 1 or not BLAS_THREADS
                                         or (macs < BLAS_PAR_MIN_MACS and m >= THIN_M))
+        # BLAS held to one thread by the session (the convs run on numba's threads): a large
+        # product raises its threads for the call. Not smaller ones: the workers busy-wait
+        # ~0.1 s after a threaded call, and ResNet-50's classifier (2M multiply-adds) raised
+        # took the second core from the next run's convs (71 -> 117 ms a run).
+        raised = () if single or threads <= 1 or macs < PAR_MIN_MACS else _blas_single.raise_to(threads)
         if single:
             _blas_single.__enter__()
         try:
@@ -442,6 +469,8 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         finally:
             if single:
                 _blas_single.__exit__()
+            for put, before in raised:
+                put(before)
         return y if a.ndim == 2 else y.reshape(*lead, n)
 
     # Tiles: as few and as large as the threads and the cache allow. Each tile is one BLAS call,

@@ -82,6 +82,17 @@ def beats_blas() -> bool:
     return wide()
 
 
+def convs_beat_blas(threads: int) -> bool:
+    """Whether the implicit-GEMM conv tiles (`ep_cpu.conv_implicit`) take convolutions from
+    im2col + BLAS at `threads` intra-op threads: where `beats_blas`, and with AVX2 from two
+    threads, on numba's threads with BLAS held to the calling thread (OpenBLAS's workers
+    busy-wait after each threaded call and took the second core from the parallel kernels after
+    it; ratio to onnxruntime at 2 threads, interleaved runs: ResNet-50 1.80 -> 1.56, YOLOv8n
+    2.67 -> 1.67 with Winograd first). GEMMs stay on BLAS there, its threads raised for the
+    call (`ep_cpu.gemm`): BERT-base through the tiles ran 1.19 -> 1.30 of onnxruntime."""
+    return beats_blas() or (threads >= 2 and available())
+
+
 # k per microkernel call: the panels' slices stay in L1 (AVX2's passes read them twice or four
 # times; Zen 3's L1 holds 32 KB)
 KC = 256 if wide() else 128

@@ -27,7 +27,7 @@ class _ThreadLimits:
     def limit(self, threads: int) -> "_Limit | nullcontext":
         gemm, microkernel, native_call = _modules()
         if not threads or threads <= 0:
-            if not (native_call.parallel_ok() and microkernel.beats_blas()):
+            if not (native_call.parallel_ok() and microkernel.convs_beat_blas(gemm.get_num_threads())):
                 return _NO_LIMIT
             threads = 0   # no intra-op limit, but BLAS still held to one thread (below)
         return _Limit(self, int(threads))
@@ -37,10 +37,11 @@ class _ThreadLimits:
         # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
         # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
         # after each threaded call and took the second core from every parallel conv after it
-        # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products
-        # (AVX2: `microkernel.beats_blas`) it gets the threads (held to one, ResNet-50 ran no
-        # faster at 2 threads than at 1 there either).
-        blas_threads = 1 if native_call.parallel_ok() and microkernel.beats_blas() else threads
+        # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products (AVX2
+        # at one thread: `microkernel.convs_beat_blas`) it gets the threads; a GEMM that BLAS
+        # runs with threads raises them for its call (`ep_cpu.gemm`).
+        blas_threads = 1 if native_call.parallel_ok() and microkernel.convs_beat_blas(
+            threads if threads > 0 else gemm.get_num_threads()) else threads
         with self._lock:
             changed = []
             for get, put in gemm.blas_thread_controls():

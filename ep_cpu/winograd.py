@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_cpu import epilogue_jit, jit_tier
-from ep_cpu.gemm import ACTIVATIONS
+from ep_cpu.gemm import ACTIVATIONS, single_threaded_blas
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
@@ -161,7 +161,8 @@ def _conv3x3_compiled(x, u, begin, out_shape, bias, residual, activation, params
             v = np.empty((36, c, p), dtype=np.float32)
             _ranges(jit.input_tiles, (xi, begin[0], begin[1], t0, t1, tw, v), c,
                     threads if split else 1, pool)
-            mt = np.matmul(u, v)
+            mt = np.empty((36, mo, p), dtype=np.float32)
+            _product(u, v, mt, threads, pool)
             _ranges(jit.output_tiles,
                     (mt, t0, t1, tw, b, ri, res is not None, lo32, hi32, yi), mo,
                     threads if split else 1, pool)
@@ -176,6 +177,22 @@ def _conv3x3_compiled(x, u, begin, out_shape, bias, residual, activation, params
 # the hand-offs cost what the split saved (2 threads, interleaved runs).
 SPLIT_MAX_CHANNELS = 128
 SPLIT_MIN = 1 << 15   # (C + M) x tiles
+
+
+PRODUCT_SPLIT_MACS = 1 << 21   # the 36 products split between the threads from this size
+
+
+def _product(u: np.ndarray, v: np.ndarray, mt: np.ndarray, threads: int, pool) -> None:
+    """mt = u @ v (36 products): with threads, each takes a share of the 36 on a one-thread
+    BLAS (the intra-op threads hold BLAS to one where the compiled kernels run in parallel,
+    `ep_cpu.provider`; BLAS's own threads split these thin products poorly)."""
+    macs = u.shape[0] * u.shape[1] * u.shape[2] * v.shape[2]
+    if threads <= 1 or pool is None or macs < PRODUCT_SPLIT_MACS:
+        np.matmul(u, v, out=mt)
+        return
+    with single_threaded_blas():
+        _ranges(lambda i0, i1: np.matmul(u[i0:i1], v[i0:i1], out=mt[i0:i1]), (), u.shape[0],
+                threads, pool)
 
 
 def _ranges(fn: Callable, args: tuple, count: int, workers: int, pool) -> None:

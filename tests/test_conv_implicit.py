@@ -11,7 +11,7 @@ from compiled_threads import threads_via
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_implicit, conv_thin, microkernel
+from ep_cpu import conv_implicit, conv_thin, jit_tier, microkernel
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -87,6 +87,8 @@ def _build(nodes, inputs, inits, out):
 @pytest.fixture
 def implicit_calls(monkeypatch):
     """Counts the compiled convolutions run; every eligible conv takes the path."""
+    # the kernels' build (its own small convs) first, so that only the tests' convs are counted
+    assert jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
     calls = []
     real = conv_implicit.ImplicitConv.__call__
 

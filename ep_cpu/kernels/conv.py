@@ -15,7 +15,7 @@ import numpy as np
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
 from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, jit_tier,
-                    vector_math, winograd)
+                    microkernel, vector_math, winograd)
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
                          single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -225,18 +225,26 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads: 
 
 
 # 2-D ungrouped float32 convs run as an implicit GEMM with the compiled microkernel of
-# `ep_cpu.conv_implicit` where the CPU has AVX-512 (about twice OpenBLAS's SGEMM rate here, and
-# no im2col matrix: `conv_implicit.available`); elsewhere im2col + BLAS or Winograd.
+# `ep_cpu.conv_implicit` where its tiles beat BLAS (`conv_implicit.available(threads)`: AVX-512,
+# or AVX2 from two threads; no im2col matrix); elsewhere im2col + BLAS or Winograd.
 IMPLICIT = True
-WINOGRAD_OVER_IMPLICIT = False   # 3x3 convs that Winograd takes: Winograd first?
+# 3x3 convs that Winograd takes: Winograd first? None: by CPU class, first where the CPU has no
+# AVX-512 (AVX2, 2 threads, the implicit conv beside it: ResNet-50 1.84 -> 1.79 of
+# onnxruntime's time, YOLOv8n 2.58 -> 1.67); on AVX-512 the implicit conv measured faster.
+WINOGRAD_OVER_IMPLICIT: bool | None = None
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
 
 
-def _use_implicit(x_shape, w_shape, ks, group, out, cdt) -> bool:
+def _winograd_first() -> bool:
+    return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
+
+
+def _use_implicit(x_shape, w_shape, ks, group, out, cdt, threads: int = 1) -> bool:
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
-    return macs >= IMPLICIT_MIN_MACS and conv_implicit.available()
+    return (macs >= IMPLICIT_MIN_MACS and conv_implicit.available(threads)
+            and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
 
 
 def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activation,
@@ -388,8 +396,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # or "im2col" (conv_nd)
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads) and min(out) > 0
     path = "winograd" if wino else "im2col"
-    if (_use_implicit(x_shape, w_shape, ks, group, out, cdt) and min(g.pads_begin) >= 0
-            and min(g.pads_end) >= 0 and not (wino and WINOGRAD_OVER_IMPLICIT)):
+    if (not (wino and _winograd_first()) and min(g.pads_begin) >= 0 and min(g.pads_end) >= 0
+            and _use_implicit(x_shape, w_shape, ks, group, out, cdt, threads)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
             and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS and x_shape[0] <= 4
@@ -408,14 +416,16 @@ def prepare_constant_weight(k: Kernel) -> None:
     if (isinstance(w, np.ndarray) and w.ndim == 4 and w.dtype.kind == "f"
             and k.conv.rank in (None, 2)):
         ks, strides, dil = k.conv.spatial(w.shape)
+        # (the session's intra-op threads are not known here: the default, all cores)
         implicit = (IMPLICIT and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
-                    and conv_implicit.available())
-        if implicit:
-            implicit_weight(k, w)
-        if (WINOGRAD and (WINOGRAD_OVER_IMPLICIT or not implicit) and ks == [3, 3]
-                and strides == [1, 1] and dil == [1, 1] and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
-                and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS):
+                    and conv_implicit.available(get_num_threads()))
+        winograd_shape = (WINOGRAD and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
+                          and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
+                          and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS)
+        if winograd_shape and (_winograd_first() or not implicit):
             winograd_weight(k, w, np.dtype(np.float32))
+        elif implicit:   # (a Winograd conv on a small map packs it on first use)
+            implicit_weight(k, w)
 
 
 @kernel("Conv")
