@@ -124,6 +124,7 @@ def _jit():
         return None
     return _jit_module[0] if _jit_module else None
 
+
 BAND_BYTES = 1 << 20      # a band's transformed input V (36 x C x tiles floats) up to ~L2 size
 BAND_MIN_TILES = 8        # ... but at least this many tiles per band: the product's N
 
@@ -144,8 +145,8 @@ def _conv3x3_compiled(x, u, begin, out_shape, bias, residual, activation, params
         res = np.ascontiguousarray(np.broadcast_to(residual, y.shape), dtype=np.float32)
     # Bands of tile rows, V of a band near the L2 size: its product and the output transform
     # then read it from cache. With threads, each transform splits its channels between them
-    # and BLAS threads the product: bands per thread (each streaming all of U, 9 MB at 256
-    # channels) measured 1.1-1.7x slower from 28x28 maps down.
+    # and the 36 products are shared out (`_product`): bands per thread instead (each streaming
+    # all of U, 9 MB at 256 channels) measured 1.1-1.7x slower from 28x28 maps down.
     rows = max(1, min(th, BAND_BYTES // (36 * 4 * c * tw)), -(-BAND_MIN_TILES // tw))
     f32 = np.float32
     lo32, hi32 = f32(lo), f32(hi)
@@ -177,8 +178,6 @@ def _conv3x3_compiled(x, u, begin, out_shape, bias, residual, activation, params
 # the hand-offs cost what the split saved (2 threads, interleaved runs).
 SPLIT_MAX_CHANNELS = 128
 SPLIT_MIN = 1 << 15   # (C + M) x tiles
-
-
 PRODUCT_SPLIT_MACS = 1 << 21   # the 36 products split between the threads from this size
 
 
