@@ -149,22 +149,6 @@ def _kernel(name: str):
     return fn
 
 
-def _run_blocks(fn, total: int, threads: int, args_before: tuple, args_after: tuple, pool) -> None:
-    """fn(*args_before, i0, i1, *args_after) over [0, total) split into `threads` ranges."""
-    if threads <= 1:
-        fn(*args_before, 0, total, *args_after)
-        return
-    step = -(-total // threads)
-    ranges = [(i0, min(total, i0 + step)) for i0 in range(0, total, step)]
-    # The calling thread takes the first range: one hand-off fewer (~20-60 us each here).
-    futs = [pool(threads - 1).submit(fn, *args_before, i0, i1, *args_after) for i0, i1 in ranges[1:]]
-    try:
-        fn(*args_before, *ranges[0], *args_after)
-    finally:
-        for f in futs:
-            f.result()
-
-
 # float32 maps of at least this many output positions run `depthwise_tiles.depthwise_planes`
 # (vector tiles, accumulators in registers; measured 1.2-1.6x faster than the kernels below
 # from 32x112x112 down to 384x14x14, slower at 7x7 where the channels-last kernel wins).
@@ -193,7 +177,7 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
             native_call.set_threads(threads)
             depthwise_tiles.depthwise_planes_parallel(*args, threads)
         else:
-            _run_blocks(depthwise_tiles.depthwise_planes, c, threads, args, (), pool)
+            native_call.run_blocks(depthwise_tiles.depthwise_planes, c, threads, args, (), pool)
     return y
 
 
@@ -263,11 +247,11 @@ def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, dilations, begin, out_sh
     if oh * ow >= (PLANES_MIN_STRIDED if strided else PLANES_MIN_STRIDE1):
         y = np.empty((n, c, oh, ow), dtype=dt)
         w3 = np.ascontiguousarray(w.reshape(c, kh, kw), dtype=dt)
-        _run_blocks(_kernel("_dw2d_planes"), c, min(threads, c), (np.ascontiguousarray(x), w3, b, y),
+        native_call.run_blocks(_kernel("_dw2d_planes"), c, min(threads, c), (np.ascontiguousarray(x), w3, b, y),
                     args, pool)
         return y
     xt = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     wt = np.ascontiguousarray(w.reshape(c, kh * kw).T.reshape(kh, kw, c), dtype=dt)
     yt = np.empty((n, oh, ow, c), dtype=dt)
-    _run_blocks(_kernel("_dw2d_nhwc"), n * oh, min(threads, n * oh), (xt, wt, b, yt), args, pool)
+    native_call.run_blocks(_kernel("_dw2d_nhwc"), n * oh, min(threads, n * oh), (xt, wt, b, yt), args, pool)
     return np.ascontiguousarray(yt.transpose(0, 3, 1, 2))

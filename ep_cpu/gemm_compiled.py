@@ -25,6 +25,7 @@ PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs 
 PAR_MIN_MACS = 1 << 22           # fewer multiply-adds (and a B under PAR_MIN_WEIGHTS): one thread
 PAR_MIN_WEIGHTS = 1 << 18        # values of B
 
+
 def compile_kernels() -> None:
     """Compile (or load) the GEMM driver and the parallel runner (an `ep_cpu.jit_tier` build)."""
     mk.gemm_range()

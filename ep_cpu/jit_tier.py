@@ -13,8 +13,8 @@ the run goes on beside the compile.
 Where a caller keeps a path decision (a conv's geometry, a plan on its kernel) it keys it
 with `generation`, bumped whenever a build finishes, so the decision is taken again then.
 
-`EP_CPU_JIT=sync` (the test suite sets it; benchmarks of steady state may) compiles on the
-calling thread instead: the first call waits and the compiled path is always the one taken.
+`EP_CPU_JIT=sync` (the test suite sets it) or a `synchronous()` block (the warm-up) compiles on
+the calling thread instead: the first call waits and the compiled path is always the one taken.
 `wait()` blocks until every requested build has finished (warm-up, benchmarks). A build that
 fails is reported once as a RuntimeWarning and its callers keep their fallback path.
 """
@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 WAIT_S = 0.25          # a disk-cache load of a kernel family takes ~5-100 ms
 generation = 0         # builds finished so far (callers key cached path choices with it)
@@ -42,9 +43,25 @@ class _Build:
         self.name, self.fn, self.done, self.ok = name, fn, threading.Event(), False
 
 
+_sync_depth = 0        # open `synchronous()` blocks
+
+
 def sync() -> bool:
-    """Whether builds run on the calling thread (EP_CPU_JIT=sync)."""
-    return os.environ.get("EP_CPU_JIT", "").strip().lower() == "sync"
+    """Whether builds run on the calling thread (EP_CPU_JIT=sync, or inside `synchronous()`)."""
+    return _sync_depth > 0 or os.environ.get("EP_CPU_JIT", "").strip().lower() == "sync"
+
+
+@contextmanager
+def synchronous() -> Iterator[None]:
+    """Builds requested inside run on the calling thread (the warm-up's probes)."""
+    global _sync_depth
+    with _lock:
+        _sync_depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _sync_depth -= 1
 
 
 def ready(name: str, build: Callable[[], Any]) -> bool:
@@ -88,13 +105,12 @@ def _run(b: _Build) -> None:
         b.ok = True
     except Exception as e:  # noqa: BLE001 - the callers' fallback path runs instead
         if sync():
-            b.done.set()
-            generation += 1
             raise
         warnings.warn(f"ep_cpu: compiling {b.name} failed ({type(e).__name__}: {e}); its "
                       f"numpy path runs instead", RuntimeWarning, stacklevel=2)
-    b.done.set()
-    generation += 1
+    finally:
+        b.done.set()
+        generation += 1
 
 
 def _start_worker() -> None:

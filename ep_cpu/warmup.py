@@ -93,30 +93,17 @@ def _model(probe: Probe) -> bytes:
 def warm_up(threads: int = 2) -> list[dict]:
     """Run every probe on the CPU provider with `threads` intra-op threads (the parallel runners
     compile too); returns per probe {name, what, seconds}."""
-    import os
-
     import ep_core
+    from ep_cpu import jit_tier
     report = []
-    # compile on this thread (`ep_cpu.jit_tier`): each probe then runs its compiled path
-    before = os.environ.get("EP_CPU_JIT")
-    os.environ["EP_CPU_JIT"] = "sync"
-    try:
-        _run_probes(ep_core, threads, report)
-    finally:
-        if before is None:
-            del os.environ["EP_CPU_JIT"]
-        else:
-            os.environ["EP_CPU_JIT"] = before
-    return report
-
-
-def _run_probes(ep_core, threads: int, report: list) -> None:
     for probe in probes():
         rng = np.random.default_rng(1)
         feeds = {n: rng.standard_normal(s).astype(np.float32) for n, s in probe.inputs.items()}
         opts = ep_core.SessionOptions()
         opts.intra_op_num_threads = threads
         t0 = time.perf_counter()
-        ep_core.InferenceSession(_model(probe), opts, providers=["cpu"]).run(None, feeds)
+        with jit_tier.synchronous():   # each probe compiles, then runs, its compiled path
+            ep_core.InferenceSession(_model(probe), opts, providers=["cpu"]).run(None, feeds)
         report.append({"name": probe.name, "what": probe.what,
                        "seconds": round(time.perf_counter() - t0, 3)})
+    return report

@@ -23,6 +23,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ep_cpu import epilogue_jit, jit_tier
 from ep_cpu.gemm import ACTIVATIONS, single_threaded_blas
+from ep_cpu.native_call import run_blocks
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),
        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64),
@@ -120,9 +121,7 @@ def _jit():
     """ep_cpu.winograd_jit once it is imported (its kernels compile, or load from numba's disk
     cache, on import: an `ep_cpu.jit_tier` build on the first Winograd conv, so models without
     one never pay for it); None before, or without numba."""
-    if not _jit_module and not jit_tier.ready("winograd", _import_jit):
-        return None
-    return _jit_module[0] if _jit_module else None
+    return _jit_module[0] if jit_tier.ready("winograd", _import_jit) else None
 
 
 BAND_BYTES = 1 << 20      # a band's transformed input V (36 x C x tiles floats) up to ~L2 size
@@ -160,13 +159,12 @@ def _conv3x3_compiled(x, u, begin, out_shape, bias, residual, activation, params
             t1 = min(th, t0 + rows)
             p = (t1 - t0) * tw
             v = np.empty((36, c, p), dtype=np.float32)
-            _ranges(jit.input_tiles, (xi, begin[0], begin[1], t0, t1, tw, v), c,
-                    threads if split else 1, pool)
+            run_blocks(jit.input_tiles, c, threads if split else 1,
+                       (xi, begin[0], begin[1], t0, t1, tw, v), (), pool)
             mt = np.empty((36, mo, p), dtype=np.float32)
             _product(u, v, mt, threads, pool)
-            _ranges(jit.output_tiles,
-                    (mt, t0, t1, tw, b, ri, res is not None, lo32, hi32, yi), mo,
-                    threads if split else 1, pool)
+            run_blocks(jit.output_tiles, mo, threads if split else 1,
+                       (mt, t0, t1, tw, b, ri, res is not None, lo32, hi32, yi), (), pool)
     if clamp is None:
         ACTIVATIONS[activation](y, params)
     return y
@@ -190,21 +188,6 @@ def _product(u: np.ndarray, v: np.ndarray, mt: np.ndarray, threads: int, pool) -
         np.matmul(u, v, out=mt)
         return
     with single_threaded_blas():
-        _ranges(lambda i0, i1: np.matmul(u[i0:i1], v[i0:i1], out=mt[i0:i1]), (), u.shape[0],
-                threads, pool)
+        run_blocks(lambda i0, i1: np.matmul(u[i0:i1], v[i0:i1], out=mt[i0:i1]), u.shape[0],
+                   threads, (), (), pool)
 
-
-def _ranges(fn: Callable, args: tuple, count: int, workers: int, pool) -> None:
-    """fn(*args, i0, i1) over [0, count), in `workers` ranges on `pool` and the calling thread
-    (the compiled transforms release the GIL)."""
-    if workers <= 1:
-        fn(*args, 0, count)
-        return
-    step = -(-count // workers)
-    futures = [pool(workers - 1).submit(fn, *args, i0, min(count, i0 + step))
-               for i0 in range(step, count, step)]
-    try:
-        fn(*args, 0, min(count, step))
-    finally:
-        for f in futures:
-            f.result()
