@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import gemm_compiled, jit_tier, microkernel
+from . import gemm_compiled, jit_tier, microkernel, native_call
 from .epilogue_jit import clamp_bounds
 from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # noqa: F401
                             _as_2d_operand, _Epilogue, fast_erf)
@@ -158,21 +158,6 @@ class _SingleThreadedBlas:
             if self._depth == 0:
                 for put, n in self._saved:
                     put(n)
-
-    def raise_to(self, threads: int) -> list[tuple[Callable[[int], Any], int]]:
-        """BLAS libraries below `threads` set to it for one call (where the session holds BLAS
-        to one thread while numba's threads run the convs, a GEMM BLAS runs threaded still);
-        returns the (set, count before) to restore after the call. Nothing while some thread
-        runs BLAS single-threaded here (our own tiles are running)."""
-        changed: list = []
-        with self._lock:
-            if self._depth == 0:
-                for get, put in self._controllers():
-                    n = get()
-                    if n < threads:
-                        changed.append((put, n))
-                        put(threads)
-        return changed
 
 
 _blas_single = _SingleThreadedBlas()
@@ -425,9 +410,16 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         bp = packed if packed is not None else gemm_compiled.pack(bt)
         _gemm_compiled(a2 if a2.dtype == cdt else a2.astype(cdt), bp, m, n, epi, y, threads)
         return y if a.ndim == 2 else y.reshape(*lead, n)
+    # BLAS held to one thread by the session (with AVX2 from two threads the convs run on
+    # numba's threads): a large product runs on our tiles, one one-thread BLAS call each, instead
+    # of one BLAS call. Not by raising BLAS's threads for the call: under concurrent runs of a
+    # session the count then differed from call to call, and so did the last bits of the sums;
+    # and OpenBLAS's workers busy-wait after a threaded call, starving the next conv.
+    blas_held = threads > 1 and microkernel.convs_beat_blas(threads) and native_call.parallel_ok()
     if (macs < PAR_MIN_MACS or m < THIN_M
-            or (BLAS_THREADS and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)
-                                  or k >= BLAS_MIN_K))):
+            or (BLAS_THREADS and not blas_held
+                and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)
+                     or k >= BLAS_MIN_K))):
         # A single BLAS call per B panel with BLAS's own threads (its pthread pool wakes far
         # faster than Python threads: 0.20 ms vs 0.33 ms for 256^3 on 2 cores, and it shares
         # packed panels between its threads: ~10% faster on BERT/ResNet shapes when the cores
@@ -447,11 +439,6 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         # threads: two cores stream the weights ~15% faster.
         single = macs >= TINY_MACS and (threads == 1 or not BLAS_THREADS
                                         or (macs < BLAS_PAR_MIN_MACS and m >= THIN_M))
-        # BLAS held to one thread by the session (the convs run on numba's threads): a large
-        # product raises its threads for the call. Not smaller ones: the workers busy-wait
-        # ~0.1 s after a threaded call, and ResNet-50's classifier (2M multiply-adds) raised
-        # took the second core from the next run's convs (71 -> 117 ms a run).
-        raised = () if single or threads <= 1 or macs < PAR_MIN_MACS else _blas_single.raise_to(threads)
         if single:
             _blas_single.__enter__()
         try:
@@ -469,8 +456,6 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         finally:
             if single:
                 _blas_single.__exit__()
-            for put, before in raised:
-                put(before)
         return y if a.ndim == 2 else y.reshape(*lead, n)
 
     # Tiles: as few and as large as the threads and the cache allow. Each tile is one BLAS call,

@@ -88,8 +88,9 @@ def convs_beat_blas(threads: int) -> bool:
     threads, on numba's threads with BLAS held to the calling thread (OpenBLAS's workers
     busy-wait after each threaded call and took the second core from the parallel kernels after
     it; Zen 3, 2 threads, separate processes: ResNet-50 92 -> 70-80 ms, MobileNetV2 17 -> 12,
-    YOLOv8n 35 -> 28, with Winograd first). GEMMs stay on BLAS there, its threads raised for a
-    large product's call (`ep_cpu.gemm`): BERT-base through the tiles ran 10-40% slower."""
+    YOLOv8n 35 -> 28, with Winograd first). A large GEMM there runs on `ep_cpu.gemm`'s tiles,
+    one one-thread BLAS call each on its pool (raising BLAS's threads for the call made results
+    differ between concurrent runs of a session)."""
     return beats_blas() or (threads >= 2 and available())
 
 

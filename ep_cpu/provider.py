@@ -38,8 +38,8 @@ class _ThreadLimits:
         # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
         # after each threaded call and took the second core from every parallel conv after it
         # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products (AVX2
-        # at one thread: `microkernel.convs_beat_blas`) it gets the threads; a GEMM that BLAS
-        # runs with threads raises them for its call (`ep_cpu.gemm`).
+        # at one thread: `microkernel.convs_beat_blas`) it gets the threads; a large GEMM
+        # then runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS call each.
         blas_threads = 1 if native_call.parallel_ok() and microkernel.convs_beat_blas(
             threads if threads > 0 else gemm.get_num_threads()) else threads
         with self._lock:
