@@ -87,25 +87,41 @@ if numba is not None:
         ldc = -(-(oh * wq) // DW_TILE) * DW_TILE
         buf = np.zeros(sh * sw * plane + offs.max() + ldc, dtype=np.float32)
         wide = np.empty(ldc, dtype=np.float32)
+        # A channel's copies into its planes, the same for every channel, worked out once:
+        # (input row, first input column, plane position, count). Done per row inside the
+        # channel loop, the divisions by the strides cost more than the copies on 7x7-28x28
+        # maps (384x14x14: 128 -> 92 us; 960x7x7: 135 -> 91).
+        runs = np.empty((h * sw, 4), dtype=np.int64)
+        nrun = 0
+        for iy in range(h):
+            py = iy + ph
+            if py < 0 or py // sh >= hq:
+                continue
+            row0 = ((py % sh) * sw) * plane + (py // sh) * wq
+            for b in range(sw):
+                # padded column b + sw*u is input column b + sw*u - pw
+                u_lo = max(0, -((b - pw) // sw))
+                u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
+                if u_hi > u_lo:
+                    runs[nrun, 0] = iy
+                    runs[nrun, 1] = b + sw * u_lo - pw
+                    runs[nrun, 2] = row0 + b * plane + u_lo
+                    runs[nrun, 3] = u_hi - u_lo
+                    nrun += 1
         for c in range(c0, c1):
             xc = x[c]
-            for iy in range(h):
-                py = iy + ph
-                if py < 0 or py // sh >= hq:
-                    continue
-                row0 = ((py % sh) * sw) * plane + (py // sh) * wq
-                xr = xc[iy]
-                for b in range(sw):
-                    # padded column b + sw*u is input column b + sw*u - pw
-                    u_lo = max(0, -((b - pw) // sw))
-                    u_hi = min(wq, (wd - 1 + pw - b) // sw + 1)
-                    dst = row0 + b * plane
-                    if sw == 2:   # a constant stride: LLVM vectorizes it with shuffles
-                        for u in range(u_lo, u_hi):
-                            buf[u64(dst + u)] = xr[u64(b + 2 * u - pw)]
-                    else:
-                        for u in range(u_lo, u_hi):
-                            buf[u64(dst + u)] = xr[u64(b + sw * u - pw)]
+            for r in range(nrun):
+                xr = xc[runs[r, 0]]
+                s0, d0, cnt = u64(runs[r, 1]), u64(runs[r, 2]), u64(runs[r, 3])
+                if sw == 1:
+                    for u in range(cnt):
+                        buf[d0 + u] = xr[s0 + u]
+                elif sw == 2:
+                    for u in range(cnt):
+                        buf[d0 + u] = xr[s0 + u64(2) * u]
+                else:
+                    for u in range(cnt):
+                        buf[d0 + u] = xr[s0 + u64(sw) * u]
             for p0 in range(0, ldc, DW_TILE):
                 dw_tile(buf, p0, offs, taps, w, c * taps, wide, p0, bias[c], lo, hi)
             yc = y[c]
