@@ -26,24 +26,32 @@ PAR_MIN_ELEMENTS = 1 << 19    # output values x taps per thread hand-off
 if numba is not None:
     @numba.njit(nogil=True, cache=True, boundscheck=False)
     def max_over_taps(xq, chan, offs, y, c0, c1):  # pragma: no cover - compiled
-        # xq: channel c's planes at c*chan; y (C, L): y[c, p] = max_t xq[c*chan + p + offs[t]]
-        u64 = np.uint64
+        # xq: channel c's planes at c*chan; y (C, L): y[c, p] = max_t xq[c*chan + p + offs[t]].
+        # Each tap's maximum goes to the other of two buffers (the last tap's to y): kept in
+        # place (keep m, else store v), LLVM made it a masked store, which AMD's AVX2 CPUs
+        # microcode (Zen 3: 0.86 ns a value against 0.12 here).
         taps = offs.shape[0]
         length = y.shape[1]
+        bufs = np.empty((2, BLOCK), dtype=np.float32)
         for c in range(c0, c1):
             yr = y[c]
-            base = u64(c * chan)
+            base = c * chan
             for p0 in range(0, length, BLOCK):
-                p1 = min(length, p0 + BLOCK)
-                src = base + u64(offs[0])
-                for p in range(p0, p1):
-                    yr[u64(p)] = xq[src + u64(p)]
+                n = min(length, p0 + BLOCK) - p0
+                s = base + offs[0] + p0
+                cur = xq[s:s + n]
+                if taps == 1:
+                    yr[p0:p0 + n] = cur
                 for t in range(1, taps):
-                    src = base + u64(offs[t])
-                    for p in range(p0, p1):
-                        v = xq[src + u64(p)]
-                        m = yr[u64(p)]
-                        yr[u64(p)] = v if (v > m or v != v) else m
+                    s = base + offs[t] + p0
+                    src = xq[s:s + n]
+                    dst = yr[p0:p0 + n] if t == taps - 1 else bufs[t % 2, :n]
+                    for p in range(n):
+                        m = cur[p]
+                        v = src[p]
+                        # NaN stays (from m) or enters (from v), as in np.maximum
+                        dst[p] = m if ((m != m) | (m >= v)) else v
+                    cur = dst
 
 
 def _compile_kernels() -> None:
