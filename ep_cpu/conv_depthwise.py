@@ -61,13 +61,10 @@ def _dw2d_nhwc(x, w, bias, y, r0, r1, sh, sw, dh, dw, ph, pw, lo, hi, clamp):  #
                     wk = w[ki, kj]
                     for ci in range(c):
                         acc[ci] += wk[ci] * src[ci]
-            if clamp:
-                for ci in range(c):
+            if clamp:   # an unconditional store: a conditional one became a masked store,
+                for ci in range(c):   # microcoded on AMD's AVX2 CPUs
                     v = acc[ci]
-                    if v < lo:
-                        acc[ci] = lo
-                    elif v > hi:
-                        acc[ci] = hi
+                    acc[ci] = lo if v < lo else (hi if v > hi else v)
 
 
 def _dw2d_planes(x, w, bias, y, c0, c1, sh, sw, dh, dw, ph, pw, lo, hi, clamp):  # pragma: no cover
