@@ -16,8 +16,8 @@ from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
 from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, jit_tier,
                     microkernel, vector_math, winograd)
-from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads,
-                         single_threaded_blas)
+from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, PAR_MIN_MACS as GEMM_PAR_MIN_MACS, TINY_MACS,
+                         _get_pool, gemm, get_num_threads, single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
 from ep_cpu.kernels import conv_depthwise_numpy
 from ep_cpu.kernels.conv_geometry import compute_dtype, pad_spatial, window_view  # noqa: F401 - shared
@@ -233,16 +233,25 @@ IMPLICIT = True
 # onnxruntime's time, YOLOv8n 2.58 -> 1.67); on AVX-512 the implicit conv measured faster.
 WINOGRAD_OVER_IMPLICIT: bool | None = None
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
+# Where the implicit conv takes convs only for the threads (AVX2: `microkernel.convs_beat_blas`
+# without `beats_blas`), a deep 1x1 conv of stride 1 runs faster as W @ X on BLAS: from
+# GEMM_PAR_MIN_MACS up the product runs on `ep_cpu.gemm`'s pool tiles, one one-thread BLAS call
+# each (Zen 3, 2 threads, ResNet-50's 1x1 convs from 128 input channels: 0.77-0.91 of the implicit
+# conv's time; MobileNetV2's from 16-96 channels: 1.1-1.6x, they stay implicit).
+IMPLICIT_1X1_MAX_CHANNELS_AVX2 = 127
 
 
 def _winograd_first() -> bool:
     return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
 
 
-def _use_implicit(x_shape, w_shape, ks, group, out, cdt, threads: int = 1) -> bool:
+def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1) -> bool:
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
+    if (list(ks) == [1, 1] and list(strides) == [1, 1] and w_shape[1] > IMPLICIT_1X1_MAX_CHANNELS_AVX2
+            and macs >= GEMM_PAR_MIN_MACS and not microkernel.beats_blas()):
+        return False
     return (macs >= IMPLICIT_MIN_MACS and conv_implicit.available(threads)
             and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
 
@@ -386,7 +395,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # jit_tier.generation: a compiled path whose kernels were still compiling is chosen again
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
-           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT)
+           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -397,7 +406,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads) and min(out) > 0
     path = "winograd" if wino else "im2col"
     if (not (wino and _winograd_first()) and min(g.pads_begin) >= 0 and min(g.pads_end) >= 0
-            and _use_implicit(x_shape, w_shape, ks, group, out, cdt, threads)):
+            and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
             and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS and x_shape[0] <= 4
