@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import gemm_compiled, jit_tier, microkernel, native_call
+from . import gemm_compiled, jit_tier, microkernel
 from .epilogue_jit import clamp_bounds
 from .gemm_epilogue import (ACTIVATIONS, _PARAM_ORDER, _activation_params,  # noqa: F401
                             _as_2d_operand, _Epilogue, fast_erf)
@@ -161,6 +161,10 @@ class _SingleThreadedBlas:
 
 
 _blas_single = _SingleThreadedBlas()
+
+# Runs holding the BLAS library to their calling thread (`ep_cpu.provider`'s thread limits count
+# them, under their lock): while any is, large products run on our pool's tiles.
+blas_holds = 0
 
 
 def blas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
@@ -410,12 +414,13 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         bp = packed if packed is not None else gemm_compiled.pack(bt)
         _gemm_compiled(a2 if a2.dtype == cdt else a2.astype(cdt), bp, m, n, epi, y, threads)
         return y if a.ndim == 2 else y.reshape(*lead, n)
-    # BLAS held to one thread by the session (with AVX2 from two threads the convs run on
-    # numba's threads): a large product runs on our tiles, one one-thread BLAS call each, instead
-    # of one BLAS call. Not by raising BLAS's threads for the call: under concurrent runs of a
-    # session the count then differed from call to call, and so did the last bits of the sums;
-    # and OpenBLAS's workers busy-wait after a threaded call, starving the next conv.
-    blas_held = threads > 1 and microkernel.convs_beat_blas(threads) and native_call.parallel_ok()
+    # BLAS held to one thread by a session's run (`blas_holds`; with AVX2 from two threads the
+    # convs run on numba's threads): a large product runs on our tiles, one one-thread BLAS call
+    # each, instead of one BLAS call. Not by raising BLAS's threads for the call: under
+    # concurrent runs of a session the count then differed from call to call, and so did the
+    # last bits of the sums; and OpenBLAS's workers busy-wait after a threaded call, starving
+    # the next conv.
+    blas_held = threads > 1 and blas_holds > 0
     if (macs < PAR_MIN_MACS or m < THIN_M
             or (BLAS_THREADS and not blas_held
                 and (m * n * cdt.itemsize <= TILE_BYTES or (epi is None and not staged)

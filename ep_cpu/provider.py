@@ -32,17 +32,23 @@ class _ThreadLimits:
             threads = 0   # no intra-op limit, but BLAS still held to one thread (below)
         return _Limit(self, int(threads))
 
-    def enter(self, threads: int) -> None:
+    def enter(self, threads: int) -> bool:
+        """Set the limits for a run starting (`threads` intra-op threads, 0: all); returns
+        whether BLAS is held to the calling thread for it (pass it to `exit`)."""
         gemm, microkernel, native_call = _modules()
         # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
         # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
         # after each threaded call and took the second core from every parallel conv after it
         # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products (AVX2
-        # at one thread: `microkernel.convs_beat_blas`) it gets the threads; a large GEMM
-        # then runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS call each.
-        blas_threads = 1 if native_call.parallel_ok() and microkernel.convs_beat_blas(
-            threads if threads > 0 else gemm.get_num_threads()) else threads
+        # at one thread: `microkernel.convs_beat_blas`) it gets the threads. While BLAS is held
+        # (`gemm.blas_holds`), a large GEMM runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS
+        # call each.
+        hold = native_call.parallel_ok() and microkernel.convs_beat_blas(
+            threads if threads > 0 else gemm.get_num_threads())
+        blas_threads = 1 if hold else threads
         with self._lock:
+            if hold:
+                gemm.blas_holds += 1
             changed = []
             for get, put in gemm.blas_thread_controls():
                 n = get()
@@ -54,10 +60,14 @@ class _ThreadLimits:
             self._active += 1
             if threads > 0 and threads != gemm.get_num_threads():
                 gemm.set_num_threads(threads)
+        return hold
 
-    def exit(self) -> None:
+    def exit(self, held: bool) -> None:
+        """A run ends: `held` as its `enter` returned; the last run out restores the settings."""
         gemm = _modules()[0]
         with self._lock:
+            if held:
+                gemm.blas_holds -= 1
             self._active -= 1
             if self._active == 0 and self._saved is not None:
                 gemm_threads, changed = self._saved
@@ -81,16 +91,16 @@ def _modules() -> tuple:
 
 
 class _Limit:
-    __slots__ = ("limits", "threads")
+    __slots__ = ("limits", "threads", "held")
 
     def __init__(self, limits: _ThreadLimits, threads: int) -> None:
-        self.limits, self.threads = limits, threads
+        self.limits, self.threads, self.held = limits, threads, False
 
     def __enter__(self) -> None:
-        self.limits.enter(self.threads)
+        self.held = self.limits.enter(self.threads)
 
     def __exit__(self, *exc: object) -> None:
-        self.limits.exit()
+        self.limits.exit(self.held)
 
 
 _NO_LIMIT = nullcontext()

@@ -192,6 +192,27 @@ def test_intra_op_threads_limit_kernels_during_the_run():
     assert gemm.get_num_threads() == before
 
 
+def test_two_thread_runs_count_their_blas_hold_and_release_it():
+    """Where the session holds BLAS to the calling thread (AVX2 from two threads: the convs run
+    on numba's threads), `gemm.blas_holds` says so during the run, so large products take the
+    pool's tiles; a direct gemm call outside any run keeps BLAS's own threads."""
+    import ep_cpu.gemm as gemm
+    from ep_cpu import microkernel, native_call
+    observed = {}
+
+    def probe(x):
+        observed["holds"] = gemm.blas_holds
+        return x
+    register_custom_op("HoldProbe", probe, domain="test.threads")
+    m = model([helper.make_node("HoldProbe", ["x"], ["y"], domain="test.threads")],
+              [("x", F32, [2])], [("y", F32, [2])], domains=[("test.threads", 1)])
+    expect_hold = native_call.parallel_ok() and microkernel.convs_beat_blas(2)
+    session(m, options(intra_op_num_threads=2)).run(None, {"x": np.ones(2, np.float32)})
+    assert observed["holds"] == (1 if expect_hold else 0)
+    session(m, options(intra_op_num_threads=1)).run(None, {"x": np.ones(2, np.float32)})
+    assert observed["holds"] == 0 and gemm.blas_holds == 0
+
+
 # --- logging -------------------------------------------------------------------------------------
 
 def test_log_severity_sets_the_ep_core_logger(rng, caplog):
