@@ -47,8 +47,6 @@ class _ThreadLimits:
             threads if threads > 0 else gemm.get_num_threads())
         blas_threads = 1 if hold else threads
         with self._lock:
-            if hold:
-                gemm.blas_holds += 1
             changed = []
             for get, put in gemm.blas_thread_controls():
                 n = get()
@@ -60,6 +58,8 @@ class _ThreadLimits:
             self._active += 1
             if threads > 0 and threads != gemm.get_num_threads():
                 gemm.set_num_threads(threads)
+            if hold:   # counted last: a failure above leaves no hold behind
+                gemm.blas_holds += 1
         return hold
 
     def exit(self, held: bool) -> None:

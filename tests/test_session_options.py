@@ -195,7 +195,8 @@ def test_intra_op_threads_limit_kernels_during_the_run():
 def test_two_thread_runs_count_their_blas_hold_and_release_it():
     """Where the session holds BLAS to the calling thread (AVX2 from two threads: the convs run
     on numba's threads), `gemm.blas_holds` says so during the run, so large products take the
-    pool's tiles; a direct gemm call outside any run keeps BLAS's own threads."""
+    pool's tiles; a one-thread run holds nothing, and after the runs no hold is left (a direct
+    gemm call keeps BLAS's own threads)."""
     import ep_cpu.gemm as gemm
     from ep_cpu import microkernel, native_call
     observed = {}
