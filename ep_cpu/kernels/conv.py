@@ -245,12 +245,18 @@ def _winograd_first() -> bool:
     return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
 
 
+def _deep_1x1_on_blas(ks, strides, channels: int) -> bool:
+    """A 1x1 stride-1 conv deep enough for BLAS's pool tiles to beat the implicit conv where it
+    takes convs only for the threads (from GEMM_PAR_MIN_MACS multiply-adds)."""
+    return (list(ks) == [1, 1] and list(strides) == [1, 1]
+            and channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and not microkernel.beats_blas())
+
+
 def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1) -> bool:
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
-    if (list(ks) == [1, 1] and list(strides) == [1, 1] and w_shape[1] > IMPLICIT_1X1_MAX_CHANNELS_AVX2
-            and macs >= GEMM_PAR_MIN_MACS and not microkernel.beats_blas()):
+    if macs >= GEMM_PAR_MIN_MACS and _deep_1x1_on_blas(ks, strides, w_shape[1]):
         return False
     return (macs >= IMPLICIT_MIN_MACS and conv_implicit.available(threads)
             and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
@@ -433,7 +439,9 @@ def prepare_constant_weight(k: Kernel) -> None:
                           and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS)
         if winograd_shape and (_winograd_first() or not implicit):
             winograd_weight(k, w, np.dtype(np.float32))
-        elif implicit:   # (a Winograd conv on a small map packs it on first use)
+        elif implicit and not _deep_1x1_on_blas(ks, strides, w.shape[1]):
+            # (a Winograd conv on a small map, or a deep 1x1 one below GEMM_PAR_MIN_MACS,
+            # packs it on first use)
             implicit_weight(k, w)
 
 
