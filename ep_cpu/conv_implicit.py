@@ -52,9 +52,14 @@ def compile_kernels() -> None:
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
-    """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr)."""
-    m = w.shape[0]
-    return mk.pack_rows(w.reshape(m, math.prod(w.shape[1:])), choose_mr(m))
+    """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr); padded rows
+    are zero."""
+    m, k = w.shape[0], math.prod(w.shape[1:])
+    mr = choose_mr(m)
+    mb = -(-m // mr)
+    padded = np.zeros((mb * mr, k), dtype=np.float32)
+    padded[:m] = w.reshape(m, k)
+    return np.ascontiguousarray(padded.reshape(mb, mr, k).transpose(0, 2, 1))
 
 
 # 1x1 convs over maps of up to this many positions (not a multiple of 16) copy their input to

@@ -162,16 +162,23 @@ if numba is not None:
                 c = k // taps
                 if plain:
                     load_run(x, c * plane + p0, rows, mr, ap, (ib * ck + k) * mr)
+                elif mr <= 4:   # a few rows: scalar copies (the 16-lane gather cost more)
+                    src, o0, dst = c * plane, (k - c * taps) * pp + p0, (ib * ck + k) * mr
+                    for r in range(mr):
+                        o = offs[o0 + r]
+                        ap[dst + r] = x[src + o] if o >= 0 else np.float32(0.0)
                 else:
                     gather_run(x, c * plane, offs, (k - c * taps) * pp + p0, mr, ap, (ib * ck + k) * mr)
         bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
         b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
         # microkernel.GEMM_ARGS: A packed, y (M, P) written transposed with the epilogue (bias,
-        # residual in y's layout, clamp) as each tile leaves the scratch
+        # residual in y's layout, clamp) as each tile leaves the scratch; one position's y is
+        # the same (1, M) row as the product's: its tiles are stored in place (EPILOGUE_RES with
+        # a residual)
         g = np.empty(17, dtype=np.float64)
         g[0], g[1], g[2], g[3], g[4], g[5], g[6] = ap.ctypes.data, p, ck, packed_at, nb, m, mr
         g[7], g[8], g[9], g[10] = b_at, has_bias, res_at if has_res else b_at, has_res
-        g[11], g[12], g[13], g[14], g[15], g[16] = a[14], a[15], 1, y_at, 1, 1
+        g[11], g[12], g[13], g[14], g[15], g[16] = a[14], a[15], 1 + has_res, y_at, 1, p > 1
         call_void(gemm_at, (np.int64(g.ctypes.data), j0, j1, np.int64(0), (p + mr - 1) // mr))
         # the buffers went to the callback as addresses: numba frees an array after its last
         # use in this function, so they are used again here, after the call
@@ -211,7 +218,7 @@ class ThinConv:
                  clamp: tuple[float, float], x_shape: tuple, out_shape: tuple,
                  threads: int = 1) -> None:
         p, ck = offsets.shape[1], x_shape[1] * offsets.shape[0]
-        m, mr = packed_w.m, mk.choose_mr(p)
+        m, mr = packed_w.m, mk.choose_gemm_mr(p)
         self.bias = bias   # the array this plan was made for (`ep_cpu.kernels.conv` checks it)
         self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.x_shape, self.threads = tuple(x_shape), threads

@@ -19,7 +19,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
-from ep_cpu.microkernel import choose_mr
+from ep_cpu.microkernel import choose_gemm_mr
 
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
 PAR_MIN_MACS = 1 << 22           # fewer multiply-adds (and a B under PAR_MIN_WEIGHTS): one thread
@@ -33,8 +33,12 @@ def compile_kernels() -> None:
 
 
 def pack(bt: np.ndarray) -> np.ndarray:
-    """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels."""
-    return mk.pack_columns(np.asarray(bt, dtype=np.float32))
+    """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels; padded columns are zero."""
+    k, n = bt.shape
+    nb = -(-n // mk.NR)
+    padded = np.zeros((k, nb * mk.NR), dtype=np.float32)
+    padded[:, :n] = bt
+    return np.ascontiguousarray(padded.reshape(k, nb, mk.NR).transpose(1, 0, 2))
 
 
 def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
@@ -44,7 +48,7 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     bias (N,) per column, residual (M, N). `pool(workers)` gives an executor."""
     m = a.shape[0]
     a = np.ascontiguousarray(a, dtype=np.float32)
-    mr = choose_mr(m)
+    mr = choose_gemm_mr(m)
     row_panels, col_panels = -(-m // mr), bp.shape[0]
     has_bias, has_res = bias is not None, residual is not None
     # the microkernel always adds a bias in its epilogue: zeros when there is none

@@ -112,22 +112,11 @@ def choose_mr(rows: int) -> int:
     return 8 if waste8 < waste12 else 12
 
 
-def pack_rows(a: np.ndarray, mr: int) -> np.ndarray:
-    """(M, K) float32 -> (ceil(M/mr), K, mr) row panels; padded rows are zero."""
-    m, k = a.shape
-    mb = -(-m // mr)
-    padded = np.zeros((mb * mr, k), dtype=np.float32)
-    padded[:m] = a
-    return np.ascontiguousarray(padded.reshape(mb, mr, k).transpose(0, 2, 1))
-
-
-def pack_columns(b: np.ndarray) -> np.ndarray:
-    """(K, N) float32 -> (ceil(N/NR), K, NR) column panels; padded columns are zero."""
-    k, n = b.shape
-    nb = -(-n // NR)
-    padded = np.zeros((k, nb * NR), dtype=np.float32)
-    padded[:, :n] = b
-    return np.ascontiguousarray(padded.reshape(k, nb, NR).transpose(1, 0, 2))
+def choose_gemm_mr(rows: int) -> int:
+    """Tile rows of the GEMM tiles (`gemm_tile`) for A of `rows` rows: one or two rows get tiles
+    of their own (a streaming model's one-position conv, a batch-1 recurrent step), where a
+    4-row tile spent 4x or 2x the multiply-adds; otherwise `choose_mr`."""
+    return rows if 1 <= rows <= 2 else choose_mr(rows)
 
 
 class _VectorIR:
@@ -206,6 +195,8 @@ def _passes(mr: int) -> list[tuple[int, int, int, int]]:
     32 KB at KC = 256, stay in L1/L2)."""
     if wide():
         return [(0, mr, 0, 2)]
+    if mr <= 2:   # one pass over all 32 columns: 4 or 8 accumulators
+        return [(0, mr, 0, 4)]
     rows = 6 if mr % 6 == 0 else 4
     return [(r0, min(rows, mr - r0), v0, 2) for r0 in range(0, mr, rows) for v0 in (0, 2)]
 
@@ -265,11 +256,11 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
             add = builder.icmp_signed("!=", acc_flag, const(0))
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
             for r_first, n_rows, v_first, n_vecs in passes:
-                # allocas in the entry block: LLVM promotes them to registers. AVX-512's 4-row
-                # tiles keep two sets of sums (even and odd k): 8 chains of FMAs do not cover
-                # the FMA latency of two pipes, 16 do (4 x 256 x 512 from L2: 119 -> 196
-                # GFLOP/s measured)
-                sets = 2 if mr == 4 and width == 16 else 1
+                # allocas in the entry block: LLVM promotes them to registers. Small tiles keep
+                # sets of sums (k modulo `sets`) so that 16 (AVX-512) or 8 (AVX2) chains of FMAs
+                # cover the FMA latency of two pipes (AVX-512, 4 x 256 x 512 from L2: 8 chains
+                # 119, 16 chains 196 GFLOP/s measured)
+                sets = max(1, min(4, (16 if width == 16 else 8) // (n_rows * n_vecs)))
                 accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
                         for _ in range(n_vecs * n_rows * sets)]
 
@@ -290,13 +281,14 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                 with cgutils.for_range(builder, builder.sdiv(kk, const(sets))) as loop:
                     for s in range(sets):
                         k_step(builder.add(builder.mul(loop.index, const(sets)), const(s)), s)
-                if sets == 2:
-                    odd = builder.icmp_signed("!=", builder.and_(kk, const(1)), const(0))
-                    with builder.if_then(odd):
-                        k_step(builder.sub(kk, const(1)), 0)
-                    half = n_rows * n_vecs
-                    for slot, other in zip(accs[:half], accs[half:]):
-                        builder.store(builder.fadd(builder.load(slot), builder.load(other)), slot)
+                if sets > 1:   # the last k % sets steps into set 0, then the sets summed
+                    k_tail = builder.mul(builder.sdiv(kk, const(sets)), const(sets))
+                    with cgutils.for_range(builder, builder.sub(kk, k_tail)) as loop:
+                        k_step(builder.add(k_tail, loop.index), 0)
+                    one = n_rows * n_vecs
+                    for s in range(1, sets):
+                        for slot, other in zip(accs[:one], accs[s * one:(s + 1) * one]):
+                            builder.store(builder.fadd(builder.load(slot), builder.load(other)), slot)
                 if not bias_per_row:
                     col_bias = [builder.load(vec_ptr(bias, const(width * (v_first + h))), align=4)
                                 for h in range(n_vecs)]
@@ -338,6 +330,8 @@ if numba is not None:
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)
     conv_micro8 = _make_micro(8, indexed_b=True, bias_per_row=True)
     conv_micro12 = _make_micro(12, indexed_b=True, bias_per_row=True)
+    gemm_micro1 = _make_micro(1, indexed_b=False, bias_per_row=False)
+    gemm_micro2 = _make_micro(2, indexed_b=False, bias_per_row=False)
     gemm_micro4 = _make_micro(4, indexed_b=False, bias_per_row=False)
     gemm_micro8 = _make_micro(8, indexed_b=False, bias_per_row=False)
     gemm_micro12 = _make_micro(12, indexed_b=False, bias_per_row=False)
@@ -374,6 +368,12 @@ if numba is not None:
                             bias, bias_off, res, res_off, lo, hi, md)
             elif mr == 8:
                 gemm_micro8(ap, a_off + k0 * 8, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc, add,
+                            bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 1:
+                gemm_micro1(ap, a_off + k0, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc, add,
+                            bias, bias_off, res, res_off, lo, hi, md)
+            elif mr == 2:
+                gemm_micro2(ap, a_off + k0 * 2, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc, add,
                             bias, bias_off, res, res_off, lo, hi, md)
             else:
                 gemm_micro12(ap, a_off + k0 * 12, bp, b_off + k0 * NR, no_rows, c, c_off, ldc, kc,

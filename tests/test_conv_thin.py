@@ -12,7 +12,7 @@ from ep_cpu import conv_thin, microkernel
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
 pytestmark = pytest.mark.skipif(not microkernel.available(),
-                                reason="the compiled microkernel needs numba and an AVX-512 CPU")
+                                reason="the compiled microkernel needs numba and an AVX2+FMA CPU")
 
 # (input, out channels, kernel, strides, pads, dilations)
 SHAPES = [
@@ -21,6 +21,7 @@ SHAPES = [
     ((2, 64, 4), 64, (3,), (2,), (1, 1), (1,)),              # batch, stride 2
     ((1, 64, 1), 128, (3,), (1,), (1, 1), (1,)),             # one position, mostly padding
     ((1, 128, 1), 1, (1,), (1,), (0, 0), (1,)),              # 1x1 to one channel
+    ((1, 40, 2), 33, (1,), (1,), (0, 0), (1,)),              # 2 positions: 2-row tiles, an edge panel
     ((1, 32, 3, 3), 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
     ((3, 16, 4, 5), 21, (3, 3), (2, 2), (1, 0, 1, 1), (1, 1)),
     ((1, 8, 6, 6), 13, (3, 3), (1, 1), (0, 1, 0, 0), (2, 2)),   # dilation, asymmetric pads

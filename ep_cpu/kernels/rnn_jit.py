@@ -96,7 +96,7 @@ class PackedRecurrent:
         self.n = rt_all.shape[2]
         self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
         self._modes = (microkernel.EPILOGUE, microkernel.EPILOGUE_RES)
-        self._mr = microkernel.choose_mr
+        self._mr = microkernel.choose_gemm_mr
         self._no_bias: dict[int, np.ndarray] = {}   # zeros per direction count
 
     def run_sequence(self, cell_kind: str, proj: np.ndarray, h0: np.ndarray, c: np.ndarray,
