@@ -156,6 +156,30 @@ def test_same_as_blas_path(monkeypatch):
     np.testing.assert_allclose(fast, blas, **TOL)   # (the other path is Winograd here)
 
 
+@pytest.mark.parametrize("shape, path", [
+    (((1, 32, 20, 20), 32, (3, 3), (1, 1)), "implicit"),   # stride 1
+    (((1, 3, 32, 32), 16, (3, 3), (2, 2)), "implicit"),    # a stem: few channels, stride 2
+    (((1, 64, 20, 20), 64, (3, 3), (2, 2)), "im2col"),     # deeper, stride 2
+    (((1, 64, 20, 20), 64, (1, 1), (1, 1)), "im2col"),     # 1x1
+], ids=["3x3", "stem_s2", "deep_s2", "1x1"])
+def test_spatial_kernels_take_the_tiles_where_blas_takes_convs(monkeypatch, shape, path):
+    """Where BLAS takes convs (AVX2 at one thread), spatial kernels of stride 1 and strided ones
+    over a few channels still run on the tiles (`conv._spatial_on_tiles`)."""
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: False)
+    assert jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
+    x_shape, m, ks, strides = shape
+    pads = tuple(k // 2 for k in ks) * 2
+    data, feeds = _model(x_shape, m, ks, strides, pads, (1, 1), "relu")
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ep_core.InferenceSession(data, opts, providers=["cpu"])
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ref, **TOL)
+    paths = [st.kernel._conv_geometry[1][-1] for st in sess._plan.steps
+             if "_conv_geometry" in st.kernel.__dict__]
+    assert paths == [path]
+
+
 def test_nan_and_inf_propagate(implicit_calls):
     data, feeds = _model((1, 8, 6, 6), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), "relu")
     feeds["x"][0, 0, 2, 2] = np.nan

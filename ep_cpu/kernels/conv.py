@@ -241,6 +241,22 @@ IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
 IMPLICIT_1X1_MAX_CHANNELS_AVX2 = 127
 
 
+# Where the implicit conv does not take convs for the threads (AVX2 at one thread: im2col + BLAS),
+# its tiles still win on spatial kernels, whose im2col columns are KH*KW times the input: at
+# stride 1 (YOLOv8n's 3x3 convs of 16-256 channels: 0.62-0.84 of the im2col path's time), and at
+# stride 2 over a few channels (the 3-channel stem 0.66, 16 channels 0.82; 32-128 channels
+# 0.92-1.08: kept on BLAS) (Zen 3, 1 thread, per conv in the model).
+IMPLICIT_SPATIAL_AVX2 = True
+IMPLICIT_STRIDED_MAX_CHANNELS_AVX2 = 16
+
+
+def _spatial_on_tiles(ks, strides, channels: int) -> bool:
+    """A spatial (not 1x1) kernel the implicit conv's tiles take from im2col + BLAS even where
+    they do not take convs for the threads (`IMPLICIT_SPATIAL_AVX2`)."""
+    return (IMPLICIT_SPATIAL_AVX2 and math.prod(ks) > 1 and microkernel.available()
+            and (max(strides) == 1 or channels <= IMPLICIT_STRIDED_MAX_CHANNELS_AVX2))
+
+
 def _winograd_first() -> bool:
     return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
 
@@ -258,7 +274,8 @@ def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int =
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
     if macs >= GEMM_PAR_MIN_MACS and _deep_1x1_on_blas(ks, strides, w_shape[1]):
         return False
-    return (macs >= IMPLICIT_MIN_MACS and conv_implicit.available(threads)
+    return (macs >= IMPLICIT_MIN_MACS
+            and (conv_implicit.available(threads) or _spatial_on_tiles(ks, strides, w_shape[1]))
             and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
 
 
@@ -401,7 +418,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # jit_tier.generation: a compiled path whose kernels were still compiling is chosen again
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
-           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2)
+           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
+           IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -433,7 +451,8 @@ def prepare_constant_weight(k: Kernel) -> None:
         ks, strides, dil = k.conv.spatial(w.shape)
         # (the session's intra-op threads are not known here: the default, all cores)
         implicit = (IMPLICIT and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
-                    and conv_implicit.available(get_num_threads()))
+                    and (conv_implicit.available(get_num_threads())
+                         or _spatial_on_tiles(ks, strides, w.shape[1])))
         winograd_shape = (WINOGRAD and ks == [3, 3] and strides == [1, 1] and dil == [1, 1]
                           and k.conv.group == 1 and compute_dtype(w.dtype) == np.float32
                           and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS)
