@@ -47,7 +47,8 @@ def probes() -> list[Probe]:
               {"x": (1, 64, 32, 32)}, {"w": _w(rng, 64, 64, 3, 3), "b": _w(rng, 64)}),
         Probe("conv_thin", "few-position convs (positions as GEMM rows)",
               [node("Conv", ["x", "w"], ["y"], strides=[64])], {"x": (1, 1, 192)}, {"w": _w(rng, 40, 1, 64)}),
-        Probe("depthwise", "depthwise convs: flat planes (strides 1, 2), masked row vectors (others)",
+        Probe("depthwise", "depthwise convs: flat planes (AVX-512) or zero-padded planes (strides 1, 2), "
+              "masked row vectors (others)",
               [node("Conv", ["x", "w"], ["a"], group=16, strides=[2, 2], pads=[1, 1, 1, 1]),
                node("Conv", ["x", "w"], ["b"], group=16, pads=[1, 1, 1, 1]),
                node("Conv", ["x", "w"], ["c"], group=16, strides=[2, 2])],

@@ -299,7 +299,7 @@ def test_kernel_failure_at_run_time_exits_1(capsys, tmp_path):
 def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatch):
     """`warmup` runs one model per compiled CPU path; each probe's path is really taken (the
     compiled entry points are counted), so the cache it fills is the one sessions load."""
-    from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_direct, depthwise_flat,
+    from ep_cpu import (conv_implicit, conv_thin, depthwise_direct, depthwise_flat, depthwise_padded,
                         microkernel, ml_jit, pool_jit, warmup)
     from ep_cpu.kernels import rnn_jit
     if not microkernel.available():
@@ -307,7 +307,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     hits = []
     for module, name in ((conv_implicit.ImplicitConv, "__call__"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
                          (depthwise_flat.FlatPlan, "__call__"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
-                         (conv_depthwise, "_depthwise_tiles"), (pool_jit, "max_pool_2d"),
+                         (depthwise_padded.PaddedPlan, "__call__"), (pool_jit, "max_pool_2d"),
                          (rnn_jit.PackedRecurrent, "run_sequence"),
                          (ml_jit, "linear_scores")):
         real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
@@ -317,8 +317,8 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     report = json.loads(out)
     assert [p["name"] for p in report["probes"]] == [p.name for p in warmup.probes()]
     # the masked-vector depthwise and pooling kernels and the implicit-GEMM conv are AVX-512's;
-    # AVX2 CPUs take the depthwise tiles, the phase-plane pool and BLAS
+    # AVX2 CPUs take the zero-padded depthwise planes, the phase-plane pool and BLAS
     per_cpu = ({"ImplicitConv.__call__", "depthwise_direct.depthwise_2d", "FlatPlan.__call__",
                 "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d"} if microkernel.wide()
-               else {"conv_depthwise._depthwise_tiles", "pool_jit.max_pool_2d"})
+               else {"PaddedPlan.__call__", "pool_jit.max_pool_2d"})
     assert {"ThinConv.__call__", "PackedRecurrent.run_sequence", "ml_jit.linear_scores"} | per_cpu <= set(hits)

@@ -45,16 +45,16 @@ def _conv_model(in_shape, m, ks, strides, pads, dil, fused_relu: bool):
     return model.SerializeToString(), {"x": rng.standard_normal(in_shape).astype(np.float32)}
 
 
-@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc", "tiles", "tiles_pool"],
+@pytest.mark.parametrize("layout_row_max", [0, 1 << 30, "planes", "nhwc", "tiles", "tiles_pool", "padded"],
                          ids=["nchw_taps", "channels_last_taps", "compiled_planes", "compiled_nhwc",
-                              "compiled_tiles", "compiled_tiles_python_pool"])
+                              "compiled_tiles", "compiled_tiles_python_pool", "compiled_padded"])
 @pytest.mark.parametrize("fused_relu", [False, True], ids=["plain", "fused_relu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_row_max):
     if isinstance(layout_row_max, str):  # the compiled kernels (numba), forced to one layout
         pytest.importorskip("numba")
-        if layout_row_max.startswith("tiles") and not microkernel.available():
-            pytest.skip("the vector-tile depthwise kernel needs an AVX-512 CPU")
+        if layout_row_max.startswith(("tiles", "padded")) and not microkernel.available():
+            pytest.skip("the vector depthwise kernels need an AVX2 or AVX-512 CPU")
         if layout_row_max == "tiles_pool":   # threads through ep_cpu.gemm's pool, not TBB
             monkeypatch.setattr(native_call, "parallel_ok", lambda: False)
             layout_row_max = "tiles"
@@ -64,6 +64,7 @@ def test_depthwise_matches_onnxruntime(monkeypatch, shape, fused_relu, layout_ro
         monkeypatch.setattr(conv_depthwise, "PLANES_MIN_STRIDED", planes_min)
         monkeypatch.setattr(conv_depthwise, "PAR_MIN_MACS", 1)
         monkeypatch.setattr(conv_depthwise, "FLAT", False)   # tests/test_depthwise_flat.py
+        monkeypatch.setattr(conv_depthwise, "PADDED", layout_row_max == "padded")
     else:
         monkeypatch.setattr(conv, "DW_COMPILED", False)
         monkeypatch.setattr(conv_depthwise_numpy, "DW_CHANNELS_LAST_MAX_ROW", layout_row_max)

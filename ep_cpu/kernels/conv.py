@@ -14,8 +14,8 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
-from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, epilogue_jit, jit_tier,
-                    microkernel, vector_math, winograd)
+from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, depthwise_padded,
+                    epilogue_jit, jit_tier, microkernel, vector_math, winograd)
 from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, PAR_MIN_MACS as GEMM_PAR_MIN_MACS, TINY_MACS,
                          _get_pool, gemm, get_num_threads, single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
@@ -331,23 +331,31 @@ def _implicit_conv(k: Kernel, x, w, b, ks, strides, dil, begin, end, out, residu
     return y
 
 
-def _flat_depthwise_plan(k: Kernel, x, w, b, ks, strides, dil, group, begin, out, activation,
-                         activation_params) -> depthwise_flat.FlatPlan | None:
+def _depthwise_plan(k: Kernel, x, w, b, ks, strides, dil, group, begin, out, activation,
+                    activation_params) -> depthwise_flat.FlatPlan | depthwise_padded.PaddedPlan | None:
     """A float32 2-D depthwise conv with a constant weight and a clamp or no activation, of a
-    geometry `depthwise_flat` takes: its plan for this input shape (kept on the kernel by
-    `run_conv`); else None."""
-    if not (DW_COMPILED and conv_depthwise.FLAT and len(ks) == 2 and group > 1
-            and group == x.shape[1] == w.shape[0] and w.shape[1] == 1 and math.prod(ks) > 1
-            and k.ctx.constant_input(1) is not None and depthwise_flat.available()
-            and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out)):
+    geometry `depthwise_flat` (AVX-512) or `depthwise_padded` takes: its plan for this input
+    shape (kept on the kernel by `run_conv`); else None."""
+    if not (DW_COMPILED and len(ks) == 2 and group > 1 and group == x.shape[1] == w.shape[0]
+            and w.shape[1] == 1 and math.prod(ks) > 1 and k.ctx.constant_input(1) is not None):
+        return None
+    flat = (conv_depthwise.FLAT and depthwise_flat.available()
+            and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out))
+    if not flat and not (conv_depthwise.PADDED and depthwise_padded.available()
+                         and depthwise_padded.applies(ks, strides, dil, begin, out)
+                         and jit_tier.ready("depthwise", conv_depthwise.compile_kernels)):
         return None
     clamp = epilogue_jit.clamp_bounds(activation, activation_params or {}) if activation else None
     if activation is not None and clamp is None:
         return None
     c = x.shape[1]
     b32 = np.zeros(c, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(c)
-    return depthwise_flat.FlatPlan(x.shape, np.ascontiguousarray(w.reshape(c, -1), dtype=np.float32),
-                                   b32, ks, strides, dil, begin, out, clamp, get_num_threads(), bias=b)
+    w2 = np.ascontiguousarray(w.reshape(c, -1), dtype=np.float32)
+    if flat:
+        return depthwise_flat.FlatPlan(x.shape, w2, b32, ks, strides, dil, begin, out, clamp,
+                                       get_num_threads(), bias=b)
+    return depthwise_padded.PaddedPlan(x.shape, w2, b32, ks, strides, begin, out, clamp,
+                                       get_num_threads(), bias=b)
 
 
 def implicit_weight(k: Kernel, w: np.ndarray) -> np.ndarray:
@@ -383,17 +391,17 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     if (whole and residual is None and plan.x_shape == x.shape and plan.bias is b
             and plan.threads == get_num_threads() and x.dtype == np.float32):
         return plan(x, None, _get_pool)   # a streaming model's step: the same call again
-    flat = k.__dict__.get("_flat_plan")
-    if (flat is not None and residual is None and flat.x_shape == x.shape and flat.bias is b
-            and flat.threads == get_num_threads() and x.dtype == np.float32):
-        return flat(x, _get_pool)         # a depthwise conv run again
+    dw = k.__dict__.get("_depthwise_plan")
+    if (dw is not None and residual is None and dw.x_shape == x.shape and dw.bias is b
+            and dw.threads == get_num_threads() and x.dtype == np.float32):
+        return dw(x, _get_pool)           # a depthwise conv run again
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
     if path == "im2col" and residual is None and cdt == np.float32 and x.dtype == np.float32:
-        flat = _flat_depthwise_plan(k, x, w, b, ks, strides, dil, group, begin, out, activation,
-                                    activation_params)
-        if flat is not None:
-            k._flat_plan = flat
-            return flat(x, _get_pool)
+        dw = _depthwise_plan(k, x, w, b, ks, strides, dil, group, begin, out, activation,
+                             activation_params)
+        if dw is not None:
+            k._depthwise_plan = dw
+            return dw(x, _get_pool)
     if path == "thin":
         return _thin_conv(k, x, w, b, ks, strides, dil, begin, out, residual, activation,
                           activation_params)
