@@ -9,6 +9,7 @@ from test_conv_implicit import TOL, _model
 
 import ep_core
 from ep_cpu import conv_thin, microkernel
+from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
 pytestmark = pytest.mark.skipif(not microkernel.available(),
@@ -30,6 +31,13 @@ SHAPES = [
     ((1, 8, 8, 8), 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),   # 64 positions: the limit
     ((1, 300, 7, 7), 45, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # deep: 2700 columns of A
 ]
+
+
+@pytest.fixture(autouse=True)
+def _thin_over_blas(monkeypatch):
+    """Every shape here takes the thin path on every CPU and thread count (where BLAS takes convs,
+    maps from 17 positions leave it by default: `conv.THIN_MAX_POSITIONS_ON_BLAS`)."""
+    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_ON_BLAS", conv_thin.MAX_POSITIONS)
 
 
 @pytest.fixture
@@ -71,3 +79,21 @@ def test_more_positions_keep_the_other_paths(thin_calls):
     model, feeds = _model((1, 16, 80), 16, (3,), (1,), (1, 1), (1,), "none")
     ep_core.InferenceSession(model, providers=["cpu"]).run(None, feeds)
     assert not thin_calls
+
+
+@pytest.mark.parametrize("shape, thin", [(((1, 64, 3), 64, (3,)), True), (((1, 64, 7, 7), 64, (1, 1)), False)],
+                         ids=["3_positions", "7x7"])
+def test_blas_takes_7x7_maps_where_it_takes_convs(monkeypatch, thin_calls, shape, thin):
+    """Where BLAS takes convs (AVX2 at one thread), a 7x7 map leaves the thin path and a
+    streaming step's few positions keep it."""
+    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_ON_BLAS", 16)
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: False)
+    x_shape, m, ks = shape
+    pads = (0,) * 2 * len(ks) if ks[0] == 1 else (1,) * 2 * len(ks)
+    model, feeds = _model(x_shape, m, ks, (1,) * len(ks), pads, (1,) * len(ks), "relu")
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 1
+    ours = ep_core.InferenceSession(model, opts, providers=["cpu"]).run(None, feeds)[0]
+    want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(ours, want, **TOL)
+    assert bool(thin_calls) == thin

@@ -257,6 +257,19 @@ def _spatial_on_tiles(ks, strides, channels: int) -> bool:
             and (max(strides) == 1 or channels <= IMPLICIT_STRIDED_MAX_CHANNELS_AVX2))
 
 
+# Where BLAS takes convs (AVX2 at one thread), positions from which a conv leaves the thin path
+# for it: 7x7 maps (ResNet-50's layer4, MobileNetV2's last convs) ran 0.86-1.0 of the thin
+# conv's time through im2col + BLAS or the implicit conv (Zen 3, per conv in the model); a
+# streaming step's few positions stay thin (BLAS is slow on thin products).
+THIN_MAX_POSITIONS_ON_BLAS = 16
+
+
+def _thin_max_positions(threads: int) -> int:
+    if conv_implicit.available(threads):
+        return conv_thin.MAX_POSITIONS
+    return min(conv_thin.MAX_POSITIONS, THIN_MAX_POSITIONS_ON_BLAS)
+
+
 def _winograd_first() -> bool:
     return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
 
@@ -427,7 +440,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
-           IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2)
+           IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2, conv_thin.MAX_POSITIONS,
+           THIN_MAX_POSITIONS_ON_BLAS)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -441,7 +455,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
             and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
-            and 0 < math.prod(out) <= conv_thin.MAX_POSITIONS and x_shape[0] <= 4
+            and 0 < math.prod(out) <= _thin_max_positions(threads) and x_shape[0] <= 4
             and conv_thin.available() and jit_tier.ready("conv_thin", conv_thin.compile_kernels)):
         path = "thin"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)
