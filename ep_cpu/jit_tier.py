@@ -7,7 +7,8 @@ returning (thin convs' microkernel ~5 s, Winograd's transforms ~4 s, ...), 5x a 
 session. Now the first caller of a kernel family asks `ready(name, build)`: `build` (compile, or
 load from the cache: milliseconds) runs on one background thread, the caller waits up to
 `WAIT_S` for it, which a cache load meets, and otherwise takes its fallback path this time.
-Later calls only look whether it has finished. LLVM releases the GIL while it optimizes, so
+Later calls only look whether it has finished; once a wait has run out (`cold`: the cache is
+empty), first requests of other families do not wait either. LLVM releases the GIL while it optimizes, so
 the run goes on beside the compile.
 
 Where a caller keeps a path decision (a conv's geometry, a plan on its kernel) it keys it
@@ -28,6 +29,10 @@ from typing import Any, Callable, Iterator
 
 WAIT_S = 0.25          # a disk-cache load of a kernel family takes ~5-100 ms
 generation = 0         # builds finished so far (callers key cached path choices with it)
+# A first request's wait ran out: the disk cache is empty here (a fresh machine), so later
+# families compile too and their first callers do not wait for them (ResNet-50's cold first
+# run waited WAIT_S for each of six families).
+cold = False
 
 _builds: dict[str, "_Build"] = {}
 _lock = threading.RLock()   # (a build may ask for another family: re-entrant in sync mode)
@@ -87,7 +92,17 @@ def ready(name: str, build: Callable[[], Any]) -> bool:
             _start_worker()
             _wake.notify()
             first = True
-    return b.done.wait(WAIT_S) and b.ok if first else (b.done.is_set() and b.ok)
+    if not first or cold:
+        return b.done.is_set() and b.ok
+    if b.done.wait(WAIT_S):
+        return b.ok
+    _mark_cold()
+    return False
+
+
+def _mark_cold() -> None:
+    global cold
+    cold = True
 
 
 def wait(timeout: float | None = None) -> bool:

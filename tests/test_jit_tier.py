@@ -20,6 +20,7 @@ def background(monkeypatch):
     monkeypatch.setenv("EP_CPU_JIT", "")
     monkeypatch.setattr(jit_tier, "_builds", {})
     monkeypatch.setattr(jit_tier, "WAIT_S", 0.05)
+    monkeypatch.setattr(jit_tier, "cold", False)
 
 
 def test_slow_build_runs_in_the_background(background):
@@ -36,6 +37,20 @@ def test_slow_build_runs_in_the_background(background):
     assert jit_tier.wait(10)
     assert jit_tier.ready("slow", build)
     assert calls == ["ep_cpu_jit"] and jit_tier.generation > before
+
+
+def test_after_a_slow_build_first_requests_do_not_wait(background, monkeypatch):
+    """Once a wait has run out (an empty cache), other families' first callers do not wait."""
+    import time
+    gate = threading.Event()
+    assert not jit_tier.ready("slow", lambda: gate.wait(10))
+    assert jit_tier.cold
+    monkeypatch.setattr(jit_tier, "WAIT_S", 5.0)
+    t0 = time.perf_counter()
+    assert not jit_tier.ready("next", lambda: None)   # queued behind "slow": not waited for
+    assert time.perf_counter() - t0 < 1.0
+    gate.set()
+    assert jit_tier.wait(10) and jit_tier.ready("next", lambda: None)
 
 
 def test_quick_build_is_ready_at_once(background, monkeypatch):
