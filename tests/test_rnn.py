@@ -88,7 +88,8 @@ def test_recurrent_matches_onnxruntime(op, direction, with_lens, with_init, vari
 @pytest.mark.parametrize("with_init", [False, True])
 def test_compiled_time_loop_matches_onnxruntime(op, attrs, direction, batch, hid, with_init, monkeypatch):
     """Hidden sizes that are multiples of 16 take the compiled time loop (microkernel product +
-    compiled cell, `PackedRecurrent.run_sequence`) where it exists: LSTM and GRU with
+    compiled cell, `PackedRecurrent.run_sequence`, or with the input projection in the same
+    compiled call for a few rows, `PackedRecurrent.forward`) where it exists: LSTM and GRU with
     linear_before_reset; GRU without it keeps the numpy step."""
     from ep_cpu.kernels import rnn_jit
     from ep_cpu import microkernel
@@ -96,6 +97,14 @@ def test_compiled_time_loop_matches_onnxruntime(op, attrs, direction, batch, hid
     original = rnn_jit.PackedRecurrent.run_sequence
     monkeypatch.setattr(rnn_jit.PackedRecurrent, "run_sequence",
                         lambda self, *a: taken.append(original(self, *a)) or taken[-1])
+    original_forward = rnn_jit.PackedRecurrent.forward
+
+    def counted_forward(self, *args):
+        out = original_forward(self, *args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(rnn_jit.PackedRecurrent, "forward", counted_forward)
     model, feeds = _model(op, direction, dict(attrs), False, with_init, False, HID=hid, BATCH=batch)
     ours = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -188,3 +197,38 @@ def test_forward_layer_runs_the_short_path(op, attrs, batch, monkeypatch):
     for name, o, r in zip(("Y", "Y_h", "Y_c"), ours, ref):
         np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=f"{op} {name}")
     assert len(results) == 1 and results[0] is not None
+
+
+@pytest.mark.parametrize("op,attrs", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
+def test_streaming_steps_run_after_run_match_onnxruntime(op, attrs):
+    """A batch-1 step fed its own state hundreds of times (the compiled one-call path,
+    `PackedRecurrent.forward`, whose scratch arrays live only inside it): every step matches
+    onnxruntime, and nothing a step freed is written by a later one."""
+    import onnx
+    rng = np.random.default_rng(3)
+    hid, inp, g = 128, 64, GATES[op]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, a.shape, a.ravel()) for n, a in (
+        ("W", rng.uniform(-.2, .2, (1, g * hid, inp)).astype(np.float32)),
+        ("R", rng.uniform(-.2, .2, (1, g * hid, hid)).astype(np.float32)),
+        ("B", rng.uniform(-.2, .2, (1, 2 * g * hid)).astype(np.float32)))]
+    states = ["h"] + (["c"] if op == "LSTM" else [])
+    inputs = ["X", "W", "R", "B", "", "h"] + (["c"] if op == "LSTM" else [])
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    graph = helper.make_graph(
+        [helper.make_node(op, inputs, outs, hidden_size=hid, **attrs)], "step",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, inp])]
+        + [helper.make_tensor_value_info(s, TensorProto.FLOAT, [1, 1, hid]) for s in states],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, hid])]
+        + [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 1, hid]) for o in outs[1:]],
+        initializer=inits)
+    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    ours = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"])
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    state = {s: np.zeros((1, 1, hid), np.float32) for s in states}
+    for step in range(300):
+        feeds = {"X": rng.standard_normal((1, 1, inp)).astype(np.float32), **state}
+        got, want = ours.run(None, feeds), ref.run(None, feeds)
+        for o, r in zip(got, want):
+            np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=f"{op} step {step}")
+        state = dict(zip(states, want[1:]))

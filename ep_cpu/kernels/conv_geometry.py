@@ -6,9 +6,14 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def compute_dtype(dtype: np.dtype) -> np.dtype:
     """Accumulation dtype: float64 stays, everything narrower computes in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+    if dtype is _F32:   # the usual case, without a dtype construction (every conv call asks)
+        return _F32
+    return _F64 if np.dtype(dtype) == _F64 else _F32
 
 
 def pad_spatial(x: np.ndarray, begin, end, value=0) -> np.ndarray:

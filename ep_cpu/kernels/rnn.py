@@ -132,13 +132,27 @@ class _Recurrent(Kernel):
             wt, wb_in = per_dir[0][:2]
             proj_bias = np.array(wb_in, dtype=np.float32).reshape(1, 1, -1)
             kind, step_bias = self._compiled_cell(self._fold_recurrent_bias(proj_bias, rb_all[:1]))
-            fast = self._forward_weights = (wt, np.ascontiguousarray(wt.unpack(), dtype=np.float32),
-                                            proj_bias.reshape(1, -1), kind, step_bias)
-        wt, w_t, bias, kind, step_bias = fast
+            w_t = np.ascontiguousarray(wt.unpack(), dtype=np.float32)
+            fast = self._forward_weights = (wt, w_t, proj_bias.reshape(1, -1), kind, step_bias,
+                                            PackedRecurrent.projection_args(w_t, proj_bias))
+        wt, w_t, bias, kind, step_bias, (proj_args, _) = fast
         seq, batch, _ = x.shape
         if seq == 0:
             return None
         hid = w_t.shape[1] // self.n_gates
+        f32 = np.float32
+        if (seq * batch <= 32 and x.dtype == f32 and x.flags.c_contiguous
+                and (initial_h is None or (initial_h.dtype == f32 and initial_h.flags.c_contiguous
+                                           and initial_h.shape == (1, batch, hid)))
+                and (initial_c is None or (initial_c.dtype == f32 and initial_c.flags.c_contiguous
+                                           and initial_c.shape == (1, batch, hid)))):
+            # a streaming step: projection, steps and outputs in one compiled call
+            out = self.jit_matmul.forward(
+                kind, x, proj_args,
+                np.zeros((1, batch, hid), f32) if initial_h is None else initial_h,
+                np.zeros((1, batch, hid), f32) if initial_c is None else initial_c, step_bias)
+            if out is not None:
+                return out[:max(1, len(self.node.outputs))]
         if seq * batch <= 32:   # a few rows: one BLAS call
             proj = np.matmul(x.reshape(seq * batch, -1), w_t)
             proj += bias

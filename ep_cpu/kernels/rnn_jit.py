@@ -130,6 +130,40 @@ class PackedRecurrent:
             np.ascontiguousarray(bias, dtype=np.float32), use_res)
         return True
 
+    def forward(self, cell_kind: str, x: np.ndarray, w_args: np.ndarray, h0: np.ndarray,
+                c0: np.ndarray, bias: np.ndarray | None) -> tuple | None:
+        """(Y, Y_h, Y_c) of a forward layer from x (seq, batch, in) float32 C-contiguous, in one
+        compiled call: the input projection through `w_args` (`projection_args`), then every
+        step (as `run_sequence`). h0, c0 (1, batch, H) float32 C-contiguous; c0 is not written.
+        None where the compiled cell does not apply (as `run_sequence`)."""
+        seq, batch, _ = x.shape
+        hid = h0.shape[-1]
+        if hid % 16 or not vector_math.available():
+            return None
+        n = self.n
+        use_res = bias is None
+        if bias is None:
+            bias = self._no_bias.get(1)
+            if bias is None:
+                bias = self._no_bias[1] = np.zeros((1, n), dtype=np.float32)
+        m = seq * batch
+        return _project_and_run(self._gemm.address, vector_math.cell_callback(cell_kind).address,
+                                x.reshape(m, -1), w_args, m, self._mr(m), seq, batch, n, h0, c0,
+                                self.pack_addrs, self.packs[0].shape[0], self._mr(batch), bias,
+                                use_res)
+
+    @staticmethod
+    def projection_args(w_t: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """(microkernel.GEMM_ARGS of x @ W^T + bias for `forward`, the arrays whose addresses
+        they hold: keep them as long as the arguments): W^T (in, G*H) float32 packed into
+        column panels here."""
+        panels = gemm_compiled.pack(w_t)
+        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+        args = native_call.pack(0, 0, w_t.shape[0], panels.ctypes.data, panels.shape[0], w_t.shape[1], 0,
+                                b.ctypes.data, 1, b.ctypes.data, 0, -np.inf, np.inf,
+                                microkernel.EPILOGUE, 0, 0, 0)
+        return args, (panels, b)
+
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
                  add: np.ndarray | None = None) -> None:
         from ep_cpu.native_call import pack
@@ -191,6 +225,28 @@ if numba is not None:
                    use_res):  # pragma: no cover - compiled
         for d in range(proj.shape[1]):
             _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
+
+    @numba.njit(nogil=True, cache=True)
+    def _project_and_run(gemm, cell, x2, proj_args, m, mr_in, seq, batch, n, h0, c0, packs_at, nb,
+                         mr, bias, use_res):  # pragma: no cover - compiled
+        # One forward direction from its input in one dispatch from Python: proj = x2 @ W^T +
+        # b through the microkernel (proj_args: microkernel.GEMM_ARGS of W^T's panels and the
+        # bias, A and y filled in here), then every time step. Returns (Y, Y_h, Y_c).
+        hid = h0.shape[2]
+        proj = np.empty((seq, 1, batch, n), dtype=np.float32)
+        args = proj_args.copy()
+        args[0], args[1], args[6], args[14] = x2.ctypes.data, m, mr_in, proj.ctypes.data
+        call_void(gemm, (np.int64(args.ctypes.data), np.int64(0), np.int64(args[4]), np.int64(0),
+                         (m + mr_in - 1) // mr_in))
+        hist = np.empty((seq, 1, batch, hid), dtype=np.float32)
+        c = c0.copy()   # updated in place: the caller's initial state stays as it was
+        gates = np.empty((1, batch, n), dtype=np.float32)
+        _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, 0)
+        # args, proj and gates went to the callbacks by address: numba frees an array after its
+        # last use in this function, so they are used again here, after the calls
+        if args.size + proj.size + gates.size == 0:
+            return hist, hist[-1].copy(), c
+        return hist, hist[-1].copy(), c
 
     @numba.njit(nogil=True, cache=True, parallel=True)
     def _run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
