@@ -186,13 +186,13 @@ def _depthwise_tiles(x, w, strides, dilations, begin, out_shape, bias, clamp, th
 # 96x112x112 266 vs 391 us, 576x14x14 39 vs 65, 192x28x28 43 vs 71, 960x14x14 56 vs 138).
 FLAT = True
 
-# Strides 1 and 2 without dilation where `depthwise_flat` does not run (AVX2): `depthwise_padded`
+# Strides 1 and 2 without dilation on AVX2 CPUs (no `depthwise_flat` there): `depthwise_padded`
 # (each channel copied into a zero-padded plane, every tap one unmasked flat shift), measured
 # faster than every kernel below on MobileNetV2's shapes (Zen 3, 1 thread, 3x3: 960x7x7 78 vs
 # 111 us, 384x14x14 79 vs 110, 192x28x28 118 vs 138, 144x56x56 305 vs 322, 32x112x112 256 vs
 # 271; stride 2: 576x14x14 65 vs 118, 192x28x28 55 vs 132, 144x56x56 138 vs 270, 96x112x112 319
-# vs 530).
-PADDED = True
+# vs 530). AVX-512 CPUs keep the masked kernels (not measured against it there).
+PADDED = not microkernel.wide()
 
 # `depthwise_direct` (masked vectors read from the input, no planes) where it measured faster
 # than the kernels below (1 thread, 3x3, MobileNetV2's shapes): every stride-2 map with rows of

@@ -251,6 +251,7 @@ class ThinConv:
             self.panels, m, mr, 0 if bias is None else native_call.address(self._bias32),
             bias is not None, 0, 0, clamp[0], clamp[1], 0, offs.shape[0], self.image // x_shape[1],
             plain)
+        native_call.check_args(thin_conv(), self.template)   # `_one_image` calls it unchecked
 
     def __call__(self, x: np.ndarray, residual: np.ndarray | None = None,
                  pool=None) -> np.ndarray:

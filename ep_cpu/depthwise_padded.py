@@ -299,7 +299,6 @@ class PaddedPlan:
         lo, hi = (-math.inf, math.inf) if clamp is None else clamp
         self.x_shape, self.threads, self.bias = tuple(x_shape), threads, bias
         self.y_shape = (n, c, oh, ow)
-        self.image, self.out_size = c * h * wd, c * oh * ow
         self.workers = native_call.workers_for(threads, c, n * c * oh * ow * kh * kw)
         self._keep = (w2, b, shifts)   # addresses in the template
         at = native_call.address
@@ -309,16 +308,8 @@ class PaddedPlan:
 
     def __call__(self, x: np.ndarray, pool: Callable) -> np.ndarray:
         """A new (N, C, OH, OW) array from float32 x of `x_shape`."""
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        y = np.empty(self.y_shape, dtype=np.float32)
-        x_at, y_at = native_call.address(x), native_call.address(y)
-        fn = padded_range()
-        for i in range(self.y_shape[0]):
-            args = self.template.copy()
-            args[0], args[7] = x_at + 4 * i * self.image, y_at + 4 * i * self.out_size
-            native_call.run_ranges(fn, args, self.y_shape[1], 1, self.workers, True, pool)
-        return y
+        return native_call.run_images(padded_range(), self.template, x, self.y_shape, 0, 7, self.workers,
+                                      pool)
 
 
 def depthwise_2d(x: np.ndarray, w: np.ndarray, strides, begin, out_shape,

@@ -215,6 +215,25 @@ def run_blocks(fn: Callable, total: int, workers: int, args_before: tuple, args_
             f.result()
 
 
+def run_images(callback, template: np.ndarray, x: np.ndarray, y_shape: tuple, x_slot: int,
+               y_slot: int, workers: int, pool: Callable) -> np.ndarray:
+    """A new float32 y of `y_shape` (N, C, ...) from x (N, ...; float32 C-contiguous, else
+    copied) image by image: `callback` over the C channels [0, C) (`run_ranges`, by columns),
+    with a copy of its packed arguments `template` holding the image's x and y addresses at
+    x_slot and y_slot."""
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    n = y_shape[0]
+    y = np.empty(y_shape, dtype=np.float32)
+    x_at, y_at = address(x), address(y)
+    image, out_size = x.size // max(n, 1), y.size // max(n, 1)
+    for i in range(n):
+        args = template.copy()
+        args[x_slot], args[y_slot] = x_at + 4 * i * image, y_at + 4 * i * out_size
+        run_ranges(callback, args, y_shape[1], 1, workers, True, pool)
+    return y
+
+
 def compile_runner() -> None:
     """Compile (or load) `run_parts` for the one signature `run_ranges` calls it with, and the
     threading-layer probe: for `ep_cpu.jit_tier` builds of kernels that run on it."""

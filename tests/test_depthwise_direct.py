@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from depthwise_models import depthwise_clip_model
 
 import ep_core
 from ep_cpu import conv_depthwise, depthwise_direct, native_call
@@ -73,15 +73,7 @@ def test_model_depthwise_convs_take_it(monkeypatch):
     monkeypatch.setattr(depthwise_direct, "depthwise_2d", lambda *a: calls.append(a[5]) or real(*a))
     ort = pytest.importorskip("onnxruntime")
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=32, strides=[2, 2]),
-             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
-             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
-             helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
-    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 41, 41])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = depthwise_clip_model(32, 41, strides=[2, 2])
     feeds = {"x": rng.standard_normal((1, 32, 41, 41)).astype(np.float32)}
     ours = ep_core.InferenceSession(model, providers=["cpu"]).run(None, feeds)[0]
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from compiled_threads import threads_via
-from onnx import TensorProto, helper
+from depthwise_models import depthwise_clip_model
 
 import ep_core
 from ep_cpu import conv_depthwise, depthwise_padded, native_call
@@ -85,24 +85,16 @@ def test_nan_and_inf_reach_only_their_outputs():
 
 
 def test_model_depthwise_convs_take_it(monkeypatch):
-    """A model's depthwise convs run here where the masked AVX-512 kernel does not, through a
-    plan kept on the kernel (`PaddedPlan`), run after run."""
+    """A model's depthwise convs run here (AVX2 CPUs), through a plan kept on the kernel
+    (`PaddedPlan`), run after run."""
     monkeypatch.setattr(conv_depthwise, "FLAT", False)
+    monkeypatch.setattr(conv_depthwise, "PADDED", True)   # (AVX-512 CPUs: off by default)
     calls = []
     real = depthwise_padded.PaddedPlan.__call__
     monkeypatch.setattr(depthwise_padded.PaddedPlan, "__call__",
                         lambda self, *a: calls.append(self.y_shape[2:]) or real(self, *a))
     ort = pytest.importorskip("onnxruntime")
-    rng = np.random.default_rng(0)
-    w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=32, pads=[1, 1, 1, 1], strides=[2, 2]),
-             helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
-             helper.make_tensor("lo", TensorProto.FLOAT, [], [0.0]),
-             helper.make_tensor("hi", TensorProto.FLOAT, [], [6.0])]
-    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 15, 15])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
-    model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = depthwise_clip_model(32, 15, pads=[1, 1, 1, 1], strides=[2, 2])
     sess = ep_core.InferenceSession(model, providers=["cpu"])
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     for seed in (1, 2):

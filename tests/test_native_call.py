@@ -50,9 +50,9 @@ def test_run_parts_calls_every_range_once(by_columns, parts):
 
 
 def test_callers_build_arguments_the_callbacks_read(monkeypatch):
-    """gemm_compiled.matmul, conv_implicit.conv2d, conv_thin.conv and depthwise_direct hand
-    run_ranges packed arguments of the count their callback reads."""
-    from ep_cpu import conv_implicit, conv_thin, depthwise_direct
+    """gemm_compiled.matmul, conv_implicit.conv2d, conv_thin.conv, depthwise_padded and
+    depthwise_direct hand run_ranges packed arguments of the count their callback reads."""
+    from ep_cpu import conv_implicit, conv_thin, depthwise_direct, depthwise_padded
     from ep_cpu.kernels.conv import _tap_offsets
     seen = []
     real = native_call.run_ranges
@@ -74,8 +74,12 @@ def test_callers_build_arguments_the_callbacks_read(monkeypatch):
     conv_implicit.conv2d(x, conv_implicit.pack_weight(w), 8, (3, 3), (1, 1), (1, 1), (1, 1), (1, 1),
                          (9, 9), None, None, None, 1, None)
     offs = _tap_offsets((9, 9), (3, 3), (4, 4), (1, 1), (0, 0), (2, 2))
-    conv_thin.conv(x, conv_thin.PackedWeight(w), offs, None, None, (-np.inf, np.inf), (2, 2))
+    # (two images: one image on one thread calls the callback from compiled code, `_one_image`)
+    conv_thin.conv(np.concatenate([x, x]), conv_thin.PackedWeight(w), offs, None, None,
+                   (-np.inf, np.inf), (2, 2))
+    depthwise_padded.depthwise_2d(x, w[:3, :1], (1, 1), (1, 1), (9, 9), None, None, 1, None)
     depthwise_direct.depthwise_2d(x, w[:3, :1], (1, 1), (1, 1), (1, 1), (9, 9), None, None, 1, None)
     depthwise_direct.max_pool_2d(x, (3, 3), (2, 2), (1, 1), (1, 1), (5, 5), 1, None)
     assert seen == [microkernel.gemm_range(), microkernel.conv_range(), conv_thin.thin_conv(),
+                    conv_thin.thin_conv(), depthwise_padded.padded_range(),
                     depthwise_direct.depthwise_range(), depthwise_direct.depthwise_range(True)]
