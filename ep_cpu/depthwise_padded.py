@@ -49,13 +49,21 @@ def available() -> bool:
     return numba is not None and mk.available()
 
 
+# Padded image (values) up to which a channel takes this path: its four scratch planes stay a
+# few MB (a 1024x1024 map); larger maps keep the kernels of `ep_cpu.conv_depthwise`
+MAX_PLANE = 1 << 20
+
+
 def applies(kernel_shape, strides, dilations, begin, out_shape) -> bool:
-    """Strides 1 or 2 (the same both ways), no dilation, non-negative leading pads."""
+    """Strides 1 or 2 (the same both ways), no dilation, non-negative leading pads, a padded
+    image of at most MAX_PLANE values."""
     if len(out_shape) != 2 or min(out_shape) <= 0 or len(strides) != 2 or len(kernel_shape) != 2:
         return False
     s = int(strides[0])
+    hp = s * (int(out_shape[0]) - 1) + int(kernel_shape[0])
+    wp = s * (int(out_shape[1]) - 1) + int(kernel_shape[1])
     return (s in (1, 2) and int(strides[1]) == s and all(int(d) == 1 for d in dilations)
-            and min(int(b) for b in begin) >= 0)
+            and min(int(b) for b in begin) >= 0 and hp * wp <= MAX_PLANE)
 
 
 @functools.lru_cache(maxsize=256)

@@ -72,6 +72,7 @@ def test_other_geometries_are_not_taken():
     assert not depthwise_padded.applies((3, 3), (3, 3), (1, 1), (1, 1), (5, 5))   # stride 3
     assert not depthwise_padded.applies((3, 3), (1, 1), (2, 2), (1, 1), (5, 5))   # dilation
     assert not depthwise_padded.applies((3,), (1,), (1,), (1,), (5,))              # 1-D
+    assert not depthwise_padded.applies((3, 3), (1, 1), (1, 1), (1, 1), (2048, 2048))   # huge map
 
 
 def test_nan_and_inf_reach_only_their_outputs():
