@@ -16,7 +16,7 @@ from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
 from ep_cpu import (conv_depthwise, conv_implicit, conv_thin, depthwise_flat, depthwise_padded,
                     epilogue_jit, jit_tier, microkernel, vector_math, winograd)
-from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, PAR_MIN_MACS as GEMM_PAR_MIN_MACS, TINY_MACS,
+from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS,
                          _get_pool, gemm, get_num_threads, single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
 from ep_cpu.kernels import conv_depthwise_numpy
@@ -234,11 +234,16 @@ IMPLICIT = True
 WINOGRAD_OVER_IMPLICIT: bool | None = None
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
 # Where the implicit conv takes convs only for the threads (AVX2: `microkernel.convs_beat_blas`
-# without `beats_blas`), a deep 1x1 conv of stride 1 runs faster as W @ X on BLAS: from
-# GEMM_PAR_MIN_MACS up the product runs on `ep_cpu.gemm`'s pool tiles, one one-thread BLAS call
-# each (Zen 3, 2 threads, ResNet-50's 1x1 convs from 128 input channels: 0.77-0.91 of the implicit
-# conv's time; MobileNetV2's from 16-96 channels: 1.1-1.6x, they stay implicit).
+# without `beats_blas`), a large deep 1x1 conv of stride 1 runs faster as W @ X on BLAS: the
+# product runs on `ep_cpu.gemm`'s pool tiles, one one-thread BLAS call each, rows split between
+# the threads. Zen 3, 2 threads, per conv in the model: from 128 input and 128 output channels
+# and 32M multiply-adds (ResNet-50's layer2-4 1x1 convs, 51-103M) 0.76-1.0 of the implicit
+# conv's time; smaller ones were 1.1-3x slower there (YOLOv8n's 10-20M, MobileNetV2's
+# 11M with 24-96 outputs, ResNet-50's 256->64), as are fewer output channels (too few rows to
+# split).
 IMPLICIT_1X1_MAX_CHANNELS_AVX2 = 127
+IMPLICIT_1X1_BLAS_MIN_OUTPUTS = 128
+IMPLICIT_1X1_BLAS_MIN_MACS = 1 << 25
 
 
 # Where the implicit conv does not take convs for the threads (AVX2 at one thread: im2col + BLAS),
@@ -274,18 +279,20 @@ def _winograd_first() -> bool:
     return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
 
 
-def _deep_1x1_on_blas(ks, strides, channels: int) -> bool:
-    """A 1x1 stride-1 conv deep enough for BLAS's pool tiles to beat the implicit conv where it
-    takes convs only for the threads (from GEMM_PAR_MIN_MACS multiply-adds)."""
+def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None) -> bool:
+    """A 1x1 stride-1 conv large enough for BLAS's pool tiles to beat the implicit conv where it
+    takes convs only for the threads (`macs` None: of any size, for the weight packed at
+    session build)."""
     return (list(ks) == [1, 1] and list(strides) == [1, 1]
-            and channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and not microkernel.beats_blas())
+            and channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and outputs >= IMPLICIT_1X1_BLAS_MIN_OUTPUTS
+            and (macs is None or macs >= IMPLICIT_1X1_BLAS_MIN_MACS) and not microkernel.beats_blas())
 
 
 def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1) -> bool:
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
-    if macs >= GEMM_PAR_MIN_MACS and _deep_1x1_on_blas(ks, strides, w_shape[1]):
+    if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs):
         return False
     return (macs >= IMPLICIT_MIN_MACS
             and (conv_implicit.available(threads) or _spatial_on_tiles(ks, strides, w_shape[1]))
@@ -440,6 +447,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
+           IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
            IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2, conv_thin.MAX_POSITIONS,
            THIN_MAX_POSITIONS_ON_BLAS)
     cached = k.__dict__.get("_conv_geometry")
@@ -480,9 +488,9 @@ def prepare_constant_weight(k: Kernel) -> None:
                           and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS)
         if winograd_shape and (_winograd_first() or not implicit):
             winograd_weight(k, w, np.dtype(np.float32))
-        elif implicit and not _deep_1x1_on_blas(ks, strides, w.shape[1]):
-            # (a Winograd conv on a small map, or a deep 1x1 one below GEMM_PAR_MIN_MACS,
-            # packs it on first use)
+        elif implicit and not _deep_1x1_on_blas(ks, strides, w.shape[1], w.shape[0], None):
+            # (a Winograd conv on a small map, or a deep 1x1 one below
+            # IMPLICIT_1X1_BLAS_MIN_MACS, packs it on first use)
             implicit_weight(k, w)
 
 
