@@ -66,8 +66,15 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 # 64-byte aligned channel rows: 0-9% faster on MobileNetV2's 7x7 and 14x14 maps (1 thread)
 ALIGN_MAX_POSITIONS = 1024
 
-# Panels per thread hand-off: fewer and one thread runs all (a hand-off costs ~20-60 us).
+# Panels per thread hand-off: fewer and one thread runs all (a hand-off to the Python pool costs
+# ~20-60 us; to numba's TBB threads ~2 us, so two panels a thread pay there: MobileNetV2's
+# 384->64 1x1 conv on 14x14, 7 tiles, 174 -> ~100 us at 2 threads)
 PAR_MIN_PANELS = 4
+PAR_MIN_PANELS_TBB = 2
+
+
+def _min_panels() -> int:
+    return min(PAR_MIN_PANELS, PAR_MIN_PANELS_TBB) if native_call.parallel_ok() else PAR_MIN_PANELS
 
 
 def _split_by_columns(tiles: int, row_panels: int) -> bool:
@@ -253,8 +260,12 @@ class ImplicitConv:
         row_panels = packed_w.shape[0]
         self.by_columns = _split_by_columns(tiles, row_panels)
         self.row_panels = row_panels
-        self.workers = max(1, min(threads, (tiles if self.by_columns else row_panels) // PAR_MIN_PANELS))
-        self.last_workers = max(1, min(threads, row_panels // PAR_MIN_PANELS))
+        # threads for the work: a hand-off per panels' and multiply-adds' worth (`workers_for`)
+        macs, per = n * m * c * kh * kw * oh * ow, _min_panels()
+        self.workers = native_call.workers_for(
+            threads, (tiles if self.by_columns else row_panels) // per, macs)
+        self.last_workers = native_call.workers_for(threads, row_panels // per,
+                                                    m * c * kh * kw * NR)
         at = native_call.address
         self._keep = (packed_w, rows)   # addresses in the templates
         # microkernel.CONV_ARGS; per call: xf (0), res (11), y (16), out (19)
