@@ -10,8 +10,11 @@ packing pass, now ~15 us over the bare product), runs the microkernel on W^T pac
 session constant) and stores each tile transposed with the epilogue (`ep_cpu.tile_transpose`:
 in registers, where a scalar pass over a transposed scratch spent 1-2 cycles a value): ~2 us of
 product plus the call for the STFT. Bias (one per output channel: a column here), residual and
-a clamp run in that store. float32, group 1, AVX2 or AVX-512 CPUs (on AVX2 too: VAD's six
-convs 265 against 378 us a step through BLAS, 7x7 maps equal at 1 thread and 25-40% faster at 2).
+a clamp run in that store. float32, group 1, AVX2 or AVX-512 CPUs; on AVX2 only up to 16
+positions (`ep_cpu.kernels.conv.THIN_MAX_POSITIONS_AVX2`: VAD's six convs 265 against 378 us a
+step through BLAS; 7x7 maps ran faster through BLAS or the implicit conv there). One or two
+positions take the microkernel's 1- and 2-row tiles, and one image on one thread is one
+compiled call from Python (`_one_image`).
 """
 from __future__ import annotations
 

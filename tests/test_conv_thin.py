@@ -35,9 +35,9 @@ SHAPES = [
 
 @pytest.fixture(autouse=True)
 def _thin_over_blas(monkeypatch):
-    """Every shape here takes the thin path on every CPU and thread count (where BLAS takes convs,
-    maps from 17 positions leave it by default: `conv.THIN_MAX_POSITIONS_ON_BLAS`)."""
-    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_ON_BLAS", conv_thin.MAX_POSITIONS)
+    """Every shape here takes the thin path on every CPU (on AVX2 CPUs maps from 17 positions
+    leave it by default: `conv.THIN_MAX_POSITIONS_AVX2`)."""
+    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_AVX2", conv_thin.MAX_POSITIONS)
 
 
 @pytest.fixture
@@ -81,18 +81,19 @@ def test_more_positions_keep_the_other_paths(thin_calls):
     assert not thin_calls
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape, thin", [(((1, 64, 3), 64, (3,)), True), (((1, 64, 7, 7), 64, (1, 1)), False)],
                          ids=["3_positions", "7x7"])
-def test_blas_takes_7x7_maps_where_it_takes_convs(monkeypatch, thin_calls, shape, thin):
-    """Where BLAS takes convs (AVX2 at one thread), a 7x7 map leaves the thin path and a
-    streaming step's few positions keep it."""
-    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_ON_BLAS", 16)
+def test_avx2_takes_7x7_maps_elsewhere(monkeypatch, thin_calls, shape, thin, threads):
+    """On AVX2 CPUs a 7x7 map leaves the thin path (for im2col + BLAS at one thread, the
+    implicit conv at two) and a streaming step's few positions keep it."""
+    monkeypatch.setattr(conv, "THIN_MAX_POSITIONS_AVX2", 16)
     monkeypatch.setattr(microkernel, "beats_blas", lambda: False)
     x_shape, m, ks = shape
     pads = (0,) * 2 * len(ks) if ks[0] == 1 else (1,) * 2 * len(ks)
     model, feeds = _model(x_shape, m, ks, (1,) * len(ks), pads, (1,) * len(ks), "relu")
     opts = ep_core.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     ours = ep_core.InferenceSession(model, opts, providers=["cpu"]).run(None, feeds)[0]
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(ours, want, **TOL)

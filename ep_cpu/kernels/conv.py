@@ -262,17 +262,18 @@ def _spatial_on_tiles(ks, strides, channels: int) -> bool:
             and (max(strides) == 1 or channels <= IMPLICIT_STRIDED_MAX_CHANNELS_AVX2))
 
 
-# Where BLAS takes convs (AVX2 at one thread), positions from which a conv leaves the thin path
-# for it: 7x7 maps (ResNet-50's layer4, MobileNetV2's last convs) ran 0.86-1.0 of the thin
-# conv's time through im2col + BLAS or the implicit conv (Zen 3, per conv in the model); a
-# streaming step's few positions stay thin (BLAS is slow on thin products).
-THIN_MAX_POSITIONS_ON_BLAS = 16
+# On AVX2 CPUs (no `microkernel.beats_blas`), positions from which a conv leaves the thin path:
+# 7x7 maps ran 0.86-1.0 of the thin conv's time through im2col + BLAS at one thread (ResNet-50's
+# layer4, MobileNetV2's last convs), and mostly 0.68-0.89 of it through the implicit conv at two
+# (Zen 3, per conv in the model); a streaming step's few positions stay thin (BLAS is slow on
+# thin products).
+THIN_MAX_POSITIONS_AVX2 = 16
 
 
-def _thin_max_positions(threads: int) -> int:
-    if conv_implicit.available(threads):
+def _thin_max_positions() -> int:
+    if microkernel.beats_blas():
         return conv_thin.MAX_POSITIONS
-    return min(conv_thin.MAX_POSITIONS, THIN_MAX_POSITIONS_ON_BLAS)
+    return min(conv_thin.MAX_POSITIONS, THIN_MAX_POSITIONS_AVX2)
 
 
 def _winograd_first() -> bool:
@@ -449,7 +450,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
            IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
            IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2, conv_thin.MAX_POSITIONS,
-           THIN_MAX_POSITIONS_ON_BLAS)
+           THIN_MAX_POSITIONS_AVX2)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -463,7 +464,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
             and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
-            and 0 < math.prod(out) <= _thin_max_positions(threads) and x_shape[0] <= 4
+            and 0 < math.prod(out) <= _thin_max_positions() and x_shape[0] <= 4
             and conv_thin.available() and jit_tier.ready("conv_thin", conv_thin.compile_kernels)):
         path = "thin"
     geo = (ks, strides, dil, group, g.pads_begin, g.pads_end, out, path)
