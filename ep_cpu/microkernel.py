@@ -1,7 +1,8 @@
 """The register-tiled GEMM microkernel shared by the compiled convolution and GEMM drivers.
 
-`micro8` / `micro12` compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR] over k for one
-tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed column panel (k, NR)
+The micro kernels (MR = 4, 8, 12 rows; the GEMM's also 1 and 2, for one position or a batch-1
+recurrent step: `choose_gemm_mr`) compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR]
+over k for one tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed column panel (k, NR)
 read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR accumulators stay in
 registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per accumulator and k.
 
@@ -9,7 +10,7 @@ They are written in LLVM IR (`llvm.fma`) through numba's `intrinsic`: numba's au
 does not keep a tile of accumulators in registers, and numba ships LLVM, so no compiler is needed
 on the user's machine. CPUs with AVX-512F (`wide()`) run a tile in one pass over k; AVX2 + FMA
 CPUs (`available()`) in passes of at most 6 rows x 16 columns of 8-float vectors (`_passes`: 12
-accumulators of their 16 registers). Where the tiles are the faster GEMM and convolution path is
+accumulators of their 16 registers; 1- and 2-row tiles in one pass over all 32 columns). Where the tiles are the faster GEMM and convolution path is
 `beats_blas()` (AVX-512 only: on AVX2 OpenBLAS's own kernel wins); the thin convs and the
 recurrent steps use them on both.
 
