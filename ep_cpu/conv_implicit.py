@@ -68,7 +68,7 @@ ALIGN_MAX_POSITIONS = 1024
 
 # Panels per thread hand-off: fewer and one thread runs all (a hand-off to the Python pool costs
 # ~20-60 us; to numba's TBB threads ~2 us, so two panels a thread pay there: MobileNetV2's
-# 384->64 1x1 conv on 14x14, 7 tiles, 174 -> ~100 us at 2 threads)
+# 384->64 1x1 conv on 14x14, 7 tiles, 174 -> 117 us at 2 threads)
 PAR_MIN_PANELS = 4
 PAR_MIN_PANELS_TBB = 2
 

@@ -1,5 +1,6 @@
 """Depthwise convolution through a zero-padded copy of each channel: every tap one flat shift,
-no lane masks in the multiply-adds (AVX2 as well as AVX-512 CPUs).
+no lane masks in the multiply-adds. It runs on AVX2 and AVX-512 CPUs; `ep_cpu.conv_depthwise`
+routes AVX2's depthwise convs of strides 1 and 2 here.
 
 A channel is copied into a scratch plane with its padding as zeros, rows `wq` values apart
 (stride 1: the padded image; stride 2: its four stride-phase planes, each input row split into
@@ -37,9 +38,6 @@ except ImportError:  # pragma: no cover - numba is a dependency
 
 GROUP = 4        # 16-float output vectors per `tap_group` call (8 AVX2 accumulators)
 SPAN = 16 * GROUP
-# Copies move 16 floats at a time, a row's last 8 or fewer as 8 (AVX2: 7x7 and 14x14 maps'
-# rows in 16-float vectors cost twice the loads and stores; 112x112's rows in 8-float ones ~15%
-# slower)
 # packed arguments of the callback (native_call.pack), in this order
 PADDED_ARGS = ("x", "h", "w", "stride", "weights", "taps", "bias", "y", "oh", "ow", "shifts",
                "ph", "pw", "hp", "wp", "wq", "plane_stride", "nq", "p_size", "lo", "hi")
@@ -131,7 +129,9 @@ def _make_kernels():
 
 
 def _make_copies(LANES: int):
-    """copy_run, move, split_run on vectors of LANES floats."""
+    """copy_run, move, split_run on vectors of LANES floats. The drivers move 16 floats at a
+    time and a row's last 8 or fewer as 8 (AVX2: 7x7 and 14x14 maps' rows in 16-float vectors
+    cost twice the loads and stores; 112x112's rows in 8-float ones ran ~15% slower)."""
     i64 = types.int64
     vec = ir.VectorType(ir.FloatType(), LANES)
     align = ir.Constant(ir.IntType(32), 4)

@@ -8,8 +8,8 @@ session. Now the first caller of a kernel family asks `ready(name, build)`: `bui
 load from the cache: milliseconds) runs on one background thread, the caller waits up to
 `WAIT_S` for it, which a cache load meets, and otherwise takes its fallback path this time.
 Later calls only look whether it has finished; once a wait has run out (`cold`: the cache is
-empty), first requests of other families do not wait either. LLVM releases the GIL while it optimizes, so
-the run goes on beside the compile.
+empty), first requests of other families do not wait either. LLVM releases the GIL while it
+optimizes, so the run goes on beside the compile.
 
 Where a caller keeps a path decision (a conv's geometry, a plan on its kernel) it keys it
 with `generation`, bumped whenever a build finishes, so the decision is taken again then.
