@@ -2,17 +2,18 @@
 
 The micro kernels (MR = 4, 8, 12 rows; the GEMM's also 1 and 2, for one position or a batch-1
 recurrent step: `choose_gemm_mr`) compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR]
-over k for one tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed column panel (k, NR)
-read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR accumulators stay in
-registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per accumulator and k.
+over k for one tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed
+column panel (k, NR) read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR
+accumulators stay in registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per
+accumulator and k.
 
 They are written in LLVM IR (`llvm.fma`) through numba's `intrinsic`: numba's auto-vectorizer
 does not keep a tile of accumulators in registers, and numba ships LLVM, so no compiler is needed
 on the user's machine. CPUs with AVX-512F (`wide()`) run a tile in one pass over k; AVX2 + FMA
 CPUs (`available()`) in passes of at most 6 rows x 16 columns of 8-float vectors (`_passes`: 12
-accumulators of their 16 registers; 1- and 2-row tiles in one pass over all 32 columns). Where the tiles are the faster GEMM and convolution path is
-`beats_blas()` (AVX-512 only: on AVX2 OpenBLAS's own kernel wins); the thin convs and the
-recurrent steps use them on both.
+accumulators of their 16 registers; 1- and 2-row tiles in one pass over all 32 columns). Where
+the tiles are the faster GEMM and convolution path is `beats_blas()` (AVX-512 only: on AVX2
+OpenBLAS's own kernel wins); the thin convs and the recurrent steps use them on both.
 
 The compiled drivers that call the microkernel live here too (`conv_in_place` for
 `ep_cpu.conv_implicit`, `gemm_panels` for `ep_cpu.gemm_compiled`): numba's disk cache checks only
