@@ -161,10 +161,12 @@ def test_same_as_blas_path(monkeypatch):
     (((1, 3, 32, 32), 16, (3, 3), (2, 2)), "implicit"),    # a stem: few channels, stride 2
     (((1, 64, 20, 20), 64, (3, 3), (2, 2)), "im2col"),     # deeper, stride 2
     (((1, 64, 20, 20), 64, (1, 1), (1, 1)), "im2col"),     # 1x1
-], ids=["3x3", "stem_s2", "deep_s2", "1x1"])
+    (((1, 16, 56, 56), 96, (1, 1), (1, 1)), "implicit"),   # shallow 1x1 on a large map
+], ids=["3x3", "stem_s2", "deep_s2", "1x1", "shallow_1x1"])
 def test_spatial_kernels_take_the_tiles_where_blas_takes_convs(monkeypatch, shape, path):
-    """Where BLAS takes convs (AVX2 at one thread), spatial kernels of stride 1 and strided ones
-    over a few channels still run on the tiles (`conv._spatial_on_tiles`)."""
+    """Where BLAS takes convs (AVX2 at one thread), spatial kernels of stride 1, strided ones
+    over a few channels and shallow 1x1 ones on large maps still run on the tiles
+    (`conv._spatial_on_tiles`)."""
     monkeypatch.setattr(microkernel, "beats_blas", lambda: False)
     assert jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
     x_shape, m, ks, strides = shape

@@ -251,15 +251,25 @@ IMPLICIT_1X1_BLAS_MIN_MACS = 1 << 25
 # stride 1 (YOLOv8n's 3x3 convs of 16-256 channels: 0.62-0.84 of the im2col path's time), and at
 # stride 2 over a few channels (the 3-channel stem 0.66, 16 channels 0.82; 32-128 channels
 # 0.92-1.08: kept on BLAS) (Zen 3, 1 thread, per conv in the model).
+# So do shallow 1x1 convs on large maps, whose product BLAS runs at ~24 GMAC/s with K or M this
+# small (MobileNetV2's 16->96 on 112x112, 24->144 and 96->24 on 56x56: 0.80-0.88 of the time;
+# 32-channel ones level).
 IMPLICIT_SPATIAL_AVX2 = True
 IMPLICIT_STRIDED_MAX_CHANNELS_AVX2 = 16
+IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2 = 24
+IMPLICIT_SHALLOW_1X1_MIN_POSITIONS = 56 * 56
 
 
-def _spatial_on_tiles(ks, strides, channels: int) -> bool:
-    """A spatial (not 1x1) kernel the implicit conv's tiles take from im2col + BLAS even where
-    they do not take convs for the threads (`IMPLICIT_SPATIAL_AVX2`)."""
-    return (IMPLICIT_SPATIAL_AVX2 and math.prod(ks) > 1 and microkernel.available()
-            and (max(strides) == 1 or channels <= IMPLICIT_STRIDED_MAX_CHANNELS_AVX2))
+def _spatial_on_tiles(ks, strides, channels: int, outputs: int = 0, positions: int = 0) -> bool:
+    """A conv the implicit conv's tiles take from im2col + BLAS even where they do not take
+    convs for the threads (`IMPLICIT_SPATIAL_AVX2`): a spatial (not 1x1) kernel, or a shallow
+    1x1 one of stride 1 on a large map (`outputs`, `positions`: 0 where not known yet)."""
+    if not (IMPLICIT_SPATIAL_AVX2 and microkernel.available()):
+        return False
+    if math.prod(ks) == 1:
+        return (max(strides) == 1 and positions >= IMPLICIT_SHALLOW_1X1_MIN_POSITIONS
+                and min(channels, outputs) <= IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2)
+    return max(strides) == 1 or channels <= IMPLICIT_STRIDED_MAX_CHANNELS_AVX2
 
 
 # On AVX2 CPUs (no `microkernel.beats_blas`), positions from which a conv leaves the thin path:
@@ -296,7 +306,8 @@ def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int =
     if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs):
         return False
     return (macs >= IMPLICIT_MIN_MACS
-            and (conv_implicit.available(threads) or _spatial_on_tiles(ks, strides, w_shape[1]))
+            and (conv_implicit.available(threads)
+                 or _spatial_on_tiles(ks, strides, w_shape[1], w_shape[0], math.prod(out)))
             and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
 
 
@@ -449,7 +460,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
            IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
-           IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2, conv_thin.MAX_POSITIONS,
+           IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2,
+           IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2, IMPLICIT_SHALLOW_1X1_MIN_POSITIONS, conv_thin.MAX_POSITIONS,
            THIN_MAX_POSITIONS_AVX2)
     cached = k.__dict__.get("_conv_geometry")
     if cached is not None and cached[0] == key:
