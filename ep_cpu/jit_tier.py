@@ -73,6 +73,7 @@ def ready(name: str, build: Callable[[], Any]) -> bool:
     """Whether kernel family `name` is compiled (or loaded) and may run now. The first request
     starts `build` (it compiles every kernel of the family, e.g. by calling them on tiny
     inputs); called by any thread, cheap once it has finished."""
+    global cold
     b = _builds.get(name)
     if b is not None and b.done.is_set():
         return b.ok
@@ -96,13 +97,8 @@ def ready(name: str, build: Callable[[], Any]) -> bool:
         return b.done.is_set() and b.ok
     if b.done.wait(WAIT_S):
         return b.ok
-    _mark_cold()
-    return False
-
-
-def _mark_cold() -> None:
-    global cold
     cold = True
+    return False
 
 
 def wait(timeout: float | None = None) -> bool:

@@ -115,20 +115,26 @@ class PackedRecurrent:
                 and h0.flags.c_contiguous and c.flags.c_contiguous and hist.flags.c_contiguous)):
             return False
         gates = np.empty(proj.shape[1:], dtype=np.float32)
-        use_res = bias is None
-        if bias is None:   # a constant of this layer's shape (only read)
-            bias = self._no_bias.get(proj.shape[1])
-            if bias is None:
-                bias = self._no_bias[proj.shape[1]] = np.zeros((proj.shape[1], self.n), dtype=f32)
+        bias, use_res = self._step_bias(bias, proj.shape[1])
         # bidirectional: one direction per thread (no hand-off between them until the end)
         parallel = proj.shape[1] > 1 and threads > 1 and native_call.parallel_ok()
         if parallel:
             native_call.set_threads(min(threads, proj.shape[1]))
         run = _run_steps_parallel if parallel else _run_steps
         run(self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c, hist,
-            gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]),
-            np.ascontiguousarray(bias, dtype=np.float32), use_res)
+            gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]), bias, use_res)
         return True
+
+    def _step_bias(self, bias: np.ndarray | None, ndir: int) -> tuple[np.ndarray, bool]:
+        """(the bias (D, G*H) the compiled steps add to the product, whether the projection is
+        added in the product's tile store instead): no bias is a zeros constant of this shape,
+        kept (only read)."""
+        if bias is not None:
+            return np.ascontiguousarray(bias, dtype=np.float32), False
+        zeros = self._no_bias.get(ndir)
+        if zeros is None:
+            zeros = self._no_bias[ndir] = np.zeros((ndir, self.n), dtype=np.float32)
+        return zeros, True
 
     def forward(self, cell_kind: str, x: np.ndarray, w_args: np.ndarray, h0: np.ndarray,
                 c0: np.ndarray, bias: np.ndarray | None) -> tuple | None:
@@ -141,11 +147,7 @@ class PackedRecurrent:
         if hid % 16 or not vector_math.available():
             return None
         n = self.n
-        use_res = bias is None
-        if bias is None:
-            bias = self._no_bias.get(1)
-            if bias is None:
-                bias = self._no_bias[1] = np.zeros((1, n), dtype=np.float32)
+        bias, use_res = self._step_bias(bias, 1)
         m = seq * batch
         return _project_and_run(self._gemm.address, vector_math.cell_callback(cell_kind).address,
                                 x.reshape(m, -1), w_args, m, self._mr(m), seq, batch, n, h0, c0,
