@@ -199,47 +199,53 @@ if numba is not None:
                 flat[full + i] = pad[i]
 
 
+    # The cells run each activation over a whole row of gates, then the element-wise updates as
+    # plain loops LLVM vectorizes (unsigned indices): interleaving the activations 16 values at a
+    # time with the updates took 7.5 us a step for 4 rows x 256 units, this 4.3 (Zen 3).
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def _lstm_cell(gates, c, h_out, rows, hid):  # pragma: no cover - compiled
         # gates (rows, 4 hid): pre-activations of i, o, f, c~ with the input projection and the
         # biases in; c (rows, hid) in place; h_out = o * tanh(c). hid a multiple of 16.
+        u64 = np.uint64
         for b in range(rows):
             g0 = b * 4 * hid
-            for j in range(0, hid, 16):
-                gi, go, gf, gc = g0 + j, g0 + hid + j, g0 + 2 * hid + j, g0 + 3 * hid + j
-                activate16(gates, gi, SIGMOID)
-                activate16(gates, go, SIGMOID)
-                activate16(gates, gf, SIGMOID)
-                activate16(gates, gc, TANH)
-                cb = b * hid + j
-                for k in range(16):
-                    c[cb + k] = gates[gf + k] * c[cb + k] + gates[gi + k] * gates[gc + k]
-                    h_out[cb + k] = c[cb + k]
-                activate16(h_out, cb, TANH)
-                for k in range(16):
-                    h_out[cb + k] *= gates[go + k]
+            for j in range(g0, g0 + 3 * hid, 16):
+                activate16(gates, j, SIGMOID)
+            for j in range(g0 + 3 * hid, g0 + 4 * hid, 16):
+                activate16(gates, j, TANH)
+            gi, go, gf, gc, cb = u64(g0), u64(g0 + hid), u64(g0 + 2 * hid), u64(g0 + 3 * hid), u64(b * hid)
+            for k in range(hid):
+                kk = u64(k)
+                v = gates[gf + kk] * c[cb + kk] + gates[gi + kk] * gates[gc + kk]
+                c[cb + kk] = v
+                h_out[cb + kk] = v
+            for j in range(b * hid, (b + 1) * hid, 16):
+                activate16(h_out, j, TANH)
+            for k in range(hid):
+                h_out[cb + u64(k)] *= gates[go + u64(k)]
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def _gru_cell(gates, xp, h_prev, h_out, rows, hid):  # pragma: no cover - compiled
         # linear_before_reset: gates (rows, 3 hid) = h_prev R^T with the recurrent bias of the
         # candidate in; xp the input projection with the other biases in.
         # z, r = sigmoid(gates + xp); n = tanh(xp_n + r * gates_n); h_out = n + z (h_prev - n)
+        u64 = np.uint64
         for b in range(rows):
             g0 = b * 3 * hid
-            for j in range(0, hid, 16):
-                gz, gr, gn = g0 + j, g0 + hid + j, g0 + 2 * hid + j
-                for k in range(16):
-                    gates[gz + k] += xp[gz + k]
-                    gates[gr + k] += xp[gr + k]
-                activate16(gates, gz, SIGMOID)
-                activate16(gates, gr, SIGMOID)
-                for k in range(16):
-                    gates[gn + k] = xp[gn + k] + gates[gr + k] * gates[gn + k]
-                activate16(gates, gn, TANH)
-                hb = b * hid + j
-                for k in range(16):
-                    n = gates[gn + k]
-                    h_out[hb + k] = n + gates[gz + k] * (h_prev[hb + k] - n)
+            gz, gr, gn, hb = u64(g0), u64(g0 + hid), u64(g0 + 2 * hid), u64(b * hid)
+            for k in range(2 * hid):
+                gates[gz + u64(k)] += xp[gz + u64(k)]
+            for j in range(g0, g0 + 2 * hid, 16):
+                activate16(gates, j, SIGMOID)
+            for k in range(hid):
+                kk = u64(k)
+                gates[gn + kk] = xp[gn + kk] + gates[gr + kk] * gates[gn + kk]
+            for j in range(g0 + 2 * hid, g0 + 3 * hid, 16):
+                activate16(gates, j, TANH)
+            for k in range(hid):
+                kk = u64(k)
+                n = gates[gn + kk]
+                h_out[hb + kk] = n + gates[gz + kk] * (h_prev[hb + kk] - n)
 
     CELL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
                           types.int64, types.int64)
