@@ -101,9 +101,10 @@ class PackedRecurrent:
 
     def run_sequence(self, cell_kind: str, proj: np.ndarray, h0: np.ndarray, c: np.ndarray,
                      hist: np.ndarray, bias: np.ndarray | None, threads: int = 1) -> bool:
-        """Every time step in one compiled loop: hist[t] (seq, D, B, H) from proj (seq, D, B,
-        G*H, the input projection with the additive biases in), the initial h0 (D, B, H) and c
-        (D, B, H, the LSTM's cell state, updated in place). `bias` (D, G*H) is added to the
+        """Every time step in one compiled loop: hist[t] (seq, D, B, H) from proj (D, seq, B,
+        G*H: the input projection with the additive biases in, each direction's in the order
+        of its steps), the initial h0 (D, B, H) and c (D, B, H, the LSTM's cell state, updated
+        in place). `bias` (D, G*H) is added to the
         product (the GRU's candidate bias, inside the reset gate); None for the LSTM, whose
         projection is added in the product's tile store instead. False (nothing done) where
         the compiled cell does not apply: hidden size not a multiple of 16, other layouts.
@@ -114,12 +115,12 @@ class PackedRecurrent:
                 or c.dtype != f32 or hist.dtype != f32 or not (proj.flags.c_contiguous
                 and h0.flags.c_contiguous and c.flags.c_contiguous and hist.flags.c_contiguous)):
             return False
-        gates = np.empty(proj.shape[1:], dtype=np.float32)
-        bias, use_res = self._step_bias(bias, proj.shape[1])
+        gates = np.empty((proj.shape[0],) + proj.shape[2:], dtype=np.float32)
+        bias, use_res = self._step_bias(bias, proj.shape[0])
         # bidirectional: one direction per thread (no hand-off between them until the end)
-        parallel = proj.shape[1] > 1 and threads > 1 and native_call.parallel_ok()
+        parallel = proj.shape[0] > 1 and threads > 1 and native_call.parallel_ok()
         if parallel:
-            native_call.set_threads(min(threads, proj.shape[1]))
+            native_call.set_threads(min(threads, proj.shape[0]))
         run = _run_steps_parallel if parallel else _run_steps
         run(self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c, hist,
             gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]), bias, use_res)
@@ -195,11 +196,11 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, inline="always")
     def _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
                        d):  # pragma: no cover - compiled
-        # Per step: gates = h R^T (+ bias, + proj[t] where use_res) through the microkernel's
+        # Per step: gates = h R^T (+ bias, + proj[d, t] where use_res) through the microkernel's
         # `gemm`, then `cell` turns them into hist[t]. gemm and cell are the addresses of C
         # callbacks (`ep_cpu.native_call`). A whole direction at a time: its R^T stays in this
         # core's L2.
-        seq, ndir, rows, n = proj.shape
+        ndir, seq, rows, n = proj.shape
         hid = h0.shape[2]
         panels = (rows + mr - 1) // mr
         # addresses as the C callbacks take them
@@ -214,7 +215,7 @@ if numba is not None:
         args_at = np.int64(args.ctypes.data)
         for t in range(seq):
             hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
-            xp = np.int64(proj[t, d].ctypes.data)
+            xp = np.int64(proj[d, t].ctypes.data)
             args[0] = hp
             args[9] = xp if use_res else b
             call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
@@ -225,7 +226,7 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True)
     def _run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
                    use_res):  # pragma: no cover - compiled
-        for d in range(proj.shape[1]):
+        for d in range(proj.shape[0]):
             _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
 
     @numba.njit(nogil=True, cache=True)
@@ -235,7 +236,7 @@ if numba is not None:
         # b through the microkernel (proj_args: microkernel.GEMM_ARGS of W^T's panels and the
         # bias, A and y filled in here), then every time step. Returns (Y, Y_h, Y_c).
         hid = h0.shape[2]
-        proj = np.empty((seq, 1, batch, n), dtype=np.float32)
+        proj = np.empty((1, seq, batch, n), dtype=np.float32)
         args = proj_args.copy()
         args[0], args[1], args[6], args[14] = x2.ctypes.data, m, mr_in, proj.ctypes.data
         call_void(gemm, (np.int64(args.ctypes.data), np.int64(0), np.int64(args[4]), np.int64(0),
@@ -253,7 +254,7 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, parallel=True)
     def _run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
                             use_res):  # pragma: no cover - compiled
-        for d in numba.prange(proj.shape[1]):
+        for d in numba.prange(proj.shape[0]):
             _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
 
 
