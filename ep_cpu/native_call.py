@@ -27,6 +27,7 @@ try:
     import numba
     from llvmlite import ir
     from numba import types
+    from numba.core import cgutils
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
@@ -122,6 +123,39 @@ if numba is not None:
 
         return sig, codegen
 
+    def _slot(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.gep(arr.data, [args[1]])
+
+    @intrinsic
+    def claim(typingctx, flags, index):
+        """flags[index] (int64) = 1 atomically; True for the one caller that found it 0."""
+        def codegen(context, builder, signature, args):
+            old = builder.atomic_rmw("xchg", _slot(context, builder, signature, args),
+                                     ir.Constant(ir.IntType(64), 1), "seq_cst")
+            return builder.icmp_signed("==", old, ir.Constant(ir.IntType(64), 0))
+        return types.boolean(flags, types.int64), codegen
+
+    @intrinsic
+    def add_count(typingctx, counts, index):
+        """counts[index] (int64) += 1 atomically (a release of what the caller wrote before)."""
+        def codegen(context, builder, signature, args):
+            builder.atomic_rmw("add", _slot(context, builder, signature, args),
+                               ir.Constant(ir.IntType(64), 1), "seq_cst")
+            return context.get_dummy_value()
+        return types.void(counts, types.int64), codegen
+
+    @intrinsic
+    def read_count(typingctx, counts, index):
+        """counts[index] (int64), an atomic load (an acquire of what the counters' adders wrote
+        before adding), with a spin-wait hint to the CPU (pause)."""
+        def codegen(context, builder, signature, args):
+            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                   "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+            return builder.load_atomic(_slot(context, builder, signature, args), "seq_cst", 8)
+        return types.int64(counts, types.int64), codegen
+
     @numba.njit(nogil=True, cache=True, parallel=True)
     def run_parts(fn_addr, args_at, cols, rows, parts, by_columns):  # pragma: no cover - compiled
         """fn(args_at, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
@@ -136,6 +170,12 @@ if numba is not None:
 
 
 # --- threads for the callbacks ------------------------------------------------------------------
+
+def yield_address() -> int:
+    """The C library's sched_yield, for compiled spin-waits that outlast a few thousand pauses
+    (the other thread descheduled on a busy machine)."""
+    return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
+
 
 _parallel_state: dict = {"checked": False, "ok": False}
 _parallel_lock = threading.Lock()

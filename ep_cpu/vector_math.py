@@ -199,69 +199,76 @@ if numba is not None:
                 flat[full + i] = pad[i]
 
 
-    # The cells run each activation over a whole row of gates, then the element-wise updates as
-    # plain loops LLVM vectorizes (unsigned indices): interleaving the activations 16 values at a
-    # time with the updates took 7.5 us a step for 4 rows x 256 units, this 4.3 (Zen 3).
+    # The cells run each activation over a row's gates, then the element-wise updates as plain
+    # loops LLVM vectorizes (unsigned indices): interleaving the activations 16 values at a time
+    # with the updates took 7.5 us a step for 4 rows x 256 units, this 4.3 (Zen 3). Units
+    # [u0, u1) only (multiples of 16): a step split between two threads runs half each.
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def _lstm_cell(gates, c, h_out, rows, hid):  # pragma: no cover - compiled
+    def _lstm_cell(gates, c, h_out, rows, hid, u0, u1):  # pragma: no cover - compiled
         # gates (rows, 4 hid): pre-activations of i, o, f, c~ with the input projection and the
         # biases in; c (rows, hid) in place; h_out = o * tanh(c). hid a multiple of 16.
         u64 = np.uint64
         for b in range(rows):
             g0 = b * 4 * hid
-            for j in range(g0, g0 + 3 * hid, 16):
-                activate16(gates, j, SIGMOID)
-            for j in range(g0 + 3 * hid, g0 + 4 * hid, 16):
+            for gate in range(3):
+                for j in range(g0 + gate * hid + u0, g0 + gate * hid + u1, 16):
+                    activate16(gates, j, SIGMOID)
+            for j in range(g0 + 3 * hid + u0, g0 + 3 * hid + u1, 16):
                 activate16(gates, j, TANH)
-            gi, go, gf, gc, cb = u64(g0), u64(g0 + hid), u64(g0 + 2 * hid), u64(g0 + 3 * hid), u64(b * hid)
-            for k in range(hid):
+            gi, go, gf, gc, cb = (u64(g0 + u0), u64(g0 + hid + u0), u64(g0 + 2 * hid + u0),
+                                  u64(g0 + 3 * hid + u0), u64(b * hid + u0))
+            for k in range(u1 - u0):
                 kk = u64(k)
                 v = gates[gf + kk] * c[cb + kk] + gates[gi + kk] * gates[gc + kk]
                 c[cb + kk] = v
                 h_out[cb + kk] = v
-            for j in range(b * hid, (b + 1) * hid, 16):
+            for j in range(b * hid + u0, b * hid + u1, 16):
                 activate16(h_out, j, TANH)
-            for k in range(hid):
+            for k in range(u1 - u0):
                 h_out[cb + u64(k)] *= gates[go + u64(k)]
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def _gru_cell(gates, xp, h_prev, h_out, rows, hid):  # pragma: no cover - compiled
+    def _gru_cell(gates, xp, h_prev, h_out, rows, hid, u0, u1):  # pragma: no cover - compiled
         # linear_before_reset: gates (rows, 3 hid) = h_prev R^T with the recurrent bias of the
         # candidate in; xp the input projection with the other biases in.
         # z, r = sigmoid(gates + xp); n = tanh(xp_n + r * gates_n); h_out = n + z (h_prev - n)
         u64 = np.uint64
         for b in range(rows):
             g0 = b * 3 * hid
-            gz, gr, gn, hb = u64(g0), u64(g0 + hid), u64(g0 + 2 * hid), u64(b * hid)
-            for k in range(2 * hid):
+            gz, gr, gn, hb = u64(g0 + u0), u64(g0 + hid + u0), u64(g0 + 2 * hid + u0), u64(b * hid + u0)
+            for k in range(u1 - u0):
                 gates[gz + u64(k)] += xp[gz + u64(k)]
-            for j in range(g0, g0 + 2 * hid, 16):
-                activate16(gates, j, SIGMOID)
-            for k in range(hid):
+                gates[gr + u64(k)] += xp[gr + u64(k)]
+            for gate in range(2):
+                for j in range(g0 + gate * hid + u0, g0 + gate * hid + u1, 16):
+                    activate16(gates, j, SIGMOID)
+            for k in range(u1 - u0):
                 kk = u64(k)
                 gates[gn + kk] = xp[gn + kk] + gates[gr + kk] * gates[gn + kk]
-            for j in range(g0 + 2 * hid, g0 + 3 * hid, 16):
+            for j in range(g0 + 2 * hid + u0, g0 + 2 * hid + u1, 16):
                 activate16(gates, j, TANH)
-            for k in range(hid):
+            for k in range(u1 - u0):
                 kk = u64(k)
                 n = gates[gn + kk]
                 h_out[hb + kk] = n + gates[gz + kk] * (h_prev[hb + kk] - n)
 
     CELL_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64,
-                          types.int64, types.int64)
+                          types.int64, types.int64, types.int64, types.int64)
 
-    def _lstm_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid):  # pragma: no cover
+    def _lstm_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid, u0,
+                      u1):  # pragma: no cover
         f32_at = microkernel.f32_at
         _lstm_cell(numba.carray(f32_at(gates_at), (rows * 4 * hid,)),
                    numba.carray(f32_at(c_at), (rows * hid,)),
-                   numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid)
+                   numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid, u0, u1)
 
-    def _gru_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid):  # pragma: no cover
+    def _gru_cell_at(gates_at, xp_at, c_at, h_prev_at, h_out_at, rows, hid, u0,
+                     u1):  # pragma: no cover
         f32_at = microkernel.f32_at
         _gru_cell(numba.carray(f32_at(gates_at), (rows * 3 * hid,)),
                   numba.carray(f32_at(xp_at), (rows * 3 * hid,)),
                   numba.carray(f32_at(h_prev_at), (rows * hid,)),
-                  numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid)
+                  numba.carray(f32_at(h_out_at), (rows * hid,)), rows, hid, u0, u1)
 
     TILE_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
 
@@ -278,9 +285,9 @@ if numba is not None:
         return native_call.callback(_activate_tile, sig=TILE_SIG)
 
     def cell_callback(kind: str):
-        """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid)` (float32 arrays by
+        """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid, u0, u1)` (float32 arrays by
         address, C-contiguous, hid a multiple of 16) of one recurrent time step after its
-        product: "LSTM" (gates hold the input projection already; c updated in place) or "GRU"
+        product, for hidden units [u0, u1) (multiples of 16): "LSTM" (gates hold the input projection already; c updated in place) or "GRU"
         (linear_before_reset; c unused). Compiled, or loaded from the disk cache, on first use."""
         return native_call.callback({"LSTM": _lstm_cell_at, "GRU": _gru_cell_at}[kind], sig=CELL_SIG)
 

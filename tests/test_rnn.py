@@ -232,3 +232,64 @@ def test_streaming_steps_run_after_run_match_onnxruntime(op, attrs):
         for o, r in zip(got, want):
             np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=f"{op} step {step}")
         state = dict(zip(states, want[1:]))
+
+
+def _step_inputs(op: str, hid: int, rows: int, seq: int, seed: int = 5):
+    """A PackedRecurrent of random R^T and the arrays of `run_sequence` for one direction."""
+    from ep_cpu.kernels import rnn_jit
+    rng = np.random.default_rng(seed)
+    n = GATES[op] * hid
+    pr = rnn_jit.PackedRecurrent(rng.uniform(-.15, .15, (1, hid, n)).astype(np.float32))
+    proj = rng.standard_normal((1, seq, rows, n)).astype(np.float32)
+    h0 = rng.standard_normal((1, rows, hid)).astype(np.float32)
+    c0 = rng.standard_normal((1, rows, hid)).astype(np.float32)
+    bias = rng.standard_normal((1, n)).astype(np.float32) if op == "GRU" else None
+    return pr, proj, h0, c0, bias
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("hid,rows", [(64, 1), (128, 4), (192, 3)])
+def test_steps_split_between_two_threads_match_one_thread(op, hid, rows, monkeypatch):
+    """At two threads a one-direction layer's steps are split by hidden units between the
+    threads (`rnn_jit._half_steps`, a barrier per step): the same sums in the same order, so
+    the same bits as one thread; and a thread alone (its partner never starting) claims both
+    halves of every step itself."""
+    from ep_cpu import microkernel, native_call, vector_math
+    from ep_cpu.kernels import rnn_jit
+    if not microkernel.available():
+        pytest.skip("the compiled time loop needs numba and an AVX2+FMA CPU")
+    monkeypatch.setattr(rnn_jit, "SPLIT_MIN_MACS", 0)
+    seq = 9
+    pr, proj, h0, c0, bias = _step_inputs(op, hid, rows, seq)
+    results = []
+    for threads in (1, 2):
+        c, hist = c0.copy(), np.full((seq, 1, rows, hid), np.nan, np.float32)
+        assert pr.run_sequence(op, proj, h0, c, hist, bias, threads)
+        results.append((hist, c))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
+    # one thread on its own: rnn_jit._half_steps as the first of two, the second never comes
+    c, hist = c0.copy(), np.full((seq, 1, rows, hid), np.nan, np.float32)
+    step_bias, use_res = pr._step_bias(bias, 1)
+    claims, done = np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64)
+    rnn_jit._half_steps(pr._gemm.address, vector_math.cell_callback(op).address, proj, h0, c, hist,
+                        np.empty((1, rows, GATES[op] * hid), np.float32), pr.pack_addrs,
+                        pr.packs[0].shape[0], microkernel.choose_gemm_mr(rows), step_bias, use_res,
+                        claims, done, 1, native_call.yield_address())
+    np.testing.assert_array_equal(hist, results[0][0])
+    assert claims.all() and (done == 2).all()
+
+
+@pytest.mark.parametrize("op,attrs", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
+def test_split_steps_in_a_session_match_onnxruntime(op, attrs, monkeypatch):
+    """A forward layer of hidden 64 at two intra-op threads (its steps split between them; 35
+    rows: not the one-call path of a few rows)."""
+    from ep_cpu.kernels import rnn_jit
+    monkeypatch.setattr(rnn_jit, "SPLIT_MIN_MACS", 0)
+    model, feeds = _model(op, "forward", dict(attrs), False, True, False, HID=64, BATCH=5)
+    options = ep_core.SessionOptions()
+    options.intra_op_num_threads = 2
+    ours = ep_core.InferenceSession(model.SerializeToString(), options, providers=["cpu"]).run(None, feeds)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for name, o, r in zip(("Y", "Y_h", "Y_c"), ours, ref):
+        np.testing.assert_allclose(o, r, rtol=1e-5, atol=2e-6, err_msg=f"{op} {name}")

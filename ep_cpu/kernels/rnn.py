@@ -166,7 +166,7 @@ class _Recurrent(Kernel):
              else np.array(initial_c, dtype=np.float32, order="C"))
         if (h0.shape != (1, batch, hid) or c.shape != (1, batch, hid)
                 or not self.jit_matmul.run_sequence(kind, proj.reshape(1, seq, batch, -1), h0, c, y,
-                                                    step_bias)):
+                                                    step_bias, get_num_threads())):
             return None
         return (y, y[-1].copy(), c)[:max(1, len(self.node.outputs))]
 

@@ -16,6 +16,8 @@ import numpy as np
 from ep_cpu import gemm_compiled, microkernel, native_call, vector_math
 
 SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
+# multiply-adds of a step from which two threads split a one-direction layer's steps
+SPLIT_MIN_MACS = 1 << 18
 
 _lock = threading.Lock()
 _compiled: Callable | None = None
@@ -65,6 +67,15 @@ def _build() -> Callable | None:
     return rows_times_rt
 
 
+_yield_at: list[int] = []
+
+
+def _yield_address() -> int:
+    if not _yield_at:
+        _yield_at.append(native_call.yield_address())
+    return _yield_at[0]
+
+
 def recurrent_matmul(dtype: np.dtype) -> Callable | None:
     """`f(h, rt, out)`: out = h @ rt for C-contiguous (D, B, H), (D, H, N), (D, B, N) arrays of
     `dtype` (float32/float64), compiled for it now (so the first run does not pay); None where
@@ -104,26 +115,34 @@ class PackedRecurrent:
         """Every time step in one compiled loop: hist[t] (seq, D, B, H) from proj (D, seq, B,
         G*H: the input projection with the additive biases in, each direction's in the order
         of its steps), the initial h0 (D, B, H) and c (D, B, H, the LSTM's cell state, updated
-        in place). `bias` (D, G*H) is added to the
-        product (the GRU's candidate bias, inside the reset gate); None for the LSTM, whose
-        projection is added in the product's tile store instead. False (nothing done) where
-        the compiled cell does not apply: hidden size not a multiple of 16, other layouts.
-        `threads` > 1 runs the directions of a bidirectional layer side by side."""
+        in place). `bias` (D, G*H) is added to the product (the GRU's candidate bias, inside
+        the reset gate); None for the LSTM, whose projection is added in the product's tile
+        store instead. False (nothing done) where the compiled cell does not apply: hidden size
+        not a multiple of 16, other layouts. `threads` > 1 runs the directions of a
+        bidirectional layer side by side, and splits each step of a one-direction layer between
+        two threads (`_half_steps`; hidden size a multiple of 64, from SPLIT_MIN_MACS)."""
         hid = h0.shape[-1]
         f32 = np.float32
         if (hid % 16 or not vector_math.available() or proj.dtype != f32 or h0.dtype != f32
                 or c.dtype != f32 or hist.dtype != f32 or not (proj.flags.c_contiguous
                 and h0.flags.c_contiguous and c.flags.c_contiguous and hist.flags.c_contiguous)):
             return False
-        gates = np.empty((proj.shape[0],) + proj.shape[2:], dtype=np.float32)
-        bias, use_res = self._step_bias(bias, proj.shape[0])
-        # bidirectional: one direction per thread (no hand-off between them until the end)
-        parallel = proj.shape[0] > 1 and threads > 1 and native_call.parallel_ok()
-        if parallel:
-            native_call.set_threads(min(threads, proj.shape[0]))
-        run = _run_steps_parallel if parallel else _run_steps
-        run(self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c, hist,
-            gates, self.pack_addrs, self.packs[0].shape[0], self._mr(h0.shape[1]), bias, use_res)
+        ndir, seq, rows, n = proj.shape
+        gates = np.empty((ndir, rows, n), dtype=np.float32)
+        bias, use_res = self._step_bias(bias, ndir)
+        args = (self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c,
+                hist, gates, self.pack_addrs, self.packs[0].shape[0], self._mr(rows), bias, use_res)
+        parallel = threads > 1 and native_call.parallel_ok()
+        if parallel and ndir == 1 and hid % 64 == 0 and rows * hid * n >= SPLIT_MIN_MACS and seq > 1:
+            native_call.set_threads(2)
+            _run_steps_halves(*args, np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64),
+                              _yield_address())
+        elif parallel and ndir > 1:
+            # bidirectional: one direction per thread (no hand-off between them until the end)
+            native_call.set_threads(min(threads, ndir))
+            _run_steps_parallel(*args)
+        else:
+            _run_steps(*args)
         return True
 
     def _step_bias(self, bias: np.ndarray | None, ndir: int) -> tuple[np.ndarray, bool]:
@@ -186,7 +205,7 @@ class PackedRecurrent:
 try:
     import numba
 
-    from ep_cpu.native_call import call_void
+    from ep_cpu.native_call import add_count, call_void, claim, read_count
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
@@ -219,9 +238,61 @@ if numba is not None:
             args[0] = hp
             args[9] = xp if use_res else b
             call_void(gemm, (args_at, np.int64(0), nb, np.int64(0), panels))
-            call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid))
+            call_void(cell, (g, xp, cd, hp, np.int64(hist[t, d].ctypes.data), rows, hid,
+                             np.int64(0), hid))
         if args.size == 0:   # args went to the callback by address: alive until here
             return
+
+    @numba.njit(nogil=True, cache=True)
+    def _half_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                    claims, done, me, sched_yield):  # pragma: no cover - compiled
+        # One of two threads running a one-direction layer's steps together: step t's hidden
+        # units split in halves (the GEMM's columns of those units in every gate, then the cell
+        # over them), each half claimed through claims[2 t + half] (this thread tries half `me`
+        # first: with both threads there, each keeps its half of R^T in its own L2), done[t]
+        # counting the halves finished; no thread starts step t + 1 before both are. A thread
+        # that finds no partner claims both halves: the steps never wait on a thread that
+        # has not started.
+        ndir, seq, rows, n = proj.shape
+        hid = h0.shape[2]
+        gate_panels = nb // (n // hid)      # column panels of one gate
+        half_panels, half_units = gate_panels // 2, hid // 2
+        panels = (rows + mr - 1) // mr
+        g = np.int64(gates[0].ctypes.data)
+        b = np.int64(bias[0].ctypes.data)
+        cd = np.int64(c[0].ctypes.data)
+        args = np.zeros(17, dtype=np.float64)   # microkernel.GEMM_ARGS, as in _one_direction
+        args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[0], nb, n, mr
+        args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
+        args[13], args[14] = 2 if use_res else 1, g
+        args_at = np.int64(args.ctypes.data)
+        for t in range(seq):
+            hp = np.int64(h0[0].ctypes.data if t == 0 else hist[t - 1, 0].ctypes.data)
+            xp = np.int64(proj[0, t].ctypes.data)
+            args[0] = hp
+            args[9] = xp if use_res else b
+            for k in range(2):
+                half = (me + k) % 2
+                if claim(claims, 2 * t + half):
+                    for j0 in range(half * half_panels, nb, gate_panels):
+                        call_void(gemm, (args_at, j0, j0 + half_panels, np.int64(0), panels))
+                    call_void(cell, (g, xp, cd, hp, np.int64(hist[t, 0].ctypes.data), rows, hid,
+                                     half * half_units, (half + 1) * half_units))
+                    add_count(done, t)
+            spins = 0
+            while read_count(done, t) < 2:
+                spins += 1
+                if spins > 4096:
+                    call_void(sched_yield, ())
+        if args.size == 0:   # args went to the callback by address: alive until here
+            return
+
+    @numba.njit(nogil=True, cache=True, parallel=True)
+    def _run_steps_halves(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                          claims, done, sched_yield):  # pragma: no cover - compiled
+        for me in numba.prange(2):
+            _half_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                        claims, done, me, sched_yield)
 
     @numba.njit(nogil=True, cache=True)
     def _run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
