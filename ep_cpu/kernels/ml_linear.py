@@ -81,7 +81,7 @@ def binary_scores(v: np.ndarray, kind: str, complement: bool) -> np.ndarray:
 def _as_rows(x) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.float64:
-        x = x.astype(np.float32)
+        x = x.astype(np.float32, copy=False)
     return x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
 
 
