@@ -6,8 +6,9 @@ small nodes; in numpy each is 5-15 ufunc calls over a (rows, few) array, and num
 short last axis slowly: 8 + 30 + 11 us for 512 rows of 20 features and 3 classes on the 2-core
 EPYC of benchmarks/README.md, where the whole model ran 38 us in onnxruntime. Compiled, each is
 one pass over the rows. The arithmetic is the numpy path's: float64 scores and norms, float32
-results (a softmax's exponentials in float32, of the max-subtracted float64 scores); the arg-max takes the first NaN as np.argmax does. `available()` is False without
-numba; callers keep the numpy code.
+results (a softmax's exponentials in float32, of the max-subtracted float64 scores); the arg-max
+takes the first NaN as np.argmax does. `available()` is False without numba; callers keep the
+numpy code.
 """
 from __future__ import annotations
 
