@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import HOST, ExecutionProvider
 
+from . import host_memory
 from .registry import registry
 
 
@@ -112,6 +113,11 @@ _limits = _ThreadLimits()
 class CPUExecutionProvider(ExecutionProvider):
     type = "cpu"
     device = HOST
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        # freed numpy blocks stay in the process for the next run (`ep_cpu.host_memory`)
+        host_memory.keep_freed_memory()
 
     @classmethod
     def kernel_registry(cls) -> KernelRegistry:
