@@ -65,6 +65,7 @@ def builtin_rewrites() -> list[type[Rewrite]]:
         t.FuseLayerNormalization,
         t.FuseSkipLayerNormalization,
         t.FuseAttention,
+        t.FuseTransposeMatMul,       # after FuseAttention, which matches the Transposes it reads
         f.FuseMatMulBiasActivation,  # MatMul(N-D A) + bias [+ act]; before FuseAddActivation
         f.FuseConvAddActivation,
         f.FuseConvActivation,

@@ -283,3 +283,53 @@ def test_skip_layer_normalization_outputs(rng, dtype):
     np.testing.assert_allclose(mean, mu, rtol=tol, atol=tol)
     np.testing.assert_allclose(inv, iv, rtol=tol, atol=tol)
     np.testing.assert_allclose(total, s, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["transB_4d", "transA_3d", "both_2d"])
+def test_fuse_transpose_into_matmul(rng, case, tmp_path):
+    """A Transpose swapping the last two axes that only a MatMul reads becomes the MatMul's
+    transA / transB (onnxruntime's FusedMatMul): no copy; the optimized model runs in
+    onnxruntime with the same result."""
+    if case == "transB_4d":   # attention scores: Q @ K^T
+        nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                 helper.make_node("MatMul", ["q", "kt"], ["y"])]
+        inputs, out, flags = [("q", F32, [1, 2, 3, 4]), ("k", F32, [1, 2, 5, 4])], [1, 2, 3, 5], {"transB": 1}
+    elif case == "transA_3d":
+        nodes = [helper.make_node("Transpose", ["a"], ["at"], perm=[0, 2, 1]),
+                 helper.make_node("MatMul", ["at", "b"], ["y"])]
+        inputs, out, flags = [("a", F32, [2, 4, 3]), ("b", F32, [2, 4, 5])], [2, 3, 5], {"transA": 1}
+    else:
+        nodes = [helper.make_node("Transpose", ["a"], ["at"]), helper.make_node("Transpose", ["b"], ["bt"]),
+                 helper.make_node("MatMul", ["at", "bt"], ["y"])]
+        inputs, out, flags = [("a", F32, [4, 3]), ("b", F32, [5, 4])], [3, 5], {"transA": 1, "transB": 1}
+    m = model(nodes, inputs, [("y", F32, out)], [])
+    feeds = {name: randn(rng, *shape) for name, _, shape in inputs}
+    before, after = compare(m, feeds, rtol=1e-5, atol=1e-6)
+    assert len(before) == len(nodes) and after == ["FusedMatMul"]
+    path = tmp_path / "optimized.onnx"
+    sess = session(m, options(L.ORT_ENABLE_ALL))
+    node = sess._graph.nodes[0]
+    assert node.domain == "com.microsoft" and {k: node.attrs.get(k) for k in flags} == flags
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
+    opts = options(L.ORT_ENABLE_ALL)
+    opts.optimized_model_filepath = str(path)
+    want = session(m, opts).run(None, feeds)[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["other_reader", "not_a_swap", "graph_output"])
+def test_transpose_that_is_not_a_matmul_operand_stays(rng, case):
+    perm = [1, 0, 2] if case == "not_a_swap" else [0, 2, 1]
+    nodes = [helper.make_node("Transpose", ["a"], ["at"], perm=perm),
+             helper.make_node("MatMul", ["at", "b"], ["y"])]
+    outputs = [("y", F32, [2, 3, 5])]
+    if case == "other_reader":
+        nodes.append(helper.make_node("Relu", ["at"], ["r"]))
+        outputs.append(("r", F32, [2, 3, 4]))
+    elif case == "graph_output":
+        outputs.append(("at", F32, [2, 3, 4]))
+    a_shape = [3, 2, 4] if case == "not_a_swap" else [2, 4, 3]
+    m = model(nodes, [("a", F32, a_shape), ("b", F32, [2, 4, 5])], outputs, [])
+    before, after = compare(m, {"a": randn(rng, *a_shape), "b": randn(rng, 2, 4, 5)}, rtol=1e-5, atol=1e-6)
+    assert sorted(after) == sorted(before)
