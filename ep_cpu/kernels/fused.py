@@ -18,6 +18,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes, GemmAttributes
+from ep_cpu import jit_tier, norm_jit
 from ep_cpu.gemm import ACTIVATIONS, gemm, pack_constant
 from ep_cpu.registry import kernel
 
@@ -198,9 +199,33 @@ class SkipLayerNormalization(Kernel):
         self.eps = float(self.attr("epsilon", 1e-12))
         self.n_out = len(node.outputs)
 
+    @staticmethod
+    def _compiled_rows(x, skip, gamma, beta, bias, hid: int) -> bool:
+        """float32, C-contiguous, skip shaped as x or as its last two axes (a broadcast over the
+        batch), gamma/beta/bias (H,): the compiled rows apply."""
+        f32 = np.float32
+        return bool(hid and x.size and x.dtype == f32 and skip.dtype == f32 and gamma.dtype == f32
+                    and (skip.shape == x.shape
+                         or (2 <= skip.ndim <= x.ndim and skip.shape[-2:] == x.shape[-2:]
+                             and all(d == 1 for d in skip.shape[:-2])))
+                    and gamma.shape == (hid,)
+                    and all(v is None or (v.dtype == f32 and v.shape == (hid,)) for v in (beta, bias))
+                    and x.flags.c_contiguous and skip.flags.c_contiguous
+                    and jit_tier.ready("norm", norm_jit.compile_kernels))
+
     def compute(self, x, skip, gamma, beta=None, bias=None):
         if self.simplified:  # inputs: input, skip, gamma, bias
             beta, bias = None, beta
+        hid = x.shape[-1] if x.ndim >= 2 else 0
+        if self._compiled_rows(x, skip, gamma, beta, bias, hid):
+            # one compiled pass over the rows (`ep_cpu.norm_jit`)
+            y, mean, inv, total = norm_jit.skip_layer_norm(
+                x.reshape(-1, hid), skip.reshape(-1, hid), gamma, beta, bias, self.eps,
+                self.simplified, self.n_out > 3)
+            lead = x.shape[:-1] + (1,)
+            outs = [y.reshape(x.shape), mean.reshape(lead), inv.reshape(lead),
+                    None if total is None else total.reshape(x.shape)]
+            return outs[0] if self.n_out == 1 else tuple(outs[:self.n_out])
         # Few, raw ufunc calls: in a decoder step this runs on one 768-vector per layer, where
         # numpy's call overhead (mean()'s Python wrapper, temporaries) is the whole cost.
         cdt = compute_dtype(x.dtype)
