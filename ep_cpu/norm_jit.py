@@ -1,11 +1,14 @@
-"""SkipLayerNormalization's rows in one compiled pass (numba, cached on disk).
+"""SkipLayerNormalization of a few rows in one compiled call (numba, cached on disk).
 
 The numpy path is a dozen ufunc calls; on a decoder step's one row of 768 values each call's
-overhead is the whole cost: 21 us a node alone, 46 us inside a GPT-2 step (whose 500 MB of
+overhead is the whole cost: 19 us a node alone, 46 us inside a GPT-2 step (whose 500 MB of
 weights have just streamed through the caches), 25 such nodes a step. Compiled: one call.
-The sums of a row accumulate in float64 (numpy's pairwise float32 sums differ from them in the
-last bits); the result is float32. Built through `ep_cpu.jit_tier` ("norm"): until the build is
-done, callers keep their numpy path.
+The arithmetic is onnxruntime's CPU kernel's, in its order (float32 sums of the values and their
+squares in one pass, the variance as E[x^2] - mean^2, each value divided by the deviation), so a
+quantized model after it rounds as it does there: with float64 sums a dynamically quantized
+BERT's outputs moved by up to 4e-3 against onnxruntime's. The sums run in order, one value at
+a time (~1 us a row of 768), so larger inputs (BERT's 128 rows) keep numpy's vectorized passes:
+`MAX_ROWS`. Built through `ep_cpu.jit_tier` ("norm"): until then callers keep their numpy path.
 """
 from __future__ import annotations
 
@@ -18,18 +21,20 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
+MAX_ROWS = 16
+
 if numba is not None:
-    # (the row sums reassociated, so vectorized: 128 rows of 768 took 220 us in order, 55 so;
-    # numpy's passes 180)
-    @numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc"})
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
     def _skip_layer_norm(x, skip, gamma, beta, bias, has_beta, has_bias, eps, simplified, y,
                          total, keep_total, mean_out, inv_out):  # pragma: no cover - compiled
         # x, y, total (rows, H); skip (rows or skip_rows, H): row r reads skip row r % skip_rows
         rows, hid = x.shape
         skip_rows = skip.shape[0]
+        n = np.float32(hid)
         for r in range(rows):
             sr = r % skip_rows
-            acc = 0.0
+            mean = np.float32(0.0)
+            mean_square = np.float32(0.0)
             for j in range(hid):
                 v = x[r, j] + skip[sr, j]
                 if has_bias:
@@ -37,17 +42,18 @@ if numba is not None:
                 y[r, j] = v
                 if keep_total:
                     total[r, j] = v
-                acc += v
-            mean = 0.0 if simplified else acc / hid
-            sq = 0.0
+                mean += v
+                mean_square += v * v
+            mean = mean / n
+            if simplified:
+                dev = np.float32(math.sqrt(mean_square / n + eps))
+                mean = np.float32(0.0)
+            else:
+                dev = np.float32(math.sqrt(mean_square / n - mean * mean + eps))
+            mean_out[r] = mean
+            inv_out[r] = np.float32(1.0) / dev
             for j in range(hid):
-                d = y[r, j] - mean
-                sq += d * d
-            inv = 1.0 / math.sqrt(sq / hid + eps)
-            mean_out[r] = np.float32(mean)
-            inv_out[r] = np.float32(inv)
-            for j in range(hid):
-                v = np.float32((y[r, j] - mean) * inv) * gamma[j]
+                v = (y[r, j] - mean) / dev * gamma[j]
                 if has_beta:
                     v += beta[j]
                 y[r, j] = v
@@ -69,6 +75,6 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, gamma: np.ndarray, beta: np
     total = np.empty((rows, hid), np.float32) if keep_total else y
     mean, inv = np.empty((rows, 1), np.float32), np.empty((rows, 1), np.float32)
     _skip_layer_norm(x, skip, gamma, gamma if beta is None else beta, gamma if bias is None else bias,
-                     beta is not None, bias is not None, float(eps), simplified, y, total, keep_total,
-                     mean.reshape(-1), inv.reshape(-1))
+                     beta is not None, bias is not None, np.float32(eps), simplified, y, total,
+                     keep_total, mean.reshape(-1), inv.reshape(-1))
     return y, mean, inv, (total if keep_total else None)
