@@ -54,4 +54,5 @@ def _apply() -> bool:
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # (the mmap threshold first: setting either one fixes both for the rest of the process)
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return (bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+            and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)))

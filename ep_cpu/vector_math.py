@@ -287,8 +287,9 @@ if numba is not None:
     def cell_callback(kind: str):
         """C callback `cell(gates, xp, c, h_prev, h_out, rows, hid, u0, u1)` (float32 arrays by
         address, C-contiguous, hid a multiple of 16) of one recurrent time step after its
-        product, for hidden units [u0, u1) (multiples of 16): "LSTM" (gates hold the input projection already; c updated in place) or "GRU"
-        (linear_before_reset; c unused). Compiled, or loaded from the disk cache, on first use."""
+        product, for hidden units [u0, u1) (multiples of 16): "LSTM" (gates hold the input
+        projection already; c updated in place) or "GRU" (linear_before_reset; c unused).
+        Compiled, or loaded from the disk cache, on first use."""
         return native_call.callback({"LSTM": _lstm_cell_at, "GRU": _gru_cell_at}[kind], sig=CELL_SIG)
 
 

@@ -204,7 +204,8 @@ class SkipLayerNormalization(Kernel):
         """Up to norm_jit.MAX_ROWS rows, float32, C-contiguous, skip shaped as x or as its last
         two axes (a broadcast over the batch), gamma/beta/bias (H,): the compiled rows apply."""
         f32 = np.float32
-        return bool(hid and x.size and x.size <= norm_jit.MAX_ROWS * hid and x.dtype == f32 and skip.dtype == f32 and gamma.dtype == f32
+        return bool(hid and x.size and x.size <= norm_jit.MAX_ROWS * hid
+                    and x.dtype == f32 and skip.dtype == f32 and gamma.dtype == f32
                     and (skip.shape == x.shape
                          or (2 <= skip.ndim <= x.ndim and skip.shape[-2:] == x.shape[-2:]
                              and all(d == 1 for d in skip.shape[:-2])))
