@@ -26,9 +26,8 @@ class PointwisePlan:
     its product while the block is in cache (as `gemm.gemm` tiles a one-thread product)."""
 
     def __init__(self, w: np.ndarray, bias: np.ndarray | None, clamp: tuple[float, float],
-                 x_shape: tuple, has_res: bool, threads: int) -> None:
+                 x_shape: tuple, has_res: bool) -> None:
         m, c = w.shape[:2]
-        self.x_shape, self.bias, self.has_res, self.threads = x_shape, bias, has_res, threads
         self.w2 = np.ascontiguousarray(w.reshape(m, c), dtype=np.float32)
         self.bias_col = (None if bias is None
                          else np.ascontiguousarray(bias, dtype=np.float32).reshape(m, 1))
@@ -61,7 +60,7 @@ class PointwisePlan:
         return y
 
 
-def applies(x: np.ndarray, w: np.ndarray, ks, strides, dilations, begin, end, group: int,
+def applies(x: np.ndarray, w: np.ndarray, ks, strides, begin, end, group: int,
             clamp: tuple[float, float] | None) -> bool:
     """Whether a conv is one the plan computes: float32, one image, group 1, a 1x1 kernel at
     stride 1 without padding, and a clamp (or no) activation."""

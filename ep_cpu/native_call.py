@@ -17,6 +17,7 @@ callee's code, so its disk-cached machine code stays valid when the callee's sou
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from typing import Callable
@@ -171,6 +172,7 @@ if numba is not None:
 
 # --- threads for the callbacks ------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def yield_address() -> int:
     """The C library's sched_yield, for compiled spin-waits that outlast a few thousand pauses
     (the other thread descheduled on a busy machine)."""

@@ -317,7 +317,7 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
     p = activation_params or {}
     clamp = epilogue_jit.clamp_bounds(activation, p)
     threads = get_num_threads()
-    plan = k.__dict__.get("_thin_plan", (None,))[0]
+    plan = k.__dict__.get("_thin_plan")
     if plan is None or plan.x_shape != x.shape or plan.bias is not b or plan.threads != threads:
         packed = getattr(k, "_thin_w", None)
         if packed is None:
@@ -329,7 +329,7 @@ def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activ
         plan = conv_thin.ThinConv(packed, offs, b, clamp or (-math.inf, math.inf), x.shape, out,
                                   threads)
         if k.ctx.constant_input(1) is not None:
-            k._thin_plan = (plan,)   # one plan per kernel, the last shape seen
+            k._thin_plan = plan   # one plan per kernel, the last shape seen
         if clamp is not None:        # the whole conv (no activation pass after it)
             _keep_ready(k, x, b, residual, lambda x, res: plan(x, res, _get_pool))
     y = plan(x, residual, _get_pool)
@@ -441,8 +441,8 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     if (POINTWISE and path == "im2col" and cdt == np.float32 and get_num_threads() == 1
             and k.ctx.constant_input(1) is not None):
         clamp = epilogue_jit.clamp_bounds(activation, activation_params or {})
-        if conv_pointwise.applies(x, w, ks, strides, dil, begin, end, group, clamp):
-            pw = conv_pointwise.PointwisePlan(w, b, clamp, x.shape, residual is not None, 1)
+        if conv_pointwise.applies(x, w, ks, strides, begin, end, group, clamp):
+            pw = conv_pointwise.PointwisePlan(w, b, clamp, x.shape, residual is not None)
             _keep_ready(k, x, b, residual, pw)
             return pw(x, residual)
     if path == "thin":

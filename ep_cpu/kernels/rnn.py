@@ -296,15 +296,15 @@ class _Recurrent(Kernel):
         steps = np.arange(seq)[:, None] if need_tidx else None
         dirs = []  # per direction: (tidx, proj, h0, c0, R^T, recurrent bias, peepholes)
         per_dir, rt_all, rb_all = prepared
-        folded = proj_all = None
+        proj_bias = rb_step = proj_all = None
         if not need_tidx:
             # the dense path over full lengths: every direction projected straight into one
             # array in the order of its steps (a reverse one from its input reversed, a small
             # copy), the purely additive recurrent biases in the projection's bias (a stacking
             # copy and a pass over all projections less: ~0.8 ms of a 100-step bidirectional
             # LSTM layer of hidden 256, batch 4)
-            folded = np.stack([pd[1] for pd in per_dir])           # (D, 1, G*H)
-            folded = (folded, self._fold_recurrent_bias(folded, rb_all))
+            proj_bias = np.stack([pd[1] for pd in per_dir])        # (D, 1, G*H)
+            rb_step = self._fold_recurrent_bias(proj_bias, rb_all)
             proj_all = np.empty((self.num_dir, seq, batch, g * hid), dtype=cdt)
         for d in range(self.num_dir):
             reverse = self.direction == "reverse" or d == 1
@@ -316,7 +316,7 @@ class _Recurrent(Kernel):
             else:
                 tidx = np.broadcast_to(steps, (seq, batch))
             if proj_all is not None:
-                xs, bias_in = (np.ascontiguousarray(xf[::-1]) if reverse else xf), folded[0][d]
+                xs, bias_in = (np.ascontiguousarray(xf[::-1]) if reverse else xf), proj_bias[d]
                 proj = proj_all[d]
             else:
                 xs, bias_in = xf[tidx, np.arange(batch)[None, :]], wb_in
@@ -332,8 +332,7 @@ class _Recurrent(Kernel):
             pd = None if p is None else p[d].astype(cdt)
             dirs.append((tidx, proj, h, c, rt, rb, pd))
         if dense:
-            self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all, proj_all,
-                            None if folded is None else folded[1])
+            self._run_dense(dirs, y, y_h, y_c, lens, rt_all, rb_all, proj_all, rb_step)
         else:
             with single_threaded_blas():
                 for d, (tidx, proj, h, c, rt, rb, pd) in enumerate(dirs):

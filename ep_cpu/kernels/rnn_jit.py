@@ -67,15 +67,6 @@ def _build() -> Callable | None:
     return rows_times_rt
 
 
-_yield_at: list[int] = []
-
-
-def _yield_address() -> int:
-    if not _yield_at:
-        _yield_at.append(native_call.yield_address())
-    return _yield_at[0]
-
-
 def recurrent_matmul(dtype: np.dtype) -> Callable | None:
     """`f(h, rt, out)`: out = h @ rt for C-contiguous (D, B, H), (D, H, N), (D, B, N) arrays of
     `dtype` (float32/float64), compiled for it now (so the first run does not pay); None where
@@ -136,7 +127,7 @@ class PackedRecurrent:
         if parallel and ndir == 1 and hid % 64 == 0 and rows * hid * n >= SPLIT_MIN_MACS and seq > 1:
             native_call.set_threads(2)
             _run_steps_halves(*args, np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64),
-                              _yield_address())
+                              native_call.yield_address())
         elif parallel and ndir > 1:
             # bidirectional: one direction per thread (no hand-off between them until the end)
             native_call.set_threads(min(threads, ndir))
@@ -213,6 +204,19 @@ if numba is not None:
     # module-level functions: numba's disk cache keeps them across processes (functions defined
     # inside a function were recompiled by every process: ~2 s for the first recurrent session)
     @numba.njit(nogil=True, cache=True, inline="always")
+    def _step_args(proj, h0, gates, packs_at, nb, mr, bias, use_res, d):  # pragma: no cover
+        # The step product's packed arguments (microkernel.GEMM_ARGS: A row-major, y = gates[d]
+        # not transposed, bias[d], the projection as the residual where use_res); per step the
+        # caller fills A (args[0]) and the residual (args[9]).
+        ndir, seq, rows, n = proj.shape
+        args = np.zeros(17, dtype=np.float64)
+        args[1], args[2], args[3], args[4], args[5], args[6] = rows, h0.shape[2], packs_at[d], nb, n, mr
+        args[7], args[8], args[10] = bias[d].ctypes.data, 1, use_res
+        args[11], args[12] = -np.inf, np.inf
+        args[13], args[14] = 2 if use_res else 1, gates[d].ctypes.data   # EPILOGUE_RES / EPILOGUE
+        return args
+
+    @numba.njit(nogil=True, cache=True, inline="always")
     def _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
                        d):  # pragma: no cover - compiled
         # Per step: gates = h R^T (+ bias, + proj[d, t] where use_res) through the microkernel's
@@ -222,16 +226,10 @@ if numba is not None:
         ndir, seq, rows, n = proj.shape
         hid = h0.shape[2]
         panels = (rows + mr - 1) // mr
+        args = _step_args(proj, h0, gates, packs_at, nb, mr, bias, use_res, d)
         # addresses as the C callbacks take them
-        g = np.int64(gates[d].ctypes.data)
-        b = np.int64(bias[d].ctypes.data)
+        args_at, g, b = np.int64(args.ctypes.data), np.int64(args[14]), np.int64(args[7])
         cd = np.int64(c[d].ctypes.data)
-        # the product's packed arguments (microkernel.GEMM_ARGS); per step: A, residual
-        args = np.zeros(17, dtype=np.float64)   # A row-major, y not transposed
-        args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[d], nb, n, mr
-        args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
-        args[13], args[14] = 2 if use_res else 1, g   # microkernel.EPILOGUE_RES / EPILOGUE
-        args_at = np.int64(args.ctypes.data)
         for t in range(seq):
             hp = np.int64(h0[d].ctypes.data if t == 0 else hist[t - 1, d].ctypes.data)
             xp = np.int64(proj[d, t].ctypes.data)
@@ -258,14 +256,9 @@ if numba is not None:
         gate_panels = nb // (n // hid)      # column panels of one gate
         half_panels, half_units = gate_panels // 2, hid // 2
         panels = (rows + mr - 1) // mr
-        g = np.int64(gates[0].ctypes.data)
-        b = np.int64(bias[0].ctypes.data)
+        args = _step_args(proj, h0, gates, packs_at, nb, mr, bias, use_res, 0)
+        args_at, g, b = np.int64(args.ctypes.data), np.int64(args[14]), np.int64(args[7])
         cd = np.int64(c[0].ctypes.data)
-        args = np.zeros(17, dtype=np.float64)   # microkernel.GEMM_ARGS, as in _one_direction
-        args[1], args[2], args[3], args[4], args[5], args[6] = rows, hid, packs_at[0], nb, n, mr
-        args[7], args[8], args[10], args[11], args[12] = b, 1, use_res, -np.inf, np.inf
-        args[13], args[14] = 2 if use_res else 1, g
-        args_at = np.int64(args.ctypes.data)
         for t in range(seq):
             hp = np.int64(h0[0].ctypes.data if t == 0 else hist[t - 1, 0].ctypes.data)
             xp = np.int64(proj[0, t].ctypes.data)
