@@ -195,6 +195,17 @@ if numba is not None:
             a[i] += 1.0
 
 
+def _launch_threads() -> None:
+    """Load numba's threading layer as its first parallel call would: its own loader (~20 ms),
+    else by running a parallel function (compiling it took ~0.7 s of a cold first session)."""
+    try:
+        from numba.np.ufunc.parallel import _launch_threads as launch
+    except ImportError:   # pragma: no cover - a numba without it
+        _parallel_probe(np.zeros(2))
+        return
+    launch()
+
+
 def parallel_ok() -> bool:
     """Whether the compiled drivers may run their parts on numba's own threads: only with the
     TBB threading layer (thread-safe under concurrent sessions and fork-safe; its workers wake
@@ -210,7 +221,7 @@ def parallel_ok() -> bool:
                 if before == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
                     numba.config.THREADING_LAYER = "tbb"
                 try:
-                    _parallel_probe(np.zeros(2))
+                    _launch_threads()
                     ok = numba.threading_layer() == "tbb"
                 except Exception:   # noqa: BLE001 - TBB missing or not loadable: our pool
                     numba.config.THREADING_LAYER = before

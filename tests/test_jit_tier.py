@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ep_core
-from ep_cpu import conv_thin, jit_tier, microkernel
+from ep_cpu import conv_thin, depthwise_direct, depthwise_flat, jit_tier, microkernel
+from ep_cpu.kernels import pool as pool_kernels
 
 
 @pytest.fixture
@@ -110,3 +111,50 @@ def test_conv_takes_the_thin_path_once_it_is_built(background, monkeypatch):
     assert jit_tier.wait(60)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-5, atol=1e-5)
     assert paths == ["thin"]                # built: the geometry was chosen again
+
+
+@pytest.mark.skipif(not (depthwise_flat.available() or depthwise_direct.available()),
+                    reason="the flat and direct MaxPool kernels are AVX-512 only (this CPU has none)")
+def test_max_pool_waits_for_its_plane_kernels(background, monkeypatch):
+    """A MaxPool whose compiled kernels are not built runs the numpy path, not a compile in line
+    (3 s of ResNet-50's cold first run), then the compiled one; both match onnxruntime."""
+    gate = threading.Event()
+    real = pool_kernels._compile_plane_pools
+    monkeypatch.setattr(pool_kernels, "_compile_plane_pools", lambda: (gate.wait(10), real()))
+    x = np.random.default_rng(0).standard_normal((1, 8, 16, 16)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
+                                            pads=[1, 1, 1, 1], strides=[1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    calls = []
+    for module in (depthwise_flat, depthwise_direct):
+        real_pool = module.max_pool_2d
+        monkeypatch.setattr(module, "max_pool_2d",
+                            lambda *a, _f=real_pool, **k: calls.append(1) or _f(*a, **k))
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)
+    assert calls == []                       # compiling: the numpy path
+    gate.set()
+    assert jit_tier.wait(60)
+    calls.clear()
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref)
+    assert calls == [1]                      # built: a compiled plane kernel
+
+
+def test_threading_layer_loads_without_compiling_a_probe(tmp_path):
+    """`native_call.parallel_ok` loads numba's threading layer with numba's own loader: a cold
+    process (empty kernel cache) compiles no parallel function for it (~0.7 s)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numba\nfrom ep_cpu import native_call\nok = native_call.parallel_ok()\n"
+            "print(ok, numba.threading_layer() if ok else '-', len(native_call._parallel_probe.signatures))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    assert out[2] == "0"                     # the probe was never compiled
+    if out[0] == "True":
+        assert out[1] == "tbb"

@@ -12,7 +12,7 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.op_attributes import PoolAttributes, invalid
-from ep_cpu import depthwise_direct, depthwise_flat, pool_jit
+from ep_cpu import depthwise_direct, depthwise_flat, jit_tier, pool_jit
 from ep_cpu.gemm import _get_pool, get_num_threads
 from ep_cpu.kernels.conv import compute_dtype, pad_spatial, window_view
 from ep_cpu.kernels.tensor import bad_data, check_size, host_ints
@@ -90,6 +90,21 @@ def _direct_pool(ks, strides, out) -> bool:
             and (int(ks[-1]) in (3, 5) or int(strides[-1]) == 2))
 
 
+def _compile_plane_pools() -> None:
+    """Compile (or load) the flat and direct MaxPool kernels this CPU takes, on small maps, one
+    and two threads (an `ep_cpu.jit_tier` build: a first run compiling them in line took 3 s
+    of ResNet-50's cold first session)."""
+    x = np.zeros((1, 16, 8, 8), np.float32)
+    ks, dil, begin = (3, 3), (1, 1), (1, 1)
+    for s in (1, 2):
+        strides, out = (s, s), (8 // s, 8 // s)
+        for threads in (1, 2):
+            if depthwise_flat.available() and depthwise_flat.applies(x.shape, ks, strides, dil, begin, out):
+                depthwise_flat.max_pool_2d(x, ks, strides, dil, begin, out, threads, _get_pool)
+            if _direct_pool(ks, strides, out):
+                depthwise_direct.max_pool_2d(x, ks, strides, dil, begin, out, threads, _get_pool)
+
+
 @kernel("MaxPool")
 class MaxPool(_Pool):
     def compute(self, x):
@@ -97,11 +112,13 @@ class MaxPool(_Pool):
         want_idx = len(self.node.outputs) > 1 and bool(self.node.outputs[1])
         if (COMPILED and not want_idx and x.dtype == np.float32 and x.ndim == 4
                 and min(begin) >= 0 and min(end) >= 0 and min(out) > 0):
-            if (FLAT and depthwise_flat.available() and len(self.ks) == 2
+            planes = ((depthwise_flat.available() or depthwise_direct.available())
+                      and jit_tier.ready("max_pool_planes", _compile_plane_pools))
+            if (planes and FLAT and depthwise_flat.available() and len(self.ks) == 2
                     and depthwise_flat.applies(x.shape, self.ks, self.strides, self.dil, begin, out)):
                 return depthwise_flat.max_pool_2d(x, self.ks, self.strides, self.dil, begin, out,
                                                   get_num_threads(), _get_pool)
-            if _direct_pool(self.ks, self.strides, out):
+            if planes and _direct_pool(self.ks, self.strides, out):
                 return depthwise_direct.max_pool_2d(x, self.ks, self.strides, self.dil, begin, out,
                                                     get_num_threads(), _get_pool)
             y = pool_jit.max_pool_2d(x, self.ks, self.strides, self.dil, begin,
