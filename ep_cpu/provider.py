@@ -44,8 +44,9 @@ class _ThreadLimits:
         # at one thread: `microkernel.convs_beat_blas`) it gets the threads. While BLAS is held
         # (`gemm.blas_holds`), a large GEMM runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS
         # call each.
-        hold = native_call.parallel_ok() and microkernel.convs_beat_blas(
-            threads if threads > 0 else gemm.get_num_threads())
+        # (a one-thread run has BLAS on its one thread anyway: nothing to hold)
+        n = threads if threads > 0 else gemm.get_num_threads()
+        hold = n > 1 and native_call.parallel_ok() and microkernel.convs_beat_blas(n)
         blas_threads = 1 if hold else threads
         with self._lock:
             changed = []
