@@ -109,7 +109,32 @@ def test_bert_quantized_by_quantize_dynamic(bert_small, tmp_path, which, weight_
     if which == "ort_optimized":
         assert found[("com.microsoft", "QAttention")] == SMALL["layers"]
         assert found[("com.microsoft", "QEmbedLayerNormalization")] == 1
-    run_both(dst, bert_feeds(SMALL), f"bert/quantized-{which}-{weight_type}", rtol=1e-4, atol=1e-5)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    feeds = bert_feeds(SMALL)
+    refs = ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ours = ep_core.InferenceSession(str(dst), providers=["cpu"]).run(None, feeds)
+    compare_quantized(f"bert/quantized-{which}-{weight_type}", ours, refs)
+
+
+def compare_quantized(name: str, ours, refs) -> None:
+    """A quantized model's outputs against onnxruntime's. A last-bit float difference upstream
+    can move a value across a DynamicQuantizeLinear rounding boundary: one uint8 step there, then
+    ~1e-3 in these outputs. onnxruntime's own AVX-512 and AVX2 SGEMMs sum in different orders, so
+    it differs from itself across CPUs the same way (an Intel AVX-512 host: QAttention's output
+    3.6e-7 off in layer 0, one quantized value flipped in layer 1, 124 of 8192 outputs 1e-4 to
+    4e-3 off). So: at least 95% of the values within float tolerance, every value within one
+    step of the output's range in 255."""
+    assert len(ours) == len(refs)
+    for k, (o, r) in enumerate(zip(ours, refs)):
+        o, r = np.asarray(o, np.float64), np.asarray(r, np.float64)
+        assert o.shape == r.shape, f"{name} output {k}: shape {o.shape} vs {r.shape}"
+        d = np.abs(o - r)
+        close = d <= 1e-5 + 1e-4 * np.abs(r)
+        step = (r.max() - r.min()) / 255
+        assert close.mean() >= 0.95, f"{name} output {k}: {int((~close).sum())} of {d.size} values off"
+        assert d.max() <= step, f"{name} output {k}: max |ours - ort| {d.max():.3g} > one step {step:.3g}"
 
 
 def test_gpt2_decoder_optimized_by_onnxruntime(tmp_path):
