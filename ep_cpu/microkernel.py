@@ -43,20 +43,21 @@ MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR
 PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2 (Zen 3: all of it)
 BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
 
-_state = {"checked": False, "available": False, "wide": False}
+_state = {"checked": False, "available": False, "wide": False, "amd": False}
 
 
 def _check_cpu() -> None:
-    ok = wide = False
+    ok = wide = amd = False
     if numba is not None:
         try:
             import llvmlite.binding as ll
             features = ll.get_host_cpu_features()
             wide = bool(features.get("avx512f", False))
             ok = wide or bool(features.get("avx2", False) and features.get("fma", False))
+            amd = ll.get_host_cpu_name().startswith("znver")
         except Exception:   # noqa: BLE001 - feature query failed: keep the BLAS path
             ok = wide = False
-    _state.update(available=ok, wide=wide, checked=True)
+    _state.update(available=ok, wide=wide, amd=amd, checked=True)
 
 
 def available() -> bool:
@@ -73,6 +74,13 @@ def wide() -> bool:
     if not _state["checked"]:
         _check_cpu()
     return _state["wide"]
+
+
+def amd() -> bool:
+    """The host CPU is an AMD Zen (LLVM's `znver*`): where path choices were measured apart."""
+    if not _state["checked"]:
+        _check_cpu()
+    return _state["amd"]
 
 
 def beats_blas() -> bool:

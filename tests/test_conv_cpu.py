@@ -260,3 +260,22 @@ def test_small_im2col_gather_matches_window_view(monkeypatch, geometry):
     viewed = conv.conv_nd(*args)
     assert gathered.shape == viewed.shape == (1, w_shape[0], *out) and nd == len(out)
     np.testing.assert_allclose(gathered, viewed, rtol=1e-6, atol=1e-6)
+
+
+def test_winograd_first_by_cpu_class_map_and_threads(monkeypatch):
+    """Winograd before the implicit conv: always on AVX2, never on AMD's AVX-512, on Intel's at
+    one thread from WINOGRAD_FIRST_MIN_TILES_AVX512 tiles (measured per class: conv.py)."""
+    from ep_cpu import microkernel
+    from ep_cpu.kernels import conv as conv_kernels
+    monkeypatch.setattr(conv_kernels, "WINOGRAD_OVER_IMPLICIT", None)
+    first = conv_kernels._winograd_first
+    many = conv_kernels.WINOGRAD_FIRST_MIN_TILES_AVX512
+    monkeypatch.setattr(microkernel, "wide", lambda: False)
+    assert first(1, 2) and first(None)
+    monkeypatch.setattr(microkernel, "wide", lambda: True)
+    monkeypatch.setattr(microkernel, "amd", lambda: True)
+    assert not first(10 * many, 1)
+    monkeypatch.setattr(microkernel, "amd", lambda: False)
+    assert first(many, 1) and not first(many - 1, 1) and not first(10 * many, 2) and not first(None)
+    monkeypatch.setattr(conv_kernels, "WINOGRAD_OVER_IMPLICIT", True)
+    assert first(1, 2)

@@ -228,10 +228,17 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads: 
 # `ep_cpu.conv_implicit` where its tiles beat BLAS (`conv_implicit.available(threads)`: AVX-512,
 # or AVX2 from two threads; no im2col matrix); elsewhere im2col + BLAS or Winograd.
 IMPLICIT = True
-# 3x3 convs that Winograd takes: Winograd first? None: by CPU class, first where the CPU has no
+# 3x3 convs that Winograd takes: Winograd first? None: by CPU class. First where the CPU has no
 # AVX-512 (AVX2, 2 threads, the implicit conv beside it: ResNet-50 1.84 -> 1.79 of
-# onnxruntime's time, YOLOv8n 2.58 -> 1.67); on AVX-512 the implicit conv measured faster.
+# onnxruntime's time, YOLOv8n 2.58 -> 1.67). On AMD's AVX-512 (Zen 5) the implicit conv
+# measured faster. On Intel's (a Xeon, per conv in ResNet-50) Winograd is faster at one thread
+# from WINOGRAD_FIRST_MIN_TILES_AVX512 4x4 tiles: 64ch 56x56 1.99 -> 1.55 ms, 128ch 28x28
+# 1.97 -> 1.37 (ResNet-50 100.5 -> 95.4 ms, YOLOv8n 28.5 -> 27.3); on 14x14 maps (16 tiles)
+# slower in the model, 2.0 -> 2.13 ms (256ch: its transformed weight, 4x the weight's bytes,
+# streams from memory for 16 tiles' products); at two threads slower (ResNet-50 61 -> 65 ms,
+# YOLOv8n 25 -> 28: the implicit conv splits its tiles, Winograd its 36 products).
 WINOGRAD_OVER_IMPLICIT: bool | None = None
+WINOGRAD_FIRST_MIN_TILES_AVX512 = 49
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
 # Where the implicit conv takes convs only for the threads (AVX2: `microkernel.convs_beat_blas`
 # without `beats_blas`), a large deep 1x1 conv of stride 1 runs faster as W @ X on BLAS: the
@@ -286,8 +293,17 @@ def _thin_max_positions() -> int:
     return min(conv_thin.MAX_POSITIONS, THIN_MAX_POSITIONS_AVX2)
 
 
-def _winograd_first() -> bool:
-    return (not microkernel.wide()) if WINOGRAD_OVER_IMPLICIT is None else WINOGRAD_OVER_IMPLICIT
+def _winograd_first(tiles: int | None = None, threads: int = 1) -> bool:
+    """Whether Winograd takes the 3x3 convs it applies to before the implicit conv
+    (`WINOGRAD_OVER_IMPLICIT`); `tiles` (4x4 output tiles) None: not known yet (a weight at
+    session build), the answer where it does not matter."""
+    if WINOGRAD_OVER_IMPLICIT is not None:
+        return WINOGRAD_OVER_IMPLICIT
+    if not microkernel.wide():
+        return True
+    if microkernel.amd() or threads > 1:
+        return False
+    return tiles is not None and tiles >= WINOGRAD_FIRST_MIN_TILES_AVX512
 
 
 def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None) -> bool:
@@ -479,7 +495,8 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # jit_tier.generation: a compiled path whose kernels were still compiling is chosen again
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
-           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, IMPLICIT_1X1_MAX_CHANNELS_AVX2,
+           WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, WINOGRAD_FIRST_MIN_TILES_AVX512,
+           IMPLICIT_1X1_MAX_CHANNELS_AVX2,
            IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
            IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2,
            IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2, IMPLICIT_SHALLOW_1X1_MIN_POSITIONS, conv_thin.MAX_POSITIONS,
@@ -493,7 +510,9 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # or "im2col" (conv_nd)
     wino = _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads) and min(out) > 0
     path = "winograd" if wino else "im2col"
-    if (not (wino and _winograd_first()) and min(g.pads_begin) >= 0 and min(g.pads_end) >= 0
+    tiles = x_shape[0] * -(-out[0] // WINOGRAD_TILE) * -(-out[-1] // WINOGRAD_TILE)
+    if (not (wino and _winograd_first(tiles, threads)) and min(g.pads_begin) >= 0
+            and min(g.pads_end) >= 0
             and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads)):
         path = "implicit"
     if (path != "winograd" and group == 1 and cdt == np.float32
