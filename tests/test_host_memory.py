@@ -60,3 +60,41 @@ def test_freed_outputs_are_reused_without_new_pages():
 def test_a_users_malloc_settings_are_kept():
     applied, _ = _run(MALLOC_TRIM_THRESHOLD_="1048576")
     assert not applied
+
+
+_HUGE_SCRIPT = textwrap.dedent("""
+    import re
+    from ep_cpu import host_memory
+    applied = host_memory.keep_freed_memory()
+    advised = 0
+    region = None
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            lo, hi = (int(v, 16) for v in line.split()[0].split("-"))
+            region = hi - lo
+        elif line.startswith("VmFlags") and " hg" in line:
+            advised += region
+    print(applied, host_memory.thp_mode(), advised)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_heap_is_advised_for_huge_pages_where_the_kernel_asks():
+    """With THP mode "madvise", HUGE_HEAP_BYTES of the heap carry the huge-page advice (VmFlags
+    hg); EP_CPU_MALLOC=system leaves the heap as malloc made it."""
+    from ep_cpu import host_memory
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "EP_CPU_MALLOC")}
+
+    def run(**env):
+        proc = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT], capture_output=True, text=True,
+                              env={**environ, **env}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        applied, mode, advised = proc.stdout.split()
+        return applied == "True", mode, int(advised)
+
+    applied, mode, advised = run()
+    if not applied or mode != "madvise":
+        pytest.skip(f"malloc settings applied: {applied}, THP mode {mode!r}: no advice to give")
+    assert advised >= host_memory.HUGE_HEAP_BYTES * 0.9
+    assert run(EP_CPU_MALLOC="system")[2] < host_memory.HUGE_HEAP_BYTES * 0.1
