@@ -158,3 +158,37 @@ def test_threading_layer_loads_without_compiling_a_probe(tmp_path):
     assert out[2] == "0"                     # the probe was never compiled
     if out[0] == "True":
         assert out[1] == "tbb"
+
+
+@pytest.mark.skipif(not microkernel.available(), reason="the implicit conv needs AVX2 + FMA or AVX-512 (none here)")
+def test_conv_waiting_for_the_implicit_conv_takes_im2col_not_winograd(background, monkeypatch):
+    """A 3x3 conv the implicit conv takes (before Winograd) runs im2col + BLAS while its kernels
+    compile: Winograd would transform the weight (20-40 ms at 256-512 channels) for a few runs."""
+    from ep_cpu import conv_implicit, winograd
+    from ep_cpu.kernels import conv as conv_kernels
+    monkeypatch.setattr(conv_kernels, "WINOGRAD_OVER_IMPLICIT", False)
+    gate = threading.Event()
+    real = conv_implicit.compile_kernels
+    monkeypatch.setattr(conv_implicit, "compile_kernels", lambda: (gate.wait(10), real()))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 64, 14, 14)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[numpy_helper.from_array(w, "w")])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    paths = []
+    real_wino, real_plan = winograd.conv3x3, conv_implicit.ImplicitConv.__call__
+    monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: paths.append("winograd") or real_wino(*a, **k))
+    monkeypatch.setattr(conv_implicit.ImplicitConv, "__call__",
+                        lambda self, *a, **k: paths.append("implicit") or real_plan(self, *a, **k))
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
+    assert paths == []                       # compiling: im2col + BLAS
+    gate.set()
+    assert jit_tier.wait(60)
+    paths.clear()                            # (the build ran the implicit conv on small maps)
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
+    assert paths == ["implicit"]

@@ -315,7 +315,10 @@ def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None
             and (macs is None or macs >= IMPLICIT_1X1_BLAS_MIN_MACS) and not microkernel.beats_blas())
 
 
-def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1) -> bool:
+def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1,
+                  built_only: bool = True) -> bool:
+    """Whether the implicit conv takes this conv; `built_only`: only once its kernels are
+    compiled (`ep_cpu.jit_tier`)."""
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
@@ -324,7 +327,7 @@ def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int =
     return (macs >= IMPLICIT_MIN_MACS
             and (conv_implicit.available(threads)
                  or _spatial_on_tiles(ks, strides, w_shape[1], w_shape[0], math.prod(out)))
-            and jit_tier.ready("conv_implicit", conv_implicit.compile_kernels))
+            and (not built_only or jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)))
 
 
 def _thin_conv(k: Kernel, x, w, b, ks, strides, dil, begin, out, residual, activation,
@@ -513,8 +516,11 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     tiles = x_shape[0] * -(-out[0] // WINOGRAD_TILE) * -(-out[-1] // WINOGRAD_TILE)
     if (not (wino and _winograd_first(tiles, threads)) and min(g.pads_begin) >= 0
             and min(g.pads_end) >= 0
-            and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads)):
-        path = "implicit"
+            and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads, False)):
+        # while its kernels compile, im2col + BLAS (Winograd would transform a weight, 20-40 ms
+        # at 256-512 channels, for runs that leave it once they are built)
+        path = ("implicit" if jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
+                else "im2col")
     if (path != "winograd" and group == 1 and cdt == np.float32
             and 0 < math.prod(out) <= _thin_max_positions() and x_shape[0] <= 4
             and conv_thin.available() and jit_tier.ready("conv_thin", conv_thin.compile_kernels)):
