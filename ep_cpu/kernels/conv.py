@@ -445,11 +445,9 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
              activation_params: dict | None = None) -> np.ndarray:
     """Conv with the kernel's attributes, computed in dtype cdt; optional fused epilogue
     act(conv + b + residual) for FusedConv."""
-    ready = k.__dict__.get("_ready_conv")
-    if (ready is not None and ready[0] == x.shape and ready[1] is b and ready[2] == (residual is None)
-            and ready[3] == get_num_threads() and ready[4] == jit_tier.generation
-            and x.dtype == np.float32):
-        return ready[5](x, residual)   # the same conv as the last call: its plan straight away
+    call = ready_conv(k, x, b, residual)
+    if call is not None:
+        return call(x, residual)   # the same conv as the last call: its plan straight away
     ks, strides, dil, group, begin, end, out, path = _geometry(k, x.shape, w.shape, cdt)
     if path == "im2col" and residual is None and cdt == np.float32 and x.dtype == np.float32:
         dw = _depthwise_plan(k, x, w, b, ks, strides, dil, group, begin, out, activation,
@@ -478,6 +476,18 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
     return conv_nd(x.astype(cdt, copy=False), w.astype(cdt, copy=False), group, strides, dil,
                    begin, end, out, None if b is None else b.astype(cdt, copy=False),
                    residual, activation, activation_params)
+
+
+def ready_conv(k: Kernel, x: np.ndarray, b: np.ndarray | None, residual: np.ndarray | None):
+    """The plan `_keep_ready` kept for a float32 call like this one (same input shape, bias,
+    residual presence, threads, compiled kernels), or None. Conv and FusedConv ask first, before
+    any other work of theirs (a streaming step runs six small convs a run)."""
+    ready = k.__dict__.get("_ready_conv")
+    if (ready is not None and ready[0] == x.shape and ready[1] is b and ready[2] == (residual is None)
+            and ready[3] == get_num_threads() and ready[4] == jit_tier.generation
+            and x.dtype == np.float32):
+        return ready[5]
+    return None
 
 
 def _keep_ready(k: Kernel, x: np.ndarray, b: np.ndarray | None, residual: np.ndarray | None,
@@ -561,6 +571,9 @@ class Conv(Kernel):
         prepare_constant_weight(self)
 
     def compute(self, x, w, b=None):
+        call = ready_conv(self, x, b, None)
+        if call is not None:
+            return call(x, None)
         y = run_conv(self, x, w, b, compute_dtype(x.dtype))
         return y.astype(x.dtype, copy=False)
 

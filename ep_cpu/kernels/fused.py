@@ -24,7 +24,7 @@ from ep_cpu.registry import kernel
 
 from .contrib_attention import Attention as _MsAttention
 from .contrib_common import MS
-from .conv import compute_dtype, prepare_constant_weight, run_conv
+from .conv import compute_dtype, prepare_constant_weight, ready_conv, run_conv
 from .linalg import pack_matmul_b
 from .norm import LayerNormalization as _OnnxLayerNormalization
 
@@ -70,6 +70,9 @@ class FusedConv(_Activated):
         prepare_constant_weight(self)   # a constant weight's Winograd transform, once
 
     def compute(self, x, w, b=None, z=None):
+        call = ready_conv(self, x, b, z) if z is None or z.dtype == np.float32 else None
+        if call is not None:
+            return call(x, z)
         cdt = compute_dtype(x.dtype)
         # Residual and activation ride in the GEMM epilogue (applied per output tile while hot).
         y = run_conv(self, x, w, b, cdt, residual=None if z is None else z.astype(cdt, copy=False),
