@@ -299,6 +299,17 @@ def pack_constant(b: Any, trans_b: bool = False) -> PackedB | None:
 # benchmark machine; with AVX2 OpenBLAS is the faster one.
 COMPILED = True
 COMPILED_MIN_MACS = 1 << 18   # a B that is not a constant: from ~0.26M multiply-adds up
+# On Intel's AVX-512 OpenBLAS's own kernel (SkylakeX) is level with the tiles on products of a
+# few hundred rows and faster from ~1000 (MatMul + Add + Relu sessions, 1 / 2 threads, our time
+# over the BLAS path's: 128x768x3072 0.90 / 0.87, 512x768x768 1.05 / 0.93, 1024^3 1.05 / 1.05,
+# 2048^3 1.27 / 1.24, 4096x768x768 1.39 / 1.28, 4096x3072x768 1.40 / 1.47: a large A's k blocks
+# move the whole output through memory each time): from this many rows BLAS takes them there.
+BLAS_MIN_ROWS_INTEL = 1024
+
+
+def _tiles_take(m: int) -> bool:
+    """Whether the compiled tiles take a product of `m` rows where they beat BLAS."""
+    return microkernel.beats_blas() and (m < BLAS_MIN_ROWS_INTEL or microkernel.amd())
 
 
 def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
@@ -406,8 +417,8 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     # decoder step: 42 -> 33 ms a step against a one-thread BLAS).
     if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
             and (packed is not None or macs >= COMPILED_MIN_MACS)
-            and (microkernel.beats_blas() or (m < THIN_M and packed is not None and threads > 1
-                                              and microkernel.convs_beat_blas(threads)))
+            and (_tiles_take(m) or (m < THIN_M and packed is not None and threads > 1
+                                    and microkernel.convs_beat_blas(threads)))
             and jit_tier.ready("gemm", gemm_compiled.compile_kernels)):
         # a B that is not a session constant is packed for this call (K x N: small next to the
         # product from COMPILED_MIN_MACS up)

@@ -305,3 +305,15 @@ def test_pack_constant_keeps_float32_weights_in_place(trans_b, monkeypatch):
     for threads in (1, 2):
         np.testing.assert_allclose(G.gemm(a, pb, bias, "Relu", num_threads=threads), ref, rtol=2e-5,
                                    atol=1e-6 * np.abs(ref).max())
+def test_tiles_take_products_by_cpu_class_and_rows(monkeypatch):
+    """Where the tiles beat BLAS they take products, except from BLAS_MIN_ROWS_INTEL rows on
+    Intel's AVX-512, where OpenBLAS's own kernel measured faster (gemm.py)."""
+    from ep_cpu import microkernel
+    rows = G.BLAS_MIN_ROWS_INTEL
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: True)
+    monkeypatch.setattr(microkernel, "amd", lambda: False)
+    assert G._tiles_take(rows - 1) and not G._tiles_take(rows)
+    monkeypatch.setattr(microkernel, "amd", lambda: True)
+    assert G._tiles_take(10 * rows)
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: False)
+    assert not G._tiles_take(1)
