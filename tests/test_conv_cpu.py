@@ -279,3 +279,22 @@ def test_winograd_first_by_cpu_class_map_and_threads(monkeypatch):
     assert first(many, 1) and not first(many - 1, 1) and not first(10 * many, 2) and not first(None)
     monkeypatch.setattr(conv_kernels, "WINOGRAD_OVER_IMPLICIT", True)
     assert first(1, 2)
+
+
+def test_deep_1x1_convs_on_blas_by_cpu_class(monkeypatch):
+    """Intel's AVX-512 at one thread: 1x1 convs from BLAS_1X1_MIN_CHANNELS_INTEL inputs and
+    BLAS_1X1_MIN_OUTPUTS_INTEL outputs run on OpenBLAS when their activation is none or a
+    clamp; at two threads, on AMD, or with SiLU they stay on the implicit conv (conv.py)."""
+    from ep_cpu import microkernel
+    from ep_cpu.kernels import conv as conv_kernels
+    deep = conv_kernels._deep_1x1_on_blas
+    c, m = conv_kernels.BLAS_1X1_MIN_CHANNELS_INTEL, conv_kernels.BLAS_1X1_MIN_OUTPUTS_INTEL
+    monkeypatch.setattr(microkernel, "beats_blas", lambda: True)
+    monkeypatch.setattr(microkernel, "amd", lambda: False)
+    assert deep([1, 1], [1, 1], c, m, 1 << 20, 1)
+    assert not deep([1, 1], [1, 1], c - 1, m, 1 << 20, 1) and not deep([1, 1], [1, 1], c, m - 1, 1 << 20, 1)
+    assert not deep([1, 1], [1, 1], c, m, 1 << 20, 2) and not deep([3, 3], [1, 1], c, m, 1 << 20, 1)
+    assert not deep([1, 1], [2, 2], c, m, 1 << 20, 1)
+    assert not deep([1, 1], [1, 1], c, m, 1 << 20, 1, clamp_epilogue=False)
+    monkeypatch.setattr(microkernel, "amd", lambda: True)
+    assert not deep([1, 1], [1, 1], c, m, 1 << 20, 1)

@@ -306,23 +306,40 @@ def _winograd_first(tiles: int | None = None, threads: int = 1) -> bool:
     return tiles is not None and tiles >= WINOGRAD_FIRST_MIN_TILES_AVX512
 
 
-def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None) -> bool:
-    """A 1x1 stride-1 conv large enough for BLAS's pool tiles to beat the implicit conv where it
-    takes convs only for the threads (`macs` None: of any size, for the weight packed at
-    session build)."""
-    return (list(ks) == [1, 1] and list(strides) == [1, 1]
-            and channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and outputs >= IMPLICIT_1X1_BLAS_MIN_OUTPUTS
-            and (macs is None or macs >= IMPLICIT_1X1_BLAS_MIN_MACS) and not microkernel.beats_blas())
+# On Intel's AVX-512 at one thread, 1x1 convs from this many input and output channels run as
+# W @ X on OpenBLAS (`conv_pointwise`'s plan): the implicit conv reads their input in place
+# and ran 35-53 GMAC/s, OpenBLAS's SkylakeX kernel 48-70 (alone: 256->64 on 56x56 1394 ->
+# 1066 us, 512->128 on 28x28 1481 -> 802, 1024->256 on 14x14 972 -> 818, 576->96 on 14x14
+# 218 -> 192; 64->256 on 56x56 921 -> 1057 and 144->24 266 -> 338 slower: kept). At two threads
+# the implicit conv's split won (BLAS's path 1.3-2x slower).
+BLAS_1X1_MIN_CHANNELS_INTEL = 128
+BLAS_1X1_MIN_OUTPUTS_INTEL = 64
+
+
+def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None,
+                      threads: int = 1, clamp_epilogue: bool = True) -> bool:
+    """A 1x1 stride-1 conv that BLAS runs faster than the implicit conv: where the implicit
+    conv takes convs only for the threads (AVX2), one large enough for BLAS's pool tiles
+    (`macs` None: of any size, for the weight packed at session build); on Intel's AVX-512 a
+    deep one at one thread whose activation is none or a clamp (`clamp_epilogue`: the pointwise
+    plan's epilogue; the implicit conv runs SiLU and the like on its tiles)."""
+    if list(ks) != [1, 1] or list(strides) != [1, 1]:
+        return False
+    if microkernel.beats_blas():
+        return (threads == 1 and clamp_epilogue and not microkernel.amd()
+                and channels >= BLAS_1X1_MIN_CHANNELS_INTEL and outputs >= BLAS_1X1_MIN_OUTPUTS_INTEL)
+    return (channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and outputs >= IMPLICIT_1X1_BLAS_MIN_OUTPUTS
+            and (macs is None or macs >= IMPLICIT_1X1_BLAS_MIN_MACS))
 
 
 def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1,
-                  built_only: bool = True) -> bool:
+                  built_only: bool = True, clamp_epilogue: bool = True) -> bool:
     """Whether the implicit conv takes this conv; `built_only`: only once its kernels are
-    compiled (`ep_cpu.jit_tier`)."""
+    compiled (`ep_cpu.jit_tier`); `clamp_epilogue`: its activation is none or a clamp."""
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
-    if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs):
+    if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs, threads, clamp_epilogue):
         return False
     return (macs >= IMPLICIT_MIN_MACS
             and (conv_implicit.available(threads)
@@ -509,7 +526,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     # once a build finishes
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, WINOGRAD_FIRST_MIN_TILES_AVX512,
-           IMPLICIT_1X1_MAX_CHANNELS_AVX2,
+           IMPLICIT_1X1_MAX_CHANNELS_AVX2, BLAS_1X1_MIN_CHANNELS_INTEL, BLAS_1X1_MIN_OUTPUTS_INTEL,
            IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
            IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2,
            IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2, IMPLICIT_SHALLOW_1X1_MIN_POSITIONS, conv_thin.MAX_POSITIONS,
@@ -526,7 +543,9 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     tiles = x_shape[0] * -(-out[0] // WINOGRAD_TILE) * -(-out[-1] // WINOGRAD_TILE)
     if (not (wino and _winograd_first(tiles, threads)) and min(g.pads_begin) >= 0
             and min(g.pads_end) >= 0
-            and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads, False)):
+            and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads, False,
+                              epilogue_jit.clamp_bounds(getattr(k, "act", None),
+                                                        getattr(k, "params", None) or {}) is not None)):
         # while its kernels compile, im2col + BLAS (Winograd would transform a weight, 20-40 ms
         # at 256-512 channels, for runs that leave it once they are built)
         path = ("implicit" if jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
@@ -557,7 +576,8 @@ def prepare_constant_weight(k: Kernel) -> None:
                           and min(w.shape[:2]) >= WINOGRAD_MIN_CHANNELS)
         if winograd_shape and (_winograd_first() or not implicit):
             winograd_weight(k, w, np.dtype(np.float32))
-        elif implicit and not _deep_1x1_on_blas(ks, strides, w.shape[1], w.shape[0], None):
+        elif implicit and not _deep_1x1_on_blas(ks, strides, w.shape[1], w.shape[0], None,
+                                                get_num_threads()):
             # (a Winograd conv on a small map, or a deep 1x1 one below
             # IMPLICIT_1X1_BLAS_MIN_MACS, packs it on first use)
             implicit_weight(k, w)
