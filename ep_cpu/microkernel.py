@@ -76,8 +76,8 @@ def wide() -> bool:
     return _state["wide"]
 
 
-def amd() -> bool:
-    """The host CPU is an AMD Zen (LLVM's `znver*`): where path choices were measured apart."""
+def amd() -> bool:   # path choices measured apart on AMD's and Intel's AVX-512
+    """The host CPU is an AMD Zen (LLVM's `znver*`)."""
     if not _state["checked"]:
         _check_cpu()
     return _state["amd"]

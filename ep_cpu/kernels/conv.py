@@ -228,15 +228,11 @@ def _use_winograd(x_shape, w_shape, ks, strides, dil, group, out, cdt, threads: 
 # `ep_cpu.conv_implicit` where its tiles beat BLAS (`conv_implicit.available(threads)`: AVX-512,
 # or AVX2 from two threads; no im2col matrix); elsewhere im2col + BLAS or Winograd.
 IMPLICIT = True
-# 3x3 convs that Winograd takes: Winograd first? None: by CPU class. First where the CPU has no
-# AVX-512 (AVX2, 2 threads, the implicit conv beside it: ResNet-50 1.84 -> 1.79 of
-# onnxruntime's time, YOLOv8n 2.58 -> 1.67). On AMD's AVX-512 (Zen 5) the implicit conv
-# measured faster. On Intel's (a Xeon, per conv in ResNet-50) Winograd is faster at one thread
-# from WINOGRAD_FIRST_MIN_TILES_AVX512 4x4 tiles: 64ch 56x56 1.99 -> 1.55 ms, 128ch 28x28
-# 1.97 -> 1.37 (ResNet-50 100.5 -> 95.4 ms, YOLOv8n 28.5 -> 27.3); on 14x14 maps (16 tiles)
-# slower in the model, 2.0 -> 2.13 ms (256ch: its transformed weight, 4x the weight's bytes,
-# streams from memory for 16 tiles' products); at two threads slower (ResNet-50 61 -> 65 ms,
-# YOLOv8n 25 -> 28: the implicit conv splits its tiles, Winograd its 36 products).
+# 3x3 convs that Winograd takes: Winograd first? None: by CPU class. First without AVX-512 (AVX2,
+# 2 threads: ResNet-50 1.84 -> 1.79 of onnxruntime's time, YOLOv8n 2.58 -> 1.67); not on AMD's
+# AVX-512 (Zen 5: the implicit conv measured faster); on Intel's at one thread from
+# WINOGRAD_FIRST_MIN_TILES_AVX512 4x4 tiles (ResNet-50 100.5 -> 95.4 ms; 14x14 maps and two
+# threads measured slower: benchmarks/README.md, eleventh session).
 WINOGRAD_OVER_IMPLICIT: bool | None = None
 WINOGRAD_FIRST_MIN_TILES_AVX512 = 49
 IMPLICIT_MIN_MACS = 1 << 16      # smaller convs keep the one-BLAS-call path
@@ -294,9 +290,8 @@ def _thin_max_positions() -> int:
 
 
 def _winograd_first(tiles: int | None = None, threads: int = 1) -> bool:
-    """Whether Winograd takes the 3x3 convs it applies to before the implicit conv
-    (`WINOGRAD_OVER_IMPLICIT`); `tiles` (4x4 output tiles) None: not known yet (a weight at
-    session build), the answer where it does not matter."""
+    """Whether Winograd goes before the implicit conv; `tiles` (4x4 output tiles) None: not
+    known yet (a weight at session build)."""
     if WINOGRAD_OVER_IMPLICIT is not None:
         return WINOGRAD_OVER_IMPLICIT
     if not microkernel.wide():
@@ -307,22 +302,17 @@ def _winograd_first(tiles: int | None = None, threads: int = 1) -> bool:
 
 
 # On Intel's AVX-512 at one thread, 1x1 convs from this many input and output channels run as
-# W @ X on OpenBLAS (`conv_pointwise`'s plan): the implicit conv reads their input in place
-# and ran 35-53 GMAC/s, OpenBLAS's SkylakeX kernel 48-70 (alone: 256->64 on 56x56 1394 ->
-# 1066 us, 512->128 on 28x28 1481 -> 802, 1024->256 on 14x14 972 -> 818, 576->96 on 14x14
-# 218 -> 192; 64->256 on 56x56 921 -> 1057 and 144->24 266 -> 338 slower: kept). At two threads
-# the implicit conv's split won (BLAS's path 1.3-2x slower).
+# W @ X on OpenBLAS (`conv_pointwise`'s plan): 48-70 GMAC/s where the implicit conv's in-place
+# reads ran 35-53 (ResNet-50 98.4 -> 85.9 ms; shallower ones and two threads measured slower).
 BLAS_1X1_MIN_CHANNELS_INTEL = 128
 BLAS_1X1_MIN_OUTPUTS_INTEL = 64
 
 
 def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None,
                       threads: int = 1, clamp_epilogue: bool = True) -> bool:
-    """A 1x1 stride-1 conv that BLAS runs faster than the implicit conv: where the implicit
-    conv takes convs only for the threads (AVX2), one large enough for BLAS's pool tiles
-    (`macs` None: of any size, for the weight packed at session build); on Intel's AVX-512 a
-    deep one at one thread whose activation is none or a clamp (`clamp_epilogue`: the pointwise
-    plan's epilogue; the implicit conv runs SiLU and the like on its tiles)."""
+    """A 1x1 stride-1 conv BLAS runs faster than the implicit conv: with AVX2, one large enough
+    for BLAS's pool tiles (`macs` None: any size, at session build); on Intel's AVX-512 a deep
+    one at one thread with no or a clamp activation (`clamp_epilogue`; the tiles run SiLU)."""
     if list(ks) != [1, 1] or list(strides) != [1, 1]:
         return False
     if microkernel.beats_blas():
@@ -334,8 +324,7 @@ def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None
 
 def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int = 1,
                   built_only: bool = True, clamp_epilogue: bool = True) -> bool:
-    """Whether the implicit conv takes this conv; `built_only`: only once its kernels are
-    compiled (`ep_cpu.jit_tier`); `clamp_epilogue`: its activation is none or a clamp."""
+    """Whether the implicit conv takes this conv (`built_only`: once compiled, `jit_tier`)."""
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
@@ -496,9 +485,8 @@ def run_conv(k: Kernel, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, cdt,
 
 
 def ready_conv(k: Kernel, x: np.ndarray, b: np.ndarray | None, residual: np.ndarray | None):
-    """The plan `_keep_ready` kept for a float32 call like this one (same input shape, bias,
-    residual presence, threads, compiled kernels), or None. Conv and FusedConv ask first, before
-    any other work of theirs (a streaming step runs six small convs a run)."""
+    """The plan `_keep_ready` kept for a float32 call like this one, or None (Conv and
+    FusedConv ask before any other work: a streaming step runs six small convs a run)."""
     ready = k.__dict__.get("_ready_conv")
     if (ready is not None and ready[0] == x.shape and ready[1] is b and ready[2] == (residual is None)
             and ready[3] == get_num_threads() and ready[4] == jit_tier.generation
@@ -546,8 +534,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
             and _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads, False,
                               epilogue_jit.clamp_bounds(getattr(k, "act", None),
                                                         getattr(k, "params", None) or {}) is not None)):
-        # while its kernels compile, im2col + BLAS (Winograd would transform a weight, 20-40 ms
-        # at 256-512 channels, for runs that leave it once they are built)
+        # while its kernels compile, im2col + BLAS (not Winograd's 20-40 ms weight transform)
         path = ("implicit" if jit_tier.ready("conv_implicit", conv_implicit.compile_kernels)
                 else "im2col")
     if (path != "winograd" and group == 1 and cdt == np.float32
