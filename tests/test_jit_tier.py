@@ -15,6 +15,17 @@ from ep_cpu import conv_thin, depthwise_direct, depthwise_flat, jit_tier, microk
 from ep_cpu.kernels import pool as pool_kernels
 
 
+def _one_node(node, x: np.ndarray, weights: dict | None = None):
+    """Our session of a one-node model over input "x" and onnxruntime's output for x."""
+    g = helper.make_graph([node], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          initializer=[numpy_helper.from_array(v, k) for k, v in (weights or {}).items()])
+    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    sess = ep_core.InferenceSession(data, providers=["cpu"])
+    return sess, ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
 @pytest.fixture
 def background(monkeypatch):
     """Background mode (the suite runs with EP_CPU_JIT=sync) with a build table of its own."""
@@ -94,13 +105,7 @@ def test_conv_takes_the_thin_path_once_it_is_built(background, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 16, 3)).astype(np.float32)
     w = rng.standard_normal((8, 16, 1)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          initializer=[numpy_helper.from_array(w, "w")])
-    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-    sess = ep_core.InferenceSession(data, providers=["cpu"])
-    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess, ref = _one_node(helper.make_node("Conv", ["x", "w"], ["y"]), x, {"w": w})
     paths = []
     real_conv = conv_thin.ThinConv.__call__
     monkeypatch.setattr(conv_thin.ThinConv, "__call__",
@@ -122,13 +127,8 @@ def test_max_pool_waits_for_its_plane_kernels(background, monkeypatch):
     real = pool_kernels._compile_plane_pools
     monkeypatch.setattr(pool_kernels, "_compile_plane_pools", lambda: (gate.wait(10), real()))
     x = np.random.default_rng(0).standard_normal((1, 8, 16, 16)).astype(np.float32)
-    g = helper.make_graph([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
-                                            pads=[1, 1, 1, 1], strides=[1, 1])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-    sess = ep_core.InferenceSession(data, providers=["cpu"])
-    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess, ref = _one_node(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
+                                           pads=[1, 1, 1, 1], strides=[1, 1]), x)
     calls = []
     for module in (depthwise_flat, depthwise_direct):
         real_pool = module.max_pool_2d
@@ -173,13 +173,7 @@ def test_conv_waiting_for_the_implicit_conv_takes_im2col_not_winograd(background
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 64, 14, 14)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          initializer=[numpy_helper.from_array(w, "w")])
-    data = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
-    sess = ep_core.InferenceSession(data, providers=["cpu"])
-    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    sess, ref = _one_node(helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]), x, {"w": w})
     paths = []
     real_wino, real_plan = winograd.conv3x3, conv_implicit.ImplicitConv.__call__
     monkeypatch.setattr(winograd, "conv3x3", lambda *a, **k: paths.append("winograd") or real_wino(*a, **k))
