@@ -19,7 +19,7 @@ heap's next HUGE_HEAP_BYTES are marked for them too, as glibc's `glibc.malloc.hu
 marks its heap (which only the environment of a starting process can set). A 1x1 conv reads its
 input in place, a channel's row every 12 KB (56x56 maps): with 4 KB pages nearly every load of
 its tiles missed the TLB (256->64 channels on 56x56 1631 -> 1323 us, 512->128 on 28x28 1604 ->
-1251; ResNet-50 -3%, MobileNetV2 -4%; Intel Xeon, 1 thread). Memory is only committed as it is
+1251; MobileNetV2 -3%, ResNet-50 -1 to -3%; Intel Xeon, 1 thread). Memory is only committed as it is
 touched, 2 MB at a time in that range.
 """
 from __future__ import annotations
