@@ -282,9 +282,10 @@ def test_winograd_first_by_cpu_class_map_and_threads(monkeypatch):
 
 
 def test_deep_1x1_convs_on_blas_by_cpu_class(monkeypatch):
-    """Intel's AVX-512 at one thread: 1x1 convs from BLAS_1X1_MIN_CHANNELS_INTEL inputs and
-    BLAS_1X1_MIN_OUTPUTS_INTEL outputs run on OpenBLAS when their activation is none or a
-    clamp; at two threads, on AMD, or with SiLU they stay on the implicit conv (conv.py)."""
+    """Intel's AVX-512 at one thread: 1x1 convs with BLAS_1X1_MIN_OUTPUTS_INTEL outputs and
+    BLAS_1X1_MIN_CHANNELS_INTEL inputs (or at most BLAS_1X1_MAX_POSITIONS_INTEL positions) run
+    on OpenBLAS when their activation is none or a clamp; at two threads, on AMD, or with SiLU
+    they stay on the implicit conv (conv.py)."""
     from ep_cpu import microkernel
     from ep_cpu.kernels import conv as conv_kernels
     deep = conv_kernels._deep_1x1_on_blas
@@ -296,5 +297,9 @@ def test_deep_1x1_convs_on_blas_by_cpu_class(monkeypatch):
     assert not deep([1, 1], [1, 1], c, m, 1 << 20, 2) and not deep([3, 3], [1, 1], c, m, 1 << 20, 1)
     assert not deep([1, 1], [2, 2], c, m, 1 << 20, 1)
     assert not deep([1, 1], [1, 1], c, m, 1 << 20, 1, clamp_epilogue=False)
+    few = conv_kernels.BLAS_1X1_MAX_POSITIONS_INTEL   # shallow ones on small maps too
+    assert deep([1, 1], [1, 1], 16, m, 1 << 20, 1, positions=few)
+    assert not deep([1, 1], [1, 1], 16, m, 1 << 20, 1, positions=few + 1)
+    assert not deep([1, 1], [1, 1], 16, m, 1 << 20, 1)   # positions not known
     monkeypatch.setattr(microkernel, "amd", lambda: True)
     assert not deep([1, 1], [1, 1], c, m, 1 << 20, 1)

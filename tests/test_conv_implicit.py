@@ -100,6 +100,8 @@ def implicit_calls(monkeypatch):
     monkeypatch.setattr(conv, "IMPLICIT", True)
     monkeypatch.setattr(conv, "IMPLICIT_MIN_MACS", 0)
     monkeypatch.setattr(conv_thin, "MAX_POSITIONS", 0)   # a few positions: tests/test_conv_thin.py
+    # 1x1 convs that OpenBLAS takes on Intel's AVX-512 at one thread: tests/test_conv_pointwise.py
+    monkeypatch.setattr(conv, "BLAS_1X1_MIN_OUTPUTS_INTEL", 1 << 30)
     return calls
 
 

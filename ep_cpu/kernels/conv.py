@@ -301,15 +301,17 @@ def _winograd_first(tiles: int | None = None, threads: int = 1) -> bool:
     return tiles is not None and tiles >= WINOGRAD_FIRST_MIN_TILES_AVX512
 
 
-# On Intel's AVX-512 at one thread, 1x1 convs from this many input and output channels run as
-# W @ X on OpenBLAS (`conv_pointwise`'s plan): 48-70 GMAC/s where the implicit conv's in-place
-# reads ran 35-53 (ResNet-50 98.4 -> 85.9 ms; shallower ones and two threads measured slower).
+# On Intel's AVX-512 at one thread, 1x1 convs with this many outputs, and this many inputs or at
+# most this many positions, run as W @ X on OpenBLAS (`conv_pointwise`'s plan): 41-70 GMAC/s
+# where the implicit conv's in-place reads ran 34-53 (ResNet-50 98.4 -> 85.9 ms; 64->384 on
+# 14x14 140 -> 113 us); few channels on large maps and two threads measured slower.
 BLAS_1X1_MIN_CHANNELS_INTEL = 128
+BLAS_1X1_MAX_POSITIONS_INTEL = 1024
 BLAS_1X1_MIN_OUTPUTS_INTEL = 64
 
 
 def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None,
-                      threads: int = 1, clamp_epilogue: bool = True) -> bool:
+                      threads: int = 1, clamp_epilogue: bool = True, positions: int = 0) -> bool:
     """A 1x1 stride-1 conv BLAS runs faster than the implicit conv: with AVX2, one large enough
     for BLAS's pool tiles (`macs` None: any size, at session build); on Intel's AVX-512 a deep
     one at one thread with no or a clamp activation (`clamp_epilogue`; the tiles run SiLU)."""
@@ -317,7 +319,9 @@ def _deep_1x1_on_blas(ks, strides, channels: int, outputs: int, macs: int | None
         return False
     if microkernel.beats_blas():
         return (threads == 1 and clamp_epilogue and not microkernel.amd()
-                and channels >= BLAS_1X1_MIN_CHANNELS_INTEL and outputs >= BLAS_1X1_MIN_OUTPUTS_INTEL)
+                and outputs >= BLAS_1X1_MIN_OUTPUTS_INTEL
+                and (channels >= BLAS_1X1_MIN_CHANNELS_INTEL
+                     or 0 < positions <= BLAS_1X1_MAX_POSITIONS_INTEL))
     return (channels > IMPLICIT_1X1_MAX_CHANNELS_AVX2 and outputs >= IMPLICIT_1X1_BLAS_MIN_OUTPUTS
             and (macs is None or macs >= IMPLICIT_1X1_BLAS_MIN_MACS))
 
@@ -328,7 +332,8 @@ def _use_implicit(x_shape, w_shape, ks, strides, group, out, cdt, threads: int =
     if not IMPLICIT or cdt != np.float32 or group != 1 or len(ks) != 2 or min(out) <= 0:
         return False
     macs = x_shape[0] * w_shape[0] * math.prod(w_shape[1:]) * math.prod(out)
-    if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs, threads, clamp_epilogue):
+    if _deep_1x1_on_blas(ks, strides, w_shape[1], w_shape[0], macs, threads, clamp_epilogue,
+                         math.prod(out)):
         return False
     return (macs >= IMPLICIT_MIN_MACS
             and (conv_implicit.available(threads)
@@ -515,6 +520,7 @@ def _geometry(k: Kernel, x_shape: tuple, w_shape: tuple, cdt) -> tuple:
     key = (x_shape, w_shape, cdt, threads, jit_tier.generation, WINOGRAD, WINOGRAD_MIN_CHANNELS,
            WINOGRAD_MIN_TILES, IMPLICIT, WINOGRAD_OVER_IMPLICIT, WINOGRAD_FIRST_MIN_TILES_AVX512,
            IMPLICIT_1X1_MAX_CHANNELS_AVX2, BLAS_1X1_MIN_CHANNELS_INTEL, BLAS_1X1_MIN_OUTPUTS_INTEL,
+           BLAS_1X1_MAX_POSITIONS_INTEL,
            IMPLICIT_1X1_BLAS_MIN_OUTPUTS, IMPLICIT_1X1_BLAS_MIN_MACS,
            IMPLICIT_SPATIAL_AVX2, IMPLICIT_STRIDED_MAX_CHANNELS_AVX2,
            IMPLICIT_SHALLOW_1X1_MAX_CHANNELS_AVX2, IMPLICIT_SHALLOW_1X1_MIN_POSITIONS, conv_thin.MAX_POSITIONS,
