@@ -15,10 +15,9 @@ accumulators of their 16 registers; 1- and 2-row tiles in one pass over all 32 c
 the tiles are the faster GEMM and convolution path is `beats_blas()` (AVX-512 only: on AVX2
 OpenBLAS's own kernel wins); the thin convs and the recurrent steps use them on both.
 
-The compiled drivers that call the microkernel live here too (`conv_in_place` for
-`ep_cpu.conv_implicit`, `gemm_panels` for `ep_cpu.gemm_compiled`): numba's disk cache checks only
-the source file of the function it caches, so a driver in another file would keep a stale
-inlined microkernel after this file changes.
+The compiled drivers that call the microkernel live here too (`conv_in_place`, `gemm_panels`):
+numba's disk cache checks only the source file of the function it caches, so a driver in another
+file would keep a stale inlined microkernel after this file changes.
 
 Unsigned indices in the drivers: numba wraps negative signed indices, and that select keeps
 LLVM from vectorizing copies (measured 0.9 -> 0.1-0.3 ns a value for panel packing).
@@ -60,27 +59,26 @@ def _check_cpu() -> None:
     _state.update(available=ok, wide=wide, amd=amd, checked=True)
 
 
+def _cpu(key: str) -> bool:
+    if not _state["checked"]:
+        _check_cpu()
+    return _state[key]
+
+
 def available() -> bool:
     """numba imports and the host CPU has AVX2 and FMA (or AVX-512F). The kernels are written
     on 16-float vectors; LLVM splits them in two where registers hold 8 (AVX2)."""
-    if not _state["checked"]:
-        _check_cpu()
-    return _state["available"]
+    return _cpu("available")
 
 
 def wide() -> bool:
-    """The host CPU has AVX-512F: 32 registers of 16 floats (tile shapes and the instructions
-    only AVX-512 has depend on it)."""
-    if not _state["checked"]:
-        _check_cpu()
-    return _state["wide"]
+    """The host CPU has AVX-512F: 32 registers of 16 floats (tile shapes and instructions)."""
+    return _cpu("wide")
 
 
-def amd() -> bool:   # path choices measured apart on AMD's and Intel's AVX-512
-    """The host CPU is an AMD Zen (LLVM's `znver*`)."""
-    if not _state["checked"]:
-        _check_cpu()
-    return _state["amd"]
+def amd() -> bool:
+    """The host CPU is an AMD Zen (LLVM's `znver*`): some paths measured apart from Intel's."""
+    return _cpu("amd")
 
 
 def beats_blas() -> bool:

@@ -26,6 +26,13 @@ def _one_node(node, x: np.ndarray, weights: dict | None = None):
     return sess, ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
+def _gated(monkeypatch, module, build: str) -> threading.Event:
+    """Hold `module.build` (a kernel family's build) until the returned event is set."""
+    gate, real = threading.Event(), getattr(module, build)
+    monkeypatch.setattr(module, build, lambda: (gate.wait(10), real()))
+    return gate
+
+
 @pytest.fixture
 def background(monkeypatch):
     """Background mode (the suite runs with EP_CPU_JIT=sync) with a build table of its own."""
@@ -98,9 +105,7 @@ def test_sync_mode_builds_on_the_caller_and_raises(monkeypatch):
 def test_conv_takes_the_thin_path_once_it_is_built(background, monkeypatch):
     """A 3-position conv (the thin path's case) runs through im2col + BLAS while its kernels
     compile, then through the thin conv; both match onnxruntime."""
-    gate = threading.Event()
-    real = conv_thin.compile_kernels
-    monkeypatch.setattr(conv_thin, "compile_kernels", lambda: (gate.wait(10), real()))
+    gate = _gated(monkeypatch, conv_thin, "compile_kernels")
     assert microkernel.available()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 16, 3)).astype(np.float32)
@@ -123,9 +128,7 @@ def test_conv_takes_the_thin_path_once_it_is_built(background, monkeypatch):
 def test_max_pool_waits_for_its_plane_kernels(background, monkeypatch):
     """A MaxPool whose compiled kernels are not built runs the numpy path, not a compile in line
     (3 s of ResNet-50's cold first run), then the compiled one; both match onnxruntime."""
-    gate = threading.Event()
-    real = pool_kernels._compile_plane_pools
-    monkeypatch.setattr(pool_kernels, "_compile_plane_pools", lambda: (gate.wait(10), real()))
+    gate = _gated(monkeypatch, pool_kernels, "_compile_plane_pools")
     x = np.random.default_rng(0).standard_normal((1, 8, 16, 16)).astype(np.float32)
     sess, ref = _one_node(helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
                                            pads=[1, 1, 1, 1], strides=[1, 1]), x)
@@ -167,9 +170,7 @@ def test_conv_waiting_for_the_implicit_conv_takes_im2col_not_winograd(background
     from ep_cpu import conv_implicit, winograd
     from ep_cpu.kernels import conv as conv_kernels
     monkeypatch.setattr(conv_kernels, "WINOGRAD_OVER_IMPLICIT", False)
-    gate = threading.Event()
-    real = conv_implicit.compile_kernels
-    monkeypatch.setattr(conv_implicit, "compile_kernels", lambda: (gate.wait(10), real()))
+    gate = _gated(monkeypatch, conv_implicit, "compile_kernels")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 64, 14, 14)).astype(np.float32)
     w = (rng.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32)

@@ -7,7 +7,6 @@ variant conv kernels.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -20,7 +19,8 @@ from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS,
                          _get_pool, gemm, get_num_threads, single_threaded_blas)
 from ep_cpu.gemm_epilogue import bias_residual_activation
 from ep_cpu.kernels import conv_depthwise_numpy
-from ep_cpu.kernels.conv_geometry import compute_dtype, pad_spatial, window_view  # noqa: F401 - shared
+from ep_cpu.kernels.conv_geometry import (_im2col_index, _tap_offsets, compute_dtype,  # noqa: F401 - shared
+                                         pad_spatial, window_view)
 from ep_cpu.registry import kernel
 
 
@@ -134,46 +134,6 @@ def conv_nd(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, begin,
 
 
 SMALL_IM2COL = 1 << 16   # column-matrix elements up to which im2col is one cached-index gather
-
-
-@functools.lru_cache(maxsize=256)
-def _tap_offsets(spatial: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
-                 out_shape: tuple) -> np.ndarray:
-    """(prod(ks), prod(out)): per kernel tap and output position, the offset read within one
-    channel's plane, -1 in the padding (the thin conv's gather: `conv_thin.ThinConv`)."""
-    idx = _im2col_index((1,) + tuple(spatial), ks, strides, dilations, begin, out_shape)
-    offs = np.where(idx == math.prod(spatial), -1, idx).astype(np.int64)
-    offs.flags.writeable = False
-    return offs
-
-
-@functools.lru_cache(maxsize=256)
-def _im2col_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
-                  out_shape: tuple) -> np.ndarray:
-    """Flat indices (C * prod(ks), prod(out)) into one image x (C, *spatial) followed by a zero
-    (index C * prod(spatial)) that every padded position reads."""
-    c, spatial = in_shape[0], in_shape[1:]
-    nd = len(ks)
-    size = math.prod(spatial)
-    # Per axis: input coordinate of (kernel offset, output position), and whether it is inside.
-    coords = [np.arange(ks[i])[:, None] * dilations[i] + np.arange(out_shape[i])[None, :] * strides[i]
-              - begin[i] for i in range(nd)]
-    pos = np.zeros((1,) * (2 * nd), dtype=np.int64)
-    inside = np.ones((1,) * (2 * nd), dtype=bool)
-    stride = 1
-    for i in reversed(range(nd)):
-        shape = [1] * (2 * nd)
-        shape[i], shape[nd + i] = ks[i], out_shape[i]
-        ci = coords[i].reshape(shape)
-        inside = inside & (ci >= 0) & (ci < spatial[i])
-        pos = pos + ci * stride
-        stride *= spatial[i]
-    pos = np.where(inside, pos, -1)   # (*ks, *out)
-    idx = pos[None] + (np.arange(c) * size).reshape((c,) + (1,) * (2 * nd))
-    idx = np.where(pos[None] < 0, c * size, idx)
-    idx = idx.reshape(c * math.prod(ks), math.prod(out_shape))
-    idx.flags.writeable = False
-    return idx
 
 
 SMALL_CONV_MACS = BLAS_PAR_MIN_MACS   # below: np.matmul + in-place epilogue instead of `gemm`

@@ -1,6 +1,10 @@
 """Geometry helpers shared by the convolution, pooling, quantized and variant conv kernels: the
-accumulation dtype, spatial padding, and strided window views of a padded input."""
+accumulation dtype, spatial padding, strided window views of a padded input, and the im2col
+gather indices (with the thin conv's per-tap offsets derived from them)."""
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -46,3 +50,43 @@ def window_view(xp: np.ndarray, kernel_shape, strides, dilations, out_shape) -> 
     strides_ = (tuple(st[:lead]) + tuple(st[lead + i] * strides[i] for i in range(nd))
                 + tuple(st[lead + i] * dilations[i] for i in range(nd)))
     return as_strided(xp, shape=shape, strides=strides_, writeable=False)
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(spatial: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
+                 out_shape: tuple) -> np.ndarray:
+    """(prod(ks), prod(out)): per kernel tap and output position, the offset read within one
+    channel's plane, -1 in the padding (the thin conv's gather: `conv_thin.ThinConv`)."""
+    idx = _im2col_index((1,) + tuple(spatial), ks, strides, dilations, begin, out_shape)
+    offs = np.where(idx == math.prod(spatial), -1, idx).astype(np.int64)
+    offs.flags.writeable = False
+    return offs
+
+
+@functools.lru_cache(maxsize=256)
+def _im2col_index(in_shape: tuple, ks: tuple, strides: tuple, dilations: tuple, begin: tuple,
+                  out_shape: tuple) -> np.ndarray:
+    """Flat indices (C * prod(ks), prod(out)) into one image x (C, *spatial) followed by a zero
+    (index C * prod(spatial)) that every padded position reads."""
+    c, spatial = in_shape[0], in_shape[1:]
+    nd = len(ks)
+    size = math.prod(spatial)
+    # Per axis: input coordinate of (kernel offset, output position), and whether it is inside.
+    coords = [np.arange(ks[i])[:, None] * dilations[i] + np.arange(out_shape[i])[None, :] * strides[i]
+              - begin[i] for i in range(nd)]
+    pos = np.zeros((1,) * (2 * nd), dtype=np.int64)
+    inside = np.ones((1,) * (2 * nd), dtype=bool)
+    stride = 1
+    for i in reversed(range(nd)):
+        shape = [1] * (2 * nd)
+        shape[i], shape[nd + i] = ks[i], out_shape[i]
+        ci = coords[i].reshape(shape)
+        inside = inside & (ci >= 0) & (ci < spatial[i])
+        pos = pos + ci * stride
+        stride *= spatial[i]
+    pos = np.where(inside, pos, -1)   # (*ks, *out)
+    idx = pos[None] + (np.arange(c) * size).reshape((c,) + (1,) * (2 * nd))
+    idx = np.where(pos[None] < 0, c * size, idx)
+    idx = idx.reshape(c * math.prod(ks), math.prod(out_shape))
+    idx.flags.writeable = False
+    return idx
