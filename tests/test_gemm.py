@@ -305,6 +305,8 @@ def test_pack_constant_keeps_float32_weights_in_place(trans_b, monkeypatch):
     for threads in (1, 2):
         np.testing.assert_allclose(G.gemm(a, pb, bias, "Relu", num_threads=threads), ref, rtol=2e-5,
                                    atol=1e-6 * np.abs(ref).max())
+
+
 def test_tiles_take_products_by_cpu_class_and_rows(monkeypatch):
     """Where the tiles beat BLAS they take products, except from BLAS_MIN_ROWS_INTEL rows on
     Intel's AVX-512, where OpenBLAS's own kernel measured faster (gemm.py)."""

@@ -35,13 +35,18 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def _run(**env) -> tuple[bool, float]:
+def _printed(script: str, **env) -> list[str]:
+    """What `script` prints in a fresh process without the user's malloc settings (plus `env`)."""
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "EP_CPU_MALLOC")}
-    proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**environ, **env}, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    applied, faults = proc.stdout.split()
+    return proc.stdout.split()
+
+
+def _run(**env) -> tuple[bool, float]:
+    applied, faults = _printed(_SCRIPT, **env)
     return applied == "True", float(faults)
 
 
@@ -83,14 +88,9 @@ def test_heap_is_advised_for_huge_pages_where_the_kernel_asks():
     """With THP mode "madvise", HUGE_HEAP_BYTES of the heap carry the huge-page advice (VmFlags
     hg); EP_CPU_MALLOC=system leaves the heap as malloc made it."""
     from ep_cpu import host_memory
-    environ = {k: v for k, v in os.environ.items()
-               if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "EP_CPU_MALLOC")}
 
     def run(**env):
-        proc = subprocess.run([sys.executable, "-c", _HUGE_SCRIPT], capture_output=True, text=True,
-                              env={**environ, **env}, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        applied, mode, advised = proc.stdout.split()
+        applied, mode, advised = _printed(_HUGE_SCRIPT, **env)
         return applied == "True", mode, int(advised)
 
     applied, mode, advised = run()
