@@ -125,3 +125,29 @@ def test_nan_propagates(compiled_calls):
     a[3, 5] = np.nan
     y = G.gemm(a, G.pack_b(np.ones((32, 40), np.float32), copy=False), activation="Relu")
     assert np.isnan(y[3]).all() and not np.isnan(np.delete(y, 3, axis=0)).any()
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_weight_prefetch_is_emitted_and_harmless(monkeypatch, prefetch):
+    """The tiles' prefetch of the next weight panel (`microkernel.PREFETCH_AHEAD`) is in the
+    compiled code exactly when switched on, and a prefetch past the last panel (the last tile
+    of a product) neither faults nor changes the sums."""
+    import numba
+    monkeypatch.setattr(microkernel, "PREFETCH_AHEAD", prefetch)
+    kdim, mr, nr = 300, 12, microkernel.NR
+
+    @numba.njit(cache=False)
+    def one_tile(ap, bp, y, bias, ahead):   # a fresh compile: the intrinsic's codegen runs now
+        microkernel.gemm_tile(ap, 0, mr, bp, 0, np.zeros(1, np.int64), kdim, y, 0, nr, bias, 0,
+                              y, 0, np.float32(-np.inf), np.float32(np.inf), 0, 0, ahead)
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((mr, kdim)).astype(np.float32)
+    b = rng.standard_normal((kdim, nr)).astype(np.float32)
+    ap = np.ascontiguousarray(a.T).reshape(-1)          # one row panel: (kdim, mr)
+    bp = b.reshape(-1)                                   # one column panel: (kdim, NR)
+    y = np.zeros(mr * nr, np.float32)
+    one_tile(ap, bp, y, np.zeros(nr, np.float32), kdim * nr * 64)   # far past the end
+    np.testing.assert_allclose(y.reshape(mr, nr), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+    ir = one_tile.inspect_llvm(one_tile.signatures[0])
+    assert ("llvm.prefetch" in ir) == prefetch
