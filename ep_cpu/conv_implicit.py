@@ -250,8 +250,8 @@ class ImplicitConv:
         # written in place, h*w apart, and a residual read in place, where the grid's rows of
         # whole tiles needed a copy of the residual into it and a crop of the output out of it
         # (128->512 on 28x28 with a residual: 870 -> 457 us at 2 threads, 1046 -> 913 at one;
-        # ResNet-50 54.2 -> 51.9 ms at 2 threads, MobileNetV2 8.9 -> 8.6). The last partial
-        # tile then runs on copies of its columns (input, output and residual: NR wide).
+        # ResNet-50 54.2 -> 51.9 ms at 2 threads, MobileNetV2 8.9 -> 8.6). The positions past the
+        # whole tiles run as a tile of the last NR positions (`__call__`).
         self.direct = kh == kw == 1 and lay.wq == ow
         ldc = oh * ow if self.direct else grid_ldc
         self.full_tiles = (oh * ow) // NR if self.direct else tiles
@@ -328,27 +328,39 @@ class ImplicitConv:
                 res = res.reshape(n, m * ldc)
         at = native_call.address
         fn = mk.conv_range()
-        p0, rem = self.full_tiles * NR, self.ldc - self.full_tiles * NR
+        rem = self.ldc - self.full_tiles * NR
+        # row panels split between threads: each runs its tiles in order, the last NR positions
+        # (a tile overlapping the whole one before it) last, in the same pass
+        overlap = int(bool(self.direct and rem and self.full_tiles and not self.by_columns))
         for i in range(n):
             r_at, y_at = at(res[i] if res is not None else y[i]), at(y[i])
             out_at = at(out[i]) if out is not None else 0
             if self.full_tiles:
                 args = self.template.copy()
                 args[0], args[11], args[16], args[19] = at(xq[i]), r_at, y_at, out_at
-                native_call.run_ranges(fn, args, self.full_tiles, self.row_panels, self.workers,
-                                       self.by_columns, pool)
-            if self.direct and rem:
-                # the last tile's columns of the input, output and residual as (C or M, NR)
-                # copies: the tile (its row panels split between threads) reads and writes them
+                native_call.run_ranges(fn, args, self.full_tiles + overlap, self.row_panels,
+                                       self.workers, self.by_columns, pool)
+            if self.direct and rem and self.full_tiles and not overlap:
+                # the last NR positions as one more tile, read and written in place after the
+                # others (threads split the columns: the tile it overlaps may be another's): its
+                # columns computed again come out the same bits (the same sums in the same order)
+                shift = ldc - NR
+                args = self.template.copy()
+                args[0], args[1] = at(xq[i]) + 4 * shift, self.xq_len - shift
+                args[11], args[16], args[19] = r_at + 4 * shift, y_at + 4 * shift, 0
+                native_call.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
+            if self.direct and rem and not self.full_tiles:
+                # fewer positions than a tile: copies of the input, output and residual columns
+                # as (C or M, NR)
                 last = np.zeros((self.c, NR), dtype=np.float32)
-                last[:, :rem] = xq[i][:self.c * self.in_stride].reshape(self.c, self.in_stride)[:, p0:p0 + rem]
+                last[:, :rem] = xq[i][:self.c * self.in_stride].reshape(self.c, self.in_stride)[:, :rem]
                 y_last = np.empty((m, NR), dtype=np.float32)
                 res_last = y_last
                 if res is not None:
                     res_last = np.zeros((m, NR), dtype=np.float32)
-                    res_last[:, :rem] = res[i].reshape(m, ldc)[:, p0:]
+                    res_last[:, :rem] = res[i].reshape(m, ldc)
                 args = self.last_template.copy()
                 args[0], args[11], args[16], args[19] = at(last), at(res_last), at(y_last), 0
                 native_call.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
-                y[i].reshape(m, ldc)[:, p0:] = y_last[:, :rem]
+                y[i].reshape(m, ldc)[:] = y_last[:, :rem]
         return out if out is not None else y.reshape(self.out_shape)

@@ -475,7 +475,9 @@ if numba is not None:
                 r0 = ib * mr
                 nrows = min(mr, m - r0)
                 for jb in range(jb0, jb1):
-                    p0 = jb * NR
+                    # (a map of positions not a multiple of NR, ldc positions a row: its last
+                    # tile is the last NR positions, overlapping the one before)
+                    p0 = min(jb * NR, ldc - NR)
                     if nrows == mr:
                         conv_tile(ap, ib * kdim * mr, mr, xf, p0, rows, kdim, y, r0 * ldc + p0, ldc,
                                   bias, r0, res, r0 * ldc + p0, lo, hi, mode, kdim * mr)
