@@ -25,6 +25,7 @@ import numpy as np
 from ep_cpu import gemm_compiled
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -87,7 +88,7 @@ def _make_row_copies():
         def codegen(context, builder, signature, args):
             x_v, src_v, rows_v, width_v, out_v, dst_v = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             x, out = vir.data(context, tys[0], x_v, src_v), vir.data(context, tys[4], out_v, dst_v)
             align, zero = ir.Constant(l32, 4), ir.Constant(vir.v16, [0.0] * 16)
             v = builder.call(vir.masked_load(), [vir.ptr(x, vir.i64(0)), align,
@@ -105,7 +106,7 @@ def _make_row_copies():
         def codegen(context, builder, signature, args):
             x_v, base_v, offs_v, o_v, width_v, out_v, dst_v = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             x, offs = vir.data(context, tys[0], x_v, base_v), vir.data(context, tys[2], offs_v, o_v)
             out = vir.data(context, tys[5], out_v, dst_v)
             mask_t, align = vir.mask_t, ir.Constant(l32, 4)

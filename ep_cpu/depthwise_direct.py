@@ -22,6 +22,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -70,7 +71,7 @@ def _make_out16(kw_const: int | None, pool_max: bool = False):
             (x_v, x_o, h_v, w_v, iy0_v, ix0_v, dh_v, sw_v, dw_v, kh_v, kw_v, wt_v, wt_o, bias_v,
              lo_v, hi_v, y_v, y_o, valid_v, sh_v, ldy_v, two_v) = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             v16 = vir.v16
             l64, l32 = ir.IntType(64), ir.IntType(32)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()

@@ -28,6 +28,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -110,7 +111,7 @@ def _make_group(pool_max: bool = False):
             (x_v, x_o, sh_v, m_v, v0_v, nv_v, taps_v, w_v, w_o, bias_v, lo_v, hi_v, y_v,
              y_o) = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             v16, c64, mask_t, l32 = vir.v16, vir.i64, vir.mask_t, ir.IntType(32)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
             x, shifts = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[2], sh_v)
@@ -164,7 +165,7 @@ def _make_split():
         def codegen(context, builder, signature, args):
             x_v, x_o, n_v, o_v, d0_v, d1_v = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             c64, first, l32 = vir.i64, vir.first_lanes, ir.IntType(32)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
             x, out = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[3], o_v)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -106,7 +107,7 @@ def _make_kernels():
         def codegen(context, builder, signature, args):
             p_v, p_o, sh_v, taps_v, w_v, w_o, bias_v, lo_v, hi_v, q_v, q_o = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             p, shifts = vir.data(context, tys[0], p_v, p_o), vir.data(context, tys[2], sh_v)
             wt, q = vir.data(context, tys[4], w_v, w_o), vir.data(context, tys[9], q_v, q_o)
             accs = [cgutils.alloca_once_value(builder, vir.broadcast(bias_v)) for _ in range(GROUP)]
@@ -156,7 +157,7 @@ def _make_copies(LANES: int):
         def codegen(context, builder, signature, args):
             x_v, x_o, n_v, o_v, d_v = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             x, out = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[3], o_v, d_v)
             store(builder, masked_load(builder, x, n_v), out)
             return context.get_dummy_value()
@@ -171,7 +172,7 @@ def _make_copies(LANES: int):
         def codegen(context, builder, signature, args):
             s_v, s_o, d_v, d_o = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             src, dst = vir.data(context, tys[0], s_v, s_o), vir.data(context, tys[2], d_v, d_o)
             store(builder, builder.load(builder.bitcast(src, vec.as_pointer()), align=4), dst)
             return context.get_dummy_value()
@@ -187,7 +188,7 @@ def _make_copies(LANES: int):
         def codegen(context, builder, signature, args):
             x_v, x_o, n_v, o_v, d0_v, d1_v = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             c64, l32 = vir.i64, ir.IntType(32)
             x, out = vir.data(context, tys[0], x_v, x_o), vir.data(context, tys[3], o_v)
             width = c64(LANES)

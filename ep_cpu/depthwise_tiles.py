@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ep_cpu.microkernel import _VectorIR
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -45,7 +45,7 @@ def _make_depthwise_tile():
             offs = data(2, offs_v)
             w = builder.gep(data(4, w_v), [w_o])
             y = builder.gep(data(6, y_v), [y_o])
-            vir = _VectorIR(builder)
+            vir = VectorIR(builder)
             fma, broadcast, vec_ptr = vir.fma, vir.broadcast, vir.ptr
             b = broadcast(bias_v)
             accs = [cgutils.alloca_once_value(builder, ir.Constant(v16, None)) for _ in range(DW_VECTORS)]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_cpu import native_call
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -133,69 +134,6 @@ def choose_gemm_mr(rows: int) -> int:
     of their own (a streaming model's one-position conv, a batch-1 recurrent step), where a
     4-row tile spent 4x or 2x the multiply-adds; otherwise `choose_mr`."""
     return rows if 1 <= rows <= 2 else choose_mr(rows)
-
-
-class _VectorIR:
-    """IR helpers of the 16-float kernels: the fma intrinsic, broadcast, vector pointers."""
-
-    def __init__(self, builder) -> None:
-        i32 = ir.IntType(32)
-        self.builder = builder
-        self.v16 = ir.VectorType(ir.FloatType(), 16)
-        self.fma = cgutils.get_or_insert_function(builder.module,
-                                                  ir.FunctionType(self.v16, [self.v16] * 3),
-                                                  "llvm.fma.v16f32")
-        self.mask_t = ir.VectorType(ir.IntType(1), 16)
-        self._undef = ir.Constant(self.v16, ir.Undefined)
-        self._zero_i32 = ir.Constant(i32, 0)
-        self._splat = ir.Constant(ir.VectorType(i32, 16), [0] * 16)
-
-    @staticmethod
-    def i64(value: int):
-        return ir.Constant(ir.IntType(64), value)
-
-    def data(self, context, ty, value, offset=None):
-        """Pointer to element `offset` (0: the first) of an array argument of numba type `ty`."""
-        ptr = context.make_array(ty)(context, self.builder, value).data
-        return ptr if offset is None else self.builder.gep(ptr, [offset])
-
-    def first_lanes(self, count):
-        """<16 x i1> mask of lanes [0, count) for an int64 count in [0, 16]."""
-        b, one = self.builder, self.i64(1)
-        return b.bitcast(b.trunc(b.sub(b.shl(one, count), one), ir.IntType(16)), self.mask_t)
-
-    def masked_load(self):
-        """llvm.masked.load of 16 floats: (pointer, align, <16 x i1> mask, passthrough)."""
-        v16, mask_t = self.v16, ir.VectorType(ir.IntType(1), 16)
-        return cgutils.get_or_insert_function(
-            self.builder.module, ir.FunctionType(v16, [v16.as_pointer(), ir.IntType(32), mask_t, v16]),
-            "llvm.masked.load.v16f32.p0v16f32")
-
-    def masked_store(self):
-        """llvm.masked.store of 16 floats: (value, pointer, align, <16 x i1> mask)."""
-        v16, mask_t = self.v16, ir.VectorType(ir.IntType(1), 16)
-        return cgutils.get_or_insert_function(
-            self.builder.module,
-            ir.FunctionType(ir.VoidType(), [v16, v16.as_pointer(), ir.IntType(32), mask_t]),
-            "llvm.masked.store.v16f32.p0v16f32")
-
-    def broadcast(self, scalar):
-        b = self.builder
-        return b.shuffle_vector(b.insert_element(self._undef, scalar, self._zero_i32), self._undef,
-                                self._splat)
-
-    def ptr(self, base, offset):
-        return self.builder.bitcast(self.builder.gep(base, [offset]), self.v16.as_pointer())
-
-    def clamp(self, v, lo, hi):
-        return self.clamp_with(self.builder, v, lo, hi)
-
-    @staticmethod
-    def clamp_with(b, v, lo, hi):
-        """`lo if v < lo else v`, then the same for hi (vectors of any width): NaN passes, as
-        numpy's clip."""
-        v = b.select(b.fcmp_ordered("<", v, lo), lo, v)
-        return b.select(b.fcmp_ordered(">", v, hi), hi, v)
 
 
 # Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with
@@ -345,7 +283,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                                 v = builder.fadd(v, b_row if bias_per_row else col_bias[h])
                                 if mode == EPILOGUE_RES:
                                     v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
-                                v = _VectorIR.clamp_with(builder, v, lo_s, hi_s)
+                                v = VectorIR.clamp_with(builder, v, lo_s, hi_s)
                             builder.store(v, ptr, align=4)
                     builder.branch(done)
                 builder.position_at_end(done)
@@ -358,7 +296,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
 
 if numba is not None:
     from ep_cpu.native_call import call_void, f32_at, f64_at, i64_at
-    # (its IR helpers are this module's `_VectorIR`: imported once they exist)
+    # (it reads NR from this module: imported once that exists)
     from ep_cpu.tile_transpose import store_transposed
 
     conv_micro4 = _make_micro(4, indexed_b=True, bias_per_row=True)

@@ -11,6 +11,7 @@ Written in LLVM IR through numba's `intrinsic`; float32, AVX2 or AVX-512 CPUs
 from __future__ import annotations
 
 from ep_cpu import microkernel as mk
+from ep_cpu.vector_ir import VectorIR
 
 try:
     import numba
@@ -45,7 +46,7 @@ def _make_store_transposed():
             (t_v, t_o, rows_v, cols_v, y_v, y_o, ld_v, b_v, b_o, hb_v, r_v, hr_v, lo_v,
              hi_v) = args
             tys = signature.args
-            vir = mk._VectorIR(builder)
+            vir = VectorIR(builder)
             c64, mask_t, align = vir.i64, vir.mask_t, ir.Constant(ir.IntType(32), 4)
             masked_load, masked_store = vir.masked_load(), vir.masked_store()
             tile = vir.data(context, tys[0], t_v, t_o)
