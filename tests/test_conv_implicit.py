@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 import ep_core
 from ep_cpu import conv_implicit, conv_thin, jit_tier, microkernel
+from ep_cpu.gemm import _get_pool
 from ep_cpu.kernels import conv
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is the test oracle ([dev] extra)")
@@ -113,6 +114,7 @@ def implicit_calls(monkeypatch):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])) + f"_m{s[1]}_k{s[2][0]}{s[2][1]}_s{s[3][0]}{s[3][1]}")
 def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split):
     split = threads_via(monkeypatch, split)
+    monkeypatch.setattr(conv_implicit, "FILL_SPLIT_MIN_FLOATS", 1)   # the planes' fill splits too
     if split == "columns":     # every panel its own hand-off: the column split runs
         monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
     elif split == "rows":      # the row-panel split (maps with few positions)
@@ -203,15 +205,17 @@ def test_nan_and_inf_propagate(implicit_calls):
     (3, 9, 11, 3, 1, 0, 1), (2, 12, 12, 3, 1, 1, 2), (2, 13, 13, 3, 3, 1, 1),
 ])
 @pytest.mark.parametrize("pad_value", [0.0, -np.inf])
-def test_phase_planes_hold_the_padded_image(geometry, pad_value):
-    """`fill_planes` (compiled for column strides 1 and 2, numpy otherwise): plane (a, b) row t,
-    column u is the padded image's row a + t*sh, column b + u*sw."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_phase_planes_hold_the_padded_image(geometry, pad_value, workers):
+    """`fill_planes` (compiled for column strides 1 and 2, its channels split between threads
+    with `workers`; numpy otherwise): plane (a, b) row t, column u is the padded image's row
+    a + t*sh, column b + u*sw."""
     c, h, w, k, s, p, d = geometry
     rng = np.random.default_rng(h + w)
     x = rng.standard_normal((2, c, h, w)).astype(np.float32)
     o = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n in (h, w)]
     lay = conv_implicit.phase_layout(c, h, w, k, k, s, s, d, d, p, p, p, p, *o)
-    got = conv_implicit.fill_planes(x, lay, s, s, pad_value)
+    got = conv_implicit.fill_planes(x, lay, s, s, pad_value, workers, _get_pool)
     padded = np.full((2, c, h + 2 * p + s * lay.hq, w + 2 * p + s * lay.wq), pad_value, np.float32)
     padded[:, :, p:p + h, p:p + w] = x
     planes = got[:, :lay.planes_size].reshape(2, c, s, s, lay.hq, lay.wq)
