@@ -165,3 +165,29 @@ def test_rotary_embedding_head_size_from_cache(rng):
     cos, sin = _caches(rng, 8, 4)
     check("RotaryEmbedding", [("x", rand(rng, B, 3, N * 8)), ("pid", np.array([1], np.int64)), ("cos", cos),
                               ("sin", sin)], consts=("cos", "sin"), **TOL)
+
+
+@pytest.mark.parametrize("nq, nkv", [(12, 12), (8, 2), (6, 3)])
+def test_heads_split_between_threads_match_one_thread(monkeypatch, nq, nkv):
+    """With two intra-op threads `attend` splits the key/value heads (and their query heads)
+    between them: the same outputs, scores and probabilities as on one thread, with per-head and
+    broadcast biases and per-head sinks."""
+    from ep_cpu.kernels import contrib_attention as ca
+    rng = np.random.default_rng(nq + nkv)
+    q = rng.standard_normal((2, nq, 5, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((2, nkv, 7, 8)).astype(np.float32) for _ in range(2))
+    for bias, sink in ((rng.standard_normal((2, 1, 5, 7)).astype(np.float32), None),
+                       (rng.standard_normal((1, nq, 5, 7)).astype(np.float32),
+                        rng.standard_normal((1, nq, 1, 1)).astype(np.float32))):
+        monkeypatch.setattr(ca, "get_num_threads", lambda: 1)
+        one = ca.attend(q, k, v, 0.3, bias, sink=sink, want_scores=True)
+        monkeypatch.setattr(ca, "get_num_threads", lambda: 2)
+        monkeypatch.setattr(ca, "ATTEND_SPLIT_MIN_MACS", 0)
+        calls = []
+        real = ca._attend_heads
+        monkeypatch.setattr(ca, "_attend_heads", lambda *a: calls.append(a[0].shape[1]) or real(*a))
+        two = ca.attend(q, k, v, 0.3, bias, sink=sink, want_scores=True)
+        monkeypatch.setattr(ca, "_attend_heads", real)
+        assert sorted(calls) == sorted([nq // 2, nq - nq // 2]) if nkv % 2 == 0 else len(calls) == 2
+        for a, b in zip(one, two):
+            np.testing.assert_array_equal(a, b)

@@ -73,3 +73,31 @@ def test_sigmoid_into_strided_out():
     y = sigmoid(x)
     assert y is not x and y.dtype == np.float32
     np.testing.assert_allclose(y, REFS["Sigmoid"](x.astype(np.float64)), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 16, 37, 128])
+def test_softmax_rows_match_float64(n):
+    """`softmax_last_axis`: rows of any length (tails through the pad) against float64; a row
+    of -inf is NaN (0 / 0, as the ONNX reference) or, with empty_zero, zeros (attention's masked
+    rows); a NaN makes its row NaN; +inf takes the whole row's weight (NaN there, 0 elsewhere)."""
+    from ep_cpu import jit_tier
+    assert jit_tier.ready("softmax", vm.compile_softmax)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((9, n)) * 6).astype(np.float32)
+    x[1, -1] = -1e4                     # far below exp's range: exactly 0
+    y = x.copy()
+    assert vm.softmax_last_axis(y)
+    ref = np.exp(x - x.max(axis=1, keepdims=True).astype(np.float64))
+    np.testing.assert_allclose(y, ref / ref.sum(axis=1, keepdims=True), rtol=3e-6, atol=1e-12)
+    edge = np.zeros((4, n), np.float32)
+    edge[0] = -np.inf
+    edge[1, 0], edge[2, 0], edge[3] = np.nan, np.inf, 1.0
+    for empty_zero in (False, True):
+        e = edge.copy()
+        assert vm.softmax_last_axis(e, empty_zero)
+        assert (e[0] == 0).all() if empty_zero else np.isnan(e[0]).all()
+        assert np.isnan(e[1]).all()
+        assert np.isnan(e[2, 0]) and (e[2, 1:] == 0).all()
+        np.testing.assert_allclose(e[3], 1.0 / n, rtol=1e-6)
+    assert not vm.softmax_last_axis(x.astype(np.float64))
+    assert not vm.softmax_last_axis(np.asfortranarray(x)) or n == 1

@@ -7,6 +7,7 @@ from scipy import special
 from ep_core.kernel import Kernel
 from ep_cpu.gemm_epilogue import _clip_ufunc, ACTIVATIONS, relu, sigmoid
 from ep_cpu.kernels.math import _NATIVE_FLOATS, _ndarray, as_dtype, declared_dtypes, direct, upcast
+from ep_cpu import vector_math
 from ep_cpu.registry import kernel
 
 
@@ -340,6 +341,10 @@ class Softmax(_SoftmaxFamily):
     def along(self, v, axis):
         if v.size == 0:
             return v
+        if axis == v.ndim - 1 and v.dtype == np.float32 and v.flags.c_contiguous:
+            e = v.copy()
+            if vector_math.softmax_last_axis(e):   # compiled, a row at a time
+                return e
         e = _shifted(v, axis)
         np.exp(e, out=e)
         e /= np.add.reduce(e, axis=axis, keepdims=True)
