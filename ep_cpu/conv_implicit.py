@@ -292,7 +292,7 @@ class ImplicitConv:
         self.direct = kh == kw == 1 and lay.wq == ow
         ldc = oh * ow if self.direct else grid_ldc
         self.full_tiles = (oh * ow) // NR if self.direct else tiles
-        self.tiles, self.ldc, self.m, self.c, self.hw = tiles, ldc, m, c, h * w
+        self.ldc, self.m, self.c, self.hw = ldc, m, c, h * w
         # the input's channel stride (the last tile's copy reads it)
         self.in_stride = grid_ldc if self.align else (h * w if self.in_place else lay.hq * lay.wq)
         rows = _tile_rows(c, grid_ldc) if self.align else lay.rows
@@ -307,6 +307,11 @@ class ImplicitConv:
         row_panels = packed_w.shape[0]
         self.by_columns = _split_by_columns(self.full_tiles, row_panels)
         self.row_panels = row_panels
+        # positions past the whole tiles (1x1 convs); where threads split the row panels, each
+        # runs its tiles in order, the last NR positions (a tile overlapping the whole one
+        # before it) last, in the same pass
+        self.rem = ldc - self.full_tiles * NR if self.direct else 0
+        self.overlap = int(bool(self.rem and self.full_tiles and not self.by_columns))
         # threads for the work: a hand-off per panels' and multiply-adds' worth (`workers_for`)
         macs, per = n * m * c * kh * kw * oh * ow, _min_panels()
         self.workers = native_call.workers_for(
@@ -369,10 +374,7 @@ class ImplicitConv:
                 res = res.reshape(n, m * ldc)
         at = native_call.address
         fn = mk.conv_range()
-        rem = self.ldc - self.full_tiles * NR
-        # row panels split between threads: each runs its tiles in order, the last NR positions
-        # (a tile overlapping the whole one before it) last, in the same pass
-        overlap = int(bool(self.direct and rem and self.full_tiles and not self.by_columns))
+        rem, overlap = self.rem, self.overlap
         for i in range(n):
             r_at, y_at = at(res[i] if res is not None else y[i]), at(y[i])
             out_at = at(out[i]) if out is not None else 0
@@ -381,7 +383,7 @@ class ImplicitConv:
                 args[0], args[11], args[16], args[19] = at(xq[i]), r_at, y_at, out_at
                 native_call.run_ranges(fn, args, self.full_tiles + overlap, self.row_panels,
                                        self.workers, self.by_columns, pool)
-            if self.direct and rem and self.full_tiles and not overlap:
+            if rem and self.full_tiles and not overlap:
                 # the last NR positions as one more tile, read and written in place after the
                 # others (threads split the columns: the tile it overlaps may be another's): its
                 # columns computed again come out the same bits (the same sums in the same order)
@@ -390,7 +392,7 @@ class ImplicitConv:
                 args[0], args[1] = at(xq[i]) + 4 * shift, self.xq_len - shift
                 args[11], args[16], args[19] = r_at + 4 * shift, y_at + 4 * shift, 0
                 native_call.run_ranges(fn, args, 1, self.row_panels, self.last_workers, False, pool)
-            if self.direct and rem and not self.full_tiles:
+            if rem and not self.full_tiles:
                 # fewer positions than a tile: copies of the input, output and residual columns
                 # as (C or M, NR)
                 last = np.zeros((self.c, NR), dtype=np.float32)

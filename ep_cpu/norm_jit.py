@@ -45,10 +45,10 @@ if numba is not None:
                 y[r, u(j)] = v
                 if keep_total:
                     total[r, u(j)] = v
-            mean = np.float32(0.0) if simplified else _lane_sum(y, r, hid, full, lanes, 0.0) / n
+            mean = np.float32(0.0) if simplified else _lane_sum(y, r, hid, full, lanes, False) / n
             for j in range(hid):
                 y[r, u(j)] = y[r, u(j)] - mean
-            acc = _lane_sum(y, r, hid, full, lanes, 1.0)
+            acc = _lane_sum(y, r, hid, full, lanes, True)
             inv = np.float32(1.0) / np.float32(math.sqrt(acc / n + eps))
             mean_out[r] = mean
             inv_out[r] = inv

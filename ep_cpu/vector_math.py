@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ep_cpu import microkernel, native_call
+from ep_cpu import jit_tier, microkernel, native_call
 
 try:
     import numba
@@ -367,7 +367,6 @@ def softmax_last_axis(v: np.ndarray, empty_zero: bool = False) -> bool:
     (numpy's six passes over BERT-base's 12 x 128 x 128 scores took ~410 us); rows of -inf
     become NaN, or zeros with `empty_zero`. False (nothing done) where that does not apply:
     other dtypes or layouts, no AVX2, not compiled yet."""
-    from ep_cpu import jit_tier
     if (v.dtype != np.float32 or not v.flags.c_contiguous or v.ndim == 0 or v.size == 0
             or not available() or not jit_tier.ready("softmax", compile_softmax)):
         return False
