@@ -331,11 +331,11 @@ class ImplicitConv:
 
         self._keep = (packed_w, rows)   # addresses in the templates
         self.template = native_call.pack(0, self.xq_len, rows.ctypes.data, rows.shape[0],
-                                         *outputs(ldc), 0)
+                                         *outputs(ldc), 0, mk.block_tiles(c * sh * sw))
         last_rows = _tile_rows(c)
         self._keep_last = last_rows
         self.last_template = native_call.pack(0, c * NR, last_rows.ctypes.data, c,
-                                              *outputs(NR), 0)
+                                              *outputs(NR), 0, 1)
 
     def _input(self, x: np.ndarray, pool=None) -> np.ndarray:
         """(N, xq_len): x as the callback reads it (itself, aligned rows, or its planes)."""

@@ -41,7 +41,13 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers keep th
 NR = 32          # tile columns: two 16-float vectors
 MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
 PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2 (Zen 3: all of it)
-BLOCK_POSITIONS = 2048           # convolution: output positions per block of tiles
+# Convolution: the input bytes a block of tiles reads (its planes over the block's positions),
+# kept in L2 while every row panel of weights passes over the block (`block_tiles`). Blocks of a
+# fixed 2048 positions read 2 MB for 256 channels and ran from L3: Intel Xeon, 1 thread, the
+# driver alone, 256->64 1x1 on 56x56 34.5 -> 52 GMAC/s with 8-16 tiles a block, 512->128 on 28x28
+# 50.6 -> 56.4; 64 and 128 channels measured flat from 2 to 64 tiles.
+BLOCK_INPUT_BYTES = 512 * 1024
+BLOCK_TILES_MAX = 64
 
 _state = {"checked": False, "available": False, "wide": False, "amd": False}
 
@@ -114,6 +120,12 @@ KC = 256 if wide() else 128
 # convs with weights out of cache: 2048->512 1x1 on 7x7 1511 -> 1211 us, 3x3 512 on 7x7 3173 ->
 # 2578. Not measured on AMD's CPUs, which keep the kernels they were tuned with.
 PREFETCH_AHEAD = wide() and not amd()
+
+
+def block_tiles(planes: int) -> int:
+    """Tiles per block of a conv whose tiles read `planes` input planes (channels, times the
+    stride phases): as many as keep the block's input within BLOCK_INPUT_BYTES."""
+    return max(1, min(BLOCK_TILES_MAX, BLOCK_INPUT_BYTES // (max(1, planes) * NR * 4)))
 
 
 def choose_mr(rows: int) -> int:
@@ -392,7 +404,7 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_in_place(xf, rows, ap, m, ldc, bias, has_bias, res, has_res, lo, hi, mode, y,
-                      act, act_kind, j0, j1, i0, i1, out, oh, ow, wq, shift):  # pragma: no cover - compiled
+                      act, act_kind, j0, j1, i0, i1, out, oh, ow, wq, shift, block):  # pragma: no cover - compiled
         # Stride 1: output (oy, ox) is position p = oy*wp + ox of the padded image's grid, and
         # its input for row k = (channel, tap) of the weights is xf[p + rows[k]]: the
         # microkernel reads B straight from the image, NR positions at a time. y and res are
@@ -401,12 +413,12 @@ if numba is not None:
         # `act` (a callback address, 0: none) runs on each finished tile while it is in L1:
         # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`). With `out`
         # not empty, each row panel's block of tiles is then cropped into out (M, oh, ow)
-        # (`crop_rows`; y's element 0 being grid position `shift`).
+        # (`crop_rows`; y's element 0 being grid position `shift`). `block`: tiles per block
+        # (`block_tiles`).
         y_at = np.int64(y.ctypes.data)
         kdim = rows.shape[0]
         mr = ap.shape[2]
         tile = np.empty((MR_MAX, NR), dtype=np.float32)
-        block = max(1, BLOCK_POSITIONS // NR)
         for jb0 in range(j0, j1, block):
             jb1 = min(j1, jb0 + block)
             for ib in range(i0, i1):
@@ -518,13 +530,13 @@ if numba is not None:
     # packed arguments (native_call.pack) of the two callbacks, in this order
     CONV_ARGS = ("xf", "xf_n", "rows", "kdim", "ap", "mb", "mr", "m", "ldc", "bias", "has_bias",
                  "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind", "out", "oh", "ow",
-                 "wq", "shift")
+                 "wq", "shift", "block")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
                  "lo", "hi", "mode", "y", "a_packed", "y_transposed")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (24,))
+        a = numba.carray(f64_at(args_at), (25,))
         xf_n, kdim, mb, mr, m, ldc = (np.int64(a[1]), np.int64(a[3]), np.int64(a[5]),
                                       np.int64(a[6]), np.int64(a[7]), np.int64(a[8]))
         oh, ow = np.int64(a[20]), np.int64(a[21])
@@ -537,7 +549,8 @@ if numba is not None:
                       numba.carray(f32_at(np.int64(a[11])), (m * ldc,)), a[12] != 0,
                       np.float32(a[13]), np.float32(a[14]), np.int64(a[15]),
                       numba.carray(f32_at(np.int64(a[16])), (m * ldc,)), np.int64(a[17]),
-                      np.int64(a[18]), j0, j1, i0, i1, out, oh, ow, np.int64(a[22]), np.int64(a[23]))
+                      np.int64(a[18]), j0, j1, i0, i1, out, oh, ow, np.int64(a[22]), np.int64(a[23]),
+                      max(np.int64(1), np.int64(a[24])))
 
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed. A

@@ -129,6 +129,37 @@ def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split
     np.testing.assert_allclose(ours, ref, **TOL)
 
 
+@pytest.mark.parametrize("shape", [
+    ((1, 8, 40, 40), 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),     # 53 tiles, padded grid
+    ((1, 24, 30, 30), 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),    # 28 tiles + a partial one
+    ((2, 12, 31, 29), 20, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),    # stride-phase planes
+], ids=["3x3", "1x1", "3x3_s2"])
+@pytest.mark.parametrize("split", ["one_thread", "columns", "rows"])
+def test_blocks_of_tiles_give_the_same_bits(monkeypatch, implicit_calls, shape, split):
+    """The tiles run in blocks sized to keep their input in L2 (`microkernel.block_tiles`): a
+    block of one tile, of three, and the whole map as one block compute every tile's sums in
+    the same order, so the outputs are identical."""
+    split = threads_via(monkeypatch, split)
+    if split != "one_thread":
+        monkeypatch.setattr(conv_implicit, "PAR_MIN_PANELS", 1)
+    if split == "rows":
+        monkeypatch.setattr(conv_implicit, "_split_by_columns", lambda tiles, rows: False)
+    data, feeds = _model(*shape, epilogue="residual_relu")
+    opts = ep_core.SessionOptions()
+    opts.intra_op_num_threads = 1 if split == "one_thread" else 2
+    planes = shape[0][1] * shape[3][0] * shape[3][1]
+    outs = []
+    for tiles in (1, 3, microkernel.BLOCK_TILES_MAX):
+        monkeypatch.setattr(microkernel, "BLOCK_INPUT_BYTES", tiles * planes * microkernel.NR * 4)
+        assert microkernel.block_tiles(planes) == tiles
+        outs.append(ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0])
+    assert len(implicit_calls) == 3
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(outs[0], ref, **TOL)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
 @pytest.mark.parametrize("shape", SHAPES[:4], ids=lambda s: "x".join(map(str, s[0])))
 def test_weight_as_graph_input(implicit_calls, shape):
     """A non-constant W is packed per run, never reused from an earlier run."""
