@@ -25,7 +25,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
-from ep_cpu.microkernel import NR, choose_mr
+from ep_cpu.microkernel import NR, panel_rows, tail_rows
 
 try:
     import numba
@@ -53,14 +53,22 @@ def compile_kernels() -> None:
 
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
-    """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr); padded rows
-    are zero."""
+    """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr), mr =
+    `microkernel.panel_rows`; the last panel's rows as (C*KH*KW, microkernel.tail_rows) at the
+    start of its slot. Padded rows are zero."""
     m, k = w.shape[0], math.prod(w.shape[1:])
-    mr = choose_mr(m)
+    mr = panel_rows(m)
     mb = -(-m // mr)
-    padded = np.zeros((mb * mr, k), dtype=np.float32)
-    padded[:m] = w.reshape(m, k)
-    return np.ascontiguousarray(padded.reshape(mb, mr, k).transpose(0, 2, 1))
+    wm = np.ascontiguousarray(w.reshape(m, k), dtype=np.float32)
+    out = np.zeros((mb, k, mr), dtype=np.float32)
+    full = m // mr
+    out[:full] = wm[:full * mr].reshape(full, mr, k).transpose(0, 2, 1)
+    if full < mb:
+        left = m - full * mr
+        mt = tail_rows(left, mr)
+        tail = out[full].reshape(-1)[:k * mt].reshape(k, mt)
+        tail[:, :left] = wm[full * mr:].T
+    return out
 
 
 # 1x1 convs over maps of up to this many positions (not a multiple of 16) copy their input to

@@ -64,7 +64,7 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 
 # packed arguments of the callback (native_call.pack), in this order
 THIN_ARGS = ("x", "x_len", "offsets", "p", "ck", "gemm", "packed_w", "nb", "m", "mr", "bias",
-             "has_bias", "res", "has_res", "lo", "hi", "y", "taps", "plane", "plain")
+             "has_bias", "res", "has_res", "lo", "hi", "y", "taps", "plane", "plain", "tail_mr")
 
 
 def _make_row_copies():
@@ -143,7 +143,7 @@ if numba is not None:
     def _thin_conv(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         # x: one image (x_len values, channels of `plane` values); output channels of column
         # panels [j0, j1) (threads split them; rows [i0, i1) unused)
-        a = numba.carray(f64_at(args_at), (20,))
+        a = numba.carray(f64_at(args_at), (21,))
         x_at, x_len, offs_at, p, ck = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
                                        np.int64(a[3]), np.int64(a[4]))
         gemm_at, packed_at, nb, m, mr = (np.int64(a[5]), np.int64(a[6]), np.int64(a[7]),
@@ -151,6 +151,7 @@ if numba is not None:
         bias_at, has_bias, res_at, has_res = (np.int64(a[10]), np.int64(a[11]), np.int64(a[12]),
                                               np.int64(a[13]))
         y_at, taps, plane, plain = np.int64(a[16]), np.int64(a[17]), np.int64(a[18]), a[19] != 0
+        tail_mr = np.int64(a[20])   # tile rows of the last row panel (`microkernel.tail_rows`)
         x = numba.carray(f32_at(x_at), (x_len,))
         # A's row panels straight from the image: row p, column (c, t) reads x[c * plane +
         # offs[t, p]] (`padded_offsets`; negative: padding, 0); `plain` (a 1x1 conv of stride 1):
@@ -162,17 +163,19 @@ if numba is not None:
         for ib in range(nbp):
             p0 = ib * mr
             rows = min(mr, p - p0)
+            mt = mr if rows == mr else tail_mr   # the last panel: (ck, mt) at its slot's start
             for k in range(ck):
                 c = k // taps
+                dst = ib * ck * mr + k * mt
                 if plain:
-                    load_run(x, c * plane + p0, rows, mr, ap, (ib * ck + k) * mr)
-                elif mr <= 4:   # a few rows: scalar copies (the 16-lane gather cost more)
-                    src, o0, dst = c * plane, (k - c * taps) * pp + p0, (ib * ck + k) * mr
-                    for r in range(mr):
+                    load_run(x, c * plane + p0, rows, mt, ap, dst)
+                elif mt <= 4:   # a few rows: scalar copies (the 16-lane gather cost more)
+                    src, o0 = c * plane, (k - c * taps) * pp + p0
+                    for r in range(mt):
                         o = offs[o0 + r]
                         ap[dst + r] = x[src + o] if o >= 0 else np.float32(0.0)
                 else:
-                    gather_run(x, c * plane, offs, (k - c * taps) * pp + p0, mr, ap, (ib * ck + k) * mr)
+                    gather_run(x, c * plane, offs, (k - c * taps) * pp + p0, mt, ap, dst)
         bias = np.zeros(1, dtype=np.float32) if has_bias else np.zeros(m, dtype=np.float32)
         b_at = bias_at if has_bias else np.int64(bias.ctypes.data)
         # microkernel.GEMM_ARGS: A packed, y (M, P) written transposed with the epilogue (bias,
@@ -254,7 +257,7 @@ class ThinConv:
             0, self.image, offs.ctypes.data, p, ck, mk.gemm_range().address, packed_w.address,
             self.panels, m, mr, 0 if bias is None else native_call.address(self._bias32),
             bias is not None, 0, 0, clamp[0], clamp[1], 0, offs.shape[0], self.image // x_shape[1],
-            plain)
+            plain, mk.tail_rows(p - (p - 1) // mr * mr, mr))
         native_call.check_args(thin_conv(), self.template)   # `_one_image` calls it unchecked
 
     def __call__(self, x: np.ndarray, residual: np.ndarray | None = None,

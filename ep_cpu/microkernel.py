@@ -129,9 +129,10 @@ def block_tiles(planes: int) -> int:
 
 
 def choose_mr(rows: int) -> int:
-    """Tile rows for a matrix of `rows` rows: 12 (more accumulators) unless 8 wastes fewer
-    padded rows (16, 32, 40 ... channels; AVX-512 only); 4 for up to 4 rows (a recurrent step's batch: 8
-    accumulators still cover the FMA latency)."""
+    """Tile rows for a matrix of `rows` rows where every row panel has them (the int8 kernels):
+    12 (more accumulators) unless 8 wastes fewer padded rows (16, 32, 40 ... channels; AVX-512
+    only); 4 for up to 4 rows (a recurrent step's batch: 8 accumulators still cover the FMA
+    latency)."""
     if rows <= 4:
         return 4
     if not wide():   # AVX2 runs 8 rows as passes of 4 (8 accumulators: ~15% slower a row)
@@ -141,11 +142,29 @@ def choose_mr(rows: int) -> int:
     return 8 if waste8 < waste12 else 12
 
 
+def panel_rows(rows: int) -> int:
+    """Tile rows of the float drivers' full row panels, whose last panel has tiles of its own
+    height (`tail_rows`). AVX-512: 12 from 9 rows on; the 12-row tile ran 12-16% faster than the
+    8-row one (BERT-base's 128 x 768 x 3072 from L2: 63 -> 75 GMAC/s), and 128 = 10 x 12 + 8
+    rows run as such. AVX2: as `choose_mr` (not measured with tails)."""
+    if not wide():
+        return choose_mr(rows)
+    return 4 if rows <= 4 else (8 if rows <= 8 else 12)
+
+
+def tail_rows(left: int, mr: int) -> int:
+    """Tile rows of a last row panel holding `left` (1..mr) rows, the panels before it having
+    `mr`: the shortest of the 4-, 8- and mr-row tiles that holds them. Packed as (k, tail_rows)
+    at the start of its panel's slot, so every panel still starts k*mr values after the one
+    before."""
+    return min(mr, 4 if left <= 4 else (8 if left <= 8 else mr))
+
+
 def choose_gemm_mr(rows: int) -> int:
     """Tile rows of the GEMM tiles (`gemm_tile`) for A of `rows` rows: one or two rows get tiles
     of their own (a streaming model's one-position conv, a batch-1 recurrent step), where a
-    4-row tile spent 4x or 2x the multiply-adds; otherwise `choose_mr`."""
-    return rows if 1 <= rows <= 2 else choose_mr(rows)
+    4-row tile spent 4x or 2x the multiply-adds; otherwise `panel_rows`."""
+    return rows if 1 <= rows <= 2 else panel_rows(rows)
 
 
 # Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with
@@ -319,6 +338,7 @@ if numba is not None:
     gemm_micro4 = _make_micro(4, indexed_b=False, bias_per_row=False)
     gemm_micro8 = _make_micro(8, indexed_b=False, bias_per_row=False)
     gemm_micro12 = _make_micro(12, indexed_b=False, bias_per_row=False)
+    tail_rows_jit = numba.njit(nogil=True, cache=True, inline="always")(tail_rows)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_tile(ap, a_off, mr, image, p0, rows, kdim, c, c_off, ldc, bias, bias_off, res, res_off,
@@ -424,15 +444,16 @@ if numba is not None:
             for ib in range(i0, i1):
                 r0 = ib * mr
                 nrows = min(mr, m - r0)
+                mt = mr if nrows == mr else tail_rows_jit(nrows, mr)   # the last panel's tiles
                 for jb in range(jb0, jb1):
                     # (a map of positions not a multiple of NR, ldc positions a row: its last
                     # tile is the last NR positions, overlapping the one before)
                     p0 = min(jb * NR, ldc - NR)
-                    if nrows == mr:
-                        conv_tile(ap, ib * kdim * mr, mr, xf, p0, rows, kdim, y, r0 * ldc + p0, ldc,
+                    if nrows == mt:
+                        conv_tile(ap, ib * kdim * mr, mt, xf, p0, rows, kdim, y, r0 * ldc + p0, ldc,
                                   bias, r0, res, r0 * ldc + p0, lo, hi, mode, kdim * mr)
                     else:
-                        conv_tile(ap, ib * kdim * mr, mr, xf, p0, rows, kdim, tile, 0, NR, bias, 0,
+                        conv_tile(ap, ib * kdim * mr, mt, xf, p0, rows, kdim, tile, 0, NR, bias, 0,
                                   res, 0, lo, hi, RAW, kdim * mr)
                         store_tile(tile, nrows, NR, r0, p0, y, ldc, bias, True, has_bias, res,
                                    has_res, lo, hi)
@@ -453,13 +474,14 @@ if numba is not None:
             dst = ap[ib - i0]
             r0 = ib * mr
             rows = min(mr, m - r0)
+            mt = mr if rows == mr else tail_rows_jit(rows, mr)   # the last panel: (k, mt)
             for r in range(rows):
                 src = u64((r0 + r) * kdim)
                 for k in range(kdim):
-                    dst[u64(k * mr + r)] = af[src + u64(k)]
-            for r in range(rows, mr):
+                    dst[u64(k * mt + r)] = af[src + u64(k)]
+            for r in range(rows, mt):
                 for k in range(kdim):
-                    dst[u64(k * mr + r)] = 0.0
+                    dst[u64(k * mt + r)] = 0.0
         return ap
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
@@ -479,10 +501,15 @@ if numba is not None:
         # channels by positions): every tile whole k through the scratch tile, stored transposed.
         tile = np.empty(MR_MAX * NR, dtype=np.float32)
         no_rows = np.zeros(1, dtype=np.int64)
+        left = m - (m // mr) * mr
+        mt = tail_rows_jit(left, mr) if left else mr   # tile rows of the last row panel
         if transposed:
             i_full, j_full = i1, j1
         else:
-            i_full, j_full = max(i0, min(i1, m // mr)), max(j0, min(j1, n // NR))
+            # (a last row panel its tiles fill exactly runs with the others: the edge loop
+            # below would stream all of B again for it)
+            i_full = max(i0, min(i1, m // mr + (left > 0 and left == mt)))
+            j_full = max(j0, min(j1, n // NR))
         rows_outer = transposed or (i1 - i0) * mr * kdim * 4 <= PANEL_BLOCK_BYTES
         if rows_outer:   # a row panel's A reused over a block of column panels
             k_block, rows_block = kdim, max(1, i_full - i0)
@@ -504,7 +531,8 @@ if numba is not None:
                             ib, jb = ib0 + t % n_i, jb0 + t // n_i
                         r0, c0 = ib * mr, jb * NR
                         dst, at, ld = (tile, 0, NR) if transposed else (y, r0 * n + c0, n)
-                        gemm_tile(ap, ((ib - first) * kdim + k0) * mr, mr, bp, (jb * kdim + k0) * NR,
+                        ti = mr if r0 + mr <= m else mt   # the last row panel's tile rows
+                        gemm_tile(ap, (ib - first) * kdim * mr + k0 * ti, ti, bp, (jb * kdim + k0) * NR,
                                   no_rows, kc, dst, at, ld, bias, c0, res, r0 * n + c0, lo, hi,
                                   RAW if transposed else md, k0, kdim * NR)
                         for h in range(2 if transposed else 0):
@@ -516,9 +544,10 @@ if numba is not None:
         for ib in range(i0, i1):
             r0 = ib * mr
             rows = min(mr, m - r0)
+            ti = mr if rows == mr else mt
             for jb in range(j_full if ib < i_full else j0, j1):
                 c0 = jb * NR
-                gemm_tile(ap, (ib - first) * kdim * mr, mr, bp, jb * kdim * NR, no_rows, kdim, tile, 0,
+                gemm_tile(ap, (ib - first) * kdim * mr, ti, bp, jb * kdim * NR, no_rows, kdim, tile, 0,
                           NR, bias, 0, res, 0, lo, hi, RAW, 0, kdim * NR)
                 store_tile(tile, rows, min(NR, n - c0), r0, c0, y, n, bias, False, has_bias, res,
                            has_res, lo, hi)

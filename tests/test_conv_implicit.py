@@ -125,7 +125,7 @@ def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split
     opts.intra_op_num_threads = 1 if split == "one_thread" else 2
     ours = ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert implicit_calls == [microkernel.choose_mr(shape[1])]   # the compiled path really ran
+    assert implicit_calls == [microkernel.panel_rows(shape[1])]   # the compiled path really ran
     np.testing.assert_allclose(ours, ref, **TOL)
 
 

@@ -1,5 +1,6 @@
 """The compiled GEMM (`ep_cpu.gemm_compiled` through `ep_cpu.gemm.gemm` with a packed constant B)
-against numpy in float64: tile edges (rows 8/12, columns 32, k blocks of 256), fused epilogues
+against numpy in float64: tile edges (rows 8/12 and last row panels of 4 or 8, columns 32, k
+blocks of 256), fused epilogues
 (bias per column, residual, Relu/Clip) and the ones that run as a pass after (alpha, other bias
 shapes, Gelu), thread splits by columns and by rows, `out=`, leading axes of A."""
 from __future__ import annotations
@@ -21,7 +22,11 @@ def _tiles_over_blas(monkeypatch):
     default, `microkernel.beats_blas`), so these kernels are checked on every CPU they run on."""
     monkeypatch.setattr(microkernel, "beats_blas", lambda: True)
 
-SHAPES = [(4, 16, 16), (13, 300, 70), (128, 768, 96), (37, 20, 33), (200, 513, 64), (24, 1000, 1)]
+# (M, K, N); the last row panel of 12-row tiles is a 4- or 8-row tile where M leaves 4 or 8
+# rows (128, 200, 40: run with the others), else a scratch tile (13, 37, 45); K = 3000 runs
+# in k blocks
+SHAPES = [(4, 16, 16), (13, 300, 70), (128, 768, 96), (37, 20, 33), (200, 513, 64), (24, 1000, 1),
+          (40, 3000, 40), (45, 3000, 33)]
 
 
 
