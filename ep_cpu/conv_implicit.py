@@ -25,7 +25,8 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
-from ep_cpu.microkernel import NR, panel_rows, tail_rows
+from ep_cpu.microkernel import NR, tail_rows
+from ep_cpu.tile_shapes import block_tiles, panel_rows
 
 try:
     import numba
@@ -54,7 +55,7 @@ def compile_kernels() -> None:
 
 def pack_weight(w: np.ndarray) -> np.ndarray:
     """(M, C, KH, KW) float32 weights -> row panels (ceil(M/mr), C*KH*KW, mr), mr =
-    `microkernel.panel_rows`; the last panel's rows as (C*KH*KW, microkernel.tail_rows) at the
+    `tile_shapes.panel_rows`; the last panel's rows as (C*KH*KW, microkernel.tail_rows) at the
     start of its slot. Padded rows are zero."""
     m, k = w.shape[0], math.prod(w.shape[1:])
     mr = panel_rows(m)
@@ -339,7 +340,7 @@ class ImplicitConv:
 
         self._keep = (packed_w, rows)   # addresses in the templates
         self.template = native_call.pack(0, self.xq_len, rows.ctypes.data, rows.shape[0],
-                                         *outputs(ldc), 0, mk.block_tiles(c * sh * sw))
+                                         *outputs(ldc), 0, block_tiles(c * sh * sw))
         last_rows = _tile_rows(c)
         self._keep_last = last_rows
         self.last_template = native_call.pack(0, c * NR, last_rows.ctypes.data, c,

@@ -24,7 +24,7 @@ import numpy as np
 
 from ep_cpu import gemm_compiled
 from ep_cpu import microkernel as mk
-from ep_cpu import native_call
+from ep_cpu import native_call, tile_shapes
 from ep_cpu.vector_ir import VectorIR
 
 try:
@@ -239,7 +239,7 @@ class ThinConv:
                  clamp: tuple[float, float], x_shape: tuple, out_shape: tuple,
                  threads: int = 1) -> None:
         p, ck = offsets.shape[1], x_shape[1] * offsets.shape[0]
-        m, mr = packed_w.m, mk.choose_gemm_mr(p)
+        m, mr = packed_w.m, tile_shapes.choose_gemm_mr(p)
         self.bias = bias   # the array this plan was made for (`ep_cpu.kernels.conv` checks it)
         self._bias32 = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.x_shape, self.threads = tuple(x_shape), threads

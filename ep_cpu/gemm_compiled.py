@@ -19,7 +19,7 @@ import numpy as np
 
 from ep_cpu import microkernel as mk
 from ep_cpu import native_call
-from ep_cpu.microkernel import choose_gemm_mr
+from ep_cpu.tile_shapes import choose_gemm_mr
 
 PAR_MIN_PANELS = 2               # panels per thread hand-off (a hand-off costs ~20-60 us)
 PAR_MIN_MACS = 1 << 22           # fewer multiply-adds (and a B under PAR_MIN_WEIGHTS): one thread

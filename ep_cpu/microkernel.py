@@ -1,7 +1,7 @@
 """The register-tiled GEMM microkernel shared by the compiled convolution and GEMM drivers.
 
 The micro kernels (MR = 4, 8, 12 rows; the GEMM's also 1 and 2, for one position or a batch-1
-recurrent step: `choose_gemm_mr`) compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR]
+recurrent step: `tile_shapes.choose_gemm_mr`) compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR]
 over k for one tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed
 column panel (k, NR) read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR
 accumulators stay in registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per
@@ -41,14 +41,6 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers keep th
 NR = 32          # tile columns: two 16-float vectors
 MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
 PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2 (Zen 3: all of it)
-# Convolution: the input bytes a block of tiles reads (its planes over the block's positions),
-# kept in L2 while every row panel of weights passes over the block (`block_tiles`). Blocks of a
-# fixed 2048 positions read 2 MB for 256 channels and ran from L3: Intel Xeon, 1 thread, the
-# driver alone, 256->64 1x1 on 56x56 34.5 -> 52 GMAC/s with 8-16 tiles a block, 512->128 on 28x28
-# 50.6 -> 56.4; 64 and 128 channels measured flat from 2 to 64 tiles.
-BLOCK_INPUT_BYTES = 512 * 1024
-BLOCK_TILES_MAX = 64
-
 _state = {"checked": False, "available": False, "wide": False, "amd": False}
 
 
@@ -122,49 +114,12 @@ KC = 256 if wide() else 128
 PREFETCH_AHEAD = wide() and not amd()
 
 
-def block_tiles(planes: int) -> int:
-    """Tiles per block of a conv whose tiles read `planes` input planes (channels, times the
-    stride phases): as many as keep the block's input within BLOCK_INPUT_BYTES."""
-    return max(1, min(BLOCK_TILES_MAX, BLOCK_INPUT_BYTES // (max(1, planes) * NR * 4)))
-
-
-def choose_mr(rows: int) -> int:
-    """Tile rows for a matrix of `rows` rows where every row panel has them (the int8 kernels):
-    12 (more accumulators) unless 8 wastes fewer padded rows (16, 32, 40 ... channels; AVX-512
-    only); 4 for up to 4 rows (a recurrent step's batch: 8 accumulators still cover the FMA
-    latency)."""
-    if rows <= 4:
-        return 4
-    if not wide():   # AVX2 runs 8 rows as passes of 4 (8 accumulators: ~15% slower a row)
-        return 8 if -(-rows // 8) * 8 * 1.15 < -(-rows // 12) * 12 else 12
-    waste12 = -(-rows // 12) * 12 - rows
-    waste8 = -(-rows // 8) * 8 - rows
-    return 8 if waste8 < waste12 else 12
-
-
-def panel_rows(rows: int) -> int:
-    """Tile rows of the float drivers' full row panels, whose last panel has tiles of its own
-    height (`tail_rows`). AVX-512: 12 from 9 rows on; the 12-row tile ran 12-16% faster than the
-    8-row one (BERT-base's 128 x 768 x 3072 from L2: 63 -> 75 GMAC/s), and 128 = 10 x 12 + 8
-    rows run as such. AVX2: as `choose_mr` (not measured with tails)."""
-    if not wide():
-        return choose_mr(rows)
-    return 4 if rows <= 4 else (8 if rows <= 8 else 12)
-
-
 def tail_rows(left: int, mr: int) -> int:
     """Tile rows of a last row panel holding `left` (1..mr) rows, the panels before it having
     `mr`: the shortest of the 4-, 8- and mr-row tiles that holds them. Packed as (k, tail_rows)
     at the start of its panel's slot, so every panel still starts k*mr values after the one
     before."""
     return min(mr, 4 if left <= 4 else (8 if left <= 8 else mr))
-
-
-def choose_gemm_mr(rows: int) -> int:
-    """Tile rows of the GEMM tiles (`gemm_tile`) for A of `rows` rows: one or two rows get tiles
-    of their own (a streaming model's one-position conv, a batch-1 recurrent step), where a
-    4-row tile spent 4x or 2x the multiply-adds; otherwise `panel_rows`."""
-    return rows if 1 <= rows <= 2 else panel_rows(rows)
 
 
 # Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with

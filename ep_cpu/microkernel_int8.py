@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ep_cpu import microkernel as mk
-from ep_cpu import native_call
+from ep_cpu import native_call, tile_shapes
 
 try:
     import numba
@@ -68,7 +68,7 @@ def available() -> bool:
 
 
 def choose_mr(rows: int) -> int:
-    return mk.choose_mr(rows)
+    return tile_shapes.choose_mr(rows)
 
 
 @dataclass

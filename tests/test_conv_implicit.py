@@ -11,7 +11,7 @@ from compiled_threads import threads_via
 from onnx import TensorProto, helper
 
 import ep_core
-from ep_cpu import conv_implicit, conv_thin, jit_tier, microkernel
+from ep_cpu import conv_implicit, conv_thin, jit_tier, microkernel, tile_shapes
 from ep_cpu.gemm import _get_pool
 from ep_cpu.kernels import conv
 
@@ -125,7 +125,7 @@ def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split
     opts.intra_op_num_threads = 1 if split == "one_thread" else 2
     ours = ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0]
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert implicit_calls == [microkernel.panel_rows(shape[1])]   # the compiled path really ran
+    assert implicit_calls == [tile_shapes.panel_rows(shape[1])]   # the compiled path really ran
     np.testing.assert_allclose(ours, ref, **TOL)
 
 
@@ -136,7 +136,7 @@ def test_matches_onnxruntime(monkeypatch, implicit_calls, shape, epilogue, split
 ], ids=["3x3", "1x1", "3x3_s2"])
 @pytest.mark.parametrize("split", ["one_thread", "columns", "rows"])
 def test_blocks_of_tiles_give_the_same_bits(monkeypatch, implicit_calls, shape, split):
-    """The tiles run in blocks sized to keep their input in L2 (`microkernel.block_tiles`): a
+    """The tiles run in blocks sized to keep their input in L2 (`tile_shapes.block_tiles`): a
     block of one tile, of three, and the whole map as one block compute every tile's sums in
     the same order, so the outputs are identical."""
     split = threads_via(monkeypatch, split)
@@ -149,9 +149,9 @@ def test_blocks_of_tiles_give_the_same_bits(monkeypatch, implicit_calls, shape, 
     opts.intra_op_num_threads = 1 if split == "one_thread" else 2
     planes = shape[0][1] * shape[3][0] * shape[3][1]
     outs = []
-    for tiles in (1, 3, microkernel.BLOCK_TILES_MAX):
-        monkeypatch.setattr(microkernel, "BLOCK_INPUT_BYTES", tiles * planes * microkernel.NR * 4)
-        assert microkernel.block_tiles(planes) == tiles
+    for tiles in (1, 3, tile_shapes.BLOCK_TILES_MAX):
+        monkeypatch.setattr(tile_shapes, "BLOCK_INPUT_BYTES", tiles * planes * microkernel.NR * 4)
+        assert tile_shapes.block_tiles(planes) == tiles
         outs.append(ep_core.InferenceSession(data, opts, providers=["cpu"]).run(None, feeds)[0])
     assert len(implicit_calls) == 3
     ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ep_cpu import gemm_compiled, microkernel, native_call
+from ep_cpu import gemm_compiled, microkernel, native_call, tile_shapes
 
 pytestmark = pytest.mark.skipif(not microkernel.available(),
                                 reason="the compiled microkernel needs numba and an AVX-512 CPU")
@@ -39,7 +39,7 @@ def test_run_parts_calls_every_range_once(by_columns, parts):
     bp = gemm_compiled.pack(b)
     y = np.zeros((37, 101), np.float32)
     zeros = np.zeros(101, np.float32)
-    mr = microkernel.choose_mr(37)
+    mr = tile_shapes.choose_mr(37)
     args = native_call.pack(a.ctypes.data, 37, 70, bp.ctypes.data, bp.shape[0], 101, mr,
                             zeros.ctypes.data, 0, y.ctypes.data, 0, -np.inf, np.inf,
                             microkernel.EPILOGUE, y.ctypes.data, 0, 0)

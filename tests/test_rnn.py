@@ -254,7 +254,7 @@ def test_steps_split_between_two_threads_match_one_thread(op, hid, rows, monkeyp
     threads (`rnn_jit._half_steps`, a barrier per step): the same sums in the same order, so
     the same bits as one thread; and a thread alone (its partner never starting) claims both
     halves of every step itself."""
-    from ep_cpu import microkernel, native_call, vector_math
+    from ep_cpu import microkernel, native_call, tile_shapes, vector_math
     from ep_cpu.kernels import rnn_jit
     if not microkernel.available():
         pytest.skip("the compiled time loop needs numba and an AVX2+FMA CPU")
@@ -274,7 +274,7 @@ def test_steps_split_between_two_threads_match_one_thread(op, hid, rows, monkeyp
     claims, done = np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64)
     rnn_jit._half_steps(pr._gemm.address, vector_math.cell_callback(op).address, proj, h0, c, hist,
                         np.empty((1, rows, GATES[op] * hid), np.float32), pr.pack_addrs,
-                        pr.packs[0].shape[0], microkernel.choose_gemm_mr(rows), step_bias, use_res,
+                        pr.packs[0].shape[0], tile_shapes.choose_gemm_mr(rows), step_bias, use_res,
                         claims, done, 1, native_call.yield_address())
     np.testing.assert_array_equal(hist, results[0][0])
     assert claims.all() and (done == 2).all()

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ep_cpu import gemm_compiled, microkernel, native_call, vector_math
+from ep_cpu import gemm_compiled, microkernel, native_call, tile_shapes, vector_math
 
 SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
 # multiply-adds of a step from which two threads split a one-direction layer's steps
@@ -98,7 +98,7 @@ class PackedRecurrent:
         self.n = rt_all.shape[2]
         self._none = np.zeros(max(self.n, 1), dtype=np.float32)   # no bias (and no residual)
         self._modes = (microkernel.EPILOGUE, microkernel.EPILOGUE_RES)
-        self._mr = microkernel.choose_gemm_mr
+        self._mr = tile_shapes.choose_gemm_mr
         self._no_bias: dict[int, np.ndarray] = {}   # zeros per direction count
 
     def run_sequence(self, cell_kind: str, proj: np.ndarray, h0: np.ndarray, c: np.ndarray,
