@@ -389,7 +389,7 @@ if numba is not None:
         # act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`). With `out`
         # not empty, each row panel's block of tiles is then cropped into out (M, oh, ow)
         # (`crop_rows`; y's element 0 being grid position `shift`). `block`: tiles per block
-        # (`block_tiles`).
+        # (`tile_shapes.block_tiles`).
         y_at = np.int64(y.ctypes.data)
         kdim = rows.shape[0]
         mr = ap.shape[2]
