@@ -23,6 +23,14 @@ class DeclaredInput:
     type_string: str
     shape: list | None                # tensors: ints for static dims, None/str for dynamic ones
 
+    @functools.cached_property
+    def static_shape(self) -> tuple | None:
+        """The declared shape where every dim is static (a feed of exactly that shape needs no
+        per-dim check), else None."""
+        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
+            return None
+        return tuple(self.shape)
+
 
 @dataclass(frozen=True, eq=False)
 class FeedSpec:
@@ -126,7 +134,7 @@ def check_device_feed(name: str, value: Any, declared: DeclaredInput) -> None:
 
 def _check_shape(name: str, value: Any, declared: DeclaredInput) -> None:
     shape = declared.shape
-    if shape is not None:
+    if shape is not None and value.shape != declared.static_shape:
         if len(value.shape) != len(shape):
             raise InvalidArgument(f"feed '{name}' has rank {len(value.shape)} (shape {list(value.shape)}) "
                                   f"but the model expects rank {len(shape)} (shape {shape})")

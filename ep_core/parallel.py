@@ -29,15 +29,24 @@ def _cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_PARALLEL = ExecutionMode.ORT_PARALLEL   # (an enum member's lookup costs ~0.1 us a run)
+
+
 def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profiler: Any = None,
              only_fetches: bool = False, run_tag: str = "") -> list:
     """Run `plan` with the session's execution mode, thread limits and profiler.
 
     `only_fetches` runs just the steps the fetches depend on (sequentially)."""
+    parallel = getattr(options, "execution_mode", 0) == _PARALLEL
+    intra = int(getattr(options, "intra_op_num_threads", 0) or 0)
+    if (not parallel and not only_fetches and (profiler is None or not profiler.enabled)
+            and len(plan.providers) == 1):
+        # The common run (sequential, one provider, profiling off: no observer, no event)
+        # without an ExitStack.
+        with np.errstate(all="ignore"), plan.providers[0].limit_threads(intra):
+            return plan.run(feeds, fetch_slots)
     observer = profiler.node_observer() if profiler is not None else None
     t0 = time.perf_counter()
-    parallel = getattr(options, "execution_mode", 0) == ExecutionMode.ORT_PARALLEL
-    intra = int(getattr(options, "intra_op_num_threads", 0) or 0)
     threads = 1
     if parallel:   # sched_getaffinity is a system call (~15 us): only the parallel executor asks
         cores = _cores()
@@ -46,11 +55,6 @@ def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profi
         # Kernels running side by side share the cores: unlimited BLAS threads in each would
         # oversubscribe them (OpenBLAS threads spin), so split the cores between the inter-op threads.
         intra = max(1, cores // threads)
-    if observer is None and not parallel and not only_fetches and len(plan.providers) == 1:
-        # The common run (sequential, one provider, profiling off: no observer, no event)
-        # without an ExitStack.
-        with np.errstate(all="ignore"), plan.providers[0].limit_threads(intra):
-            return plan.run(feeds, fetch_slots)
     with ExitStack() as stack:
         # IEEE results (log(0) = -inf, 0/0 = NaN, overflow = inf) are what ONNX asks for: numpy's
         # warnings about them are noise; set once per run (numpy keeps it in a context variable,
