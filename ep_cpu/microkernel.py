@@ -1,9 +1,10 @@
 """The register-tiled GEMM microkernel shared by the compiled convolution and GEMM drivers.
 
 The micro kernels (MR = 4, 8, 12 rows; the GEMM's also 1 and 2, for one position or a batch-1
-recurrent step: `tile_shapes.choose_gemm_mr`) compute C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR]
-over k for one tile: A is a packed row panel (k, MR) whose values are broadcast, B a packed
-column panel (k, NR) read as two 16-float vectors, C a tile with row stride `ldc`. The 2*MR
+recurrent step: `tile_shapes.choose_gemm_mr`) compute
+C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR] over k for one tile: A is a packed row
+panel (k, MR) whose values are broadcast, B a packed column panel (k, NR) read as two 16-float
+vectors, C a tile with row stride `ldc`. The 2*MR
 accumulators stay in registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per
 accumulator and k.
 
@@ -41,6 +42,7 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers keep th
 NR = 32          # tile columns: two 16-float vectors
 MR_MAX = 12      # tile rows of the larger kernel (scratch tiles are MR_MAX x NR)
 PANEL_BLOCK_BYTES = 512 * 1024   # GEMM: B panels per block, half of a Zen 5 core's L2 (Zen 3: all of it)
+
 _state = {"checked": False, "available": False, "wide": False, "amd": False}
 
 
