@@ -4,9 +4,8 @@ The micro kernels (MR = 4, 8, 12 rows; the GEMM's also 1 and 2, for one position
 recurrent step: `tile_shapes.choose_gemm_mr`) compute
 C[0:MR, 0:NR] (+)= A[k, 0:MR]^T-broadcast x B[k, 0:NR] over k for one tile: A is a packed row
 panel (k, MR) whose values are broadcast, B a packed column panel (k, NR) read as two 16-float
-vectors, C a tile with row stride `ldc`. The 2*MR
-accumulators stay in registers (MR=12: 24 of AVX-512's 32), one fused multiply-add per
-accumulator and k.
+vectors, C a tile with row stride `ldc`. The 2*MR accumulators stay in registers (MR=12: 24 of
+AVX-512's 32), one fused multiply-add per accumulator and k.
 
 They are written in LLVM IR (`llvm.fma`) through numba's `intrinsic`: numba's auto-vectorizer
 does not keep a tile of accumulators in registers, and numba ships LLVM, so no compiler is needed
