@@ -189,20 +189,24 @@ if numba is not None:
 
         return sig, codegen
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def activate(flat, kind):  # pragma: no cover - compiled
-        """The activation over a flat float32 array in place (the tail through a 16-float pad)."""
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def _activate_padded(flat, kind, pad):  # pragma: no cover - compiled
+        # the activation over flat in place, its tail through `pad` (16 floats of scratch)
         n = flat.shape[0]
         full = n - n % 16
         for off in range(0, full, 16):
             activate16(flat, off, kind)
         if full < n:
-            pad = np.zeros(16, dtype=np.float32)
             for i in range(n - full):
                 pad[i] = flat[full + i]
             activate16(pad, 0, kind)
             for i in range(n - full):
                 flat[full + i] = pad[i]
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def activate(flat, kind):  # pragma: no cover - compiled
+        """The activation over a flat float32 array in place (the tail through a 16-float pad)."""
+        _activate_padded(flat, kind, np.zeros(16, dtype=np.float32))
 
 
     # reassociation only (a vectorized sum over a row); NaN and inf keep their meaning
@@ -236,14 +240,7 @@ if numba is not None:
                 m = np.float32(0.0)
             for j in range(n):
                 flat[u(base + j)] = flat[u(base + j)] - m
-            for off in range(0, full, 16):
-                activate16(flat, base + off, EXP)
-            if full < n:
-                for i in range(n - full):
-                    pad[i] = flat[u(base + full + i)]
-                activate16(pad, 0, EXP)
-                for i in range(n - full):
-                    flat[u(base + full + i)] = pad[i]
+            _activate_padded(flat[base:base + n], EXP, pad)
             total = np.float32(0.0)
             for j in range(n):
                 total += flat[u(base + j)]
