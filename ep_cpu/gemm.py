@@ -312,6 +312,16 @@ def _tiles_take(m: int) -> bool:
     return microkernel.beats_blas() and (m < BLAS_MIN_ROWS_INTEL or microkernel.amd())
 
 
+# A one-row product (a decoder step, a streaming RNN's step) is OpenBLAS's GEMV, which streams B
+# faster than the tiles' one-row panels do (Intel AVX-512, 1 thread: 768 x 3072 from memory 15.3
+# against 13.4 GB/s, 1280 x 1000 from L3 177 against 204 us; 128 x 512 from L2 9.5 against
+# 18 us; GPT-2's step 43.5 -> 42.0 ms), except where the tiles split B between threads (BLAS is
+# held to one thread in a session's run): from gemm_compiled.PAR_MIN_WEIGHTS values at two and
+# more threads (768 x 3072 from memory: 23.5 GB/s on two).
+def _gemv_on_blas(m: int, k: int, n: int, threads: int) -> bool:
+    return m == 1 and (threads == 1 or k * n < gemm_compiled.PAR_MIN_WEIGHTS)
+
+
 def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
                    epi: _Epilogue | None, y: np.ndarray, threads: int) -> None:
     """y = epilogue(a2 @ B): bias per column, residual and a clamp inside the compiled tiles;
@@ -417,6 +427,7 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     # decoder step: 42 -> 33 ms a step against a one-thread BLAS).
     if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
             and (packed is not None or macs >= COMPILED_MIN_MACS)
+            and not _gemv_on_blas(m, k, n, threads)
             and (_tiles_take(m) or (m < THIN_M and packed is not None and threads > 1
                                     and microkernel.convs_beat_blas(threads)))
             and jit_tier.ready("gemm", gemm_compiled.compile_kernels)):

@@ -117,6 +117,20 @@ def test_leading_axes_and_packing_once(compiled_calls):
     assert len(compiled_calls) == 3
 
 
+@pytest.mark.parametrize("threads,k,n,tiles", [(1, 256, 1024, False), (2, 64, 256, False),
+                                               (2, 512, 600, True)])
+def test_one_row_product_route(compiled_calls, threads, k, n, tiles):
+    """A one-row product is BLAS's GEMV (B's microkernel panels never made) except where the
+    tiles split a large B between threads; both match the float64 product."""
+    rng = np.random.default_rng(k + n)
+    a, b = rng.standard_normal((1, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = G.pack_b(b, copy=False)
+    y = G.gemm(a, packed, bias, num_threads=threads)
+    np.testing.assert_allclose(y, _ref(a, b, bias), rtol=1e-4 * np.sqrt(k), atol=1e-4 * np.sqrt(k))
+    assert len(compiled_calls) == int(tiles) and (packed.micro is not None) == tiles
+
+
 def test_blas_path_when_switched_off(monkeypatch, compiled_calls):
     monkeypatch.setattr(G, "COMPILED", False)
     rng = np.random.default_rng(1)
