@@ -92,6 +92,13 @@ def _min_panels() -> int:
     return min(PAR_MIN_PANELS, PAR_MIN_PANELS_TBB) if native_call.parallel_ok() else PAR_MIN_PANELS
 
 
+def _last_range_holds_two(cols: int, workers: int) -> bool:
+    """Whether the last of `native_call.run_ranges`' `workers` column ranges over [0, cols)
+    holds the last two columns (the runner's split: ranges of ceil(cols / workers))."""
+    step = -(-cols // max(1, workers))
+    return workers <= 1 or (cols - 1) % step != 0
+
+
 def _split_by_columns(tiles: int, row_panels: int) -> bool:
     """Threads take ranges of column tiles, or of row panels when the map has few positions."""
     return tiles >= 2 * PAR_MIN_PANELS or tiles >= row_panels
@@ -316,15 +323,20 @@ class ImplicitConv:
         row_panels = packed_w.shape[0]
         self.by_columns = _split_by_columns(self.full_tiles, row_panels)
         self.row_panels = row_panels
-        # positions past the whole tiles (1x1 convs); where threads split the row panels, each
-        # runs its tiles in order, the last NR positions (a tile overlapping the whole one
-        # before it) last, in the same pass
+        # positions past the whole tiles (1x1 convs)
         self.rem = ldc - self.full_tiles * NR if self.direct else 0
-        self.overlap = int(bool(self.rem and self.full_tiles and not self.by_columns))
         # threads for the work: a hand-off per panels' and multiply-adds' worth (`workers_for`)
         macs, per = n * m * c * kh * kw * oh * ow, _min_panels()
         self.workers = native_call.workers_for(
             threads, (self.full_tiles if self.by_columns else row_panels) // per, macs)
+        # The last NR positions (a tile overlapping the whole one before it) run in the same
+        # pass, after that tile, where one thread runs both: each thread runs its tiles in
+        # order (an overlapping tile computed at the same time by another thread could read
+        # that tile's finished sums as its partial ones between k blocks). Else they are one
+        # more call after the others (`__call__`). Saves that call's ~5-15 us on 14x14 maps.
+        self.overlap = int(bool(self.rem and self.full_tiles)
+                           and (not self.by_columns
+                                or _last_range_holds_two(self.full_tiles + 1, self.workers)))
         self.last_workers = native_call.workers_for(threads, row_panels // per,
                                                     m * c * kh * kw * NR)
         # the planes' fill split by channels on numba's threads (each thread's share of a big

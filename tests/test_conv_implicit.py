@@ -42,6 +42,10 @@ SHAPES = [
     ((2, 24, 5, 4), 30, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),       # 1x1, only a partial tile
     ((2, 33, 9, 9), 20, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),       # 1x1 stride 2, batch
     ((1, 20, 8, 8), 28, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),       # 1x1, whole tiles only
+    # 1x1 in two k blocks with a last overlapping tile: in the pass of the thread running the
+    # tile before it (7 tiles), or after the others (3 tiles on two threads)
+    ((1, 300, 14, 14), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    ((1, 300, 9, 9), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
 ]
 TOL = dict(rtol=1e-4, atol=1e-4)
 
