@@ -315,9 +315,9 @@ def _tiles_take(m: int) -> bool:
 # A one-row product (a decoder step, a streaming RNN's step) is OpenBLAS's GEMV, which streams B
 # faster than the tiles' one-row panels do (Intel AVX-512, 1 thread: 768 x 3072 from memory 15.3
 # against 13.4 GB/s, 1280 x 1000 from L3 177 against 204 us; 128 x 512 from L2 9.5 against
-# 18 us; GPT-2's step 43.5 -> 42.0 ms), except where the tiles split B between threads (BLAS is
-# held to one thread in a session's run): from gemm_compiled.PAR_MIN_WEIGHTS values at two and
-# more threads (768 x 3072 from memory: 23.5 GB/s on two).
+# 18 us; GPT-2's step 43.5-43.9 -> 42.0-42.2 ms), except where the tiles split B between
+# threads (BLAS is held to one thread in a session's run): from gemm_compiled.PAR_MIN_WEIGHTS
+# values at two and more threads (768 x 3072 from memory: 23.5 GB/s on two).
 def _gemv_on_blas(m: int, k: int, n: int, threads: int) -> bool:
     return m == 1 and (threads == 1 or k * n < gemm_compiled.PAR_MIN_WEIGHTS)
 
