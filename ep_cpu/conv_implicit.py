@@ -92,13 +92,6 @@ def _min_panels() -> int:
     return min(PAR_MIN_PANELS, PAR_MIN_PANELS_TBB) if native_call.parallel_ok() else PAR_MIN_PANELS
 
 
-def _last_range_holds_two(cols: int, workers: int) -> bool:
-    """Whether the last of `native_call.run_ranges`' `workers` column ranges over [0, cols)
-    holds the last two columns (the runner's split: ranges of ceil(cols / workers))."""
-    step = -(-cols // max(1, workers))
-    return workers <= 1 or (cols - 1) % step != 0
-
-
 def _split_by_columns(tiles: int, row_panels: int) -> bool:
     """Threads take ranges of column tiles, or of row panels when the map has few positions."""
     return tiles >= 2 * PAR_MIN_PANELS or tiles >= row_panels
@@ -336,7 +329,7 @@ class ImplicitConv:
         # more call after the others (`__call__`). Saves that call's ~5-15 us on 14x14 maps.
         self.overlap = int(bool(self.rem and self.full_tiles)
                            and (not self.by_columns
-                                or _last_range_holds_two(self.full_tiles + 1, self.workers)))
+                                or native_call.last_range_holds_two(self.full_tiles + 1, self.workers)))
         self.last_workers = native_call.workers_for(threads, row_panels // per,
                                                     m * c * kh * kw * NR)
         # the planes' fill split by channels on numba's threads (each thread's share of a big

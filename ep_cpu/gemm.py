@@ -316,10 +316,10 @@ def _tiles_take(m: int) -> bool:
 # faster than the tiles' one-row panels do (Intel AVX-512, 1 thread: 768 x 3072 from memory 15.3
 # against 13.4 GB/s, 1280 x 1000 from L3 177 against 204 us; 128 x 512 from L2 9.5 against
 # 18 us; GPT-2's step 43.5-43.9 -> 42.0-42.2 ms), except where the tiles split B between
-# threads (BLAS is held to one thread in a session's run): from gemm_compiled.PAR_MIN_WEIGHTS
-# values at two and more threads (768 x 3072 from memory: 23.5 GB/s on two).
+# threads (BLAS is held to one thread in a session's run; 768 x 3072 from memory: 23.5 GB/s on
+# two).
 def _gemv_on_blas(m: int, k: int, n: int, threads: int) -> bool:
-    return m == 1 and (threads == 1 or k * n < gemm_compiled.PAR_MIN_WEIGHTS)
+    return m == 1 and (threads == 1 or gemm_compiled.one_thread(m, k, n))
 
 
 def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,

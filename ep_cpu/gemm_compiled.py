@@ -33,6 +33,13 @@ def compile_kernels() -> None:
     native_call.compile_runner()
 
 
+def one_thread(m: int, k: int, n: int) -> bool:
+    """Whether `matmul` runs an (M x K) @ (K x N) product on one thread: a small one (a
+    hand-off costs more), unless its B is large (a decoder step's B streams faster on every
+    core)."""
+    return m * k * n < PAR_MIN_MACS and k * n < PAR_MIN_WEIGHTS
+
+
 def pack(bt: np.ndarray) -> np.ndarray:
     """(K, N) float32 B -> (ceil(N/NR), K, NR) column panels; padded columns are zero."""
     k, n = bt.shape
@@ -64,8 +71,8 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     # 669 / 896, 384 x 768 x 768 1587 / 1746; BERT's 128-row products 7-10% slower by rows
     by_columns = col_panels >= row_panels
     workers = max(1, min(threads, (col_panels if by_columns else row_panels) // PAR_MIN_PANELS))
-    if m * a.shape[1] * n < PAR_MIN_MACS and a.shape[1] * n < PAR_MIN_WEIGHTS:
-        workers = 1   # small products; a decoder step's large B streams faster on every core
+    if one_thread(m, a.shape[1], n):
+        workers = 1
     # arrays by address (all C-contiguous and alive in this frame): see microkernel.GEMM_ARGS
     args = native_call.pack(a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr,
                             b.ctypes.data, has_bias, r.ctypes.data, has_res, lo, hi, mode,

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ep_cpu import microkernel as mk
-from ep_cpu import native_call, tile_shapes
+from ep_cpu import native_call
+from ep_cpu.tile_shapes import choose_mr  # the int8 drivers' tile rows
 
 try:
     import numba
@@ -65,10 +66,6 @@ def available() -> bool:
         _state["available"] = ok
         _state["checked"] = True
     return _state["available"]
-
-
-def choose_mr(rows: int) -> int:
-    return tile_shapes.choose_mr(rows)
 
 
 @dataclass

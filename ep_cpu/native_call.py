@@ -160,7 +160,7 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, parallel=True)
     def run_parts(fn_addr, args_at, cols, rows, parts, by_columns):  # pragma: no cover - compiled
         """fn(args_at, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
-        threads."""
+        threads (each `range_step` long)."""
         for p in numba.prange(parts):
             if by_columns:
                 step = (cols + parts - 1) // parts
@@ -305,6 +305,18 @@ def compile_runner() -> None:
         run_parts.compile((types.int64,) * 5 + (types.boolean,))
 
 
+def range_step(total: int, workers: int) -> int:
+    """The length of each of `run_ranges`' ranges (the last one may be shorter), as `run_parts`
+    splits them too."""
+    return -(-total // max(1, workers))
+
+
+def last_range_holds_two(total: int, workers: int) -> bool:
+    """Whether the last of `run_ranges`' `workers` ranges over [0, total) holds its last two
+    indices (both run on one thread, in order)."""
+    return workers <= 1 or (total - 1) % range_step(total, workers) != 0
+
+
 def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, by_columns: bool,
                pool: Callable) -> None:
     """callback(args, c0, c1, r0, r1) over columns [0, cols) and rows [0, rows), `args` its
@@ -321,7 +333,7 @@ def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, b
         run_parts(callback.address, at, cols, rows, workers, by_columns)
         return
     total = cols if by_columns else rows
-    step = -(-total // workers)
+    step = range_step(total, workers)
     spans = [(c0, min(total, c0 + step), 0, rows) if by_columns else (0, cols, c0, min(total, c0 + step))
              for c0 in range(0, total, step)]
     fn = callback.ctypes

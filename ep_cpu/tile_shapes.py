@@ -36,16 +36,16 @@ def choose_mr(rows: int) -> int:
 
 def panel_rows(rows: int) -> int:
     """Tile rows of the float drivers' full row panels, whose last panel has tiles of its own
-    height (`microkernel.tail_rows`). AVX-512: 12 from 9 rows on; the 12-row tile ran 12-16% faster than the
-    8-row one (BERT-base's 128 x 768 x 3072 from L2: 63 -> 75 GMAC/s), and 128 = 10 x 12 + 8
-    rows run as such. AVX2: as `choose_mr` (not measured with tails)."""
+    height (`microkernel.tail_rows`). AVX-512: 12 from 9 rows on; the 12-row tile ran 12-16%
+    faster than the 8-row one (BERT-base's 128 x 768 x 3072 from L2: 63 -> 75 GMAC/s), and
+    128 = 10 x 12 + 8 rows run as such. AVX2: as `choose_mr` (not measured with tails)."""
     if not wide():
         return choose_mr(rows)
     return 4 if rows <= 4 else (8 if rows <= 8 else 12)
 
 
 def choose_gemm_mr(rows: int) -> int:
-    """Tile rows of the GEMM tiles (`microkernel.gemm_tile`) for A of `rows` rows: one or two rows get tiles
-    of their own (a streaming model's one-position conv, a batch-1 recurrent step), where a
-    4-row tile spent 4x or 2x the multiply-adds; otherwise `panel_rows`."""
+    """Tile rows of the GEMM tiles (`microkernel.gemm_tile`) for A of `rows` rows: one or two
+    rows get tiles of their own (a streaming model's one-position conv, a batch-1 recurrent
+    step), where a 4-row tile spent 4x or 2x the multiply-adds; otherwise `panel_rows`."""
     return rows if 1 <= rows <= 2 else panel_rows(rows)
