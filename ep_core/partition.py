@@ -82,11 +82,12 @@ def _compiles(p: ExecutionProvider) -> bool:
     return type(p).compile is not ExecutionProvider.compile
 
 
-def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[ExecutionProvider]
-                ) -> tuple[Graph, dict[Node, Assignment]]:
+def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[ExecutionProvider],
+                optimization_level: int = 99) -> tuple[Graph, dict[Node, Assignment]]:
     """Stage 5a: each provider that compiles is asked again for its capabilities, over the nodes
-    it owns after level-2 rewrites; each MetaDef capability becomes one fused node. Returns a new
-    Graph (the input is not modified) and the assignment of its nodes."""
+    it owns after level-2 rewrites; each MetaDef capability becomes one fused node, unless its
+    `min_level` is above the session's `optimization_level`. Returns a new Graph (the input is
+    not modified) and the assignment of its nodes."""
     nodes = list(graph.nodes)
     out = dict(assigned)
     for p in providers:
@@ -99,7 +100,8 @@ def group_fused(graph: Graph, assigned: dict[Node, Assignment], providers: list[
         grouped: set[int] = set()
         for cap in p.get_capability(GraphView(dataclasses.replace(graph, nodes=nodes), own),
                                     p.get_kernel_registry().lookup):
-            if cap.meta_def is None or any(id(n) not in offered or id(n) in grouped for n in cap.nodes):
+            if cap.meta_def is None or cap.meta_def.min_level > optimization_level or \
+                    any(id(n) not in offered or id(n) in grouped for n in cap.nodes):
                 continue
             grouped.update(map(id, cap.nodes))
             fused, sub = _fuse(graph, nodes, cap)

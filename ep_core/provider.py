@@ -36,7 +36,10 @@ class MetaDef:
     decided in `get_capability` (any Python value; never serialized). `host_inputs` /
     `host_outputs` are positions in `inputs` / `outputs` the compiled callable reads or writes in
     host memory (shape tensors, scalars), as a KernelDef's `host_inputs` are: placement copies
-    accordingly."""
+    accordingly. `min_level`: the lowest `graph_optimization_level` at which the session makes the
+    group (0: always); below it the nodes run one by one with their registered kernels, so a
+    provider whose grouping is only an optimization sets it (the CPU provider: 2, with the
+    level-2 fusions)."""
     name: str
     inputs: list[str]
     outputs: list[str]
@@ -44,6 +47,7 @@ class MetaDef:
     attributes: dict[str, Any] = field(default_factory=dict)
     host_inputs: tuple[int, ...] = ()
     host_outputs: tuple[int, ...] = ()
+    min_level: int = 0
 
 
 @dataclass

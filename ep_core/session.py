@@ -121,7 +121,7 @@ def build_graph(graph: Graph, providers: list[ExecutionProvider], options: Sessi
             assigned = partition(graph, providers, assigned)  # nodes made without supports()
             graph.check_valid()
     with profiler.phase("compile"):
-        graph, assigned = group_fused(graph, assigned, providers)
+        graph, assigned = group_fused(graph, assigned, providers, int(options.graph_optimization_level))
         graph.check_valid()
         assigned = compile_fused(assigned)
     placement = place(graph, assigned, providers, outer_devices)
