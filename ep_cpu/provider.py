@@ -1,11 +1,15 @@
 """The CPU execution provider: numpy kernels for every ONNX op."""
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import nullcontext
+from typing import Any, Callable, Sequence
 
+from ep_core.errors import InvalidArgument
+from ep_core.graph import Graph, Node
 from ep_core.kernel import KernelRegistry
-from ep_core.provider import HOST, ExecutionProvider
+from ep_core.provider import HOST, ComputeCapability, ExecutionProvider, GraphView, MetaDef
 
 from . import host_memory
 from .registry import registry
@@ -109,14 +113,31 @@ _NO_LIMIT = nullcontext()
 
 
 _limits = _ThreadLimits()
+log = logging.getLogger(__name__)
+GROUP_ATTR = "ep_cpu.group"   # MetaDef attribute: the planned ep_core.fusion.Group compile builds
+FUSION_LEVEL = 2   # fused groups are made from ORT_ENABLE_EXTENDED on, with the level-2 fusions
+
+
+def _option_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"CPU provider option {name}={value!r}: expected true/false or 1/0")
 
 
 class CPUExecutionProvider(ExecutionProvider):
+    """Provider options: `enable_fusion` (default true): chains of element-wise nodes run as one
+    generated kernel each (`ep_cpu.fused`), at graph optimization level 2 and above."""
     type = "cpu"
     device = HOST
 
     def __init__(self, **options) -> None:
         super().__init__(**options)
+        self.fusion = _option_bool("enable_fusion", self.options.get("enable_fusion", True))
         # freed numpy blocks stay in the process for the next run (`ep_cpu.host_memory`)
         host_memory.keep_freed_memory()
 
@@ -127,3 +148,41 @@ class CPUExecutionProvider(ExecutionProvider):
 
     def limit_threads(self, intra_op_threads: int):
         return _limits.limit(intra_op_threads)
+
+    def get_capability(self, graph_view: GraphView,
+                       kernel_lookup: Callable[[Node], Any]) -> list[ComputeCapability]:
+        """Every node with a kernel; with `enable_fusion`, element-wise chains among them as
+        fused nodes (`ep_cpu.fused.plan_groups`). Side-effect free: the planned group travels to
+        `compile` in the MetaDef's attributes (GROUP_ATTR)."""
+        claimed = [n for n in graph_view.nodes if kernel_lookup(n) is not None]
+        if not self.fusion or len(claimed) < 2:
+            return [ComputeCapability([n]) for n in claimed]
+        from . import fused
+        try:
+            groups = fused.plan_groups(graph_view.graph, claimed)
+        except Exception as e:  # noqa: BLE001 - fusion is an optimization: never fail a session
+            log.warning("CPU fusion planning failed (%s: %s); running nodes one by one",
+                        type(e).__name__, e)
+            return [ComputeCapability([n]) for n in claimed]
+        caps, grouped = [], set()
+        for k, g in enumerate(groups):
+            ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
+            g.info["name"] = f"CpuFused{k}_{ops}"
+            grouped.update(map(id, g.nodes))
+            caps.append(ComputeCapability(list(g.nodes), MetaDef(
+                g.info["name"], list(g.inputs), list(g.outputs),
+                attributes={"fused_ops": "+".join(g.ops()),
+                            "fused_nodes": ",".join(n.name for n in g.nodes), GROUP_ATTR: g},
+                min_level=FUSION_LEVEL)))
+        return caps + [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
+
+    def compile(self, fused_node: Node, subgraph: Graph) -> Callable[..., Sequence[Any]]:
+        """The compute callable of a fused node made from one of our MetaDefs: built from the
+        group its attributes carry; its kernel compiles on first use (`ep_cpu.jit_tier`)."""
+        from .fused import FusedElementwise
+        from .gemm import get_num_threads
+        g = fused_node.attrs.get(GROUP_ATTR)
+        if g is None:
+            raise InvalidArgument(f"CPU provider: fused node '{fused_node.name}' carries no "
+                                  f"'{GROUP_ATTR}' attribute (not one of our capabilities)")
+        return FusedElementwise(g, threads=get_num_threads)
