@@ -121,8 +121,10 @@ def _same_shape(a, b) -> bool:
 
 def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int], spec_of: SpecOf,
                             max_in: int = 8, max_out: int = 4, max_nodes: int = 0,
-                            baked: Callable[[list[Node]], set[str]] | None = None) -> list[Group]:
-    """Greedy convex element-wise groups of one output shape (at least two nodes each).
+                            baked: Callable[[list[Node]], set[str]] | None = None,
+                            keep_single: Callable[[Node], bool] | None = None) -> list[Group]:
+    """Greedy convex element-wise groups of one output shape (at least two nodes each, or one
+    node that `keep_single` accepts).
 
     `spec_of(an, node)`: how the provider's generated code computes `node`, None where it cannot
     (kept per member in `info["specs"]`). A group has at most `max_in` inputs, `max_out`
@@ -163,7 +165,7 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int],
             groups.append({"nodes": [n], "mask": 1 << an.index[id(n)], "shape": shape})
     out = []
     for g in groups:
-        if len(g["nodes"]) < 2:
+        if len(g["nodes"]) < 2 and (keep_single is None or not keep_single(g["nodes"][0])):
             continue
         ins, outs = an.boundary(g["nodes"])
         if not outs or any(not _same_shape(an.shape(o), g["shape"]) for o in outs):

@@ -109,8 +109,9 @@ def _clip_bounds(an: Analysis, node: Node) -> tuple[float, float] | None:
     return bounds[0], bounds[1]
 
 
-def _literals(an: Analysis, nodes: list[Node]) -> dict[str, float]:
-    """Inputs the generated text holds as literals: scalar constants (Clip's bounds among them)."""
+def _literals(an: Analysis, nodes: list[Node]) -> dict[str, tuple[float, int]]:
+    """Inputs the generated text holds as literals: constants of one element (Clip's bounds among
+    them), each as (value, rank): a (1, 1) constant still broadcasts the output to rank 2."""
     out = {}
     for n in nodes:
         for name in n.inputs:
@@ -118,25 +119,34 @@ def _literals(an: Analysis, nodes: list[Node]) -> dict[str, float]:
                 continue
             v = an.const(name)
             if v is not None and np.asarray(v).size == 1:
-                out[name] = float(np.asarray(v).reshape(()))
+                out[name] = (float(np.asarray(v).reshape(())), np.ndim(v))
     return out
 
 
 def plan_groups(graph: Graph, nodes: list[Node]) -> list[Group]:
     """The element-wise groups among `nodes`, each with what `FusedElementwise` needs in `info`:
-    'specs', 'dtype', 'literals' (scalar constants read as literals) and 'shape'."""
+    'specs', 'dtype', 'literals' (one-element constants read as literals), 'rank' (the largest of
+    theirs) and 'shape'."""
     an = Analysis(graph)
+
+    def large(node: Node) -> bool:   # a lone node worth the kernel: threads split it
+        shape = an.shape(node.outputs[0])
+        return shape is not None and all(isinstance(d, int) for d in shape) and \
+            math.prod(shape) >= 2 * PARALLEL_MIN
+
     groups = plan_elementwise_groups(an, nodes, set(), elementwise_spec, max_in=MAX_IN,
                                      max_out=MAX_OUT, max_nodes=MAX_NODES,
-                                     baked=lambda members: set(_literals(an, members)))
+                                     baked=lambda members: set(_literals(an, members)),
+                                     keep_single=large)
     out = []
     for g in groups:
         shape = an.shape(g.outputs[0])
         if not g.inputs or all(isinstance(d, int) for d in shape) and math.prod(shape) < NUMPY_MAX:
             continue   # on so few elements the unfused nodes are as fast (the call costs ~2 us)
         g.info["dtype"] = an.dtype(g.outputs[0])
-        g.info["literals"] = {k: v for k, v in _literals(an, g.nodes).items()
-                              if k not in g.inputs}
+        held = {k: v for k, v in _literals(an, g.nodes).items() if k not in g.inputs}
+        g.info["literals"] = {k: value for k, (value, _) in held.items()}
+        g.info["rank"] = max([rank for _, rank in held.values()], default=0)   # the output's at least
         g.info["shape"] = shape
         out.append(g)
     return out
@@ -192,8 +202,8 @@ class _Layout:
     """How one set of input shapes runs: output shape, collapsed rows and strides, variant."""
     __slots__ = ("shape", "rows", "n1", "geom", "unit", "kernel", "module", "signature")
 
-    def __init__(self, shapes: tuple[tuple[int, ...], ...]) -> None:
-        shape = tuple(int(d) for d in np.broadcast_shapes(*shapes))
+    def __init__(self, shapes: tuple[tuple[int, ...], ...], rank: int = 0) -> None:
+        shape = tuple(int(d) for d in np.broadcast_shapes(*shapes, (1,) * rank))
         self.shape = shape
         self.kernel = self.module = self.signature = None
         nd = len(shape)
@@ -256,7 +266,7 @@ class FusedElementwise:
         outputs of the inputs' broadcast `shape`, new arrays in the dtype."""
         outs = self._numpy_run(*inputs)
         if shape is None:
-            shape = np.broadcast_shapes(*[np.shape(x) for x in inputs])
+            shape = np.broadcast_shapes(*[np.shape(x) for x in inputs], (1,) * self.group.info.get("rank", 0))
         dt = self.dtype
         return tuple(v if type(v) is np.ndarray and v.dtype == dt and v.shape == shape and v.base is None
                      else np.array(np.broadcast_to(v, shape), dtype=dt) for v in outs)
@@ -265,7 +275,7 @@ class FusedElementwise:
         key = tuple([x.shape for x in inputs])
         layout = self.layouts.get(key)
         if layout is None:
-            layout = self.layouts[key] = _Layout(key)
+            layout = self.layouts[key] = _Layout(key, self.group.info.get("rank", 0))
         total = layout.rows * layout.n1
         if total < NUMPY_MAX or layout.kernel is None and (
                 not self.numba or layout.rows < 0 or not self._ready(layout)):

@@ -155,7 +155,7 @@ class CPUExecutionProvider(ExecutionProvider):
         fused nodes (`ep_cpu.fused.plan_groups`). Side-effect free: the planned group travels to
         `compile` in the MetaDef's attributes (GROUP_ATTR)."""
         claimed = [n for n in graph_view.nodes if kernel_lookup(n) is not None]
-        if not self.fusion or len(claimed) < 2:
+        if not self.fusion or not claimed:
             return [ComputeCapability([n]) for n in claimed]
         from . import fused
         try:

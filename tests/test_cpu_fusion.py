@@ -197,3 +197,43 @@ def test_generated_kernel_of_vector_members_passes_values_through_scratch():
     feeds = {"x": rng.standard_normal(3000).astype(np.float32), "b": rng.standard_normal(3000).astype(np.float32)}
     for a, p in zip(s_fused.run(None, feeds), s_plain.run(None, feeds)):
         np.testing.assert_allclose(a, p, rtol=2e-6, atol=1e-7)
+
+
+def test_a_lone_large_node_runs_as_a_kernel():
+    # Add -> Sigmoid -> Mul(a, s) becomes one FusedAdd(Silu): alone, but large enough for the
+    # kernel (one pass, split between threads); the same node on a small map stays unfused
+    def swish(shape):
+        nodes = [helper.make_node("Add", ["x", "b"], ["a"]), helper.make_node("Sigmoid", ["a"], ["s"]),
+                 helper.make_node("Mul", ["a", "s"], ["y"])]
+        return _model(nodes, [("x", shape), ("b", shape)], [("y", shape)])
+    so = ep_core.SessionOptions()
+    so.intra_op_num_threads = 2
+    big = swish([1, 64, 56, 56])
+    s_fused = ep_core.InferenceSession(big, so, providers=["cpu"])
+    s_plain = ep_core.InferenceSession(big, so, providers=[("cpu", {"enable_fusion": False})])
+    assert [op for _, op, _ in s_fused.get_placement()["nodes"]] == ["CpuFused0_FusedAdd"]
+    rng = np.random.default_rng(6)
+    feeds = {"x": rng.standard_normal((1, 64, 56, 56)).astype(np.float32),
+             "b": rng.standard_normal((1, 64, 56, 56)).astype(np.float32)}
+    np.testing.assert_allclose(s_fused.run(None, feeds)[0], s_plain.run(None, feeds)[0], rtol=2e-6, atol=2e-6)
+    small = ep_core.InferenceSession(swish([1, 8, 16, 16]), providers=["cpu"])
+    assert [op for _, op, _ in small.get_placement()["nodes"]] == ["FusedAdd"]
+
+
+def test_a_literal_of_higher_rank_still_broadcasts_the_output():
+    # c is one element of rank 2: x (n,) + c is (1, n), in the kernel and in the numpy path
+    n = 3000
+    nodes = [helper.make_node("Add", ["x", "c"], ["a"]), helper.make_node("Mul", ["a", "x"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                          [helper.make_tensor("c", TensorProto.FLOAT, [1, 1], [0.5])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    s_fused, s_plain = _sessions(m.SerializeToString())
+    assert len(_fused_nodes(s_fused)) == 1
+    fn = s_fused._placement.assigned[_fused_nodes(s_fused)[0]].compiled
+    x = np.random.default_rng(7).standard_normal(n).astype(np.float32)
+    a, p = s_fused.run(None, {"x": x})[0], s_plain.run(None, {"x": x})[0]
+    assert a.shape == p.shape == (1, n)
+    np.testing.assert_array_equal(a, p)
+    assert fn.run_numpy(x)[0].shape == (1, n)
