@@ -9,8 +9,11 @@ its inputs produced outside the group descends from the group (ancestor bitmasks
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from .graph import Graph, Node
 from .types import tensor_dtype, tensor_shape
@@ -177,3 +180,21 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int],
         specs = [spec_of(an, n) for n in g["nodes"]]
         out.append(Group("elementwise", g["nodes"], ins, outs, {"specs": specs}))
     return out
+
+
+def clip_bounds(node: Node, const: Callable[[str], Any]) -> tuple[float, float] | None:
+    """(min, max) of a Clip node: its attributes below opset 11, else its bound inputs, which
+    must be one-element constants (`const(name)`: the value or None); None where they are not."""
+    if node.since_version < 11:
+        return float(node.attr("min", -math.inf)), float(node.attr("max", math.inf))
+    bounds = []
+    for k, default in ((1, -math.inf), (2, math.inf)):
+        name = node.inputs[k] if len(node.inputs) > k else ""
+        if not name:
+            bounds.append(default)
+            continue
+        v = const(name)
+        if v is None or np.asarray(v).size != 1:
+            return None
+        bounds.append(float(np.asarray(v).reshape(())))
+    return bounds[0], bounds[1]

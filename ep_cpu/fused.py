@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ep_core.fusion import Analysis, Group, plan_elementwise_groups
+from ep_core.fusion import Analysis, Group, clip_bounds, plan_elementwise_groups
 from ep_core.graph import Graph, Node
 
 from . import jit_tier, native_call
@@ -74,7 +74,7 @@ def elementwise_spec(an: Analysis, node: Node) -> Spec | None:
     if domain not in ("", "ai.onnx"):
         return None
     if op == "Clip":
-        bounds = _clip_bounds(an, node)
+        bounds = clip_bounds(node, an.const)
         return None if bounds is None else Spec(ACTIVATIONS["Clip"][0], bounds[0], bounds[1])
     if op in BINARY:
         template, arity, params = BINARY[op], 2, ()
@@ -91,22 +91,6 @@ def elementwise_spec(an: Analysis, node: Node) -> Spec | None:
         return None
     values = [float(node.attr(name, default)) for name, default in params] + [0.0, 0.0]
     return Spec(template, values[0], values[1], op if op in VECTOR_KINDS else None)
-
-
-def _clip_bounds(an: Analysis, node: Node) -> tuple[float, float] | None:
-    if node.since_version < 11:
-        return float(node.attr("min", -math.inf)), float(node.attr("max", math.inf))
-    bounds = []
-    for k, default in ((1, -math.inf), (2, math.inf)):
-        name = node.inputs[k] if len(node.inputs) > k else ""
-        if not name:
-            bounds.append(default)
-            continue
-        v = an.const(name)
-        if v is None or np.asarray(v).size != 1:
-            return None
-        bounds.append(float(np.asarray(v).reshape(())))
-    return bounds[0], bounds[1]
 
 
 def _literals(an: Analysis, nodes: list[Node]) -> dict[str, tuple[float, int]]:

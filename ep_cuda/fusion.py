@@ -16,13 +16,12 @@ and plans the gemm groups and CUDA-graph regions.
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
-from ep_core.fusion import Analysis, Group, _same_shape
+from ep_core.fusion import Analysis, Group, _same_shape, clip_bounds
 from ep_core.fusion import plan_elementwise_groups as find_elementwise_groups
 from ep_core.graph import Node
 
@@ -53,19 +52,8 @@ def activation_of(node: Node, const: Callable[[str], Any]) -> tuple[int, float, 
         vals = [float(node.attr(n, d)) for n, d in params] + [0.0, 0.0]
         return code, vals[0], vals[1]
     if node.domain in ("", "ai.onnx") and node.op_type == "Clip":
-        if node.since_version < 11:
-            return A_CLIP, float(node.attr("min", -math.inf)), float(node.attr("max", math.inf))
-        bounds = []
-        for k, default in ((1, -math.inf), (2, math.inf)):
-            name = node.inputs[k] if len(node.inputs) > k else ""
-            if not name:
-                bounds.append(default)
-                continue
-            v = const(name)
-            if v is None or np.asarray(v).size != 1:
-                return None
-            bounds.append(float(np.asarray(v).reshape(())))
-        return A_CLIP, bounds[0], bounds[1]
+        bounds = clip_bounds(node, const)
+        return None if bounds is None else (A_CLIP, bounds[0], bounds[1])
     if node.domain == FUSED_DOMAIN and node.op_type in ("Gelu", "FastGelu"):
         if len([i for i in node.inputs if i]) != 1:
             return None
