@@ -220,30 +220,25 @@ BLOCK = 256   # elements a block of a row: the vector members' scratch stays in 
 
 
 def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list[int]]:
-    """(lines, members with scratch arrays): the body of `fused`'s loop over one row's columns [c0, c1) (indented 8): one loop over
-    them with every member in registers, or, where members run as vectors, blocks of BLOCK
+    """(lines, members with scratch arrays) of the kernel's pass over one row's columns [c0, c1):
+    one loop with every member in registers, or, where members run as vectors, blocks of BLOCK
     columns, each a sequence of loops (the plain members between vector members) and vector
     calls, values passing between them through per-member scratch arrays `t<j>`."""
     dtype = np.dtype(group.info["dtype"])
     kinds = [_vector_kind(group, spec) for spec in group.info["specs"]]
-    defined_in: dict[str, int] = {}        # value -> segment defining it
-    segments: list[list[int]] = [[]]       # plain members per segment; a vector member ends one
-    for j, node in enumerate(group.nodes):
-        if kinds[j] is None:
-            segments[-1].append(j)
-            defined_in[node.outputs[0]] = len(segments) - 1
-        else:
-            segments.append([])
-            defined_in[node.outputs[0]] = len(segments) - 1   # available from the next segment
+    # segments: the runs of plain members, each ended by a vector member (its value is read from
+    # the next segment on)
+    defined_in = {n.outputs[0]: _segment_of(j, kinds) + (kinds[j] is not None)
+                  for j, n in enumerate(group.nodes)}
+    last = _segment_of(len(kinds), kinds)
     # (unsigned indices: with a signed one numba wraps negative indices around, which kept LLVM
     # from vectorizing the loops: 5.6 against 1.6 us over 12000 floats)
     loads = [f"x{k} = in{k}[_U(b{k} + c)]" for k in range(len(group.inputs)) if unit[k]]
     stores = [(k, name) for k, name in enumerate(group.outputs)]
     names = _literal_names(group, {name: f"x{k}" for k, name in enumerate(group.inputs)})
-    if len(segments) == 1:
+    if last == 0:
         lines = ["for c in range(c0, c1):"] + ["    " + x for x in loads]
-        for j in segments[0]:
-            node = group.nodes[j]
+        for j, node in enumerate(group.nodes):
             lines.append(f"    v{j} = {_expression(group.info['specs'][j], _operands(node, names), dtype)}")
             names[node.outputs[0]] = f"v{j}"
         lines += [f"    out{k}[_U(bo + c)] = {names[name]}" for k, name in stores]
@@ -255,7 +250,7 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
             if i in defined_in and defined_in[i] != _segment_of(j, kinds):
                 scratch.add(_member_of(group, i))
     for name in group.outputs:
-        if defined_in[name] != len(segments) - 1:
+        if defined_in[name] != last:
             scratch.add(_member_of(group, name))
     lines = ["for cb in range(c0, c1, BLOCK):", "    m = min(BLOCK, c1 - cb)"]
     in_scratch: dict[str, str] = {}   # value -> how a later loop reads it
@@ -288,6 +283,7 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
 
 
 def _segment_of(j: int, kinds: list) -> int:
+    """The segment member j is computed in (vector members before it)."""
     return sum(1 for k in kinds[:j] if k is not None)
 
 
