@@ -32,7 +32,7 @@ import numpy as np
 from ep_core.fusion import Analysis, Group, clip_bounds, plan_elementwise_groups
 from ep_core.graph import Graph, Node
 
-from . import jit_tier, native_call
+from . import jit_tier
 from .fused_codegen import (ACTIVATIONS, BINARY, OUTER_DIMS, UNARY, VECTOR_KINDS, Spec, _numpy_helpers,
                             generate, numpy_program)
 
@@ -274,6 +274,7 @@ class FusedElementwise:
         flat += [o.reshape(-1) for o in outs]
         workers = 1
         if self.threads is not None and total >= 2 * PARALLEL_MIN:
+            from . import native_call   # (numba's: not imported while a session only plans groups)
             per = PARALLEL_MIN if native_call.parallel_ok() else POOL_MIN
             workers = min(self.threads(), total // per)
         if workers > 1 and self._range_ready(layout):

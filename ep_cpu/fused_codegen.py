@@ -22,8 +22,6 @@ import numpy as np
 from ep_core.fusion import Group
 from ep_core.graph import Node
 
-from . import native_call
-
 OUTER_DIMS = 4              # dimensions besides the last one a kernel walks (more: numpy runs)
 
 # op -> expression over its arguments {0}, {1} and parameters {p0}, {p1}; the helpers (_max,
@@ -307,7 +305,7 @@ def generate(group: Group, unit: tuple[bool, ...]) -> tuple[str, str]:
         stamp = hashlib.sha256(Path(vector_math.__file__).read_bytes()).hexdigest()[:16]
         lines += [f"from ep_cpu.vector_math import activate16  # vector_math {stamp}"]
     ptr = "f32_at" if dtype == np.float32 else "f64_at"
-    stamp = hashlib.sha256(Path(native_call.__file__).read_bytes()).hexdigest()[:16]
+    stamp = hashlib.sha256(Path(__file__).with_name("native_call.py").read_bytes()).hexdigest()[:16]
     lines += [f"from ep_cpu.native_call import RANGE_SIG, f64_at, i64_at{'' if ptr == 'f64_at' else ', f32_at'}"
               f"  # native_call {stamp}",
               f"BLOCK = {BLOCK}",
