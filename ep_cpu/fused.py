@@ -9,7 +9,8 @@ memory instead of one per node, and one call instead of one per node.
 The kernel iterates the output (the inputs' broadcast shape) as rows of its last collapsed
 dimension; each input's last-dimension stride is 1 or 0 (a broadcast input's value is read once
 a row), which is known per call and makes one variant of the kernel (`fused_codegen.generate`).
-Scalar constants are literals of the generated text. Calls of 64K elements and more are split
+One-element constants and the members' parameters are the kernel's `lits` argument, so groups
+that differ only in them share one kernel. Calls of 64K elements and more are split
 between the session's threads (the kernel's native_call range callback, on numba's threads).
 
 Each variant's source is written to `<cache>/<signature>.py` and compiled by numba with its disk
@@ -34,7 +35,7 @@ from ep_core.graph import Graph, Node
 
 from . import jit_tier
 from .fused_codegen import (ACTIVATIONS, BINARY, OUTER_DIMS, UNARY, VECTOR_KINDS, Spec, _numpy_helpers,
-                            generate, numpy_program)
+                            constants, generate, numpy_program)
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_IN, MAX_OUT, MAX_NODES = 8, 4, 48
@@ -94,8 +95,8 @@ def elementwise_spec(an: Analysis, node: Node) -> Spec | None:
 
 
 def _literals(an: Analysis, nodes: list[Node]) -> dict[str, tuple[float, int]]:
-    """Inputs the generated text holds as literals: constants of one element (Clip's bounds among
-    them), each as (value, rank): a (1, 1) constant still broadcasts the output to rank 2."""
+    """Inputs the kernel takes as constants, not arrays: constants of one element (Clip's bounds
+    among them), each as (value, rank): a (1, 1) constant still broadcasts the output to rank 2."""
     out = {}
     for n in nodes:
         for name in n.inputs:
@@ -109,7 +110,7 @@ def _literals(an: Analysis, nodes: list[Node]) -> dict[str, tuple[float, int]]:
 
 def plan_groups(graph: Graph, nodes: list[Node]) -> list[Group]:
     """The element-wise groups among `nodes`, each with what `FusedElementwise` needs in `info`:
-    'specs', 'dtype', 'literals' (one-element constants read as literals), 'rank' (the largest of
+    'specs', 'dtype', 'literals' (the one-element constant inputs' values), 'rank' (the largest of
     theirs) and 'shape'."""
     an = Analysis(graph)
 
@@ -241,6 +242,7 @@ class FusedElementwise:
         self.layouts: dict[tuple, _Layout] = {}
         self.ranges: dict[str, Any] = {}   # kernel signature -> its range callback (cfunc)
         self.numba = _numba_available()
+        self.lits = np.array(constants(group), self.dtype)   # the kernel's constants (`constants`)
         scope = _numpy_helpers(self.dtype)
         exec(compile(numpy_program(group), f"<fused {group.info.get('name', '')}>", "exec"), scope)
         self._numpy_run = scope["run"]
@@ -280,13 +282,13 @@ class FusedElementwise:
         if workers > 1 and self._range_ready(layout):
             from .gemm import _get_pool
             args = [total, layout.n1, native_call.address(layout.geom)]
-            for x in flat[:len(inputs)]:
+            for x in [self.lits] + flat[:len(inputs)]:
                 args += [native_call.address(x), x.size]
             args += [native_call.address(o) for o in flat[len(inputs):]]
             native_call.run_ranges(self.ranges[layout.signature], native_call.pack(*args), total, 1,
                                    workers, True, _get_pool)
         else:
-            layout.kernel(0, total, layout.n1, layout.geom, *flat)
+            layout.kernel(0, total, layout.n1, layout.geom, self.lits, *flat)
         return tuple(outs)
 
     def _ready(self, layout: _Layout) -> bool:

@@ -176,10 +176,12 @@ def _operands(node: Node, names: dict[str, str]) -> list[str]:
 
 
 def _expression(spec: Spec, operands: list[str], dtype: np.dtype, template: str | None = None,
-                cast: bool = True) -> str:
-    """`spec`'s template (or `template`) over the operands; `cast`: in the dtype, every member's
-    value rounded as the unfused graph stores it (numba's scalar math may widen)."""
-    text = (template or spec.template).format(*operands, p0=_literal(spec.p0, dtype), p1=_literal(spec.p1, dtype))
+                cast: bool = True, params: tuple[str, str] | None = None) -> str:
+    """`spec`'s template (or `template`) over the operands, its parameters as literals (or the
+    names in `params`); `cast`: in the dtype, every member's value rounded as the unfused graph
+    stores it (numba's scalar math may widen)."""
+    p0, p1 = params or (_literal(spec.p0, dtype), _literal(spec.p1, dtype))
+    text = (template or spec.template).format(*operands, p0=p0, p1=p1)
     return f"_T({text})" if cast else text
 
 
@@ -189,6 +191,26 @@ def _literal_names(group: Group, args: dict[str, str]) -> dict[str, str]:
     for name, v in group.info["literals"].items():
         names.setdefault(name, _literal(v, dtype))
     return names
+
+
+def constants(group: Group) -> list[float]:
+    """The values the kernel reads from its `lits` argument: the group's one-element constant
+    inputs, then each member's two parameters. They are arguments, not literals of the text, so
+    groups that differ only in them share one compiled kernel (PP-OCRv5's recognizer: 28 groups,
+    28 kernels and a 10 s first run with literals)."""
+    values = list(group.info["literals"].values())
+    for spec in group.info["specs"]:
+        values += [spec.p0, spec.p1]
+    return values
+
+
+def _constant_names(group: Group, args: dict[str, str]) -> tuple[dict[str, str], int]:
+    """`args` with the constant inputs named K<i> (loaded from `lits`), and the index of the
+    first member parameter."""
+    names = dict(args)
+    for k, name in enumerate(group.info["literals"]):
+        names.setdefault(name, f"K{k}")
+    return names, len(group.info["literals"])
 
 
 def numpy_program(group: Group) -> str:
@@ -233,11 +255,15 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
     # from vectorizing the loops: 5.6 against 1.6 us over 12000 floats)
     loads = [f"x{k} = in{k}[_U(b{k} + c)]" for k in range(len(group.inputs)) if unit[k]]
     stores = [(k, name) for k, name in enumerate(group.outputs)]
-    names = _literal_names(group, {name: f"x{k}" for k, name in enumerate(group.inputs)})
+    names, base = _constant_names(group, {name: f"x{k}" for k, name in enumerate(group.inputs)})
+
+    def params(j: int) -> tuple[str, str]:
+        return f"K{base + 2 * j}", f"K{base + 2 * j + 1}"
+
     if last == 0:
         lines = ["for c in range(c0, c1):"] + ["    " + x for x in loads]
         for j, node in enumerate(group.nodes):
-            lines.append(f"    v{j} = {_expression(group.info['specs'][j], _operands(node, names), dtype)}")
+            lines.append(f"    v{j} = {_expression(group.info['specs'][j], _operands(node, names), dtype, params=params(j))}")
             names[node.outputs[0]] = f"v{j}"
         lines += [f"    out{k}[_U(bo + c)] = {names[name]}" for k, name in stores]
         return lines, []
@@ -262,7 +288,7 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
         local = {**names, **in_scratch}
         for p in pending:
             node = group.nodes[p]
-            expr = _expression(group.info["specs"][p], _operands(node, local), dtype)
+            expr = _expression(group.info["specs"][p], _operands(node, local), dtype, params=params(p))
             lines.append(f"        v{p} = {expr}")
             local[node.outputs[0]] = f"v{p}"
             if p in scratch:
@@ -271,7 +297,7 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
         if j is not None:
             node = group.nodes[j]
             spec = group.info["specs"][j]
-            lines.append(f"        t{j}[w] = {_expression(spec, _operands(node, local), dtype, spec.pre)}")
+            lines.append(f"        t{j}[w] = {_expression(spec, _operands(node, local), dtype, spec.pre, params=params(j))}")
             lines += ["    for o in range(0, m, 16):", f"        activate16(t{j}, o, {kinds[j]})"]
             in_scratch[node.outputs[0]] = f"t{j}[w]"
         else:
@@ -313,12 +339,13 @@ def generate(group: Group, unit: tuple[bool, ...]) -> tuple[str, str]:
               f"_ARR_OUT = numba.types.Array(numba.types.{t}, 1, 'C')",
               "_I64 = numba.types.int64",
               "_SIG = numba.types.void(_I64, _I64, _I64, numba.types.Array(_I64, 1, 'C', readonly=True), "
-              + ", ".join(["_ARR_IN"] * n_in + ["_ARR_OUT"] * n_out) + ")",
+              + ", ".join(["_ARR_IN"] * (n_in + 1) + ["_ARR_OUT"] * n_out) + ")",
               "",
               "",
               '@numba.njit(nogil=True, error_model="numpy", boundscheck=False, inline="always")',
-              f"def _body(e0, e1, n1, geom, {', '.join(ins + outs)}):",
+              f"def _body(e0, e1, n1, geom, lits, {', '.join(ins + outs)}):",
               "    # output elements [e0, e1): rows of the last collapsed dimension (n1 long)"]
+    lines += [f"    K{k} = lits[{k}]" for k in range(len(constants(group)))]
     for j in scratch:
         lines.append(f"    t{j} = np.empty(BLOCK, np.{t})")
     lines += ["    r = e0 // n1",
@@ -338,23 +365,25 @@ def generate(group: Group, unit: tuple[bool, ...]) -> tuple[str, str]:
     lines += ["        " + x for x in body]
     lines.append("        r += 1")
     args = ", ".join(ins + outs)
-    n_args = 3 + 2 * n_in + n_out
+    n_args = 5 + 2 * n_in + n_out
     lines += ["", "",
               '@numba.njit(_SIG, nogil=True, cache=True, error_model="numpy", boundscheck=False)',
-              f"def fused(e0, e1, n1, geom, {args}):",
-              f"    _body(e0, e1, n1, geom, {args})",
+              f"def fused(e0, e1, n1, geom, lits, {args}):",
+              f"    _body(e0, e1, n1, geom, lits, {args})",
               "",
               "",
               "def _fused_range(at, c0, c1, r0, r1):",
-              "    # packed: total, n1, geom's address, (address, size) per input, address per output",
+              "    # packed: total, n1, geom's address, (address, size) of lits and of each input,",
+              "    # address per output",
               f"    a = numba.carray(f64_at(at), ({n_args},))",
               "    total, n1 = np.int64(a[0]), np.int64(a[1])",
-              f"    geom = numba.carray(i64_at(np.int64(a[2])), ({OUTER_DIMS * (n_in + 1)},))"]
+              f"    geom = numba.carray(i64_at(np.int64(a[2])), ({OUTER_DIMS * (n_in + 1)},))",
+              f"    lits = numba.carray({ptr}(np.int64(a[3])), (np.int64(a[4]),))"]
     for k in range(n_in):
-        lines.append(f"    in{k} = numba.carray({ptr}(np.int64(a[{3 + 2 * k}])), (np.int64(a[{4 + 2 * k}]),))")
+        lines.append(f"    in{k} = numba.carray({ptr}(np.int64(a[{5 + 2 * k}])), (np.int64(a[{6 + 2 * k}]),))")
     for k in range(n_out):
-        lines.append(f"    out{k} = numba.carray({ptr}(np.int64(a[{3 + 2 * n_in + k}])), (total,))")
-    lines += [f"    _body(c0, c1, n1, geom, {args})",
+        lines.append(f"    out{k} = numba.carray({ptr}(np.int64(a[{5 + 2 * n_in + k}])), (total,))")
+    lines += [f"    _body(c0, c1, n1, geom, lits, {args})",
               "",
               "",
               "def range_callback():",

@@ -237,3 +237,22 @@ def test_a_literal_of_higher_rank_still_broadcasts_the_output():
     assert a.shape == p.shape == (1, n)
     np.testing.assert_array_equal(a, p)
     assert fn.run_numpy(x)[0].shape == (1, n)
+
+
+def test_groups_that_differ_in_constants_share_one_kernel():
+    # the constants are the kernel's arguments, not literals of its text: two Mul+Add+Clip
+    # groups with other scalars compile once and still compute their own
+    nodes = [helper.make_node("Mul", ["x", "h"], ["a"]), helper.make_node("Add", ["a", "one"], ["b"]),
+             helper.make_node("Clip", ["b", "lo", "hi"], ["y"]),
+             helper.make_node("Mul", ["x", "q"], ["c"]), helper.make_node("Add", ["c", "two"], ["d"]),
+             helper.make_node("Clip", ["d", "lo2", "hi2"], ["z"])]
+    inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [v]) for n, v in
+             (("h", 0.5), ("one", 1.0), ("lo", -0.5), ("hi", 1.5), ("q", 0.25), ("two", 2.0), ("lo2", 0.0), ("hi2", 2.2))]
+    data = _model(nodes, [("x", [40, 100])], [("y", [40, 100]), ("z", [40, 100])], inits)
+    s_fused, s_plain = _sessions(data)
+    groups = [n.attrs[GROUP_ATTR] for n in _fused_nodes(s_fused)]
+    assert len(groups) == 2
+    assert fused_codegen.generate(groups[0], (True,))[1] == fused_codegen.generate(groups[1], (True,))[1]
+    x = np.random.default_rng(8).standard_normal((40, 100)).astype(np.float32) * 4
+    for a, p in zip(s_fused.run(None, {"x": x}), s_plain.run(None, {"x": x})):
+        np.testing.assert_array_equal(a, p)
