@@ -152,7 +152,8 @@ def _numpy_helpers(dtype: np.dtype) -> dict:
             "_hsigmoid": lambda a, alpha, beta: clip(alpha * a + beta, zero, one),
             "_hswish": lambda a: a * clip(a * t(1.0 / 6.0) + t(0.5), zero, one),
             "_sigmoid": lambda a: one / (one + np.exp(-a)), "_silu": lambda a: a / (one + np.exp(-a)),
-            "_gelu": lambda a: a * (t(0.5) * (one + _np_erf(a * t(0.7071067811865476)))), "_abs": np.abs, "_exp": np.exp,
+            "_gelu": lambda a: a * (t(0.5) * (one + _np_erf(a * t(0.7071067811865476)))),
+            "_abs": np.abs, "_exp": np.exp,
             "_log": np.log, "_sqrt": np.sqrt, "_tanh": np.tanh, "_erf": _np_erf, "_sin": np.sin,
             "_cos": np.cos, "_floor": np.floor, "_ceil": np.ceil, "_pow": np.power}
 
@@ -263,7 +264,8 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
     if last == 0:
         lines = ["for c in range(c0, c1):"] + ["    " + x for x in loads]
         for j, node in enumerate(group.nodes):
-            lines.append(f"    v{j} = {_expression(group.info['specs'][j], _operands(node, names), dtype, params=params(j))}")
+            expr = _expression(group.info["specs"][j], _operands(node, names), dtype, params=params(j))
+            lines.append(f"    v{j} = {expr}")
             names[node.outputs[0]] = f"v{j}"
         lines += [f"    out{k}[_U(bo + c)] = {names[name]}" for k, name in stores]
         return lines, []
@@ -297,7 +299,8 @@ def _kernel_lines(group: Group, unit: tuple[bool, ...]) -> tuple[list[str], list
         if j is not None:
             node = group.nodes[j]
             spec = group.info["specs"][j]
-            lines.append(f"        t{j}[w] = {_expression(spec, _operands(node, local), dtype, spec.pre, params=params(j))}")
+            expr = _expression(spec, _operands(node, local), dtype, spec.pre, params=params(j))
+            lines.append(f"        t{j}[w] = {expr}")
             lines += ["    for o in range(0, m, 16):", f"        activate16(t{j}, o, {kinds[j]})"]
             in_scratch[node.outputs[0]] = f"t{j}[w]"
         else:
