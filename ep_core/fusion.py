@@ -109,6 +109,37 @@ class Analysis:
         return ins, outs
 
 
+def add_to_group(an: Analysis, groups: list[dict], member: dict[int, int], node: Node,
+                 gi: int | None = None, **fields: Any) -> None:
+    """A planner's step: `node` joins group `gi` of `groups` (or starts a new one holding
+    `fields`), its bit set in the group's mask, `member` recording where it went."""
+    if gi is None:
+        gi = len(groups)
+        groups.append({"nodes": [], "mask": 0, **fields})
+    g = groups[gi]
+    g["nodes"].append(node)
+    g["mask"] |= 1 << an.index[id(node)]
+    member[id(node)] = gi
+
+
+def group_capabilities(groups: list[Group], claimed: list[Node], group_attr: str,
+                       name_of: Callable[[Group, int], str], min_level: int = 0) -> list:
+    """A compiling provider's capabilities: one MetaDef per group (named `name_of(group, k)`,
+    also kept in `info["name"]`; the group itself under `group_attr` for `compile`), then every
+    other claimed node alone."""
+    from .provider import ComputeCapability, MetaDef
+    caps, grouped = [], set()
+    for k, g in enumerate(groups):
+        g.info["name"] = name_of(g, k)
+        grouped.update(map(id, g.nodes))
+        caps.append(ComputeCapability(list(g.nodes), MetaDef(
+            g.info["name"], list(g.inputs), list(g.outputs),
+            attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes),
+                        group_attr: g},
+            min_level=min_level)))
+    return caps + [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
+
+
 def _bits(mask: int):
     """Indices of the set bits of `mask`."""
     while mask:
@@ -144,7 +175,6 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int],
         shape = an.shape(n.outputs[0]) if spec is not None else None
         if spec is None or shape is None:
             continue
-        placed = False
         for i in n.inputs:
             p = an.producer.get(i)
             gi = member.get(id(p)) if p is not None else None
@@ -158,14 +188,10 @@ def plan_elementwise_groups(an: Analysis, eligible: list[Node], taken: set[int],
             ins, outs = an.boundary(g["nodes"] + [n])
             if len(ins) > max_in or len(outs) > max_out:
                 continue
-            g["nodes"].append(n)
-            g["mask"] |= 1 << an.index[id(n)]
-            member[id(n)] = gi
-            placed = True
+            add_to_group(an, groups, member, n, gi)
             break
-        if not placed:
-            member[id(n)] = len(groups)
-            groups.append({"nodes": [n], "mask": 1 << an.index[id(n)], "shape": shape})
+        else:
+            add_to_group(an, groups, member, n, shape=shape)
     out = []
     for g in groups:
         if len(g["nodes"]) < 2 and (keep_single is None or not keep_single(g["nodes"][0])):

@@ -241,6 +241,7 @@ class FusedElementwise:
         self.threads = threads
         self.layouts: dict[tuple, _Layout] = {}
         self.ranges: dict[str, Any] = {}   # kernel signature -> its range callback (cfunc)
+        self.sources: dict[tuple, tuple[str, str]] = {}   # variant -> (source, signature)
         self.numba = _numba_available()
         self.lits = np.array(constants(group), self.dtype)   # the kernel's constants (`constants`)
         scope = _numpy_helpers(self.dtype)
@@ -292,7 +293,9 @@ class FusedElementwise:
         return tuple(outs)
 
     def _ready(self, layout: _Layout) -> bool:
-        text, signature = generate(self.group, layout.unit)
+        # (the text once per variant: calls until its build finishes ask again)
+        text, signature = self.sources.get(layout.unit) or self.sources.setdefault(
+            layout.unit, generate(self.group, layout.unit))
         if not jit_tier.ready(f"fused:{signature}", lambda: _load(signature, text)):
             return False
         layout.module, layout.signature = _load(signature, text), signature

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 from ep_core.errors import InvalidArgument
 from ep_core.graph import Graph, Node
 from ep_core.kernel import KernelRegistry
-from ep_core.provider import HOST, ComputeCapability, ExecutionProvider, GraphView, MetaDef
+from ep_core.provider import HOST, ComputeCapability, ExecutionProvider, GraphView
 
 from . import host_memory
 from .registry import registry
@@ -118,6 +118,11 @@ GROUP_ATTR = "ep_cpu.group"   # MetaDef attribute: the planned ep_core.fusion.Gr
 FUSION_LEVEL = 2   # fused groups are made from ORT_ENABLE_EXTENDED on, with the level-2 fusions
 
 
+def _group_name(g, k: int) -> str:
+    """Name of the k-th group of one get_capability call (unique within the graph)."""
+    return f"CpuFused{k}_" + "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
+
+
 def _option_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -164,17 +169,8 @@ class CPUExecutionProvider(ExecutionProvider):
             log.warning("CPU fusion planning failed (%s: %s); running nodes one by one",
                         type(e).__name__, e)
             return [ComputeCapability([n]) for n in claimed]
-        caps, grouped = [], set()
-        for k, g in enumerate(groups):
-            ops = "_".join(g.ops()[:4]) + ("_etc" if len(g.nodes) > 4 else "")
-            g.info["name"] = f"CpuFused{k}_{ops}"
-            grouped.update(map(id, g.nodes))
-            caps.append(ComputeCapability(list(g.nodes), MetaDef(
-                g.info["name"], list(g.inputs), list(g.outputs),
-                attributes={"fused_ops": "+".join(g.ops()),
-                            "fused_nodes": ",".join(n.name for n in g.nodes), GROUP_ATTR: g},
-                min_level=FUSION_LEVEL)))
-        return caps + [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
+        from ep_core.fusion import group_capabilities
+        return group_capabilities(groups, claimed, GROUP_ATTR, _group_name, min_level=FUSION_LEVEL)
 
     def compile(self, fused_node: Node, subgraph: Graph) -> Callable[..., Sequence[Any]]:
         """The compute callable of a fused node made from one of our MetaDefs: built from the

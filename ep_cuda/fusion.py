@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ep_core.fusion import Analysis, Group, _same_shape, clip_bounds
+from ep_core.fusion import Analysis, Group, _same_shape, add_to_group, clip_bounds
 from ep_core.fusion import plan_elementwise_groups as find_elementwise_groups
 from ep_core.graph import Node
 
@@ -256,20 +256,14 @@ def plan_regions(an: Analysis, eligible: list[Node]) -> list[Group]:
     for n in an.order:
         if id(n) not in elig:
             continue
-        placed = False
         for gi in sorted({member[id(p)] for i in n.inputs
                           if (p := an.producer.get(i)) is not None and id(p) in member}
                          | ({len(groups) - 1} if groups else set())):
-            g = groups[gi]
-            if an.can_join(n, g["mask"]):
-                g["nodes"].append(n)
-                g["mask"] |= 1 << an.index[id(n)]
-                member[id(n)] = gi
-                placed = True
+            if an.can_join(n, groups[gi]["mask"]):
+                add_to_group(an, groups, member, n, gi)
                 break
-        if not placed:
-            member[id(n)] = len(groups)
-            groups.append({"nodes": [n], "mask": 1 << an.index[id(n)]})
+        else:
+            add_to_group(an, groups, member, n)
     out = []
     for g in groups:
         ins, outs = an.boundary(g["nodes"])

@@ -17,7 +17,7 @@ import numpy as np
 from ep_core.errors import InvalidArgument
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import (HOST, Allocator, ComputeCapability, DataTransfer, Device,
-                              ExecutionProvider, GraphView, MetaDef)
+                              ExecutionProvider, GraphView)
 
 from .launch import Settings, using
 from .registry import registry
@@ -245,17 +245,8 @@ class CUDAExecutionProvider(ExecutionProvider):
             log.warning("CUDA fusion planning failed (%s: %s); running nodes one by one",
                         type(e).__name__, e)
             return [ComputeCapability([n]) for n in claimed]
-        caps, grouped = [], set()
-        for k, g in enumerate(groups):
-            name = _group_name(g, k)
-            g.info["name"] = name
-            grouped.update(map(id, g.nodes))
-            caps.append(ComputeCapability(list(g.nodes), MetaDef(
-                name, list(g.inputs), list(g.outputs),
-                attributes={"fused_ops": "+".join(g.ops()), "fused_nodes": ",".join(n.name for n in g.nodes),
-                            GROUP_ATTR: g})))
-        caps += [ComputeCapability([n]) for n in claimed if id(n) not in grouped]
-        return caps
+        from ep_core.fusion import group_capabilities
+        return group_capabilities(groups, claimed, GROUP_ATTR, _group_name)
 
     def _plan_groups(self, graph, claimed, kernel_lookup) -> list:
         from .fusion import (Analysis, capturable, host_reads_from_outside, plan_elementwise_groups,
