@@ -162,12 +162,17 @@ if numba is not None:
         """fn(args_at, c0, c1, r0, r1) over `parts` ranges of columns (or rows) on numba's
         threads (each `range_step` long)."""
         for p in numba.prange(parts):
+            # (ceil-sized ranges: the last parts may be empty, e.g. 5 rows in 4 parts of 2)
             if by_columns:
                 step = (cols + parts - 1) // parts
-                call_void(fn_addr, (args_at, p * step, min(cols, (p + 1) * step), np.int64(0), rows))
+                if p * step < cols:
+                    call_void(fn_addr, (args_at, p * step, min(cols, (p + 1) * step), np.int64(0),
+                                        rows))
             else:
                 step = (rows + parts - 1) // parts
-                call_void(fn_addr, (args_at, np.int64(0), cols, p * step, min(rows, (p + 1) * step)))
+                if p * step < rows:
+                    call_void(fn_addr, (args_at, np.int64(0), cols, p * step,
+                                        min(rows, (p + 1) * step)))
 
 
 # --- threads for the callbacks ------------------------------------------------------------------
@@ -303,6 +308,8 @@ def compile_runner() -> None:
     threading-layer probe: for `ep_cpu.jit_tier` builds of kernels that run on it."""
     if numba is not None and parallel_ok():
         run_parts.compile((types.int64,) * 5 + (types.boolean,))
+        if spin_pool.available():
+            spin_pool.compile_kernels()
 
 
 def range_step(total: int, workers: int) -> int:
@@ -323,12 +330,19 @@ def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, b
     packed arguments (`pack`): on the calling thread, split into `workers` ranges of
     columns (or rows) on numba's TBB threads, or on `ep_cpu.gemm`'s Python pool
     (`pool(workers)`: an executor) where TBB is not loadable (the calling thread takes the first
-    range)."""
+    range). With TBB loadable the ranges go to `ep_cpu.spin_pool`'s workers (TBB's threads
+    joined too late for parts of 10-40 us)."""
     at = address(args)
     if workers <= 1:
         callback.ctypes(at, 0, cols, 0, rows)
         return
     if parallel_ok():
+        if spin_pool.available():
+            pool_ = spin_pool.pool()
+            pool_.ensure(workers - 1)
+            if pool_.run(callback.address, at, cols, rows, workers, by_columns):
+                return
+        # (another thread's call holds the spinning workers, or there are none here)
         set_threads(workers)
         run_parts(callback.address, at, cols, rows, workers, by_columns)
         return
@@ -343,3 +357,7 @@ def run_ranges(callback, args: np.ndarray, cols: int, rows: int, workers: int, b
     finally:
         for f in futs:
             f.result()
+
+
+# (below everything it imports from this module)
+from ep_cpu import spin_pool  # noqa: E402
