@@ -259,6 +259,7 @@ def set_threads(n: int) -> None:
     8.00 -> 7.81 ms). A count set with `numba.set_num_threads` by other code on a session's
     thread can then stay for the next runs: it decides how many of the driver's parts run at
     once, never the results."""
+    spin_pool.nap()   # (numba's threads are about to run: the spinning workers make way)
     n = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
     if getattr(_threads_set, "n", 0) != n:
         numba.set_num_threads(n)

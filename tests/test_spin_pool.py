@@ -132,3 +132,27 @@ def test_a_forked_child_makes_its_own_workers():
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as child:
         assert child.apply_async(_product_in_child, (3,)).get(timeout=60)
+
+
+def test_nap_sends_polling_workers_to_sleep_until_the_next_call():
+    """Before numba's TBB threads run (`native_call.set_threads`) the workers leave the cores."""
+    p = spin_pool.pool()
+    p.ensure(1)
+    spin = p.state[spin_pool.SPIN]
+    p.state[spin_pool.SPIN] = 1 << 62   # they would poll for ever
+    try:
+        rng = np.random.default_rng(1)
+        args, y, want, cols, rows, _keep = _gemm_args(rng)
+        native_call.run_ranges(microkernel.gemm_range(), args, cols, rows, 2, True, None)
+        time.sleep(0.05)
+        assert p.state[spin_pool.SLEEPERS] == 0   # polling
+        native_call.set_threads(2)
+        deadline = time.monotonic() + 5
+        while p.state[spin_pool.SLEEPERS] < len(p.threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert p.state[spin_pool.SLEEPERS] == len(p.threads)
+        native_call.run_ranges(microkernel.gemm_range(), args, cols, rows, 2, True, None)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
+        assert p.state[spin_pool.NAP] == 0
+    finally:
+        p.state[spin_pool.SPIN] = spin
