@@ -40,6 +40,11 @@ except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
 GROUP = 4                # output vectors per call (independent FMA chains)
+# A depthwise multiply-add costs about this many of a GEMM's (`native_call.workers_for` counts
+# the GEMM's): its loads, masks and the stride-2 phase split (576 channels 14x14 stride 2,
+# 254K multiply-adds: 32 us at one thread, ~8 GMAC/s). Counted so, MobileNetV2's small-map
+# depthwise convs split between two threads: 32 -> 22 us there, 960x7x7 28.5 -> 17.8 us.
+MAC_WEIGHT = 8
 # packed arguments of the callback (native_call.pack), in this order
 FLAT_ARGS = ("x", "h", "w", "stride", "weights", "taps", "bias", "y", "plane_out", "shifts",
              "masks", "groups", "lo", "hi", "pool_max")
@@ -296,7 +301,7 @@ class FlatPlan:
         lo, hi = (-math.inf, math.inf) if clamp is None else clamp
         self.x_shape, self.threads, self.bias = tuple(x_shape), threads, bias
         self.y_shape = (n, c, oh, ow)
-        self.workers = native_call.workers_for(threads, c, n * c * oh * ow * kh * kw)
+        self.workers = native_call.workers_for(threads, c, MAC_WEIGHT * n * c * oh * ow * kh * kw)
         self._keep = (w2, b, shifts, masks)   # addresses in the template
         at = native_call.address
         # the last group's masked-off lanes reach past the plane: never read, never written
