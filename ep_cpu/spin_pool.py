@@ -13,7 +13,9 @@ a call never waits for a worker that is not there: it runs every part itself.
 
 The word is (generation << 32) | (parts << 16) | next part: a claim made against an older job
 fails its compare-and-swap, and the job's fields, written before the word, stay as they are
-until every part has counted itself done. One call at a time owns the pool (`OWNER`); a call
+until every part has counted itself done. A worker that finds itself on the CPU its caller
+posted from moves off it (`_leave_cpu`): after an idle pause the scheduler often woke it there and
+left the two taking turns on one core for whole blocks of runs. One call at a time owns the pool (`OWNER`); a call
 from another thread meanwhile is refused (`native_call.run_ranges` then gives it to TBB).
 """
 from __future__ import annotations
@@ -50,9 +52,12 @@ WORD, DONE, FN, ARGS, COLS, ROWS, BY_COLUMNS, OWNER, STOP, SPIN, YIELD, SYSCALL 
     0, 8, 16, 17, 18, 19, 20, 24, 32, 40, 41, 42)
 SEQ, SLEEPERS = 48, 56   # the futex word (its low 32 bits) bumped by every job; workers asleep
 NAP = 64                 # set: the workers sleep now (numba's TBB threads are about to run)
-STATE_SIZE = 72
-# Linux x86-64: syscall number and operations of futex(2)
-SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129
+CALLER_CPU = 72          # the CPU the job's caller posted it from
+STATE_SIZE = 80
+# Linux x86-64: syscall numbers of futex(2), sched_setaffinity(2), sched_getaffinity(2); futex ops
+SYS_FUTEX, SYS_SETAFFINITY, SYS_GETAFFINITY = 202, 203, 204
+FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
+MASK_WORDS = 16   # CPU masks of up to 1024 CPUs
 MAX_PARTS = 0xFFFF
 
 
@@ -106,6 +111,36 @@ if numba is not None:
                                                       fnty=ir.FunctionType(ir.IntType(64), [])), [])
         return types.int64(), codegen
 
+    @intrinsic
+    def _cpu(typingctx):
+        """The CPU this thread runs on (rdtscp's TSC_AUX, which Linux sets to it)."""
+        def codegen(context, builder, signature, args):
+            fnty = ir.FunctionType(ir.LiteralStructType([ir.IntType(64), ir.IntType(32)]), [])
+            pair = builder.call(builder.module.declare_intrinsic("llvm.x86.rdtscp", fnty=fnty), [])
+            cpu = builder.and_(builder.extract_value(pair, 1), ir.Constant(ir.IntType(32), 0xFFF))
+            return builder.zext(cpu, ir.IntType(64))
+        return types.int64(), codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def _leave_cpu(state, cpu):  # pragma: no cover - compiled
+        """Move this thread off `cpu`: its affinity without that CPU for one system call (the
+        kernel migrates it then), then the affinity it had, under which it stays where it went."""
+        mask = np.zeros(MASK_WORDS, dtype=np.uint64)
+        size = np.int64(MASK_WORDS * 8)
+        call_void(state[SYSCALL], (np.int64(SYS_GETAFFINITY), np.int64(0), size,
+                                   np.int64(mask.ctypes.data), np.int64(0), np.int64(0), np.int64(0)))
+        word, bit = cpu // 64, np.uint64(1) << np.uint64(cpu % 64)
+        if word >= MASK_WORDS or mask[word] & bit == 0:
+            return
+        others = mask.copy()
+        others[word] &= ~bit
+        if not np.any(others):
+            return   # the only CPU it may run on
+        call_void(state[SYSCALL], (np.int64(SYS_SETAFFINITY), np.int64(0), size,
+                                   np.int64(others.ctypes.data), np.int64(0), np.int64(0), np.int64(0)))
+        call_void(state[SYSCALL], (np.int64(SYS_SETAFFINITY), np.int64(0), size,
+                                   np.int64(mask.ctypes.data), np.int64(0), np.int64(0), np.int64(0)))
+
     @numba.njit(nogil=True, cache=True)
     def _run_part(state, part, parts):  # pragma: no cover - compiled
         fn, at, cols, rows = state[FN], state[ARGS], state[COLS], state[ROWS]
@@ -145,6 +180,11 @@ if numba is not None:
         while True:
             w = _load(state, WORD)
             if (w & 0xFFFF) < ((w >> 16) & 0xFFFF):
+                if _cpu() == _load(state, CALLER_CPU):
+                    # Woken onto the caller's CPU, the two would take turns on it (after an
+                    # idle pause the scheduler left them so for whole 20 ms blocks of runs:
+                    # two 150 us parts took 297 us)
+                    _leave_cpu(state, _cpu())
                 _claim_parts(state)
                 idle_from = _pause()
                 continue
@@ -182,6 +222,7 @@ if numba is not None:
             return False
         state[FN], state[ARGS], state[COLS], state[ROWS] = fn, at, cols, rows
         state[BY_COLUMNS] = by_columns
+        _store(state, CALLER_CPU, _cpu())
         _store(state, NAP, 0)
         _store(state, DONE, 0)
         generation = ((_load(state, WORD) >> 32) + 1) & 0xFFFFFFFF
@@ -192,7 +233,7 @@ if numba is not None:
         while _load(state, DONE) < parts:
             _pause()
             spins += 1
-            if spins > 4096:   # the worker holding the last part was descheduled
+            if spins > 256:   # the worker holding the last part was descheduled
                 call_void(sched_yield, ())
         _store(state, OWNER, 0)
         return True

@@ -4,6 +4,7 @@ back, concurrent callers and a forked child get correct results."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -156,3 +157,35 @@ def test_nap_sends_polling_workers_to_sleep_until_the_next_call():
         assert p.state[spin_pool.NAP] == 0
     finally:
         p.state[spin_pool.SPIN] = spin
+
+
+@numba.njit(nogil=True)
+def _where_now():
+    return spin_pool._cpu()
+
+
+@numba.njit(nogil=True)
+def _leave_and_tell(state, cpu):
+    spin_pool._leave_cpu(state, cpu)
+    return spin_pool._cpu()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to move between")
+def test_a_worker_on_the_callers_cpu_moves_off_it_and_keeps_its_affinity():
+    """(A worker woken onto its caller's CPU leaves it: the two took turns on it for whole
+    blocks of runs.)"""
+    state = spin_pool.pool().state
+    seen = {}
+
+    def move():
+        allowed = os.sched_getaffinity(0)
+        here = _where_now()
+        seen["moved_to"] = _leave_and_tell(state, here)
+        seen["here"] = here
+        seen["affinity"] = (allowed, os.sched_getaffinity(0))
+
+    t = threading.Thread(target=move)
+    t.start()
+    t.join()
+    assert seen["moved_to"] != seen["here"]
+    assert seen["affinity"][0] == seen["affinity"][1]
