@@ -62,11 +62,7 @@ MAX_PARTS = 0xFFFF
 
 
 if numba is not None:
-    from ep_cpu.native_call import call_void, yield_address
-
-    def _slot(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.gep(arr.data, [args[1]])
+    from ep_cpu.native_call import _slot, call_void, yield_address
 
     @intrinsic
     def _load(typingctx, state, index):
