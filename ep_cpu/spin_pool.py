@@ -294,7 +294,7 @@ class SpinPool:
     def nap(self) -> None:
         """Send the polling workers to sleep now, until the next `run`: numba's TBB threads
         are about to run a parallel region (an LSTM's two directions), and a worker polling
-        on a core would share it with them (LSTM at 2 threads 5.5 -> 5.8 ms)."""
+        on a core would share it with them (LSTM at 2 threads 5.6 -> 5.8 ms)."""
         self.state[NAP] = 1
 
     def stop(self) -> None:
