@@ -99,8 +99,7 @@ def _set_conv_weights(ed: GraphEditor, conv: Node, w: np.ndarray, b: np.ndarray,
 def _scale_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     """W scaled per output channel, in W's precision (float32 at least; big weights stay cheap).
     One new array: a copy of W before the product and another after it (`_set_conv_weights`)
-    were 200 MB more of fresh memory for ResNet-50 at session build (the first session on a
-    fresh process spent up to 0.5 s faulting its pages in)."""
+    were 200 MB more of fresh memory to fault in and write for ResNet-50 at session build."""
     cdt = np.promote_types(w.dtype, np.float32)
     return np.multiply(w, s.astype(cdt).reshape((-1,) + (1,) * (w.ndim - 1)), dtype=cdt)
 
