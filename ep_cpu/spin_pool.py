@@ -258,6 +258,15 @@ def available() -> bool:
         "x86_64", "AMD64")
 
 
+@functools.lru_cache(maxsize=None)
+def cpus() -> int:
+    """CPUs this process may run on (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # pragma: no cover - Linux has it
+        return max(1, os.cpu_count() or 1)
+
+
 class SpinPool:
     """The process's spinning workers: `run` posts a job to them (see the module docstring)."""
 

@@ -39,12 +39,14 @@ def _gemm_args(rng, m=37, k=70, n=101):
 
 
 @pytest.mark.parametrize("by_columns", [True, False])
-@pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("workers", [2, 3, 4, 9])
 def test_every_range_runs_once(by_columns, workers):
+    """Whatever the parts, a worker thread a CPU at most (more polled the cores away)."""
     rng = np.random.default_rng(workers)
     args, y, want, cols, rows, _keep = _gemm_args(rng)
     native_call.run_ranges(microkernel.gemm_range(), args, cols, rows, workers, by_columns, None)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
+    assert len(spin_pool.pool().threads) <= max(1, spin_pool.cpus() - 1)
 
 
 def _meet(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
