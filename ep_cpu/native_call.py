@@ -138,13 +138,36 @@ if numba is not None:
         return types.boolean(flags, types.int64), codegen
 
     @intrinsic
-    def add_count(typingctx, counts, index):
-        """counts[index] (int64) += 1 atomically (a release of what the caller wrote before)."""
+    def atomic_add(typingctx, counts, index, value):
+        """counts[index] (int64) += value atomically (a release of what the caller wrote before)."""
         def codegen(context, builder, signature, args):
-            builder.atomic_rmw("add", _slot(context, builder, signature, args),
-                               ir.Constant(ir.IntType(64), 1), "seq_cst")
+            builder.atomic_rmw("add", _slot(context, builder, signature, args), args[2], "seq_cst")
             return context.get_dummy_value()
-        return types.void(counts, types.int64), codegen
+        return types.void(counts, types.int64, types.int64), codegen
+
+    @intrinsic
+    def atomic_load(typingctx, values, index):
+        """values[index] (int64), an atomic load (an acquire)."""
+        def codegen(context, builder, signature, args):
+            return builder.load_atomic(_slot(context, builder, signature, args), "seq_cst", 8)
+        return types.int64(values, types.int64), codegen
+
+    @intrinsic
+    def atomic_store(typingctx, values, index, value):
+        """values[index] (int64) = value, an atomic store (a release)."""
+        def codegen(context, builder, signature, args):
+            builder.store_atomic(args[2], _slot(context, builder, signature, args), "seq_cst", 8)
+            return context.get_dummy_value()
+        return types.void(values, types.int64, types.int64), codegen
+
+    @intrinsic
+    def compare_swap(typingctx, values, index, expected, value):
+        """values[index] (int64) = value if it holds `expected`; True where it did."""
+        def codegen(context, builder, signature, args):
+            pair = builder.cmpxchg(_slot(context, builder, signature, args), args[2], args[3],
+                                   "seq_cst", "seq_cst")
+            return builder.extract_value(pair, 1)
+        return types.boolean(values, types.int64, types.int64, types.int64), codegen
 
     @intrinsic
     def read_count(typingctx, counts, index):

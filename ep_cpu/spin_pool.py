@@ -63,38 +63,8 @@ MAX_PARTS = 0xFFFF
 
 if numba is not None:
     from ep_cpu.native_call import _slot, call_void, yield_address
-
-    @intrinsic
-    def _load(typingctx, state, index):
-        """state[index], an atomic (acquire) load."""
-        def codegen(context, builder, signature, args):
-            return builder.load_atomic(_slot(context, builder, signature, args), "seq_cst", 8)
-        return types.int64(state, types.int64), codegen
-
-    @intrinsic
-    def _store(typingctx, state, index, value):
-        """state[index] = value, an atomic (release) store."""
-        def codegen(context, builder, signature, args):
-            builder.store_atomic(args[2], _slot(context, builder, signature, args), "seq_cst", 8)
-            return context.get_dummy_value()
-        return types.void(state, types.int64, types.int64), codegen
-
-    @intrinsic
-    def _swap(typingctx, state, index, expected, value):
-        """state[index] = value if it holds `expected` (compare-and-swap); True where it did."""
-        def codegen(context, builder, signature, args):
-            pair = builder.cmpxchg(_slot(context, builder, signature, args), args[2], args[3],
-                                   "seq_cst", "seq_cst")
-            return builder.extract_value(pair, 1)
-        return types.boolean(state, types.int64, types.int64, types.int64), codegen
-
-    @intrinsic
-    def _add(typingctx, state, index, value):
-        """state[index] += value, atomically."""
-        def codegen(context, builder, signature, args):
-            builder.atomic_rmw("add", _slot(context, builder, signature, args), args[2], "seq_cst")
-            return context.get_dummy_value()
-        return types.void(state, types.int64, types.int64), codegen
+    from ep_cpu.native_call import atomic_add as _add, atomic_load as _load
+    from ep_cpu.native_call import atomic_store as _store, compare_swap as _swap
 
     @intrinsic
     def _pause(typingctx):

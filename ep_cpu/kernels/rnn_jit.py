@@ -196,7 +196,7 @@ class PackedRecurrent:
 try:
     import numba
 
-    from ep_cpu.native_call import add_count, call_void, claim, read_count
+    from ep_cpu.native_call import atomic_add, call_void, claim, read_count
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
@@ -271,7 +271,7 @@ if numba is not None:
                         call_void(gemm, (args_at, j0, j0 + half_panels, np.int64(0), panels))
                     call_void(cell, (g, xp, cd, hp, np.int64(hist[t, 0].ctypes.data), rows, hid,
                                      half * half_units, (half + 1) * half_units))
-                    add_count(done, t)
+                    atomic_add(done, t, 1)
             spins = 0
             while read_count(done, t) < 2:
                 spins += 1
