@@ -31,6 +31,16 @@ def _cores() -> int:
 
 _PARALLEL = ExecutionMode.ORT_PARALLEL   # (an enum member's lookup costs ~0.1 us a run)
 
+# np.errstate(all="ignore") for a run as numpy 2 keeps it: its context variable set to one
+# prebuilt value. np.errstate builds that value on every entry: ~2.5 us of a streaming model's
+# ~90 us run. numpy 1.x (or a numpy that moved these) takes np.errstate.
+try:
+    from numpy._core._ufunc_config import _extobj_contextvar as _fp_errors
+    from numpy._core._ufunc_config import _make_extobj
+    _FP_IGNORED = _make_extobj(all="ignore")
+except (ImportError, AttributeError, TypeError):   # pragma: no cover - numpy 1.x
+    _fp_errors = None
+
 
 def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profiler: Any = None,
              only_fetches: bool = False, run_tag: str = "") -> list:
@@ -43,8 +53,15 @@ def run_plan(plan: Any, feeds: dict, fetch_slots: list[int], options: Any, profi
             and len(plan.providers) == 1):
         # The common run (sequential, one provider, profiling off: no observer, no event)
         # without an ExitStack.
-        with np.errstate(all="ignore"), plan.providers[0].limit_threads(intra):
-            return plan.run(feeds, fetch_slots)
+        if _fp_errors is None:
+            with np.errstate(all="ignore"), plan.providers[0].limit_threads(intra):
+                return plan.run(feeds, fetch_slots)
+        token = _fp_errors.set(_FP_IGNORED)
+        try:
+            with plan.providers[0].limit_threads(intra):
+                return plan.run(feeds, fetch_slots)
+        finally:
+            _fp_errors.reset(token)
     observer = profiler.node_observer() if profiler is not None else None
     t0 = time.perf_counter()
     threads = 1

@@ -26,6 +26,7 @@ dtypes, the product is computed tile by tile with numpy's `matmul` (BLAS) as the
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -109,6 +110,7 @@ class _SingleThreadedBlas:
         self._depth = 0
         self._saved: list[tuple[Callable[[int], Any], int]] = []
         self._libs: list | None = None
+        self._addresses: np.ndarray | None = None
         self._modules_seen = -1
 
     def _controllers(self) -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
@@ -138,7 +140,16 @@ class _SingleThreadedBlas:
             except Exception:  # threadpoolctl missing or unable to introspect: nothing to limit
                 libs = []
             self._libs = libs
+            self._addresses = _entry_addresses(libs)
         return self._libs
+
+    def addresses(self) -> np.ndarray | None:
+        """[get, set, get, set, ...]: the C entry points of `_controllers` as an int64 array, for
+        compiled code to call (`native_call.set_blas_threads`); None where one is not a C
+        entry point (a BLAS threadpoolctl reaches another way)."""
+        if self._libs is None or len(sys.modules) != self._modules_seen:
+            self._controllers()
+        return self._addresses
 
     def __enter__(self) -> "_SingleThreadedBlas":
         with self._lock:
@@ -160,6 +171,15 @@ class _SingleThreadedBlas:
                     put(n)
 
 
+def _entry_addresses(libs: list) -> np.ndarray | None:
+    addresses = []
+    for get, put in libs:
+        if not (isinstance(get, ctypes._CFuncPtr) and isinstance(put, ctypes._CFuncPtr)):
+            return None
+        addresses += [ctypes.cast(get, ctypes.c_void_p).value, ctypes.cast(put, ctypes.c_void_p).value]
+    return np.array(addresses, dtype=np.int64)
+
+
 _blas_single = _SingleThreadedBlas()
 
 # Runs holding the BLAS library to their calling thread (`ep_cpu.provider`'s thread limits count
@@ -170,6 +190,12 @@ blas_holds = 0
 def blas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int], Any]]]:
     """(get, set) thread-count functions of each BLAS library numpy loaded (cheap to call)."""
     return _blas_single._controllers()
+
+
+def blas_entry_points() -> np.ndarray | None:
+    """`blas_thread_controls` as [get, set, get, set, ...] C entry points (int64), for
+    `native_call.set_blas_threads`; None where one is not a C entry point."""
+    return _blas_single.addresses()
 
 
 def single_threaded_blas() -> _SingleThreadedBlas:

@@ -124,6 +124,33 @@ if numba is not None:
 
         return sig, codegen
 
+    @intrinsic
+    def call_int(typingctx, addr):
+        """int fn(void) for the C function at integer address `addr`."""
+        def codegen(context, builder, signature, llargs):
+            fn = builder.inttoptr(llargs[0], ir.FunctionType(ir.IntType(32), []).as_pointer())
+            return builder.call(fn, [])
+        return types.int32(types.int64), codegen
+
+    @numba.njit(nogil=True, cache=True)
+    def set_blas_threads(entries, before, threads):  # pragma: no cover - compiled
+        """Each BLAS library's thread count into before[i], then set to `threads` where it
+        differs. `entries`: [get, set, ...] C entry points (`gemm.blas_thread_controls`'
+        addresses): int get(void), void set(int)."""
+        for i in range(entries.size // 2):
+            n = call_int(entries[2 * i])
+            before[i] = n
+            if n != threads:
+                call_void(entries[2 * i + 1], (np.int32(threads),))
+
+    @numba.njit(nogil=True, cache=True)
+    def restore_blas_threads(entries, before):  # pragma: no cover - compiled
+        """Each BLAS library's thread count back to before[i] where it differs (see
+        `set_blas_threads`)."""
+        for i in range(entries.size // 2):
+            if call_int(entries[2 * i]) != before[i]:
+                call_void(entries[2 * i + 1], (np.int32(before[i]),))
+
     def _slot(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         return builder.gep(arr.data, [args[1]])

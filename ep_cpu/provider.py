@@ -6,12 +6,14 @@ import threading
 from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ep_core.errors import InvalidArgument
 from ep_core.graph import Graph, Node
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import HOST, ComputeCapability, ExecutionProvider, GraphView
 
-from . import host_memory
+from . import host_memory, jit_tier
 from .registry import registry
 
 
@@ -19,69 +21,118 @@ class _ThreadLimits:
     """Process-wide thread settings (our GEMM's tiling threads, the BLAS library's) changed
     while runs with an intra-op limit are active, restored when the last such run ends.
 
-    Every run enters this, so it is cheap when the limit already holds: the BLAS libraries' own
-    get/set entry points (a ctypes call each, see `gemm.blas_thread_controls`) instead of
-    threadpoolctl's controller objects, and a library is set (and later restored) only when its
-    count differs from the limit."""
+    Every run enters this, so entering costs as little as Python allows: what a thread count
+    sets (BLAS's count, whether BLAS is held) is worked out once per count (`_Limit`), the BLAS
+    libraries are set through their own get/set entry points (a ctypes call each, see
+    `gemm.blas_thread_controls`) and only where their count differs. A streaming model's run
+    (~100 us) spent ~9 us here when each run rebuilt its limit."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._active = 0
         self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
+        self._by_threads: dict[int, _Limit] = {}
 
     def limit(self, threads: int) -> "_Limit | nullcontext":
+        """The context of a run with `threads` intra-op threads (0 or less: the default)."""
+        found = self._by_threads.get(threads)
+        if found is not None:
+            return found
         gemm, microkernel, native_call = _modules()
         if not threads or threads <= 0:
             if not (native_call.parallel_ok() and microkernel.convs_beat_blas(gemm.get_num_threads())):
                 return _NO_LIMIT
-            threads = 0   # no intra-op limit, but BLAS still held to one thread (below)
-        return _Limit(self, int(threads))
+            # no intra-op limit, but BLAS still held to one thread: decided per run (the
+            # default count follows `gemm.set_num_threads`)
+            return _Limit(self, 0, _holds_blas(gemm.get_num_threads()))
+        threads = int(threads)
+        lim = self._by_threads[threads] = _Limit(self, threads, _holds_blas(threads))
+        return lim
 
-    def enter(self, threads: int) -> bool:
-        """Set the limits for a run starting (`threads` intra-op threads, 0: all); returns
-        whether BLAS is held to the calling thread for it (pass it to `exit`)."""
-        gemm, microkernel, native_call = _modules()
-        # With numba's TBB threads doing the parallel work (the compiled conv/GEMM drivers), the
-        # BLAS library runs on the calling thread only: OpenBLAS's workers busy-wait ~0.1 s
-        # after each threaded call and took the second core from every parallel conv after it
-        # (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products (AVX2
-        # at one thread: `microkernel.convs_beat_blas`) it gets the threads. While BLAS is held
-        # (`gemm.blas_holds`), a large GEMM runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS
-        # call each.
-        # (a one-thread run has BLAS on its one thread anyway: nothing to hold)
-        n = threads if threads > 0 else gemm.get_num_threads()
-        hold = n > 1 and native_call.parallel_ok() and microkernel.convs_beat_blas(n)
+    def enter(self, threads: int, hold: bool) -> None:
+        """Set the limits for a run starting (`threads` intra-op threads, 0: all; `hold`: BLAS
+        runs on the calling thread only, see `_holds_blas`)."""
+        gemm = _imported[0]
         blas_threads = 1 if hold else threads
         with self._lock:
-            changed = []
-            for get, put in gemm.blas_thread_controls():
-                n = get()
-                if n != blas_threads:
-                    changed.append((put, n))
-                    put(blas_threads)
+            entries = gemm.blas_entry_points() if _blas_compiled() else None
+            if entries is not None:   # one compiled call: ~0.3 us where the ctypes calls took ~3
+                before = np.empty(entries.size // 2, dtype=np.int64)
+                _imported[2].set_blas_threads(entries, before, blas_threads)
+                restore = (entries, before)
+            else:
+                restore = []
+                for get, put in gemm.blas_thread_controls():
+                    n = get()
+                    if n != blas_threads:
+                        restore.append((put, n))
+                        put(blas_threads)
             if self._active == 0:
-                self._saved = (gemm.get_num_threads(), changed)
+                self._saved = (gemm.get_num_threads(), restore)
             self._active += 1
             if threads > 0 and threads != gemm.get_num_threads():
                 gemm.set_num_threads(threads)
             if hold:   # counted last: a failure above leaves no hold behind
                 gemm.blas_holds += 1
-        return hold
 
     def exit(self, held: bool) -> None:
-        """A run ends: `held` as its `enter` returned; the last run out restores the settings."""
-        gemm = _modules()[0]
+        """A run ends: `held` as its `enter` was given; the last run out restores the settings."""
         with self._lock:
+            gemm = _imported[0]
             if held:
                 gemm.blas_holds -= 1
             self._active -= 1
-            if self._active == 0 and self._saved is not None:
-                gemm_threads, changed = self._saved
-                if gemm_threads != gemm.get_num_threads():
-                    gemm.set_num_threads(gemm_threads)
-                for put, n in changed:
-                    put(n)
-                self._saved = None
+            if self._active == 0:
+                saved = self._saved
+                if saved is not None:
+                    self._saved = None
+                    gemm_threads, restore = saved
+                    if gemm_threads != gemm.get_num_threads():
+                        gemm.set_num_threads(gemm_threads)
+                    if isinstance(restore, tuple):
+                        _imported[2].restore_blas_threads(*restore)
+                    else:
+                        for put, n in restore:
+                            put(n)
+
+
+def _blas_compiled() -> bool:
+    """Whether `native_call.set_blas_threads` / `restore_blas_threads` are compiled (or loaded
+    from the disk cache): built beside the first run (`jit_tier`), which meanwhile sets BLAS
+    through ctypes."""
+    if _blas_state:
+        return _blas_state[0]
+    native_call = _imported[2]
+    if native_call.numba is None:
+        _blas_state.append(False)
+        return False
+
+    def build() -> None:
+        from numba import types
+        arr = types.Array(types.int64, 1, "C")
+        native_call.set_blas_threads.compile((arr, arr, types.int64))
+        native_call.restore_blas_threads.compile((arr, arr))
+    if jit_tier.ready("blas_threads", build):
+        _blas_state.append(True)
+        return True
+    return False
+
+
+_blas_state: list = []   # [compiled] once known
+
+
+def _holds_blas(threads: int) -> bool:
+    """Whether a run at `threads` intra-op threads holds BLAS to the calling thread.
+
+    With our spinning workers / numba's TBB threads doing the parallel work (the compiled
+    conv/GEMM drivers), the BLAS library runs on the calling thread only: OpenBLAS's workers
+    busy-wait ~0.1 s after each threaded call and took the second core from every parallel conv
+    after it (ResNet-50 at 2 threads ran no faster than at 1). Where BLAS does the products
+    (AVX2 at one thread: `microkernel.convs_beat_blas`) it gets the threads. While BLAS is held
+    (`gemm.blas_holds`), a large GEMM runs on `ep_cpu.gemm`'s tiles, one one-thread BLAS call
+    each. A one-thread run has BLAS on its one thread anyway: nothing to hold."""
+    _, microkernel, native_call = _modules()
+    return threads > 1 and native_call.parallel_ok() and microkernel.convs_beat_blas(threads)
 
 
 _imported: list = []
@@ -97,16 +148,18 @@ def _modules() -> tuple:
 
 
 class _Limit:
-    __slots__ = ("limits", "threads", "held")
+    """Entered around each run at one thread count; holds no per-run state, so one object
+    serves every run at that count, also runs that overlap."""
+    __slots__ = ("limits", "threads", "hold")
 
-    def __init__(self, limits: _ThreadLimits, threads: int) -> None:
-        self.limits, self.threads, self.held = limits, threads, False
+    def __init__(self, limits: _ThreadLimits, threads: int, hold: bool) -> None:
+        self.limits, self.threads, self.hold = limits, threads, hold
 
     def __enter__(self) -> None:
-        self.held = self.limits.enter(self.threads)
+        self.limits.enter(self.threads, self.hold)
 
     def __exit__(self, *exc: object) -> None:
-        self.limits.exit(self.held)
+        self.limits.exit(self.hold)
 
 
 _NO_LIMIT = nullcontext()

@@ -214,6 +214,59 @@ def test_two_thread_runs_count_their_blas_hold_and_release_it():
     assert observed["holds"] == 0 and gemm.blas_holds == 0
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_blas_threads_are_limited_in_the_run_and_restored_after_it(compiled, monkeypatch):
+    """BLAS's thread count is 1 inside a one-thread run and what it was after it, whether it is
+    set through the compiled entry points (`native_call.set_blas_threads`) or, where a BLAS
+    library has none, through ctypes; a count the caller set between runs (threadpoolctl) is
+    the one restored."""
+    import threadpoolctl
+
+    import ep_cpu.gemm as gemm
+    if not compiled:
+        monkeypatch.setattr(gemm, "blas_entry_points", lambda: None)
+    inside = []
+
+    def probe(x):
+        inside.append({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                       if i["user_api"] == "blas"})
+        return x
+    op = f"BlasProbe{int(compiled)}"   # (a custom op's registration is process-wide)
+    register_custom_op(op, probe, domain="test.threads")
+    m = model([helper.make_node(op, ["x"], ["y"], domain="test.threads")],
+              [("x", F32, [2])], [("y", F32, [2])], domains=[("test.threads", 1)])
+    sess = session(m, options(intra_op_num_threads=1))
+
+    def counts():
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+    if not counts():
+        pytest.skip("no BLAS library threadpoolctl can see")
+    with threadpoolctl.threadpool_limits(3, user_api="blas"):
+        sess.run(None, {"x": np.ones(2, np.float32)})
+        assert inside[-1] == {1} and counts() == {3}
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        sess.run(None, {"x": np.ones(2, np.float32)})
+        assert inside[-1] == {1} and counts() == {2}
+
+
+def test_a_run_ignores_float_errors_and_restores_the_callers_setting():
+    """IEEE results (log(0) = -inf) come without numpy warnings inside a run, and the caller's
+    np.errstate is what it was after it, also after a failed run."""
+    import warnings
+    m = model([helper.make_node("Log", ["x"], ["y"])], [("x", F32, [2])], [("y", F32, [2])])
+    sess = session(m, options())
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(divide="raise"):
+            y = sess.run(None, {"x": np.zeros(2, np.float32)})[0]
+            assert np.geterr()["divide"] == "raise"
+            with pytest.raises(Exception):
+                sess.run(None, {"x": np.zeros(3, np.float32)})
+            assert np.geterr()["divide"] == "raise"
+    assert np.isneginf(y).all() and np.geterr() == before
+
+
 # --- logging -------------------------------------------------------------------------------------
 
 def test_log_severity_sets_the_ep_core_logger(rng, caplog):
