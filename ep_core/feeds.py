@@ -62,6 +62,28 @@ class FeedSpec:
     def required_names(self) -> frozenset[str]:
         return frozenset(v.name for v in self.required)
 
+    @functools.cached_property
+    def static_tensors(self) -> dict[str, tuple[np.dtype, tuple]]:
+        """name -> (dtype, shape) of the tensor inputs whose shape is wholly static."""
+        return {name: (d.dtype, d.static_shape) for name, d in self.declared.items()
+                if d.kind == "tensor_type" and d.dtype is not None and d.static_shape is not None}
+
+
+def plain_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any] | None:
+    """`input_feed` itself when it needs no conversion: exactly the required inputs, each a
+    C-contiguous host array of its declared dtype and static shape (a streaming model's run:
+    ~1 us where the general check took ~4 in a run); else None (take `check_feeds`)."""
+    if type(input_feed) is not dict or input_feed.keys() != spec.required_names:
+        return None
+    static = spec.static_tensors
+    for name, value in input_feed.items():
+        want = static.get(name)
+        # `is`: numpy's built-in dtypes are singletons; any other equal dtype takes check_feeds
+        if (want is None or type(value) is not np.ndarray or value.dtype is not want[0]
+                or value.shape != want[1] or not value.flags.c_contiguous):
+            return None
+    return input_feed
+
     @property
     def overridable(self) -> list[ValueInfo]:
         return [v for v in self.inputs if v.name in self.initializers and v.name not in self.constants]

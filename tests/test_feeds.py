@@ -157,3 +157,29 @@ def test_converted_feed_does_not_alias_caller_buffer_when_converted():
     x = np.arange(6, dtype=np.float32)[::2]
     y = ep_core.InferenceSession(model(T.FLOAT, [None]), providers=["cpu"]).run(None, {"x": x})[0]
     assert y.flags.c_contiguous and y.tolist() == [0.0, 2.0, 4.0]
+
+
+def test_plain_feeds_pass_through_and_anything_else_is_checked():
+    """Feeds exactly as declared (C-contiguous host arrays, declared dtype and static shape) go
+    to the run as they are (`plain_feeds`); any other feed takes the full check, which converts
+    or refuses it as before."""
+    from ep_core.feeds import plain_feeds
+    sess = ep_core.InferenceSession(model(T.FLOAT, [2, 3]), providers=["cpu"])
+    spec = sess._feed_spec
+    x = np.ones((2, 3), np.float32)
+    feeds = {"x": x}
+    assert plain_feeds(feeds, spec) is feeds
+    for other in ({"x": x.astype(np.float64)}, {"x": np.ones((3, 2), np.float32)},
+                  {"x": np.asfortranarray(np.ones((2, 3), np.float32))}, {"x": x.tolist()},
+                  {"x": x, "z": x}, {}):
+        assert plain_feeds(other, spec) is None
+    np.testing.assert_array_equal(sess.run(None, {"x": x.tolist()})[0], x)
+    np.testing.assert_array_equal(sess.run(None, {"x": np.asfortranarray(x)})[0], x)
+    with pytest.raises(InvalidArgument, match="dtype|type"):
+        sess.run(None, {"x": x.astype(np.float64)})
+    with pytest.raises(InvalidArgument, match="shape"):
+        sess.run(None, {"x": np.ones((3, 2), np.float32)})
+    with pytest.raises(InvalidArgument, match="z"):
+        sess.run(None, {"x": x, "z": x})
+    assert plain_feeds(feeds, ep_core.InferenceSession(model(T.FLOAT, [None, 3]),
+                                                       providers=["cpu"])._feed_spec) is None
