@@ -89,22 +89,28 @@ def test_recurrent_matches_onnxruntime(op, direction, with_lens, with_init, vari
 def test_compiled_time_loop_matches_onnxruntime(op, attrs, direction, batch, hid, with_init, monkeypatch):
     """Hidden sizes that are multiples of 16 take the compiled time loop (microkernel product +
     compiled cell, `PackedRecurrent.run_sequence`, or with the input projection in the same
-    compiled call for a few rows, `PackedRecurrent.forward`) where it exists: LSTM and GRU with
-    linear_before_reset; GRU without it keeps the numpy step."""
+    compiled call for a few rows, `PackedRecurrent.stream_step`) where it exists: LSTM and GRU
+    with linear_before_reset; GRU without it keeps the numpy step."""
     from ep_cpu.kernels import rnn_jit
     from ep_cpu import microkernel
     taken = []
     original = rnn_jit.PackedRecurrent.run_sequence
     monkeypatch.setattr(rnn_jit.PackedRecurrent, "run_sequence",
                         lambda self, *a: taken.append(original(self, *a)) or taken[-1])
-    original_forward = rnn_jit.PackedRecurrent.forward
+    original_stream_step = rnn_jit.PackedRecurrent.stream_step
 
-    def counted_forward(self, *args):
-        out = original_forward(self, *args)
-        taken.append(out is not None)
-        return out
+    def counted_stream_step(self, *args):
+        step = original_stream_step(self, *args)
+        if step is None:
+            taken.append(False)
+            return None
 
-    monkeypatch.setattr(rnn_jit.PackedRecurrent, "forward", counted_forward)
+        def counted(*arrays):
+            taken.append(True)
+            return step(*arrays)
+        return counted
+
+    monkeypatch.setattr(rnn_jit.PackedRecurrent, "stream_step", counted_stream_step)
     model, feeds = _model(op, direction, dict(attrs), False, with_init, False, HID=hid, BATCH=batch)
     ours = ep_core.InferenceSession(model.SerializeToString(), providers=["cpu"]).run(None, feeds)
     ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -202,7 +208,7 @@ def test_forward_layer_runs_the_short_path(op, attrs, batch, monkeypatch):
 @pytest.mark.parametrize("op,attrs", [("LSTM", {}), ("GRU", {"linear_before_reset": 1})])
 def test_streaming_steps_run_after_run_match_onnxruntime(op, attrs):
     """A batch-1 step fed its own state hundreds of times (the compiled one-call path,
-    `PackedRecurrent.forward`, whose scratch arrays live only inside it): every step matches
+    `PackedRecurrent.stream_step`, whose scratch arrays live only inside it): every step matches
     onnxruntime, and nothing a step freed is written by a later one."""
     import onnx
     rng = np.random.default_rng(3)

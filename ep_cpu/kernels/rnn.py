@@ -147,12 +147,16 @@ class _Recurrent(Kernel):
                 and (initial_c is None or (initial_c.dtype == f32 and initial_c.flags.c_contiguous
                                            and initial_c.shape == (1, batch, hid)))):
             # a streaming step: projection, steps and outputs in one compiled call
-            out = self.jit_matmul.forward(
-                kind, x, proj_args,
-                np.zeros((1, batch, hid), f32) if initial_h is None else initial_h,
-                np.zeros((1, batch, hid), f32) if initial_c is None else initial_c, step_bias)
-            if out is not None:
-                return out[:max(1, len(self.node.outputs))]
+            steps = self.__dict__.setdefault("_stream_steps", {})
+            step = steps.get(x.shape)
+            if step is None and x.shape not in steps:
+                step = steps[x.shape] = self.jit_matmul.stream_step(kind, proj_args, seq, batch,
+                                                                    step_bias)
+            if step is not None:
+                out = step(x.reshape(seq * batch, -1),
+                           np.zeros((1, batch, hid), f32) if initial_h is None else initial_h,
+                           np.zeros((1, batch, hid), f32) if initial_c is None else initial_c)
+                return out if len(self.node.outputs) >= 3 else out[:max(1, len(self.node.outputs))]
         if seq * batch <= 32:   # a few rows: one BLAS call
             proj = np.matmul(x.reshape(seq * batch, -1), w_t)
             proj += bias
