@@ -68,6 +68,10 @@ class FeedSpec:
         return {name: (d.dtype, d.static_shape) for name, d in self.declared.items()
                 if d.kind == "tensor_type" and d.dtype is not None and d.static_shape is not None}
 
+    @property
+    def overridable(self) -> list[ValueInfo]:
+        return [v for v in self.inputs if v.name in self.initializers and v.name not in self.constants]
+
 
 def plain_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any] | None:
     """`input_feed` itself when it needs no conversion: exactly the required inputs, each a
@@ -83,10 +87,6 @@ def plain_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any] | None:
                 or value.shape != want[1] or not value.flags.c_contiguous):
             return None
     return input_feed
-
-    @property
-    def overridable(self) -> list[ValueInfo]:
-        return [v for v in self.inputs if v.name in self.initializers and v.name not in self.constants]
 
 
 def check_feeds(input_feed: Any, spec: FeedSpec, on_device: frozenset[str] = frozenset()
