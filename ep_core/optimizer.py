@@ -25,6 +25,7 @@ from typing import Any
 from . import rewrites_affine as a
 from . import rewrites_basic as b
 from . import rewrites_fusion as f
+from . import rewrites_layout as lay
 from . import rewrites_quant as q
 from . import rewrites_transformer as t
 from .graph import Graph, Node
@@ -72,6 +73,8 @@ def builtin_rewrites() -> list[type[Rewrite]]:
         f.FuseGemmActivation,
         f.FuseAddActivation,
         b.EliminateDeadNodesExtended,
+        # Level 3: layout (the CPU provider's channel-blocked convolution chains).
+        lay.NchwcLayout,
     ]
 
 

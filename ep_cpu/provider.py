@@ -225,6 +225,13 @@ class CPUExecutionProvider(ExecutionProvider):
         from ep_core.fusion import group_capabilities
         return group_capabilities(groups, claimed, GROUP_ATTR, _group_name, min_level=FUSION_LEVEL)
 
+    def nchwc_block(self) -> int:
+        """Channels a block of the channel-blocked layout this provider's convolution chains run
+        in (`ep_core.rewrites_layout`; 16 with AVX-512), 0 where it has no blocked kernels.
+        Called by the level-3 rewrite while the session is built."""
+        from . import conv_nchwc
+        return conv_nchwc.BLOCK if conv_nchwc.available() else 0
+
     def compile(self, fused_node: Node, subgraph: Graph) -> Callable[..., Sequence[Any]]:
         """The compute callable of a fused node made from one of our MetaDefs: built from the
         group its attributes carry; its kernel compiles on first use (`ep_cpu.jit_tier`)."""

@@ -1,0 +1,158 @@
+"""The channel-blocked layout (NCHWc): the level-3 rewrite (`ep_core.rewrites_layout`) and the CPU
+provider's blocked kernels (`ep_cpu.conv_nchwc`, `ep_cpu/kernels/nchwc.py`).
+
+Chains of 1x1 and 3x3 depthwise convs (MobileNet's inverted residual blocks) run blocked and
+match onnxruntime; chains that would need too many layout changes, activations that do not keep
+0, and sessions below level 3 stay in NCHW.
+"""
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper, numpy_helper
+
+import ep_core
+from ep_cpu import conv_nchwc
+
+pytestmark = pytest.mark.skipif(not conv_nchwc.available(),
+                                reason="the blocked kernels need numba and AVX-512")
+BLOCKED_OPS = ("NchwcConv", "ReorderInput", "ReorderOutput")
+
+
+def inverted_residual_model(rng, n=1, c=24, h=14, expand=6, stride=1, blocks=3, act="Clip",
+                            extra_output=True) -> bytes:
+    """`blocks` MobileNetV2 blocks (1x1 expand + act, 3x3 depthwise (the first of `stride`) +
+    Relu, 1x1 project, + residual where the shape allows), then GlobalAveragePool."""
+    inits, nodes = [], []
+
+    def weight(name, shape):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name))
+        return name
+    inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+              numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    x, cur = "x", c
+    for k in range(blocks):
+        e = cur * expand
+        nodes.append(helper.make_node("Conv", [x, weight(f"w{k}a", (e, cur, 1, 1)), weight(f"b{k}a", (e,))], [f"a{k}"]))
+        if act == "Clip":
+            nodes.append(helper.make_node("Clip", [f"a{k}", "lo", "hi"], [f"ar{k}"]))
+        else:
+            nodes.append(helper.make_node(act, [f"a{k}"], [f"ar{k}"]))
+        s = stride if k == 0 else 1
+        nodes.append(helper.make_node("Conv", [f"ar{k}", weight(f"w{k}d", (e, 1, 3, 3)), weight(f"b{k}d", (e,))],
+                                      [f"d{k}"], group=e, pads=[1, 1, 1, 1], strides=[s, s]))
+        nodes.append(helper.make_node("Relu", [f"d{k}"], [f"dr{k}"]))
+        nodes.append(helper.make_node("Conv", [f"dr{k}", weight(f"w{k}p", (cur, e, 1, 1)), weight(f"b{k}p", (cur,))],
+                                      [f"p{k}"]))
+        if s == 1:
+            nodes.append(helper.make_node("Add", [f"p{k}", x], [f"o{k}"]))
+            x = f"o{k}"
+        else:
+            x = f"p{k}"
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"]))
+    outputs = [helper.make_tensor_value_info("y", TP.FLOAT, None)]
+    if extra_output:   # a blocked value that is also a graph output: reordered back
+        outputs.append(helper.make_tensor_value_info(x, TP.FLOAT, None))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
+                          outputs, inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def run_both(model: bytes, x: np.ndarray, threads: int, level=None):
+    so = ep_core.SessionOptions()
+    so.intra_op_num_threads = threads
+    if level is not None:
+        so.graph_optimization_level = level
+    sess = ep_core.InferenceSession(model, so, providers=["cpu"])
+    ref = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return sess, sess.run(None, {"x": x}), ref
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [
+    dict(),                                        # 24 channels: padded to 32
+    dict(n=2, c=20, h=9, stride=2),                # two images, a strided depthwise, odd map
+    dict(c=33, h=7, expand=3),                     # 33 -> 99 channels: odd blocks and groups
+    dict(c=16, h=56, stride=2),                    # many positions: split between threads
+    dict(c=16, h=1, expand=2),                     # one position
+    dict(c=32, h=2, stride=2, expand=2),           # the depthwise edge cases only
+])
+def test_inverted_residual_chains_run_blocked_and_match_onnxruntime(shape, threads):
+    rng = np.random.default_rng(0)
+    n, c, h = shape.get("n", 1), shape.get("c", 24), shape.get("h", 14)
+    model = inverted_residual_model(rng, **shape)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, threads)
+    ops = [node.op_type for node in sess._graph.nodes]
+    assert ops.count("NchwcConv") == 9 and ops.count("ReorderInput") == 1
+    assert ops.count("ReorderOutput") == 1   # one for both readers of the last block's output
+    for o, r in zip(ours, ref):
+        assert o.shape == r.shape
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
+
+
+def test_below_the_layout_level_nothing_is_blocked():
+    rng = np.random.default_rng(1)
+    model = inverted_residual_model(rng)
+    x = rng.standard_normal((1, 24, 14, 14)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, 1, ep_core.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
+    assert not any(n.op_type in BLOCKED_OPS for n in sess._graph.nodes)
+    for o, r in zip(ours, ref):
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
+
+
+def test_an_activation_that_moves_zero_keeps_its_convs_in_nchw():
+    """Sigmoid(0) = 0.5 would fill the padding channels: the expand convs stay NCHW (and so
+    the chain falls apart into pieces too small to convert)."""
+    rng = np.random.default_rng(2)
+    model = inverted_residual_model(rng, act="Sigmoid")
+    x = rng.standard_normal((1, 24, 14, 14)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, 1)
+    for node in sess._graph.nodes:
+        if node.op_type == "NchwcConv":
+            assert node.attrs.get("activation") in (None, "Relu", "Clip")
+    for o, r in zip(ours, ref):
+        np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
+
+
+def test_a_chain_needing_many_layout_changes_stays_in_nchw():
+    """1x1 convs between 3x3 full convs (a ResNet bottleneck) would need a layout change per
+    conv: not converted."""
+    rng = np.random.default_rng(3)
+    c = 32
+    inits, nodes = [], []
+
+    def weight(name, shape):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name))
+        return name
+    x = "x"
+    for k in range(3):
+        nodes.append(helper.make_node("Conv", [x, weight(f"a{k}", (c, c, 1, 1))], [f"p{k}"]))
+        nodes.append(helper.make_node("Conv", [f"p{k}", weight(f"b{k}", (c, c, 3, 3))], [f"q{k}"], pads=[1, 1, 1, 1]))
+        x = f"q{k}"
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info(x, TP.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    xv = rng.standard_normal((1, c, 8, 8)).astype(np.float32)
+    sess, ours, ref = run_both(m.SerializeToString(), xv, 1)
+    assert not any(n.op_type in BLOCKED_OPS for n in sess._graph.nodes)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_numpy_forms_before_the_compile_match_the_compiled_loops(threads, monkeypatch):
+    """Until the compiled loops are built (`jit_tier`, on a cold disk cache) the blocked kernels
+    run numpy forms of the same ops: same results."""
+    from ep_cpu.kernels import nchwc
+    rng = np.random.default_rng(4)
+    model = inverted_residual_model(rng, n=2, c=20, h=9, stride=2)
+    x = rng.standard_normal((2, 20, 9, 9)).astype(np.float32)
+    _, compiled, ref = run_both(model, x, threads)
+    monkeypatch.setattr(nchwc, "_compiled", lambda: False)
+    _, fallback, _ = run_both(model, x, threads)
+    for c, f, r in zip(compiled, fallback, ref):
+        np.testing.assert_allclose(f, c, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-5)
