@@ -133,6 +133,13 @@ class ExecutionProvider:
         """Called by partitioning and by level-2 rewrites (`OptimizerContext.supports`)."""
         return self.kernel_registry()
 
+    def nchwc_block(self) -> int:
+        """Channels a block of the channel-blocked layout (NCHWc) this provider's kernels take
+        (`com.ep_core::NchwcConv`, `ReorderInput`, `ReorderOutput`), 0 for none (the default).
+        Called by the level-3 `NchwcLayout` rewrite at session build, for each conv the provider
+        owns: cheap, no side effects; the rewrite converts only where it returns 16."""
+        return 0
+
     def get_capability(self, graph_view: GraphView,
                        kernel_lookup: Callable[[Node], KernelDef | None]) -> list[ComputeCapability]:
         """Which of `graph_view.nodes` (the nodes no higher-priority provider took) this provider

@@ -10,8 +10,9 @@ for every layout change it needs.
 
 Convertible (float32, 4-D, static shapes, every node owned by a provider whose
 `nchwc_block()` is 16 and that has the blocked kernels):
-- Conv / FusedConv 1x1 (stride 1, no padding, one group) or 3x3 depthwise (one channel a group,
-  padding 1, stride 1 or 2), constant weight and bias, no activation or Relu or a Clip that keeps
+- Conv / FusedConv of one group (any window, padding and equal strides: 1x1, 3x3, a strided
+  1x1 downsample) or 3x3 depthwise (one channel a group, padding 1, stride 1 or 2), constant
+  weight and bias, no activation or Relu or a Clip that keeps
   0 (the padding channels must stay zero), a residual Z of the output's shape;
 - Add of two blocked values of one shape, Relu, and Clip keeping 0, on blocked inputs.
 """
@@ -28,6 +29,9 @@ from .rewrites_fusion import activation_of
 BLOCK = 16
 MIN_CONVS = 2
 REORDERS_PER_CONV = 4
+# input channels padded to whole blocks at most this many times their number (a 3-channel stem
+# conv would multiply 16: MobileNetV2's ran slower blocked)
+MAX_PADDING = 2.0
 
 
 def _clamp_keeps_zero(activation: str | None, params) -> bool:
@@ -71,15 +75,15 @@ class NchwcLayout(Rewrite):
                     changed = True
         if not chosen:
             return False
-        self._convert(ed, graph, [n for n in order if n in chosen], kinds)
+        self._convert(ed, [n for n in order if n in chosen], kinds)
         ed.commit()
         return True
 
     # --- which nodes ----------------------------------------------------------------------------
     def _owner_ok(self, n: Node) -> bool:
         owner = self.ctx.provider_for(n) if self.ctx.assigned is not None else None
-        block = getattr(owner, "nchwc_block", None)
-        return owner is not None and block is not None and block() == BLOCK
+        block = getattr(owner, "nchwc_block", None)   # (a duck-typed plugin may lack it)
+        return block is not None and block() == BLOCK
 
     def _conv_kind(self, ed: GraphEditor, n: Node) -> str | None:
         if n.op_type == "Conv" and n.domain == "":
@@ -107,8 +111,9 @@ class NchwcLayout(Rewrite):
         ks = list(ws[2:])
         if dil != [1, 1]:
             return None
-        if group == 1 and ks == [1, 1] and strides == [1, 1] and pads == [0, 0, 0, 0]:
-            return "pointwise"
+        padded = -(-xs[1] // BLOCK) * BLOCK
+        if group == 1 and strides[0] == strides[1] and len(pads) == 4 and padded <= MAX_PADDING * xs[1]:
+            return "conv"
         if (group == xs[1] == ws[0] and ws[1] == 1 and ks == [3, 3] and pads == [1, 1, 1, 1]
                 and strides in ([1, 1], [2, 2])):
             return "depthwise"
@@ -165,11 +170,11 @@ class NchwcLayout(Rewrite):
         return list(groups.values())
 
     # --- the rewrite ----------------------------------------------------------------------------
-    def _convert(self, ed: GraphEditor, graph: Graph, nodes: list[Node], kinds: dict) -> None:
+    def _convert(self, ed: GraphEditor, nodes: list[Node], kinds: dict) -> None:
         blocked: dict[str, str] = {}   # NCHW value -> its blocked twin
         converted = set(nodes)
 
-        def blocked_type(name: str, channels_of: str | None = None):
+        def blocked_type(name: str):
             s = ed.shape(name)
             return tensor_type(np.float32, [s[0], -(-s[1] // BLOCK), s[2], s[3], BLOCK])
 
@@ -195,7 +200,8 @@ class NchwcLayout(Rewrite):
                 new = ed.make_node(n.op_type, inputs, [bout], name=ed.fresh(n.name + "_nchwc"),
                                    attrs=dict(n.attrs))
             else:
-                attrs = {"kind": kinds[n], "strides": [int(s) for s in (n.attr("strides") or [1, 1])]}
+                attrs = {"kind": kinds[n], "strides": [int(s) for s in (n.attr("strides") or [1, 1])],
+                         "pads": [int(p) for p in (n.attr("pads") or [0, 0, 0, 0])]}
                 if n.op_type == "FusedConv" and n.attr("activation"):
                     attrs["activation"] = n.attr("activation")
                     if n.attr("activation_params"):

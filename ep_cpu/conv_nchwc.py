@@ -29,14 +29,14 @@ def _make_blocked_micro(mr: int, nv: int):
     vec = ir.VectorType(f32, BLOCK)
 
     @intrinsic
-    def micro(typingctx, x_arr, x_off, xbs, w_arr, w_off, kb, y_arr, y_off, yvs, bias_arr, bias_off,
-              res_arr, lo, hi, mode):
-        sig = types.void(x_arr, types.int64, types.int64, w_arr, types.int64, types.int64, y_arr,
+    def micro(typingctx, x_arr, x_off, offs_arr, w_arr, w_off, kb, y_arr, y_off, yvs, bias_arr,
+              bias_off, res_arr, lo, hi, mode):
+        sig = types.void(x_arr, types.int64, offs_arr, w_arr, types.int64, types.int64, y_arr,
                          types.int64, types.int64, bias_arr, types.int64, res_arr, types.float32,
                          types.float32, types.int64)
 
         def codegen(context, builder, signature, args):
-            (x_v, x_o, xbs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
+            (x_v, x_o, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
              mode_v) = args
             tys = signature.args
 
@@ -47,6 +47,7 @@ def _make_blocked_micro(mr: int, nv: int):
                 return ir.Constant(i64, value)
 
             x = builder.gep(data(0, x_v), [x_o])
+            offs = data(2, offs_v)
             w = builder.gep(data(3, w_v), [w_o])
             y = builder.gep(data(6, y_v), [y_o])
             res = builder.gep(data(11, r_v), [y_o])
@@ -66,7 +67,7 @@ def _make_blocked_micro(mr: int, nv: int):
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
                     for _ in range(mr * nv)]
             with cgutils.for_range(builder, kb_v) as loop:
-                xb = builder.gep(x, [builder.mul(loop.index, xbs_v)])
+                xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
                 wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
                 for i in range(BLOCK):
                     bvec = [builder.load(vec_ptr(wb, const((i * nv + h) * BLOCK)), align=4)
@@ -230,7 +231,7 @@ def _make_depthwise_row():
 
 
 if numba is not None:
-    from ep_cpu.native_call import f32_at, f64_at
+    from ep_cpu.native_call import f32_at, f64_at, i64_at
 
     dw_row = _make_depthwise_row()
 
@@ -239,77 +240,113 @@ if numba is not None:
     m4_2 = _make_blocked_micro(4, 2)
     m2_2 = _make_blocked_micro(2, 2)
     m1_2 = _make_blocked_micro(1, 2)
+    m7_2 = _make_blocked_micro(7, 2)
+    m6_2 = _make_blocked_micro(6, 2)
     m12_1 = _make_blocked_micro(12, 1)
+    m7_1 = _make_blocked_micro(7, 1)
+    m6_1 = _make_blocked_micro(6, 1)
     m8_1 = _make_blocked_micro(8, 1)
     m4_1 = _make_blocked_micro(4, 1)
     m2_1 = _make_blocked_micro(2, 1)
     m1_1 = _make_blocked_micro(1, 1)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def _tile(mr, nv, x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode):  # pragma: no cover
+    def _tile(mr, nv, x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode):  # pragma: no cover
         if nv == 2:
             if mr == 12:
-                m12_2(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m12_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 8:
-                m8_2(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m8_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+            elif mr == 7:
+                m7_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+            elif mr == 6:
+                m6_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 4:
-                m4_2(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m4_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 2:
-                m2_2(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m2_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             else:
-                m1_2(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m1_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
         else:
             if mr == 12:
-                m12_1(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m12_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 8:
-                m8_1(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m8_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+            elif mr == 7:
+                m7_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+            elif mr == 6:
+                m6_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 4:
-                m4_1(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m4_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             elif mr == 2:
-                m2_1(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m2_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
             else:
-                m1_1(x, x_off, xbs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+                m1_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def pointwise_range(x, wp, bias, res, y, positions, kb, mb, lo, hi, mode, p0, p1, g0, g1):  # pragma: no cover
-        # one image: x (kb, P, 16), y and res (mb, P, 16) flat; wp: output groups of 2 blocks
-        # (K, 32), a last single block (K, 16); positions [p0, p1) in tiles of 12 and a tail
-        # of 8/4/2/1, output groups [g0, g1)
-        xbs = positions * BLOCK
-        kdim = kb * BLOCK
-        p = p0
-        while p < p1:
-            left = p1 - p
-            mr = 12 if left >= 12 else (8 if left >= 8 else (4 if left >= 4 else (2 if left >= 2 else 1)))
+    def tile_rows(left):  # pragma: no cover - compiled
+        # positions of the next tile of a row with `left` to go: the widest tile (12, 8, 7, 6,
+        # 4, 2, 1) that leaves none or at least 4 (a 1- or 2-position tile runs its FMAs in 2-4
+        # chains: a fraction of the rate), else the widest that fits
+        for mr in (12, 8, 7, 6, 4):
+            if mr <= left and (left - mr == 0 or left - mr >= 4):
+                return mr
+        for mr in (12, 8, 7, 6, 4, 2):
+            if mr <= left:
+                return mr
+        return 1
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+    def conv_row(x, x_row, offs, nk, wp, bias, res, y, y_row, yvs, q0, q1, mb, lo, hi, mode,
+                 g0, g1):  # pragma: no cover - compiled
+        # output positions [q0, q1) of one row: position q's input at x[x_row + 16 q + offs[j]]
+        # for k block j (16 channels), its output at y[y_row + 16 q + ob yvs]; tiles of up to
+        # 12 positions (`tile_rows`), output groups [g0, g1) of two blocks (the last may be
+        # one), each group's weights (nk 16, 16 nv) at 2 g 16 nk 16 in wp
+        q = q0
+        while q < q1:
+            mr = tile_rows(q1 - q)
             for g in range(g0, g1):
                 ob = 2 * g
                 nv = 2 if mb - ob >= 2 else 1
-                _tile(mr, nv, x, p * BLOCK, xbs, wp, ob * BLOCK * kdim, kb, y,
-                      ob * xbs + p * BLOCK, xbs, bias, ob * BLOCK, res, lo, hi, mode)
-            p += mr
+                _tile(mr, nv, x, x_row + q * BLOCK, offs, wp, ob * BLOCK * nk * BLOCK, nk, y,
+                      y_row + q * BLOCK + ob * yvs, yvs, bias, ob * BLOCK, res, lo, hi, mode)
+            q += mr
 
-    def _pointwise(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
-        # POINTWISE_ARGS; columns: output groups (two blocks); rows: chunks of `chunk` positions
-        # over every image
-        a = numba.carray(f64_at(args_at), (12,))
-        x_at, y_at, res_at, w_at, bias_at = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
-                                             np.int64(a[3]), np.int64(a[4]))
-        positions, kb, mb, mode = np.int64(a[5]), np.int64(a[6]), np.int64(a[7]), np.int64(a[10])
-        lo, hi = np.float32(a[8]), np.float32(a[9])
-        chunk = np.int64(a[11])
-        chunks = (positions + chunk - 1) // chunk   # per image
-        x_len, y_len = kb * positions * BLOCK, mb * positions * BLOCK
-        wp = numba.carray(f32_at(w_at), (kb * BLOCK * mb * BLOCK,))
+    def _conv(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # CONV_ARGS; columns: output groups (two blocks); rows: (image, output row, chunk of
+        # `chunk` positions) units. The input (N, CB, hp, wp, 16) (padded where the conv pads:
+        # every tap of every output position inside it); output (N, MB, oh, ow, 16)
+        a = numba.carray(f64_at(args_at), (CONV_ARGS,))
+        x_at, y_at, res_at, w_at, bias_at, offs_at = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
+                                                      np.int64(a[3]), np.int64(a[4]), np.int64(a[5]))
+        nk, cb, hp, wpos, oh, ow = (np.int64(a[6]), np.int64(a[7]), np.int64(a[8]), np.int64(a[9]),
+                                    np.int64(a[10]), np.int64(a[11]))
+        stride, mb, mode, chunk = np.int64(a[12]), np.int64(a[13]), np.int64(a[14]), np.int64(a[15])
+        lo, hi, n, groups_outer = np.float32(a[16]), np.float32(a[17]), np.int64(a[18]), a[19] != 0
+        x_len, y_len = cb * hp * wpos * BLOCK, mb * oh * ow * BLOCK
+        x = numba.carray(f32_at(x_at), (n * x_len,))
+        y = numba.carray(f32_at(y_at), (n * y_len,))
+        res = numba.carray(f32_at(res_at if mode == EPILOGUE_RES else y_at), (n * y_len,))
+        wp = numba.carray(f32_at(w_at), (nk * BLOCK * mb * BLOCK,))
         bias = numba.carray(f32_at(bias_at), (mb * BLOCK,))
-        for r in range(r0, r1):
-            i = r // chunks
-            q0 = (r - i * chunks) * chunk
-            q1 = min(positions, q0 + chunk)
-            x = numba.carray(f32_at(x_at + 4 * i * x_len), (x_len,))
-            y = numba.carray(f32_at(y_at + 4 * i * y_len), (y_len,))
-            res = numba.carray(f32_at((res_at if mode == EPILOGUE_RES else y_at) + 4 * i * y_len),
-                               (y_len,))
-            pointwise_range(x, wp, bias, res, y, positions, kb, mb, lo, hi, mode, q0, q1, c0, c1)
+        offs = numba.carray(i64_at(offs_at), (nk,))
+        chunks = (ow + chunk - 1) // chunk
+        # `groups_outer`: a group's weights (K x 32: ~300 KB for 3x3 of 256 channels) stay in
+        # L2 while every position of the part meets them (positions outer ran a 3x3 256 -> 256
+        # conv, 2.4 MB of weights, at 41 GMAC/s from L3); else each tile's inputs stay in L1
+        # while every group meets them (small weights: 91 against 78 GMAC/s for 384 -> 64)
+        g_outer0, g_outer1 = (c0, c1) if groups_outer else (0, 1)
+        for go in range(g_outer0, g_outer1):
+            g0, g1 = (go, go + 1) if groups_outer else (c0, c1)
+            for r in range(r0, r1):
+                q = r % chunks
+                rest = r // chunks
+                oy = rest % oh
+                i = rest // oh
+                conv_row(x, i * x_len + oy * stride * wpos * BLOCK, offs, nk, wp,
+                         bias, res, y, i * y_len + oy * ow * BLOCK, oh * ow * BLOCK, q * chunk,
+                         min(ow, q * chunk + chunk), mb, lo, hi, mode, g0, g1)
 
     def _depthwise(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # DEPTHWISE_ARGS; columns: (image, channel block, output row) units
@@ -351,25 +388,32 @@ if numba is not None:
                                           + 4 * (i * block_len + c * positions * BLOCK)),
                                    (positions * BLOCK,))
             lanes = min(BLOCK, c_real - c * BLOCK)
-            if to_blocked:
-                for p in range(positions):
-                    for l in range(BLOCK):
-                        blocked[p * BLOCK + l] = (plain[(c * BLOCK + l) * positions + p]
-                                                  if l < lanes else np.float32(0.0))
-            else:
-                for l in range(lanes):
-                    base = (c * BLOCK + l) * positions
-                    for p in range(positions):
-                        plain[base + p] = blocked[p * BLOCK + l]
+            # 16 positions x 16 channels at a time: the strided side stays in one 1 KB block
+            # (position-major loops over a whole plane ran at ~0.5 ns a value)
+            for p0 in range(0, positions, BLOCK):
+                pn = min(BLOCK, positions - p0)
+                for l in range(BLOCK):
+                    base = (c * BLOCK + l) * positions + p0
+                    if to_blocked:
+                        if l < lanes:
+                            for q in range(pn):
+                                blocked[(p0 + q) * BLOCK + l] = plain[base + q]
+                        else:
+                            for q in range(pn):
+                                blocked[(p0 + q) * BLOCK + l] = np.float32(0.0)
+                    elif l < lanes:
+                        for q in range(pn):
+                            plain[base + q] = blocked[(p0 + q) * BLOCK + l]
 
 
 TILE = 12    # positions of a pointwise tile
-POINTWISE_ARGS, DEPTHWISE_ARGS, REORDER_ARGS = 12, 15, 6
+CONV_ARGS, DEPTHWISE_ARGS, REORDER_ARGS = 20, 15, 6
+GROUPS_OUTER_BYTES = 1 << 20   # weights from which a conv part runs group by group
 
 
-def pointwise():
-    """C callback (native_call.RANGE_SIG) of the pointwise conv, POINTWISE_ARGS packed."""
-    return native_call.callback(_pointwise, POINTWISE_ARGS)
+def conv():
+    """C callback (native_call.RANGE_SIG) of the 1x1 and KxK convs, CONV_ARGS packed."""
+    return native_call.callback(_conv, CONV_ARGS)
 
 
 def depthwise():
@@ -384,7 +428,7 @@ def reorder():
 
 def compile_kernels() -> None:
     """Compile (or load from the disk cache) every callback (`ep_cpu.jit_tier`)."""
-    pointwise(), depthwise(), reorder()
+    conv(), depthwise(), reorder()
     native_call.compile_runner()
 
 
@@ -394,20 +438,61 @@ def available() -> bool:
     return numba is not None and microkernel.wide()
 
 
-def pack_pointwise(w: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """(M, C, 1, 1) weights as the pointwise tiles read them: (packed flat float32, input
-    blocks, output blocks); output channels in groups of two blocks (K, 32), a last single one
-    (K, 16), K = the input blocks' channels; padding channels zero."""
-    m, c = w.shape[:2]
+def pack_conv(w: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(M, C, kh, kw) weights as the conv tiles read them: (packed flat float32, input blocks,
+    output blocks). Row j 16 + i of a group's (K, 16 nv) matrix is input channel 16 cb + i at
+    tap t of k block j = cb taps + t (`conv_offsets`); output channels in groups of two blocks
+    (K, 32), a last single one (K, 16); padding channels zero."""
+    m, c, kh, kw = w.shape
     kb, mb = -(-c // BLOCK), -(-m // BLOCK)
-    wpad = np.zeros((mb * BLOCK, kb * BLOCK), np.float32)
-    wpad[:m, :c] = w.reshape(m, c)
+    taps = kh * kw
+    wpad = np.zeros((mb * BLOCK, kb * BLOCK, taps), np.float32)
+    wpad[:m, :c] = w.reshape(m, c, taps)
+    wk = wpad.reshape(mb * BLOCK, kb, BLOCK, taps).transpose(0, 1, 3, 2).reshape(mb * BLOCK, -1)
     groups, ob = [], 0
     while ob < mb:
         nv = 2 if mb - ob >= 2 else 1
-        groups.append(np.ascontiguousarray(wpad[ob * BLOCK:(ob + nv) * BLOCK].T).reshape(-1))
+        groups.append(np.ascontiguousarray(wk[ob * BLOCK:(ob + nv) * BLOCK].T).reshape(-1))
         ob += nv
     return np.concatenate(groups), kb, mb
+
+
+def conv_offsets(kb: int, kh: int, kw: int, stride: int, hq: int, wq: int) -> np.ndarray:
+    """Offsets (floats) of k block j = cb taps + (ky kw + kx) from an output position's grid
+    position in the stride x stride phase planes of a channel block (`phases`: each hq x wq,
+    plane (cb, py, px) holding the padded input's rows py::stride, columns px::stride), so that
+    the window of every output position is read at unit stride."""
+    cb, ky, kx = np.meshgrid(np.arange(kb), np.arange(kh), np.arange(kw), indexing="ij")
+    plane = (cb * stride + ky % stride) * stride + kx % stride
+    return np.ascontiguousarray(((plane * hq + ky // stride) * wq + kx // stride).reshape(-1) * BLOCK,
+                                dtype=np.int64)
+
+
+def phases(x: np.ndarray, pads: list[int], stride: int, kh: int, kw: int, oh: int,
+           ow: int) -> np.ndarray:
+    """The blocked image x (N, CB, H, W, 16) zero-padded by `pads` (top, left, bottom, right)
+    and split into stride x stride phase planes: (N, CB, stride, stride, hq, wq, 16), plane
+    (py, px) row r, column c holding padded row r stride + py, column c stride + px. Each
+    plane has room for the output grid (oh rows of wq positions) plus the window's reach and
+    one row, so that every tap of every grid position reads inside it."""
+    n, cb, h, w = x.shape[:4]
+    t, l = pads[0], pads[1]
+    s = stride
+    hq = oh + (kh - 1) // s + 1
+    wq = max(ow + (kw - 1) // s, -(-(w + l) // s))
+    hq = max(hq, -(-(h + t) // s))
+    out = np.zeros((n, cb, s, s, hq, wq, BLOCK), np.float32)
+    for py in range(s):
+        for px in range(s):
+            # padded rows py, py + s, ...: input row r = py + s i - t
+            r0 = (t - py + s - 1) // s              # first i with an input row
+            c0 = (l - px + s - 1) // s
+            rows = range(py + s * r0 - t, h, s)
+            cols = range(px + s * c0 - l, w, s)
+            if len(rows) and len(cols):
+                out[:, :, py, px, r0:r0 + len(rows), c0:c0 + len(cols)] = \
+                    x[:, :, rows.start::s, cols.start::s]
+    return out
 
 
 def pack_depthwise(w: np.ndarray) -> np.ndarray:

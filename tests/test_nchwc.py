@@ -117,9 +117,9 @@ def test_an_activation_that_moves_zero_keeps_its_convs_in_nchw():
         np.testing.assert_allclose(o, r, rtol=1e-4, atol=1e-5)
 
 
-def test_a_chain_needing_many_layout_changes_stays_in_nchw():
-    """1x1 convs between 3x3 full convs (a ResNet bottleneck) would need a layout change per
-    conv: not converted."""
+def test_a_chain_too_short_for_its_layout_changes_stays_in_nchw():
+    """Six convs between a layout change in and one out: fewer than REORDERS_PER_CONV convs a
+    change, not converted."""
     rng = np.random.default_rng(3)
     c = 32
     inits, nodes = [], []
@@ -156,3 +156,57 @@ def test_the_numpy_forms_before_the_compile_match_the_compiled_loops(threads, mo
     for c, f, r in zip(compiled, fallback, ref):
         np.testing.assert_allclose(f, c, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(f, r, rtol=1e-4, atol=1e-5)
+
+
+def bottleneck_model(rng, n=1, c=32, h=12, blocks=3) -> bytes:
+    """ResNet bottlenecks: 1x1, 3x3 (the first of stride 2), 1x1 to 4c, + the input (the first
+    block's through a strided 1x1 downsample), Relu; then GlobalAveragePool."""
+    inits, nodes = [], []
+
+    def weight(name, shape):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name))
+        return name
+    x, cin = "x", c
+    for k in range(blocks):
+        s = 2 if k == 0 else 1
+        nodes.append(helper.make_node("Conv", [x, weight(f"w{k}a", (c, cin, 1, 1)), weight(f"b{k}a", (c,))], [f"a{k}"]))
+        nodes.append(helper.make_node("Relu", [f"a{k}"], [f"ar{k}"]))
+        nodes.append(helper.make_node("Conv", [f"ar{k}", weight(f"w{k}b", (c, c, 3, 3)), weight(f"b{k}b", (c,))],
+                                      [f"m{k}"], pads=[1, 1, 1, 1], strides=[s, s]))
+        nodes.append(helper.make_node("Relu", [f"m{k}"], [f"mr{k}"]))
+        nodes.append(helper.make_node("Conv", [f"mr{k}", weight(f"w{k}c", (4 * c, c, 1, 1)), weight(f"b{k}c", (4 * c,))],
+                                      [f"e{k}"]))
+        skip = x
+        if k == 0:
+            nodes.append(helper.make_node("Conv", [x, weight("wd", (4 * c, cin, 1, 1)), weight("bd", (4 * c,))],
+                                          ["down"], strides=[2, 2]))
+            skip = "down"
+        nodes.append(helper.make_node("Add", [f"e{k}", skip], [f"s{k}"]))
+        nodes.append(helper.make_node("Relu", [f"s{k}"], [f"o{k}"]))
+        x, cin = f"o{k}", 4 * c
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [dict(), dict(n=2, c=24, h=9), dict(c=16, h=28)])
+def test_bottleneck_chains_with_3x3_and_strided_convs_run_blocked_and_match(shape, threads, monkeypatch):
+    """3x3 convs of stride 1 and 2 (phase planes, a grid of output positions cropped back) and
+    a strided 1x1 downsample run blocked, as their numpy forms do, and match onnxruntime."""
+    from ep_cpu.kernels import nchwc
+    rng = np.random.default_rng(5)
+    n, c, h = shape.get("n", 1), shape.get("c", 32), shape.get("h", 12)
+    model = bottleneck_model(rng, **shape)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, threads)
+    ops = [node.op_type for node in sess._graph.nodes]
+    blocks = shape.get("blocks", 3)
+    assert ops.count("NchwcConv") == 3 * blocks + 1 and ops.count("ReorderInput") == 1
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(nchwc, "_compiled", lambda: False)
+    _, fallback, _ = run_both(model, x, threads)
+    np.testing.assert_allclose(fallback[0], ref[0], rtol=1e-4, atol=1e-5)

@@ -1,11 +1,12 @@
 """Kernels of the channel-blocked layout (NCHWc) the level-3 rewrite `ep_core.rewrites_layout`
 puts convolution chains in: `ReorderInput` / `ReorderOutput` at the chain's edges and
-`NchwcConv` (1x1 or 3x3 depthwise, bias, residual and a clamp in the tile store) inside.
+`NchwcConv` (one-group convs of any window, or 3x3 depthwise; bias, residual and a clamp in the
+tile store) inside.
 
 A blocked value is (N, C/16, H, W, 16) float32, channels past the real ones zero (every op of a
 chain keeps them zero: zero weights and bias, activations with f(0) = 0). The compiled loops are
-`ep_cpu.conv_nchwc`'s; threads split positions (pointwise), output rows (depthwise) or channel
-blocks (reorders) through `native_call.run_ranges`.
+`ep_cpu.conv_nchwc`'s; threads split output channel groups or positions (convs), output rows
+(depthwise) or channel blocks (reorders) through `native_call.run_ranges`.
 """
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ class ReorderInput(Kernel):
         positions = math.prod(x.shape[2:])
         y = np.empty((n, cb) + x.shape[2:] + (BLOCK,), np.float32)
         args = native_call.pack(native_call.address(x), native_call.address(y), c, cb, positions, 1)
-        native_call.run_ranges(conv_nchwc.reorder(), args, n * cb, 1,
-                               _workers(n * cb, y.size // 8), True, _get_pool)
+        # (a copy: an element counts as a multiply-add for the threads it gets)
+        native_call.run_ranges(conv_nchwc.reorder(), args, n * cb, 1, _workers(n * cb, y.size),
+                               True, _get_pool)
         return y
 
 
@@ -86,22 +88,24 @@ class ReorderOutput(Kernel):
         y = np.empty((n, self.channels) + x.shape[2:-1], np.float32)
         args = native_call.pack(native_call.address(x), native_call.address(y), self.channels, cb,
                                 positions, 0)
-        native_call.run_ranges(conv_nchwc.reorder(), args, n * cb, 1,
-                               _workers(n * cb, x.size // 8), True, _get_pool)
+        native_call.run_ranges(conv_nchwc.reorder(), args, n * cb, 1, _workers(n * cb, x.size),
+                               True, _get_pool)
         return y
 
 
 @kernel("NchwcConv", domain=DOMAIN)
 class NchwcConv(Kernel):
-    """y = clamp(conv(x, W) + B + Z) on blocked x, Z, y: `kind` "pointwise" (1x1, stride 1, no
-    padding) or "depthwise" (3x3, one channel a group, padding 1, `strides` 1 or 2). W (the
-    ONNX weight, (M, C, kh, kw)) and B are session constants, packed here once; `activation`
-    / `activation_params` as FusedConv's (Relu or a Clip that keeps 0)."""
+    """y = clamp(conv(x, W) + B + Z) on blocked x, Z, y. `kind`: "conv" (one group, a
+    kernel_shape x `pads` / `strides` window: 1x1 convs, 3x3 ones...) or "depthwise" (3x3, one
+    channel a group, padding 1, `strides` 1 or 2). W (the ONNX weight, (M, C, kh, kw)) and B are
+    session constants, packed here once; `activation` / `activation_params` as FusedConv's (Relu
+    or a Clip that keeps 0)."""
 
     def __init__(self, node, ctx):
         super().__init__(node, ctx)
         self.kind = self.attr("kind")
         self.stride = int((self.attr("strides") or [1, 1])[0])
+        self.pads = [int(p) for p in (self.attr("pads") or [0, 0, 0, 0])]
         w = ctx.constant_input(1)
         b = ctx.constant_input(2) if len(node.inputs) > 2 and node.inputs[2] else None
         if w is None or (len(node.inputs) > 2 and node.inputs[2] and b is None):
@@ -110,53 +114,94 @@ class NchwcConv(Kernel):
         m = w.shape[0]
         self.mb = -(-m // BLOCK)
         self.weight = np.asarray(w, np.float32)   # (the numpy form's, until compiled)
-        if self.kind == "pointwise":
-            self.w, self.kb, _ = conv_nchwc.pack_pointwise(np.asarray(w, np.float32))
+        self.kh, self.kw = self.weight.shape[2:]
+        if self.kind == "conv":
+            self.w, self.kb, _ = conv_nchwc.pack_conv(self.weight)
         else:
-            self.w = conv_nchwc.pack_depthwise(np.asarray(w, np.float32))
+            self.w = conv_nchwc.pack_depthwise(self.weight)
         self.bias = conv_nchwc.padded(b, self.mb * BLOCK)
-        self.macs_per_position = (self.kb * BLOCK if self.kind == "pointwise" else 9) * self.mb * BLOCK
+        self.offsets: dict[tuple, np.ndarray] = {}   # (hp, wp) -> conv_offsets
+
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.kind == "depthwise":
+            return (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
+        t, l, b, r = self.pads[0], self.pads[1], self.pads[2], self.pads[3]
+        return ((h + t + b - self.kh) // self.stride + 1, (w + l + r - self.kw) // self.stride + 1)
 
     def compute(self, x, w, b=None, z=None):
         x = _f32(x)
         n, cb, h, wd = x.shape[:4]
-        if self.kind == "pointwise":
-            oh, ow = h, wd
-        else:
-            oh, ow = (h - 1) // self.stride + 1, (wd - 1) // self.stride + 1
+        oh, ow = self._out_size(h, wd)
         y = np.empty((n, self.mb, oh, ow, BLOCK), np.float32)
-        res_at = 0
         if z is not None:
             z = _f32(z)
             if z.shape != y.shape:
                 raise ValueError(f"NchwcConv '{self.node.name}': residual of shape {z.shape}, "
                                  f"expected {y.shape}")
-            res_at = native_call.address(z)
         if not _compiled():
             return self._numpy(x, z, y.shape)
-        x_at, y_at = native_call.address(x), native_call.address(y)
-        w_at, b_at = native_call.address(self.w), native_call.address(self.bias)
-        macs = n * oh * ow * self.macs_per_position // (1 if self.kind == "pointwise" else BLOCK)
-        if self.kind == "pointwise":
-            positions = h * wd
-            groups = -(-self.mb // 2)
-            # Threads split the output groups where the weights outweigh the image (a small
-            # map: each thread then reads only its share of them), else the positions
-            by_groups = self.w.size > n * x.shape[1] * positions * BLOCK
-            workers = _workers(groups if by_groups else -(-n * positions // TILE), macs)
-            chunk = positions if by_groups or workers <= 1 else \
-                max(TILE, -(-positions // (2 * workers) // TILE) * TILE)
-            args = native_call.pack(x_at, y_at, res_at, w_at, b_at, positions, self.kb, self.mb,
-                                    self.lo, self.hi, EPILOGUE_RES if z is not None else EPILOGUE,
-                                    chunk)
-            native_call.run_ranges(conv_nchwc.pointwise(), args, groups, n * -(-positions // chunk),
-                                   workers, by_groups, _get_pool)
-            return y
-        args = native_call.pack(x_at, y_at, res_at, w_at, b_at, cb, h, wd, oh, ow, self.stride,
-                                self.lo, self.hi, z is not None, n)
+        res_at = 0 if z is None else native_call.address(z)
+        if self.kind == "conv":
+            return self._conv(x, y, z, res_at)
+        macs = n * oh * ow * 9 * self.mb
+        args = native_call.pack(native_call.address(x), native_call.address(y), res_at,
+                                native_call.address(self.w), native_call.address(self.bias), cb, h,
+                                wd, oh, ow, self.stride, self.lo, self.hi, z is not None, n)
         units = n * cb * oh
         native_call.run_ranges(conv_nchwc.depthwise(), args, units, 1, _workers(units, macs), True,
                                _get_pool)
+        return y
+
+    def _conv(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, res_at: int) -> np.ndarray:
+        n, cb, h, wd = x.shape[:4]
+        _, mb, oh, ow = y.shape[:4]
+        s = self.stride
+        if self.kh == self.kw == 1 and not any(self.pads):
+            if s > 1:   # a strided 1x1 conv is the 1x1 conv of the subsampled image
+                x = np.ascontiguousarray(x[:, :, ::s, ::s])
+            hq, wq, s_planes = oh, ow, 1
+            grid = oh * ow
+        else:
+            # Every window at unit stride: the padded image's stride x stride phase planes, and
+            # the output positions as a grid of oh rows of wq positions, rows after rows (a tile
+            # may span rows; the grid columns past ow are computed and dropped): a 7x7 map runs
+            # 12-position tiles instead of 7 = 4 + 2 + 1 a row
+            x = conv_nchwc.phases(x, self.pads, s, self.kh, self.kw, oh, ow)
+            hq, wq, s_planes = x.shape[4], x.shape[5], s
+            grid = oh * wq
+        out = y
+        crop = wq != ow
+        if crop:
+            out = np.empty((n, mb, grid, BLOCK), np.float32)
+            if z is not None:   # the residual in the grid's positions too
+                zg = np.zeros((n, mb, oh, wq, BLOCK), np.float32)
+                zg[:, :, :, :ow] = z
+                z = zg
+                res_at = native_call.address(z)
+        key = (hq, wq, s_planes)
+        offs = self.offsets.get(key)
+        if offs is None:
+            offs = self.offsets[key] = conv_nchwc.conv_offsets(self.kb, self.kh, self.kw, s_planes, hq, wq)
+        hp, wp, oh_run, ow_run, s = 1, x.size // (n * cb * BLOCK), 1, grid, 1
+        groups = -(-mb // 2)
+        macs = n * oh * ow * offs.size * BLOCK * mb * BLOCK
+        # Threads split the output groups where the weights outweigh the image (a small map:
+        # each thread then reads only its share of them), else the output rows / positions
+        by_groups = self.w.size > x.size
+        rows = n * oh_run
+        workers = _workers(groups if by_groups else max(rows, -(-n * oh * ow // TILE)), macs)
+        chunk = ow_run
+        if not by_groups and workers > 1 and rows < 2 * workers:
+            chunk = max(TILE, -(-ow_run // (-(-2 * workers // rows)) // TILE) * TILE)
+        args = native_call.pack(
+            native_call.address(x), native_call.address(out), res_at, native_call.address(self.w),
+            native_call.address(self.bias), native_call.address(offs), offs.size, cb, hp, wp, oh_run,
+            ow_run, s, mb, EPILOGUE_RES if z is not None else EPILOGUE, chunk, self.lo, self.hi, n,
+            4 * self.w.size >= conv_nchwc.GROUPS_OUTER_BYTES)
+        native_call.run_ranges(conv_nchwc.conv(), args, groups, rows * -(-ow_run // chunk), workers,
+                               by_groups, _get_pool)
+        if crop:
+            y[...] = out.reshape(n, mb, oh, wq, BLOCK)[:, :, :, :ow]
         return y
 
     def _numpy(self, x: np.ndarray, z: np.ndarray | None, y_shape: tuple) -> np.ndarray:
@@ -164,11 +209,17 @@ class NchwcConv(Kernel):
         n, mb, oh, ow = y_shape[:4]
         m = self.weight.shape[0]
         bias = self.bias.reshape(1, mb, 1, 1, BLOCK)
-        if self.kind == "pointwise":
-            xs = plain_numpy(x, x.shape[1] * BLOCK)   # (N, CB*16, H, W)
-            c = self.weight.shape[1]
-            y = np.einsum("mc,nchw->nmhw", self.weight.reshape(m, c), xs[:, :c])
-            y = blocked_numpy(y) + bias
+        if self.kind == "conv":
+            xs = plain_numpy(x, self.weight.shape[1])   # (N, C, H, W)
+            t, l, b, r = self.pads
+            xs = np.pad(xs, ((0, 0), (0, 0), (t, b), (l, r)))
+            s = self.stride
+            y = np.zeros((n, m, oh * ow), np.float32)
+            for ky in range(self.kh):
+                for kx in range(self.kw):   # a BLAS product a tap
+                    tap = xs[:, :, ky:ky + s * (oh - 1) + 1:s, kx:kx + s * (ow - 1) + 1:s]
+                    y += np.matmul(self.weight[:, :, ky, kx], tap.reshape(n, tap.shape[1], -1))
+            y = blocked_numpy(y.reshape(n, m, oh, ow)) + bias
         else:
             wt = self.w.reshape(-1, 9, BLOCK)   # (CB, 9, 16)
             s = self.stride
