@@ -49,6 +49,7 @@ class NchwcLayout(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
+        self._blocks: dict = {}
         order = [n for n in nodes_in_order(graph) if ed.alive(n)]
         kinds = {}   # node -> "conv" / "eltwise" (candidates, before grouping)
         blocked: set[str] = set()   # values candidates produce (would be blocked)
@@ -82,8 +83,10 @@ class NchwcLayout(Rewrite):
     # --- which nodes ----------------------------------------------------------------------------
     def _owner_ok(self, n: Node) -> bool:
         owner = self.ctx.provider_for(n) if self.ctx.assigned is not None else None
-        block = getattr(owner, "nchwc_block", None)   # (a duck-typed plugin may lack it)
-        return block is not None and block() == BLOCK
+        if owner not in self._blocks:   # asked once a provider and graph
+            block = getattr(owner, "nchwc_block", None)   # (a duck-typed plugin may lack it)
+            self._blocks[owner] = block is not None and block() == BLOCK
+        return self._blocks[owner]
 
     def _conv_kind(self, ed: GraphEditor, n: Node) -> str | None:
         if n.op_type == "Conv" and n.domain == "":

@@ -101,6 +101,24 @@ def ready(name: str, build: Callable[[], Any]) -> bool:
     return False
 
 
+def start(name: str, build: Callable[[], Any]) -> bool:
+    """Whether family `name` is built and may run now; if it was never requested, its build
+    starts on the background thread without waiting for it (callers that can decide later).
+    In sync mode it is built here, as `ready` does."""
+    b = _builds.get(name)
+    if b is not None and b.done.is_set():
+        return b.ok
+    if sync():
+        return ready(name, build)
+    with _lock:
+        if name not in _builds:
+            _builds[name] = b = _Build(name, build)
+            _queue.append(b)
+            _start_worker()
+            _wake.notify()
+    return False
+
+
 def wait(timeout: float | None = None) -> bool:
     """Block until every requested build has finished; False if `timeout` ran out first."""
     for b in list(_builds.values()):

@@ -227,10 +227,11 @@ class CPUExecutionProvider(ExecutionProvider):
 
     def nchwc_block(self) -> int:
         """Channels a block of the channel-blocked layout this provider's convolution chains run
-        in (`ep_core.rewrites_layout`; 16 with AVX-512), 0 where it has no blocked kernels.
-        Called by the level-3 rewrite while the session is built."""
+        in (`ep_core.rewrites_layout`; 16 with AVX-512), 0 where it has no blocked kernels or
+        they are not compiled yet (`conv_nchwc.ready`: on an empty disk cache the first session
+        stays in NCHW while they compile). Called by the level-3 rewrite at session build."""
         from . import conv_nchwc
-        return conv_nchwc.BLOCK if conv_nchwc.available() else 0
+        return conv_nchwc.BLOCK if conv_nchwc.available() and conv_nchwc.ready() else 0
 
     def compile(self, fused_node: Node, subgraph: Graph) -> Callable[..., Sequence[Any]]:
         """The compute callable of a fused node made from one of our MetaDefs: built from the

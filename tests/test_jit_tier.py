@@ -187,3 +187,14 @@ def test_conv_waiting_for_the_implicit_conv_takes_im2col_not_winograd(background
     paths.clear()                            # (the build ran the implicit conv on small maps)
     np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
     assert paths == ["implicit"]
+
+
+def test_start_queues_a_build_without_waiting_and_reports_it_once_done(background):
+    """`start` returns at once (False) and builds on the background thread; later calls say
+    whether it has finished; a family `ready` already built is reported built."""
+    gate, built = threading.Event(), []
+    assert jit_tier.start("started_family", lambda: (gate.wait(10), built.append(1))) is False
+    assert jit_tier.start("started_family", lambda: built.append(2)) is False   # queued once
+    gate.set()
+    assert jit_tier.wait(10)
+    assert jit_tier.start("started_family", lambda: built.append(3)) is True and built == [1]

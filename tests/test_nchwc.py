@@ -210,3 +210,24 @@ def test_bottleneck_chains_with_3x3_and_strided_convs_run_blocked_and_match(shap
     monkeypatch.setattr(nchwc, "_compiled", lambda: False)
     _, fallback, _ = run_both(model, x, threads)
     np.testing.assert_allclose(fallback[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_session_built_before_the_loops_are_compiled_stays_in_nchw(monkeypatch):
+    """On an empty disk cache the blocked loops compile on the background thread (~3 s) and the
+    session being built keeps NCHW (no wait, no numpy forms on its first run); with them on
+    disk the build waits for their load and converts."""
+    from ep_cpu import conv_nchwc, jit_tier
+    from ep_cpu.provider import CPUExecutionProvider
+    started = []
+    monkeypatch.setattr(jit_tier, "sync", lambda: False)
+    monkeypatch.setattr(jit_tier, "start", lambda name, build: started.append(name) or False)
+    monkeypatch.setattr(conv_nchwc, "_disk_cache", {"found": False})
+    rng = np.random.default_rng(6)
+    model = inverted_residual_model(rng)
+    sess = ep_core.InferenceSession(model, providers=["cpu"])
+    assert started == ["conv_nchwc"] and CPUExecutionProvider().nchwc_block() == 0
+    assert not any(n.op_type in BLOCKED_OPS for n in sess._graph.nodes)
+    monkeypatch.setattr(conv_nchwc, "_disk_cache", {"found": True})
+    monkeypatch.setattr(jit_tier, "ready", lambda name, build: True)
+    sess = ep_core.InferenceSession(model, providers=["cpu"])
+    assert any(n.op_type == "NchwcConv" for n in sess._graph.nodes)

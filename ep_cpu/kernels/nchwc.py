@@ -204,22 +204,39 @@ class NchwcConv(Kernel):
             y[...] = out.reshape(n, mb, oh, wq, BLOCK)[:, :, :, :ow]
         return y
 
+    def weights_last(self) -> np.ndarray:
+        """(kh, kw, K, M) padded weights of the numpy form, made on its first use."""
+        wl = self.__dict__.get("_weights_last")
+        if wl is None:
+            m, c = self.weight.shape[:2]
+            wl = np.zeros((self.kh, self.kw, self.kb * BLOCK, self.mb * BLOCK), np.float32)
+            wl[:, :, :c, :m] = self.weight.transpose(2, 3, 1, 0)
+            self._weights_last = wl
+        return wl
+
     def _numpy(self, x: np.ndarray, z: np.ndarray | None, y_shape: tuple) -> np.ndarray:
         """The same conv in numpy, on the blocked arrays."""
         n, mb, oh, ow = y_shape[:4]
         m = self.weight.shape[0]
         bias = self.bias.reshape(1, mb, 1, 1, BLOCK)
         if self.kind == "conv":
-            xs = plain_numpy(x, self.weight.shape[1])   # (N, C, H, W)
+            # channels last (N, H, W, K): a tap's window of every position is a (positions, K)
+            # matrix; one BLAS product a tap into (positions, M) sums, few copies (the first
+            # runs of a cold process pay a page fault per fresh page)
+            cb = x.shape[1]
             t, l, b, r = self.pads
-            xs = np.pad(xs, ((0, 0), (0, 0), (t, b), (l, r)))
             s = self.stride
-            y = np.zeros((n, m, oh * ow), np.float32)
+            h, w = x.shape[2:4]
+            xl = np.zeros((n, h + t + b, w + l + r, cb * BLOCK), np.float32)
+            xl[:, t:t + h, l:l + w] = x.transpose(0, 2, 3, 1, 4).reshape(n, h, w, cb * BLOCK)
+            wl = self.weights_last()
+            y = None
             for ky in range(self.kh):
-                for kx in range(self.kw):   # a BLAS product a tap
-                    tap = xs[:, :, ky:ky + s * (oh - 1) + 1:s, kx:kx + s * (ow - 1) + 1:s]
-                    y += np.matmul(self.weight[:, :, ky, kx], tap.reshape(n, tap.shape[1], -1))
-            y = blocked_numpy(y.reshape(n, m, oh, ow)) + bias
+                for kx in range(self.kw):
+                    tap = xl[:, ky:ky + s * (oh - 1) + 1:s, kx:kx + s * (ow - 1) + 1:s]
+                    part = np.matmul(tap.reshape(-1, cb * BLOCK), wl[ky, kx])
+                    y = part if y is None else np.add(y, part, out=y)
+            y = y.reshape(n, oh, ow, mb, BLOCK).transpose(0, 3, 1, 2, 4) + bias
         else:
             wt = self.w.reshape(-1, 9, BLOCK)   # (CB, 9, 16)
             s = self.stride
