@@ -1,8 +1,15 @@
 """Convolutions on channel-blocked activations (NCHWc: (N, C/16, H, W, 16)), AVX-512.
 
-Feasibility kernel: a 1x1 conv whose tile is `mr` positions x `nv` blocks of 16 output channels.
-Each k step broadcasts one input channel of `mr` positions (contiguous 16-float rows of the
-blocked image) and multiplies it by `nv` weight vectors (packed (K, 16 nv) per output group).
+The conv tile is `mr` positions x `nv` blocks of 16 output channels, its sums in registers:
+each k step broadcasts one input channel of the `mr` positions (16-float rows of the blocked
+image, side by side) and multiplies it by `nv` weight vectors (packed (K, 16 nv) per output
+group). The k blocks (16 input channels at one tap) are read through a table of offsets, so one
+tile serves 1x1 convs, KxK convs (over the padded image's stride-phase planes: every window at
+unit stride) and strided 1x1 convs (the subsampled image). Depthwise 3x3 convs run 16 channels
+a vector, 8 positions in flight. The tiles and rows are LLVM IR (`llvm.fma`) through numba's
+`intrinsic`, as `ep_cpu.microkernel`'s; the drivers are `native_call` range callbacks, and live
+in this file with them (numba's disk cache checks only the cached function's own file).
+The kernels are `ep_cpu/kernels/nchwc.py`; `ep_core/rewrites_layout.py` chooses the chains.
 """
 from __future__ import annotations
 
@@ -25,6 +32,12 @@ RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
 
 
 def _make_blocked_micro(mr: int, nv: int):
+    """micro(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, bias_off, res, lo, hi, mode):
+    the tile of `mr` positions (16-float rows from x + x_off) x `nv` output blocks over `kb`
+    k blocks, block j's inputs at x + x_off + offs[j] (+ 16 r + i) and its weights the (16, 16
+    nv) rows at w + w_off + 256 nv j; stored at y + y_off + 16 r (+ yvs per output block) with
+    `mode` RAW (the sums), EPILOGUE (+ bias[bias_off + 16 h + l], clamped to [lo, hi]) or
+    EPILOGUE_RES (+ res at y's offsets before the clamp)."""
     i64, f32 = ir.IntType(64), ir.FloatType()
     vec = ir.VectorType(f32, BLOCK)
 
