@@ -52,30 +52,14 @@ def _make_blocked_micro(mr: int, nv: int):
             (x_v, x_o, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
              mode_v) = args
             tys = signature.args
-
-            def data(k, value):
-                return context.make_array(tys[k])(context, builder, value).data
-
-            def const(value):
-                return ir.Constant(i64, value)
-
-            x = builder.gep(data(0, x_v), [x_o])
-            offs = data(2, offs_v)
-            w = builder.gep(data(3, w_v), [w_o])
-            y = builder.gep(data(6, y_v), [y_o])
-            res = builder.gep(data(11, r_v), [y_o])
-            bias = builder.gep(data(9, b_v), [b_o])
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                 "llvm.fma.v16f32")
-            undef, zero_i32 = ir.Constant(vec, ir.Undefined), ir.Constant(ir.IntType(32), 0)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK)
-
-            def broadcast(scalar):
-                return builder.shuffle_vector(builder.insert_element(undef, scalar, zero_i32),
-                                              undef, splat)
-
-            def vec_ptr(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+            vir = VectorIR(builder)
+            const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
+            x = vir.data(context, tys[0], x_v, x_o)
+            offs = vir.data(context, tys[2], offs_v)
+            w = vir.data(context, tys[3], w_v, w_o)
+            y = vir.data(context, tys[6], y_v, y_o)
+            res = vir.data(context, tys[11], r_v, y_o)
+            bias = vir.data(context, tys[9], b_v, b_o)
 
             accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
                     for _ in range(mr * nv)]
@@ -130,8 +114,7 @@ def _make_depthwise_row():
     instead; the positions whose taps are all inside the row run GROUP at a time with no
     checks (GROUP sums in registers: one sum's nine FMAs in a chain waited on each other), the
     edge ones with a check per tap."""
-    i64, f32 = ir.IntType(64), ir.FloatType()
-    vec = ir.VectorType(f32, BLOCK)
+    vec = ir.VectorType(ir.FloatType(), BLOCK)
 
     @intrinsic
     def dw_row(typingctx, x_arr, x_off, h, w, iy0, y_arr, y_off, ow, stride, wt_arr, w_off,
@@ -144,32 +127,16 @@ def _make_depthwise_row():
             (x_v, x_o, h_v, w_v, iy0_v, y_v, y_o, ow_v, s_v, wt_v, w_o, b_v, b_o, r_v, hr_v,
              lo_v, hi_v, z_v) = args
             tys = signature.args
-
-            def data(k, value):
-                return context.make_array(tys[k])(context, builder, value).data
-
-            def const(value):
-                return ir.Constant(i64, value)
-
-            def vec_ptr(base, offset):
-                return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
-
-            x = builder.gep(data(0, x_v), [x_o])
-            y = builder.gep(data(5, y_v), [y_o])
-            res = builder.gep(data(13, r_v), [y_o])
-            wt = builder.gep(data(9, wt_v), [w_o])
-            zeros = data(17, z_v)
-            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                                 "llvm.fma.v16f32")
-            undef, zero_i32 = ir.Constant(vec, ir.Undefined), ir.Constant(ir.IntType(32), 0)
-            splat = ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), [0] * BLOCK)
-
-            def broadcast(scalar):
-                return builder.shuffle_vector(builder.insert_element(undef, scalar, zero_i32),
-                                              undef, splat)
+            vir = VectorIR(builder)
+            const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
+            x = vir.data(context, tys[0], x_v, x_o)
+            y = vir.data(context, tys[5], y_v, y_o)
+            res = vir.data(context, tys[13], r_v, y_o)
+            wt = vir.data(context, tys[9], wt_v, w_o)
+            zeros = vir.data(context, tys[17], z_v)
 
             taps = [builder.load(vec_ptr(wt, const(t * BLOCK)), align=4) for t in range(9)]
-            bias = builder.load(vec_ptr(builder.gep(data(11, b_v), [b_o]), const(0)), align=4)
+            bias = builder.load(vec_ptr(vir.data(context, tys[11], b_v, b_o), const(0)), align=4)
             lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
             add_res = builder.icmp_signed("!=", hr_v, const(0))
             rows = []

@@ -217,7 +217,6 @@ class NchwcConv(Kernel):
     def _numpy(self, x: np.ndarray, z: np.ndarray | None, y_shape: tuple) -> np.ndarray:
         """The same conv in numpy, on the blocked arrays."""
         n, mb, oh, ow = y_shape[:4]
-        m = self.weight.shape[0]
         bias = self.bias.reshape(1, mb, 1, 1, BLOCK)
         if self.kind == "conv":
             # channels last (N, H, W, K): a tap's window of every position is a (positions, K)
