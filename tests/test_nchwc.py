@@ -231,3 +231,18 @@ def test_a_session_built_before_the_loops_are_compiled_stays_in_nchw(monkeypatch
     monkeypatch.setattr(jit_tier, "ready", lambda name, build: True)
     sess = ep_core.InferenceSession(model, providers=["cpu"])
     assert any(n.op_type == "NchwcConv" for n in sess._graph.nodes)
+
+
+def test_an_optimized_model_with_blocked_ops_reloads_and_runs(tmp_path):
+    """`optimized_model_filepath` writes the blocked chain (com.ep_core ops); a session of that
+    file runs it as it is and gives the same outputs."""
+    rng = np.random.default_rng(7)
+    model = inverted_residual_model(rng)
+    x = rng.standard_normal((1, 24, 14, 14)).astype(np.float32)
+    so = ep_core.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "blocked.onnx")
+    first = ep_core.InferenceSession(model, so, providers=["cpu"]).run(None, {"x": x})
+    again = ep_core.InferenceSession(str(tmp_path / "blocked.onnx"), providers=["cpu"])
+    assert [n.op_type for n in again._graph.nodes].count("NchwcConv") == 9
+    for a, b in zip(first, again.run(None, {"x": x})):
+        np.testing.assert_array_equal(a, b)
