@@ -75,8 +75,9 @@ class FeedSpec:
 
 def plain_feeds(input_feed: Any, spec: FeedSpec) -> dict[str, Any] | None:
     """`input_feed` itself when it needs no conversion: exactly the required inputs, each a
-    C-contiguous host array of its declared dtype and static shape (a streaming model's run:
-    ~1 us where the general check took ~4 in a run); else None (take `check_feeds`)."""
+    C-contiguous host array of its declared dtype and static shape (the VAD step's three feeds:
+    2.5 us in the run against 3.8 through the general check, per-call timers included); else
+    None (take `check_feeds`)."""
     if type(input_feed) is not dict or input_feed.keys() != spec.required_names:
         return None
     static = spec.static_tensors
