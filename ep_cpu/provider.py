@@ -24,8 +24,9 @@ class _ThreadLimits:
     Every run enters this, so entering costs as little as Python allows: what a thread count
     sets (BLAS's count, whether BLAS is held) is worked out once per count (`_Limit`), the BLAS
     libraries are set through their own get/set entry points (a ctypes call each, see
-    `gemm.blas_thread_controls`) and only where their count differs. A streaming model's run
-    (~100 us) spent ~9 us here when each run rebuilt its limit."""
+    `gemm.blas_thread_controls`), in one compiled call once it is built, and only where their
+    count differs. A streaming model's run (~95 us) spent 7-9 us in this context, ~5 now (in
+    the model, where its code is cold; ~2.5 in a loop of its own)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -56,7 +57,7 @@ class _ThreadLimits:
         blas_threads = 1 if hold else threads
         with self._lock:
             entries = gemm.blas_entry_points() if _blas_compiled() else None
-            if entries is not None:   # one compiled call: ~0.3 us where the ctypes calls took ~3
+            if entries is not None:   # one compiled call (~0.25 us hot) for the ctypes calls' ~2
                 before = np.empty(entries.size // 2, dtype=np.int64)
                 _imported[2].set_blas_threads(entries, before, blas_threads)
                 restore = (entries, before)
