@@ -113,14 +113,14 @@ class NchwcConv(Kernel):
         self.lo, self.hi = clamp_of(self.attr("activation"), self.attr("activation_params"))
         m = w.shape[0]
         self.mb = -(-m // BLOCK)
-        self.weight = np.asarray(w, np.float32)   # (the numpy form's, until compiled)
+        self.weight = np.asarray(w, np.float32)   # (the numpy forms')
         self.kh, self.kw = self.weight.shape[2:]
         if self.kind == "conv":
             self.w, self.kb, _ = conv_nchwc.pack_conv(self.weight)
         else:
             self.w = conv_nchwc.pack_depthwise(self.weight)
         self.bias = conv_nchwc.padded(b, self.mb * BLOCK)
-        self.offsets: dict[tuple, np.ndarray] = {}   # (hp, wp) -> conv_offsets
+        self.offsets: dict[tuple, np.ndarray] = {}   # (hq, wq, stride planes) -> conv_offsets
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         if self.kind == "depthwise":
