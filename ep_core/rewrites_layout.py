@@ -49,12 +49,12 @@ class NchwcLayout(Rewrite):
 
     def apply(self, graph: Graph) -> bool:
         ed = self.editor(graph)
-        self._blocks: dict = {}
+        blocks: dict = {}   # provider -> whether it takes the blocked ops (asked once a graph)
         order = [n for n in nodes_in_order(graph) if ed.alive(n)]
         kinds = {}   # node -> "conv" / "eltwise" (candidates, before grouping)
         blocked: set[str] = set()   # values candidates produce (would be blocked)
         for n in order:
-            if self._owner_ok(n):
+            if self._owner_ok(n, blocks):
                 kind = self._conv_kind(ed, n)
                 if kind is not None:
                     kinds[n] = kind
@@ -81,12 +81,12 @@ class NchwcLayout(Rewrite):
         return True
 
     # --- which nodes ----------------------------------------------------------------------------
-    def _owner_ok(self, n: Node) -> bool:
+    def _owner_ok(self, n: Node, blocks: dict) -> bool:
         owner = self.ctx.provider_for(n) if self.ctx.assigned is not None else None
-        if owner not in self._blocks:   # asked once a provider and graph
+        if owner not in blocks:
             block = getattr(owner, "nchwc_block", None)   # (a duck-typed plugin may lack it)
-            self._blocks[owner] = block is not None and block() == BLOCK
-        return self._blocks[owner]
+            blocks[owner] = block is not None and block() == BLOCK
+        return blocks[owner]
 
     def _conv_kind(self, ed: GraphEditor, n: Node) -> str | None:
         if n.op_type == "Conv" and n.domain == "":

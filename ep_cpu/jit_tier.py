@@ -84,15 +84,7 @@ def ready(name: str, build: Callable[[], Any]) -> bool:
                 b = _builds[name] = _Build(name, build)
                 _run(b)
         return b.ok
-    first = False
-    with _lock:
-        b = _builds.get(name)
-        if b is None:
-            b = _builds[name] = _Build(name, build)
-            _queue.append(b)
-            _start_worker()
-            _wake.notify()
-            first = True
+    b, first = _request(name, build)
     if not first or cold:
         return b.done.is_set() and b.ok
     if b.done.wait(WAIT_S):
@@ -110,13 +102,21 @@ def start(name: str, build: Callable[[], Any]) -> bool:
         return b.ok
     if sync():
         return ready(name, build)
-    with _lock:
-        if name not in _builds:
-            _builds[name] = b = _Build(name, build)
-            _queue.append(b)
-            _start_worker()
-            _wake.notify()
+    _request(name, build)
     return False
+
+
+def _request(name: str, build: Callable[[], Any]) -> tuple[_Build, bool]:
+    """(family `name`'s build, whether this call queued it for the background thread)."""
+    with _lock:
+        b = _builds.get(name)
+        if b is not None:
+            return b, False
+        b = _builds[name] = _Build(name, build)
+        _queue.append(b)
+        _start_worker()
+        _wake.notify()
+        return b, True
 
 
 def wait(timeout: float | None = None) -> bool:

@@ -33,6 +33,7 @@ class _ThreadLimits:
         self._active = 0
         self._saved: tuple[int, list] | None = None   # (gemm threads, [(set, count before)])
         self._by_threads: dict[int, _Limit] = {}
+        self._counts: tuple | None = None   # (BLAS entry points, counts saved, scratch counts)
 
     def limit(self, threads: int) -> "_Limit | nullcontext":
         """The context of a run with `threads` intra-op threads (0 or less: the default)."""
@@ -58,7 +59,12 @@ class _ThreadLimits:
         with self._lock:
             entries = gemm.blas_entry_points() if _blas_compiled() else None
             if entries is not None:   # one compiled call (~0.25 us hot) for the ctypes calls' ~2
-                before = np.empty(entries.size // 2, dtype=np.int64)
+                # the counts before: kept for the last run out where this run is the first in
+                # (arrays made once per set of libraries: no allocation a run)
+                if self._counts is None or self._counts[0] is not entries:
+                    self._counts = (entries, np.empty(entries.size // 2, dtype=np.int64),
+                                    np.empty(entries.size // 2, dtype=np.int64))
+                before = self._counts[1 if self._active == 0 else 2]
                 _imported[2].set_blas_threads(entries, before, blas_threads)
                 restore = (entries, before)
             else:
