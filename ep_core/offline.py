@@ -130,7 +130,10 @@ def graph_to_proto(graph: Graph, external: _ExternalData | None, nodes: list[Nod
     nodes = graph.nodes if nodes is None else nodes
     gp = onnx.GraphProto(name=graph.name or "graph")
     gp.node.extend(_node_proto(n, rename or {}) for n in nodes)
-    gp.input.extend(_value_info(v, graph.type_of) for v in graph.inputs)
+    # an IR < 4 model lists its initializers as inputs, constants all the same: written at IR
+    # >= 4 (below) they would become overridable, so only the feedable inputs are listed
+    constants = graph.constant_initializers()
+    gp.input.extend(_value_info(v, graph.type_of) for v in graph.inputs if v.name not in constants)
     gp.output.extend(_value_info(v, graph.type_of) for v in graph.outputs)
     gp.initializer.extend(_tensor(k, v, external) for k, v in graph.initializers.items())
     declared = {v.name for v in graph.inputs} | {v.name for v in graph.outputs} | set(graph.initializers)

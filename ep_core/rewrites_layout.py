@@ -12,9 +12,11 @@ Convertible (float32, 4-D, static shapes, every node owned by a provider whose
 `nchwc_block()` is 16 and that has the blocked kernels):
 - Conv / FusedConv of one group (any window, padding and equal strides: 1x1, 3x3, a strided
   1x1 downsample) or 3x3 depthwise (one channel a group, padding 1, stride 1 or 2), constant
-  weight and bias, no activation or Relu or a Clip that keeps
-  0 (the padding channels must stay zero), a residual Z of the output's shape;
-- Add of two blocked values of one shape, Relu, and Clip keeping 0, on blocked inputs.
+  weight and bias, an activation that keeps 0 (the padding channels must stay zero): none,
+  Relu, a Clip around 0, Silu, Tanh or Gelu; a residual Z of the output's shape;
+- on blocked inputs: Add of two values of one shape, Relu, Clip keeping 0; Concat and Split on
+  the channels where every part but the last is whole blocks (a YOLO C2f block's halves); MaxPool
+  (no dilations, floor rounding); Resize of H and W only (nearest, not tf_crop_and_resize).
 """
 from __future__ import annotations
 
@@ -34,8 +36,12 @@ REORDERS_PER_CONV = 4
 MAX_PADDING = 2.0
 
 
-def _clamp_keeps_zero(activation: str | None, params) -> bool:
-    if activation in (None, "Relu"):
+# activations with f(0) = 0 the blocked conv applies after its clamp (Relu and Clip are clamps)
+STORED_ACTIVATIONS = ("Silu", "Tanh", "Gelu")
+
+
+def _keeps_zero(activation: str | None, params) -> bool:
+    if activation in (None, "Relu") or activation in STORED_ACTIVATIONS:
         return True
     if activation == "Clip":
         lo, hi = (list(params or []) + [-np.inf, np.inf])[:2]
@@ -51,27 +57,26 @@ class NchwcLayout(Rewrite):
         ed = self.editor(graph)
         blocks: dict = {}   # provider -> whether it takes the blocked ops (asked once a graph)
         order = [n for n in nodes_in_order(graph) if ed.alive(n)]
-        kinds = {}   # node -> "conv" / "eltwise" (candidates, before grouping)
+        kinds = {}   # node -> "conv" / "depthwise" / "layout" (candidates, before grouping)
         blocked: set[str] = set()   # values candidates produce (would be blocked)
         for n in order:
             if self._owner_ok(n, blocks):
                 kind = self._conv_kind(ed, n)
+                if kind is None and self._layout_ok(ed, n, blocked):
+                    kind = "layout"
                 if kind is not None:
                     kinds[n] = kind
-                    blocked.add(n.outputs[0])
-                elif self._eltwise_ok(ed, n, blocked):
-                    kinds[n] = "eltwise"
-                    blocked.add(n.outputs[0])
+                    blocked.update(o for o in n.outputs if o)
         if not kinds:
             return False
         chosen = {n for g in self._groups(kinds) if self._pays(ed, g, kinds) for n in g}
-        # an element-wise node whose inputs are not all blocked once small groups are dropped
+        # a layout node whose data inputs are not all blocked once small groups are dropped
         changed = True
         while changed:
             changed = False
-            out_of = {m.outputs[0] for m in chosen}
+            out_of = {o for m in chosen for o in m.outputs}
             for n in list(chosen):
-                if kinds[n] == "eltwise" and not all(i in out_of for i in n.inputs[:self._data_inputs(n)]):
+                if kinds[n] == "layout" and not all(i in out_of for i in self._data_inputs(n)):
                     chosen.discard(n)
                     changed = True
         if not chosen:
@@ -95,7 +100,7 @@ class NchwcLayout(Rewrite):
             act = (n.attr("activation"), list(n.attr("activation_params") or []))
         else:
             return None
-        if not _clamp_keeps_zero(*act) or n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        if not _keeps_zero(*act) or n.attr("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
             return None
         xs, ws = ed.shape(n.inputs[0]), ed.shape(n.inputs[1]) if len(n.inputs) > 1 else None
         ys = ed.shape(n.outputs[0])
@@ -126,30 +131,73 @@ class NchwcLayout(Rewrite):
         """At least MIN_CONVS convolutions, and at most one layout change (a copy of a value)
         for every REORDERS_PER_CONV of them: a ResNet bottleneck's two 1x1 convs between 3x3
         ones would need three or four."""
-        convs = sum(kinds[n] != "eltwise" for n in group)
+        convs = sum(kinds[n] != "layout" for n in group)
         members = set(group)
-        made = {n.outputs[0] for n in group}
-        ins = {i for n in group for i in n.inputs[:self._data_inputs(n) if kinds[n] == "eltwise" else 1]
-               if i not in made}
-        ins |= {n.inputs[3] for n in group if kinds[n] != "eltwise" and len(n.inputs) > 3
+        made = {o for n in group for o in n.outputs if o}
+        ins = {i for n in group for i in self._data_inputs(n) if i not in made}
+        ins |= {n.inputs[3] for n in group if kinds[n] != "layout" and len(n.inputs) > 3
                 and n.inputs[3] and n.inputs[3] not in made}
         outs = {o for o in made if ed.is_output(o) or any(c not in members for c in ed.consumers(o))}
         return convs >= MIN_CONVS and (len(ins) + len(outs)) * REORDERS_PER_CONV <= convs
 
     @staticmethod
-    def _data_inputs(n: Node) -> int:
-        return 2 if n.op_type == "Add" else 1
+    def _data_inputs(n: Node) -> list[str]:
+        """The inputs of a node that are blocked values (the rest are the node's constants)."""
+        if n.op_type == "Concat":
+            return list(n.inputs)
+        if n.op_type == "Add" and n.domain == "":
+            return list(n.inputs[:2])
+        return list(n.inputs[:1])
 
-    def _eltwise_ok(self, ed: GraphEditor, n: Node, blocked: set[str]) -> bool:
-        if n.domain or len(n.outputs) != 1:
+    def _layout_ok(self, ed: GraphEditor, n: Node, blocked: set[str]) -> bool:
+        """Whether `n` computes the same on blocked inputs (its padding channels staying zero)."""
+        if n.domain or not n.inputs or not all(i in blocked for i in self._data_inputs(n)):
             return False
-        if n.op_type == "Add" and len(n.inputs) == 2:
-            a, b = n.inputs
-            return a in blocked and b in blocked and ed.shape(a) == ed.shape(b) is not None
-        if n.op_type in ("Relu", "Clip") and n.inputs[0] in blocked:
+        shapes = [ed.shape(v) for v in list(n.inputs[:1]) + list(n.outputs)]
+        if any(s is None or len(s) != 4 or not all(isinstance(d, int) for d in s) for s in shapes):
+            return False
+        op = n.op_type
+        if op == "Add" and len(n.inputs) == 2 and len(n.outputs) == 1:
+            return ed.shape(n.inputs[0]) == ed.shape(n.inputs[1])
+        if op in ("Relu", "Clip") and len(n.outputs) == 1:
             found = activation_of(ed, n)
-            return found is not None and _clamp_keeps_zero(*found)
+            return found is not None and _keeps_zero(*found)
+        if op in ("Concat", "Split") and int(n.attr("axis", 0 if op == "Concat" else 0)) % 4 == 1:
+            parts = n.inputs if op == "Concat" else n.outputs
+            dims = [ed.shape(v) for v in parts]
+            # every part but the last whole blocks: the padding channels stay at the end
+            return (all(d is not None and len(d) == 4 for d in dims) and "" not in parts
+                    and all(d[1] % BLOCK == 0 for d in dims[:-1]))
+        if op == "MaxPool" and len([o for o in n.outputs if o]) == 1 and n.outputs[0]:
+            return (n.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and not n.attr("ceil_mode", 0)
+                    and all(int(d) == 1 for d in (n.attr("dilations") or [1, 1]))
+                    and len(n.attr("kernel_shape") or []) == 2)
+        if op == "Resize" and n.since_version >= 11 and len(n.outputs) == 1:
+            return self._resize_scales(ed, n) is not None
         return False
+
+    @staticmethod
+    def _resize_scales(ed: GraphEditor, n: Node) -> tuple[str, np.ndarray] | None:
+        """("scales" or "sizes", the blocked value's 5 entries) of a Resize of H and W only."""
+        def text(v):
+            return v.decode() if isinstance(v, bytes) else v
+        if (text(n.attr("mode", "nearest")) != "nearest" or n.attr("axes") is not None
+                or text(n.attr("coordinate_transformation_mode", "half_pixel")) == "tf_crop_and_resize"
+                or int(n.attr("antialias", 0))
+                or text(n.attr("keep_aspect_ratio_policy", "stretch")) != "stretch"):
+            return None
+        xs, ys = ed.shape(n.inputs[0]), ed.shape(n.outputs[0])
+        scales = ed.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+        sizes = ed.const(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] else None
+        if scales is not None and np.size(scales) == 4:
+            sc = np.asarray(scales, np.float32).reshape(-1)
+            if sc[0] == sc[1] == 1.0:
+                return "scales", np.concatenate([sc, np.ones(1, np.float32)])
+        elif sizes is not None and np.size(sizes) == 4:
+            sz = np.asarray(sizes, np.int64).reshape(-1)
+            if list(sz[:2]) == list(xs[:2]):
+                return "sizes", np.array([ys[0], -(-ys[1] // BLOCK), ys[2], ys[3], BLOCK], np.int64)
+        return None
 
     @staticmethod
     def _groups(kinds: dict[Node, str]) -> list[list[Node]]:
@@ -161,7 +209,7 @@ class NchwcLayout(Rewrite):
                 parent[n] = parent[parent[n]]
                 n = parent[n]
             return n
-        producer = {n.outputs[0]: n for n in kinds}
+        producer = {o: n for n in kinds for o in n.outputs if o}
         for n in kinds:
             for i in n.inputs:
                 p = producer.get(i)
@@ -194,14 +242,13 @@ class NchwcLayout(Rewrite):
             return out
 
         for n in nodes:
-            out = n.outputs[0]
-            bout = ed.fresh(out + "_nchwc")
-            ed.set_type(bout, blocked_type(out))
-            if kinds[n] == "eltwise":
-                k = self._data_inputs(n)
-                inputs = [to_blocked(i, n) for i in n.inputs[:k]] + list(n.inputs[k:])
-                new = ed.make_node(n.op_type, inputs, [bout], name=ed.fresh(n.name + "_nchwc"),
-                                   attrs=dict(n.attrs))
+            outs = []
+            for o in n.outputs:
+                bo = ed.fresh(o + "_nchwc")
+                ed.set_type(bo, blocked_type(o))
+                outs.append(bo)
+            if kinds[n] == "layout":
+                new = self._blocked_layout_node(ed, n, [to_blocked(i, n) for i in self._data_inputs(n)], outs)
             else:
                 attrs = {"kind": kinds[n], "strides": [int(s) for s in (n.attr("strides") or [1, 1])],
                          "pads": [int(p) for p in (n.attr("pads") or [0, 0, 0, 0])]}
@@ -215,21 +262,52 @@ class NchwcLayout(Rewrite):
                     inputs.append(to_blocked(n.inputs[3], n))
                 while inputs and not inputs[-1]:
                     inputs.pop()
-                new = ed.make_node("NchwcConv", inputs, [bout], name=ed.fresh(n.name + "_nchwc"),
+                new = ed.make_node("NchwcConv", inputs, outs, name=ed.fresh(n.name + "_nchwc"),
                                    domain=OWN_DOMAIN, attrs=attrs)
             self._assign(n, new)
             ed.insert(new, n)
-            blocked[out] = bout
-            # readers outside the chain (and graph outputs) get the NCHW value back
-            outside = [c for c in ed.consumers(out) if c not in converted] or ed.is_output(out)
+            blocked.update(zip(n.outputs, outs))
+            # readers outside the chain (and graph outputs) get the NCHW values back
+            backs = [(o, bo) for o, bo in zip(n.outputs, outs)
+                     if [c for c in ed.consumers(o) if c not in converted] or ed.is_output(o)]
             ed.remove(n)
-            if outside:
-                back = ed.make_node("ReorderOutput", [bout], [out], name=ed.fresh(out + "_reorder_out"),
-                                    domain=OWN_DOMAIN, attrs={"channels": int(ed.shape(out)[1])})
+            last = new
+            for o, bo in backs:
+                back = ed.make_node("ReorderOutput", [bo], [o], name=ed.fresh(o + "_reorder_out"),
+                                    domain=OWN_DOMAIN, attrs={"channels": int(ed.shape(o)[1])})
                 self._assign(n, back)
                 ed.insert(back, new)
                 # (inserted before `new` in its slot; moved after it below)
-                self._after(ed, back, new)
+                self._after(ed, back, last)
+                last = back
+
+    def _blocked_layout_node(self, ed: GraphEditor, n: Node, inputs: list[str], outs: list[str]) -> Node:
+        """`n` on blocked inputs `inputs`, writing `outs`."""
+        name = ed.fresh(n.name + "_nchwc")
+        op = n.op_type
+        if op in ("Add", "Relu", "Clip"):
+            return ed.make_node(op, inputs + list(n.inputs[len(inputs):]), outs, name=name,
+                                attrs=dict(n.attrs))
+        if op == "Concat":
+            return ed.make_node(op, inputs, outs, name=name, attrs={"axis": 1})
+        if op == "Split":
+            parts = [-(-ed.shape(o)[1] // BLOCK) for o in n.outputs]
+            if n.since_version >= 13:
+                split = ed.add_initializer(n.name + "_nchwc_split", np.array(parts, np.int64))
+                return ed.make_node(op, inputs + [split], outs, name=name, attrs={"axis": 1})
+            return ed.make_node(op, inputs, outs, name=name, attrs={"axis": 1, "split": parts})
+        if op == "MaxPool":
+            attrs = {"kernel_shape": [int(k) for k in n.attr("kernel_shape")],
+                     "strides": [int(s) for s in (n.attr("strides") or [1, 1])],
+                     "pads": [int(p) for p in (n.attr("pads") or [0, 0, 0, 0])]}
+            return ed.make_node("NchwcMaxPool", inputs, outs, name=name, domain=OWN_DOMAIN, attrs=attrs)
+        if op == "Resize":
+            which, values = self._resize_scales(ed, n)
+            const = ed.add_initializer(n.name + "_nchwc_" + which, values)
+            roi = n.inputs[1] if len(n.inputs) > 1 else ""   # (unused; Resize-11 needs one)
+            extra = [roi, const] if which == "scales" else [roi, "", const]
+            return ed.make_node(op, inputs + extra, outs, name=name, attrs=dict(n.attrs))
+        raise AssertionError(f"NchwcLayout: no blocked form of {op}")
 
     def _assign(self, anchor: Node, node: Node) -> None:
         if not self.ctx.supports(anchor, node):

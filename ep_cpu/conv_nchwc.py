@@ -9,7 +9,8 @@ unit stride) and strided 1x1 convs (the subsampled image). Depthwise 3x3 convs r
 a vector, 8 positions in flight. The tiles and rows are LLVM IR (`llvm.fma`) through numba's
 `intrinsic`, as `ep_cpu.microkernel`'s; the drivers are `native_call` range callbacks, and live
 in this file with them (numba's disk cache checks only the cached function's own file).
-The kernels are `ep_cpu/kernels/nchwc.py`; `ep_core/rewrites_layout.py` chooses the chains.
+The reorders, phase planes and MaxPool are `ep_cpu.nchwc_layout`'s; the kernels are
+`ep_cpu/kernels/nchwc.py`; `ep_core/rewrites_layout.py` chooses the chains.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover
 
 BLOCK = 16
 RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
+NO_ACT = -1   # no activation after the clamp; else a `vector_math` kind (Silu, Tanh, Gelu)
 
 
 def _make_blocked_micro(mr: int, nv: int):
@@ -212,6 +214,7 @@ def _make_depthwise_row():
 
 if numba is not None:
     from ep_cpu.native_call import f32_at, f64_at, i64_at
+    from ep_cpu.vector_math import activate16
 
     dw_row = _make_depthwise_row()
 
@@ -278,19 +281,25 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def conv_row(x, x_row, offs, nk, wp, bias, res, y, y_row, yvs, q0, q1, mb, lo, hi, mode,
-                 g0, g1):  # pragma: no cover - compiled
+                 g0, g1, act):  # pragma: no cover - compiled
         # output positions [q0, q1) of one row: position q's input at x[x_row + 16 q + offs[j]]
         # for k block j (16 channels), its output at y[y_row + 16 q + ob yvs]; tiles of up to
         # 12 positions (`tile_rows`), output groups [g0, g1) of two blocks (the last may be
-        # one), each group's weights (nk 16, 16 nv) at 2 g 16 nk 16 in wp
+        # one), each group's weights (nk 16, 16 nv) at 2 g 16 nk 16 in wp; `act` (a
+        # vector_math kind, or NO_ACT) applied to each tile just stored, still in L1
         q = q0
         while q < q1:
             mr = tile_rows(q1 - q)
             for g in range(g0, g1):
                 ob = 2 * g
                 nv = 2 if mb - ob >= 2 else 1
+                y_at = y_row + q * BLOCK + ob * yvs
                 _tile(mr, nv, x, x_row + q * BLOCK, offs, wp, ob * BLOCK * nk * BLOCK, nk, y,
-                      y_row + q * BLOCK + ob * yvs, yvs, bias, ob * BLOCK, res, lo, hi, mode)
+                      y_at, yvs, bias, ob * BLOCK, res, lo, hi, mode)
+                if act != NO_ACT:
+                    for h in range(nv):
+                        for r in range(mr):
+                            activate16(y, y_at + h * yvs + r * BLOCK, act)
             q += mr
 
     def _conv(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
@@ -304,6 +313,7 @@ if numba is not None:
                                     np.int64(a[10]), np.int64(a[11]))
         stride, mb, mode, chunk = np.int64(a[12]), np.int64(a[13]), np.int64(a[14]), np.int64(a[15])
         lo, hi, n, groups_outer = np.float32(a[16]), np.float32(a[17]), np.int64(a[18]), a[19] != 0
+        act = np.int64(a[20])
         x_len, y_len = cb * hp * wpos * BLOCK, mb * oh * ow * BLOCK
         x = numba.carray(f32_at(x_at), (n * x_len,))
         y = numba.carray(f32_at(y_at), (n * y_len,))
@@ -326,16 +336,17 @@ if numba is not None:
                 i = rest // oh
                 conv_row(x, i * x_len + oy * stride * wpos * BLOCK, offs, nk, wp,
                          bias, res, y, i * y_len + oy * ow * BLOCK, oh * ow * BLOCK, q * chunk,
-                         min(ow, q * chunk + chunk), mb, lo, hi, mode, g0, g1)
+                         min(ow, q * chunk + chunk), mb, lo, hi, mode, g0, g1, act)
 
     def _depthwise(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # DEPTHWISE_ARGS; columns: (image, channel block, output row) units
-        a = numba.carray(f64_at(args_at), (15,))
+        a = numba.carray(f64_at(args_at), (DEPTHWISE_ARGS,))
         x_at, y_at, res_at, w_at, bias_at = (np.int64(a[0]), np.int64(a[1]), np.int64(a[2]),
                                              np.int64(a[3]), np.int64(a[4]))
         cb, h, w, oh, ow, stride = (np.int64(a[5]), np.int64(a[6]), np.int64(a[7]), np.int64(a[8]),
                                     np.int64(a[9]), np.int64(a[10]))
         lo, hi, has_res, n = np.float32(a[11]), np.float32(a[12]), np.int64(a[13]), np.int64(a[14])
+        act = np.int64(a[15])
         wt = numba.carray(f32_at(w_at), (cb * 9 * BLOCK,))
         bias = numba.carray(f32_at(bias_at), (cb * BLOCK,))
         x_len, y_len = cb * h * w * BLOCK, cb * oh * ow * BLOCK
@@ -348,46 +359,15 @@ if numba is not None:
             rest = u // oh
             c = rest % cb
             i = rest // cb
-            dw_row(x, i * x_len + c * h * w * BLOCK, h, w, oy * stride - 1, y,
-                   i * y_len + (c * oh + oy) * ow * BLOCK, ow, stride, wt, c * 9 * BLOCK, bias,
-                   c * BLOCK, res, has_res, lo, hi, zeros)
-
-    def _reorder(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
-        # REORDER_ARGS; columns: (image, channel block) units; to_blocked: (N, C, P) -> (N, CB,
-        # P, 16) with the channels past C zero, else back (the padding channels dropped)
-        a = numba.carray(f64_at(args_at), (6,))
-        src_at, dst_at = np.int64(a[0]), np.int64(a[1])
-        c_real, cb, positions, to_blocked = np.int64(a[2]), np.int64(a[3]), np.int64(a[4]), a[5] != 0
-        plain_len, block_len = c_real * positions, cb * positions * BLOCK
-        for u in range(c0, c1):
-            i = u // cb
-            c = u - i * cb
-            plain = numba.carray(f32_at((src_at if to_blocked else dst_at) + 4 * i * plain_len),
-                                 (plain_len,))
-            blocked = numba.carray(f32_at((dst_at if to_blocked else src_at)
-                                          + 4 * (i * block_len + c * positions * BLOCK)),
-                                   (positions * BLOCK,))
-            lanes = min(BLOCK, c_real - c * BLOCK)
-            # 16 positions x 16 channels at a time: the strided side stays in one 1 KB block
-            # (position-major loops over a whole plane ran at ~0.5 ns a value)
-            for p0 in range(0, positions, BLOCK):
-                pn = min(BLOCK, positions - p0)
-                for l in range(BLOCK):
-                    base = (c * BLOCK + l) * positions + p0
-                    if to_blocked:
-                        if l < lanes:
-                            for q in range(pn):
-                                blocked[(p0 + q) * BLOCK + l] = plain[base + q]
-                        else:
-                            for q in range(pn):
-                                blocked[(p0 + q) * BLOCK + l] = np.float32(0.0)
-                    elif l < lanes:
-                        for q in range(pn):
-                            plain[base + q] = blocked[(p0 + q) * BLOCK + l]
-
+            y_row = i * y_len + (c * oh + oy) * ow * BLOCK
+            dw_row(x, i * x_len + c * h * w * BLOCK, h, w, oy * stride - 1, y, y_row, ow, stride,
+                   wt, c * 9 * BLOCK, bias, c * BLOCK, res, has_res, lo, hi, zeros)
+            if act != NO_ACT:
+                for ox in range(ow):
+                    activate16(y, y_row + ox * BLOCK, act)
 
 TILE = 12    # positions of a pointwise tile
-CONV_ARGS, DEPTHWISE_ARGS, REORDER_ARGS = 20, 15, 6
+CONV_ARGS, DEPTHWISE_ARGS = 21, 16
 GROUPS_OUTER_BYTES = 1 << 20   # weights from which a conv part runs group by group
 
 
@@ -401,14 +381,11 @@ def depthwise():
     return native_call.callback(_depthwise, DEPTHWISE_ARGS)
 
 
-def reorder():
-    """C callback of the layout changes between NCHW and NCHWc, REORDER_ARGS packed."""
-    return native_call.callback(_reorder, REORDER_ARGS)
-
-
 def compile_kernels() -> None:
     """Compile (or load from the disk cache) every callback (`ep_cpu.jit_tier`)."""
-    conv(), depthwise(), reorder()
+    from ep_cpu import nchwc_layout
+    conv(), depthwise()
+    nchwc_layout.compile_kernels()
     native_call.compile_runner()
 
 
@@ -437,7 +414,8 @@ def _cached() -> bool:
         import os
 
         from numba.core.caching import CompileResultCacheImpl
-        for fn in (_conv, _depthwise, _reorder):
+        from ep_cpu import nchwc_layout
+        for fn in (_conv, _depthwise) + nchwc_layout.CACHED:
             impl = CompileResultCacheImpl(fn)
             index = os.path.join(impl.locator.get_cache_path(), impl.filename_base + ".nbi")
             if not os.path.exists(index):
@@ -474,40 +452,13 @@ def pack_conv(w: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def conv_offsets(kb: int, kh: int, kw: int, stride: int, hq: int, wq: int) -> np.ndarray:
     """Offsets (floats) of k block j = cb taps + (ky kw + kx) from an output position's grid
-    position in the stride x stride phase planes of a channel block (`phases`: each hq x wq,
+    position in the stride x stride phase planes of a channel block (`nchwc_layout.phase_planes`: each hq x wq,
     plane (cb, py, px) holding the padded input's rows py::stride, columns px::stride), so that
     the window of every output position is read at unit stride."""
     cb, ky, kx = np.meshgrid(np.arange(kb), np.arange(kh), np.arange(kw), indexing="ij")
     plane = (cb * stride + ky % stride) * stride + kx % stride
     return np.ascontiguousarray(((plane * hq + ky // stride) * wq + kx // stride).reshape(-1) * BLOCK,
                                 dtype=np.int64)
-
-
-def phases(x: np.ndarray, pads: list[int], stride: int, kh: int, kw: int, oh: int,
-           ow: int) -> np.ndarray:
-    """The blocked image x (N, CB, H, W, 16) zero-padded by `pads` (top, left, bottom, right)
-    and split into stride x stride phase planes: (N, CB, stride, stride, hq, wq, 16), plane
-    (py, px) row r, column c holding padded row r stride + py, column c stride + px. Each
-    plane has room for the output grid (oh rows of wq positions) plus the window's reach and
-    one row, so that every tap of every grid position reads inside it."""
-    n, cb, h, w = x.shape[:4]
-    t, l = pads[0], pads[1]
-    s = stride
-    hq = oh + (kh - 1) // s + 1
-    wq = max(ow + (kw - 1) // s, -(-(w + l) // s))
-    hq = max(hq, -(-(h + t) // s))
-    out = np.zeros((n, cb, s, s, hq, wq, BLOCK), np.float32)
-    for py in range(s):
-        for px in range(s):
-            # padded rows py, py + s, ...: input row r = py + s i - t
-            r0 = (t - py + s - 1) // s              # first i with an input row
-            c0 = (l - px + s - 1) // s
-            rows = range(py + s * r0 - t, h, s)
-            cols = range(px + s * c0 - l, w, s)
-            if len(rows) and len(cols):
-                out[:, :, py, px, r0:r0 + len(rows), c0:c0 + len(cols)] = \
-                    x[:, :, rows.start::s, cols.start::s]
-    return out
 
 
 def pack_depthwise(w: np.ndarray) -> np.ndarray:

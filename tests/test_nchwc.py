@@ -12,7 +12,7 @@ from onnx import TensorProto as TP
 from onnx import helper, numpy_helper
 
 import ep_core
-from ep_cpu import conv_nchwc
+from ep_cpu import conv_nchwc, nchwc_layout
 
 pytestmark = pytest.mark.skipif(not conv_nchwc.available(),
                                 reason="the blocked kernels need numba and AVX-512")
@@ -246,3 +246,179 @@ def test_an_optimized_model_with_blocked_ops_reloads_and_runs(tmp_path):
     assert [n.op_type for n in again._graph.nodes].count("NchwcConv") == 9
     for a, b in zip(first, again.run(None, {"x": x})):
         np.testing.assert_array_equal(a, b)
+
+
+def c2f_model(rng, n=1, c=16, h=16, act="Silu", opset=17, resize="scales") -> bytes:
+    """YOLOv8-style blocks: a stride-2 3x3 stem conv; a C2f block (1x1, Split in halves, two 3x3
+    convs + residual on one half, Concat of all three, 1x1); SPPF (1x1, three 5x5 MaxPools,
+    Concat, 1x1); a stride-2 conv, a nearest Resize back up and a Concat with the block's output;
+    a head of two plain 1x1 convs (2c and 20 channels) concatenated. Convs end in `act`
+    (Silu as x * Sigmoid(x), or Tanh). The outputs reach ~30: compared with atol 1e-4."""
+    inits, nodes = [], []
+    count = [0]
+
+    def weight(shape):
+        count[0] += 1
+        name = f"w{count[0]}"
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.15).astype(np.float32), name))
+        return name
+
+    def conv(x, cin, cout, k=1, s=1, activate=True):
+        count[0] += 1
+        y = f"c{count[0]}"
+        nodes.append(helper.make_node("Conv", [x, weight((cout, cin, k, k)), weight((cout,))], [y],
+                                      pads=[k // 2] * 4, strides=[s, s]))
+        if not activate:
+            return y
+        if act == "Silu":
+            nodes.append(helper.make_node("Sigmoid", [y], [y + "_s"]))
+            nodes.append(helper.make_node("Mul", [y, y + "_s"], [y + "_a"]))
+        else:
+            nodes.append(helper.make_node(act, [y], [y + "_a"]))
+        return y + "_a"
+
+    stem = conv("x", c, 2 * c, 3, 2)
+    a = conv(stem, 2 * c, 2 * c)
+    if opset >= 18:
+        nodes.append(helper.make_node("Split", [a], ["h0", "h1"], axis=1, num_outputs=2))
+    elif opset >= 13:
+        inits.append(numpy_helper.from_array(np.array([c, c], np.int64), "halves"))
+        nodes.append(helper.make_node("Split", [a, "halves"], ["h0", "h1"], axis=1))
+    else:   # (Resize-11 needs its roi input)
+        nodes.append(helper.make_node("Split", [a], ["h0", "h1"], axis=1, split=[c, c]))
+        inits.append(numpy_helper.from_array(np.zeros(0, np.float32), "roi"))
+    m = conv(conv("h1", c, c, 3), c, c, 3)
+    nodes.append(helper.make_node("Add", ["h1", m], ["res"]))
+    nodes.append(helper.make_node("Concat", ["h0", "h1", "res"], ["cat"], axis=1))
+    block = conv("cat", 3 * c, 2 * c)
+    s0 = conv(block, 2 * c, c)
+    pools = [s0]
+    for k in range(3):
+        nodes.append(helper.make_node("MaxPool", [pools[-1]], [f"pool{k}"], kernel_shape=[5, 5],
+                                      pads=[2, 2, 2, 2], strides=[1, 1]))
+        pools.append(f"pool{k}")
+    nodes.append(helper.make_node("Concat", pools, ["spp"], axis=-3))
+    p = conv("spp", 4 * c, 2 * c)
+    down = conv(p, 2 * c, 2 * c, 3, 2)
+    if resize == "scales":
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        rin = [down, "roi" if opset < 13 else "", "scales"]
+    else:
+        inits.append(numpy_helper.from_array(np.array([n, 2 * c, h // 2, h // 2], np.int64), "sizes"))
+        rin = [down, "", "", "sizes"]
+    nodes.append(helper.make_node("Resize", rin, ["up"], mode="nearest",
+                                  coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+    nodes.append(helper.make_node("Concat", ["up", p], ["neck"], axis=1))
+    box = conv("neck", 4 * c, 2 * c, activate=False)
+    cls = conv("neck", 4 * c, 20, activate=False)
+    nodes.append(helper.make_node("Concat", [box, cls], ["y"], axis=1))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [
+    dict(),                                   # Silu convs, Split by an input (opset 17)
+    dict(n=2, c=32, h=20, opset=18),          # Split by num_outputs; two images
+    dict(act="Tanh", opset=11),               # Split by its attribute; Tanh convs
+    dict(h=12, resize="sizes"),               # Resize by sizes; a 3x3 map under the pools
+])
+def test_yolo_blocks_run_blocked_end_to_end_and_match_onnxruntime(shape, threads, monkeypatch):
+    """Split, Concat, MaxPool and Resize take blocked values (channel parts of whole blocks), and
+    convs ending in Silu or Tanh run blocked: one layout change in, one out; the compiled loops
+    and their numpy forms match onnxruntime."""
+    from ep_cpu.kernels import nchwc
+    rng = np.random.default_rng(8)
+    n, c, h = shape.get("n", 1), shape.get("c", 16), shape.get("h", 16)
+    model = c2f_model(rng, **shape)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, threads)
+    ops = [node.op_type for node in sess._graph.nodes]
+    assert ops.count("NchwcConv") == 10 and ops.count("NchwcMaxPool") == 3
+    assert ops.count("ReorderInput") == 1 and ops.count("ReorderOutput") == 1
+    assert {"Split", "Concat", "Resize"} <= set(ops)
+    acts = {node.attrs.get("activation") for node in sess._graph.nodes if node.op_type == "NchwcConv"}
+    assert acts == {shape.get("act", "Silu"), None}
+    assert ours[0].shape == ref[0].shape == (n, 2 * c + 20, h // 2, h // 2)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(nchwc, "_compiled", lambda: False)
+    _, fallback, _ = run_both(model, x, threads)
+    np.testing.assert_allclose(fallback[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_channel_parts_off_the_block_keep_their_split_in_nchw():
+    """Halves of 24 channels would split a block: that Split (and what only it feeds) stays
+    NCHW, and the model still matches."""
+    rng = np.random.default_rng(9)
+    model = c2f_model(rng, c=24)
+    x = rng.standard_normal((1, 24, 16, 16)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, 2)
+    assert all(node.op_type != "Split" or not node.outputs[0].endswith("_nchwc")
+               for node in sess._graph.nodes)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-4)
+
+
+def test_blocked_max_pool_takes_nan_and_windows_past_the_edge(monkeypatch):
+    """The blocked MaxPool, compiled and numpy forms: windows reaching past every edge, strides
+    of 2, and a NaN input, which wins in every window holding it (onnxruntime's max
+    instructions keep it in some windows only: the windows are found by an inf there)."""
+    from ep_cpu.kernels import nchwc
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 20, 7, 9)).astype(np.float32)
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 4], pads=[1, 2, 1, 1],
+                            strides=[2, 2])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TP.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    x_inf = x.copy()
+    x_inf[0, 3, 2, 4] = np.inf
+    x_nan = x.copy()
+    x_nan[0, 3, 2, 4] = np.nan
+    want, want_inf = ref.run(None, {"x": x})[0], ref.run(None, {"x": x_inf})[0]
+
+    class Node:
+        inputs, outputs, name = ["x"], ["y"], "pool"
+
+    class Ctx:
+        pass
+    attrs = {"kernel_shape": [3, 4], "strides": [2, 2], "pads": [1, 2, 1, 1]}
+    monkeypatch.setattr(nchwc.Kernel, "__init__", lambda self, node, ctx: setattr(self, "node", node))
+    monkeypatch.setattr(nchwc.NchwcMaxPool, "attr", lambda self, name, default=None: attrs.get(name, default))
+    pool = nchwc.NchwcMaxPool(Node(), Ctx())
+    for compiled in (True, False):
+        monkeypatch.setattr(nchwc, "_compiled", lambda: compiled)
+        got = nchwc.plain_numpy(pool.compute(nchwc.blocked_numpy(x)), 20)
+        np.testing.assert_array_equal(got, want)
+        got_nan = nchwc.plain_numpy(pool.compute(nchwc.blocked_numpy(x_nan)), 20)
+        np.testing.assert_array_equal(np.isnan(got_nan), np.isinf(want_inf))
+        np.testing.assert_array_equal(got_nan[~np.isnan(got_nan)], want[~np.isinf(want_inf)])
+
+
+@pytest.mark.parametrize("stride, pads, hw", [(1, [1, 1, 1, 1], 9), (2, [1, 1, 1, 1], 10),
+                                              (2, [3, 2, 1, 0], 7), (3, [0, 0, 0, 0], 11)])
+def test_phase_planes_hold_the_padded_image_by_stride_phase(stride, pads, hw):
+    """The compiled phase planes against numpy: plane (py, px) row r, column c is padded row
+    r stride + py, column c stride + px, zero past the padded image."""
+    from ep_cpu import native_call
+    from ep_cpu.gemm import _get_pool
+    rng = np.random.default_rng(11)
+    n, cb, kh = 2, 3, 3
+    x = rng.standard_normal((n, cb, hw, hw, 16)).astype(np.float32)
+    t, l, b, r = pads
+    oh = (hw + t + b - kh) // stride + 1
+    hq, wq = nchwc_layout.phase_shape(hw, hw, pads, stride, kh, kh, oh, oh)
+    padded = np.zeros((n, cb, hq * stride, wq * stride, 16), np.float32)
+    rows, cols = min(hw, hq * stride - t), min(hw, wq * stride - l)
+    padded[:, :, t:t + rows, l:l + cols] = x[:, :, :rows, :cols]
+    want = padded.reshape(n, cb, hq, stride, wq, stride, 16).transpose(0, 1, 3, 5, 2, 4, 6)
+    got = np.full((n, cb, stride, stride, hq, wq, 16), np.nan, np.float32)
+    args = native_call.pack(native_call.address(x), native_call.address(got), cb, hw, hw, stride,
+                            hq, wq, t, l, n)
+    native_call.run_ranges(nchwc_layout.phase_planes(), args, n * cb * stride * stride * hq, 1, 2,
+                           True, _get_pool)
+    np.testing.assert_array_equal(got, want)
