@@ -89,8 +89,8 @@ def _make_transpose16():
     """transpose16(src, s_off, s_ld, rows, load_lanes, dst, d_off, d_ld, rows_out, store_lanes):
     the 16 x 16 block src[s_off + r s_ld + u] (rows r < rows, lanes u < load_lanes read, the
     rest zero) stored transposed: dst[d_off + u d_ld + r] for u < rows_out, lanes r <
-    store_lanes (four rounds of two-source shuffles, as `tile_transpose`'s)."""
-    from ep_cpu.tile_transpose import _butterfly_masks
+    store_lanes (`tile_transpose.transpose_in_registers`)."""
+    from ep_cpu.tile_transpose import transpose_in_registers
 
     @intrinsic
     def transpose16(typingctx, src_arr, s_off, s_ld, rows, load_lanes, dst_arr, d_off, d_ld,
@@ -113,16 +113,7 @@ def _make_transpose16():
                 inside = builder.select(builder.icmp_signed("<", c64(r), rows_v), load_mask, none)
                 vecs.append(builder.call(masked_load, [vir.ptr(src, builder.mul(sld_v, c64(r))),
                                                        align, inside, zero]))
-            block = 8
-            while block:
-                low, high = (ir.Constant(ir.VectorType(ir.IntType(32), BLOCK), m)
-                             for m in _butterfly_masks(block))
-                for i in range(BLOCK):
-                    if not i & block:
-                        a, b = vecs[i], vecs[i + block]
-                        vecs[i] = builder.shuffle_vector(a, b, low)
-                        vecs[i + block] = builder.shuffle_vector(a, b, high)
-                block //= 2
+            transpose_in_registers(builder, vecs)
             for u in range(BLOCK):
                 inside = builder.select(builder.icmp_signed("<", c64(u), ro_v), store_mask, none)
                 builder.call(masked_store, [vecs[u], vir.ptr(dst, builder.mul(dld_v, c64(u))), align,

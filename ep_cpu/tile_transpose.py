@@ -30,6 +30,20 @@ def _butterfly_masks(block: int) -> tuple[list[int], list[int]]:
     return low, high
 
 
+def transpose_in_registers(builder, vecs: list) -> None:
+    """Transpose 16 <16 x float> rows in place (vecs[i] lane j <- vecs[j] lane i): four rounds
+    of two-source shuffles."""
+    block = 8
+    while block:
+        low, high = (ir.Constant(ir.VectorType(ir.IntType(32), 16), m) for m in _butterfly_masks(block))
+        for i in range(16):
+            if not i & block:
+                a, b = vecs[i], vecs[i + block]
+                vecs[i] = builder.shuffle_vector(a, b, low)
+                vecs[i + block] = builder.shuffle_vector(a, b, high)
+        block //= 2
+
+
 def _make_store_transposed():
 
     @intrinsic
@@ -63,15 +77,7 @@ def _make_store_transposed():
                 inside = builder.select(builder.icmp_signed("<", c64(r), rows_v), every, none)
                 vecs.append(builder.call(masked_load, [vir.ptr(tile, c64(r * mk.NR)), align, inside,
                                                        zero]))
-            block = 8
-            while block:
-                low, high = (ir.Constant(ir.VectorType(ir.IntType(32), 16), m) for m in _butterfly_masks(block))
-                for i in range(16):
-                    if not i & block:
-                        a, b = vecs[i], vecs[i + block]
-                        vecs[i] = builder.shuffle_vector(a, b, low)
-                        vecs[i + block] = builder.shuffle_vector(a, b, high)
-                block //= 2
+            transpose_in_registers(builder, vecs)
             lo_s, hi_s = vir.broadcast(lo_v), vir.broadcast(hi_v)
             with_bias = builder.icmp_signed("!=", hb_v, c64(0))
             for u in range(16):

@@ -70,6 +70,17 @@ def run_both(model: bytes, x: np.ndarray, threads: int, level=None):
     return sess, sess.run(None, {"x": x}), ref
 
 
+def run_built(build, shape: dict, threads: int, seed: int, c: int, h: int):
+    """Session and onnxruntime outputs of `build(rng, **shape)` on a random (n, c, h, h) input
+    (n, c, h from `shape` where it sets them), and the op types of the session's graph."""
+    rng = np.random.default_rng(seed)
+    n, c, h = shape.get("n", 1), shape.get("c", c), shape.get("h", h)
+    model = build(rng, **shape)
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    sess, ours, ref = run_both(model, x, threads)
+    return model, x, ours, ref, [node.op_type for node in sess._graph.nodes], sess
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [
     dict(),                                        # 24 channels: padded to 32
@@ -80,12 +91,7 @@ def run_both(model: bytes, x: np.ndarray, threads: int, level=None):
     dict(c=32, h=2, stride=2, expand=2),           # the depthwise edge cases only
 ])
 def test_inverted_residual_chains_run_blocked_and_match_onnxruntime(shape, threads):
-    rng = np.random.default_rng(0)
-    n, c, h = shape.get("n", 1), shape.get("c", 24), shape.get("h", 14)
-    model = inverted_residual_model(rng, **shape)
-    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-    sess, ours, ref = run_both(model, x, threads)
-    ops = [node.op_type for node in sess._graph.nodes]
+    _, _, ours, ref, ops, _ = run_built(inverted_residual_model, shape, threads, 0, c=24, h=14)
     assert ops.count("NchwcConv") == 9 and ops.count("ReorderInput") == 1
     assert ops.count("ReorderOutput") == 1   # one for both readers of the last block's output
     for o, r in zip(ours, ref):
@@ -198,12 +204,7 @@ def test_bottleneck_chains_with_3x3_and_strided_convs_run_blocked_and_match(shap
     """3x3 convs of stride 1 and 2 (phase planes, a grid of output positions cropped back) and
     a strided 1x1 downsample run blocked, as their numpy forms do, and match onnxruntime."""
     from ep_cpu.kernels import nchwc
-    rng = np.random.default_rng(5)
-    n, c, h = shape.get("n", 1), shape.get("c", 32), shape.get("h", 12)
-    model = bottleneck_model(rng, **shape)
-    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-    sess, ours, ref = run_both(model, x, threads)
-    ops = [node.op_type for node in sess._graph.nodes]
+    model, x, ours, ref, ops, _ = run_built(bottleneck_model, shape, threads, 5, c=32, h=12)
     blocks = shape.get("blocks", 3)
     assert ops.count("NchwcConv") == 3 * blocks + 1 and ops.count("ReorderInput") == 1
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-5)
@@ -331,12 +332,8 @@ def test_yolo_blocks_run_blocked_end_to_end_and_match_onnxruntime(shape, threads
     convs ending in Silu or Tanh run blocked: one layout change in, one out; the compiled loops
     and their numpy forms match onnxruntime."""
     from ep_cpu.kernels import nchwc
-    rng = np.random.default_rng(8)
-    n, c, h = shape.get("n", 1), shape.get("c", 16), shape.get("h", 16)
-    model = c2f_model(rng, **shape)
-    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
-    sess, ours, ref = run_both(model, x, threads)
-    ops = [node.op_type for node in sess._graph.nodes]
+    model, x, ours, ref, ops, sess = run_built(c2f_model, shape, threads, 8, c=16, h=16)
+    n, c, h = x.shape[:3]
     assert ops.count("NchwcConv") == 10 and ops.count("NchwcMaxPool") == 3
     assert ops.count("ReorderInput") == 1 and ops.count("ReorderOutput") == 1
     assert {"Split", "Concat", "Resize"} <= set(ops)
