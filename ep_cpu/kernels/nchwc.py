@@ -159,7 +159,7 @@ class NchwcConv(Kernel):
         res_at = 0 if z is None else native_call.address(z)
         if self.kind == "conv":
             return self._conv(x, y, z, res_at)
-        macs = n * oh * ow * 9 * self.mb
+        macs = n * oh * ow * 9 * self.mb * BLOCK
         args = native_call.pack(native_call.address(x), native_call.address(y), res_at,
                                 native_call.address(self.w), native_call.address(self.bias), cb, h,
                                 wd, oh, ow, self.stride, self.lo, self.hi, z is not None, n, self.act)
