@@ -16,7 +16,8 @@ Convertible (float32, 4-D, static shapes, every node owned by a provider whose
   Relu, a Clip around 0, Silu, Tanh or Gelu; a residual Z of the output's shape;
 - on blocked inputs: Add of two values of one shape, Relu, Clip keeping 0; Concat and Split on
   the channels where every part but the last is whole blocks (a YOLO C2f block's halves); MaxPool
-  (no dilations, floor rounding); Resize of H and W only (nearest, not tf_crop_and_resize).
+  (no dilations, floor rounding); GlobalAveragePool; Resize of H and W only (nearest, not
+  tf_crop_and_resize).
 """
 from __future__ import annotations
 
@@ -128,9 +129,9 @@ class NchwcLayout(Rewrite):
         return None
 
     def _pays(self, ed: GraphEditor, group: list[Node], kinds: dict) -> bool:
-        """At least MIN_CONVS convolutions, and at most one layout change (a copy of a value)
-        for every REORDERS_PER_CONV of them: a ResNet bottleneck's two 1x1 convs between 3x3
-        ones would need three or four."""
+        """At least MIN_CONVS convolutions, and at most one layout change (a copy of a value;
+        one of a 1x1 map is free) for every REORDERS_PER_CONV of them: a ResNet bottleneck's
+        two 1x1 convs between 3x3 ones would need three or four."""
         convs = sum(kinds[n] != "layout" for n in group)
         members = set(group)
         made = {o for n in group for o in n.outputs if o}
@@ -138,7 +139,9 @@ class NchwcLayout(Rewrite):
         ins |= {n.inputs[3] for n in group if kinds[n] != "layout" and len(n.inputs) > 3
                 and n.inputs[3] and n.inputs[3] not in made}
         outs = {o for o in made if ed.is_output(o) or any(c not in members for c in ed.consumers(o))}
-        return convs >= MIN_CONVS and (len(ins) + len(outs)) * REORDERS_PER_CONV <= convs
+        # (a value of one position, a global pool's, changes layout for next to nothing)
+        changes = [v for v in ins | outs if (ed.shape(v) or [0, 0, 2])[2:] != [1, 1]]
+        return convs >= MIN_CONVS and len(changes) * REORDERS_PER_CONV <= convs
 
     @staticmethod
     def _data_inputs(n: Node) -> list[str]:
@@ -172,6 +175,8 @@ class NchwcLayout(Rewrite):
             return (n.attr("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET") and not n.attr("ceil_mode", 0)
                     and all(int(d) == 1 for d in (n.attr("dilations") or [1, 1]))
                     and len(n.attr("kernel_shape") or []) == 2)
+        if op == "GlobalAveragePool" and len(n.outputs) == 1:
+            return True
         if op == "Resize" and n.since_version >= 11 and len(n.outputs) == 1:
             return self._resize_scales(ed, n) is not None
         return False
@@ -301,6 +306,8 @@ class NchwcLayout(Rewrite):
                      "strides": [int(s) for s in (n.attr("strides") or [1, 1])],
                      "pads": [int(p) for p in (n.attr("pads") or [0, 0, 0, 0])]}
             return ed.make_node("NchwcMaxPool", inputs, outs, name=name, domain=OWN_DOMAIN, attrs=attrs)
+        if op == "GlobalAveragePool":
+            return ed.make_node("NchwcGlobalAveragePool", inputs, outs, name=name, domain=OWN_DOMAIN)
         if op == "Resize":
             which, values = self._resize_scales(ed, n)
             const = ed.add_initializer(n.name + "_nchwc_" + which, values)

@@ -1,7 +1,7 @@
 """The channel-blocked layout's (NCHWc: (N, C/16, H, W, 16)) loops besides the convolutions, AVX-512:
 the layout changes between NCHW and NCHWc (16 x 16 blocks transposed in registers), the stride
-phase planes a KxK conv reads (the padded image in one pass), and MaxPool (a window's max 16
-channels a vector). LLVM IR through numba's `intrinsic`, as `ep_cpu.conv_nchwc`'s tiles; the
+phase planes a KxK conv reads (the padded image in one pass), MaxPool and GlobalAveragePool (a
+window's max or mean 16 channels a vector). LLVM IR through numba's `intrinsic`, as `ep_cpu.conv_nchwc`'s tiles; the
 drivers are `native_call` range callbacks and live in this file with the intrinsics they inline
 (numba's disk cache checks only the cached function's own file). Kernels:
 `ep_cpu/kernels/nchwc.py`.
@@ -23,16 +23,16 @@ except ImportError:  # pragma: no cover
     numba = None
 
 BLOCK = 16
-REORDER_ARGS, MAXPOOL_ARGS, PHASES_ARGS = 7, 14, 11
+REORDER_ARGS, MAXPOOL_ARGS, PHASES_ARGS, GLOBAL_MEAN_ARGS = 7, 14, 11, 4
 REORDER_SPAN = 256   # positions of a reorder unit
 
 
-def _make_window_max():
-    """window_max(x, x_off, row_stride, rows, cols, y, y_off): y[y_off : y_off + 16] = the
-    lane-wise max over r < rows, c < cols of x[x_off + r row_stride + 16 c : ... + 16] (-inf
-    for an empty window; NaN wins, as numpy's maximum)."""
+def _make_window_reduce(kind: str):
+    """window_<kind>(x, x_off, row_stride, rows, cols, y, y_off): y[y_off : y_off + 16] = the
+    lane-wise max ("max": -inf for an empty window; NaN wins, as numpy's maximum) or mean
+    ("mean") over r < rows, c < cols of x[x_off + r row_stride + 16 c : ... + 16]."""
     @intrinsic
-    def window_max(typingctx, x_arr, x_off, row_stride, rows, cols, y_arr, y_off):
+    def window_reduce(typingctx, x_arr, x_off, row_stride, rows, cols, y_arr, y_off):
         sig = types.void(x_arr, types.int64, types.int64, types.int64, types.int64, y_arr, types.int64)
 
         def codegen(context, builder, signature, args):
@@ -40,21 +40,29 @@ def _make_window_max():
             vir = VectorIR(builder)
             x = vir.data(context, signature.args[0], x_v, x_o)
             y = vir.data(context, signature.args[5], y_v, y_o)
-            acc = cgutils.alloca_once_value(builder, ir.Constant(vir.v16, [float("-inf")] * BLOCK))
+            start = float("-inf") if kind == "max" else 0.0
+            acc = cgutils.alloca_once_value(builder, ir.Constant(vir.v16, [start] * BLOCK))
             with cgutils.for_range(builder, rows_v) as row:
                 base = builder.mul(row.index, rs_v)
                 with cgutils.for_range(builder, cols_v) as col:
                     off = builder.add(base, builder.mul(col.index, vir.i64(BLOCK)))
                     v = builder.load(vir.ptr(x, off), align=4)
                     a = builder.load(acc)
-                    m = builder.select(builder.fcmp_ordered("<=", v, a), a, v)
-                    builder.store(builder.select(builder.fcmp_unordered("uno", a, a), a, m), acc)
-            builder.store(builder.load(acc), vir.ptr(y, vir.i64(0)), align=4)
+                    if kind == "max":
+                        m = builder.select(builder.fcmp_ordered("<=", v, a), a, v)
+                        builder.store(builder.select(builder.fcmp_unordered("uno", a, a), a, m), acc)
+                    else:
+                        builder.store(builder.fadd(a, v), acc)
+            out = builder.load(acc)
+            if kind == "mean":
+                count = builder.sitofp(builder.mul(rows_v, cols_v), ir.FloatType())
+                out = builder.fdiv(out, vir.broadcast(count))
+            builder.store(out, vir.ptr(y, vir.i64(0)), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return window_max
+    return window_reduce
 
 
 def _make_copy_vectors():
@@ -128,7 +136,8 @@ def _make_transpose16():
 if numba is not None:
     from ep_cpu.native_call import f32_at, f64_at
 
-    window_max = _make_window_max()
+    window_max = _make_window_reduce("max")
+    window_mean = _make_window_reduce("mean")
     copy_vectors = _make_copy_vectors()
     transpose16 = _make_transpose16()
 
@@ -152,6 +161,15 @@ if numba is not None:
                 ix0, ix1 = max(x0, 0), min(x0 + kw, w)
                 window_max(x, ((plane * h + iy0) * w + ix0) * BLOCK, w * BLOCK, max(iy1 - iy0, 0),
                            max(ix1 - ix0, 0), y, ((plane * oh + oy) * ow + ox) * BLOCK)
+
+    def _global_mean(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
+        # GLOBAL_MEAN_ARGS; columns: (image, channel block) units: the mean over the positions
+        a = numba.carray(f64_at(args_at), (GLOBAL_MEAN_ARGS,))
+        x_at, y_at, planes, positions = np.int64(a[0]), np.int64(a[1]), np.int64(a[2]), np.int64(a[3])
+        x = numba.carray(f32_at(x_at), (planes * positions * BLOCK,))
+        y = numba.carray(f32_at(y_at), (planes * BLOCK,))
+        for u in range(c0, c1):
+            window_mean(x, u * positions * BLOCK, 0, 1, positions, y, u * BLOCK)
 
     def _phases(args_at, c0, c1, r0, r1):  # pragma: no cover - compiled
         # PHASES_ARGS; columns: (image, channel block, plane py, plane px, plane row) units:
@@ -211,7 +229,7 @@ if numba is not None:
                     transpose16(blocked, block_at + p0 * BLOCK, BLOCK, pn, BLOCK, plain,
                                 plain_at + p0, positions, lanes, pn)
 
-    CACHED = (_reorder, _maxpool, _phases)   # (their disk cache entries: `conv_nchwc._cached`)
+    CACHED = (_reorder, _maxpool, _phases, _global_mean)   # (their disk cache entries: `conv_nchwc._cached`)
 
 
 def reorder():
@@ -224,6 +242,11 @@ def maxpool():
     return native_call.callback(_maxpool, MAXPOOL_ARGS)
 
 
+def global_mean():
+    """C callback of GlobalAveragePool on blocked values, GLOBAL_MEAN_ARGS packed."""
+    return native_call.callback(_global_mean, GLOBAL_MEAN_ARGS)
+
+
 def phase_planes():
     """C callback, PHASES_ARGS packed, of the phase planes of a blocked image x (N, CB, H, W,
     16): x zero-padded by `pads` (top, left, bottom, right) and split into stride x stride
@@ -234,7 +257,7 @@ def phase_planes():
 
 def compile_kernels() -> None:
     """Compile (or load from the disk cache) every callback (`conv_nchwc.compile_kernels`)."""
-    reorder(), maxpool(), phase_planes()
+    reorder(), maxpool(), phase_planes(), global_mean()
 
 
 def phase_shape(h: int, w: int, pads: list[int], stride: int, kh: int, kw: int, oh: int,

@@ -36,7 +36,7 @@ def _workers(units: int, macs: int) -> int:
 def _compiled() -> bool:
     """The compiled loops are ready (`jit_tier`: compiled on a background thread on a machine
     whose disk cache lacks them, ~1.8 s; meanwhile the numpy forms below run)."""
-    return jit_tier.ready("conv_nchwc", conv_nchwc.compile_kernels)
+    return all([jit_tier.ready(name, build) for name, build in conv_nchwc.families()])
 
 
 def blocked_numpy(x: np.ndarray) -> np.ndarray:
@@ -325,3 +325,19 @@ def clamp_of(activation: str | None, params) -> tuple[float, float]:
         lo, hi = (list(params or []) + [-math.inf, math.inf])[:2]
         return float(lo), float(hi)
     raise ValueError(f"NchwcConv: activation {activation} is not a clamp")
+
+
+@kernel("NchwcGlobalAveragePool", domain=DOMAIN)
+class NchwcGlobalAveragePool(Kernel):
+    """GlobalAveragePool on a blocked value: (N, CB, H, W, 16) -> (N, CB, 1, 1, 16)."""
+
+    def compute(self, x):
+        x = _f32(x)
+        n, cb, h, w = x.shape[:4]
+        if not _compiled() or h * w == 0:
+            return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+        y = np.empty((n, cb, 1, 1, BLOCK), np.float32)
+        args = native_call.pack(native_call.address(x), native_call.address(y), n * cb, h * w)
+        native_call.run_ranges(nchwc_layout.global_mean(), args, n * cb, 1,
+                               _workers(n * cb, x.size), True, _get_pool)
+        return y
