@@ -21,6 +21,7 @@ fails is reported once as a RuntimeWarning and its callers keep their fallback p
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import warnings
@@ -39,6 +40,8 @@ _lock = threading.RLock()   # (a build may ask for another family: re-entrant in
 _queue: list["_Build"] = []
 _wake = threading.Condition(_lock)
 _worker: threading.Thread | None = None
+_in_flight: "_Build | None" = None   # the build the background thread runs now
+EXIT_WAIT_S = 120.0   # at most this long, at interpreter exit, for the build in flight
 
 
 class _Build:
@@ -145,16 +148,33 @@ def _run(b: _Build) -> None:
 def _start_worker() -> None:
     global _worker
     if _worker is None or not _worker.is_alive():
-        # A daemon: a process that ends before its builds finish does not wait for them (numba
-        # writes each cache file whole, so nothing half-written stays behind).
+        # A daemon: a process that ends does not wait for the builds still queued (`_at_exit`
+        # waits for the one in flight only; numba writes each cache file whole).
         _worker = threading.Thread(target=_serve, name="ep_cpu_jit", daemon=True)
         _worker.start()
 
 
 def _serve() -> None:
+    global _in_flight
     while True:
         with _lock:
             while not _queue:
+                _in_flight = None
                 _wake.wait()
-            b = _queue.pop(0)
+            b = _in_flight = _queue.pop(0)
         _run(b)
+
+
+@atexit.register
+def _at_exit() -> None:
+    """At interpreter exit the queued builds are dropped (their callers are gone) and the one
+    in flight is waited for: numba compiling on the daemon thread while the interpreter tore
+    down ended a short script on an empty cache with a segfault or an LLVM assertion (exit
+    status 139 / 134) after its work was done."""
+    with _lock:
+        dropped, _queue[:] = list(_queue), []
+        b = _in_flight
+    for d in dropped:
+        d.done.set()   # (not ok: nothing will run it)
+    if b is not None and threading.current_thread() is not _worker:
+        b.done.wait(EXIT_WAIT_S)
