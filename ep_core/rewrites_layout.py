@@ -165,7 +165,7 @@ class NchwcLayout(Rewrite):
         if op in ("Relu", "Clip") and len(n.outputs) == 1:
             found = activation_of(ed, n)
             return found is not None and _keeps_zero(*found)
-        if op in ("Concat", "Split") and int(n.attr("axis", 0 if op == "Concat" else 0)) % 4 == 1:
+        if op in ("Concat", "Split") and int(n.attr("axis", 0)) % 4 == 1:
             parts = n.inputs if op == "Concat" else n.outputs
             dims = [ed.shape(v) for v in parts]
             # every part but the last whole blocks: the padding channels stay at the end
