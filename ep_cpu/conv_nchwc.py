@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_cpu import native_call
-from ep_cpu.vector_ir import VectorIR
+from ep_cpu.vector_ir import EPILOGUE, EPILOGUE_RES, RAW, VectorIR  # noqa: F401 - (the modes, as ours)
 
 try:
     import numba
@@ -29,79 +29,90 @@ except ImportError:  # pragma: no cover
     numba = None
 
 BLOCK = 16
-RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
 NO_ACT = -1   # no activation after the clamp; else a `vector_math` kind (Silu, Tanh, Gelu)
 
 
-def _make_blocked_micro(mr: int, nv: int):
-    """micro(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, bias_off, res, lo, hi, mode):
-    the tile of `mr` positions (16-float rows from x + x_off) x `nv` output blocks over `kb`
-    k blocks, block j's inputs at x + x_off + offs[j] (+ 16 r + i) and its weights the (16, 16
-    nv) rows at w + w_off + 256 nv j; stored at y + y_off + 16 r (+ yvs per output block) with
-    `mode` RAW (the sums), EPILOGUE (+ bias[bias_off + 16 h + l], clamped to [lo, hi]) or
-    EPILOGUE_RES (+ res at y's offsets before the clamp)."""
-    i64, f32 = ir.IntType(64), ir.FloatType()
-    vec = ir.VectorType(f32, BLOCK)
+# (positions, output blocks) of the conv tiles (`tile_rows` picks the positions)
+TILE_SHAPES = tuple((mr, nv) for nv in (2, 1) for mr in (12, 8, 7, 6, 4, 2, 1))
+
+
+def _emit_tile(context, builder, tys, args, mr: int, nv: int) -> None:
+    """The IR of one conv tile of `mr` positions x `nv` output blocks (`blocked_tile`)."""
+    vec = ir.VectorType(ir.FloatType(), BLOCK)
+    (x_v, x_o, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v, mode_v) = args
+    vir = VectorIR(builder)
+    const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
+    x = vir.data(context, tys[0], x_v, x_o)
+    offs = vir.data(context, tys[2], offs_v)
+    w = vir.data(context, tys[3], w_v, w_o)
+    y = vir.data(context, tys[6], y_v, y_o)
+    res = vir.data(context, tys[11], r_v, y_o)
+    bias = vir.data(context, tys[9], b_v, b_o)
+
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(mr * nv)]
+    with cgutils.for_range(builder, kb_v) as loop:
+        xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
+        wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
+        for i in range(BLOCK):
+            bvec = [builder.load(vec_ptr(wb, const((i * nv + h) * BLOCK)), align=4)
+                    for h in range(nv)]
+            for r in range(mr):
+                sv = broadcast(builder.load(builder.gep(xb, [const(r * BLOCK + i)])))
+                for h in range(nv):
+                    slot = accs[r * nv + h]
+                    builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+    lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
+    col_bias = [builder.load(vec_ptr(bias, const(BLOCK * h)), align=4) for h in range(nv)]
+
+    def store(mode):
+        for h in range(nv):
+            vo = builder.mul(yvs_v, const(h))
+            for r in range(mr):
+                off = builder.add(vo, const(r * BLOCK))
+                v = builder.load(accs[r * nv + h])
+                if mode != RAW:
+                    v = builder.fadd(v, col_bias[h])
+                    if mode == EPILOGUE_RES:
+                        v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
+                    v = VectorIR.clamp_with(builder, v, lo_s, hi_s)
+                builder.store(v, vec_ptr(y, off), align=4)
+    vir.store_modes(mode_v, store)
+
+
+def _make_blocked_tile():
+    """blocked_tile(mr, nv, x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, bias_off, res,
+    lo, hi, mode): the tile of `mr` positions (16-float rows from x + x_off) x `nv` output
+    blocks over `kb` k blocks, block j's inputs at x + x_off + offs[j] (+ 16 r + i) and its
+    weights the (16, 16 nv) rows at w + w_off + 256 nv j; stored at y + y_off + 16 r (+ yvs per
+    output block) with `mode` RAW (the sums), EPILOGUE (+ bias[bias_off + 16 h + l], clamped to
+    [lo, hi]) or EPILOGUE_RES (+ res at y's offsets before the clamp). (mr, nv) one of
+    TILE_SHAPES (each its own code, chosen by a switch; anything else stores nothing)."""
+    i64 = ir.IntType(64)
 
     @intrinsic
-    def micro(typingctx, x_arr, x_off, offs_arr, w_arr, w_off, kb, y_arr, y_off, yvs, bias_arr,
-              bias_off, res_arr, lo, hi, mode):
-        sig = types.void(x_arr, types.int64, offs_arr, w_arr, types.int64, types.int64, y_arr,
-                         types.int64, types.int64, bias_arr, types.int64, res_arr, types.float32,
-                         types.float32, types.int64)
+    def blocked_tile(typingctx, mr, nv, x_arr, x_off, offs_arr, w_arr, w_off, kb, y_arr, y_off,
+                     yvs, bias_arr, bias_off, res_arr, lo, hi, mode):
+        sig = types.void(types.int64, types.int64, x_arr, types.int64, offs_arr, w_arr,
+                         types.int64, types.int64, y_arr, types.int64, types.int64, bias_arr,
+                         types.int64, res_arr, types.float32, types.float32, types.int64)
 
         def codegen(context, builder, signature, args):
-            (x_v, x_o, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
-             mode_v) = args
-            tys = signature.args
-            vir = VectorIR(builder)
-            const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
-            x = vir.data(context, tys[0], x_v, x_o)
-            offs = vir.data(context, tys[2], offs_v)
-            w = vir.data(context, tys[3], w_v, w_o)
-            y = vir.data(context, tys[6], y_v, y_o)
-            res = vir.data(context, tys[11], r_v, y_o)
-            bias = vir.data(context, tys[9], b_v, b_o)
-
-            accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None))
-                    for _ in range(mr * nv)]
-            with cgutils.for_range(builder, kb_v) as loop:
-                xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
-                wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
-                for i in range(BLOCK):
-                    bvec = [builder.load(vec_ptr(wb, const((i * nv + h) * BLOCK)), align=4)
-                            for h in range(nv)]
-                    for r in range(mr):
-                        sv = broadcast(builder.load(builder.gep(xb, [const(r * BLOCK + i)])))
-                        for h in range(nv):
-                            slot = accs[r * nv + h]
-                            builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
-            lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
-            col_bias = [builder.load(vec_ptr(bias, const(BLOCK * h)), align=4) for h in range(nv)]
-            done = builder.append_basic_block("tile_stored")
-            switch = builder.switch(mode_v, done)
-            for mode in (RAW, EPILOGUE, EPILOGUE_RES):
-                block = builder.append_basic_block(f"store_mode_{mode}")
-                switch.add_case(ir.Constant(i64, mode), block)
+            mr_v, nv_v = args[:2]
+            shape = builder.add(builder.mul(mr_v, ir.Constant(i64, 4)), nv_v)
+            done = builder.append_basic_block("tile_done")
+            switch = builder.switch(shape, done)
+            for mr_c, nv_c in TILE_SHAPES:
+                block = builder.append_basic_block(f"tile_{mr_c}x{nv_c}")
+                switch.add_case(ir.Constant(i64, mr_c * 4 + nv_c), block)
                 builder.position_at_end(block)
-                for h in range(nv):
-                    vo = builder.mul(yvs_v, const(h))
-                    for r in range(mr):
-                        off = builder.add(vo, const(r * BLOCK))
-                        v = builder.load(accs[r * nv + h])
-                        if mode != RAW:
-                            v = builder.fadd(v, col_bias[h])
-                            if mode == EPILOGUE_RES:
-                                v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
-                            v = VectorIR.clamp_with(builder, v, lo_s, hi_s)
-                        builder.store(v, vec_ptr(y, off), align=4)
+                _emit_tile(context, builder, signature.args[2:], args[2:], mr_c, nv_c)
                 builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    return micro
+    return blocked_tile
 
 
 GROUP = 8   # output positions a depthwise step keeps in flight (8 chains of FMAs)
@@ -218,53 +229,7 @@ if numba is not None:
 
     dw_row = _make_depthwise_row()
 
-    m12_2 = _make_blocked_micro(12, 2)
-    m8_2 = _make_blocked_micro(8, 2)
-    m4_2 = _make_blocked_micro(4, 2)
-    m2_2 = _make_blocked_micro(2, 2)
-    m1_2 = _make_blocked_micro(1, 2)
-    m7_2 = _make_blocked_micro(7, 2)
-    m6_2 = _make_blocked_micro(6, 2)
-    m12_1 = _make_blocked_micro(12, 1)
-    m7_1 = _make_blocked_micro(7, 1)
-    m6_1 = _make_blocked_micro(6, 1)
-    m8_1 = _make_blocked_micro(8, 1)
-    m4_1 = _make_blocked_micro(4, 1)
-    m2_1 = _make_blocked_micro(2, 1)
-    m1_1 = _make_blocked_micro(1, 1)
-
-    @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def _tile(mr, nv, x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode):  # pragma: no cover
-        if nv == 2:
-            if mr == 12:
-                m12_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 8:
-                m8_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 7:
-                m7_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 6:
-                m6_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 4:
-                m4_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 2:
-                m2_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            else:
-                m1_2(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-        else:
-            if mr == 12:
-                m12_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 8:
-                m8_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 7:
-                m7_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 6:
-                m6_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 4:
-                m4_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            elif mr == 2:
-                m2_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
-            else:
-                m1_1(x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, b_off, res, lo, hi, mode)
+    blocked_tile = _make_blocked_tile()
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def tile_rows(left):  # pragma: no cover - compiled
@@ -294,8 +259,8 @@ if numba is not None:
                 ob = 2 * g
                 nv = 2 if mb - ob >= 2 else 1
                 y_at = y_row + q * BLOCK + ob * yvs
-                _tile(mr, nv, x, x_row + q * BLOCK, offs, wp, ob * BLOCK * nk * BLOCK, nk, y,
-                      y_at, yvs, bias, ob * BLOCK, res, lo, hi, mode)
+                blocked_tile(mr, nv, x, x_row + q * BLOCK, offs, wp, ob * BLOCK * nk * BLOCK, nk, y,
+                             y_at, yvs, bias, ob * BLOCK, res, lo, hi, mode)
                 if act != NO_ACT:
                     for h in range(nv):
                         for r in range(mr):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ep_cpu import native_call
-from ep_cpu.vector_ir import VectorIR
+from ep_cpu.vector_ir import EPILOGUE, EPILOGUE_RES, RAW, VectorIR  # noqa: F401 - (the modes, as ours)
 
 try:
     import numba
@@ -123,9 +123,8 @@ def tail_rows(left: int, mr: int) -> int:
     return min(mr, 4 if left <= 4 else (8 if left <= 8 else mr))
 
 
-# Tile store modes of the microkernel: RAW stores the sums; EPILOGUE finishes the tile with
-# + bias, then the clamp [lo, hi]; EPILOGUE_RES also adds the residual before the clamp.
-RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
+# Tile store modes of the microkernel (`vector_ir`'s): RAW stores the sums; EPILOGUE finishes the
+# tile with + bias, then the clamp [lo, hi]; EPILOGUE_RES also adds the residual before the clamp.
 
 
 def _passes(mr: int) -> list[tuple[int, int, int, int]]:
@@ -251,12 +250,8 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                 if not bias_per_row:
                     col_bias = [builder.load(vec_ptr(bias, const(width * (v_first + h))), align=4)
                                 for h in range(n_vecs)]
-                done = builder.append_basic_block("tile_stored")
-                switch = builder.switch(mode_v, done)
-                for mode in (RAW, EPILOGUE, EPILOGUE_RES):
-                    block = builder.append_basic_block(f"store_mode_{mode}")
-                    switch.add_case(ir.Constant(i64, mode), block)
-                    builder.position_at_end(block)
+
+                def store(mode):
                     for r in range(n_rows):
                         row_off = builder.mul(ld, const(r_first + r))
                         if mode != RAW and bias_per_row:
@@ -272,8 +267,7 @@ def _make_micro(mr: int, indexed_b: bool, bias_per_row: bool):
                                     v = builder.fadd(v, builder.load(vec_ptr(res, off), align=4))
                                 v = VectorIR.clamp_with(builder, v, lo_s, hi_s)
                             builder.store(v, ptr, align=4)
-                    builder.branch(done)
-                builder.position_at_end(done)
+                VectorIR(builder).store_modes(mode_v, store)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -1,6 +1,6 @@
 """IR helpers of the 16-float kernels written in LLVM IR through numba's `intrinsic` (the GEMM
 microkernel, the depthwise and thin-conv copies, the tile transposes): the fma intrinsic,
-broadcasts, masks, masked loads and stores, vector pointers, the clamp.
+broadcasts, masks, masked loads and stores, vector pointers, the clamp, the store-mode branch.
 
 numba's disk cache checks only the source file of the function it caches: a change here reaches
 the kernels of other files once their own files change or their cache is cleared.
@@ -12,6 +12,10 @@ try:
     from numba.core import cgutils
 except ImportError:  # pragma: no cover - numba is a dependency
     ir = cgutils = None
+
+
+# tile store modes: the sums as they are; + bias, clamped; + bias + residual, clamped
+RAW, EPILOGUE, EPILOGUE_RES = 0, 1, 2
 
 
 class VectorIR:
@@ -65,6 +69,20 @@ class VectorIR:
 
     def ptr(self, base, offset):
         return self.builder.bitcast(self.builder.gep(base, [offset]), self.v16.as_pointer())
+
+    def store_modes(self, mode, store) -> None:
+        """Branch on a tile's store mode (an int64: RAW, EPILOGUE or EPILOGUE_RES): `store(m)`
+        emits mode m's stores in a block of its own; the builder goes on after them."""
+        b = self.builder
+        done = b.append_basic_block("tile_stored")
+        switch = b.switch(mode, done)
+        for m in (RAW, EPILOGUE, EPILOGUE_RES):
+            block = b.append_basic_block(f"store_mode_{m}")
+            switch.add_case(ir.Constant(ir.IntType(64), m), block)
+            b.position_at_end(block)
+            store(m)
+            b.branch(done)
+        b.position_at_end(done)
 
     def clamp(self, v, lo, hi):
         return self.clamp_with(self.builder, v, lo, hi)
