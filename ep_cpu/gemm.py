@@ -343,9 +343,18 @@ def _tiles_take(m: int) -> bool:
 # against 13.4 GB/s, 1280 x 1000 from L3 177 against 204 us; 128 x 512 from L2 9.5 against
 # 18 us; GPT-2's step 43.5-43.9 -> 42.0-42.2 ms), except where the tiles split B between
 # threads (BLAS is held to one thread in a session's run; 768 x 3072 from memory: 23.5 GB/s on
-# two).
-def _gemv_on_blas(m: int, k: int, n: int, threads: int) -> bool:
-    return m == 1 and (threads == 1 or gemm_compiled.one_thread(m, k, n))
+# two). On AMD Zen 4 the tiles stream a constant B from memory faster at one thread too, in
+# either layout (OpenBLAS's GEMV 9-21 GB/s, the tiles 18-25; GPT-2's tied 768 x 50257 output
+# head 10.3 -> 5.1 ms), but run B from L3 ~15-30 % slower: only a B larger than the core's L2.
+GEMV_TILES_MIN_BYTES_AMD = 2 << 20
+
+
+def _gemv_on_blas(m: int, k: int, n: int, threads: int, constant_b: bool) -> bool:
+    if m != 1:
+        return False
+    if constant_b and microkernel.amd() and 4 * k * n >= GEMV_TILES_MIN_BYTES_AMD:
+        return False
+    return threads == 1 or gemm_compiled.one_thread(m, k, n)
 
 
 def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
@@ -453,7 +462,7 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
     # decoder step: 42 -> 33 ms a step against a one-thread BLAS).
     if (COMPILED and cdt == np.float32 and not staged and y.flags.c_contiguous
             and (packed is not None or macs >= COMPILED_MIN_MACS)
-            and not _gemv_on_blas(m, k, n, threads)
+            and not _gemv_on_blas(m, k, n, threads, packed is not None)
             and (_tiles_take(m) or (m < THIN_M and packed is not None and threads > 1
                                     and microkernel.convs_beat_blas(threads)))
             and jit_tier.ready("gemm", gemm_compiled.compile_kernels)):
