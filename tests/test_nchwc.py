@@ -200,12 +200,17 @@ def bottleneck_model(rng, n=1, c=32, h=12, blocks=3) -> bytes:
     return m.SerializeToString()
 
 
+@pytest.mark.parametrize("row_tiles_from", [1, 16])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", [dict(), dict(n=2, c=24, h=9), dict(c=16, h=28)])
-def test_bottleneck_chains_with_3x3_and_strided_convs_run_blocked_and_match(shape, threads, monkeypatch):
-    """3x3 convs of stride 1 and 2 (phase planes, a grid of output positions cropped back) and
-    a strided 1x1 downsample run blocked, as their numpy forms do, and match onnxruntime."""
+def test_bottleneck_chains_with_3x3_and_strided_convs_run_blocked_and_match(shape, threads,
+                                                                           row_tiles_from,
+                                                                           monkeypatch):
+    """3x3 convs of stride 1 and 2 (phase planes; small maps row by row, or as a grid of output
+    positions cropped back: each CPU takes one, both are tested) and a strided 1x1 downsample
+    run blocked, as their numpy forms do, and match onnxruntime."""
     from ep_cpu.kernels import nchwc
+    monkeypatch.setattr(nchwc, "ROW_TILES_FROM", row_tiles_from)
     model, x, ours, ref, ops, _ = run_built(bottleneck_model, shape, threads, 5, c=32, h=12)
     blocks = shape.get("blocks", 3)
     assert ops.count("NchwcConv") == 3 * blocks + 1 and ops.count("ReorderInput") == 1
