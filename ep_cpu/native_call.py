@@ -326,6 +326,9 @@ def run_blocks(fn: Callable, total: int, workers: int, args_before: tuple, args_
         return
     step = -(-total // workers)
     ranges = [(i0, min(total, i0 + step)) for i0 in range(0, total, step)]
+    # (the spinning workers make way for the pool's threads: one polling a core shared it with
+    # them, BERT-base's attention at 2 threads)
+    spin_pool.nap()
     # The calling thread takes the first range: one hand-off fewer (~20-60 us each here).
     futs = [pool(workers - 1).submit(fn, *args_before, i0, i1, *args_after) for i0, i1 in ranges[1:]]
     try:
