@@ -11,7 +11,8 @@ for every layout change it needs.
 Convertible (float32, 4-D, static shapes, every node owned by a provider whose
 `nchwc_block()` is 16 and that has the blocked kernels):
 - Conv / FusedConv of one group (any window, padding and equal strides: 1x1, 3x3, a strided
-  1x1 downsample) or 3x3 depthwise (one channel a group, padding 1, stride 1 or 2), constant
+  1x1 downsample; a conv of few channels, an image's stem, reading its input in NCHW: "plain")
+  or 3x3 depthwise (one channel a group, padding 1, stride 1 or 2), constant
   weight and bias, an activation that keeps 0 (the padding channels must stay zero): none,
   Relu, a Clip around 0, Silu, Tanh or Gelu; a residual Z of the output's shape;
 - on blocked inputs: Add of two values of one shape, Relu, Clip keeping 0; Concat and Split on
@@ -35,6 +36,10 @@ REORDERS_PER_CONV = 4
 # input channels padded to whole blocks at most this many times their number (a 3-channel stem
 # conv would multiply 16: MobileNetV2's ran slower blocked)
 MAX_PADDING = 2.0
+# A conv with fewer channels (an image's stem) reads its plain NCHW input as it is, one value
+# a k step, where its window holds at most this many values (ResNet's 7x7 over 3 channels: 147)
+PLAIN_MAX_WINDOW = 256
+PLAIN_STRIDES = (1, 2)   # (the strides the CPU provider's plain-image tiles are compiled for)
 
 
 # activations with f(0) = 0 the blocked conv applies after its clamp (Relu and Clip are clamps)
@@ -58,11 +63,13 @@ class NchwcLayout(Rewrite):
         ed = self.editor(graph)
         blocks: dict = {}   # provider -> whether it takes the blocked ops (asked once a graph)
         order = [n for n in nodes_in_order(graph) if ed.alive(n)]
-        kinds = {}   # node -> "conv" / "depthwise" / "layout" (candidates, before grouping)
+        kinds = {}   # node -> "conv" / "plain" / "depthwise" / "layout" (candidates, before grouping)
         blocked: set[str] = set()   # values candidates produce (would be blocked)
         for n in order:
             if self._owner_ok(n, blocks):
                 kind = self._conv_kind(ed, n)
+                if kind == "plain" and n.inputs[0] in blocked:
+                    kind = None   # (its input stays blocked: no plain form of it is kept)
                 if kind is None and self._layout_ok(ed, n, blocked):
                     kind = "layout"
                 if kind is not None:
@@ -121,8 +128,11 @@ class NchwcLayout(Rewrite):
         if dil != [1, 1]:
             return None
         padded = -(-xs[1] // BLOCK) * BLOCK
-        if group == 1 and strides[0] == strides[1] and len(pads) == 4 and padded <= MAX_PADDING * xs[1]:
-            return "conv"
+        if group == 1 and strides[0] == strides[1] and len(pads) == 4:
+            if padded <= MAX_PADDING * xs[1]:
+                return "conv"
+            if xs[1] * ks[0] * ks[1] <= PLAIN_MAX_WINDOW and strides[0] in PLAIN_STRIDES:
+                return "plain"
         if (group == xs[1] == ws[0] and ws[1] == 1 and ks == [3, 3] and pads == [1, 1, 1, 1]
                 and strides in ([1, 1], [2, 2])):
             return "depthwise"
@@ -135,7 +145,8 @@ class NchwcLayout(Rewrite):
         convs = sum(kinds[n] != "layout" for n in group)
         members = set(group)
         made = {o for n in group for o in n.outputs if o}
-        ins = {i for n in group for i in self._data_inputs(n) if i not in made}
+        # (a plain conv reads its input as it is)
+        ins = {i for n in group if kinds[n] != "plain" for i in self._data_inputs(n) if i not in made}
         ins |= {n.inputs[3] for n in group if kinds[n] != "layout" and len(n.inputs) > 3
                 and n.inputs[3] and n.inputs[3] not in made}
         outs = {o for o in made if ed.is_output(o) or any(c not in members for c in ed.consumers(o))}
@@ -261,8 +272,8 @@ class NchwcLayout(Rewrite):
                     attrs["activation"] = n.attr("activation")
                     if n.attr("activation_params"):
                         attrs["activation_params"] = [float(p) for p in n.attr("activation_params")]
-                inputs = [to_blocked(n.inputs[0], n), n.inputs[1],
-                          n.inputs[2] if len(n.inputs) > 2 else ""]
+                x = n.inputs[0] if kinds[n] == "plain" else to_blocked(n.inputs[0], n)
+                inputs = [x, n.inputs[1], n.inputs[2] if len(n.inputs) > 2 else ""]
                 if len(n.inputs) > 3 and n.inputs[3]:
                     inputs.append(to_blocked(n.inputs[3], n))
                 while inputs and not inputs[-1]:

@@ -34,22 +34,43 @@ NO_ACT = -1   # no activation after the clamp; else a `vector_math` kind (Silu, 
 
 # (positions, output blocks) of the conv tiles (`tile_rows` picks the positions)
 TILE_SHAPES = tuple((mr, nv) for nv in (2, 1) for mr in (12, 8, 7, 6, 4, 2, 1))
+PLAIN_TILE_SHAPES = tuple((mr, nv) for mr, nv in TILE_SHAPES if nv == 1)
+PLAIN_STRIDES = (1, 2)   # strides of the convs on plain images (each its own tiles)
 
 
-def _emit_tile(context, builder, tys, args, mr: int, nv: int) -> None:
-    """The IR of one conv tile of `mr` positions x `nv` output blocks (`blocked_tile`)."""
+def _emit_tile(context, builder, tys, args, mr: int, nv: int, inner: int, step: int = 0) -> None:
+    """The IR of one conv tile of `mr` positions x `nv` output blocks (`blocked_tile`): k steps
+    of `inner` input channels each, BLOCK (a blocked image) or 1 (a plain NCHW one, its
+    positions `step` floats apart)."""
     vec = ir.VectorType(ir.FloatType(), BLOCK)
-    (x_v, x_o, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v, mode_v) = args
+    (x_v, x_o, xs_v, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
+     mode_v) = args
     vir = VectorIR(builder)
     const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
     x = vir.data(context, tys[0], x_v, x_o)
-    offs = vir.data(context, tys[2], offs_v)
-    w = vir.data(context, tys[3], w_v, w_o)
-    y = vir.data(context, tys[6], y_v, y_o)
-    res = vir.data(context, tys[11], r_v, y_o)
-    bias = vir.data(context, tys[9], b_v, b_o)
+    offs = vir.data(context, tys[3], offs_v)
+    w = vir.data(context, tys[4], w_v, w_o)
+    y = vir.data(context, tys[7], y_v, y_o)
+    res = vir.data(context, tys[12], r_v, y_o)
+    bias = vir.data(context, tys[10], b_v, b_o)
 
     accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(mr * nv)]
+    if inner == 1:
+        # a plain image: k step j is one input value of each position (channel, tap) at
+        # x + offs[j] + r step (the conv's stride, a constant: with it a runtime value the 12
+        # positions' offsets took 12 registers, and spilled), times one (16 nv) weight row
+        steps = [const(r * step) for r in range(mr)]
+        with cgutils.for_range(builder, kb_v) as loop:
+            xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
+            wb = builder.gep(w, [builder.mul(loop.index, const(nv * BLOCK))])
+            bvec = [builder.load(vec_ptr(wb, const(h * BLOCK)), align=4) for h in range(nv)]
+            for r in range(mr):
+                sv = broadcast(builder.load(builder.gep(xb, [steps[r]])))
+                for h in range(nv):
+                    slot = accs[r * nv + h]
+                    builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+        _emit_store(builder, vir, accs, mr, nv, y, res, bias, yvs_v, lo_v, hi_v, mode_v)
+        return
     with cgutils.for_range(builder, kb_v) as loop:
         xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
         wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
@@ -66,6 +87,12 @@ def _emit_tile(context, builder, tys, args, mr: int, nv: int) -> None:
                 for h in range(nv):
                     slot = accs[r * nv + h]
                     builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+    _emit_store(builder, vir, accs, mr, nv, y, res, bias, yvs_v, lo_v, hi_v, mode_v)
+
+
+def _emit_store(builder, vir, accs, mr, nv, y, res, bias, yvs_v, lo_v, hi_v, mode_v) -> None:
+    """The tile's sums stored at y (+ 16 r, + yvs per output block) in `mode_v`'s form."""
+    const, broadcast, vec_ptr = vir.i64, vir.broadcast, vir.ptr
     lo_s, hi_s = broadcast(lo_v), broadcast(hi_v)
     col_bias = [builder.load(vec_ptr(bias, const(BLOCK * h)), align=4) for h in range(nv)]
 
@@ -85,33 +112,46 @@ def _emit_tile(context, builder, tys, args, mr: int, nv: int) -> None:
 
 
 def _make_blocked_tile():
-    """blocked_tile(mr, nv, x, x_off, offs, w, w_off, kb, y, y_off, yvs, bias, bias_off, res,
-    lo, hi, mode): the tile of `mr` positions (16-float rows from x + x_off) x `nv` output
-    blocks over `kb` k blocks, block j's inputs at x + x_off + offs[j] (+ 16 r + i) and its
-    weights the (16, 16 nv) rows at w + w_off + 256 nv j; stored at y + y_off + 16 r (+ yvs per
-    output block) with `mode` RAW (the sums), EPILOGUE (+ bias[bias_off + 16 h + l], clamped to
-    [lo, hi]) or EPILOGUE_RES (+ res at y's offsets before the clamp). (mr, nv) one of
-    TILE_SHAPES (each its own code, chosen by a switch; anything else stores nothing)."""
+    """blocked_tile(mr, nv, inner, x, x_off, xs, offs, w, w_off, kb, y, y_off, yvs, bias,
+    bias_off, res, lo, hi, mode): the tile of `mr` positions x `nv` output blocks over `kb` k
+    steps. `inner` BLOCK: a blocked image, the positions 16-float rows from x + x_off, k step
+    j 16 input channels at x + x_off + offs[j] (+ 16 r + i), its weights the (16, 16 nv) rows
+    at w + w_off + 256 nv j. `inner` 1: a plain image, k step j one value a position at
+    x + x_off + offs[j] + r xs (xs 1 or 2: PLAIN_STRIDES; nv 1), its weights the (16 nv) row
+    at w + w_off + 16 nv j. Stored at
+    y + y_off + 16 r (+ yvs per output block) with `mode` RAW (the sums), EPILOGUE (+ bias[bias_off
+    + 16 h + l], clamped to [lo, hi]) or EPILOGUE_RES (+ res at y's offsets before the clamp).
+    (mr, nv) one of TILE_SHAPES (each its own code, chosen by a switch; anything else stores
+    nothing)."""
     i64 = ir.IntType(64)
 
     @intrinsic
-    def blocked_tile(typingctx, mr, nv, x_arr, x_off, offs_arr, w_arr, w_off, kb, y_arr, y_off,
-                     yvs, bias_arr, bias_off, res_arr, lo, hi, mode):
-        sig = types.void(types.int64, types.int64, x_arr, types.int64, offs_arr, w_arr,
-                         types.int64, types.int64, y_arr, types.int64, types.int64, bias_arr,
-                         types.int64, res_arr, types.float32, types.float32, types.int64)
+    def blocked_tile(typingctx, mr, nv, inner, x_arr, x_off, xs, offs_arr, w_arr, w_off, kb,
+                     y_arr, y_off, yvs, bias_arr, bias_off, res_arr, lo, hi, mode):
+        sig = types.void(types.int64, types.int64, types.int64, x_arr, types.int64, types.int64,
+                         offs_arr, w_arr, types.int64, types.int64, y_arr, types.int64,
+                         types.int64, bias_arr, types.int64, res_arr, types.float32,
+                         types.float32, types.int64)
 
         def codegen(context, builder, signature, args):
-            mr_v, nv_v = args[:2]
-            shape = builder.add(builder.mul(mr_v, ir.Constant(i64, 4)), nv_v)
+            mr_v, nv_v, inner_v, xs_v = args[0], args[1], args[2], args[5]
+            # variant 0: blocked; 1, 2: plain at that stride
+            plain = builder.icmp_signed("==", inner_v, ir.Constant(i64, 1))
+            variant = builder.select(plain, xs_v, ir.Constant(i64, 0))
+            shape = builder.add(builder.mul(builder.add(builder.mul(mr_v, ir.Constant(i64, 4)),
+                                                        nv_v), ir.Constant(i64, 4)), variant)
             done = builder.append_basic_block("tile_done")
             switch = builder.switch(shape, done)
-            for mr_c, nv_c in TILE_SHAPES:
-                block = builder.append_basic_block(f"tile_{mr_c}x{nv_c}")
-                switch.add_case(ir.Constant(i64, mr_c * 4 + nv_c), block)
-                builder.position_at_end(block)
-                _emit_tile(context, builder, signature.args[2:], args[2:], mr_c, nv_c)
-                builder.branch(done)
+            for variant_c in (0,) + PLAIN_STRIDES:
+                # (a plain image's tiles one output block wide: with two, the 12 broadcasts
+                # spilled beside the 24 sums)
+                for mr_c, nv_c in PLAIN_TILE_SHAPES if variant_c else TILE_SHAPES:
+                    block = builder.append_basic_block(f"tile_{mr_c}x{nv_c}_{variant_c}")
+                    switch.add_case(ir.Constant(i64, (mr_c * 4 + nv_c) * 4 + variant_c), block)
+                    builder.position_at_end(block)
+                    _emit_tile(context, builder, signature.args[3:], args[3:], mr_c, nv_c,
+                               1 if variant_c else BLOCK, variant_c)
+                    builder.branch(done)
             builder.position_at_end(done)
             return context.get_dummy_value()
 
@@ -250,22 +290,26 @@ if numba is not None:
         return 1
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-    def conv_row(x, x_row, offs, nk, wp, bias, res, y, y_row, yvs, q0, q1, mb, lo, hi, mode,
-                 g0, g1, act):  # pragma: no cover - compiled
-        # output positions [q0, q1) of one row: position q's input at x[x_row + 16 q + offs[j]]
-        # for k block j (16 channels), its output at y[y_row + 16 q + ob yvs]; tiles of up to
-        # 12 positions (`tile_rows`), output groups [g0, g1) of two blocks (the last may be
-        # one), each group's weights (nk 16, 16 nv) at 2 g 16 nk 16 in wp; `act` (a
-        # vector_math kind, or NO_ACT) applied to each tile just stored, still in L1
+    def conv_row(x, x_row, inner, xs, offs, nk, wp, bias, res, y, y_row, yvs, q0, q1, mb, lo,
+                 hi, mode, g0, g1, act):  # pragma: no cover - compiled
+        # output positions [q0, q1) of one row: position q's input at x[x_row + xs q + offs[j]]
+        # for k step j (`inner` channels: 16 of a blocked image, xs = 16; or 1 of a plain one,
+        # xs = the stride), its output at y[y_row + 16 q + ob yvs]; tiles of up to 12 positions
+        # (`tile_rows`), output groups [g0, g1) of two blocks (the last may be one; one block
+        # each on a plain image), each group's weights (nk inner, 16 nv) at per g 16 nk inner
+        # in wp; `act` (a vector_math kind, or NO_ACT) applied to each tile just stored, still
+        # in L1
+        per = 2 if inner == BLOCK else 1
         q = q0
         while q < q1:
             mr = tile_rows(q1 - q)
             for g in range(g0, g1):
-                ob = 2 * g
-                nv = 2 if mb - ob >= 2 else 1
+                ob = per * g
+                nv = 2 if mb - ob >= 2 and per == 2 else 1
                 y_at = y_row + q * BLOCK + ob * yvs
-                blocked_tile(mr, nv, x, x_row + q * BLOCK, offs, wp, ob * BLOCK * nk * BLOCK, nk, y,
-                             y_at, yvs, bias, ob * BLOCK, res, lo, hi, mode)
+                blocked_tile(mr, nv, inner, x, x_row + q * xs, xs, offs, wp,
+                             ob * BLOCK * nk * inner, nk, y, y_at, yvs, bias, ob * BLOCK, res, lo,
+                             hi, mode)
                 if act != NO_ACT:
                     for h in range(nv):
                         for r in range(mr):
@@ -283,8 +327,9 @@ if numba is not None:
                                     np.int64(a[10]), np.int64(a[11]))
         stride, mb, mode, chunk = np.int64(a[12]), np.int64(a[13]), np.int64(a[14]), np.int64(a[15])
         lo, hi, n, groups_outer = np.float32(a[16]), np.float32(a[17]), np.int64(a[18]), a[19] != 0
-        act = np.int64(a[20])
-        x_len, y_len = cb * hp * wpos * BLOCK, mb * oh * ow * BLOCK
+        act, unit, xs = np.int64(a[20]), np.int64(a[21]), np.int64(a[22])
+        # (`unit`: floats a position of the input holds, 16 blocked or 1 plain)
+        x_len, y_len = cb * hp * wpos * unit, mb * oh * ow * BLOCK
         x = numba.carray(f32_at(x_at), (n * x_len,))
         y = numba.carray(f32_at(y_at), (n * y_len,))
         res = numba.carray(f32_at(res_at if mode == EPILOGUE_RES else y_at), (n * y_len,))
@@ -304,7 +349,7 @@ if numba is not None:
                 rest = r // chunks
                 oy = rest % oh
                 i = rest // oh
-                conv_row(x, i * x_len + oy * stride * wpos * BLOCK, offs, nk, wp,
+                conv_row(x, i * x_len + oy * stride * wpos * unit, unit, xs, offs, nk, wp,
                          bias, res, y, i * y_len + oy * ow * BLOCK, oh * ow * BLOCK, q * chunk,
                          min(ow, q * chunk + chunk), mb, lo, hi, mode, g0, g1, act)
 
@@ -337,7 +382,7 @@ if numba is not None:
                     activate16(y, y_row + ox * BLOCK, act)
 
 TILE = 12    # positions of a pointwise tile
-CONV_ARGS, DEPTHWISE_ARGS = 21, 16
+CONV_ARGS, DEPTHWISE_ARGS = 23, 16
 GROUPS_OUTER_BYTES = 1 << 20   # weights from which a conv part runs group by group
 
 
@@ -422,6 +467,25 @@ def pack_conv(w: np.ndarray) -> tuple[np.ndarray, int, int]:
         groups.append(np.ascontiguousarray(wk[ob * BLOCK:(ob + nv) * BLOCK].T).reshape(-1))
         ob += nv
     return np.concatenate(groups), kb, mb
+
+
+def pack_plain(w: np.ndarray) -> np.ndarray:
+    """(M, C, kh, kw) weights of a conv on a plain (NCHW) image as the tiles read them with
+    `inner` 1: per output block the (C kh kw, 16) matrix, row j = (c kh + ky) kw + kx
+    (`plain_offsets`); padding channels zero."""
+    m = w.shape[0]
+    mb = -(-m // BLOCK)
+    k = int(np.prod(w.shape[1:]))
+    wk = np.zeros((mb, BLOCK, k), np.float32)
+    wk.reshape(mb * BLOCK, k)[:m] = w.reshape(m, k)
+    return np.ascontiguousarray(wk.transpose(0, 2, 1)).reshape(-1)
+
+
+def plain_offsets(c: int, kh: int, kw: int, hp: int, wp: int) -> np.ndarray:
+    """Offsets of k step j = (c kh + ky) kw + kx from an output position's window corner in a
+    padded plain image of hp x wp planes."""
+    ci, ky, kx = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+    return np.ascontiguousarray(((ci * hp + ky) * wp + kx).reshape(-1), dtype=np.int64)
 
 
 def conv_offsets(kb: int, kh: int, kw: int, stride: int, hq: int, wq: int) -> np.ndarray:

@@ -449,3 +449,67 @@ def test_a_large_depthwise_conv_is_split_between_threads(monkeypatch):
     depthwise = [workers for cb, workers in calls if cb is conv_nchwc.depthwise()]
     assert depthwise == [2, 2, 2]
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
+def stem_model(rng, n=1, c=3, h=20, k=3, stride=2, out=24, act="Relu", pool=True) -> bytes:
+    """An image's stem (a conv of `c` channels, k x k, `stride`, padding k // 2, + act; then a
+    3x3 stride-2 MaxPool) and three 1x1 convs: the stem reads the NCHW image as it is."""
+    inits, nodes = [], []
+
+    def weight(name, shape):
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name))
+        return name
+    nodes.append(helper.make_node("Conv", ["x", weight("w0", (out, c, k, k)), weight("b0", (out,))], ["s"],
+                                  pads=[k // 2] * 4, strides=[stride, stride]))
+    if act == "Silu":
+        nodes += [helper.make_node("Sigmoid", ["s"], ["sg"]), helper.make_node("Mul", ["s", "sg"], ["a"])]
+    else:
+        nodes.append(helper.make_node(act, ["s"], ["a"]))
+    cur = "a"
+    if pool:
+        nodes.append(helper.make_node("MaxPool", ["a"], ["p"], kernel_shape=[3, 3], strides=[2, 2],
+                                      pads=[1, 1, 1, 1]))
+        cur = "p"
+    nodes.append(helper.make_node("Conv", [cur, weight("w1", (32, out, 1, 1)), weight("b1", (32,))], ["c1"]))
+    nodes.append(helper.make_node("Relu", ["c1"], ["r1"]))
+    nodes.append(helper.make_node("Conv", ["r1", weight("w2", (32, 32, 1, 1)), weight("b2", (32,))], ["c2"]))
+    nodes.append(helper.make_node("Relu", ["c2"], ["r2"]))
+    nodes.append(helper.make_node("Conv", ["r2", weight("w3", (16, 32, 1, 1)), weight("b3", (16,))], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
+                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [
+    dict(),                                           # a 3x3 stride-2 stem (MobileNetV2, YOLO)
+    dict(n=2, k=7, h=23, out=64),                     # ResNet's 7x7 on two images, an odd map
+    dict(c=1, stride=1, h=9, out=16, act="Silu"),     # one channel, stride 1, a stored activation
+    dict(c=4, k=5, h=33, out=40, pool=False),         # 5x5, an odd block count, a wide row
+])
+def test_an_image_stem_reads_the_plain_image_and_matches(shape, threads, monkeypatch):
+    """A conv of few channels (an image's stem) runs blocked on its NCHW input ("plain": no
+    reorder of the image, one value a k step), as its numpy form does, and matches onnxruntime;
+    the MaxPool after it runs blocked too."""
+    from ep_cpu.kernels import nchwc
+    model, x, ours, ref, ops, sess = run_built(stem_model, shape, threads, 11, c=3, h=20)
+    assert "ReorderInput" not in ops and ops.count("NchwcConv") == 4
+    assert [n.attrs["kind"] for n in sess._graph.nodes if n.op_type == "NchwcConv"][0] == "plain"
+    assert ("NchwcMaxPool" in ops) == shape.get("pool", True)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(nchwc, "_compiled", lambda: False)
+    _, fallback, _ = run_both(model, x, threads)
+    np.testing.assert_allclose(fallback[0], ref[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_stem_of_another_stride_or_a_wide_window_keeps_its_reorder():
+    """The plain tiles are compiled for strides 1 and 2 and windows of up to 256 values: a
+    stride-4 patch conv, or a 3-channel 11x11 one, reads a blocked copy of the image (or stays
+    in NCHW)."""
+    for shape in (dict(k=3, stride=4, h=32), dict(k=11, stride=2, h=40)):
+        model, _, ours, ref, ops, sess = run_built(stem_model, shape, 1, 13, c=3, h=20)
+        kinds = [n.attrs["kind"] for n in sess._graph.nodes if n.op_type == "NchwcConv"]
+        assert "plain" not in kinds
+        np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4, atol=1e-5)

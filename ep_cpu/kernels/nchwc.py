@@ -115,7 +115,8 @@ ROW_TILES_FROM = 1 if microkernel.amd() else 16
 @kernel("NchwcConv", domain=DOMAIN)
 class NchwcConv(Kernel):
     """y = clamp(conv(x, W) + B + Z) on blocked x, Z, y. `kind`: "conv" (one group, a
-    kernel_shape x `pads` / `strides` window: 1x1 convs, 3x3 ones...) or "depthwise" (3x3, one
+    kernel_shape x `pads` / `strides` window: 1x1 convs, 3x3 ones...), "plain" (the same on a
+    plain (N, C, H, W) x of few channels: an image's stem) or "depthwise" (3x3, one
     channel a group, padding 1, `strides` 1 or 2). W (the ONNX weight, (M, C, kh, kw)) and B are
     session constants, packed here once; `activation` / `activation_params` as FusedConv's, one
     that keeps 0: Relu or a Clip (the store's clamp), Silu, Tanh or Gelu (`vector_math`'s, on
@@ -142,6 +143,8 @@ class NchwcConv(Kernel):
         self.kh, self.kw = self.weight.shape[2:]
         if self.kind == "conv":
             self.w, self.kb, _ = conv_nchwc.pack_conv(self.weight)
+        elif self.kind == "plain":
+            self.w, self.kb = conv_nchwc.pack_plain(self.weight), -(-self.weight.shape[1] // BLOCK)
         else:
             self.w = conv_nchwc.pack_depthwise(self.weight)
         self.bias = conv_nchwc.padded(b, self.mb * BLOCK)
@@ -168,6 +171,8 @@ class NchwcConv(Kernel):
         res_at = 0 if z is None else native_call.address(z)
         if self.kind == "conv":
             return self._conv(x, y, z, res_at)
+        if self.kind == "plain":
+            return self._plain(x, y, z, res_at)
         macs = n * oh * ow * 9 * self.mb * BLOCK
         args = native_call.pack(native_call.address(x), native_call.address(y), res_at,
                                 native_call.address(self.w), native_call.address(self.bias), cb, h,
@@ -175,6 +180,36 @@ class NchwcConv(Kernel):
         units = n * cb * oh
         native_call.run_ranges(conv_nchwc.depthwise(), args, units, 1, _workers(units, macs), True,
                                _get_pool)
+        return y
+
+    def _plain(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, res_at: int) -> np.ndarray:
+        """The conv of a plain (N, C, H, W) image (an image's stem: few channels) into blocked
+        y: each k step one value of a position's window (`conv_nchwc.blocked_tile`'s `inner`
+        1), read in place from the zero-padded image (a copy of a few channels)."""
+        n, c, h, wd = x.shape
+        _, mb, oh, ow = y.shape[:4]
+        t, l, b, r = self.pads
+        if t or l or b or r:
+            xp = np.zeros((n, c, h + t + b, wd + l + r), np.float32)
+            xp[:, :, t:t + h, l:l + wd] = x
+            x = xp
+        hp, wp = x.shape[2:]
+        offs = self.offsets.get((hp, wp))
+        if offs is None:
+            offs = self.offsets[(hp, wp)] = conv_nchwc.plain_offsets(c, self.kh, self.kw, hp, wp)
+        nk = offs.size
+        rows = n * oh
+        workers = _workers(rows * -(-ow // TILE), n * oh * ow * nk * mb * BLOCK)
+        chunk = ow
+        if workers > 1 and rows < 2 * workers:
+            chunk = max(TILE, -(-ow // (-(-2 * workers // rows)) // TILE) * TILE)
+        args = native_call.pack(
+            native_call.address(x), native_call.address(y), res_at, native_call.address(self.w),
+            native_call.address(self.bias), native_call.address(offs), nk, c, hp, wp, oh, ow,
+            self.stride, mb, EPILOGUE_RES if z is not None else EPILOGUE, chunk, self.lo, self.hi,
+            n, False, self.act, 1, self.stride)
+        native_call.run_ranges(conv_nchwc.conv(), args, mb, rows * -(-ow // chunk), workers,
+                               False, _get_pool)
         return y
 
     def _conv(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, res_at: int) -> np.ndarray:
@@ -233,7 +268,7 @@ class NchwcConv(Kernel):
             native_call.address(x), native_call.address(out), res_at, native_call.address(self.w),
             native_call.address(self.bias), native_call.address(offs), offs.size, cb, hp, wp, oh_run,
             ow_run, s, mb, EPILOGUE_RES if z is not None else EPILOGUE, chunk, self.lo, self.hi, n,
-            4 * self.w.size >= conv_nchwc.GROUPS_OUTER_BYTES, self.act)
+            4 * self.w.size >= conv_nchwc.GROUPS_OUTER_BYTES, self.act, BLOCK, BLOCK)
         native_call.run_ranges(conv_nchwc.conv(), args, groups, rows * -(-ow_run // chunk), workers,
                                by_groups, _get_pool)
         if out is not y:
@@ -254,7 +289,12 @@ class NchwcConv(Kernel):
         """The same conv in numpy, on the blocked arrays."""
         n, mb, oh, ow = y_shape[:4]
         bias = self.bias.reshape(1, mb, 1, 1, BLOCK)
-        if self.kind == "conv":
+        if self.kind == "plain":   # (as the conv of the image blocked)
+            c = x.shape[1]
+            xc = np.zeros((n, self.kb * BLOCK) + x.shape[2:], np.float32)
+            xc[:, :c] = x
+            x = np.ascontiguousarray(xc.reshape(n, self.kb, BLOCK, *x.shape[2:]).transpose(0, 1, 3, 4, 2))
+        if self.kind in ("conv", "plain"):
             # channels last (N, H, W, K): a tap's window of every position is a (positions, K)
             # matrix; one BLAS product a tap into (positions, M) sums, few copies (the first
             # runs of a cold process pay a page fault per fresh page)
