@@ -411,15 +411,18 @@ def families() -> tuple:
 
 def ready() -> bool:
     """Whether the compiled loops can run now, asked while a session is built (the layout
-    rewrite converts only then). From numba's disk cache they load in ~0.2 s, waited for
-    (`jit_tier.ready`); with none there (a fresh machine or source) they compile, ~3 s, on the
+    rewrite converts only then). From numba's disk cache they load in ~0.3 s, waited for
+    (`jit_tier.ready(on_disk=True)`: past its usual wait, which left sessions in NCHW); with
+    none there (a fresh machine or source) they compile, ~3.5 s, on the
     background thread while this session stays in NCHW: its first run on numpy forms of the
     blocked ops took ResNet-50's cold first session from 2.8 to 3.6 s."""
     from ep_cpu import jit_tier
     cached = _disk_cache.get("found")
     if cached is None:
         cached = _disk_cache["found"] = _cached()
-    ask = jit_tier.ready if cached or jit_tier.sync() else jit_tier.start
+    if cached:
+        return all([jit_tier.ready(name, build, on_disk=True) for name, build in families()])
+    ask = jit_tier.ready if jit_tier.sync() else jit_tier.start
     return all([ask(name, build) for name, build in families()])   # (every family requested)
 
 

@@ -236,7 +236,7 @@ def test_a_session_built_before_the_loops_are_compiled_stays_in_nchw(monkeypatch
     assert started == ["conv_nchwc", "nchwc_layout"] and CPUExecutionProvider().nchwc_block() == 0
     assert not any(n.op_type in BLOCKED_OPS for n in sess._graph.nodes)
     monkeypatch.setattr(conv_nchwc, "_disk_cache", {"found": True})
-    monkeypatch.setattr(jit_tier, "ready", lambda name, build: True)
+    monkeypatch.setattr(jit_tier, "ready", lambda name, build, on_disk=False: True)
     sess = ep_core.InferenceSession(model, providers=["cpu"])
     assert any(n.op_type == "NchwcConv" for n in sess._graph.nodes)
 
