@@ -19,6 +19,15 @@ pytestmark = pytest.mark.skipif(not conv_nchwc.available(),
 BLOCKED_OPS = ("NchwcConv", "ReorderInput", "ReorderOutput")
 
 
+def model_bytes(nodes, inits, x_shape, outputs=("y",)) -> bytes:
+    """An opset-17 model of `nodes` from input x of `x_shape` to `outputs`."""
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info(o, TP.FLOAT, None) for o in outputs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
 def inverted_residual_model(rng, n=1, c=24, h=14, expand=6, stride=1, blocks=3, act="Clip",
                             extra_output=True) -> bytes:
     """`blocks` MobileNetV2 blocks (1x1 expand + act, 3x3 depthwise (the first of `stride`) +
@@ -193,11 +202,7 @@ def bottleneck_model(rng, n=1, c=32, h=12, blocks=3) -> bytes:
         nodes.append(helper.make_node("Relu", [f"s{k}"], [f"o{k}"]))
         x, cin = f"o{k}", 4 * c
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["y"]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
-                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
+    return model_bytes(nodes, inits, [n, c, h, h])
 
 
 @pytest.mark.parametrize("row_tiles_from", [1, 16])
@@ -475,11 +480,7 @@ def stem_model(rng, n=1, c=3, h=20, k=3, stride=2, out=24, act="Relu", pool=True
     nodes.append(helper.make_node("Conv", ["r1", weight("w2", (32, 32, 1, 1)), weight("b2", (32,))], ["c2"]))
     nodes.append(helper.make_node("Relu", ["c2"], ["r2"]))
     nodes.append(helper.make_node("Conv", ["r2", weight("w3", (16, 32, 1, 1)), weight("b3", (16,))], ["y"]))
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TP.FLOAT, [n, c, h, h])],
-                          [helper.make_tensor_value_info("y", TP.FLOAT, None)], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m.SerializeToString()
+    return model_bytes(nodes, inits, [n, c, h, h])
 
 
 @pytest.mark.parametrize("threads", [1, 2])
