@@ -112,6 +112,19 @@ class ReorderOutput(Kernel):
 ROW_TILES_FROM = 1 if microkernel.amd() else 16
 
 
+class _ConvPlan:
+    """A blocked conv's decisions for one input shape (`NchwcConv._conv_plan`)."""
+    subsample = False
+    planes_shape: tuple | None = None     # the stride-phase planes, where the conv pads
+    planes_args: np.ndarray | None = None
+    planes_units = planes_workers = 0
+    grid_shape: tuple | None = None       # the output as a grid of padded rows (cropped back)
+    wq = 0
+    groups = units = workers = 0
+    by_groups = False
+    args: np.ndarray | None = None        # CONV_ARGS but x, y and the residual
+
+
 @kernel("NchwcConv", domain=DOMAIN)
 class NchwcConv(Kernel):
     """y = clamp(conv(x, W) + B + Z) on blocked x, Z, y. `kind`: "conv" (one group, a
@@ -148,7 +161,12 @@ class NchwcConv(Kernel):
         else:
             self.w = conv_nchwc.pack_depthwise(self.weight)
         self.bias = conv_nchwc.padded(b, self.mb * BLOCK)
-        self.offsets: dict[tuple, np.ndarray] = {}   # (hq, wq, stride planes) -> conv_offsets
+        # (the constants' addresses once: ~0.5 us each a call, a MobileNetV2 conv's Python
+        # side took 8.6 us at 2 threads)
+        self.w_at, self.bias_at = native_call.address(self.w), native_call.address(self.bias)
+        # (hq, wq, stride planes) or (hp, wp) of a plain image -> (its offsets, their address)
+        self.offsets: dict[tuple, tuple[np.ndarray, int]] = {}
+        self.plans: dict[tuple, _ConvPlan] = {}   # (x shape, no residual, threads) -> its plan
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         if self.kind == "depthwise":
@@ -175,7 +193,7 @@ class NchwcConv(Kernel):
             return self._plain(x, y, z, res_at)
         macs = n * oh * ow * 9 * self.mb * BLOCK
         args = native_call.pack(native_call.address(x), native_call.address(y), res_at,
-                                native_call.address(self.w), native_call.address(self.bias), cb, h,
+                                self.w_at, self.bias_at, cb, h,
                                 wd, oh, ow, self.stride, self.lo, self.hi, z is not None, n, self.act)
         units = n * cb * oh
         native_call.run_ranges(conv_nchwc.depthwise(), args, units, 1, _workers(units, macs), True,
@@ -194,9 +212,11 @@ class NchwcConv(Kernel):
             xp[:, :, t:t + h, l:l + wd] = x
             x = xp
         hp, wp = x.shape[2:]
-        offs = self.offsets.get((hp, wp))
-        if offs is None:
-            offs = self.offsets[(hp, wp)] = conv_nchwc.plain_offsets(c, self.kh, self.kw, hp, wp)
+        found = self.offsets.get((hp, wp))
+        if found is None:
+            offs = conv_nchwc.plain_offsets(c, self.kh, self.kw, hp, wp)
+            found = self.offsets[(hp, wp)] = (offs, native_call.address(offs))
+        offs, offs_at = found
         nk = offs.size
         rows = n * oh
         workers = _workers(rows * -(-ow // TILE), n * oh * ow * nk * mb * BLOCK)
@@ -204,8 +224,8 @@ class NchwcConv(Kernel):
         if workers > 1 and rows < 2 * workers:
             chunk = max(TILE, -(-ow // (-(-2 * workers // rows)) // TILE) * TILE)
         args = native_call.pack(
-            native_call.address(x), native_call.address(y), res_at, native_call.address(self.w),
-            native_call.address(self.bias), native_call.address(offs), nk, c, hp, wp, oh, ow,
+            native_call.address(x), native_call.address(y), res_at, self.w_at, self.bias_at,
+            offs_at, nk, c, hp, wp, oh, ow,
             self.stride, mb, EPILOGUE_RES if z is not None else EPILOGUE, chunk, self.lo, self.hi,
             n, False, self.act, 1, self.stride)
         native_call.run_ranges(conv_nchwc.conv(), args, mb, rows * -(-ow // chunk), workers,
@@ -213,30 +233,67 @@ class NchwcConv(Kernel):
         return y
 
     def _conv(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | None, res_at: int) -> np.ndarray:
-        n, cb, h, wd = x.shape[:4]
-        _, mb, oh, ow = y.shape[:4]
+        key = (x.shape, z is None, get_num_threads())
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = self.plans[key] = self._conv_plan(x.shape, y.shape, z is not None)
+        if plan.subsample:   # a strided 1x1 conv is the 1x1 conv of the subsampled image
+            x = np.ascontiguousarray(x[:, :, ::self.stride, ::self.stride])
+        if plan.planes_shape is not None:
+            planes = np.empty(plan.planes_shape, np.float32)
+            args = plan.planes_args.copy()
+            args[0], args[1] = native_call.address(x), native_call.address(planes)
+            native_call.run_ranges(nchwc_layout.phase_planes(), args, plan.planes_units, 1,
+                                   plan.planes_workers, True, _get_pool)
+            x = planes
+        out = y
+        if plan.grid_shape is not None:
+            out = np.empty(plan.grid_shape, np.float32)
+            if z is not None:   # the residual in the grid's positions too
+                zg = np.zeros(plan.grid_shape[:2] + (y.shape[2], plan.wq, BLOCK), np.float32)
+                zg[:, :, :, :y.shape[3]] = z
+                z = zg
+                res_at = native_call.address(z)
+        args = plan.args.copy()
+        args[0], args[1], args[2] = native_call.address(x), native_call.address(out), res_at
+        native_call.run_ranges(conv_nchwc.conv(), args, plan.groups, plan.units, plan.workers,
+                               plan.by_groups, _get_pool)
+        if out is not y:
+            n, mb, oh, ow = y.shape[:4]
+            y[...] = out.reshape(n, mb, oh, plan.wq, BLOCK)[:, :, :, :ow]
+        return y
+
+    def _conv_plan(self, x_shape: tuple, y_shape: tuple, residual: bool) -> _ConvPlan:
+        """Everything `_conv` decides from the shapes, once per input shape, residual or not
+        and thread count: the packed arguments but the three addresses of the call (a
+        MobileNetV2 conv's Python side took 8.6 us a call at 2 threads)."""
+        n, cb, h, wd = x_shape[:4]
+        _, mb, oh, ow = y_shape[:4]
         s = self.stride
+        plan = _ConvPlan()
         if self.kh == self.kw == 1 and not any(self.pads):
-            if s > 1:   # a strided 1x1 conv is the 1x1 conv of the subsampled image
-                x = np.ascontiguousarray(x[:, :, ::s, ::s])
+            plan.subsample = s > 1
             hq, wq, s_planes = oh, ow, 1
             grid = oh * ow
+            x_size = n * cb * oh * ow * BLOCK
         else:
             # Every window at unit stride: the padded image's stride x stride phase planes
             hq, wq = nchwc_layout.phase_shape(h, wd, self.pads, s, self.kh, self.kw, oh, ow)
-            planes = np.empty((n, cb, s, s, hq, wq, BLOCK), np.float32)
-            args = native_call.pack(native_call.address(x), native_call.address(planes), cb, h, wd,
-                                    s, hq, wq, self.pads[0], self.pads[1], n)
-            units = n * cb * s * s * hq
-            native_call.run_ranges(nchwc_layout.phase_planes(), args, units, 1,
-                                   _workers(units, planes.size), True, _get_pool)
-            x, s_planes = planes, s
+            plan.planes_shape = (n, cb, s, s, hq, wq, BLOCK)
+            plan.planes_args = native_call.pack(0, 0, cb, h, wd, s, hq, wq, self.pads[0],
+                                                self.pads[1], n)
+            plan.planes_units = n * cb * s * s * hq
+            x_size = math.prod(plan.planes_shape)
+            plan.planes_workers = _workers(plan.planes_units, x_size)
+            s_planes = s
             grid = oh * wq
+        plan.wq = wq
         key = (hq, wq, s_planes)
-        offs = self.offsets.get(key)
-        if offs is None:
-            offs = self.offsets[key] = conv_nchwc.conv_offsets(self.kb, self.kh, self.kw, s_planes, hq, wq)
-        out = y
+        found = self.offsets.get(key)
+        if found is None:
+            offs = conv_nchwc.conv_offsets(self.kb, self.kh, self.kw, s_planes, hq, wq)
+            found = self.offsets[key] = (offs, native_call.address(offs))
+        offs, offs_at = found
         if wq == ow or ow >= ROW_TILES_FROM:
             # the output row by row (a plane row of wq positions each), or one row of all
             # positions where there is no padding
@@ -246,34 +303,25 @@ class NchwcConv(Kernel):
             # rows (a tile may span rows; the grid columns past ow are computed and dropped): a
             # 7x7 map runs 12-position tiles instead of 7 a row (54 against 50 GMAC/s for 3x3
             # 512 -> 512, 81 against 71 for 256 on 14x14)
-            out = np.empty((n, mb, grid, BLOCK), np.float32)
-            if z is not None:   # the residual in the grid's positions too
-                zg = np.zeros((n, mb, oh, wq, BLOCK), np.float32)
-                zg[:, :, :, :ow] = z
-                z = zg
-                res_at = native_call.address(z)
-            hp, wp, oh_run, ow_run = 1, x.size // (n * cb * BLOCK), 1, grid
-        s = 1   # (every window at unit stride now)
-        groups = -(-mb // 2)
+            plan.grid_shape = (n, mb, grid, BLOCK)
+            hp, wp, oh_run, ow_run = 1, x_size // (n * cb * BLOCK), 1, grid
+        plan.groups = -(-mb // 2)
         macs = n * oh * ow * offs.size * BLOCK * mb * BLOCK
         # Threads split the output groups where the weights outweigh the image (a small map:
         # each thread then reads only its share of them), else the output rows / positions
-        by_groups = self.w.size > x.size
+        plan.by_groups = self.w.size > x_size
         rows = n * oh_run
-        workers = _workers(groups if by_groups else max(rows, -(-n * oh * ow // TILE)), macs)
+        plan.workers = _workers(plan.groups if plan.by_groups else max(rows, -(-n * oh * ow // TILE)),
+                                macs)
         chunk = ow_run
-        if not by_groups and workers > 1 and rows < 2 * workers:
-            chunk = max(TILE, -(-ow_run // (-(-2 * workers // rows)) // TILE) * TILE)
-        args = native_call.pack(
-            native_call.address(x), native_call.address(out), res_at, native_call.address(self.w),
-            native_call.address(self.bias), native_call.address(offs), offs.size, cb, hp, wp, oh_run,
-            ow_run, s, mb, EPILOGUE_RES if z is not None else EPILOGUE, chunk, self.lo, self.hi, n,
+        if not plan.by_groups and plan.workers > 1 and rows < 2 * plan.workers:
+            chunk = max(TILE, -(-ow_run // (-(-2 * plan.workers // rows)) // TILE) * TILE)
+        plan.units = rows * -(-ow_run // chunk)
+        plan.args = native_call.pack(
+            0, 0, 0, self.w_at, self.bias_at, offs_at, offs.size, cb, hp, wp, oh_run, ow_run, 1,
+            mb, EPILOGUE_RES if residual else EPILOGUE, chunk, self.lo, self.hi, n,
             4 * self.w.size >= conv_nchwc.GROUPS_OUTER_BYTES, self.act, BLOCK, BLOCK)
-        native_call.run_ranges(conv_nchwc.conv(), args, groups, rows * -(-ow_run // chunk), workers,
-                               by_groups, _get_pool)
-        if out is not y:
-            y[...] = out.reshape(n, mb, oh, wq, BLOCK)[:, :, :, :ow]
-        return y
+        return plan
 
     def weights_last(self) -> np.ndarray:
         """(kh, kw, K, M) padded weights of the numpy form, made on its first use."""
