@@ -457,19 +457,27 @@ def pack_conv(w: np.ndarray) -> tuple[np.ndarray, int, int]:
     """(M, C, kh, kw) weights as the conv tiles read them: (packed flat float32, input blocks,
     output blocks). Row j 16 + i of a group's (K, 16 nv) matrix is input channel 16 cb + i at
     tap t of k block j = cb taps + t (`conv_offsets`); output channels in groups of two blocks
-    (K, 32), a last single one (K, 16); padding channels zero."""
+    (K, 32), a last single one (K, 16); padding channels zero. One strided copy into the result
+    where no channel needs padding (four whole copies took 58 ms of ResNet-50's session build)."""
     m, c, kh, kw = w.shape
     kb, mb = -(-c // BLOCK), -(-m // BLOCK)
     taps = kh * kw
-    wpad = np.zeros((mb * BLOCK, kb * BLOCK, taps), np.float32)
-    wpad[:m, :c] = w.reshape(m, c, taps)
-    wk = wpad.reshape(mb * BLOCK, kb, BLOCK, taps).transpose(0, 1, 3, 2).reshape(mb * BLOCK, -1)
-    groups, ob = [], 0
-    while ob < mb:
-        nv = 2 if mb - ob >= 2 else 1
-        groups.append(np.ascontiguousarray(wk[ob * BLOCK:(ob + nv) * BLOCK].T).reshape(-1))
-        ob += nv
-    return np.concatenate(groups), kb, mb
+    w3 = w.reshape(m, c, taps)
+    if m != mb * BLOCK or c != kb * BLOCK or w3.dtype != np.float32:
+        wpad = np.zeros((mb * BLOCK, kb * BLOCK, taps), np.float32)
+        wpad[:m, :c] = w3
+        w3 = wpad
+    k = kb * taps * BLOCK
+    out = np.empty(mb * BLOCK * k, np.float32)
+    pairs = mb // 2   # groups of two output blocks, then a last single one
+    if pairs:
+        src = w3[:pairs * 2 * BLOCK].reshape(pairs, 2 * BLOCK, kb, BLOCK, taps)
+        out[:pairs * 2 * BLOCK * k].reshape(pairs, kb, taps, BLOCK, 2 * BLOCK)[...] = \
+            src.transpose(0, 2, 4, 3, 1)
+    if mb % 2:
+        src = w3[pairs * 2 * BLOCK:].reshape(BLOCK, kb, BLOCK, taps)
+        out[pairs * 2 * BLOCK * k:].reshape(kb, taps, BLOCK, BLOCK)[...] = src.transpose(1, 3, 2, 0)
+    return out, kb, mb
 
 
 def pack_plain(w: np.ndarray) -> np.ndarray:
