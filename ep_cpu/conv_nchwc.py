@@ -118,11 +118,10 @@ def _make_blocked_tile():
     j 16 input channels at x + x_off + offs[j] (+ 16 r + i), its weights the (16, 16 nv) rows
     at w + w_off + 256 nv j. `inner` 1: a plain image, k step j one value a position at
     x + x_off + offs[j] + r xs (xs 1 or 2: PLAIN_STRIDES; nv 1), its weights the (16 nv) row
-    at w + w_off + 16 nv j. Stored at
-    y + y_off + 16 r (+ yvs per output block) with `mode` RAW (the sums), EPILOGUE (+ bias[bias_off
-    + 16 h + l], clamped to [lo, hi]) or EPILOGUE_RES (+ res at y's offsets before the clamp).
-    (mr, nv) one of TILE_SHAPES (each its own code, chosen by a switch; anything else stores
-    nothing)."""
+    at w + w_off + 16 nv j. Stored at y + y_off + 16 r (+ yvs per output block) with `mode` RAW
+    (the sums), EPILOGUE (+ bias[bias_off + 16 h + l], clamped to [lo, hi]) or EPILOGUE_RES
+    (+ res at y's offsets before the clamp). (mr, nv) one of TILE_SHAPES (PLAIN_TILE_SHAPES on
+    a plain image; each its own code, chosen by a switch; anything else stores nothing)."""
     i64 = ir.IntType(64)
 
     @intrinsic

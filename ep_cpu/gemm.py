@@ -345,7 +345,8 @@ def _tiles_take(m: int) -> bool:
 # threads (BLAS is held to one thread in a session's run; 768 x 3072 from memory: 23.5 GB/s on
 # two). On AMD Zen 4 the tiles stream a constant B from memory faster at one thread too, in
 # either layout (OpenBLAS's GEMV 9-21 GB/s, the tiles 18-25; GPT-2's tied 768 x 50257 output
-# head 10.3 -> 5.1 ms), but run B from L3 ~15-30 % slower: only a B larger than the core's L2.
+# head 10.3 -> 5.1 ms), but ran a B held in L3 ~15-30 % slower: only a B of 2 MB and more
+# (twice a Zen 4 core's L2).
 GEMV_TILES_MIN_BYTES_AMD = 2 << 20
 
 
