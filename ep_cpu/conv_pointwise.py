@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from ep_cpu import epilogue_jit
-from ep_cpu.gemm import TILE_BYTES, single_threaded_blas
+from ep_cpu.blas_threads import single_threaded_blas
+from ep_cpu.gemm import TILE_BYTES
 
 
 class PointwisePlan:

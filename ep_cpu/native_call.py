@@ -135,7 +135,7 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True)
     def set_blas_threads(entries, before, threads):  # pragma: no cover - compiled
         """Each BLAS library's thread count into before[i], then set to `threads` where it
-        differs. `entries`: [get, set, ...] C entry points (`gemm.blas_thread_controls`'
+        differs. `entries`: [get, set, ...] C entry points (`blas_threads.blas_thread_controls`'
         addresses): int get(void), void set(int)."""
         for i in range(entries.size // 2):
             n = call_int(entries[2 * i])

@@ -13,7 +13,7 @@ from ep_core.graph import Graph, Node
 from ep_core.kernel import KernelRegistry
 from ep_core.provider import HOST, ComputeCapability, ExecutionProvider, GraphView
 
-from . import host_memory, jit_tier
+from . import blas_threads, host_memory, jit_tier
 from .registry import registry
 
 
@@ -24,7 +24,7 @@ class _ThreadLimits:
     Every run enters this, so entering costs as little as Python allows: what a thread count
     sets (BLAS's count, whether BLAS is held) is worked out once per count (`_Limit`), the BLAS
     libraries are set through their own get/set entry points (a ctypes call each, see
-    `gemm.blas_thread_controls`), in one compiled call once it is built, and only where their
+    `blas_threads.blas_thread_controls`), in one compiled call once it is built, and only where their
     count differs. A streaming model's run (~95 us) spent 7-9 us in this context, ~5 now (in
     the model, where its code is cold; ~2.5 in a loop of its own)."""
 
@@ -55,9 +55,9 @@ class _ThreadLimits:
         """Set the limits for a run starting (`threads` intra-op threads, 0: all; `hold`: BLAS
         runs on the calling thread only, see `_holds_blas`)."""
         gemm = _imported[0]
-        blas_threads = 1 if hold else threads
+        blas_count = 1 if hold else threads
         with self._lock:
-            entries = gemm.blas_entry_points() if _blas_compiled() else None
+            entries = blas_threads.blas_entry_points() if _blas_compiled() else None
             if entries is not None:   # one compiled call (~0.25 us hot) for the ctypes calls' ~2
                 # the counts before: kept for the last run out where this run is the first in
                 # (arrays made once per set of libraries: no allocation a run)
@@ -65,15 +65,15 @@ class _ThreadLimits:
                     self._counts = (entries, np.empty(entries.size // 2, dtype=np.int64),
                                     np.empty(entries.size // 2, dtype=np.int64))
                 before = self._counts[1 if self._active == 0 else 2]
-                _imported[2].set_blas_threads(entries, before, blas_threads)
+                _imported[2].set_blas_threads(entries, before, blas_count)
                 restore = (entries, before)
             else:
                 restore = []
-                for get, put in gemm.blas_thread_controls():
+                for get, put in blas_threads.blas_thread_controls():
                     n = get()
-                    if n != blas_threads:
+                    if n != blas_count:
                         restore.append((put, n))
-                        put(blas_threads)
+                        put(blas_count)
             if self._active == 0:
                 self._saved = (gemm.get_num_threads(), restore)
             self._active += 1

@@ -22,7 +22,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ep_cpu import epilogue_jit, jit_tier
-from ep_cpu.gemm import ACTIVATIONS, single_threaded_blas
+from ep_cpu.blas_threads import single_threaded_blas
+from ep_cpu.gemm import ACTIVATIONS
 from ep_cpu.native_call import run_blocks
 
 _F2 = (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64),

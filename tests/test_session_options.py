@@ -244,9 +244,9 @@ def test_blas_threads_are_limited_in_the_run_and_restored_after_it(compiled, mon
     the one restored."""
     import threadpoolctl
 
-    import ep_cpu.gemm as gemm
+    from ep_cpu import blas_threads
     if not compiled:
-        monkeypatch.setattr(gemm, "blas_entry_points", lambda: None)
+        monkeypatch.setattr(blas_threads, "blas_entry_points", lambda: None)
     inside = []
 
     def probe(x):

@@ -17,7 +17,8 @@ import numpy as np
 from ep_core.errors import InvalidArgument, NotImplemented as NotImplementedOp
 from ep_core.kernel import Kernel
 from ep_cpu import vector_math
-from ep_cpu.gemm import _get_pool, gemm, get_num_threads, pack_constant, single_threaded_blas
+from ep_cpu.blas_threads import single_threaded_blas
+from ep_cpu.gemm import _get_pool, gemm, get_num_threads, pack_constant
 from ep_cpu.native_call import run_blocks
 from ep_cpu.registry import kernel
 

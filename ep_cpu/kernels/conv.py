@@ -15,8 +15,8 @@ from ep_core.kernel import Kernel
 from ep_core.op_attributes import ConvAttributes
 from ep_cpu import (conv_depthwise, conv_implicit, conv_pointwise, conv_thin, depthwise_flat,
                     depthwise_padded, epilogue_jit, jit_tier, microkernel, vector_math, winograd)
-from ep_cpu.gemm import (ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS,
-                         _get_pool, gemm, get_num_threads, single_threaded_blas)
+from ep_cpu.blas_threads import single_threaded_blas
+from ep_cpu.gemm import ACTIVATIONS, BLAS_PAR_MIN_MACS, TINY_MACS, _get_pool, gemm, get_num_threads
 from ep_cpu.gemm_epilogue import bias_residual_activation
 from ep_cpu.kernels import conv_depthwise_numpy
 from ep_cpu.kernels.conv_geometry import (_im2col_index, _tap_offsets, compute_dtype,  # noqa: F401 - shared

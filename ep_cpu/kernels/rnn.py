@@ -15,7 +15,8 @@ import numpy as np
 
 from ep_core.kernel import Kernel
 from ep_core.types import tensor_shape
-from ep_cpu.gemm import gemm, get_num_threads, pack_b, single_threaded_blas
+from ep_cpu.blas_threads import single_threaded_blas
+from ep_cpu.gemm import gemm, get_num_threads, pack_b
 from ep_cpu.gemm_epilogue import sigmoid
 from ep_cpu import microkernel
 from ep_cpu.kernels.rnn_jit import SMALL_BATCH, PackedRecurrent, recurrent_matmul, with_add
