@@ -43,7 +43,7 @@ def _emit_tile(context, builder, tys, args, mr: int, nv: int, inner: int, step: 
     of `inner` input channels each, BLOCK (a blocked image) or 1 (a plain NCHW one, its
     positions `step` floats apart)."""
     vec = ir.VectorType(ir.FloatType(), BLOCK)
-    (x_v, x_o, xs_v, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
+    (x_v, x_o, _xs, offs_v, w_v, w_o, kb_v, y_v, y_o, yvs_v, b_v, b_o, r_v, lo_v, hi_v,
      mode_v) = args
     vir = VectorIR(builder)
     const, broadcast, vec_ptr, fma = vir.i64, vir.broadcast, vir.ptr, vir.fma
@@ -55,38 +55,33 @@ def _emit_tile(context, builder, tys, args, mr: int, nv: int, inner: int, step: 
     bias = vir.data(context, tys[10], b_v, b_o)
 
     accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(mr * nv)]
-    if inner == 1:
-        # a plain image: k step j is one input value of each position (channel, tap) at
-        # x + offs[j] + r step (the conv's stride, a constant: with it a runtime value the 12
-        # positions' offsets took 12 registers, and spilled), times one (16 nv) weight row
-        steps = [const(r * step) for r in range(mr)]
-        with cgutils.for_range(builder, kb_v) as loop:
-            xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
-            wb = builder.gep(w, [builder.mul(loop.index, const(nv * BLOCK))])
-            bvec = [builder.load(vec_ptr(wb, const(h * BLOCK)), align=4) for h in range(nv)]
-            for r in range(mr):
-                sv = broadcast(builder.load(builder.gep(xb, [steps[r]])))
-                for h in range(nv):
-                    slot = accs[r * nv + h]
-                    builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
-        _emit_store(builder, vir, accs, mr, nv, y, res, bias, yvs_v, lo_v, hi_v, mode_v)
-        return
+
+    def k_step(xi, wi, position_step: int) -> None:
+        # accs[r, h] += broadcast(xi[r position_step]) * wi[16 h : 16 h + 16]
+        bvec = [builder.load(vec_ptr(wi, const(h * BLOCK)), align=4) for h in range(nv)]
+        for r in range(mr):
+            sv = broadcast(builder.load(builder.gep(xi, [const(r * position_step)])))
+            for h in range(nv):
+                slot = accs[r * nv + h]
+                builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+
     with cgutils.for_range(builder, kb_v) as loop:
         xb = builder.gep(x, [builder.load(builder.gep(offs, [loop.index]))])
-        wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
-        # one input channel an iteration (a loop, not unrolled 16 times: in one block of 16
-        # channels LLVM's Zen 4 scheduler hoisted the broadcasts ahead of their FMAs and spilled
-        # them, 3x3 256 -> 256 on 14x14 at 19 GMAC/s against 46 through the GEMM tiles)
-        with cgutils.for_range(builder, const(BLOCK)) as inner:
-            i = inner.index
-            wi = builder.gep(wb, [builder.mul(i, const(nv * BLOCK))])
-            xi = builder.gep(xb, [i])
-            bvec = [builder.load(vec_ptr(wi, const(h * BLOCK)), align=4) for h in range(nv)]
-            for r in range(mr):
-                sv = broadcast(builder.load(builder.gep(xi, [const(r * BLOCK)])))
-                for h in range(nv):
-                    slot = accs[r * nv + h]
-                    builder.store(builder.call(fma, [sv, bvec[h], builder.load(slot)]), slot)
+        if inner == 1:
+            # a plain image: k step j is one input value of each position (channel, tap) at
+            # x + offs[j] + r step (the conv's stride, a constant: with it a runtime value the
+            # 12 positions' offsets took 12 registers, and spilled), times one (16 nv) weight row
+            k_step(xb, builder.gep(w, [builder.mul(loop.index, const(nv * BLOCK))]), step)
+        else:
+            wb = builder.gep(w, [builder.mul(loop.index, const(BLOCK * BLOCK * nv))])
+            # one input channel an iteration (a loop, not unrolled 16 times: in one block of 16
+            # channels LLVM's Zen 4 scheduler hoisted the broadcasts ahead of their FMAs and
+            # spilled them, 3x3 256 -> 256 on 14x14 at 19 GMAC/s against 46 through the GEMM
+            # tiles)
+            with cgutils.for_range(builder, const(BLOCK)) as channel:
+                i = channel.index
+                k_step(builder.gep(xb, [i]), builder.gep(wb, [builder.mul(i, const(nv * BLOCK))]),
+                       BLOCK)
     _emit_store(builder, vir, accs, mr, nv, y, res, bias, yvs_v, lo_v, hi_v, mode_v)
 
 

@@ -33,6 +33,14 @@ def _workers(units: int, macs: int) -> int:
     return native_call.workers_for(get_num_threads(), units, macs)
 
 
+def _row_chunk(width: int, rows: int, workers: int) -> int:
+    """Positions a work unit of a conv's output row holds: the whole row, or where there are
+    fewer than two rows a thread, a share of it in whole tiles."""
+    if workers > 1 and rows < 2 * workers:
+        return max(TILE, -(-width // (-(-2 * workers // rows)) // TILE) * TILE)
+    return width
+
+
 def _compiled() -> bool:
     """The compiled loops are ready (`jit_tier`: compiled on a background thread on a machine
     whose disk cache lacks them, ~3 s; meanwhile the numpy forms below run). Once they are, the
@@ -220,9 +228,7 @@ class NchwcConv(Kernel):
         nk = offs.size
         rows = n * oh
         workers = _workers(rows * -(-ow // TILE), n * oh * ow * nk * mb * BLOCK)
-        chunk = ow
-        if workers > 1 and rows < 2 * workers:
-            chunk = max(TILE, -(-ow // (-(-2 * workers // rows)) // TILE) * TILE)
+        chunk = _row_chunk(ow, rows, workers)
         args = native_call.pack(
             native_call.address(x), native_call.address(y), res_at, self.w_at, self.bias_at,
             offs_at, nk, c, hp, wp, oh, ow,
@@ -313,9 +319,7 @@ class NchwcConv(Kernel):
         rows = n * oh_run
         plan.workers = _workers(plan.groups if plan.by_groups else max(rows, -(-n * oh * ow // TILE)),
                                 macs)
-        chunk = ow_run
-        if not plan.by_groups and plan.workers > 1 and rows < 2 * plan.workers:
-            chunk = max(TILE, -(-ow_run // (-(-2 * plan.workers // rows)) // TILE) * TILE)
+        chunk = ow_run if plan.by_groups else _row_chunk(ow_run, rows, plan.workers)
         plan.units = rows * -(-ow_run // chunk)
         plan.args = native_call.pack(
             0, 0, 0, self.w_at, self.bias_at, offs_at, offs.size, cb, hp, wp, oh_run, ow_run, 1,

@@ -247,7 +247,9 @@ if numba is not None:
     @numba.njit(nogil=True, cache=True, inline="always")
     def _pack_panels(h, mr, out):  # pragma: no cover - compiled
         # h (rows, K), rows a multiple of mr, as the microkernel's row panels (rows / mr,
-        # K * mr): panel row k holds h[r0 : r0 + mr, k] (`microkernel.pack_row_panels`)
+        # K * mr): panel row k holds h[r0 : r0 + mr, k] (`microkernel.pack_row_panels`, which
+        # allocates its result; and calling it would embed microkernel's code in this file's
+        # disk-cached machine code, which numba does not invalidate when microkernel changes)
         rows, kdim = h.shape
         for ib in range(rows // mr):
             for k in range(kdim):
