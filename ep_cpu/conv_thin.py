@@ -182,7 +182,7 @@ if numba is not None:
         # residual in y's layout, clamp) as each tile leaves the scratch; one position's y is
         # the same (1, M) row as the product's: its tiles are stored in place (EPILOGUE_RES with
         # a residual)
-        g = np.empty(17, dtype=np.float64)
+        g = np.zeros(19, dtype=np.float64)   # (act, act_kind: 0, none)
         g[0], g[1], g[2], g[3], g[4], g[5], g[6] = ap.ctypes.data, p, ck, packed_at, nb, m, mr
         g[7], g[8], g[9], g[10] = b_at, has_bias, res_at if has_res else b_at, has_res
         g[11], g[12], g[13], g[14], g[15], g[16] = a[14], a[15], 1 + has_res, y_at, 1, p > 1

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import gemm_compiled, jit_tier, microkernel
+from . import gemm_compiled, jit_tier, microkernel, vector_math
 from .blas_threads import single_threaded_blas
 
 _blas_single = single_threaded_blas()   # (shared with the kernels that hold BLAS to one thread)
@@ -260,10 +260,10 @@ def _gemv_on_blas(m: int, k: int, n: int, threads: int, constant_b: bool) -> boo
 
 def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
                    epi: _Epilogue | None, y: np.ndarray, threads: int) -> None:
-    """y = epilogue(a2 @ B): bias per column, residual and a clamp inside the compiled tiles;
-    any other epilogue (alpha, other bias shapes, Gelu, ...) as the usual pass after. `packed`:
-    a session constant's PackedB (its microkernel panels made on first use) or panels already
-    packed for this call."""
+    """y = epilogue(a2 @ B): bias per column, residual, a clamp and a `vector_math` activation
+    (Sigmoid, Silu, Gelu, Tanh) inside the compiled tiles; any other epilogue (alpha, other bias
+    shapes, LeakyRelu, ...) as the usual pass after. `packed`: a session constant's PackedB (its
+    microkernel panels made on first use) or panels already packed for this call."""
     if isinstance(packed, PackedB):
         if packed.micro is None:
             packed.micro = gemm_compiled.pack(packed.unpack())
@@ -271,13 +271,19 @@ def _gemm_compiled(a2: np.ndarray, packed: PackedB | np.ndarray, m: int, n: int,
     else:
         panels = packed
     bias = residual = clamp = None
-    fused = epi is None or (epi.clamp is not None
+    activation = (0, 0)
+    # (the tile activation runs when its callback is compiled: a first session takes the pass)
+    on_tiles = (epi is not None and epi.tile_kind is not None
+                and jit_tier.ready("gemm_activation", vector_math.tile_callback))
+    fused = epi is None or ((epi.clamp is not None or on_tiles)
                             and (epi.bias is None or epi.bias.shape == (1, n))
                             and (epi.residual is None or epi.residual.shape == (m, n)))
     if epi is not None and fused:
         bias = None if epi.bias is None else epi.bias.reshape(n)
         residual, clamp = epi.residual, epi.clamp
-    gemm_compiled.matmul(a2, panels, n, bias, residual, clamp, y, threads, _get_pool)
+        if on_tiles:
+            activation = (vector_math.tile_callback().address, epi.tile_kind)
+    gemm_compiled.matmul(a2, panels, n, bias, residual, clamp, y, threads, _get_pool, activation)
     if not fused:
         epi.apply(y, 0, m, 0, n)
 
@@ -333,10 +339,13 @@ def gemm(a: np.ndarray, b: np.ndarray | PackedB, bias: np.ndarray | None = None,
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"unknown gemm activation {activation!r}; known: {sorted(ACTIVATIONS)}")
         params = _activation_params(activation, activation_params, clip_min, clip_max)
+        plain = alpha == 1 and beta == 1
+        clamp = clamp_bounds(activation, params) if plain else None
         epi = _Epilogue(alpha, beta, _as_2d_operand(bias, m, n, "bias"),
                         _as_2d_operand(residual, m, n, "residual"),
-                        ACTIVATIONS[activation] if activation is not None else None, params,
-                        clamp_bounds(activation, params) if alpha == 1 and beta == 1 else None)
+                        ACTIVATIONS[activation] if activation is not None else None, params, clamp,
+                        vector_math.KINDS.get(activation)
+                        if plain and clamp is None and params.get("approximate", "none") == "none" else None)
     if out is not None:
         if out.dtype != out_dtype or out.size != m * n:
             raise ValueError(f"gemm out has dtype {out.dtype} / shape {out.shape}; need "

@@ -51,9 +51,10 @@ def pack(bt: np.ndarray) -> np.ndarray:
 
 def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
            residual: np.ndarray | None, clamp: tuple[float, float] | None, y: np.ndarray,
-           threads: int, pool) -> np.ndarray:
-    """y (M, N) = clamp(a @ B + bias + residual) for float32 a (M, K), B packed by `pack`;
-    bias (N,) per column, residual (M, N). `pool(workers)` gives an executor."""
+           threads: int, pool, activation: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """y (M, N) = act(clamp(a @ B + bias + residual)) for float32 a (M, K), B packed by `pack`;
+    bias (N,) per column, residual (M, N). `pool(workers)` gives an executor. `activation`:
+    (`vector_math.tile_callback` address, kind) run on each tile as it is finished, or (0, 0)."""
     m = a.shape[0]
     a = np.ascontiguousarray(a, dtype=np.float32)
     mr = choose_gemm_mr(m)
@@ -76,6 +77,6 @@ def matmul(a: np.ndarray, bp: np.ndarray, n: int, bias: np.ndarray | None,
     # arrays by address (all C-contiguous and alive in this frame): see microkernel.GEMM_ARGS
     args = native_call.pack(a.ctypes.data, m, a.shape[1], bp.ctypes.data, bp.shape[0], n, mr,
                             b.ctypes.data, has_bias, r.ctypes.data, has_res, lo, hi, mode,
-                            yf.ctypes.data, 0, 0)
+                            yf.ctypes.data, 0, 0, activation[0], activation[1])
     native_call.run_ranges(mk.gemm_range(), args, col_panels, row_panels, workers, by_columns, pool)
     return y

@@ -313,14 +313,16 @@ def bias_residual_activation(t: np.ndarray, bias: np.ndarray | None, residual: n
 class _Epilogue:
     """alpha, bias, residual and activation, applied in place to one output tile. `clamp`: the
     (lo, hi) of an epilogue that is only bias + residual + Relu/Clip/none (alpha = beta = 1),
-    which `epilogue_jit` runs as one compiled pass over a large tile."""
-    __slots__ = ("alpha", "beta", "bias", "residual", "act", "params", "clamp")
+    which `epilogue_jit` runs as one compiled pass over a large tile. `tile_kind`: the
+    `vector_math` kind of an activation the compiled GEMM tiles may run on each tile after bias
+    and residual (Sigmoid, Silu, exact Gelu, Tanh, with alpha = beta = 1), else None."""
+    __slots__ = ("alpha", "beta", "bias", "residual", "act", "params", "clamp", "tile_kind")
 
     def __init__(self, alpha: float, beta: float, bias: np.ndarray | None,
                  residual: np.ndarray | None, act: Callable | None, params: dict,
-                 clamp: tuple[float, float] | None = None) -> None:
+                 clamp: tuple[float, float] | None = None, tile_kind: int | None = None) -> None:
         self.alpha, self.beta, self.bias, self.residual = alpha, beta, bias, residual
-        self.act, self.params, self.clamp = act, params, clamp
+        self.act, self.params, self.clamp, self.tile_kind = act, params, clamp, tile_kind
 
     def apply(self, t: np.ndarray, m0: int, m1: int, n0: int, n1: int) -> None:
         """In place on the output tile t = Y[m0:m1, n0:n1]."""

@@ -436,7 +436,7 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
     def gemm_panels(ap, first, m, kdim, bp, n, mr, bias, has_bias, res, has_res, lo, hi, mode, y,
-                    i0, i1, j0, j1, transposed):  # pragma: no cover - compiled
+                    i0, i1, j0, j1, transposed, act, act_kind):  # pragma: no cover - compiled
         # ap: A's row panels (`pack_row_panels`), ap[ib - first] being panel ib; bp (NB, K, NR)
         # packed B; y, res (M * N) flat; row panels [i0, i1) of mr rows, column panels [j0, j1).
         # Whole tiles. Where A's row panels fit in L2 (a few rows: a thin conv, a decoder
@@ -449,7 +449,10 @@ if numba is not None:
         # with the epilogue (`mode`). Edge tiles (a last partial row or column panel) run whole k
         # through a scratch tile. `transposed`: y (N, M), y[j, i] = C[i, j] (a thin conv's output
         # channels by positions): every tile whole k through the scratch tile, stored transposed.
+        # `act` (a callback address, 0: none; not with `transposed`) runs on each finished tile
+        # while it is in L1: act(tile address, rows, NR, ldc, act_kind) (`vector_math.tile_callback`).
         tile = np.empty(MR_MAX * NR, dtype=np.float32)
+        y_at = np.int64(y.ctypes.data)
         no_rows = np.zeros(1, dtype=np.int64)
         left = m - (m // mr) * mr
         mt = tail_rows_jit(left, mr) if left else mr   # tile rows of the last row panel
@@ -485,6 +488,9 @@ if numba is not None:
                         gemm_tile(ap, (ib - first) * kdim * mr + k0 * ti, ti, bp, (jb * kdim + k0) * NR,
                                   no_rows, kc, dst, at, ld, bias, c0, res, r0 * n + c0, lo, hi,
                                   RAW if transposed else md, k0, kdim * NR)
+                        if act != 0 and md != RAW and not transposed:
+                            call_void(act, (y_at + 4 * (r0 * n + c0), min(ti, m - r0), np.int64(NR), n,
+                                            act_kind))
                         for h in range(2 if transposed else 0):
                             cols = min(16, n - c0 - 16 * h)
                             if cols > 0:
@@ -499,8 +505,17 @@ if numba is not None:
                 c0 = jb * NR
                 gemm_tile(ap, (ib - first) * kdim * mr, ti, bp, jb * kdim * NR, no_rows, kdim, tile, 0,
                           NR, bias, 0, res, 0, lo, hi, RAW, 0, kdim * NR)
-                store_tile(tile, rows, min(NR, n - c0), r0, c0, y, n, bias, False, has_bias, res,
-                           has_res, lo, hi)
+                cols = min(NR, n - c0)
+                store_tile(tile, rows, cols, r0, c0, y, n, bias, False, has_bias, res, has_res, lo, hi)
+                if act != 0:   # (the callback takes whole vectors: through the scratch tile)
+                    tf = tile.reshape(tile.size)
+                    for r in range(rows):
+                        for u in range(NR):
+                            tf[r * NR + u] = y[(r0 + r) * n + c0 + u] if u < cols else np.float32(0.0)
+                    call_void(act, (np.int64(tile.ctypes.data), rows, np.int64(NR), np.int64(NR), act_kind))
+                    for r in range(rows):
+                        for u in range(cols):
+                            y[(r0 + r) * n + c0 + u] = tf[r * NR + u]
 
     # The drivers as C callbacks over raw addresses: the parallel runner (`native_call.run_parts`)
     # calls them by address, so it compiles in ~0.3 s (a prange loop that inlined a driver
@@ -511,7 +526,7 @@ if numba is not None:
                  "res", "has_res", "lo", "hi", "mode", "y", "act", "act_kind", "out", "oh", "ow",
                  "wq", "shift", "block")
     GEMM_ARGS = ("a", "m", "kdim", "bp", "nb", "n", "mr", "bias", "has_bias", "res", "has_res",
-                 "lo", "hi", "mode", "y", "a_packed", "y_transposed")
+                 "lo", "hi", "mode", "y", "a_packed", "y_transposed", "act", "act_kind")
 
     def _conv_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """conv_in_place over tiles [j0, j1) and row panels [i0, i1); CONV_ARGS packed."""
@@ -534,8 +549,9 @@ if numba is not None:
     def _gemm_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
         """gemm_panels over column panels [j0, j1) and row panels [i0, i1); GEMM_ARGS packed. A
         is (M, K) row-major, or with a_packed already its row panels (`pack_row_panels`); with
-        y_transposed y is (N, M)."""
-        a = numba.carray(f64_at(args_at), (17,))
+        y_transposed y is (N, M); act (a `vector_math.tile_callback` address, 0: none) and
+        act_kind: the activation after the clamp."""
+        a = numba.carray(f64_at(args_at), (19,))
         m, kdim, nb, n, mr = np.int64(a[1]), np.int64(a[2]), np.int64(a[4]), np.int64(a[5]), np.int64(a[6])
         if a[15] != 0:
             ap = numba.carray(f32_at(np.int64(a[0])), (i1, kdim * mr))
@@ -547,7 +563,8 @@ if numba is not None:
                     numba.carray(f32_at(np.int64(a[7])), (n,)), a[8] != 0,
                     numba.carray(f32_at(np.int64(a[9])), (m * n,)), a[10] != 0,
                     np.float32(a[11]), np.float32(a[12]), np.int64(a[13]),
-                    numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1, a[16] != 0)
+                    numba.carray(f32_at(np.int64(a[14])), (m * n,)), i0, i1, j0, j1, a[16] != 0,
+                    np.int64(a[17]), np.int64(a[18]))
 
     def conv_range():
         """C callback (native_call.RANGE_SIG): conv_in_place over tiles [j0, j1), row panels

@@ -1,8 +1,8 @@
 """The compiled GEMM (`ep_cpu.gemm_compiled` through `ep_cpu.gemm.gemm` with a packed constant B)
 against numpy in float64: tile edges (rows 8/12 and last row panels of 4 or 8, columns 32, k
 blocks of 256), fused epilogues
-(bias per column, residual, Relu/Clip) and the ones that run as a pass after (alpha, other bias
-shapes, Gelu), thread splits by columns and by rows, `out=`, leading axes of A."""
+(bias per column, residual, Relu/Clip, Sigmoid/Silu/Gelu/Tanh on each tile) and the ones that
+run as a pass after (alpha, other bias shapes), thread splits by columns and by rows, `out=`, leading axes of A."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,14 +30,21 @@ SHAPES = [(4, 16, 16), (13, 300, 70), (128, 768, 96), (37, 20, 33), (200, 513, 6
 
 
 
+class _Calls(list):
+    """The A shapes of the compiled GEMM's calls; `.activations`: each call's tile activation."""
+
+
 @pytest.fixture
 def compiled_calls(monkeypatch):
-    calls = []
+    calls = _Calls()
     real = gemm_compiled.matmul
 
     def counting(*args, **kwargs):
         calls.append(args[0].shape)
+        activations.append(args[9] if len(args) > 9 else kwargs.get("activation", (0, 0)))
         return real(*args, **kwargs)
+
+    activations = calls.activations = []
 
     monkeypatch.setattr(gemm_compiled, "matmul", counting)
     return calls
@@ -56,12 +63,19 @@ def _ref(a, b, bias=None, residual=None, act=None, alpha=1.0, beta=1.0, params=N
     elif act == "Gelu":
         from scipy.special import erf
         y = 0.5 * y * (1 + erf(y / np.sqrt(2)))
+    elif act == "Sigmoid":
+        y = 1 / (1 + np.exp(-y))
+    elif act == "Silu":
+        y = y / (1 + np.exp(-y))
+    elif act == "Tanh":
+        y = np.tanh(y)
     return y
 
 
 @pytest.mark.parametrize("split", ["one_thread", "columns", "rows", "columns_pool", "rows_pool"])
 @pytest.mark.parametrize("epilogue", ["none", "bias", "bias_residual_relu", "clip", "column_bias",
-                                      "alpha_beta", "gelu"])
+                                      "alpha_beta", "gelu", "bias_gelu", "bias_residual_sigmoid",
+                                      "silu", "tanh", "alpha_gelu"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, split):
     split = threads_via(monkeypatch, split)
@@ -83,8 +97,18 @@ def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, s
         kw["bias"] = ref_kw["bias"] = rng.standard_normal((m, 1)).astype(np.float32)
     if epilogue == "alpha_beta":
         kw["alpha"], kw["beta"] = ref_kw["alpha"], ref_kw["beta"] = 0.5, 2.0
-    if epilogue == "gelu":
+    if epilogue in ("gelu", "bias_gelu", "alpha_gelu"):
         kw["activation"] = ref_kw["act"] = "Gelu"
+    if epilogue == "bias_gelu":
+        kw["bias"] = ref_kw["bias"] = rng.standard_normal(n).astype(np.float32)
+    if epilogue == "alpha_gelu":   # alpha: the activation runs as a pass after the product
+        kw["alpha"] = ref_kw["alpha"] = 0.5
+    if epilogue == "bias_residual_sigmoid":
+        kw["bias"] = ref_kw["bias"] = rng.standard_normal(n).astype(np.float32)
+        kw["residual"] = ref_kw["residual"] = rng.standard_normal((m, n)).astype(np.float32)
+        kw["activation"] = ref_kw["act"] = "Sigmoid"
+    if epilogue in ("silu", "tanh"):
+        kw["activation"] = ref_kw["act"] = epilogue.capitalize()
     if split != "one_thread":
         monkeypatch.setattr(gemm_compiled, "PAR_MIN_PANELS", 1)
         monkeypatch.setattr(gemm_compiled, "PAR_MIN_MACS", 0)
@@ -102,6 +126,9 @@ def test_matches_float64_product(monkeypatch, compiled_calls, shape, epilogue, s
     np.testing.assert_allclose(y, expect, rtol=tol, atol=tol)
     assert y.dtype == np.float32 and y.shape == (m, n)
     assert len(compiled_calls) == (1 if m >= G.THIN_M else 0)
+    # Sigmoid, Silu, Gelu, Tanh after bias and residual run on each tile in the compiled driver
+    on_tiles = epilogue in ("gelu", "bias_gelu", "bias_residual_sigmoid", "silu", "tanh")
+    assert all((act[0] != 0) == on_tiles for act in compiled_calls.activations)
 
 
 def test_leading_axes_and_packing_once(compiled_calls):

@@ -42,7 +42,7 @@ def test_run_parts_calls_every_range_once(by_columns, parts):
     mr = tile_shapes.choose_mr(37)
     args = native_call.pack(a.ctypes.data, 37, 70, bp.ctypes.data, bp.shape[0], 101, mr,
                             zeros.ctypes.data, 0, y.ctypes.data, 0, -np.inf, np.inf,
-                            microkernel.EPILOGUE, y.ctypes.data, 0, 0)
+                            microkernel.EPILOGUE, y.ctypes.data, 0, 0, 0, 0)
     native_call.check_args(microkernel.gemm_range(), args)
     native_call.run_parts(microkernel.gemm_range().address, args.ctypes.data, bp.shape[0],
                           -(-37 // mr), parts, by_columns)

@@ -177,7 +177,8 @@ class PackedRecurrent:
         b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
         args = native_call.pack(0, 0, w_t.shape[0], panels.ctypes.data, panels.shape[0], w_t.shape[1], 0,
                                 b.ctypes.data, 1, b.ctypes.data, 0, -np.inf, np.inf,
-                                microkernel.EPILOGUE, 0, 0, 0)
+                                microkernel.EPILOGUE, 0, 0, 0, 0, 0)
+        native_call.check_args(microkernel.gemm_range(), args)
         return args, (panels, b)
 
     def __call__(self, h: np.ndarray, rt: np.ndarray, out: np.ndarray,
@@ -192,7 +193,7 @@ class PackedRecurrent:
             # arrays by address (C-contiguous, alive here), in microkernel.GEMM_ARGS order
             args = pack(hd.ctypes.data, rows, hd.shape[1], bp.ctypes.data, bp.shape[0], self.n, mr,
                         self._none.ctypes.data, 0, res.ctypes.data, add is not None, -inf, inf,
-                        self._modes[add is not None], yd.ctypes.data, 0, 0)
+                        self._modes[add is not None], yd.ctypes.data, 0, 0, 0, 0)
             self._range(args.ctypes.data, 0, bp.shape[0], 0, -(-rows // mr))
 
 
@@ -212,7 +213,7 @@ if numba is not None:
         # not transposed, bias[d], the projection as the residual where use_res); per step the
         # caller fills A (args[0]) and the residual (args[9]).
         ndir, seq, rows, n = proj.shape
-        args = np.zeros(17, dtype=np.float64)
+        args = np.zeros(19, dtype=np.float64)   # (act, act_kind: 0, none)
         args[1], args[2], args[3], args[4], args[5], args[6] = rows, h0.shape[2], packs_at[d], nb, n, mr
         args[7], args[8], args[10] = bias[d].ctypes.data, 1, use_res
         args[11], args[12] = -np.inf, np.inf
