@@ -1,100 +1,155 @@
-"""Compiled walk of a tree ensemble with summed leaf tables (numba, cached on disk).
+"""Compiled walk of a tree ensemble with summed leaf tables (a numba C callback, cached on disk).
 
 The numpy walk in `ep_cpu.kernels.ml_tree` takes every (row, tree) pair one level down per step
 with whole-array gathers: `depth` x ~6 passes over N x trees temporaries, then a gather and a
 reduction of the leaves' tables. Compiled, each (row, tree) walks to its leaf in registers and
 adds the leaf's row of the table into the row's output at once: no temporaries. Rows are
-independent, so blocks of rows go to `ep_cpu.gemm`'s thread pool (the compiled code releases the
-GIL). The sums are added tree by tree in tree order, as the numpy path adds them: results are
-identical. `AVAILABLE` is False without numba; callers keep the numpy walk.
+independent, so ranges of rows go to the intra-op threads through `native_call.run_ranges` (the
+spinning workers of `ep_cpu.spin_pool`: a Python pool's sleeping thread woke too slowly on a
+virtual machine whose idle vCPU halts; a 512-row, 50-tree forest ran 0.63-0.76 ms for the first
+~75 runs after an idle gap on two threads, 0.57 ms on one). The sums are added tree by tree in
+tree order, as the numpy path adds them: results are identical. `AVAILABLE` is False without
+numba; callers keep the numpy walk.
 """
 from __future__ import annotations
 
 import importlib.util
-import threading
-from typing import Callable
 
 import numpy as np
 
-# numba is imported when the first large ensemble runs, not with the kernels.
 AVAILABLE = importlib.util.find_spec("numba") is not None
 PAR_MIN_VISITS = 1 << 13   # (row, tree) walks below which one thread does it all (~18 ns a
-                           # walk here: ~150 us of work, several thread hand-offs)
+                           # walk: ~150 us of work)
 BLOCK = 32                 # rows walking a tree together
-
-_lock = threading.Lock()
-_compiled: Callable | None = None
-
-
-def _walk_sum(x, roots, feature, threshold, child, missing, has_missing, op, depth, table, out,
-              r0, r1):  # pragma: no cover - compiled
-    # Rows [r0, r1): out[i] += table[leaf(i, t)] for every tree t, in tree order. A block of
-    # rows walks one tree level by level: the block's walks are independent chains of loads the
-    # CPU overlaps (one walk alone is a chain of dependent loads, latency-bound).
-    width = table.shape[1]
-    nodes = np.empty(BLOCK, dtype=np.int64)
-    for t in range(roots.shape[0]):
-        root = roots[t]
-        for i0 in range(r0, r1, BLOCK):
-            nb = min(BLOCK, r1 - i0)
-            for b in range(nb):
-                nodes[b] = root
-            for _ in range(depth):
-                for b in range(nb):
-                    node = nodes[b]
-                    v = x[i0 + b, feature[node]]
-                    th = threshold[node]
-                    if op == 0:
-                        went = v <= th
-                    elif op == 1:
-                        went = v < th
-                    elif op == 2:
-                        went = v >= th
-                    else:
-                        went = v > th
-                    if has_missing and v != v and missing[node]:
-                        went = True
-                    nodes[b] = child[2 * node + np.int64(went)]
-            for b in range(nb):
-                leaf = table[nodes[b]]
-                o = out[i0 + b]
-                for j in range(width):
-                    o[j] += leaf[j]
-
-
-def _kernel() -> Callable:
-    global _compiled
-    with _lock:
-        if _compiled is None:
-            import numba
-            _compiled = numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)(_walk_sum)
-        return _compiled
-
 
 OPS = {np.less_equal: 0, np.less: 1, np.greater_equal: 2, np.greater: 3}
 
+# packed arguments (`native_call.pack`) of the walk's callbacks, in this order: x (N, F) and
+# threshold (nodes,) float32 or float64, roots (trees,) int64, feature (nodes,) int64, child (2 nodes,)
+# int64, missing (nodes,) float64 (1: NaN goes the true way), table (nodes, W) float64,
+# out (N, W) float64
+WALK_ARGS = ("x", "n", "nf", "roots", "trees", "feature", "threshold", "child", "nodes", "missing",
+             "has_missing", "op", "depth", "table", "width", "out")
 
-def walk_sum(x: np.ndarray, roots: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
-             child: np.ndarray, missing: np.ndarray | None, op: int, depth: int,
-             table: np.ndarray, threads: int, pool) -> np.ndarray:
-    """(N, W) sums over trees of `table[leaf]` for the rows of x (N, F) in the thresholds'
-    dtype; `child[2 * node + went_true]`, leaves loop to themselves. `pool(workers)` gives a
-    ThreadPoolExecutor."""
-    n = x.shape[0]
-    out = np.zeros((n, table.shape[1]), dtype=np.float64)
-    if n == 0:
+if AVAILABLE:
+    import numba
+
+    from ep_cpu import native_call
+    from ep_cpu.native_call import f32_at, f64_at, i64_at
+
+    @numba.njit(nogil=True, cache=True, boundscheck=False)
+    def _walk_sum(x, roots, feature, threshold, child, missing, has_missing, op, depth, table, out,
+                  r0, r1):  # pragma: no cover - compiled
+        # Rows [r0, r1): out[i] += table[leaf(i, t)] for every tree t, in tree order. A block of
+        # rows walks one tree level by level: the block's walks are independent chains of loads
+        # the CPU overlaps (one walk alone is a chain of dependent loads, latency-bound).
+        width = table.shape[1]
+        nodes = np.empty(BLOCK, dtype=np.int64)
+        for t in range(roots.shape[0]):
+            root = roots[t]
+            for i0 in range(r0, r1, BLOCK):
+                nb = min(BLOCK, r1 - i0)
+                for b in range(nb):
+                    nodes[b] = root
+                for _ in range(depth):
+                    for b in range(nb):
+                        node = nodes[b]
+                        v = x[i0 + b, feature[node]]
+                        th = threshold[node]
+                        if op == 0:
+                            went = v <= th
+                        elif op == 1:
+                            went = v < th
+                        elif op == 2:
+                            went = v >= th
+                        else:
+                            went = v > th
+                        if has_missing and v != v and missing[node] != 0:
+                            went = True
+                        nodes[b] = child[2 * node + np.int64(went)]
+                for b in range(nb):
+                    leaf = table[nodes[b]]
+                    o = out[i0 + b]
+                    for j in range(width):
+                        o[j] += leaf[j]
+
+    def _walk_range32(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """_walk_sum over rows [i0, i1) of a float32 ensemble; WALK_ARGS packed."""
+        a = numba.carray(f64_at(args_at), (16,))
+        n, nf, trees, nodes, width = (np.int64(a[1]), np.int64(a[2]), np.int64(a[4]),
+                                      np.int64(a[8]), np.int64(a[14]))
+        _walk_sum(numba.carray(f32_at(np.int64(a[0])), (n, nf)),
+                  numba.carray(i64_at(np.int64(a[3])), (trees,)),
+                  numba.carray(i64_at(np.int64(a[5])), (nodes,)),
+                  numba.carray(f32_at(np.int64(a[6])), (nodes,)),
+                  numba.carray(i64_at(np.int64(a[7])), (2 * nodes,)),
+                  numba.carray(f64_at(np.int64(a[9])), (nodes,)), a[10] != 0, np.int64(a[11]),
+                  np.int64(a[12]), numba.carray(f64_at(np.int64(a[13])), (nodes, width)),
+                  numba.carray(f64_at(np.int64(a[15])), (n, width)), i0, i1)
+
+    def _walk_range64(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """_walk_sum over rows [i0, i1) of a float64 ensemble; WALK_ARGS packed."""
+        a = numba.carray(f64_at(args_at), (16,))
+        n, nf, trees, nodes, width = (np.int64(a[1]), np.int64(a[2]), np.int64(a[4]),
+                                      np.int64(a[8]), np.int64(a[14]))
+        _walk_sum(numba.carray(f64_at(np.int64(a[0])), (n, nf)),
+                  numba.carray(i64_at(np.int64(a[3])), (trees,)),
+                  numba.carray(i64_at(np.int64(a[5])), (nodes,)),
+                  numba.carray(f64_at(np.int64(a[6])), (nodes,)),
+                  numba.carray(i64_at(np.int64(a[7])), (2 * nodes,)),
+                  numba.carray(f64_at(np.int64(a[9])), (nodes,)), a[10] != 0, np.int64(a[11]),
+                  np.int64(a[12]), numba.carray(f64_at(np.int64(a[13])), (nodes, width)),
+                  numba.carray(f64_at(np.int64(a[15])), (n, width)), i0, i1)
+
+
+def walk_range(dtype: np.dtype):
+    """C callback (native_call.RANGE_SIG): the walk over rows [i0, i1) of an ensemble whose
+    inputs and thresholds are `dtype` (float32 or float64), its arguments packed in WALK_ARGS
+    order; compiled, or loaded from the disk cache, on first use."""
+    fn = _walk_range32 if dtype == np.float32 else _walk_range64
+    return native_call.callback(fn, len(WALK_ARGS))
+
+
+class Walk:
+    """One ensemble's tables in the compiled walk's types (made once, at the first large batch):
+    thresholds float32 or float64, missing flags and leaf tables float64, node tables int64, all
+    C-contiguous."""
+
+    def __init__(self, roots: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                 child: np.ndarray, missing: np.ndarray | None, op: int, depth: int,
+                 table: np.ndarray, threshold_dtype: np.dtype) -> None:
+        self.roots = np.ascontiguousarray(roots, dtype=np.int64)
+        self.feature = np.ascontiguousarray(feature, dtype=np.int64)
+        # compared at the thresholds' precision: float32 (the input rounded to it), else float64
+        self.dtype = np.dtype(np.float32 if np.dtype(threshold_dtype) == np.float32 else np.float64)
+        self.threshold = np.ascontiguousarray(threshold.astype(threshold_dtype), dtype=self.dtype)
+        self.child = np.ascontiguousarray(child, dtype=np.int64)
+        self.has_missing = missing is not None
+        self.missing = (np.ascontiguousarray(missing, dtype=np.float64) if missing is not None
+                        else np.zeros(len(self.feature), np.float64))
+        self.table = np.ascontiguousarray(table, dtype=np.float64)
+        self.op, self.depth, self.threshold_dtype = int(op), int(depth), np.dtype(threshold_dtype)
+        # WALK_ARGS with the tables' addresses; a call fills in x, n, nf and out
+        self.template = native_call.pack(
+            0, 0, 0, self.roots.ctypes.data, len(self.roots), self.feature.ctypes.data,
+            self.threshold.ctypes.data, self.child.ctypes.data, len(self.feature),
+            self.missing.ctypes.data, self.has_missing, self.op, self.depth, self.table.ctypes.data,
+            self.table.shape[1], 0)
+        self.callback = walk_range(self.dtype)
+
+    def walk_sum(self, x: np.ndarray, threads: int, pool) -> np.ndarray:
+        """(N, W) sums over trees of `table[leaf]` for the rows of x (N, F), compared at the
+        thresholds' precision; rows split between `threads` (`pool(workers)`: the executor where
+        the spinning workers are unavailable)."""
+        n, nf = x.shape
+        width = self.table.shape[1]
+        out = np.zeros((n, width), dtype=np.float64)
+        if n == 0:
+            return out
+        xw = np.ascontiguousarray(x.astype(self.threshold_dtype, copy=False), dtype=self.dtype)
+        args = self.template.copy()
+        # arrays by address (C-contiguous, alive in this frame and in self)
+        args[0], args[1], args[2], args[15] = native_call.address(xw), n, nf, native_call.address(out)
+        workers = max(1, min(threads, n * len(self.roots) // PAR_MIN_VISITS, n))
+        native_call.run_ranges(self.callback, args, 1, n, workers, False, pool)
         return out
-    fn = _kernel()
-    miss = missing if missing is not None else np.zeros(1, dtype=bool)
-    args = (np.ascontiguousarray(x), roots, feature, threshold, child, miss, missing is not None,
-            op, depth, table, out)
-    threads = max(1, min(threads, n * len(roots) // PAR_MIN_VISITS, n))
-    if threads <= 1:
-        fn(*args, 0, n)
-        return out
-    step = -(-n // threads)
-    futures = [pool(threads - 1).submit(fn, *args, r, min(n, r + step)) for r in range(step, n, step)]
-    fn(*args, 0, min(n, step))
-    for f in futures:
-        f.result()
-    return out

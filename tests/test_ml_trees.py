@@ -150,8 +150,8 @@ def test_compiled_walk_equals_numpy_walk(monkeypatch, modes, threads):
     sess = ep_core.InferenceSession(data, opts, providers=["cpu"])
     x = _inputs(rng)
     calls = []
-    real = tree_jit.walk_sum
-    monkeypatch.setattr(tree_jit, "walk_sum", lambda *a: calls.append(1) or real(*a))
+    real = tree_jit.Walk.walk_sum
+    monkeypatch.setattr(tree_jit.Walk, "walk_sum", lambda *a: calls.append(1) or real(*a))
     compiled = sess.run(None, {"X": x})[0]
     monkeypatch.setattr(ml_tree, "JIT_MIN_VISITS", 1 << 60)
     plain = sess.run(None, {"X": x})[0]

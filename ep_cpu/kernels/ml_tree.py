@@ -62,6 +62,7 @@ class Forest:
         branch = self.mode != LEAF
         modes = set(self.mode[branch].tolist())
         self.uniform_op = None
+        self.compiled_walk = None   # its tables for `tree_jit` (made by the first large batch)
         if len(modes) > 1 or modes - {LEQ, LT, GTE, GT}:
             return
         n = len(self.mode)
@@ -142,10 +143,12 @@ class Forest:
                 and tree_jit.AVAILABLE and x.shape[0] * len(self.roots) >= JIT_MIN_VISITS):
             self._check_features(x.shape[1])
             k = self.n_targets
-            tot = tree_jit.walk_sum(np.asarray(x, dtype=self.threshold_dtype), self.walk_roots,
-                                    self.walk_feature, self.walk_threshold, self.child,
-                                    self.walk_missing, tree_jit.OPS[self.uniform_op], self.depth,
-                                    self.sum_and_votes, get_num_threads(), _get_pool)
+            if self.compiled_walk is None:
+                self.compiled_walk = tree_jit.Walk(
+                    self.walk_roots, self.walk_feature, self.walk_threshold, self.child,
+                    self.walk_missing, tree_jit.OPS[self.uniform_op], self.depth,
+                    self.sum_and_votes, self.threshold_dtype)
+            tot = self.compiled_walk.walk_sum(x, get_num_threads(), _get_pool)
             out, hit = tot[:, :k], tot[:, k:] > 0
             if how == "AVERAGE":
                 out = out / max(len(self.roots), 1)
