@@ -35,9 +35,12 @@ def _workers(units: int, macs: int) -> int:
 
 def _row_chunk(width: int, rows: int, workers: int) -> int:
     """Positions a work unit of a conv's output row holds: the whole row, or where there are
-    fewer than two rows a thread, a share of it in whole tiles."""
+    fewer than two rows a thread, an equal share of it in whole tiles, the rows' shares making
+    a multiple of `workers` units (a 14x14 map's 17 tiles as 9 + 8, where quarters of 5 tiles,
+    two to a thread, ran 10 + 7: six 1x1 pairs 96 <-> 576 at 2 threads 1419 -> 1348 us)."""
     if workers > 1 and rows < 2 * workers:
-        return max(TILE, -(-width // (-(-2 * workers // rows)) // TILE) * TILE)
+        pieces = workers // math.gcd(rows, workers)
+        return TILE * max(1, -(-(-(-width // TILE)) // pieces))
     return width
 
 
