@@ -15,7 +15,9 @@ The word is (generation << 32) | (parts << 16) | next part: a claim made against
 fails its compare-and-swap, and the job's fields, written before the word, stay as they are
 until every part has counted itself done. A worker that finds itself on the CPU its caller
 posted from moves off it (`_leave_cpu`): after an idle pause the scheduler often woke it there and
-left the two taking turns on one core for whole blocks of runs. One call at a time owns the pool (`OWNER`); a call
+left the two taking turns on one core for whole blocks of runs. A call that wakes sleeping workers
+yields its CPU once before claiming parts, so that a worker placed there runs (and moves) while
+parts are left. One call at a time owns the pool (`OWNER`); a call
 from another thread meanwhile is refused (`native_call.run_ranges` then gives it to TBB).
 """
 from __future__ import annotations
@@ -173,12 +175,14 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _wake_all(state):  # pragma: no cover - compiled
-        """Bump the futex word; wake the workers asleep on it."""
+        """Bump the futex word; wake the workers asleep on it. True where any was asleep."""
         _add(state, SEQ, 1)
         if _load(state, SLEEPERS) > 0:
             call_void(state[SYSCALL], (np.int64(SYS_FUTEX), _slot_address(state, SEQ),
                                        np.int64(FUTEX_WAKE_PRIVATE), np.int64(0x7FFFFFFF),
                                        np.int64(0), np.int64(0), np.int64(0)))
+            return True
+        return False
 
     @numba.njit(nogil=True, cache=True)
     def _dispatch(state, fn, at, cols, rows, parts, by_columns, sched_yield):  # pragma: no cover
@@ -193,7 +197,13 @@ if numba is not None:
         _store(state, DONE, 0)
         generation = ((_load(state, WORD) >> 32) + 1) & 0xFFFFFFFF
         _store(state, WORD, (generation << 32) | (parts << 16))
-        _wake_all(state)
+        if _wake_all(state):
+            # A worker woken from its sleep may have been put on this CPU (the kernel places
+            # a wakee near its waker): it would run only when this thread yields, after it had
+            # claimed every part alone, call after call (256^3 at two threads ran one
+            # thread's 335 us for ~2 ms after an idle pause). Yield once, so that it runs now,
+            # finds parts left and moves off (`_serve`); elsewhere this returns at once.
+            call_void(sched_yield, ())
         _claim_parts(state)
         spins = 0
         while _load(state, DONE) < parts:

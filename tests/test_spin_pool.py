@@ -198,3 +198,43 @@ def test_a_worker_on_the_callers_cpu_moves_off_it_and_keeps_its_affinity():
     t.join()
     assert seen["moved_to"] != seen["here"]
     assert seen["affinity"][0] == seen["affinity"][1]
+
+
+_YIELDS = np.zeros(1, np.int64)
+_YIELDS_AT = _YIELDS.ctypes.data
+
+
+@numba.cfunc(numba.types.void())
+def _counting_yield():  # pragma: no cover - compiled
+    count = numba.carray(native_call.i64_at(_YIELDS_AT), (1,))
+    count[0] += 1
+
+
+def test_a_call_that_wakes_sleeping_workers_yields_its_cpu_once_first():
+    """A worker woken from its sleep may be put on the caller's CPU, where it would run only
+    once the caller yields: the caller yields once right after waking it (and not when the
+    workers are polling), so that the worker runs, finds parts left and moves off."""
+    p = spin_pool.pool()
+    p.ensure(1)
+    rng = np.random.default_rng(2)
+    args, y, want, cols, rows, _keep = _gemm_args(rng)
+    fn, at = microkernel.gemm_range().address, native_call.address(args)
+    saved = p._yield
+    try:
+        p.nap()
+        deadline = time.monotonic() + 5
+        while p.state[spin_pool.SLEEPERS] < len(p.threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert p.state[spin_pool.SLEEPERS] == len(p.threads)
+        p._yield = _counting_yield.address   # (the dispatcher's; the workers keep theirs)
+        _YIELDS[0] = 0
+        assert p.run(fn, at, cols, rows, 1, True)   # one part: the caller's, no waiting
+        assert _YIELDS[0] == 1
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-4)
+        deadline = time.monotonic() + 5
+        while p.state[spin_pool.SLEEPERS] > 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert p.run(fn, at, cols, rows, 1, True)   # the workers polling: nothing to yield for
+        assert _YIELDS[0] == 1
+    finally:
+        p._yield = saved
