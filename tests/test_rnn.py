@@ -240,17 +240,44 @@ def test_streaming_steps_run_after_run_match_onnxruntime(op, attrs):
         state = dict(zip(states, want[1:]))
 
 
-def _step_inputs(op: str, hid: int, rows: int, seq: int, seed: int = 5):
-    """A PackedRecurrent of random R^T and the arrays of `run_sequence` for one direction."""
+def _step_inputs(op: str, hid: int, rows: int, seq: int, seed: int = 5, ndir: int = 1):
+    """A PackedRecurrent of random R^T and the arrays of `run_sequence` for `ndir` directions."""
     from ep_cpu.kernels import rnn_jit
     rng = np.random.default_rng(seed)
     n = GATES[op] * hid
-    pr = rnn_jit.PackedRecurrent(rng.uniform(-.15, .15, (1, hid, n)).astype(np.float32))
-    proj = rng.standard_normal((1, seq, rows, n)).astype(np.float32)
-    h0 = rng.standard_normal((1, rows, hid)).astype(np.float32)
-    c0 = rng.standard_normal((1, rows, hid)).astype(np.float32)
-    bias = rng.standard_normal((1, n)).astype(np.float32) if op == "GRU" else None
+    pr = rnn_jit.PackedRecurrent(rng.uniform(-.15, .15, (ndir, hid, n)).astype(np.float32))
+    proj = rng.standard_normal((ndir, seq, rows, n)).astype(np.float32)
+    h0 = rng.standard_normal((ndir, rows, hid)).astype(np.float32)
+    c0 = rng.standard_normal((ndir, rows, hid)).astype(np.float32)
+    bias = rng.standard_normal((ndir, n)).astype(np.float32) if op == "GRU" else None
     return pr, proj, h0, c0, bias
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("ndir", [1, 2])
+def test_two_threads_run_a_layer_as_two_parts_on_the_intra_op_workers(op, ndir, monkeypatch):
+    """At two threads a layer's steps go to `native_call.run_ranges` as two parts of
+    `rnn_jit.steps_parts` (the halves of each step of one direction, or one direction each; the
+    spinning workers, which leave their caller's CPU): the same bits as one thread."""
+    from ep_cpu import microkernel, native_call
+    from ep_cpu.kernels import rnn_jit
+    if not microkernel.available():
+        pytest.skip("the compiled time loop needs numba and an AVX2+FMA CPU")
+    monkeypatch.setattr(rnn_jit, "SPLIT_MIN_MACS", 0)
+    seq, hid, rows = 7, 64, 3
+    pr, proj, h0, c0, bias = _step_inputs(op, hid, rows, seq, ndir=ndir)
+    parts = []
+    real = native_call.run_ranges
+    monkeypatch.setattr(native_call, "run_ranges",
+                        lambda fn, *a: parts.append((fn, a[1])) or real(fn, *a))
+    results = []
+    for threads in (1, 2):
+        c, hist = c0.copy(), np.full((seq, ndir, rows, hid), np.nan, np.float32)
+        assert pr.run_sequence(op, proj, h0, c, hist, bias, threads)
+        results.append((hist, c))
+    assert parts == [(rnn_jit.steps_parts(), 2)]
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_array_equal(results[1][1], results[0][1])
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])

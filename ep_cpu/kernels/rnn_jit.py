@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ep_cpu import gemm_compiled, microkernel, native_call, tile_shapes, vector_math
+from ep_cpu.gemm import _get_pool
 
 SMALL_BATCH = 16   # rows per direction up to which the compiled pass beats BLAS (measured 4-8)
 # multiply-adds of a step from which two threads split a one-direction layer's steps
@@ -123,15 +124,23 @@ class PackedRecurrent:
         bias, use_res = self._step_bias(bias, ndir)
         args = (self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c,
                 hist, gates, self.pack_addrs, self.packs[0].shape[0], self._mr(rows), bias, use_res)
-        parallel = threads > 1 and native_call.parallel_ok()
-        if parallel and ndir == 1 and hid % 64 == 0 and rows * hid * n >= SPLIT_MIN_MACS and seq > 1:
-            native_call.set_threads(2)
-            _run_steps_halves(*args, np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64),
-                              native_call.yield_address())
-        elif parallel and ndir > 1:
-            # bidirectional: one direction per thread (no hand-off between them until the end)
-            native_call.set_threads(min(threads, ndir))
-            _run_steps_parallel(*args)
+        halves = threads > 1 and ndir == 1 and hid % 64 == 0 and rows * hid * n >= SPLIT_MIN_MACS and seq > 1
+        if halves or (threads > 1 and ndir > 1):
+            # two parts on the intra-op threads (`native_call.run_ranges`: the spinning workers,
+            # which move off their caller's CPU where the kernel woke them onto it; numba's TBB
+            # worker, woken there, left a one-direction layer's split steps taking turns on one
+            # core in some processes: 4.7 against 3.6 ms): the halves of every step, or one
+            # direction each (no hand-off between them until the end)
+            claims, done = np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64)
+            addr = native_call.address
+            packed = native_call.pack(
+                self._gemm.address, vector_math.cell_callback(cell_kind).address, addr(proj), ndir,
+                seq, rows, n, addr(h0), hid, addr(c), addr(hist), addr(gates), addr(self.pack_addrs),
+                self.packs[0].shape[0], self._mr(rows), addr(bias), use_res, addr(claims),
+                addr(done), native_call.yield_address(), halves)
+            # (arrays by address: all alive in this frame)
+            native_call.run_ranges(steps_parts(), packed, 2 if halves else ndir, 1,
+                                   2 if halves else min(threads, ndir), True, _get_pool)
         else:
             _run_steps(*args)
         return True
@@ -200,7 +209,7 @@ class PackedRecurrent:
 try:
     import numba
 
-    from ep_cpu.native_call import atomic_add, call_void, claim, read_count
+    from ep_cpu.native_call import atomic_add, call_void, claim, f32_at, f64_at, i64_at, read_count
 except ImportError:  # pragma: no cover - numba is a dependency
     numba = None
 
@@ -308,12 +317,30 @@ if numba is not None:
         if args.size + ap.size == 0:   # args and ap went to the callback by address: alive until here
             return
 
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def _run_steps_halves(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
-                          claims, done, sched_yield):  # pragma: no cover - compiled
-        for me in numba.prange(2):
-            _half_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
-                        claims, done, me, sched_yield)
+    def _steps_parts(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """Parts [j0, j1) of a layer's steps on two threads: with `halves` part j is the half j
+        of every step of one direction (`_half_steps`), else direction j (`_one_direction`).
+        STEPS_ARGS packed."""
+        a = numba.carray(f64_at(args_at), (21,))
+        ndir, seq, rows, n, hid = (np.int64(a[3]), np.int64(a[4]), np.int64(a[5]), np.int64(a[6]),
+                                   np.int64(a[8]))
+        gemm, cell = np.int64(a[0]), np.int64(a[1])
+        proj = numba.carray(f32_at(np.int64(a[2])), (ndir, seq, rows, n))
+        h0 = numba.carray(f32_at(np.int64(a[7])), (ndir, rows, hid))
+        c = numba.carray(f32_at(np.int64(a[9])), (ndir, rows, hid))
+        hist = numba.carray(f32_at(np.int64(a[10])), (seq, ndir, rows, hid))
+        gates = numba.carray(f32_at(np.int64(a[11])), (ndir, rows, n))
+        packs_at = numba.carray(i64_at(np.int64(a[12])), (ndir,))
+        nb, mr, use_res = np.int64(a[13]), np.int64(a[14]), a[16] != 0
+        bias = numba.carray(f32_at(np.int64(a[15])), (ndir, n))
+        for j in range(j0, j1):
+            if a[20] != 0:
+                _half_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res,
+                            numba.carray(i64_at(np.int64(a[17])), (2 * seq,)),
+                            numba.carray(i64_at(np.int64(a[18])), (seq,)), j, np.int64(a[19]))
+            else:
+                _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
+                               use_res, j)
 
     @numba.njit(nogil=True, cache=True)
     def _run_steps(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
@@ -343,11 +370,20 @@ if numba is not None:
             return hist, hist[-1].copy(), c
         return hist, hist[-1].copy(), c
 
-    @numba.njit(nogil=True, cache=True, parallel=True)
-    def _run_steps_parallel(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias,
-                            use_res):  # pragma: no cover - compiled
-        for d in numba.prange(proj.shape[0]):
-            _one_direction(gemm, cell, proj, h0, c, hist, gates, packs_at, nb, mr, bias, use_res, d)
+
+
+# packed arguments of `steps_parts`, in this order (arrays by address, C-contiguous float32 but
+# packs_at, claims, done: int64): halves 1 for `_half_steps`' split of one direction, 0 for one
+# direction a part
+STEPS_ARGS = ("gemm", "cell", "proj", "ndir", "seq", "rows", "n", "h0", "hid", "c", "hist", "gates",
+              "packs_at", "nb", "mr", "bias", "use_res", "claims", "done", "sched_yield", "halves")
+
+
+def steps_parts():
+    """C callback (native_call.RANGE_SIG): a layer's steps split in two parts (see
+    `_steps_parts`), run by `native_call.run_ranges`; compiled, or loaded from the disk cache,
+    on first use."""
+    return native_call.callback(_steps_parts, len(STEPS_ARGS))
 
 
 def with_add(matmul: Callable) -> Callable:
