@@ -300,7 +300,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     """`warmup` runs one model per compiled CPU path; each probe's path is really taken (the
     compiled entry points are counted), so the cache it fills is the one sessions load."""
     from ep_cpu import (conv_implicit, conv_thin, depthwise_direct, depthwise_flat, depthwise_padded,
-                        microkernel, ml_jit, native_call, norm_jit, pool_jit, warmup)
+                        microkernel, ml_jit, norm_jit, pool_jit, warmup)
     from ep_cpu.kernels import rnn_jit
     if not microkernel.available():
         pytest.skip("the compiled kernels need numba and an AVX2 or AVX-512 CPU")
@@ -308,7 +308,7 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     for module, name in ((conv_implicit.ImplicitConv, "__call__"), (conv_thin.ThinConv, "__call__"), (depthwise_direct, "depthwise_2d"),
                          (depthwise_flat.FlatPlan, "__call__"), (depthwise_direct, "max_pool_2d"), (depthwise_flat, "max_pool_2d"),
                          (depthwise_padded.PaddedPlan, "__call__"), (pool_jit, "max_pool_2d"),
-                         (rnn_jit.PackedRecurrent, "run_sequence"), (rnn_jit, "_run_steps_halves"),
+                         (rnn_jit.PackedRecurrent, "run_sequence"), (rnn_jit, "steps_parts"),
                          (norm_jit, "skip_layer_norm"), (ml_jit, "linear_scores")):
         real, label = getattr(module, name), f"{module.__name__.split('.')[-1]}.{name}"
         monkeypatch.setattr(module, name, lambda *a, real=real, label=label, **k: hits.append(label) or real(*a, **k))
@@ -321,7 +321,6 @@ def test_warmup_runs_every_probe_and_takes_each_compiled_path(capsys, monkeypatc
     per_cpu = ({"ImplicitConv.__call__", "depthwise_direct.depthwise_2d", "FlatPlan.__call__",
                 "depthwise_direct.max_pool_2d", "depthwise_flat.max_pool_2d"} if microkernel.wide()
                else {"PaddedPlan.__call__", "pool_jit.max_pool_2d"})
-    # the steps split between two threads run on numba's TBB threads only
-    halves = {"rnn_jit._run_steps_halves"} if native_call.parallel_ok() else set()
-    assert {"ThinConv.__call__", "PackedRecurrent.run_sequence", "ml_jit.linear_scores",
-            "norm_jit.skip_layer_norm"} | per_cpu | halves <= set(hits)
+    # (the probes run at two intra-op threads: a one-direction layer's steps split in two parts)
+    assert {"ThinConv.__call__", "PackedRecurrent.run_sequence", "rnn_jit.steps_parts",
+            "ml_jit.linear_scores", "norm_jit.skip_layer_norm"} | per_cpu <= set(hits)
