@@ -24,12 +24,12 @@ BLOCK = 32                 # rows walking a tree together
 
 OPS = {np.less_equal: 0, np.less: 1, np.greater_equal: 2, np.greater: 3}
 
-# packed arguments (`native_call.pack`) of the walk's callbacks, in this order: x (N, F) and
+# packed arguments (`native_call.pack`) of the walk's callback, in this order: x (N, F) and
 # threshold (nodes,) float32 or float64, roots (trees,) int64, feature (nodes,) int64, child (2 nodes,)
 # int64, missing (nodes,) float64 (1: NaN goes the true way), table (nodes, W) float64,
-# out (N, W) float64
+# out (N, W) float64, single: 1 where x and threshold are float32
 WALK_ARGS = ("x", "n", "nf", "roots", "trees", "feature", "threshold", "child", "nodes", "missing",
-             "has_missing", "op", "depth", "table", "width", "out")
+             "has_missing", "op", "depth", "table", "width", "out", "single")
 
 if AVAILABLE:
     import numba
@@ -73,41 +73,33 @@ if AVAILABLE:
                     for j in range(width):
                         o[j] += leaf[j]
 
-    def _walk_range32(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """_walk_sum over rows [i0, i1) of a float32 ensemble; WALK_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (16,))
+    def _walk_range(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
+        """_walk_sum over rows [i0, i1); WALK_ARGS packed (x and the thresholds float32 where
+        `single`, else float64)."""
+        a = numba.carray(f64_at(args_at), (17,))
         n, nf, trees, nodes, width = (np.int64(a[1]), np.int64(a[2]), np.int64(a[4]),
                                       np.int64(a[8]), np.int64(a[14]))
-        _walk_sum(numba.carray(f32_at(np.int64(a[0])), (n, nf)),
-                  numba.carray(i64_at(np.int64(a[3])), (trees,)),
-                  numba.carray(i64_at(np.int64(a[5])), (nodes,)),
-                  numba.carray(f32_at(np.int64(a[6])), (nodes,)),
-                  numba.carray(i64_at(np.int64(a[7])), (2 * nodes,)),
-                  numba.carray(f64_at(np.int64(a[9])), (nodes,)), a[10] != 0, np.int64(a[11]),
-                  np.int64(a[12]), numba.carray(f64_at(np.int64(a[13])), (nodes, width)),
-                  numba.carray(f64_at(np.int64(a[15])), (n, width)), i0, i1)
-
-    def _walk_range64(args_at, j0, j1, i0, i1):  # pragma: no cover - compiled
-        """_walk_sum over rows [i0, i1) of a float64 ensemble; WALK_ARGS packed."""
-        a = numba.carray(f64_at(args_at), (16,))
-        n, nf, trees, nodes, width = (np.int64(a[1]), np.int64(a[2]), np.int64(a[4]),
-                                      np.int64(a[8]), np.int64(a[14]))
-        _walk_sum(numba.carray(f64_at(np.int64(a[0])), (n, nf)),
-                  numba.carray(i64_at(np.int64(a[3])), (trees,)),
-                  numba.carray(i64_at(np.int64(a[5])), (nodes,)),
-                  numba.carray(f64_at(np.int64(a[6])), (nodes,)),
-                  numba.carray(i64_at(np.int64(a[7])), (2 * nodes,)),
-                  numba.carray(f64_at(np.int64(a[9])), (nodes,)), a[10] != 0, np.int64(a[11]),
-                  np.int64(a[12]), numba.carray(f64_at(np.int64(a[13])), (nodes, width)),
-                  numba.carray(f64_at(np.int64(a[15])), (n, width)), i0, i1)
+        roots = numba.carray(i64_at(np.int64(a[3])), (trees,))
+        feature = numba.carray(i64_at(np.int64(a[5])), (nodes,))
+        child = numba.carray(i64_at(np.int64(a[7])), (2 * nodes,))
+        missing = numba.carray(f64_at(np.int64(a[9])), (nodes,))
+        table = numba.carray(f64_at(np.int64(a[13])), (nodes, width))
+        out = numba.carray(f64_at(np.int64(a[15])), (n, width))
+        has_missing, op, depth = a[10] != 0, np.int64(a[11]), np.int64(a[12])
+        if a[16] != 0:
+            _walk_sum(numba.carray(f32_at(np.int64(a[0])), (n, nf)), roots, feature,
+                      numba.carray(f32_at(np.int64(a[6])), (nodes,)), child, missing, has_missing,
+                      op, depth, table, out, i0, i1)
+        else:
+            _walk_sum(numba.carray(f64_at(np.int64(a[0])), (n, nf)), roots, feature,
+                      numba.carray(f64_at(np.int64(a[6])), (nodes,)), child, missing, has_missing,
+                      op, depth, table, out, i0, i1)
 
 
-def walk_range(dtype: np.dtype):
-    """C callback (native_call.RANGE_SIG): the walk over rows [i0, i1) of an ensemble whose
-    inputs and thresholds are `dtype` (float32 or float64), its arguments packed in WALK_ARGS
-    order; compiled, or loaded from the disk cache, on first use."""
-    fn = _walk_range32 if dtype == np.float32 else _walk_range64
-    return native_call.callback(fn, len(WALK_ARGS))
+def walk_range():
+    """C callback (native_call.RANGE_SIG): the walk over rows [i0, i1), its arguments packed in
+    WALK_ARGS order; compiled, or loaded from the disk cache, on first use."""
+    return native_call.callback(_walk_range, len(WALK_ARGS))
 
 
 class Walk:
@@ -134,8 +126,8 @@ class Walk:
             0, 0, 0, self.roots.ctypes.data, len(self.roots), self.feature.ctypes.data,
             self.threshold.ctypes.data, self.child.ctypes.data, len(self.feature),
             self.missing.ctypes.data, self.has_missing, self.op, self.depth, self.table.ctypes.data,
-            self.table.shape[1], 0)
-        self.callback = walk_range(self.dtype)
+            self.table.shape[1], 0, self.dtype == np.float32)
+        self.callback = walk_range()
 
     def walk_sum(self, x: np.ndarray, threads: int, pool) -> np.ndarray:
         """(N, W) sums over trees of `table[leaf]` for the rows of x (N, F), compared at the

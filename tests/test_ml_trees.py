@@ -157,3 +157,31 @@ def test_compiled_walk_equals_numpy_walk(monkeypatch, modes, threads):
     plain = sess.run(None, {"X": x})[0]
     assert len(calls) == 1
     np.testing.assert_array_equal(compiled, plain)
+
+
+@pytest.mark.parametrize("threshold_dtype,expect", [(np.float32, 1.0), (np.float64, 2.0)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_walk_compares_at_the_thresholds_precision(monkeypatch, threshold_dtype, expect,
+                                                           threads):
+    """float32 0.1 is above float64 0.1 but equal to float32 0.1: a double ensemble sends it the
+    false way, a float one the true way, in the compiled walk (float32 and float64 forms of the
+    callback) as in the numpy walk."""
+    from ep_cpu import tree_jit
+    from ep_cpu.kernels import ml_tree
+    if not tree_jit.AVAILABLE:
+        pytest.skip("numba missing")
+    monkeypatch.setattr(tree_jit, "PAR_MIN_VISITS", 1)
+    forest = ml_tree.Forest([0, 0, 0], [0.1, 0.0, 0.0], [ml_tree.LEQ, ml_tree.LEAF, ml_tree.LEAF],
+                            [1, 0, 0], [2, 0, 0], [False] * 3, [0], [1, 2], [0, 0], [1.0, 2.0], 1,
+                            threshold_dtype=threshold_dtype)
+    x = np.full((300, 1), 0.1, np.float32)
+    calls = []
+    real = tree_jit.Walk.walk_sum
+    monkeypatch.setattr(tree_jit.Walk, "walk_sum", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(ml_tree, "get_num_threads", lambda: threads)
+    compiled, _ = forest.aggregate(x, "SUM")
+    monkeypatch.setattr(ml_tree, "JIT_MIN_VISITS", 1 << 60)
+    plain, _ = forest.aggregate(x, "SUM")
+    assert calls == [threads]
+    np.testing.assert_array_equal(compiled, np.full((300, 1), expect))
+    np.testing.assert_array_equal(plain, compiled)
