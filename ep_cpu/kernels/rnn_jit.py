@@ -371,7 +371,6 @@ if numba is not None:
         return hist, hist[-1].copy(), c
 
 
-
 # packed arguments of `steps_parts`, in this order (arrays by address, C-contiguous float32 but
 # packs_at, claims, done: int64): halves 1 for `_half_steps`' split of one direction, 0 for one
 # direction a part
