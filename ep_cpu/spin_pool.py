@@ -14,11 +14,11 @@ a call never waits for a worker that is not there: it runs every part itself.
 The word is (generation << 32) | (parts << 16) | next part: a claim made against an older job
 fails its compare-and-swap, and the job's fields, written before the word, stay as they are
 until every part has counted itself done. A worker that finds itself on the CPU its caller
-posted from moves off it (`_leave_cpu`): after an idle pause the scheduler often woke it there and
-left the two taking turns on one core for whole blocks of runs. A call that wakes sleeping workers
-yields its CPU once before claiming parts, so that a worker placed there runs (and moves) while
-parts are left. One call at a time owns the pool (`OWNER`); a call
-from another thread meanwhile is refused (`native_call.run_ranges` then gives it to TBB).
+posted from moves off it (`_leave_cpu`): after an idle pause the scheduler often woke it there
+and left the two taking turns on one core for whole blocks of runs. A call that wakes sleeping
+workers yields its CPU once before claiming parts, so that a worker placed there runs (and moves)
+while parts are left. One call at a time owns the pool (`OWNER`); a call from another thread
+meanwhile is refused (`native_call.run_ranges` then gives it to TBB).
 """
 from __future__ import annotations
 

@@ -116,16 +116,15 @@ class Walk:
         self.dtype = np.dtype(np.float32 if np.dtype(threshold_dtype) == np.float32 else np.float64)
         self.threshold = np.ascontiguousarray(threshold.astype(threshold_dtype), dtype=self.dtype)
         self.child = np.ascontiguousarray(child, dtype=np.int64)
-        self.has_missing = missing is not None
         self.missing = (np.ascontiguousarray(missing, dtype=np.float64) if missing is not None
                         else np.zeros(len(self.feature), np.float64))
         self.table = np.ascontiguousarray(table, dtype=np.float64)
-        self.op, self.depth, self.threshold_dtype = int(op), int(depth), np.dtype(threshold_dtype)
+        self.threshold_dtype = np.dtype(threshold_dtype)
         # WALK_ARGS with the tables' addresses; a call fills in x, n, nf and out
         self.template = native_call.pack(
             0, 0, 0, self.roots.ctypes.data, len(self.roots), self.feature.ctypes.data,
             self.threshold.ctypes.data, self.child.ctypes.data, len(self.feature),
-            self.missing.ctypes.data, self.has_missing, self.op, self.depth, self.table.ctypes.data,
+            self.missing.ctypes.data, missing is not None, op, depth, self.table.ctypes.data,
             self.table.shape[1], 0, self.dtype == np.float32)
         self.callback = walk_range()
 

@@ -122,8 +122,7 @@ class PackedRecurrent:
         ndir, seq, rows, n = proj.shape
         gates = np.empty((ndir, rows, n), dtype=np.float32)
         bias, use_res = self._step_bias(bias, ndir)
-        args = (self._gemm.address, vector_math.cell_callback(cell_kind).address, proj, h0, c,
-                hist, gates, self.pack_addrs, self.packs[0].shape[0], self._mr(rows), bias, use_res)
+        cell, nb, mr = vector_math.cell_callback(cell_kind).address, self.packs[0].shape[0], self._mr(rows)
         halves = threads > 1 and ndir == 1 and hid % 64 == 0 and rows * hid * n >= SPLIT_MIN_MACS and seq > 1
         if halves or (threads > 1 and ndir > 1):
             # two parts on the intra-op threads (`native_call.run_ranges`: the spinning workers,
@@ -134,15 +133,15 @@ class PackedRecurrent:
             claims, done = np.zeros(2 * seq, np.int64), np.zeros(seq, np.int64)
             addr = native_call.address
             packed = native_call.pack(
-                self._gemm.address, vector_math.cell_callback(cell_kind).address, addr(proj), ndir,
-                seq, rows, n, addr(h0), hid, addr(c), addr(hist), addr(gates), addr(self.pack_addrs),
-                self.packs[0].shape[0], self._mr(rows), addr(bias), use_res, addr(claims),
-                addr(done), native_call.yield_address(), halves)
+                self._gemm.address, cell, addr(proj), ndir, seq, rows, n, addr(h0), hid, addr(c),
+                addr(hist), addr(gates), addr(self.pack_addrs), nb, mr, addr(bias), use_res,
+                addr(claims), addr(done), native_call.yield_address(), halves)
             # (arrays by address: all alive in this frame)
             native_call.run_ranges(steps_parts(), packed, 2 if halves else ndir, 1,
                                    2 if halves else min(threads, ndir), True, _get_pool)
         else:
-            _run_steps(*args)
+            _run_steps(self._gemm.address, cell, proj, h0, c, hist, gates, self.pack_addrs, nb, mr,
+                       bias, use_res)
         return True
 
     def _step_bias(self, bias: np.ndarray | None, ndir: int) -> tuple[np.ndarray, bool]:
